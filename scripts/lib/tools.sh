@@ -1,0 +1,55 @@
+# shellcheck shell=bash
+# Shared helpers for scripts/install-test-deps and scripts/validate-manifests.
+# Sourced, not executed. Everything it installs lives in the tools dir, outside
+# the source tree, so a clean clone stays clean and a second run reuses it.
+
+TOOLS_DIR=${ENGARDE_TOOLS_DIR:-$HOME/.cache/engarde-tools}
+TOOLS_BIN=$TOOLS_DIR/bin
+export TOOLS_DIR TOOLS_BIN
+
+# log PREFIX: one line per action, so CI output says what was (re)used or installed.
+log() { printf '%s: %s\n' "${LOG_PREFIX:-$(basename "$0")}" "$*"; }
+die() { log "error: $*" >&2; exit 1; }
+
+# Run as root directly (CI and dev machines here are root); fall back to sudo elsewhere.
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root to run: $*"
+    fi
+}
+
+# apt_install PKG...: installs only what is missing; 'apt-get update' at most once per process,
+# and only when something actually has to be installed.
+_APT_UPDATED=
+apt_install() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing+=("$pkg")
+    done
+    ((${#missing[@]})) || return 0
+    if [[ -z $_APT_UPDATED ]]; then
+        as_root apt-get update -qq
+        _APT_UPDATED=1
+    fi
+    log "apt-get install ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# ensure_venv DIR: a Python venv at DIR (creating it if absent). Debian's python3 lacks the
+# venv module until python3-venv is installed.
+ensure_venv() {
+    local dir=$1
+    [[ -x $dir/bin/python ]] && return 0
+    command -v python3 >/dev/null 2>&1 || apt_install python3
+    python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+    log "creating venv $dir"
+    python3 -m venv "$dir"
+}
+
+# The venv for small Python-packaged tools (pip download, kubernetes-validate).
+TOOLS_VENV=$TOOLS_DIR/venv
+export TOOLS_VENV

@@ -1,0 +1,119 @@
+//! Settings every service takes, from flags or environment variables.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use super::auth::{Authenticator, Tenant};
+use super::db::DbSettings;
+use super::telemetry::LogFormat;
+
+/// How callers authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Bearer JWTs with a `tenant_id` claim (production).
+    Jwt,
+    /// No authentication; the tenant comes from `x-tenant-id` (local development only).
+    Dev,
+}
+
+/// The settings shared by both services. Each service flattens this into its own `Config` and
+/// sets the defaults of `LISTEN_ADDR` and `DATABASE_URL`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonConfig {
+    /// PostgreSQL only: the schema for this service's tables (created when missing).
+    #[arg(long, env = "DATABASE_SCHEMA")]
+    pub database_schema: Option<String>,
+    /// Most database connections this process opens.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+    /// How long to wait for the database at start before giving up.
+    #[arg(long, env = "DB_STARTUP_TIMEOUT_SECS", default_value_t = 60)]
+    pub db_startup_timeout_secs: u64,
+    /// `jwt` (production) or `dev` (no authentication; `x-tenant-id` header).
+    #[arg(long, env = "AUTH_MODE", value_enum, default_value_t = AuthMode::Jwt)]
+    pub auth_mode: AuthMode,
+    /// HS256 shared secret for verifying JWTs.
+    #[arg(long, env = "JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+    /// File holding the PEM public key for verifying RS256 JWTs.
+    #[arg(long, env = "JWT_RS256_PUBLIC_KEY_FILE")]
+    pub jwt_rs256_public_key_file: Option<std::path::PathBuf>,
+    /// Required `iss` claim, if any.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, if any.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Dev mode: the tenant of calls without an `x-tenant-id` header.
+    #[arg(long, env = "DEV_TENANT_ID", default_value = super::auth::DEFAULT_DEV_TENANT)]
+    pub dev_tenant_id: String,
+    /// `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// How long in-flight RPCs may take to finish after SIGTERM.
+    #[arg(long, env = "DRAIN_TIMEOUT_SECS", default_value_t = 20)]
+    pub drain_timeout_secs: u64,
+    /// Deadline of an RPC whose caller sets none (a shorter `grpc-timeout` wins).
+    #[arg(long, env = "RPC_TIMEOUT_SECS", default_value_t = 30)]
+    pub rpc_timeout_secs: u64,
+    /// Most RPCs served at once by this process; more wait their turn.
+    #[arg(long, env = "MAX_CONCURRENT_RPCS", default_value_t = 512)]
+    pub max_concurrent_rpcs: usize,
+    /// Largest request or response message, in bytes.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+}
+
+impl CommonConfig {
+    /// The authenticator the settings describe; refuses a production mode without a key.
+    pub fn authenticator(&self) -> anyhow::Result<Authenticator> {
+        let iss = self.jwt_issuer.as_deref();
+        let aud = self.jwt_audience.as_deref();
+        match self.auth_mode {
+            AuthMode::Dev => {
+                let tenant = Tenant::parse(&self.dev_tenant_id).map_err(|e| anyhow::anyhow!("DEV_TENANT_ID: {e}"))?;
+                Ok(Authenticator::development(tenant))
+            }
+            AuthMode::Jwt => match (&self.jwt_hs256_secret, &self.jwt_rs256_public_key_file) {
+                (Some(secret), None) if !secret.is_empty() => Ok(Authenticator::hs256(secret.as_bytes(), iss, aud)),
+                (None, Some(path)) => {
+                    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                    Authenticator::rs256(&pem, iss, aud)
+                }
+                (Some(_), Some(_)) => anyhow::bail!("set only one of JWT_HS256_SECRET and JWT_RS256_PUBLIC_KEY_FILE"),
+                _ => anyhow::bail!(
+                    "AUTH_MODE=jwt needs a key: set JWT_HS256_SECRET or JWT_RS256_PUBLIC_KEY_FILE \
+                     (or AUTH_MODE=dev for local development without authentication)"
+                ),
+            },
+        }
+    }
+
+    pub fn db_settings(&self, url: &str) -> DbSettings {
+        DbSettings {
+            url: url.to_owned(),
+            schema: self.database_schema.clone(),
+            max_connections: self.db_max_connections,
+        }
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+
+    pub fn rpc_timeout(&self) -> Duration {
+        Duration::from_secs(self.rpc_timeout_secs)
+    }
+
+    pub fn db_startup_timeout(&self) -> Duration {
+        Duration::from_secs(self.db_startup_timeout_secs)
+    }
+}
+
+/// Parses a listen address, accepting `host:port` and `:port`.
+pub fn parse_listen_addr(value: &str) -> anyhow::Result<SocketAddr> {
+    let value = if value.starts_with(':') { format!("0.0.0.0{value}") } else { value.to_owned() };
+    value.parse().with_context(|| format!("invalid listen address {value:?}"))
+}

@@ -1,0 +1,161 @@
+//! Database connections: PostgreSQL in production, an SQLite file for the embedded default.
+//! Each service passes its own migrations; the pool decides which set applies.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{PgPool, SqlitePool};
+
+/// How long a request waits for a connection before answering UNAVAILABLE.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A connection pool on one of the two supported databases.
+#[derive(Clone, Debug)]
+pub enum DbPool {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// Where and how to connect.
+#[derive(Clone, Debug)]
+pub struct DbSettings {
+    /// `postgres://…` or `sqlite://path/to/file.db`.
+    pub url: String,
+    /// PostgreSQL only: the schema holding this service's tables (created when missing).
+    pub schema: Option<String>,
+    pub max_connections: u32,
+}
+
+impl DbPool {
+    /// Opens a pool. Connections are made lazily, so a database that is down at start is waited
+    /// for by [`DbPool::migrate`], not by this call.
+    pub async fn connect(settings: &DbSettings) -> anyhow::Result<Self> {
+        let url = settings.url.as_str();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let mut options = PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid PostgreSQL URL")?;
+            if let Some(schema) = &settings.schema {
+                validate_schema_name(schema)?;
+                options = options.options([("search_path", schema.as_str())]);
+            }
+            let pool = PgPoolOptions::new()
+                .max_connections(settings.max_connections)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_lazy_with(options);
+            Ok(Self::Postgres(pool))
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .context("DATABASE_URL is not a valid SQLite URL")?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            if let Some(parent) = options.get_filename().parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(settings.max_connections.min(8))
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_lazy_with(options);
+            Ok(Self::Sqlite(pool))
+        } else {
+            anyhow::bail!("DATABASE_URL must start with postgres:// or sqlite: (got {:?})", redact(url))
+        }
+    }
+
+    /// Applies the service's migrations, waiting up to `wait` for the database to come up.
+    /// PostgreSQL serialises concurrent migrators with an advisory lock; SQLite has none, so a
+    /// migrator that lost a race simply tries again and finds the work done.
+    pub async fn migrate(
+        &self,
+        schema: Option<&str>,
+        postgres: &sqlx::migrate::Migrator,
+        sqlite: &sqlx::migrate::Migrator,
+        wait: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let result = match self {
+                Self::Postgres(pool) => {
+                    async {
+                        if let Some(schema) = schema {
+                            ensure_schema(pool, schema).await?;
+                        }
+                        postgres.run(pool).await.map_err(anyhow::Error::from)
+                    }
+                    .await
+                }
+                Self::Sqlite(pool) => sqlite.run(pool).await.map_err(anyhow::Error::from),
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(attempt, error = format!("{e:#}"), "database not ready for migrations; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.context("applying migrations")),
+            }
+        }
+    }
+
+    /// A cheap round trip, for health checks.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            Self::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Sqlite(_) => "sqlite",
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(pool) => pool.close().await,
+            Self::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+fn validate_schema_name(schema: &str) -> anyhow::Result<()> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    anyhow::ensure!(ok, "DATABASE_SCHEMA must be a lowercase identifier (got {schema:?})");
+    Ok(())
+}
+
+async fn ensure_schema(pool: &PgPool, schema: &str) -> anyhow::Result<()> {
+    validate_schema_name(schema)?;
+    // Two replicas may race here: a duplicate-schema error from the loser is harmless.
+    match sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))).execute(pool).await {
+        Ok(_) => Ok(()),
+        Err(e) if crate::kit::error::is_unique_violation(&e) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or("");
+                format!("{scheme}://{user}:***@{host}")
+            }
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}

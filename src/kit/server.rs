@@ -1,0 +1,126 @@
+//! Binding, serving and shutting down: the part of start-up both services share.
+//!
+//! The listener is bound first (port 0 works, and the real port is known before serving), then
+//! health, reflection, authentication, logging and limits are wrapped around the service's
+//! routes. On SIGTERM/SIGINT health turns NOT_SERVING first, in-flight RPCs get the drain
+//! timeout to finish, and the process exits.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tower::ServiceBuilder;
+
+use super::auth::AuthLayer;
+use super::config::CommonConfig;
+use super::health::Health;
+use super::rpc_log::RpcLogLayer;
+
+/// A bound, not yet serving gRPC server.
+pub struct BoundServer {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl BoundServer {
+    pub async fn bind(addr: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let addr = listener.local_addr()?;
+        Ok(Self { listener, addr })
+    }
+
+    /// The address actually bound (the real port when asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves `routes` plus health and reflection until `shutdown` resolves, then drains.
+    pub async fn serve(
+        self,
+        name: &str,
+        routes: Routes,
+        health: Health,
+        health_service: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+        config: &CommonConfig,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let routes = routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+
+        let layers = ServiceBuilder::new()
+            .layer(AuthLayer::new(config.authenticator()?))
+            .layer(RpcLogLayer)
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(config.max_concurrent_rpcs))
+            .into_inner();
+
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::builder()
+            .timeout(config.rpc_timeout())
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .layer(layers)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            });
+        let mut server = tokio::spawn(server);
+
+        // Announce readiness on stdout: the launcher and the tests wait for this line.
+        println!("{name} listening on {}", self.addr);
+
+        tokio::select! {
+            result = &mut server => {
+                return result.context("server task")?.context("server failed");
+            }
+            () = shutdown => {}
+        }
+        tracing::info!(
+            drain_timeout_secs = config.drain_timeout_secs,
+            "shutting down: NOT_SERVING, draining in-flight RPCs"
+        );
+        health.start_draining().await;
+        let _ = stop_tx.send(());
+        match tokio::time::timeout(config.drain_timeout(), &mut server).await {
+            Ok(result) => result.context("server task")?.context("server failed")?,
+            Err(_) => {
+                tracing::warn!("drain timeout reached; abandoning the RPCs still running");
+                server.abort();
+            }
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received SIGINT"),
+        () = term => tracing::info!("received SIGTERM"),
+    }
+}

@@ -1,0 +1,17 @@
+//! workflow-service's settings: its own address and database, plus the shared ones.
+
+use engarde::kit::config::CommonConfig;
+
+/// workflow-service: EnGarde's workflow definitions over gRPC.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "workflow-service", version, about)]
+pub struct Config {
+    /// Address to serve gRPC on (`host:port`; port 0 picks a free one).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    pub listen_addr: String,
+    /// `postgres://user@host/db` in production; an SQLite file for the embedded default.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/workflow.db", hide_env_values = true)]
+    pub database_url: String,
+    #[command(flatten)]
+    pub common: CommonConfig,
+}

@@ -1,0 +1,266 @@
+//! The workflow model. Serialised as JSON for the database's config column, the template
+//! library file and stored idempotent answers.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Generates the string form of a closed set of lowercase names, both ways.
+macro_rules! named_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            pub fn parse(text: &str) -> Option<Self> {
+                match text { $($text => Some($name::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
+named_enum!(
+    /// The marketing discipline of a workflow.
+    Category {
+        ContentGeneration => "content_generation",
+        AbTesting => "ab_testing",
+        AudienceIntelligence => "audience_intelligence",
+        BudgetOptimization => "budget_optimization",
+        AnalyticsAutomation => "analytics_automation",
+    }
+);
+
+named_enum!(
+    /// Lifecycle state; see [`super::lifecycle`].
+    Status {
+        Draft => "draft",
+        Active => "active",
+        Archived => "archived",
+    }
+);
+
+named_enum!(
+    /// What a step does.
+    StepKind {
+        Llm => "llm",
+        Review => "review",
+        Output => "output",
+    }
+);
+
+named_enum!(
+    /// How runs start.
+    TriggerType {
+        Manual => "manual",
+        Scheduled => "scheduled",
+        Api => "api",
+    }
+);
+
+named_enum!(
+    /// What an unanswered review does at its deadline.
+    ReviewDefaultAction {
+        Approve => "approve",
+        Reject => "reject",
+    }
+);
+
+/// One step. In JSON a bare string is a step of that id, of kind `llm`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StepRepr")]
+pub struct Step {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    pub kind: StepKind,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prompt: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviews_step: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StepRepr {
+    Bare(String),
+    Full {
+        id: String,
+        #[serde(default)]
+        name: String,
+        #[serde(default = "default_kind")]
+        kind: StepKind,
+        #[serde(default)]
+        prompt: String,
+        #[serde(default)]
+        reviews_step: Option<String>,
+    },
+}
+
+fn default_kind() -> StepKind {
+    StepKind::Llm
+}
+
+impl From<StepRepr> for Step {
+    fn from(repr: StepRepr) -> Self {
+        match repr {
+            StepRepr::Bare(id) => {
+                Step { id, name: String::new(), kind: StepKind::Llm, prompt: String::new(), reviews_step: None }
+            }
+            StepRepr::Full { id, name, kind, prompt, reviews_step } => Step { id, name, kind, prompt, reviews_step },
+        }
+    }
+}
+
+/// One way runs start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trigger {
+    #[serde(rename = "type")]
+    pub kind: TriggerType,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cron: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub timezone: String,
+}
+
+/// Rules of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Rules {
+    pub approval_required: bool,
+    pub max_retries: i32,
+    pub autonomous: bool,
+    pub review_timeout_seconds: i64,
+    pub review_default_action: ReviewDefaultAction,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            approval_required: false,
+            max_retries: 0,
+            autonomous: false,
+            review_timeout_seconds: 0,
+            review_default_action: ReviewDefaultAction::Reject,
+        }
+    }
+}
+
+/// Steps, triggers and rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct WorkflowConfig {
+    #[serde(default)]
+    pub steps: Vec<Step>,
+    #[serde(default)]
+    pub triggers: Vec<Trigger>,
+    #[serde(default)]
+    pub rules: Rules,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub langflow_flow_json: String,
+}
+
+/// A stored workflow definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workflow {
+    pub id: Uuid,
+    /// Empty for the built-in library.
+    pub tenant_id: String,
+    pub name: String,
+    pub description: String,
+    pub category: Category,
+    pub config: WorkflowConfig,
+    pub status: Status,
+    pub is_template: bool,
+    pub execution_count: i64,
+    pub success_count: i64,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Workflow {
+    /// The opaque tag of this version.
+    pub fn etag(&self) -> String {
+        etag_of(self.version)
+    }
+
+    pub fn success_rate(&self) -> f64 {
+        if self.execution_count == 0 { 0.0 } else { self.success_count as f64 / self.execution_count as f64 }
+    }
+}
+
+/// Etags are the version, quoted as HTTP does, so they read as opaque.
+pub fn etag_of(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// The version an etag names, if it is one of ours.
+pub fn version_of_etag(etag: &str) -> Option<i64> {
+    etag.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
+}
+
+/// The fields of a new workflow a caller chooses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewWorkflow {
+    pub name: String,
+    pub description: String,
+    pub category: Category,
+    pub config: WorkflowConfig,
+}
+
+impl NewWorkflow {
+    /// A new draft owned by `tenant`.
+    pub fn into_draft(self, tenant: &str, now: DateTime<Utc>) -> Workflow {
+        Workflow {
+            id: Uuid::now_v7(),
+            tenant_id: tenant.to_owned(),
+            name: self.name,
+            description: self.description,
+            category: self.category,
+            config: self.config,
+            status: Status::Draft,
+            is_template: false,
+            execution_count: 0,
+            success_count: 0,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+/// Filters of a listing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkflowFilter {
+    pub category: Option<Category>,
+    pub status: Option<Status>,
+    pub is_template: Option<bool>,
+    pub name_contains: String,
+}
+
+impl WorkflowFilter {
+    /// The parts a page token is bound to.
+    pub fn fingerprint_parts(&self) -> [String; 4] {
+        [
+            self.category.map(|c| c.as_str()).unwrap_or("").to_owned(),
+            self.status.map(|s| s.as_str()).unwrap_or("").to_owned(),
+            format!("{:?}", self.is_template),
+            self.name_contains.clone(),
+        ]
+    }
+}
+
+/// The outcome of recording one execution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedExecution {
+    /// False when the execution id had been recorded before.
+    pub counted: bool,
+    pub workflow: Workflow,
+}

@@ -1,0 +1,7 @@
+//! The gRPC face of the service: thin adapters that parse requests into domain values, call the
+//! repository and convert the answers.
+
+mod convert;
+mod workflow_service;
+
+pub use workflow_service::WorkflowApi;

@@ -1,0 +1,363 @@
+//! `engarde.workflow.v1.WorkflowService`.
+
+use std::sync::Arc;
+
+use engarde::kit::auth::Tenant;
+use engarde::kit::error::{FieldViolation, ServiceError, ServiceResult};
+use engarde::kit::idempotency::IdempotencyKey;
+use engarde::kit::pagination::{PageRequest, filter_fingerprint};
+use engarde::proto::workflow::v1 as pb;
+use engarde::proto::workflow::v1::workflow_service_server::WorkflowService;
+use tonic::{Request, Response, Status};
+
+use super::convert::{category_from_pb, config_from_pb, parse_id, status_from_pb, workflow_to_pb};
+use crate::domain::lifecycle::{self, EditableField};
+use crate::domain::{NewWorkflow, WorkflowFilter, validation};
+use crate::storage::WorkflowRepository;
+
+/// The service's handlers, over a repository.
+#[derive(Clone)]
+pub struct WorkflowApi {
+    repo: Arc<dyn WorkflowRepository>,
+}
+
+impl WorkflowApi {
+    pub fn new(repo: Arc<dyn WorkflowRepository>) -> Self {
+        Self { repo }
+    }
+}
+
+/// Runs a handler body with the caller's tenant, turning its error into a status.
+async fn handle<Req, Res, F, Fut>(request: Request<Req>, body: F) -> Result<Response<Res>, Status>
+where
+    F: FnOnce(Tenant, Req) -> Fut,
+    Fut: Future<Output = ServiceResult<Res>>,
+{
+    let tenant = Tenant::of(&request)?;
+    body(tenant, request.into_inner()).await.map(Response::new).map_err(Status::from)
+}
+
+fn invalid_if_any(violations: Vec<FieldViolation>) -> ServiceResult<()> {
+    if violations.is_empty() { Ok(()) } else { Err(ServiceError::InvalidArgument(violations)) }
+}
+
+#[tonic::async_trait]
+impl WorkflowService for WorkflowApi {
+    #[tracing::instrument(skip_all)]
+    async fn create_workflow(
+        &self,
+        request: Request<pb::CreateWorkflowRequest>,
+    ) -> Result<Response<pb::WorkflowDefinition>, Status> {
+        handle(request, |tenant, req| async move {
+            let key = IdempotencyKey::from_request("CreateWorkflow", &req.request_id, &req)?;
+            let mut violations = Vec::new();
+            validation::check_name("name", &req.name, &mut violations);
+            validation::check_description("description", &req.description, &mut violations);
+            let category = match category_from_pb("category", req.category) {
+                Ok(Some(c)) => Some(c),
+                Ok(None) => {
+                    violations.push(FieldViolation::new("category", "is required"));
+                    None
+                }
+                Err(ServiceError::InvalidArgument(v)) => {
+                    violations.extend(v);
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            let config = config_from_pb("workflow_config", req.workflow_config).map_err(|v| violations.extend(v)).ok();
+            invalid_if_any(violations)?;
+            let (Some(category), Some(config)) = (category, config) else {
+                return Err(ServiceError::internal(anyhow::anyhow!("validated request lost a field")));
+            };
+            let new = NewWorkflow { name: req.name.trim().to_owned(), description: req.description, category, config };
+            let created = self.repo.create(tenant.as_str(), new, key.as_ref()).await?;
+            tracing::info!(workflow_id = %created.id, "workflow created");
+            Ok(workflow_to_pb(&created))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_workflow(
+        &self,
+        request: Request<pb::GetWorkflowRequest>,
+    ) -> Result<Response<pb::WorkflowDefinition>, Status> {
+        handle(request, |tenant, req| async move {
+            let id = parse_id("id", &req.id)?;
+            Ok(workflow_to_pb(&self.repo.get(tenant.as_str(), id).await?))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_workflows(
+        &self,
+        request: Request<pb::ListWorkflowsRequest>,
+    ) -> Result<Response<pb::ListWorkflowsResponse>, Status> {
+        handle(request, |tenant, req| async move {
+            if req.name_contains.chars().count() > validation::MAX_NAME_CHARS {
+                return Err(ServiceError::invalid("name_contains", "must be at most 200 characters"));
+            }
+            let filter = WorkflowFilter {
+                category: category_from_pb("category", req.category)?,
+                status: status_from_pb("status", req.status)?,
+                is_template: req.is_template,
+                name_contains: req.name_contains,
+            };
+            let parts = filter.fingerprint_parts();
+            let fingerprint = filter_fingerprint(&parts.iter().map(String::as_str).collect::<Vec<_>>());
+            let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
+            let workflows = self.repo.list(tenant.as_str(), &filter, &page).await?;
+            let last = workflows.last().map(|w| vec![w.name.clone(), w.id.to_string()]);
+            Ok(pb::ListWorkflowsResponse {
+                next_page_token: page.next_token(workflows.len(), last),
+                workflows: workflows.iter().map(workflow_to_pb).collect(),
+            })
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update_workflow(
+        &self,
+        request: Request<pb::UpdateWorkflowRequest>,
+    ) -> Result<Response<pb::WorkflowDefinition>, Status> {
+        handle(request, |tenant, req| async move {
+            let key = IdempotencyKey::from_request("UpdateWorkflow", &req.request_id, &req)?;
+            let Some(patch) = req.workflow else {
+                return Err(ServiceError::invalid("workflow", "is required"));
+            };
+            let id = parse_id("workflow.id", &patch.id)?;
+            let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+            if paths.is_empty() {
+                return Err(ServiceError::invalid("update_mask", "name at least one field to change"));
+            }
+            let mut violations = Vec::new();
+            let mut fields = Vec::new();
+            for (i, path) in paths.iter().enumerate() {
+                match EditableField::parse(path) {
+                    Some(f) => fields.push(f),
+                    None => violations.push(FieldViolation::new(
+                        format!("update_mask.paths[{i}]"),
+                        format!("{path:?} cannot be updated; use name, description, category or workflow_config"),
+                    )),
+                }
+            }
+            let mut category = None;
+            let mut config = None;
+            for field in &fields {
+                match field {
+                    EditableField::Name => validation::check_name("workflow.name", &patch.name, &mut violations),
+                    EditableField::Description => {
+                        validation::check_description("workflow.description", &patch.description, &mut violations)
+                    }
+                    EditableField::Category => match category_from_pb("workflow.category", patch.category) {
+                        Ok(Some(c)) => category = Some(c),
+                        Ok(None) => violations.push(FieldViolation::new("workflow.category", "is required")),
+                        Err(ServiceError::InvalidArgument(v)) => violations.extend(v),
+                        Err(e) => return Err(e),
+                    },
+                    EditableField::Config => {
+                        match config_from_pb("workflow.workflow_config", patch.workflow_config.clone()) {
+                            Ok(c) => config = Some(c),
+                            Err(v) => violations.extend(v),
+                        }
+                    }
+                }
+            }
+            invalid_if_any(violations)?;
+            let etag = patch.etag.clone();
+            let updated = self
+                .repo
+                .mutate(
+                    tenant.as_str(),
+                    id,
+                    key.as_ref(),
+                    Box::new(move |w| {
+                        lifecycle::ensure_owned(w)?;
+                        lifecycle::ensure_fresh(w, &etag)?;
+                        for field in &fields {
+                            lifecycle::ensure_editable(w.status, *field)?;
+                        }
+                        for field in fields {
+                            match field {
+                                EditableField::Name => w.name = patch.name.trim().to_owned(),
+                                EditableField::Description => w.description = patch.description.clone(),
+                                EditableField::Category => w.category = category.unwrap_or(w.category),
+                                EditableField::Config => w.config = config.clone().unwrap_or_else(|| w.config.clone()),
+                            }
+                        }
+                        Ok(())
+                    }),
+                )
+                .await?;
+            tracing::info!(workflow_id = %id, version = updated.version, "workflow updated");
+            Ok(workflow_to_pb(&updated))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_workflow(
+        &self,
+        request: Request<pb::DeleteWorkflowRequest>,
+    ) -> Result<Response<pb::DeleteWorkflowResponse>, Status> {
+        handle(request, |tenant, req| async move {
+            let key = IdempotencyKey::from_request("DeleteWorkflow", &req.request_id, &req)?;
+            let id = parse_id("id", &req.id)?;
+            let etag = req.etag;
+            let deleted = self
+                .repo
+                .delete(
+                    tenant.as_str(),
+                    id,
+                    key.as_ref(),
+                    Box::new(move |w| {
+                        lifecycle::ensure_owned(w)?;
+                        lifecycle::ensure_fresh(w, &etag)?;
+                        lifecycle::ensure_deletable(w)
+                    }),
+                )
+                .await?;
+            tracing::info!(workflow_id = %deleted, "workflow deleted");
+            Ok(pb::DeleteWorkflowResponse { id: deleted.to_string() })
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn activate_workflow(
+        &self,
+        request: Request<pb::ActivateWorkflowRequest>,
+    ) -> Result<Response<pb::WorkflowDefinition>, Status> {
+        handle(request, |tenant, req| async move {
+            let key = IdempotencyKey::from_request("ActivateWorkflow", &req.request_id, &req)?;
+            let id = parse_id("id", &req.id)?;
+            let etag = req.etag;
+            let workflow = self
+                .repo
+                .mutate(
+                    tenant.as_str(),
+                    id,
+                    key.as_ref(),
+                    Box::new(move |w| {
+                        lifecycle::ensure_owned(w)?;
+                        lifecycle::ensure_fresh(w, &etag)?;
+                        w.status = lifecycle::activate(w)?;
+                        Ok(())
+                    }),
+                )
+                .await?;
+            tracing::info!(workflow_id = %id, "workflow activated");
+            Ok(workflow_to_pb(&workflow))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn archive_workflow(
+        &self,
+        request: Request<pb::ArchiveWorkflowRequest>,
+    ) -> Result<Response<pb::WorkflowDefinition>, Status> {
+        handle(request, |tenant, req| async move {
+            let key = IdempotencyKey::from_request("ArchiveWorkflow", &req.request_id, &req)?;
+            let id = parse_id("id", &req.id)?;
+            let etag = req.etag;
+            let workflow = self
+                .repo
+                .mutate(
+                    tenant.as_str(),
+                    id,
+                    key.as_ref(),
+                    Box::new(move |w| {
+                        lifecycle::ensure_owned(w)?;
+                        lifecycle::ensure_fresh(w, &etag)?;
+                        w.status = lifecycle::archive(w)?;
+                        Ok(())
+                    }),
+                )
+                .await?;
+            tracing::info!(workflow_id = %id, "workflow archived");
+            Ok(workflow_to_pb(&workflow))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn clone_workflow(
+        &self,
+        request: Request<pb::CloneWorkflowRequest>,
+    ) -> Result<Response<pb::WorkflowDefinition>, Status> {
+        handle(request, |tenant, req| async move {
+            let key = IdempotencyKey::from_request("CloneWorkflow", &req.request_id, &req)?;
+            let source_id = parse_id("source_id", &req.source_id)?;
+            if !req.name.is_empty() {
+                let mut violations = Vec::new();
+                validation::check_name("name", &req.name, &mut violations);
+                invalid_if_any(violations)?;
+            }
+            let source = self.repo.get(tenant.as_str(), source_id).await?;
+            let name = if req.name.is_empty() {
+                let mut name = format!("{} (copy)", source.name);
+                if name.chars().count() > validation::MAX_NAME_CHARS {
+                    name = name.chars().take(validation::MAX_NAME_CHARS).collect();
+                }
+                name
+            } else {
+                req.name.trim().to_owned()
+            };
+            let new =
+                NewWorkflow { name, description: source.description, category: source.category, config: source.config };
+            let clone = self.repo.create(tenant.as_str(), new, key.as_ref()).await?;
+            tracing::info!(workflow_id = %clone.id, source_id = %source_id, "workflow cloned");
+            Ok(workflow_to_pb(&clone))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn validate_workflow_config(
+        &self,
+        request: Request<pb::ValidateWorkflowConfigRequest>,
+    ) -> Result<Response<pb::ValidateWorkflowConfigResponse>, Status> {
+        handle(request, |_tenant, req| async move {
+            let violations = match config_from_pb("workflow_config", req.workflow_config) {
+                Ok(_) => Vec::new(),
+                Err(v) => v,
+            };
+            Ok(pb::ValidateWorkflowConfigResponse {
+                valid: violations.is_empty(),
+                violations: violations
+                    .into_iter()
+                    .map(|v| pb::ConfigViolation { field: v.field, description: v.description })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn record_execution(
+        &self,
+        request: Request<pb::RecordExecutionRequest>,
+    ) -> Result<Response<pb::RecordExecutionResponse>, Status> {
+        handle(request, |tenant, req| async move {
+            let workflow_id = parse_id("workflow_id", &req.workflow_id)?;
+            if req.execution_id.is_empty()
+                || req.execution_id.len() > 128
+                || !req.execution_id.chars().all(|c| c.is_ascii_graphic())
+            {
+                return Err(ServiceError::invalid("execution_id", "must be 1-128 printable ASCII characters"));
+            }
+            let recorded =
+                self.repo.record_execution(tenant.as_str(), workflow_id, &req.execution_id, req.succeeded).await?;
+            Ok(pb::RecordExecutionResponse {
+                counted: recorded.counted,
+                execution_count: recorded.workflow.execution_count,
+                success_rate: recorded.workflow.success_rate(),
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,82 @@
+//! Where workflows live: one repository interface, implemented for PostgreSQL (production) and
+//! SQLite (the embedded default) from one body of portable SQL.
+
+mod row;
+mod sql;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use engarde::kit::db::DbPool;
+use engarde::kit::error::ServiceResult;
+use engarde::kit::idempotency::IdempotencyKey;
+use engarde::kit::pagination::PageRequest;
+use uuid::Uuid;
+
+use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
+
+pub use sql::{PostgresWorkflowRepository, SqliteWorkflowRepository};
+
+/// A change to one workflow, decided by the domain on the current row inside the transaction.
+pub type Mutation = Box<dyn FnOnce(&mut Workflow) -> ServiceResult<()> + Send>;
+/// A check that a workflow may be deleted, run on the current row inside the transaction.
+pub type DeleteCheck = Box<dyn FnOnce(&Workflow) -> ServiceResult<()> + Send>;
+
+/// Storage of workflow definitions. Every read and write is scoped to a tenant: a workflow of
+/// another tenant is NOT_FOUND. Templates (tenant '') are visible to every tenant.
+#[async_trait]
+pub trait WorkflowRepository: Send + Sync {
+    /// Inserts the templates that are not there yet; answers how many were inserted.
+    async fn seed_templates(&self, templates: &[Workflow]) -> ServiceResult<u64>;
+
+    /// Stores a new draft.
+    async fn create(&self, tenant: &str, new: NewWorkflow, key: Option<&IdempotencyKey>) -> ServiceResult<Workflow>;
+
+    /// One workflow the tenant can see.
+    async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Workflow>;
+
+    /// One page of the workflows the tenant can see, ordered by (name, id).
+    async fn list(&self, tenant: &str, filter: &WorkflowFilter, page: &PageRequest) -> ServiceResult<Vec<Workflow>>;
+
+    /// Loads the workflow, applies `mutation`, bumps the version and saves, atomically.
+    async fn mutate(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        key: Option<&IdempotencyKey>,
+        mutation: Mutation,
+    ) -> ServiceResult<Workflow>;
+
+    /// Deletes the workflow when `check` allows it.
+    async fn delete(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        key: Option<&IdempotencyKey>,
+        check: DeleteCheck,
+    ) -> ServiceResult<Uuid>;
+
+    /// Counts one execution exactly once (by `execution_id`).
+    async fn record_execution(
+        &self,
+        tenant: &str,
+        workflow_id: Uuid,
+        execution_id: &str,
+        succeeded: bool,
+    ) -> ServiceResult<RecordedExecution>;
+
+    /// Forgets idempotency keys older than `before`.
+    async fn expire_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>) -> ServiceResult<u64>;
+}
+
+/// The repository for a pool.
+pub fn repository(pool: &DbPool) -> Arc<dyn WorkflowRepository> {
+    match pool {
+        DbPool::Postgres(p) => Arc::new(PostgresWorkflowRepository::new(p.clone())),
+        DbPool::Sqlite(p) => Arc::new(SqliteWorkflowRepository::new(p.clone())),
+    }
+}
+
+/// The migrations of each database.
+pub static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+pub static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

@@ -1,0 +1,264 @@
+//! The repository, written once in SQL both databases accept and expanded for each.
+//!
+//! Where the databases differ it says so: PostgreSQL locks the row it is about to change
+//! (`FOR UPDATE`); SQLite takes its single write lock up front (`BEGIN IMMEDIATE`), which also
+//! avoids the deadlock of two readers upgrading to writers at once.
+
+macro_rules! sql_repository {
+    ($module:ident, $name:ident, $db:ty, begin = $begin:literal, lock = $lock:literal) => {
+        mod $module {
+            use async_trait::async_trait;
+            use chrono::Utc;
+            use engarde::kit::error::{ServiceError, ServiceResult};
+            use engarde::kit::idempotency::IdempotencyKey;
+            use engarde::kit::pagination::PageRequest;
+            use sqlx::types::Json;
+            use uuid::Uuid;
+
+            use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
+            use crate::storage::row::{COLUMNS, WorkflowRow};
+            use crate::storage::{DeleteCheck, Mutation, WorkflowRepository};
+
+            engarde::idempotency_sql!($db);
+
+            type Tx<'a> = sqlx::Transaction<'a, $db>;
+
+            #[derive(Clone)]
+            pub struct $name {
+                pool: sqlx::Pool<$db>,
+            }
+
+            impl $name {
+                pub fn new(pool: sqlx::Pool<$db>) -> Self {
+                    Self { pool }
+                }
+
+                async fn begin(&self) -> ServiceResult<Tx<'static>> {
+                    Ok(self.pool.begin_with($begin).await?)
+                }
+            }
+
+            fn replayed<T: serde::de::DeserializeOwned>(json: &str) -> ServiceResult<T> {
+                serde_json::from_str(json).map_err(ServiceError::internal)
+            }
+
+            fn not_found(id: Uuid) -> ServiceError {
+                ServiceError::not_found(format!("workflow {id}"))
+            }
+
+            /// The workflow if the tenant can see it, locked for the rest of the transaction.
+            async fn load_for_update(tx: &mut Tx<'_>, tenant: &str, id: Uuid) -> ServiceResult<Workflow> {
+                let sql = format!(
+                    "SELECT {COLUMNS} FROM workflows WHERE id = $1 AND (tenant_id = $2 OR is_template){}",
+                    $lock
+                );
+                let row: Option<WorkflowRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(id.to_string())
+                    .bind(tenant)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                row.ok_or_else(|| not_found(id))?.try_into()
+            }
+
+            async fn insert(tx: &mut Tx<'_>, w: &Workflow, on_conflict: &str) -> ServiceResult<u64> {
+                let sql = format!(
+                    "INSERT INTO workflows ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) {on_conflict}"
+                );
+                Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(w.id.to_string())
+                    .bind(&w.tenant_id)
+                    .bind(&w.name)
+                    .bind(&w.description)
+                    .bind(w.category.as_str())
+                    .bind(Json(&w.config))
+                    .bind(w.status.as_str())
+                    .bind(w.is_template)
+                    .bind(w.execution_count)
+                    .bind(w.success_count)
+                    .bind(w.version)
+                    .bind(w.created_at)
+                    .bind(w.updated_at)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected())
+            }
+
+            #[async_trait]
+            impl WorkflowRepository for $name {
+                async fn seed_templates(&self, templates: &[Workflow]) -> ServiceResult<u64> {
+                    let mut tx = self.begin().await?;
+                    let mut inserted = 0;
+                    for template in templates {
+                        inserted += insert(&mut tx, template, "ON CONFLICT (id) DO NOTHING").await?;
+                    }
+                    tx.commit().await?;
+                    Ok(inserted)
+                }
+
+                async fn create(&self, tenant: &str, new: NewWorkflow, key: Option<&IdempotencyKey>) -> ServiceResult<Workflow> {
+                    let mut tx = self.begin().await?;
+                    if let Some(json) = claim_idempotency(&mut tx, tenant, key).await? {
+                        return replayed(&json);
+                    }
+                    let workflow = new.into_draft(tenant, Utc::now());
+                    insert(&mut tx, &workflow, "").await?;
+                    complete_idempotency(&mut tx, tenant, key, &workflow).await?;
+                    tx.commit().await?;
+                    Ok(workflow)
+                }
+
+                async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Workflow> {
+                    let sql = format!("SELECT {COLUMNS} FROM workflows WHERE id = $1 AND (tenant_id = $2 OR is_template)");
+                    let row: Option<WorkflowRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                        .bind(id.to_string())
+                        .bind(tenant)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    row.ok_or_else(|| not_found(id))?.try_into()
+                }
+
+                async fn list(&self, tenant: &str, filter: &WorkflowFilter, page: &PageRequest) -> ServiceResult<Vec<Workflow>> {
+                    // One static statement: an empty filter parameter matches everything.
+                    let sql = format!(
+                        "SELECT {COLUMNS} FROM workflows \
+                         WHERE (tenant_id = $1 OR is_template) \
+                           AND ($2 = '' OR category = $2) \
+                           AND ($3 = '' OR status = $3) \
+                           AND ($4 = -1 OR is_template = ($4 = 1)) \
+                           AND ($5 = '' OR LOWER(name) LIKE $5 ESCAPE '\\') \
+                           AND ($6 = 0 OR (name, id) > ($7, $8)) \
+                         ORDER BY name, id LIMIT $9"
+                    );
+                    let pattern = if filter.name_contains.is_empty() {
+                        String::new()
+                    } else {
+                        let escaped = filter.name_contains.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+                        format!("%{escaped}%")
+                    };
+                    let (has_after, after_name, after_id) = match page.after.as_deref() {
+                        Some([name, id]) => (1i64, name.clone(), id.clone()),
+                        Some(_) => return Err(ServiceError::invalid("page_token", "is not a token this service issued")),
+                        None => (0i64, String::new(), String::new()),
+                    };
+                    let rows: Vec<WorkflowRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                        .bind(tenant)
+                        .bind(filter.category.map(|c| c.as_str()).unwrap_or(""))
+                        .bind(filter.status.map(|s| s.as_str()).unwrap_or(""))
+                        .bind(match filter.is_template { None => -1i64, Some(true) => 1, Some(false) => 0 })
+                        .bind(pattern)
+                        .bind(has_after)
+                        .bind(after_name)
+                        .bind(after_id)
+                        .bind(i64::from(page.size))
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.into_iter().map(Workflow::try_from).collect()
+                }
+
+                async fn mutate(&self, tenant: &str, id: Uuid, key: Option<&IdempotencyKey>, mutation: Mutation) -> ServiceResult<Workflow> {
+                    let mut tx = self.begin().await?;
+                    if let Some(json) = claim_idempotency(&mut tx, tenant, key).await? {
+                        return replayed(&json);
+                    }
+                    let mut workflow = load_for_update(&mut tx, tenant, id).await?;
+                    let read_version = workflow.version;
+                    mutation(&mut workflow)?;
+                    workflow.version = read_version + 1;
+                    workflow.updated_at = Utc::now();
+                    let updated = sqlx::query(
+                        "UPDATE workflows SET name = $1, description = $2, category = $3, config = $4, status = $5, \
+                         version = $6, updated_at = $7 WHERE id = $8 AND version = $9",
+                    )
+                    .bind(&workflow.name)
+                    .bind(&workflow.description)
+                    .bind(workflow.category.as_str())
+                    .bind(Json(&workflow.config))
+                    .bind(workflow.status.as_str())
+                    .bind(workflow.version)
+                    .bind(workflow.updated_at)
+                    .bind(id.to_string())
+                    .bind(read_version)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if updated != 1 {
+                        return Err(ServiceError::Aborted(format!("workflow {id} changed concurrently; read it again")));
+                    }
+                    complete_idempotency(&mut tx, tenant, key, &workflow).await?;
+                    tx.commit().await?;
+                    Ok(workflow)
+                }
+
+                async fn delete(&self, tenant: &str, id: Uuid, key: Option<&IdempotencyKey>, check: DeleteCheck) -> ServiceResult<Uuid> {
+                    let mut tx = self.begin().await?;
+                    if let Some(json) = claim_idempotency(&mut tx, tenant, key).await? {
+                        return replayed(&json);
+                    }
+                    let workflow = load_for_update(&mut tx, tenant, id).await?;
+                    check(&workflow)?;
+                    sqlx::query("DELETE FROM workflows WHERE id = $1").bind(id.to_string()).execute(&mut *tx).await?;
+                    complete_idempotency(&mut tx, tenant, key, &id).await?;
+                    tx.commit().await?;
+                    Ok(id)
+                }
+
+                async fn record_execution(
+                    &self,
+                    tenant: &str,
+                    workflow_id: Uuid,
+                    execution_id: &str,
+                    succeeded: bool,
+                ) -> ServiceResult<RecordedExecution> {
+                    let mut tx = self.begin().await?;
+                    // Locking the workflow serialises concurrent reports of one execution.
+                    let mut workflow = load_for_update(&mut tx, tenant, workflow_id).await?;
+                    let seen: Option<(String,)> =
+                        sqlx::query_as("SELECT workflow_id FROM workflow_executions WHERE execution_id = $1")
+                            .bind(execution_id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    if let Some((recorded_for,)) = seen {
+                        if recorded_for != workflow_id.to_string() {
+                            return Err(ServiceError::AlreadyExists(format!(
+                                "execution {execution_id} was already recorded for another workflow"
+                            )));
+                        }
+                        return Ok(RecordedExecution { counted: false, workflow });
+                    }
+                    sqlx::query(
+                        "INSERT INTO workflow_executions (execution_id, workflow_id, tenant_id, succeeded, recorded_at) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(execution_id)
+                    .bind(workflow_id.to_string())
+                    .bind(tenant)
+                    .bind(succeeded)
+                    .bind(Utc::now())
+                    .execute(&mut *tx)
+                    .await?;
+                    let success = i64::from(succeeded);
+                    sqlx::query(
+                        "UPDATE workflows SET execution_count = execution_count + 1, success_count = success_count + $1 \
+                         WHERE id = $2",
+                    )
+                    .bind(success)
+                    .bind(workflow_id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    workflow.execution_count += 1;
+                    workflow.success_count += success;
+                    Ok(RecordedExecution { counted: true, workflow })
+                }
+
+                async fn expire_idempotency_keys(&self, before: chrono::DateTime<Utc>) -> ServiceResult<u64> {
+                    expire_idempotency(&self.pool, before).await
+                }
+            }
+        }
+        pub use $module::$name;
+    };
+}
+
+sql_repository!(postgres, PostgresWorkflowRepository, sqlx::Postgres, begin = "BEGIN", lock = " FOR UPDATE");
+sql_repository!(sqlite, SqliteWorkflowRepository, sqlx::Sqlite, begin = "BEGIN IMMEDIATE", lock = "");
