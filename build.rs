@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     // compile_fds does not write the descriptor set itself: reflection needs it, so write it here.
     std::fs::write(out.join("engarde_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Maps as BTreeMap: encoding is then deterministic, so the fingerprint of a request (the hash
+    // of its encoding, for idempotency keys) is the same every time the same request is sent.
+    tonic_prost_build::configure().btree_map(".").compile_fds(fds)?;
     Ok(())
 }

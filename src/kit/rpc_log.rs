@@ -84,7 +84,7 @@ impl CallRecord {
             return;
         }
         self.done = true;
-        let latency_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let latency_ms = (self.start.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
         let code_name = format!("{code:?}");
         match code {
             tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss => {

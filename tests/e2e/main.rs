@@ -1,1 +1,12 @@
-//! End-to-end tests: they start the real binaries and call them over real sockets.
+//! End-to-end tests: they start the real service binaries on free ports, against fresh
+//! PostgreSQL databases and SQLite files, and call them over real sockets with the generated
+//! clients (and grpcurl), as a user would.
+
+mod helpers;
+
+mod workflows_auth;
+mod workflows_crud;
+mod workflows_grpcurl;
+mod workflows_health;
+mod workflows_library;
+mod workflows_statistics;

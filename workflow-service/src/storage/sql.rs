@@ -8,7 +8,7 @@ macro_rules! sql_repository {
     ($module:ident, $name:ident, $db:ty, begin = $begin:literal, lock = $lock:literal) => {
         mod $module {
             use async_trait::async_trait;
-            use chrono::Utc;
+            use chrono::{SubsecRound, Utc};
             use engarde::kit::error::{ServiceError, ServiceResult};
             use engarde::kit::idempotency::IdempotencyKey;
             use engarde::kit::pagination::PageRequest;
@@ -36,6 +36,11 @@ macro_rules! sql_repository {
                 async fn begin(&self) -> ServiceResult<Tx<'static>> {
                     Ok(self.pool.begin_with($begin).await?)
                 }
+            }
+
+            /// Now, to the microsecond: what PostgreSQL stores, so an answer equals a later read.
+            fn now() -> chrono::DateTime<Utc> {
+                Utc::now().trunc_subsecs(6)
             }
 
             fn replayed<T: serde::de::DeserializeOwned>(json: &str) -> ServiceResult<T> {
@@ -100,7 +105,7 @@ macro_rules! sql_repository {
                     if let Some(json) = claim_idempotency(&mut tx, tenant, key).await? {
                         return replayed(&json);
                     }
-                    let workflow = new.into_draft(tenant, Utc::now());
+                    let workflow = new.into_draft(tenant, now());
                     insert(&mut tx, &workflow, "").await?;
                     complete_idempotency(&mut tx, tenant, key, &workflow).await?;
                     tx.commit().await?;
@@ -164,7 +169,7 @@ macro_rules! sql_repository {
                     let read_version = workflow.version;
                     mutation(&mut workflow)?;
                     workflow.version = read_version + 1;
-                    workflow.updated_at = Utc::now();
+                    workflow.updated_at = now();
                     let updated = sqlx::query(
                         "UPDATE workflows SET name = $1, description = $2, category = $3, config = $4, status = $5, \
                          version = $6, updated_at = $7 WHERE id = $8 AND version = $9",

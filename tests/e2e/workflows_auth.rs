@@ -1,0 +1,106 @@
+//! Production authentication: the tenant comes from a verified JWT, never from a header.
+
+use std::time::Duration;
+
+use engarde::proto::workflow::v1 as pb;
+use engarde::proto::workflow::v1::workflow_service_client::WorkflowServiceClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::helpers::*;
+use crate::workflows_crud::create_request;
+
+const SECRET: &str = "test-secret-at-least-32-bytes-long!!";
+
+fn token(tenant: &str, secret: &str, expires_in: i64) -> String {
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        tenant_id: &'a str,
+        exp: i64,
+    }
+    let claims = Claims { tenant_id: tenant, exp: chrono::Utc::now().timestamp() + expires_in };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("token")
+}
+
+fn with_auth<T>(message: T, authorization: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", authorization.parse().unwrap());
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_valid_token_names_the_tenant() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let service =
+        spawn_workflow_service(&db, &[("AUTH_MODE", "jwt".into()), ("JWT_HS256_SECRET", SECRET.into())]).await;
+    let mut client: WorkflowServiceClient<Channel> = WorkflowServiceClient::new(service.channel().await);
+    let list = pb::ListWorkflowsRequest::default;
+
+    let status = expect_code(client.list_workflows(list()).await, Code::Unauthenticated);
+    assert!(status.message().contains("Bearer"), "{}", status.message());
+    // The development header means nothing in production mode.
+    let mut dev = tonic::Request::new(list());
+    dev.metadata_mut().insert("x-tenant-id", "tenant-a".parse().unwrap());
+    expect_code(client.list_workflows(dev).await, Code::Unauthenticated);
+    expect_code(client.list_workflows(with_auth(list(), "Bearer not.a.jwt")).await, Code::Unauthenticated);
+    expect_code(
+        client
+            .list_workflows(with_auth(
+                list(),
+                &format!("Bearer {}", token("tenant-a", "wrong-secret-wrong-secret-wrong!!", 60)),
+            ))
+            .await,
+        Code::Unauthenticated,
+    );
+    expect_code(
+        client.list_workflows(with_auth(list(), &format!("Bearer {}", token("tenant-a", SECRET, -3600)))).await,
+        Code::Unauthenticated,
+    );
+    expect_code(
+        client.list_workflows(with_auth(list(), &format!("Bearer {}", token("bad tenant!", SECRET, 60)))).await,
+        Code::Unauthenticated,
+    );
+
+    let alice = format!("Bearer {}", token("tenant-a", SECRET, 60));
+    let bob = format!("Bearer {}", token("tenant-b", SECRET, 60));
+    let created = client.create_workflow(with_auth(create_request("Alice's"), &alice)).await.unwrap().into_inner();
+    assert_eq!(created.tenant_id, "tenant-a");
+    let id = created.id.clone();
+    client.get_workflow(with_auth(pb::GetWorkflowRequest { id: id.clone() }, &alice)).await.expect("owner reads it");
+    expect_code(client.get_workflow(with_auth(pb::GetWorkflowRequest { id }, &bob)).await, Code::NotFound);
+
+    // Probes need no credentials.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(service.channel().await);
+    let answer = health
+        .check(tonic_health::pb::HealthCheckRequest { service: "engarde.workflow.v1.WorkflowService".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+}
+
+#[tokio::test]
+async fn production_mode_without_a_key_refuses_to_start() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(binary("workflow-service"))
+            .env_clear()
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("DATABASE_URL", db.url())
+            .env("AUTH_MODE", "jwt")
+            .output(),
+    )
+    .await
+    .expect("exits promptly")
+    .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("JWT_HS256_SECRET"), "{stderr}");
+    assert!(output.stdout.is_empty(), "it never announced itself as listening");
+}

@@ -1,0 +1,169 @@
+//! Health follows the database both ways, and SIGTERM drains before exiting.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use engarde::proto::workflow::v1 as pb;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::helpers::*;
+use crate::workflows_crud::create_request;
+
+const SERVICE: &str = "engarde.workflow.v1.WorkflowService";
+
+/// A PostgreSQL cluster of the test's own, on its own port, that the test may stop and start
+/// (the machine's shared server is never touched).
+pub struct ThrowawayPostgres {
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+fn pg_bin(tool: &str) -> PathBuf {
+    let versions = std::fs::read_dir("/usr/lib/postgresql").expect("PostgreSQL is installed");
+    let mut dirs: Vec<PathBuf> = versions.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    dirs.sort();
+    dirs.last().expect("a PostgreSQL version").join("bin").join(tool)
+}
+
+fn as_postgres(args: &[&str]) {
+    let status = Command::new("runuser")
+        .arg("-u")
+        .arg("postgres")
+        .arg("--")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("runuser");
+    assert!(status.success(), "{args:?} failed");
+}
+
+impl ThrowawayPostgres {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Command::new("chown").args(["postgres", dir.path().to_str().unwrap()]).status().expect("chown");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let data = dir.path().join("data");
+        as_postgres(&[
+            pg_bin("initdb").to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+        ]);
+        let pg = Self { dir, port };
+        pg.resume();
+        pg
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn ctl(&self, args: &[&str]) {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("log");
+        let mut all = vec![
+            pg_bin("pg_ctl").to_str().unwrap().to_owned(),
+            "-D".into(),
+            data.to_str().unwrap().into(),
+            "-l".into(),
+            log.to_str().unwrap().into(),
+            "-w".into(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        as_postgres(&all.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    pub fn resume(&self) {
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.path().display());
+        self.ctl(&["-o", &options, "start"]);
+    }
+
+    pub fn stop(&self) {
+        self.ctl(&["stop", "-m", "fast"]);
+    }
+}
+
+impl Drop for ThrowawayPostgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = Command::new("runuser")
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                pg_bin("pg_ctl").to_str().unwrap(),
+                "-D",
+                data.to_str().unwrap(),
+                "stop",
+                "-m",
+                "immediate",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+async fn status_of(health: &mut HealthClient<tonic::transport::Channel>, service: &str) -> Option<i32> {
+    health.check(HealthCheckRequest { service: service.into() }).await.ok().map(|r| r.into_inner().status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_database_down_and_back_up() {
+    let pg = ThrowawayPostgres::start();
+    let service =
+        ServiceProcess::start("workflow-service", &[("DATABASE_URL", pg.url()), ("AUTH_MODE", "dev".into())]).await;
+    let mut health = HealthClient::new(service.channel().await);
+    let mut client = engarde::proto::workflow::v1::workflow_service_client::WorkflowServiceClient::with_interceptor(
+        service.channel().await,
+        as_tenant("tenant-a"),
+    );
+    let kept = client.create_workflow(create_request("Before the outage")).await.unwrap().into_inner();
+    assert_eq!(status_of(&mut health, SERVICE).await, Some(ServingStatus::Serving as i32));
+
+    pg.stop();
+    eventually(Duration::from_secs(15), "NOT_SERVING while the database is down", || {
+        let mut h = health.clone();
+        async move { status_of(&mut h, SERVICE).await == Some(ServingStatus::NotServing as i32) }
+    })
+    .await;
+    // The process itself is alive: liveness ("") stays SERVING, so Kubernetes does not restart it.
+    assert_eq!(status_of(&mut health, "").await, Some(ServingStatus::Serving as i32));
+    let status =
+        expect_code(client.get_workflow(pb::GetWorkflowRequest { id: kept.id.clone() }).await, Code::Unavailable);
+    assert!(status.message().contains("database"), "{}", status.message());
+    expect_code(client.create_workflow(create_request("During the outage")).await, Code::Unavailable);
+
+    pg.resume();
+    eventually(Duration::from_secs(15), "SERVING again once the database is back", || {
+        let mut h = health.clone();
+        async move { status_of(&mut h, SERVICE).await == Some(ServingStatus::Serving as i32) }
+    })
+    .await;
+    let read = client.get_workflow(pb::GetWorkflowRequest { id: kept.id.clone() }).await.expect("reads work again");
+    assert_eq!(read.into_inner().name, "Before the outage");
+    client.create_workflow(create_request("After the outage")).await.expect("writes work again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_health_off_first_then_exits_cleanly() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut service = spawn_workflow_service(&db, &[("DRAIN_TIMEOUT_SECS", "5".into())]).await;
+    let mut health = HealthClient::new(service.channel().await);
+    let mut watch = health.watch(HealthCheckRequest { service: SERVICE.into() }).await.unwrap().into_inner();
+    let first = watch.message().await.unwrap().expect("a first status");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    service.sigterm();
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.expect("told before exit");
+    assert_eq!(next.ok().flatten().map(|m| m.status), Some(ServingStatus::NotServing as i32));
+    let exit = service.wait_exit(Duration::from_secs(10)).await.expect("exits within the drain timeout");
+    assert!(exit.success(), "{exit:?}\n{}", service.logs());
+}
