@@ -42,7 +42,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     )
     .await?;
     let repo = storage::repository(&db);
-    let seeded = repo.seed_templates(&templates::library(chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6))).await?;
+    let seeded =
+        repo.seed_templates(&templates::library(chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6))).await?;
     tracing::info!(inserted = seeded, "template library seeded");
 
     let server = BoundServer::bind(listen).await?;
