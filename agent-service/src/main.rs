@@ -1,1 +1,16 @@
-fn main() {}
+use agent_service::config::Config;
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    engarde::kit::telemetry::init(config.common.log_format);
+    match agent_service::startup::run(config, engarde::kit::server::shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "agent-service failed");
+            eprintln!("agent-service: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! agent-service's settings: its own address and database, where workflow-service is, plus the
+//! shared ones.
+
+use std::time::Duration;
+
+use engarde::kit::config::CommonConfig;
+
+/// agent-service: EnGarde's AI agents over gRPC.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "agent-service", version, about)]
+pub struct Config {
+    /// Address to serve gRPC on (`host:port`; port 0 picks a free one).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50052")]
+    pub listen_addr: String,
+    /// `postgres://user@host/db` in production; an SQLite file for the embedded default.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/agent.db", hide_env_values = true)]
+    pub database_url: String,
+    /// Where workflow-service serves gRPC (`http://host:port`).
+    #[arg(long, env = "WORKFLOW_SERVICE_URL", default_value = "http://127.0.0.1:50051")]
+    pub workflow_service_url: String,
+    /// Deadline of each call to workflow-service, in milliseconds (each of its up to 3 attempts).
+    #[arg(long, env = "WORKFLOW_CALL_TIMEOUT_MS", default_value_t = 5000)]
+    pub workflow_call_timeout_ms: u64,
+    #[command(flatten)]
+    pub common: CommonConfig,
+}
+
+impl Config {
+    pub fn workflow_call_timeout(&self) -> Duration {
+        Duration::from_millis(self.workflow_call_timeout_ms.max(1))
+    }
+}

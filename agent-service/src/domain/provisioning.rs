@@ -1,0 +1,156 @@
+//! Provisioning: an agent for every workflow of a tenant that has none yet. This module decides
+//! which workflows are candidates; the database decides, with a claim row per workflow, which
+//! candidates still need an agent (so that concurrent provisioning makes each agent once).
+
+use engarde::kit::error::ServiceResult;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::mapping::{Overrides, agent_from_workflow};
+use super::model::{Agent, NewAgent, SourceWorkflow, WorkflowCategory, WorkflowStatus};
+
+/// At most this many workflow ids in a filter.
+pub const MAX_FILTER_WORKFLOW_IDS: usize = 100;
+
+/// Which workflows to consider. All conditions must hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProvisionFilter {
+    pub category: Option<WorkflowCategory>,
+    pub include_templates: bool,
+    /// Empty for all workflows.
+    pub workflow_ids: Vec<Uuid>,
+}
+
+impl Default for ProvisionFilter {
+    fn default() -> Self {
+        Self { category: None, include_templates: true, workflow_ids: Vec::new() }
+    }
+}
+
+impl ProvisionFilter {
+    /// Whether the category and template conditions admit `workflow`.
+    pub fn admits(&self, workflow: &SourceWorkflow) -> bool {
+        self.category.is_none_or(|c| c == workflow.category) && (self.include_templates || !workflow.is_template)
+    }
+}
+
+/// Why a workflow got no agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SkipReason {
+    AlreadyHasAgent,
+    Archived,
+    WorkflowNotFound,
+    ExcludedByFilter,
+}
+
+/// A workflow that got no agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub workflow_id: Uuid,
+    pub workflow_name: String,
+    pub reason: SkipReason,
+}
+
+/// A workflow that should get an agent, if it has none yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub workflow_id: Uuid,
+    pub workflow_name: String,
+    pub agent: NewAgent,
+}
+
+/// What a provisioning did (or, for a dry run, would do).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvisionOutcome {
+    pub created: Vec<Agent>,
+    pub skipped: Vec<Skipped>,
+    pub dry_run: bool,
+}
+
+impl ProvisionOutcome {
+    /// The outcome in the documented order: both lists by workflow id.
+    pub fn new(mut created: Vec<Agent>, mut skipped: Vec<Skipped>, dry_run: bool) -> Self {
+        created.sort_by_key(|a| a.source_workflow_id());
+        skipped.sort_by_key(|s| s.workflow_id);
+        Self { created, skipped, dry_run }
+    }
+}
+
+/// Splits what workflow-service answered into candidates and workflows skipped outright.
+/// `found` are the workflows read; `not_found` the requested ids that named none. Candidates
+/// come sorted by workflow id: concurrent provisionings then claim rows in the same order and
+/// cannot deadlock each other.
+pub fn select_candidates(
+    filter: &ProvisionFilter,
+    found: Vec<SourceWorkflow>,
+    not_found: Vec<Uuid>,
+) -> ServiceResult<(Vec<Candidate>, Vec<Skipped>)> {
+    let mut candidates = Vec::new();
+    let mut skipped: Vec<Skipped> = not_found
+        .into_iter()
+        .map(|workflow_id| Skipped { workflow_id, workflow_name: String::new(), reason: SkipReason::WorkflowNotFound })
+        .collect();
+    let explicit = !filter.workflow_ids.is_empty();
+    for workflow in found {
+        let skip = |reason| Skipped { workflow_id: workflow.id, workflow_name: workflow.name.clone(), reason };
+        if !filter.admits(&workflow) {
+            // Only ids the caller named are worth explaining; the rest were never asked for.
+            if explicit {
+                skipped.push(skip(SkipReason::ExcludedByFilter));
+            }
+            continue;
+        }
+        if workflow.status == WorkflowStatus::Archived {
+            skipped.push(skip(SkipReason::Archived));
+            continue;
+        }
+        let agent = agent_from_workflow(&workflow, Overrides::default())?;
+        candidates.push(Candidate { workflow_id: workflow.id, workflow_name: workflow.name, agent });
+    }
+    candidates.sort_by_key(|c| c.workflow_id);
+    candidates.dedup_by_key(|c| c.workflow_id);
+    Ok((candidates, skipped))
+}
+
+#[cfg(test)]
+mod tests {
+    use engarde::proto::workflow::v1 as workflow_pb;
+
+    use super::*;
+    use crate::domain::mapping::tests::workflow;
+
+    #[test]
+    fn archived_and_filtered_workflows_are_skipped_with_a_reason() {
+        let config = workflow_pb::WorkflowConfig::default();
+        let template = workflow(WorkflowCategory::ContentGeneration, config.clone());
+        let own = SourceWorkflow { is_template: false, ..workflow(WorkflowCategory::AbTesting, config.clone()) };
+        let archived = SourceWorkflow {
+            is_template: false,
+            status: WorkflowStatus::Archived,
+            ..workflow(WorkflowCategory::AbTesting, config.clone())
+        };
+        let missing = Uuid::now_v7();
+
+        let all = ProvisionFilter::default();
+        let (candidates, skipped) =
+            select_candidates(&all, vec![template.clone(), own.clone(), archived.clone()], vec![]).unwrap();
+        assert_eq!(candidates.len(), 2);
+        assert!(candidates.windows(2).all(|w| w[0].workflow_id < w[1].workflow_id));
+        assert_eq!(
+            skipped,
+            vec![Skipped {
+                workflow_id: archived.id,
+                workflow_name: archived.name.clone(),
+                reason: SkipReason::Archived
+            }]
+        );
+
+        let own_only =
+            ProvisionFilter { include_templates: false, workflow_ids: vec![template.id, own.id, missing], ..all };
+        let (candidates, skipped) =
+            select_candidates(&own_only, vec![template.clone(), own.clone()], vec![missing]).unwrap();
+        assert_eq!(candidates.iter().map(|c| c.workflow_id).collect::<Vec<_>>(), vec![own.id]);
+        let reasons: Vec<SkipReason> = skipped.iter().map(|s| s.reason).collect();
+        assert_eq!(reasons, vec![SkipReason::WorkflowNotFound, SkipReason::ExcludedByFilter]);
+    }
+}

@@ -1,0 +1,532 @@
+//! `engarde.agent.v1.AgentService`.
+
+use std::sync::Arc;
+
+use engarde::kit::auth::Tenant;
+use engarde::kit::error::{FieldViolation, ServiceError, ServiceResult};
+use engarde::kit::idempotency::IdempotencyKey;
+use engarde::kit::pagination::{PageRequest, filter_fingerprint};
+use engarde::proto::agent::v1 as pb;
+use engarde::proto::agent::v1::agent_service_server::AgentService;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::convert::{
+    agent_config_to_pb, agent_to_pb, agent_type_from_pb, category_from_pb, config_from_pb, installed_to_pb,
+    parse_config, parse_id, provision_to_pb, status_from_pb, upgrade_to_pb,
+};
+use crate::domain::configuration::{self, ConfigField, apply_config_update};
+use crate::domain::lifecycle::{self, Transition};
+use crate::domain::mapping::Overrides;
+use crate::domain::provisioning::{MAX_FILTER_WORKFLOW_IDS, ProvisionFilter};
+use crate::domain::{Agent, AgentFilter, AgentType, NewAgent};
+use crate::provisioner::Provisioner;
+use crate::storage::{AgentRepository, mutate_agent};
+use crate::workflows::Credentials;
+
+/// The service's handlers, over a repository and the workflow-dependent operations.
+#[derive(Clone)]
+pub struct AgentApi {
+    repo: Arc<dyn AgentRepository>,
+    provisioner: Provisioner,
+}
+
+impl AgentApi {
+    pub fn new(repo: Arc<dyn AgentRepository>, provisioner: Provisioner) -> Self {
+        Self { repo, provisioner }
+    }
+}
+
+/// Who is calling: the authenticated tenant and the credentials to forward to workflow-service.
+struct Caller {
+    tenant: Tenant,
+    credentials: Credentials,
+}
+
+/// Runs a handler body for the caller, turning its error into a status.
+async fn handle<Req, Res, F, Fut>(request: Request<Req>, body: F) -> Result<Response<Res>, Status>
+where
+    F: FnOnce(Caller, Req) -> Fut,
+    Fut: Future<Output = ServiceResult<Res>>,
+{
+    let tenant = Tenant::of(&request)?;
+    let credentials = Credentials::of(&request, &tenant);
+    body(Caller { tenant, credentials }, request.into_inner()).await.map(Response::new).map_err(Status::from)
+}
+
+fn invalid_if_any(violations: Vec<FieldViolation>) -> ServiceResult<()> {
+    if violations.is_empty() { Ok(()) } else { Err(ServiceError::InvalidArgument(violations)) }
+}
+
+/// The fields of UpdateAgent's mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AgentField {
+    Name,
+    Description,
+    Configuration,
+    Capabilities,
+}
+
+impl AgentField {
+    fn parse(path: &str) -> Option<Self> {
+        match path {
+            "name" => Some(Self::Name),
+            "description" => Some(Self::Description),
+            "configuration" => Some(Self::Configuration),
+            "capabilities" => Some(Self::Capabilities),
+            _ => None,
+        }
+    }
+}
+
+impl AgentApi {
+    /// A caller's lifecycle move.
+    async fn transition(
+        &self,
+        caller: &Caller,
+        method: &str,
+        (id, etag, request_id): (String, String, String),
+        message: &impl prost::Message,
+        transition: Transition,
+    ) -> ServiceResult<pb::Agent> {
+        let key = IdempotencyKey::from_request(method, &request_id, message)?;
+        let id = parse_id("id", &id)?;
+        let agent = mutate_agent(
+            self.repo.as_ref(),
+            caller.tenant.as_str(),
+            id,
+            key.as_ref(),
+            Box::new(move |a| {
+                lifecycle::ensure_fresh(a, &etag)?;
+                lifecycle::apply(a, transition)
+            }),
+        )
+        .await?;
+        tracing::info!(agent_id = %id, status = agent.status.as_str(), "agent status changed");
+        Ok(agent_to_pb(&agent))
+    }
+}
+
+fn overrides_from_pb(overrides: Option<pb::AgentOverrides>) -> ServiceResult<Overrides> {
+    let Some(o) = overrides else { return Ok(Overrides::default()) };
+    let mut violations = Vec::new();
+    if let Some(name) = &o.name {
+        configuration::check_name("overrides.name", name, &mut violations);
+    }
+    if let Some(description) = &o.description {
+        configuration::check_description("overrides.description", description, &mut violations);
+    }
+    let agent_type = match agent_type_from_pb("overrides.agent_type", o.agent_type) {
+        Ok(t) => t,
+        Err(ServiceError::InvalidArgument(v)) => {
+            violations.extend(v);
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let configuration = match o.configuration {
+        None => None,
+        Some(c) => config_from_pb("overrides.configuration", Some(c)).map_err(|v| violations.extend(v)).ok(),
+    };
+    invalid_if_any(violations)?;
+    Ok(Overrides { name: o.name.map(|n| n.trim().to_owned()), description: o.description, agent_type, configuration })
+}
+
+fn provision_filter_from_pb(filter: Option<pb::ProvisionFilter>) -> ServiceResult<ProvisionFilter> {
+    let Some(f) = filter else { return Ok(ProvisionFilter::default()) };
+    let mut violations = Vec::new();
+    let category = match category_from_pb("filter.category", f.category) {
+        Ok(c) => c,
+        Err(ServiceError::InvalidArgument(v)) => {
+            violations.extend(v);
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    if f.workflow_ids.len() > MAX_FILTER_WORKFLOW_IDS {
+        violations.push(FieldViolation::new("filter.workflow_ids", format!("at most {MAX_FILTER_WORKFLOW_IDS} ids")));
+    }
+    let mut workflow_ids = Vec::new();
+    for (i, id) in f.workflow_ids.iter().enumerate() {
+        match Uuid::parse_str(id) {
+            Ok(id) => workflow_ids.push(id),
+            Err(_) => violations.push(FieldViolation::new(format!("filter.workflow_ids[{i}]"), "must be a UUID")),
+        }
+    }
+    invalid_if_any(violations)?;
+    Ok(ProvisionFilter { category, include_templates: f.include_templates.unwrap_or(true), workflow_ids })
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    #[tracing::instrument(skip_all)]
+    async fn create_agent(&self, request: Request<pb::CreateAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+        handle(request, |caller, req| async move {
+            let key = IdempotencyKey::from_request("CreateAgent", &req.request_id, &req)?;
+            let mut violations = Vec::new();
+            configuration::check_name("name", &req.name, &mut violations);
+            configuration::check_description("description", &req.description, &mut violations);
+            let agent_type = match agent_type_from_pb("agent_type", req.agent_type) {
+                Ok(None) => {
+                    violations.push(FieldViolation::new("agent_type", "is required"));
+                    None
+                }
+                Ok(Some(AgentType::Walker)) => {
+                    violations.push(FieldViolation::new(
+                        "agent_type",
+                        "a walker needs a workflow to walk; use CreateAgentFromWorkflow",
+                    ));
+                    None
+                }
+                Ok(t) => t,
+                Err(ServiceError::InvalidArgument(v)) => {
+                    violations.extend(v);
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            let config =
+                config_from_pb("configuration", req.configuration.clone()).map_err(|v| violations.extend(v)).ok();
+            let capabilities = configuration::check_capabilities("capabilities", &req.capabilities, &mut violations);
+            invalid_if_any(violations)?;
+            let (Some(agent_type), Some(configuration)) = (agent_type, config) else {
+                return Err(ServiceError::internal(anyhow::anyhow!("validated request lost a field")));
+            };
+            let new = NewAgent {
+                name: req.name.trim().to_owned(),
+                description: req.description,
+                agent_type,
+                snapshot: None,
+                configuration,
+                capabilities,
+            };
+            let created = self.repo.create(caller.tenant.as_str(), new, key.as_ref()).await?;
+            tracing::info!(agent_id = %created.id, "agent created");
+            Ok(agent_to_pb(&created))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_agent(&self, request: Request<pb::GetAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+        handle(request, |caller, req| async move {
+            let id = parse_id("id", &req.id)?;
+            Ok(agent_to_pb(&self.repo.get(caller.tenant.as_str(), id).await?))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        handle(request, |caller, req| async move {
+            let workflow_id =
+                if req.workflow_id.is_empty() { None } else { Some(parse_id("workflow_id", &req.workflow_id)?) };
+            let filter = AgentFilter {
+                agent_type: agent_type_from_pb("agent_type", req.agent_type)?,
+                status: status_from_pb("status", req.status)?,
+                workflow_id,
+            };
+            let parts = filter.fingerprint_parts();
+            let fingerprint = filter_fingerprint(&parts.iter().map(String::as_str).collect::<Vec<_>>());
+            let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
+            let agents = self.repo.list(caller.tenant.as_str(), &filter, &page).await?;
+            Ok(pb::ListAgentsResponse {
+                next_page_token: page.next_token(agents.len(), agents.last().map(sort_key)),
+                agents: agents.iter().map(agent_to_pb).collect(),
+            })
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update_agent(&self, request: Request<pb::UpdateAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+        handle(request, |caller, req| async move {
+            let key = IdempotencyKey::from_request("UpdateAgent", &req.request_id, &req)?;
+            let Some(patch) = req.agent else {
+                return Err(ServiceError::invalid("agent", "is required"));
+            };
+            let id = parse_id("agent.id", &patch.id)?;
+            let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+            if paths.is_empty() {
+                return Err(ServiceError::invalid("update_mask", "name at least one field to change"));
+            }
+            let mut violations = Vec::new();
+            let mut fields = Vec::new();
+            for (i, path) in paths.iter().enumerate() {
+                match AgentField::parse(path) {
+                    Some(f) => fields.push(f),
+                    None => violations.push(FieldViolation::new(
+                        format!("update_mask.paths[{i}]"),
+                        format!("{path:?} cannot be updated; use name, description, configuration or capabilities"),
+                    )),
+                }
+            }
+            let mut config = None;
+            let mut capabilities = None;
+            for field in &fields {
+                match field {
+                    AgentField::Name => configuration::check_name("agent.name", &patch.name, &mut violations),
+                    AgentField::Description => {
+                        configuration::check_description("agent.description", &patch.description, &mut violations)
+                    }
+                    AgentField::Configuration => {
+                        match config_from_pb("agent.configuration", patch.configuration.clone()) {
+                            Ok(c) => config = Some(c),
+                            Err(v) => violations.extend(v),
+                        }
+                    }
+                    AgentField::Capabilities => {
+                        capabilities = Some(configuration::check_capabilities(
+                            "agent.capabilities",
+                            &patch.capabilities,
+                            &mut violations,
+                        ))
+                    }
+                }
+            }
+            invalid_if_any(violations)?;
+            let etag = patch.etag.clone();
+            let updated = mutate_agent(
+                self.repo.as_ref(),
+                caller.tenant.as_str(),
+                id,
+                key.as_ref(),
+                Box::new(move |a| {
+                    lifecycle::ensure_fresh(a, &etag)?;
+                    for field in fields {
+                        match field {
+                            AgentField::Name => a.name = patch.name.trim().to_owned(),
+                            AgentField::Description => a.description = patch.description.clone(),
+                            AgentField::Configuration => {
+                                a.configuration = config.clone().unwrap_or_else(|| a.configuration.clone())
+                            }
+                            AgentField::Capabilities => {
+                                a.capabilities = capabilities.clone().unwrap_or_else(|| a.capabilities.clone())
+                            }
+                        }
+                    }
+                    Ok(())
+                }),
+            )
+            .await?;
+            tracing::info!(agent_id = %id, version = updated.version, "agent updated");
+            Ok(agent_to_pb(&updated))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_agent(
+        &self,
+        request: Request<pb::DeleteAgentRequest>,
+    ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
+        handle(request, |caller, req| async move {
+            let key = IdempotencyKey::from_request("DeleteAgent", &req.request_id, &req)?;
+            let id = parse_id("id", &req.id)?;
+            let etag = req.etag;
+            let deleted = self
+                .repo
+                .delete(
+                    caller.tenant.as_str(),
+                    id,
+                    key.as_ref(),
+                    Box::new(move |a| {
+                        lifecycle::ensure_fresh(a, &etag)?;
+                        lifecycle::ensure_deletable(a)
+                    }),
+                )
+                .await?;
+            tracing::info!(agent_id = %deleted, "agent deleted");
+            Ok(pb::DeleteAgentResponse { id: deleted.to_string() })
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn deploy_agent(&self, request: Request<pb::DeployAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+        handle(request, |caller, req| async move {
+            let fields = (req.id.clone(), req.etag.clone(), req.request_id.clone());
+            self.transition(&caller, "DeployAgent", fields, &req, Transition::Deploy).await
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn activate_agent(&self, request: Request<pb::ActivateAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+        handle(request, |caller, req| async move {
+            let fields = (req.id.clone(), req.etag.clone(), req.request_id.clone());
+            self.transition(&caller, "ActivateAgent", fields, &req, Transition::Activate).await
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn pause_agent(&self, request: Request<pb::PauseAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+        handle(request, |caller, req| async move {
+            let fields = (req.id.clone(), req.etag.clone(), req.request_id.clone());
+            self.transition(&caller, "PauseAgent", fields, &req, Transition::Pause).await
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn reset_agent(&self, request: Request<pb::ResetAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+        handle(request, |caller, req| async move {
+            let fields = (req.id.clone(), req.etag.clone(), req.request_id.clone());
+            self.transition(&caller, "ResetAgent", fields, &req, Transition::Reset).await
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn create_agent_from_workflow(
+        &self,
+        request: Request<pb::CreateAgentFromWorkflowRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        handle(request, |caller, req| async move {
+            let key = IdempotencyKey::from_request("CreateAgentFromWorkflow", &req.request_id, &req)?;
+            let workflow_id = parse_id("workflow_id", &req.workflow_id)?;
+            let overrides = overrides_from_pb(req.overrides)?;
+            let agent = self
+                .provisioner
+                .create_from_workflow(caller.tenant.as_str(), &caller.credentials, workflow_id, overrides, key.as_ref())
+                .await?;
+            tracing::info!(agent_id = %agent.id, workflow_id = %workflow_id, "agent created from workflow");
+            Ok(agent_to_pb(&agent))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn provision_agents(
+        &self,
+        request: Request<pb::ProvisionAgentsRequest>,
+    ) -> Result<Response<pb::ProvisionAgentsResponse>, Status> {
+        handle(request, |caller, req| async move {
+            let key = IdempotencyKey::from_request("ProvisionAgents", &req.request_id, &req)?;
+            let filter = provision_filter_from_pb(req.filter)?;
+            let outcome = self
+                .provisioner
+                .provision(caller.tenant.as_str(), &caller.credentials, filter, req.dry_run, key.as_ref())
+                .await?;
+            tracing::info!(
+                created = outcome.created.len(),
+                skipped = outcome.skipped.len(),
+                dry_run = outcome.dry_run,
+                "agents provisioned"
+            );
+            Ok(provision_to_pb(&outcome))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_installed_agents(
+        &self,
+        request: Request<pb::ListInstalledAgentsRequest>,
+    ) -> Result<Response<pb::ListInstalledAgentsResponse>, Status> {
+        handle(request, |caller, req| async move {
+            // The same order and token as an unfiltered ListAgents.
+            let parts = AgentFilter::default().fingerprint_parts();
+            let fingerprint = filter_fingerprint(&parts.iter().map(String::as_str).collect::<Vec<_>>());
+            let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
+            let installed = self.provisioner.list_installed(caller.tenant.as_str(), &caller.credentials, &page).await?;
+            Ok(pb::ListInstalledAgentsResponse {
+                next_page_token: page.next_token(installed.len(), installed.last().map(|i| sort_key(&i.agent))),
+                installed_agents: installed.iter().map(installed_to_pb).collect(),
+            })
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_agent_config(
+        &self,
+        request: Request<pb::GetAgentConfigRequest>,
+    ) -> Result<Response<pb::AgentConfiguration>, Status> {
+        handle(request, |caller, req| async move {
+            let id = parse_id("agent_id", &req.agent_id)?;
+            Ok(agent_config_to_pb(&self.repo.get(caller.tenant.as_str(), id).await?))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update_agent_config(
+        &self,
+        request: Request<pb::UpdateAgentConfigRequest>,
+    ) -> Result<Response<pb::AgentConfiguration>, Status> {
+        handle(request, |caller, req| async move {
+            let key = IdempotencyKey::from_request("UpdateAgentConfig", &req.request_id, &req)?;
+            let id = parse_id("agent_id", &req.agent_id)?;
+            let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+            let mut violations = Vec::new();
+            let mut fields = Vec::new();
+            for (i, path) in paths.iter().enumerate() {
+                match ConfigField::parse(path) {
+                    Some(f) => fields.push(f),
+                    None => violations.push(FieldViolation::new(
+                        format!("update_mask.paths[{i}]"),
+                        format!(
+                            "{path:?} is not a configuration field; use brand_voice, tone, target_audience, model, \
+                             model.provider, model.model_name, model.temperature, model.max_tokens, extra or \
+                             extra.<key>"
+                        ),
+                    )),
+                }
+            }
+            // With a mask only the named fields are taken, so only the merged result must be
+            // valid (checked below, on the current configuration); without one, all of it.
+            let patch = parse_config(req.configuration);
+            if fields.is_empty() {
+                configuration::check_config("configuration", &patch, &mut violations);
+            }
+            invalid_if_any(violations)?;
+            let etag = req.etag;
+            let updated = mutate_agent(
+                self.repo.as_ref(),
+                caller.tenant.as_str(),
+                id,
+                key.as_ref(),
+                Box::new(move |a: &mut Agent| {
+                    lifecycle::ensure_fresh(a, &etag)?;
+                    let merged = apply_config_update(&a.configuration, &patch, &fields);
+                    let mut violations = Vec::new();
+                    configuration::check_config("configuration", &merged, &mut violations);
+                    invalid_if_any(violations)?;
+                    a.configuration = merged;
+                    Ok(())
+                }),
+            )
+            .await?;
+            tracing::info!(agent_id = %id, version = updated.version, "agent configuration updated");
+            Ok(agent_config_to_pb(&updated))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn upgrade_agent(
+        &self,
+        request: Request<pb::UpgradeAgentRequest>,
+    ) -> Result<Response<pb::UpgradeAgentResponse>, Status> {
+        handle(request, |caller, req| async move {
+            let key = IdempotencyKey::from_request("UpgradeAgent", &req.request_id, &req)?;
+            let id = parse_id("agent_id", &req.agent_id)?;
+            let outcome = self
+                .provisioner
+                .upgrade(caller.tenant.as_str(), &caller.credentials, id, req.dry_run, req.etag, key.as_ref())
+                .await?;
+            Ok(upgrade_to_pb(&outcome))
+        })
+        .await
+    }
+}
+
+/// The sort key of a listing (create time, then id), as a page token holds it.
+fn sort_key(agent: &Agent) -> Vec<String> {
+    vec![agent.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), agent.id.to_string()]
+}

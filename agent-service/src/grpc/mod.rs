@@ -1,0 +1,7 @@
+//! The gRPC face of the service: thin adapters that parse requests into domain values, call the
+//! repository or the provisioner and convert the answers.
+
+mod agent_service;
+mod convert;
+
+pub use agent_service::AgentApi;

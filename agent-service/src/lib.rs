@@ -1,0 +1,11 @@
+//! agent-service: owns EnGarde's AI agents: their making from workflows (one at a time or by
+//! provisioning a whole tenant), configuration, lifecycle and upgrades to newer workflow
+//! versions. It reads workflows from workflow-service over gRPC and never touches its tables.
+
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod provisioner;
+pub mod startup;
+pub mod storage;
+pub mod workflows;

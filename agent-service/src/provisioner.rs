@@ -1,0 +1,238 @@
+//! The work that needs both workflow-service and the agent store: making agents from workflows
+//! (one, or every missing one), listing installed agents with their workflows' current state,
+//! and upgrading agents to their workflows' newest versions.
+//!
+//! Slow reads from workflow-service happen before any transaction opens (no lock is held across
+//! a network call); a retried request id is answered from the store before anything is read.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use engarde::kit::error::{ServiceError, ServiceResult};
+use engarde::kit::idempotency::IdempotencyKey;
+use engarde::kit::pagination::PageRequest;
+use futures::{StreamExt as _, TryStreamExt as _};
+use uuid::Uuid;
+
+use crate::domain::lifecycle;
+use crate::domain::mapping::{self, Overrides};
+use crate::domain::provisioning::{ProvisionFilter, ProvisionOutcome, SkipReason, Skipped, select_candidates};
+use crate::domain::upgrade::{UpgradeOutcome, apply_upgrade, plan_upgrade};
+use crate::domain::{Agent, AgentFilter, SourceWorkflow, now};
+use crate::storage::{AgentRepository, Answer, Mutated, replayed};
+use crate::workflows::{Credentials, WorkflowClient, WorkflowQuery};
+
+/// How many reads of single workflows run at once.
+const READ_CONCURRENCY: usize = 8;
+
+/// An agent with the current state of its source workflow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstalledAgent {
+    pub agent: Agent,
+    /// The source workflow as it is now; `None` when the agent has none or it was deleted.
+    pub workflow: Option<SourceWorkflow>,
+}
+
+impl InstalledAgent {
+    /// Whether the agent was made from a workflow that no longer exists.
+    pub fn workflow_deleted(&self) -> bool {
+        self.agent.snapshot.is_some() && self.workflow.is_none()
+    }
+}
+
+/// Makes and upgrades agents from workflows.
+#[derive(Clone)]
+pub struct Provisioner {
+    repo: Arc<dyn AgentRepository>,
+    workflows: WorkflowClient,
+}
+
+impl Provisioner {
+    pub fn new(repo: Arc<dyn AgentRepository>, workflows: WorkflowClient) -> Self {
+        Self { repo, workflows }
+    }
+
+    /// An agent made from one workflow the caller can read.
+    pub async fn create_from_workflow(
+        &self,
+        tenant: &str,
+        credentials: &Credentials,
+        workflow_id: Uuid,
+        overrides: Overrides,
+        key: Option<&IdempotencyKey>,
+    ) -> ServiceResult<Agent> {
+        if let Some(json) = self.repo.replay(tenant, key).await? {
+            return replayed(&json);
+        }
+        let workflow = self.workflows.get(credentials, workflow_id).await?;
+        let new = mapping::agent_from_workflow(&workflow, overrides)?;
+        self.repo.create(tenant, new, key).await
+    }
+
+    /// An agent for every workflow the filter admits that has none yet.
+    pub async fn provision(
+        &self,
+        tenant: &str,
+        credentials: &Credentials,
+        filter: ProvisionFilter,
+        dry_run: bool,
+        key: Option<&IdempotencyKey>,
+    ) -> ServiceResult<ProvisionOutcome> {
+        // A dry run changes nothing, so it has nothing to replay.
+        let key = if dry_run { None } else { key };
+        if let Some(json) = self.repo.replay(tenant, key).await? {
+            return replayed(&json);
+        }
+        let (found, not_found) = self.read_workflows(credentials, &filter).await?;
+        let (candidates, mut skipped) = select_candidates(&filter, found, not_found)?;
+        if !dry_run {
+            return self.repo.provision(tenant, candidates, skipped, key).await;
+        }
+        let ids: Vec<Uuid> = candidates.iter().map(|c| c.workflow_id).collect();
+        let provisioned = self.repo.provisioned(tenant, &ids).await?;
+        let created_at = now();
+        let mut created = Vec::new();
+        for candidate in candidates {
+            if provisioned.contains(&candidate.workflow_id) {
+                skipped.push(Skipped {
+                    workflow_id: candidate.workflow_id,
+                    workflow_name: candidate.workflow_name,
+                    reason: SkipReason::AlreadyHasAgent,
+                });
+            } else {
+                created.push(candidate.agent.into_draft(tenant, created_at));
+            }
+        }
+        Ok(ProvisionOutcome::new(created, skipped, true))
+    }
+
+    /// The workflows the filter names: every one the caller can read (per category and
+    /// template choice), or the listed ids, with those that name nothing set apart.
+    async fn read_workflows(
+        &self,
+        credentials: &Credentials,
+        filter: &ProvisionFilter,
+    ) -> ServiceResult<(Vec<SourceWorkflow>, Vec<Uuid>)> {
+        if filter.workflow_ids.is_empty() {
+            let query = WorkflowQuery {
+                category: filter.category,
+                is_template: if filter.include_templates { None } else { Some(false) },
+            };
+            return Ok((self.workflows.list_all(credentials, query).await?, Vec::new()));
+        }
+        let ids: BTreeSet<Uuid> = filter.workflow_ids.iter().copied().collect();
+        let found = self.find_workflows(credentials, ids).await?;
+        let mut workflows = Vec::new();
+        let mut missing = Vec::new();
+        for (id, workflow) in found {
+            match workflow {
+                Some(w) => workflows.push(w),
+                None => missing.push(id),
+            }
+        }
+        Ok((workflows, missing))
+    }
+
+    /// Reads each workflow, a few at a time; `None` for those that do not exist for the caller.
+    async fn find_workflows(
+        &self,
+        credentials: &Credentials,
+        ids: BTreeSet<Uuid>,
+    ) -> ServiceResult<HashMap<Uuid, Option<SourceWorkflow>>> {
+        futures::stream::iter(ids)
+            .map(|id| async move { self.workflows.find(credentials, id).await.map(|w| (id, w)) })
+            .buffer_unordered(READ_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    /// One page of the tenant's agents, each with its source workflow as it is now.
+    pub async fn list_installed(
+        &self,
+        tenant: &str,
+        credentials: &Credentials,
+        page: &PageRequest,
+    ) -> ServiceResult<Vec<InstalledAgent>> {
+        let agents = self.repo.list(tenant, &AgentFilter::default(), page).await?;
+        let ids: BTreeSet<Uuid> = agents.iter().filter_map(Agent::source_workflow_id).collect();
+        let mut workflows = self.find_workflows(credentials, ids).await?;
+        Ok(agents
+            .into_iter()
+            .map(|agent| {
+                let workflow = agent.source_workflow_id().and_then(|id| workflows.get_mut(&id)).and_then(|w| w.clone());
+                InstalledAgent { agent, workflow }
+            })
+            .collect())
+    }
+
+    /// Moves the agent to its source workflow's current version (or, for a dry run, answers
+    /// what that would change).
+    pub async fn upgrade(
+        &self,
+        tenant: &str,
+        credentials: &Credentials,
+        agent_id: Uuid,
+        dry_run: bool,
+        etag: String,
+        key: Option<&IdempotencyKey>,
+    ) -> ServiceResult<UpgradeOutcome> {
+        let key = if dry_run { None } else { key };
+        if let Some(json) = self.repo.replay(tenant, key).await? {
+            return replayed(&json);
+        }
+        let agent = self.repo.get(tenant, agent_id).await?;
+        lifecycle::ensure_fresh(&agent, &etag)?;
+        let Some(workflow_id) = agent.source_workflow_id() else {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "agent {agent_id} was not made from a workflow; there is nothing to upgrade to"
+            )));
+        };
+        let workflow = match self.workflows.get(credentials, workflow_id).await {
+            Err(ServiceError::NotFound(_)) => {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "the source workflow {workflow_id} of agent {agent_id} no longer exists"
+                )));
+            }
+            other => other?,
+        };
+        let plan = plan_upgrade(&agent, &workflow)?;
+        if dry_run || plan.is_noop() {
+            return Ok(UpgradeOutcome {
+                agent,
+                from_version: plan.from_version,
+                to_version: plan.to_version,
+                changes: plan.changes,
+                dry_run,
+            });
+        }
+        let read_version = agent.version;
+        let applied = plan.clone();
+        let mutation = Box::new(move |current: &mut Agent| {
+            lifecycle::ensure_fresh(current, &etag)?;
+            // The plan was made from the agent as read: a change since then would be lost.
+            if current.version != read_version {
+                return Err(ServiceError::Aborted(format!(
+                    "agent {agent_id} changed while it was being upgraded; try again"
+                )));
+            }
+            apply_upgrade(current, &applied);
+            Ok(())
+        });
+        let (from_version, to_version, changes) = (plan.from_version, plan.to_version, plan.changes);
+        let outcome_of = {
+            let changes = changes.clone();
+            move |agent: &Agent| UpgradeOutcome { agent: agent.clone(), from_version, to_version, changes, dry_run }
+        };
+        let answer: Answer = {
+            let outcome_of = outcome_of.clone();
+            Box::new(move |agent| serde_json::to_value(outcome_of(agent)).map_err(ServiceError::internal))
+        };
+        match self.repo.mutate(tenant, agent_id, key, mutation, answer).await? {
+            Mutated::Done(agent) => {
+                tracing::info!(agent_id = %agent_id, from_version, to_version, "agent upgraded");
+                Ok(outcome_of(&agent))
+            }
+            Mutated::Replayed(json) => replayed(&json),
+        }
+    }
+}

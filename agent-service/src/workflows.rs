@@ -1,0 +1,233 @@
+//! The client of workflow-service: how agent-service reads workflows.
+//!
+//! Every call carries the caller's credentials, so workflow-service applies its own tenant rules
+//! (another tenant's workflow is NOT_FOUND there, and so here). Every attempt has a deadline;
+//! an UNAVAILABLE answer is retried with backoff, up to [`ATTEMPTS`] attempts in all (these are
+//! reads, safe to repeat). Answers are mapped into this service's errors: a workflow-service
+//! that cannot be reached is UNAVAILABLE "workflow-service unavailable".
+
+use std::time::Duration;
+
+use engarde::kit::auth::{TENANT_HEADER, Tenant};
+use engarde::kit::error::{ServiceError, ServiceResult};
+use engarde::proto::workflow::v1 as pb;
+use engarde::proto::workflow::v1::workflow_service_client::WorkflowServiceClient;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+use uuid::Uuid;
+
+use crate::domain::{SourceWorkflow, WorkflowCategory, WorkflowStatus};
+
+/// Attempts per call, the first included.
+pub const ATTEMPTS: u32 = 3;
+/// The wait before the second attempt; doubled before each further one.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The page size asked of ListWorkflows (its maximum).
+const LIST_PAGE_SIZE: i32 = 200;
+/// A bound on pages, so that a misbehaving peer cannot keep a call looping forever.
+const MAX_LIST_PAGES: usize = 1000;
+
+/// The caller's credentials, forwarded to workflow-service.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The caller's `authorization` header (production mode: its bearer token), as sent.
+    authorization: Option<AsciiMetadataValue>,
+    /// The tenant the caller was authenticated as. Sent as `x-tenant-id`, so that in development
+    /// mode workflow-service acts for the same tenant even when the caller relied on the default.
+    tenant: Tenant,
+}
+
+impl Credentials {
+    /// The credentials of an incoming request, authenticated as `tenant`.
+    pub fn of<T>(request: &Request<T>, tenant: &Tenant) -> Self {
+        Self { authorization: request.metadata().get("authorization").cloned(), tenant: tenant.clone() }
+    }
+
+    fn attach<T>(&self, request: &mut Request<T>) {
+        let metadata = request.metadata_mut();
+        if let Some(authorization) = &self.authorization {
+            metadata.insert("authorization", authorization.clone());
+        }
+        // A parsed tenant id is ASCII letters, digits and -_. : always a valid header value.
+        if let Ok(value) = MetadataValue::try_from(self.tenant.as_str()) {
+            metadata.insert(TENANT_HEADER, value);
+        }
+    }
+}
+
+/// Which workflows to list.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkflowQuery {
+    pub category: Option<WorkflowCategory>,
+    /// `Some(false)`: only the tenant's own workflows; `None`: templates too.
+    pub is_template: Option<bool>,
+}
+
+/// workflow-service over a lazily connected channel (it may start after this service).
+#[derive(Clone)]
+pub struct WorkflowClient {
+    client: WorkflowServiceClient<Channel>,
+    call_timeout: Duration,
+}
+
+impl WorkflowClient {
+    /// A client of the workflow-service at `url`; connects on first use.
+    pub fn connect_lazy(url: &str, call_timeout: Duration) -> anyhow::Result<Self> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| anyhow::anyhow!("WORKFLOW_SERVICE_URL {url:?} is not a valid URL: {e}"))?
+            .connect_timeout(call_timeout)
+            .tcp_nodelay(true);
+        Ok(Self { client: WorkflowServiceClient::new(endpoint.connect_lazy()), call_timeout })
+    }
+
+    /// One workflow the caller can read; NOT_FOUND when there is none (or it is another tenant's).
+    pub async fn get(&self, credentials: &Credentials, id: Uuid) -> ServiceResult<SourceWorkflow> {
+        let request = pb::GetWorkflowRequest { id: id.to_string() };
+        let workflow = self
+            .call(&format!("workflow {id}"), credentials, request, |mut client, request| async move {
+                client.get_workflow(request).await
+            })
+            .await?;
+        source_workflow(workflow)
+    }
+
+    /// Like [`Self::get`], but `None` when the workflow does not exist for the caller.
+    pub async fn find(&self, credentials: &Credentials, id: Uuid) -> ServiceResult<Option<SourceWorkflow>> {
+        match self.get(credentials, id).await {
+            Ok(workflow) => Ok(Some(workflow)),
+            Err(ServiceError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every workflow the caller can read that matches `query`, paging through ListWorkflows.
+    pub async fn list_all(
+        &self,
+        credentials: &Credentials,
+        query: WorkflowQuery,
+    ) -> ServiceResult<Vec<SourceWorkflow>> {
+        let mut workflows = Vec::new();
+        let mut page_token = String::new();
+        for _ in 0..MAX_LIST_PAGES {
+            let request = pb::ListWorkflowsRequest {
+                category: query.category.map(category_to_pb).unwrap_or(pb::WorkflowCategory::Unspecified) as i32,
+                status: pb::WorkflowStatus::Unspecified as i32,
+                is_template: query.is_template,
+                name_contains: String::new(),
+                page_size: LIST_PAGE_SIZE,
+                page_token: page_token.clone(),
+            };
+            let page = self
+                .call("workflows", credentials, request, |mut client, request| async move {
+                    client.list_workflows(request).await
+                })
+                .await?;
+            for workflow in page.workflows {
+                workflows.push(source_workflow(workflow)?);
+            }
+            if page.next_page_token.is_empty() {
+                return Ok(workflows);
+            }
+            page_token = page.next_page_token;
+        }
+        Err(ServiceError::internal(anyhow::anyhow!("workflow-service answered more than {MAX_LIST_PAGES} pages")))
+    }
+
+    /// Sends `message` with the caller's credentials and a deadline, retrying on UNAVAILABLE.
+    async fn call<M, R, F, Fut>(&self, what: &str, credentials: &Credentials, message: M, send: F) -> ServiceResult<R>
+    where
+        M: Clone,
+        F: Fn(WorkflowServiceClient<Channel>, Request<M>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            let mut request = Request::new(message.clone());
+            credentials.attach(&mut request);
+            // Tell workflow-service the deadline too, so it stops working on an abandoned call.
+            request.set_timeout(self.call_timeout);
+            let status = match tokio::time::timeout(self.call_timeout, send(self.client.clone(), request)).await {
+                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) => status,
+                Err(_) => Status::deadline_exceeded("no answer in time"),
+            };
+            if status.code() == Code::Unavailable && attempt < ATTEMPTS {
+                tracing::warn!(attempt, reason = status.message(), "workflow-service unavailable; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                attempt += 1;
+                continue;
+            }
+            return Err(error_of(what, status, self.call_timeout));
+        }
+    }
+}
+
+/// workflow-service's answer in this service's terms.
+fn error_of(what: &str, status: Status, timeout: Duration) -> ServiceError {
+    let message = status.message().to_owned();
+    match status.code() {
+        Code::NotFound => ServiceError::not_found(what),
+        Code::Unavailable | Code::ResourceExhausted | Code::Cancelled => {
+            tracing::warn!(code = ?status.code(), reason = %message, "workflow-service call failed");
+            ServiceError::Unavailable("workflow-service unavailable".into())
+        }
+        Code::DeadlineExceeded => {
+            ServiceError::DeadlineExceeded(format!("workflow-service did not answer within {} ms", timeout.as_millis()))
+        }
+        Code::PermissionDenied => ServiceError::PermissionDenied(message),
+        Code::Unauthenticated => ServiceError::Unauthenticated(message),
+        Code::FailedPrecondition => ServiceError::FailedPrecondition(message),
+        Code::AlreadyExists => ServiceError::AlreadyExists(message),
+        Code::Aborted => ServiceError::Aborted(message),
+        // INVALID_ARGUMENT would mean this service sent a bad request: a bug here, as are the rest.
+        code => ServiceError::internal(anyhow::anyhow!("workflow-service answered {code:?}: {message}")),
+    }
+}
+
+fn category_to_pb(category: WorkflowCategory) -> pb::WorkflowCategory {
+    match category {
+        WorkflowCategory::ContentGeneration => pb::WorkflowCategory::ContentGeneration,
+        WorkflowCategory::AbTesting => pb::WorkflowCategory::AbTesting,
+        WorkflowCategory::AudienceIntelligence => pb::WorkflowCategory::AudienceIntelligence,
+        WorkflowCategory::BudgetOptimization => pb::WorkflowCategory::BudgetOptimization,
+        WorkflowCategory::AnalyticsAutomation => pb::WorkflowCategory::AnalyticsAutomation,
+    }
+}
+
+/// A workflow as workflow-service answered it; a malformed answer is that service's bug.
+fn source_workflow(workflow: pb::WorkflowDefinition) -> ServiceResult<SourceWorkflow> {
+    let bad = |what: &str| {
+        ServiceError::internal(anyhow::anyhow!(
+            "workflow-service answered workflow {:?} with a bad {what}",
+            workflow.id
+        ))
+    };
+    let category = match pb::WorkflowCategory::try_from(workflow.category) {
+        Ok(pb::WorkflowCategory::ContentGeneration) => WorkflowCategory::ContentGeneration,
+        Ok(pb::WorkflowCategory::AbTesting) => WorkflowCategory::AbTesting,
+        Ok(pb::WorkflowCategory::AudienceIntelligence) => WorkflowCategory::AudienceIntelligence,
+        Ok(pb::WorkflowCategory::BudgetOptimization) => WorkflowCategory::BudgetOptimization,
+        Ok(pb::WorkflowCategory::AnalyticsAutomation) => WorkflowCategory::AnalyticsAutomation,
+        Ok(pb::WorkflowCategory::Unspecified) | Err(_) => return Err(bad("category")),
+    };
+    let status = match pb::WorkflowStatus::try_from(workflow.status) {
+        Ok(pb::WorkflowStatus::Draft) => WorkflowStatus::Draft,
+        Ok(pb::WorkflowStatus::Active) => WorkflowStatus::Active,
+        Ok(pb::WorkflowStatus::Archived) => WorkflowStatus::Archived,
+        Ok(pb::WorkflowStatus::Unspecified) | Err(_) => return Err(bad("status")),
+    };
+    let id = Uuid::parse_str(&workflow.id).map_err(|_| bad("id"))?;
+    Ok(SourceWorkflow {
+        id,
+        name: workflow.name,
+        description: workflow.description,
+        category,
+        status,
+        is_template: workflow.is_template,
+        version: workflow.version,
+        config: workflow.workflow_config.unwrap_or_default(),
+    })
+}
