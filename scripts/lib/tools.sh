@@ -53,3 +53,8 @@ ensure_venv() {
 # The venv for small Python-packaged tools (pip download, kubernetes-validate).
 TOOLS_VENV=$TOOLS_DIR/venv
 export TOOLS_VENV
+
+# The pinned Langflow the end-to-end tests run against, in a venv of its own.
+LANGFLOW_VERSION=1.13.0
+LANGFLOW_VENV=$TOOLS_DIR/langflow-$LANGFLOW_VERSION
+export LANGFLOW_VERSION LANGFLOW_VENV

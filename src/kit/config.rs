@@ -55,6 +55,10 @@ pub struct CommonConfig {
     /// How long in-flight RPCs may take to finish after SIGTERM.
     #[arg(long, env = "DRAIN_TIMEOUT_SECS", default_value_t = 20)]
     pub drain_timeout_secs: u64,
+    /// After SIGTERM, how long health reports NOT_SERVING before the server stops accepting new
+    /// calls, so that load balancers and health watchers see it first.
+    #[arg(long, env = "SHUTDOWN_DELAY_MS", default_value_t = 500)]
+    pub shutdown_delay_ms: u64,
     /// Deadline of an RPC whose caller sets none (a shorter `grpc-timeout` wins).
     #[arg(long, env = "RPC_TIMEOUT_SECS", default_value_t = 30)]
     pub rpc_timeout_secs: u64,
@@ -101,6 +105,10 @@ impl CommonConfig {
 
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
+    }
+
+    pub fn shutdown_delay(&self) -> Duration {
+        Duration::from_millis(self.shutdown_delay_ms)
     }
 
     pub fn rpc_timeout(&self) -> Duration {

@@ -90,6 +90,7 @@ impl BoundServer {
             "shutting down: NOT_SERVING, draining in-flight RPCs"
         );
         health.start_draining().await;
+        tokio::time::sleep(config.shutdown_delay()).await;
         let _ = stop_tx.send(());
         match tokio::time::timeout(config.drain_timeout(), &mut server).await {
             Ok(result) => result.context("server task")?.context("server failed")?,

@@ -164,6 +164,7 @@ async fn sigterm_turns_health_off_first_then_exits_cleanly() {
     service.sigterm();
     let next = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.expect("told before exit");
     assert_eq!(next.ok().flatten().map(|m| m.status), Some(ServingStatus::NotServing as i32));
+    drop((watch, health));
     let exit = service.wait_exit(Duration::from_secs(10)).await.expect("exits within the drain timeout");
     assert!(exit.success(), "{exit:?}\n{}", service.logs());
 }
