@@ -4,6 +4,9 @@
 
 mod helpers;
 
+mod agents_crud;
+mod agents_from_workflows;
+mod agents_provisioning;
 mod workflows_auth;
 mod workflows_crud;
 mod workflows_grpcurl;
