@@ -6,6 +6,7 @@ mod helpers;
 
 mod agents_crud;
 mod agents_from_workflows;
+mod agents_health;
 mod agents_provisioning;
 mod workflows_auth;
 mod workflows_crud;
