@@ -104,3 +104,49 @@ async fn production_mode_without_a_key_refuses_to_start() {
     assert!(stderr.contains("JWT_HS256_SECRET"), "{stderr}");
     assert!(output.stdout.is_empty(), "it never announced itself as listening");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_tokens_are_verified_with_the_public_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("key.pem");
+    let public = dir.path().join("pub.pem");
+    let openssl = |args: &[&str]| {
+        let status = std::process::Command::new("openssl").args(args).stderr(std::process::Stdio::null()).status();
+        assert!(status.expect("openssl runs").success(), "openssl {args:?}");
+    };
+    openssl(&["genrsa", "-out", private.to_str().unwrap(), "2048"]);
+    openssl(&["rsa", "-in", private.to_str().unwrap(), "-pubout", "-out", public.to_str().unwrap()]);
+
+    let db = TestDb::new(Backend::Sqlite).await;
+    let service = spawn_workflow_service(
+        &db,
+        &[
+            ("AUTH_MODE", "jwt".into()),
+            ("JWT_RS256_PUBLIC_KEY_FILE", public.display().to_string()),
+            ("JWT_ISSUER", "engarde-auth".into()),
+        ],
+    )
+    .await;
+    let mut client: WorkflowServiceClient<Channel> = WorkflowServiceClient::new(service.channel().await);
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(&private).unwrap()).unwrap();
+    let sign = |issuer: &str| {
+        let claims =
+            serde_json::json!({"tenant_id": "tenant-rs", "exp": chrono::Utc::now().timestamp() + 60, "iss": issuer});
+        format!(
+            "Bearer {}",
+            jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, &key).unwrap()
+        )
+    };
+    let created = client.create_workflow(with_auth(create_request("RSA"), &sign("engarde-auth"))).await.unwrap();
+    assert_eq!(created.into_inner().tenant_id, "tenant-rs");
+    // A token from another issuer, or signed with HS256, is refused.
+    expect_code(
+        client.list_workflows(with_auth(pb::ListWorkflowsRequest::default(), &sign("someone-else"))).await,
+        Code::Unauthenticated,
+    );
+    let hs = format!("Bearer {}", token("tenant-rs", SECRET, 60));
+    expect_code(
+        client.list_workflows(with_auth(pb::ListWorkflowsRequest::default(), &hs)).await,
+        Code::Unauthenticated,
+    );
+}
