@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use engarde::kit::db::{DbPool, redact};
 use engarde::kit::health::Health;
 use engarde::kit::server::BoundServer;
 use engarde::proto::agent::v1::agent_service_server::AgentServiceServer;
@@ -18,20 +17,11 @@ use crate::workflows::WorkflowClient;
 /// The fully-qualified gRPC service name, as health checks name it.
 pub const SERVICE_NAME: &str = "engarde.agent.v1.AgentService";
 
-/// How long idempotency keys are kept for replays.
-const IDEMPOTENCY_RETENTION: chrono::Duration = chrono::Duration::hours(24);
-
 /// Runs the service until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let common = &config.common;
     // Fail fast on bad settings, before touching the database.
-    common.authenticator()?;
-    if common.auth_mode == engarde::kit::config::AuthMode::Dev {
-        tracing::warn!(
-            dev_tenant = %common.dev_tenant_id,
-            "AUTH_MODE=dev: NO AUTHENTICATION. Any caller may act as any tenant via x-tenant-id. Never use this in production."
-        );
-    }
+    common.check_auth()?;
     let listen = engarde::kit::config::parse_listen_addr(&config.listen_addr)?;
     // Connects lazily: workflow-service may start after this service, or be down for a while
     // (calls that need it answer UNAVAILABLE meanwhile; the rest keep working).
@@ -41,22 +31,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         call_timeout_ms = config.workflow_call_timeout_ms,
         "workflow-service client ready"
     );
-    let db = DbPool::connect(&common.db_settings(&config.database_url)).await?;
-    tracing::info!(database = %redact(&config.database_url), backend = db.backend(), "connecting to the database");
-    db.migrate(
-        common.database_schema.as_deref(),
-        &POSTGRES_MIGRATIONS,
-        &SQLITE_MIGRATIONS,
-        common.db_startup_timeout(),
-    )
-    .await?;
+    let db = common.open_database(&config.database_url, &POSTGRES_MIGRATIONS, &SQLITE_MIGRATIONS).await?;
     let repo = storage::repository(&db);
 
     let server = BoundServer::bind(listen).await?;
     let (health, health_service) = Health::new(vec![SERVICE_NAME]).await;
     health.set_dependencies_ok(true, "").await;
     health.watch_database(db.clone(), Duration::from_secs(2));
-    spawn_idempotency_expiry(repo.clone());
+    let expiring = repo.clone();
+    engarde::kit::idempotency::spawn_expiry(move |before| {
+        let repo = expiring.clone();
+        async move { repo.expire_idempotency_keys(before).await }
+    });
 
     let provisioner = Provisioner::new(repo.clone(), workflows);
     let api = AgentServiceServer::new(AgentApi::new(repo, provisioner))
@@ -66,17 +52,4 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let result = server.serve("agent-service", routes, health, health_service, common, shutdown).await;
     db.close().await;
     result
-}
-
-fn spawn_idempotency_expiry(repo: std::sync::Arc<dyn storage::AgentRepository>) {
-    tokio::spawn(async move {
-        loop {
-            match repo.expire_idempotency_keys(chrono::Utc::now() - IDEMPOTENCY_RETENTION).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(expired = n, "expired old idempotency keys"),
-                Err(e) => tracing::warn!(error = %e, "could not expire idempotency keys"),
-            }
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-        }
-    });
 }

@@ -95,6 +95,33 @@ impl CommonConfig {
         }
     }
 
+    /// Checks the authentication settings before anything else starts, and says loudly when
+    /// there is no authentication at all.
+    pub fn check_auth(&self) -> anyhow::Result<()> {
+        self.authenticator()?;
+        if self.auth_mode == AuthMode::Dev {
+            tracing::warn!(
+                dev_tenant = %self.dev_tenant_id,
+                "AUTH_MODE=dev: NO AUTHENTICATION. Any caller may act as any tenant via x-tenant-id. Never use this in production."
+            );
+        }
+        Ok(())
+    }
+
+    /// Connects to `url` and applies the service's migrations (waiting for the database up to
+    /// DB_STARTUP_TIMEOUT_SECS).
+    pub async fn open_database(
+        &self,
+        url: &str,
+        postgres: &sqlx::migrate::Migrator,
+        sqlite: &sqlx::migrate::Migrator,
+    ) -> anyhow::Result<super::db::DbPool> {
+        let db = super::db::DbPool::connect(&self.db_settings(url)).await?;
+        tracing::info!(database = %super::db::redact(url), backend = db.backend(), "connecting to the database");
+        db.migrate(self.database_schema.as_deref(), postgres, sqlite, self.db_startup_timeout()).await?;
+        Ok(db)
+    }
+
     pub fn db_settings(&self, url: &str) -> DbSettings {
         DbSettings {
             url: url.to_owned(),

@@ -8,6 +8,8 @@ pub mod error;
 pub mod health;
 pub mod idempotency;
 pub mod pagination;
+pub mod request;
 pub mod rpc_log;
 pub mod server;
 pub mod telemetry;
+pub mod versioning;

@@ -10,7 +10,7 @@
 
 use engarde::kit::error::{ServiceError, ServiceResult};
 
-use super::model::{Agent, AgentStatus, version_of_etag};
+use super::model::{Agent, AgentStatus};
 
 /// A move a caller may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,19 +74,7 @@ pub fn fail(agent: &mut Agent, reason: &str) {
 
 /// Refuses a change based on a stale version. An empty etag means "whatever the version".
 pub fn ensure_fresh(agent: &Agent, etag: &str) -> ServiceResult<()> {
-    if etag.is_empty() {
-        return Ok(());
-    }
-    match version_of_etag(etag) {
-        None => Err(ServiceError::invalid("etag", "is not an etag this service issued")),
-        Some(v) if v != agent.version => Err(ServiceError::Aborted(format!(
-            "agent {} has changed since it was read (etag {} is stale, current is {}); read it again",
-            agent.id,
-            etag,
-            agent.etag()
-        ))),
-        Some(_) => Ok(()),
-    }
+    engarde::kit::versioning::ensure_fresh(&format!("agent {}", agent.id), agent.version, etag)
 }
 
 /// An active agent is paused before it is deleted, so nothing is cut off mid-run.

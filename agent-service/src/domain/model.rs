@@ -8,27 +8,7 @@ use engarde::proto::workflow::v1 as workflow_pb;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Generates the string form of a closed set of lowercase names, both ways.
-macro_rules! named_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-
-            pub fn parse(text: &str) -> Option<Self> {
-                match text { $($text => Some($name::$variant),)+ _ => None }
-            }
-        }
-    };
-}
+use engarde::named_enum;
 
 named_enum!(
     /// What an agent does.
@@ -205,15 +185,7 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-/// Etags are the version, quoted as HTTP does, so they read as opaque.
-pub fn etag_of(version: i64) -> String {
-    format!("\"{version}\"")
-}
-
-/// The version an etag names, if it is one of ours.
-pub fn version_of_etag(etag: &str) -> Option<i64> {
-    etag.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
-}
+pub use engarde::kit::versioning::{etag_of, version_of_etag};
 
 /// Filters of a listing.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -6,6 +6,7 @@ use engarde::kit::auth::Tenant;
 use engarde::kit::error::{FieldViolation, ServiceError, ServiceResult};
 use engarde::kit::idempotency::IdempotencyKey;
 use engarde::kit::pagination::{PageRequest, filter_fingerprint};
+use engarde::kit::request::{invalid_if_any, parse_update_mask};
 use engarde::proto::agent::v1 as pb;
 use engarde::proto::agent::v1::agent_service_server::AgentService;
 use tonic::{Request, Response, Status};
@@ -52,10 +53,6 @@ where
     let tenant = Tenant::of(&request)?;
     let credentials = Credentials::of(&request, &tenant);
     body(Caller { tenant, credentials }, request.into_inner()).await.map(Response::new).map_err(Status::from)
-}
-
-fn invalid_if_any(violations: Vec<FieldViolation>) -> ServiceResult<()> {
-    if violations.is_empty() { Ok(()) } else { Err(ServiceError::InvalidArgument(violations)) }
 }
 
 /// The fields of UpdateAgent's mask.
@@ -250,20 +247,13 @@ impl AgentService for AgentApi {
             };
             let id = parse_id("agent.id", &patch.id)?;
             let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
-            if paths.is_empty() {
-                return Err(ServiceError::invalid("update_mask", "name at least one field to change"));
-            }
             let mut violations = Vec::new();
-            let mut fields = Vec::new();
-            for (i, path) in paths.iter().enumerate() {
-                match AgentField::parse(path) {
-                    Some(f) => fields.push(f),
-                    None => violations.push(FieldViolation::new(
-                        format!("update_mask.paths[{i}]"),
-                        format!("{path:?} cannot be updated; use name, description, configuration or capabilities"),
-                    )),
-                }
-            }
+            let fields = parse_update_mask(
+                &paths,
+                AgentField::parse,
+                "name, description, configuration or capabilities",
+                &mut violations,
+            )?;
             let mut config = None;
             let mut capabilities = None;
             for field in &fields {

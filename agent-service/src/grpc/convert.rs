@@ -4,7 +4,6 @@
 use engarde::kit::error::{FieldViolation, ServiceError, ServiceResult};
 use engarde::proto::agent::v1 as pb;
 use engarde::proto::workflow::v1 as workflow_pb;
-use uuid::Uuid;
 
 use crate::domain::configuration;
 use crate::domain::provisioning::{ProvisionOutcome, SkipReason, Skipped};
@@ -252,10 +251,4 @@ pub fn upgrade_to_pb(outcome: &UpgradeOutcome) -> pb::UpgradeAgentResponse {
     }
 }
 
-/// Parses a resource id. An id that is not a UUID names nothing, but it is the caller's mistake.
-pub fn parse_id(field: &str, id: &str) -> ServiceResult<Uuid> {
-    if id.is_empty() {
-        return Err(ServiceError::invalid(field, "is required"));
-    }
-    Uuid::parse_str(id).map_err(|_| ServiceError::invalid(field, "must be a UUID"))
-}
+pub use engarde::kit::request::parse_id;

@@ -4,7 +4,7 @@
 
 use engarde::kit::error::{ServiceError, ServiceResult};
 
-use super::model::{Status, Workflow, version_of_etag};
+use super::model::{Status, Workflow};
 
 /// A field an update may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,19 +40,7 @@ pub fn ensure_owned(workflow: &Workflow) -> ServiceResult<()> {
 
 /// Refuses a change based on a stale version. An empty etag means "whatever the version".
 pub fn ensure_fresh(workflow: &Workflow, etag: &str) -> ServiceResult<()> {
-    if etag.is_empty() {
-        return Ok(());
-    }
-    match version_of_etag(etag) {
-        None => Err(ServiceError::invalid("etag", "is not an etag this service issued")),
-        Some(v) if v != workflow.version => Err(ServiceError::Aborted(format!(
-            "workflow {} has changed since it was read (etag {} is stale, current is {}); read it again",
-            workflow.id,
-            etag,
-            workflow.etag()
-        ))),
-        Some(_) => Ok(()),
-    }
+    engarde::kit::versioning::ensure_fresh(&format!("workflow {}", workflow.id), workflow.version, etag)
 }
 
 /// Whether `field` may change while the workflow is in `status`.

@@ -5,27 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Generates the string form of a closed set of lowercase names, both ways.
-macro_rules! named_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant),+ }
-
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-
-            pub fn parse(text: &str) -> Option<Self> {
-                match text { $($text => Some($name::$variant),)+ _ => None }
-            }
-        }
-    };
-}
+use engarde::named_enum;
 
 named_enum!(
     /// The marketing discipline of a workflow.
@@ -196,15 +176,7 @@ impl Workflow {
     }
 }
 
-/// Etags are the version, quoted as HTTP does, so they read as opaque.
-pub fn etag_of(version: i64) -> String {
-    format!("\"{version}\"")
-}
-
-/// The version an etag names, if it is one of ours.
-pub fn version_of_etag(etag: &str) -> Option<i64> {
-    etag.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
-}
+pub use engarde::kit::versioning::{etag_of, version_of_etag};
 
 /// The fields of a new workflow a caller chooses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -3,7 +3,6 @@
 
 use engarde::kit::error::{FieldViolation, ServiceError, ServiceResult};
 use engarde::proto::workflow::v1 as pb;
-use uuid::Uuid;
 
 use crate::domain::validation;
 use crate::domain::{
@@ -198,10 +197,4 @@ pub fn workflow_to_pb(w: &Workflow) -> pb::WorkflowDefinition {
     }
 }
 
-/// Parses a resource id. An id that is not a UUID names nothing, but it is the caller's mistake.
-pub fn parse_id(field: &str, id: &str) -> ServiceResult<Uuid> {
-    if id.is_empty() {
-        return Err(ServiceError::invalid(field, "is required"));
-    }
-    Uuid::parse_str(id).map_err(|_| ServiceError::invalid(field, "must be a UUID"))
-}
+pub use engarde::kit::request::parse_id;

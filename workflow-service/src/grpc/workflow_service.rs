@@ -6,13 +6,14 @@ use engarde::kit::auth::Tenant;
 use engarde::kit::error::{FieldViolation, ServiceError, ServiceResult};
 use engarde::kit::idempotency::IdempotencyKey;
 use engarde::kit::pagination::{PageRequest, filter_fingerprint};
+use engarde::kit::request::{invalid_if_any, parse_update_mask};
 use engarde::proto::workflow::v1 as pb;
 use engarde::proto::workflow::v1::workflow_service_server::WorkflowService;
 use tonic::{Request, Response, Status};
 
 use super::convert::{category_from_pb, config_from_pb, parse_id, status_from_pb, workflow_to_pb};
 use crate::domain::lifecycle::{self, EditableField};
-use crate::domain::{NewWorkflow, WorkflowFilter, validation};
+use crate::domain::{NewWorkflow, Status as WorkflowStatus, Workflow, WorkflowFilter, validation};
 use crate::storage::WorkflowRepository;
 
 /// The service's handlers, over a repository.
@@ -27,6 +28,29 @@ impl WorkflowApi {
     }
 }
 
+impl WorkflowApi {
+    /// A lifecycle transition: `next` decides the new status from the current workflow.
+    async fn change_status(
+        &self,
+        tenant: &Tenant,
+        key: Option<IdempotencyKey>,
+        id: &str,
+        etag: String,
+        next: fn(&Workflow) -> ServiceResult<WorkflowStatus>,
+    ) -> ServiceResult<pb::WorkflowDefinition> {
+        let id = parse_id("id", id)?;
+        let mutation = Box::new(move |w: &mut Workflow| {
+            lifecycle::ensure_owned(w)?;
+            lifecycle::ensure_fresh(w, &etag)?;
+            w.status = next(w)?;
+            Ok(())
+        });
+        let workflow = self.repo.mutate(tenant.as_str(), id, key.as_ref(), mutation).await?;
+        tracing::info!(workflow_id = %id, status = workflow.status.as_str(), "workflow status changed");
+        Ok(workflow_to_pb(&workflow))
+    }
+}
+
 /// Runs a handler body with the caller's tenant, turning its error into a status.
 async fn handle<Req, Res, F, Fut>(request: Request<Req>, body: F) -> Result<Response<Res>, Status>
 where
@@ -35,10 +59,6 @@ where
 {
     let tenant = Tenant::of(&request)?;
     body(tenant, request.into_inner()).await.map(Response::new).map_err(Status::from)
-}
-
-fn invalid_if_any(violations: Vec<FieldViolation>) -> ServiceResult<()> {
-    if violations.is_empty() { Ok(()) } else { Err(ServiceError::InvalidArgument(violations)) }
 }
 
 #[tonic::async_trait]
@@ -130,20 +150,13 @@ impl WorkflowService for WorkflowApi {
             };
             let id = parse_id("workflow.id", &patch.id)?;
             let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
-            if paths.is_empty() {
-                return Err(ServiceError::invalid("update_mask", "name at least one field to change"));
-            }
             let mut violations = Vec::new();
-            let mut fields = Vec::new();
-            for (i, path) in paths.iter().enumerate() {
-                match EditableField::parse(path) {
-                    Some(f) => fields.push(f),
-                    None => violations.push(FieldViolation::new(
-                        format!("update_mask.paths[{i}]"),
-                        format!("{path:?} cannot be updated; use name, description, category or workflow_config"),
-                    )),
-                }
-            }
+            let fields = parse_update_mask(
+                &paths,
+                EditableField::parse,
+                "name, description, category or workflow_config",
+                &mut violations,
+            )?;
             let mut category = None;
             let mut config = None;
             for field in &fields {
@@ -233,24 +246,7 @@ impl WorkflowService for WorkflowApi {
     ) -> Result<Response<pb::WorkflowDefinition>, Status> {
         handle(request, |tenant, req| async move {
             let key = IdempotencyKey::from_request("ActivateWorkflow", &req.request_id, &req)?;
-            let id = parse_id("id", &req.id)?;
-            let etag = req.etag;
-            let workflow = self
-                .repo
-                .mutate(
-                    tenant.as_str(),
-                    id,
-                    key.as_ref(),
-                    Box::new(move |w| {
-                        lifecycle::ensure_owned(w)?;
-                        lifecycle::ensure_fresh(w, &etag)?;
-                        w.status = lifecycle::activate(w)?;
-                        Ok(())
-                    }),
-                )
-                .await?;
-            tracing::info!(workflow_id = %id, "workflow activated");
-            Ok(workflow_to_pb(&workflow))
+            self.change_status(&tenant, key, &req.id, req.etag, lifecycle::activate).await
         })
         .await
     }
@@ -262,24 +258,7 @@ impl WorkflowService for WorkflowApi {
     ) -> Result<Response<pb::WorkflowDefinition>, Status> {
         handle(request, |tenant, req| async move {
             let key = IdempotencyKey::from_request("ArchiveWorkflow", &req.request_id, &req)?;
-            let id = parse_id("id", &req.id)?;
-            let etag = req.etag;
-            let workflow = self
-                .repo
-                .mutate(
-                    tenant.as_str(),
-                    id,
-                    key.as_ref(),
-                    Box::new(move |w| {
-                        lifecycle::ensure_owned(w)?;
-                        lifecycle::ensure_fresh(w, &etag)?;
-                        w.status = lifecycle::archive(w)?;
-                        Ok(())
-                    }),
-                )
-                .await?;
-            tracing::info!(workflow_id = %id, "workflow archived");
-            Ok(workflow_to_pb(&workflow))
+            self.change_status(&tenant, key, &req.id, req.etag, lifecycle::archive).await
         })
         .await
     }
