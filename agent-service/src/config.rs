@@ -21,11 +21,35 @@ pub struct Config {
     /// Deadline of each call to workflow-service, in milliseconds (each of its up to 3 attempts).
     #[arg(long, env = "WORKFLOW_CALL_TIMEOUT_MS", default_value_t = 5000)]
     pub workflow_call_timeout_ms: u64,
+    /// Langflow's base URL (e.g. `http://langflow:7860`). Unset: agents work for everything but
+    /// their flows and executions, which answer FAILED_PRECONDITION.
+    #[arg(long, env = "LANGFLOW_URL")]
+    pub langflow_url: Option<String>,
+    /// Langflow API key, sent as `x-api-key` (a production Langflow requires one).
+    #[arg(long, env = "LANGFLOW_API_KEY", hide_env_values = true)]
+    pub langflow_api_key: Option<String>,
+    /// Deadline of one flow run, in milliseconds (a shorter caller deadline wins).
+    #[arg(long, env = "LANGFLOW_RUN_TIMEOUT_MS", default_value_t = 60_000)]
+    pub langflow_run_timeout_ms: u64,
+    /// Deadline of every other Langflow call, in milliseconds.
+    #[arg(long, env = "LANGFLOW_CALL_TIMEOUT_MS", default_value_t = 10_000)]
+    pub langflow_call_timeout_ms: u64,
     #[command(flatten)]
     pub common: CommonConfig,
 }
 
 impl Config {
+    /// The Langflow settings, when a Langflow is configured.
+    pub fn langflow(&self) -> Option<crate::langflow::LangflowSettings> {
+        let url = self.langflow_url.as_deref().filter(|u| !u.is_empty())?;
+        Some(crate::langflow::LangflowSettings {
+            base_url: url.to_owned(),
+            api_key: self.langflow_api_key.clone().filter(|k| !k.is_empty()),
+            run_timeout: Duration::from_millis(self.langflow_run_timeout_ms.max(1)),
+            call_timeout: Duration::from_millis(self.langflow_call_timeout_ms.max(1)),
+        })
+    }
+
     pub fn workflow_call_timeout(&self) -> Duration {
         Duration::from_millis(self.workflow_call_timeout_ms.max(1))
     }

@@ -4,7 +4,10 @@
 
 pub mod config;
 pub mod domain;
+pub mod execution;
 pub mod grpc;
+pub mod langflow;
+pub mod linkage;
 pub mod provisioner;
 pub mod startup;
 pub mod storage;

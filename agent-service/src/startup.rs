@@ -9,7 +9,10 @@ use engarde::proto::agent::v1::agent_service_server::AgentServiceServer;
 use tonic::service::Routes;
 
 use crate::config::Config;
+use crate::execution::Executor;
 use crate::grpc::AgentApi;
+use crate::langflow::LangflowClient;
+use crate::linkage::FlowLinker;
 use crate::provisioner::Provisioner;
 use crate::storage::{self, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
 use crate::workflows::WorkflowClient;
@@ -44,12 +47,30 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         async move { repo.expire_idempotency_keys(before).await }
     });
 
+    let langflow = connect_langflow(&config).await?;
+    let linker = FlowLinker { langflow: langflow.clone() };
+    let executor = Executor {};
     let provisioner = Provisioner::new(repo.clone(), workflows);
-    let api = AgentServiceServer::new(AgentApi::new(repo, provisioner))
+    let api = AgentServiceServer::new(AgentApi::new(repo, provisioner, linker, executor))
         .max_decoding_message_size(common.max_message_bytes)
         .max_encoding_message_size(common.max_message_bytes);
     let routes = Routes::new(api);
     let result = server.serve("agent-service", routes, health, health_service, common, shutdown).await;
     db.close().await;
     result
+}
+
+/// The Langflow client, when one is configured. Its version is read and logged; a Langflow that
+/// does not answer yet is not fatal (calls that need it answer UNAVAILABLE until it does).
+async fn connect_langflow(config: &Config) -> anyhow::Result<Option<std::sync::Arc<LangflowClient>>> {
+    let Some(settings) = config.langflow() else {
+        tracing::warn!("no LANGFLOW_URL: agents get no flows and cannot execute");
+        return Ok(None);
+    };
+    let client = LangflowClient::new(settings)?;
+    match client.version().await {
+        Ok(version) => tracing::info!(langflow = client.base_url(), version, "Langflow reachable"),
+        Err(e) => tracing::warn!(langflow = client.base_url(), error = %e, "Langflow not reachable yet"),
+    }
+    Ok(Some(std::sync::Arc::new(client)))
 }

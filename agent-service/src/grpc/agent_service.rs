@@ -21,6 +21,8 @@ use crate::domain::lifecycle::{self, Transition};
 use crate::domain::mapping::Overrides;
 use crate::domain::provisioning::{MAX_FILTER_WORKFLOW_IDS, ProvisionFilter};
 use crate::domain::{Agent, AgentFilter, AgentType, NewAgent};
+use crate::execution::Executor;
+use crate::linkage::FlowLinker;
 use crate::provisioner::Provisioner;
 use crate::storage::{AgentRepository, mutate_agent};
 use crate::workflows::Credentials;
@@ -28,24 +30,31 @@ use crate::workflows::Credentials;
 /// The service's handlers, over a repository and the workflow-dependent operations.
 #[derive(Clone)]
 pub struct AgentApi {
-    repo: Arc<dyn AgentRepository>,
-    provisioner: Provisioner,
+    pub(super) repo: Arc<dyn AgentRepository>,
+    pub(super) provisioner: Provisioner,
+    pub(super) linker: FlowLinker,
+    pub(super) executor: Executor,
 }
 
 impl AgentApi {
-    pub fn new(repo: Arc<dyn AgentRepository>, provisioner: Provisioner) -> Self {
-        Self { repo, provisioner }
+    pub fn new(
+        repo: Arc<dyn AgentRepository>,
+        provisioner: Provisioner,
+        linker: FlowLinker,
+        executor: Executor,
+    ) -> Self {
+        Self { repo, provisioner, linker, executor }
     }
 }
 
 /// Who is calling: the authenticated tenant and the credentials to forward to workflow-service.
-struct Caller {
-    tenant: Tenant,
-    credentials: Credentials,
+pub(super) struct Caller {
+    pub(super) tenant: Tenant,
+    pub(super) credentials: Credentials,
 }
 
 /// Runs a handler body for the caller, turning its error into a status.
-async fn handle<Req, Res, F, Fut>(request: Request<Req>, body: F) -> Result<Response<Res>, Status>
+pub(super) async fn handle<Req, Res, F, Fut>(request: Request<Req>, body: F) -> Result<Response<Res>, Status>
 where
     F: FnOnce(Caller, Req) -> Fut,
     Fut: Future<Output = ServiceResult<Res>>,
@@ -513,6 +522,100 @@ impl AgentService for AgentApi {
             Ok(upgrade_to_pb(&outcome))
         })
         .await
+    }
+
+    // Langflow linkage: see linkage.rs.
+
+    async fn link_agent_flow(&self, request: Request<pb::LinkAgentFlowRequest>) -> Result<Response<pb::Agent>, Status> {
+        self.link_flow(request).await
+    }
+
+    async fn unlink_agent_flow(
+        &self,
+        request: Request<pb::UnlinkAgentFlowRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        self.unlink_flow(request).await
+    }
+
+    async fn regenerate_agent_flow(
+        &self,
+        request: Request<pb::RegenerateAgentFlowRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
+        self.regenerate_flow(request).await
+    }
+
+    async fn check_agent_links(
+        &self,
+        request: Request<pb::CheckAgentLinksRequest>,
+    ) -> Result<Response<pb::CheckAgentLinksResponse>, Status> {
+        self.check_links(request).await
+    }
+
+    // Execution, memory and learning: see execution.rs.
+
+    async fn execute_agent(
+        &self,
+        request: Request<pb::ExecuteAgentRequest>,
+    ) -> Result<Response<pb::ExecuteAgentResponse>, Status> {
+        self.execute(request).await
+    }
+
+    type StreamExecuteAgentStream = super::execution::ExecutionEventStream;
+
+    async fn stream_execute_agent(
+        &self,
+        request: Request<pb::ExecuteAgentRequest>,
+    ) -> Result<Response<Self::StreamExecuteAgentStream>, Status> {
+        self.execute_streamed(request).await
+    }
+
+    async fn get_execution(
+        &self,
+        request: Request<pb::GetExecutionRequest>,
+    ) -> Result<Response<pb::Execution>, Status> {
+        self.execution(request).await
+    }
+
+    async fn list_executions(
+        &self,
+        request: Request<pb::ListExecutionsRequest>,
+    ) -> Result<Response<pb::ListExecutionsResponse>, Status> {
+        self.executions(request).await
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        self.sessions(request).await
+    }
+
+    async fn list_session_messages(
+        &self,
+        request: Request<pb::ListSessionMessagesRequest>,
+    ) -> Result<Response<pb::ListSessionMessagesResponse>, Status> {
+        self.session_messages(request).await
+    }
+
+    async fn clear_session(
+        &self,
+        request: Request<pb::ClearSessionRequest>,
+    ) -> Result<Response<pb::ClearSessionResponse>, Status> {
+        self.forget_session(request).await
+    }
+
+    async fn submit_feedback(
+        &self,
+        request: Request<pb::SubmitFeedbackRequest>,
+    ) -> Result<Response<pb::Feedback>, Status> {
+        self.feedback(request).await
+    }
+
+    async fn list_feedback(
+        &self,
+        request: Request<pb::ListFeedbackRequest>,
+    ) -> Result<Response<pb::ListFeedbackResponse>, Status> {
+        self.feedback_list(request).await
     }
 }
 

@@ -8,7 +8,9 @@ use engarde::proto::workflow::v1 as workflow_pb;
 use crate::domain::configuration;
 use crate::domain::provisioning::{ProvisionOutcome, SkipReason, Skipped};
 use crate::domain::upgrade::{Change, ChangeKind, UpgradeOutcome};
-use crate::domain::{Agent, AgentConfig, AgentStatus, AgentType, ModelSettings, WorkflowCategory, WorkflowStatus};
+use crate::domain::{
+    Agent, AgentConfig, AgentStatus, AgentType, FlowOrigin, ModelSettings, WorkflowCategory, WorkflowStatus,
+};
 use crate::provisioner::InstalledAgent;
 
 pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
@@ -161,6 +163,9 @@ pub fn agent_to_pb(a: &Agent) -> pb::Agent {
         etag: a.etag(),
         create_time: Some(timestamp(a.created_at)),
         update_time: Some(timestamp(a.updated_at)),
+        flow_origin: flow_origin_to_pb(a.flow_origin) as i32,
+        feedback_count: a.feedback_count,
+        feedback_mean_score: a.feedback_mean_score(),
     }
 }
 
@@ -252,3 +257,12 @@ pub fn upgrade_to_pb(outcome: &UpgradeOutcome) -> pb::UpgradeAgentResponse {
 }
 
 pub use engarde::kit::request::parse_id;
+
+pub fn flow_origin_to_pb(origin: FlowOrigin) -> pb::FlowOrigin {
+    match origin {
+        FlowOrigin::None => pb::FlowOrigin::Unspecified,
+        FlowOrigin::Generated => pb::FlowOrigin::Generated,
+        FlowOrigin::Uploaded => pb::FlowOrigin::Uploaded,
+        FlowOrigin::Linked => pb::FlowOrigin::Linked,
+    }
+}

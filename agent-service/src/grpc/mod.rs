@@ -3,5 +3,7 @@
 
 mod agent_service;
 mod convert;
+mod execution;
+mod linkage;
 
 pub use agent_service::AgentApi;

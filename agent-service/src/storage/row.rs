@@ -7,14 +7,15 @@ use prost::Message as _;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::domain::{Agent, AgentConfig, AgentStatus, AgentType, WorkflowCategory, WorkflowSnapshot};
+use crate::domain::{Agent, AgentConfig, AgentStatus, AgentType, FlowOrigin, WorkflowCategory, WorkflowSnapshot};
 
 /// The columns every query selects and every insert writes, in this order.
 pub const COLUMNS: &str = "id, tenant_id, name, description, agent_type, status, status_reason, \
                            langflow_workflow_id, langflow_deployment_id, source_workflow_id, \
                            source_workflow_version, source_workflow_name, source_workflow_category, \
                            source_workflow_config, configuration, capabilities, total_executions, \
-                           successful_executions, average_response_time_ms, version, created_at, updated_at";
+                           successful_executions, average_response_time_ms, version, created_at, updated_at, \
+                           flow_origin, feedback_count, feedback_score_sum";
 
 #[derive(sqlx::FromRow)]
 pub struct AgentRow {
@@ -40,6 +41,9 @@ pub struct AgentRow {
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub flow_origin: String,
+    pub feedback_count: i64,
+    pub feedback_score_sum: i64,
 }
 
 /// The snapshot columns of an agent, as written.
@@ -94,6 +98,7 @@ impl TryFrom<AgentRow> for Agent {
             id: Uuid::parse_str(&row.id).map_err(|_| corrupt("id"))?,
             agent_type: AgentType::parse(&row.agent_type).ok_or_else(|| corrupt("agent_type"))?,
             status: AgentStatus::parse(&row.status).ok_or_else(|| corrupt("status"))?,
+            flow_origin: FlowOrigin::parse(&row.flow_origin).ok_or_else(|| corrupt("flow_origin"))?,
             snapshot,
             tenant_id: row.tenant_id,
             name: row.name,
@@ -106,6 +111,8 @@ impl TryFrom<AgentRow> for Agent {
             total_executions: row.total_executions,
             successful_executions: row.successful_executions,
             average_response_time_ms: row.average_response_time_ms,
+            feedback_count: row.feedback_count,
+            feedback_score_sum: row.feedback_score_sum,
             version: row.version,
             created_at: row.created_at,
             updated_at: row.updated_at,

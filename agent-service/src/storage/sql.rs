@@ -59,7 +59,7 @@ macro_rules! sql_repository {
                 let snapshot = SnapshotColumns::of(a.snapshot.as_ref());
                 let sql = format!(
                     "INSERT INTO agents ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-                     $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+                     $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)"
                 );
                 sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(a.id.to_string())
@@ -84,6 +84,9 @@ macro_rules! sql_repository {
                     .bind(a.version)
                     .bind(a.created_at)
                     .bind(a.updated_at)
+                    .bind(a.flow_origin.as_str())
+                    .bind(a.feedback_count)
+                    .bind(a.feedback_score_sum)
                     .execute(&mut **tx)
                     .await?;
                 Ok(())
@@ -210,7 +213,7 @@ macro_rules! sql_repository {
                          langflow_workflow_id = $6, langflow_deployment_id = $7, source_workflow_id = $8, \
                          source_workflow_version = $9, source_workflow_name = $10, source_workflow_category = $11, \
                          source_workflow_config = $12, configuration = $13, capabilities = $14, version = $15, \
-                         updated_at = $16 WHERE id = $17 AND tenant_id = $18 AND version = $19",
+                         updated_at = $16, flow_origin = $17 WHERE id = $18 AND tenant_id = $19 AND version = $20",
                     )
                     .bind(&agent.name)
                     .bind(&agent.description)
@@ -228,6 +231,7 @@ macro_rules! sql_repository {
                     .bind(Json(&agent.capabilities))
                     .bind(agent.version)
                     .bind(agent.updated_at)
+                    .bind(agent.flow_origin.as_str())
                     .bind(id.to_string())
                     .bind(tenant)
                     .bind(read_version)

@@ -1,0 +1,347 @@
+//! The HTTP client of Langflow's API (verified against Langflow 1.13).
+//!
+//! Every call has a deadline (the configured one, or the caller's gRPC deadline when shorter).
+//! Reads and deletes are retried with backoff when Langflow is unreachable or answers 5xx; runs
+//! and flow creation are not (repeating them would duplicate work), except when the connection
+//! was never made, which proves the request was never seen.
+
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+use super::error::LangflowError;
+
+/// How many times a call that is safe to repeat is tried.
+const ATTEMPTS: u32 = 3;
+
+/// Where Langflow is and how to talk to it.
+#[derive(Debug, Clone)]
+pub struct LangflowSettings {
+    /// e.g. `http://langflow:7860`.
+    pub base_url: String,
+    /// Sent as `x-api-key` when set (a production Langflow requires one).
+    pub api_key: Option<String>,
+    /// Deadline of one run.
+    pub run_timeout: Duration,
+    /// Deadline of every other call.
+    pub call_timeout: Duration,
+}
+
+/// A Langflow server.
+#[derive(Debug)]
+pub struct LangflowClient {
+    http: reqwest::Client,
+    settings: LangflowSettings,
+    catalog: OnceCell<Value>,
+}
+
+/// What one run answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutput {
+    /// The chat output's text.
+    pub text: String,
+    /// Langflow's session id (the one sent).
+    pub session_id: String,
+}
+
+/// One event of a streamed run, as Langflow sends it (newline-delimited JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamEvent {
+    /// `add_message`, `token`, `end`, `error`, …
+    pub event: String,
+    pub data: Value,
+}
+
+impl LangflowClient {
+    pub fn new(settings: LangflowSettings) -> Result<Self, LangflowError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| LangflowError::Unavailable(format!("building the HTTP client: {e}")))?;
+        let mut settings = settings;
+        settings.base_url = settings.base_url.trim_end_matches('/').to_owned();
+        Ok(Self { http, settings, catalog: OnceCell::new() })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.settings.base_url
+    }
+
+    fn request(&self, method: Method, path: &str, timeout: Duration) -> reqwest::RequestBuilder {
+        let mut request = self.http.request(method, format!("{}{path}", self.settings.base_url)).timeout(timeout);
+        if let Some(key) = &self.settings.api_key {
+            request = request.header("x-api-key", key);
+        }
+        request
+    }
+
+    /// Sends a request built by `build`, retrying while `retry` allows it.
+    async fn send(
+        &self,
+        what: &str,
+        idempotent: bool,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, LangflowError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = build().send().await;
+            let retriable = match &outcome {
+                Ok(response) => idempotent && response.status().is_server_error(),
+                Err(e) => e.is_connect() || (idempotent && !e.is_timeout()),
+            };
+            if !retriable || attempt >= ATTEMPTS {
+                return outcome.map_err(|e| LangflowError::from_transport(what, &e));
+            }
+            let backoff = Duration::from_millis(100 * 2u64.pow(attempt - 1));
+            tracing::debug!(what, attempt, ?backoff, "Langflow call failed; retrying");
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    /// The JSON body of a successful answer, or the error it stands for.
+    async fn json(what: &str, response: reqwest::Response) -> Result<Value, LangflowError> {
+        let status = response.status();
+        let body = response.text().await.map_err(|e| LangflowError::from_transport(what, &e))?;
+        if !status.is_success() {
+            return Err(LangflowError::from_status(what, status, &body));
+        }
+        serde_json::from_str(&body)
+            .map_err(|e| LangflowError::BadResponse(format!("{what}: answer is not JSON ({e}): {}", excerpt(&body))))
+    }
+
+    /// Langflow's version (`GET /api/v1/version`).
+    pub async fn version(&self) -> Result<String, LangflowError> {
+        let response = self
+            .send("version", true, || self.request(Method::GET, "/api/v1/version", self.settings.call_timeout))
+            .await?;
+        let body = Self::json("version", response).await?;
+        Ok(body["version"].as_str().unwrap_or("unknown").to_owned())
+    }
+
+    /// The server's component catalog (`GET /api/v1/all`), fetched once and kept.
+    pub async fn catalog(&self) -> Result<&Value, LangflowError> {
+        self.catalog
+            .get_or_try_init(|| async {
+                // The catalog is large: allow it more than an ordinary call.
+                let timeout = self.settings.call_timeout * 4;
+                let response =
+                    self.send("component catalog", true, || self.request(Method::GET, "/api/v1/all", timeout)).await?;
+                Self::json("component catalog", response).await
+            })
+            .await
+    }
+
+    /// Creates a flow; answers its id.
+    pub async fn create_flow(&self, name: &str, description: &str, data: &Value) -> Result<String, LangflowError> {
+        let body = serde_json::json!({ "name": name, "description": description, "data": data });
+        let response = self
+            .send("create flow", false, || {
+                self.request(Method::POST, "/api/v1/flows/", self.settings.call_timeout).json(&body)
+            })
+            .await?;
+        let flow = Self::json("create flow", response).await?;
+        flow["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| LangflowError::BadResponse(format!("create flow: no id in {}", excerpt(&flow.to_string()))))
+    }
+
+    /// Whether a flow exists.
+    pub async fn flow_exists(&self, flow_id: &str) -> Result<bool, LangflowError> {
+        let path = format!("/api/v1/flows/{flow_id}");
+        let response =
+            self.send("read flow", true, || self.request(Method::GET, &path, self.settings.call_timeout)).await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(false),
+            // Langflow answers 400/422 for ids that are not UUIDs: no such flow either.
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => Ok(false),
+            _ => Self::json("read flow", response).await.map(|_| true),
+        }
+    }
+
+    /// Deletes a flow; a flow that is already gone is not an error.
+    pub async fn delete_flow(&self, flow_id: &str) -> Result<(), LangflowError> {
+        let path = format!("/api/v1/flows/{flow_id}");
+        let response =
+            self.send("delete flow", true, || self.request(Method::DELETE, &path, self.settings.call_timeout)).await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        Self::json("delete flow", response).await.map(drop)
+    }
+
+    fn run_body(input: &str, session_id: &str, tweaks: &Value) -> Value {
+        serde_json::json!({
+            "input_value": input,
+            "input_type": "chat",
+            "output_type": "chat",
+            "session_id": session_id,
+            "tweaks": tweaks,
+        })
+    }
+
+    /// Runs a flow once (`POST /api/v1/run/{id}`), within `deadline` or the run timeout.
+    pub async fn run(
+        &self,
+        flow_id: &str,
+        input: &str,
+        session_id: &str,
+        tweaks: &Value,
+        deadline: Option<Duration>,
+    ) -> Result<RunOutput, LangflowError> {
+        let timeout = shorter(self.settings.run_timeout, deadline);
+        let path = format!("/api/v1/run/{flow_id}");
+        let body = Self::run_body(input, session_id, tweaks);
+        let response = self.send("run flow", false, || self.request(Method::POST, &path, timeout).json(&body)).await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Err(LangflowError::FlowNotFound(flow_id.to_owned()));
+        }
+        let answer = Self::json("run flow", response).await?;
+        let text = output_text(&answer).ok_or_else(|| {
+            LangflowError::BadResponse(format!("run flow: no chat output in {}", excerpt(&answer.to_string())))
+        })?;
+        Ok(RunOutput { text, session_id: answer["session_id"].as_str().unwrap_or(session_id).to_owned() })
+    }
+
+    /// Runs a flow with `?stream=true`, yielding Langflow's events as they arrive.
+    pub async fn run_stream(
+        &self,
+        flow_id: &str,
+        input: &str,
+        session_id: &str,
+        tweaks: &Value,
+        deadline: Option<Duration>,
+    ) -> Result<impl Stream<Item = Result<StreamEvent, LangflowError>> + Send + 'static, LangflowError> {
+        let timeout = shorter(self.settings.run_timeout, deadline);
+        let path = format!("/api/v1/run/{flow_id}?stream=true");
+        let body = Self::run_body(input, session_id, tweaks);
+        let response =
+            self.send("stream flow", false, || self.request(Method::POST, &path, timeout).json(&body)).await?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Err(LangflowError::FlowNotFound(flow_id.to_owned()));
+        }
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(LangflowError::from_status("stream flow", status, &body));
+        }
+        Ok(ndjson_events(response.bytes_stream()))
+    }
+}
+
+/// Splits a byte stream into newline-delimited JSON events.
+fn ndjson_events<S, B, E>(bytes: S) -> impl Stream<Item = Result<StreamEvent, LangflowError>> + Send + 'static
+where
+    S: Stream<Item = Result<B, E>> + Send + 'static,
+    B: AsRef<[u8]>,
+    E: std::fmt::Display,
+{
+    let state = (Box::pin(bytes), Vec::<u8>::new(), false);
+    futures::stream::unfold(state, |(mut bytes, mut buffer, mut done)| async move {
+        loop {
+            if let Some(pos) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=pos).collect();
+                let line = String::from_utf8_lossy(&line).trim().to_owned();
+                if line.is_empty() {
+                    continue;
+                }
+                return Some((parse_event(&line), (bytes, buffer, done)));
+            }
+            if done {
+                let rest = String::from_utf8_lossy(&buffer).trim().to_owned();
+                buffer.clear();
+                if rest.is_empty() {
+                    return None;
+                }
+                return Some((parse_event(&rest), (bytes, buffer, done)));
+            }
+            match bytes.next().await {
+                Some(Ok(chunk)) => buffer.extend_from_slice(chunk.as_ref()),
+                Some(Err(e)) => {
+                    done = true;
+                    buffer.clear();
+                    return Some((
+                        Err(LangflowError::Unavailable(format!("the stream from Langflow broke: {e}"))),
+                        (bytes, buffer, done),
+                    ));
+                }
+                None => done = true,
+            }
+        }
+    })
+}
+
+fn parse_event(line: &str) -> Result<StreamEvent, LangflowError> {
+    let value: Value = serde_json::from_str(line)
+        .map_err(|e| LangflowError::BadResponse(format!("stream event is not JSON ({e}): {}", excerpt(line))))?;
+    let event = value["event"].as_str().unwrap_or("").to_owned();
+    if event.is_empty() {
+        return Err(LangflowError::BadResponse(format!("stream event without a type: {}", excerpt(line))));
+    }
+    Ok(StreamEvent { event, data: value["data"].clone() })
+}
+
+/// The chat output's text: `outputs[0].outputs[0].results.message.text` (with fallbacks for
+/// the shapes other components answer with).
+pub fn output_text(answer: &Value) -> Option<String> {
+    let first = &answer["outputs"][0]["outputs"][0];
+    [
+        &first["results"]["message"]["text"],
+        &first["results"]["message"]["data"]["text"],
+        &first["outputs"]["message"]["message"],
+        &first["messages"][0]["message"],
+    ]
+    .into_iter()
+    .find_map(|v| v.as_str().map(str::to_owned))
+}
+
+fn shorter(configured: Duration, deadline: Option<Duration>) -> Duration {
+    deadline.map_or(configured, |d| d.min(configured))
+}
+
+/// The start of a long text, for error messages.
+pub fn excerpt(text: &str) -> String {
+    let mut out: String = text.chars().take(300).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ndjson_events_are_split_across_chunks() {
+        let chunks: Vec<Result<&[u8], String>> = vec![
+            Ok(b"{\"event\":\"add_message\",\"data\":{\"a\":1}}\n{\"ev"),
+            Ok(b"ent\":\"token\",\"data\":{}}\n\n"),
+            Ok(b"{\"event\":\"end\",\"data\":{}}"),
+        ];
+        let events: Vec<_> = ndjson_events(futures::stream::iter(chunks)).collect().await;
+        let names: Vec<String> = events.into_iter().map(|e| e.unwrap().event).collect();
+        assert_eq!(names, ["add_message", "token", "end"]);
+    }
+
+    #[tokio::test]
+    async fn garbage_and_broken_streams_are_errors() {
+        let chunks: Vec<Result<&[u8], String>> = vec![Ok(b"not json\n"), Err("reset".into())];
+        let events: Vec<_> = ndjson_events(futures::stream::iter(chunks)).collect().await;
+        assert!(matches!(events[0], Err(LangflowError::BadResponse(_))));
+        assert!(matches!(events[1], Err(LangflowError::Unavailable(_))));
+        assert_eq!(events.len(), 2);
+    }
+
+    #[test]
+    fn the_answer_text_is_found() {
+        let answer = serde_json::json!({"outputs": [{"outputs": [{"results": {"message": {"text": "hi"}}}]}]});
+        assert_eq!(output_text(&answer).as_deref(), Some("hi"));
+        assert_eq!(output_text(&serde_json::json!({})), None);
+    }
+}
