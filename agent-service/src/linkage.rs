@@ -1,13 +1,153 @@
 //! The link between agents and their Langflow flows: making, replacing and removing flows, with
 //! compensation so that a failure leaves neither a half-made agent nor an orphan flow.
+//!
+//! The rule is "flow first, row second, undo the flow if the row fails": Langflow cannot take
+//! part in a database transaction, so a flow is made before the agent row that names it is
+//! committed, and deleted again when that commit does not happen. Flows are named after their
+//! agent (`… [agent <id>]`) so that an operator can tell whose a flow is.
 
 use std::sync::Arc;
 
-use crate::langflow::LangflowClient;
+use engarde::kit::error::{ServiceError, ServiceResult};
+use futures::StreamExt;
+
+use crate::domain::{Agent, AgentConfig, FlowLink, FlowOrigin, NewAgent, WorkflowSnapshot};
+use crate::langflow::{LangflowClient, LangflowError, flow};
+
+/// How many flows are checked at once by [`FlowLinker::missing_flows`].
+const CHECK_CONCURRENCY: usize = 8;
 
 /// Makes, checks and removes agents' flows. Without a Langflow configured it answers
 /// FAILED_PRECONDITION for everything that needs one.
 #[derive(Clone)]
 pub struct FlowLinker {
     pub langflow: Option<Arc<LangflowClient>>,
+}
+
+/// The prompt a generated flow starts with: the first llm step's (each run sets its own).
+fn first_prompt(snapshot: Option<&WorkflowSnapshot>) -> &str {
+    snapshot
+        .and_then(|s| s.config.steps.iter().find(|step| is_llm(step.kind)).map(|step| step.prompt.as_str()))
+        .unwrap_or("")
+}
+
+/// Whether a step kind (as the workflow contract encodes it) runs through the flow.
+pub fn is_llm(kind: i32) -> bool {
+    use engarde::proto::workflow::v1::StepKind;
+    matches!(StepKind::try_from(kind), Ok(StepKind::Llm | StepKind::Unspecified))
+}
+
+impl FlowLinker {
+    /// Whether a Langflow is configured.
+    pub fn configured(&self) -> bool {
+        self.langflow.is_some()
+    }
+
+    /// The Langflow client, or FAILED_PRECONDITION saying none is configured.
+    pub fn client(&self) -> ServiceResult<&LangflowClient> {
+        self.langflow.as_deref().ok_or_else(|| LangflowError::NotConfigured.into())
+    }
+
+    /// Makes the flow of an agent about to be stored: uploaded from the workflow's flow export
+    /// when it carries one, else generated from its steps out of the server's catalog.
+    pub async fn create_flow(
+        &self,
+        tenant: &str,
+        agent_id: uuid::Uuid,
+        name: &str,
+        snapshot: Option<&WorkflowSnapshot>,
+        config: &AgentConfig,
+    ) -> ServiceResult<FlowLink> {
+        let client = self.client()?;
+        let export = snapshot.map(|s| s.config.langflow_flow_json.as_str()).unwrap_or("");
+        let (data, origin) = if export.is_empty() {
+            let catalog = client.catalog().await?;
+            (flow::generate(catalog, first_prompt(snapshot), config)?, FlowOrigin::Generated)
+        } else {
+            (flow::from_export(export)?, FlowOrigin::Uploaded)
+        };
+        let flow_name = format!("{name} [agent {agent_id}]");
+        let description = format!("EnGarde agent {agent_id} of tenant {tenant}; managed by agent-service");
+        let flow_id = client.create_flow(&flow_name, &description, &data).await?;
+        tracing::info!(%agent_id, flow_id, origin = origin.as_str(), "Langflow flow created");
+        Ok(FlowLink { flow_id, origin })
+    }
+
+    /// Gives a new agent its flow, when a Langflow is configured (without one, agents are made
+    /// without flows and cannot execute).
+    pub async fn attach_flow(&self, tenant: &str, agent: &mut NewAgent) -> ServiceResult<()> {
+        if !self.configured() {
+            return Ok(());
+        }
+        let link =
+            self.create_flow(tenant, agent.id, &agent.name, agent.snapshot.as_ref(), &agent.configuration).await?;
+        agent.flow = Some(link);
+        Ok(())
+    }
+
+    /// Deletes a flow agent-service made, logging (not failing) when it cannot: used to undo
+    /// work after another failure, whose error is the one the caller must see.
+    pub async fn discard(&self, link: &FlowLink) {
+        if !link.origin.owned() {
+            return;
+        }
+        let Some(client) = self.langflow.as_deref() else { return };
+        match client.delete_flow(&link.flow_id).await {
+            Ok(()) => tracing::info!(flow_id = link.flow_id, "Langflow flow discarded"),
+            Err(e) => {
+                tracing::error!(flow_id = link.flow_id, error = %e, "could not discard a Langflow flow: it is orphaned")
+            }
+        }
+    }
+
+    /// Deletes the flow an agent owns (generated or uploaded), before the agent itself goes.
+    /// A linked flow is left alone. UNAVAILABLE when Langflow cannot be reached: then nothing
+    /// is deleted, and the caller may retry.
+    pub async fn delete_owned_flow(&self, agent: &Agent) -> ServiceResult<()> {
+        if !agent.flow_origin.owned() || agent.langflow_workflow_id.is_empty() {
+            return Ok(());
+        }
+        match self.langflow.as_deref() {
+            Some(client) => Ok(client.delete_flow(&agent.langflow_workflow_id).await?),
+            None => {
+                tracing::warn!(agent_id = %agent.id, flow_id = agent.langflow_workflow_id,
+                    "no Langflow configured: the agent's flow is left behind");
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether a flow exists.
+    pub async fn flow_exists(&self, flow_id: &str) -> ServiceResult<bool> {
+        Ok(self.client()?.flow_exists(flow_id).await?)
+    }
+
+    /// The agents of `agents` whose flow Langflow no longer has.
+    pub async fn missing_flows(&self, agents: Vec<Agent>) -> ServiceResult<Vec<Agent>> {
+        let client = self.client()?;
+        let checked: Vec<ServiceResult<Option<Agent>>> = futures::stream::iter(agents)
+            .map(|agent| async move {
+                let exists = client.flow_exists(&agent.langflow_workflow_id).await?;
+                Ok((!exists).then_some(agent))
+            })
+            .buffer_unordered(CHECK_CONCURRENCY)
+            .collect()
+            .await;
+        let mut missing = Vec::new();
+        for result in checked {
+            if let Some(agent) = result? {
+                missing.push(agent);
+            }
+        }
+        missing.sort_by_key(|a| a.id);
+        Ok(missing)
+    }
+}
+
+/// Refuses a flow id that cannot be a Langflow flow id.
+pub fn check_flow_id(flow_id: &str) -> ServiceResult<()> {
+    let ok = !flow_id.is_empty()
+        && flow_id.len() <= 128
+        && flow_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok { Ok(()) } else { Err(ServiceError::invalid("flow_id", "must be 1-128 letters, digits, '-' or '_'")) }
 }

@@ -5,7 +5,7 @@
 //! Slow reads from workflow-service happen before any transaction opens (no lock is held across
 //! a network call); a retried request id is answered from the store before anything is read.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use engarde::kit::error::{ServiceError, ServiceResult};
@@ -16,9 +16,12 @@ use uuid::Uuid;
 
 use crate::domain::lifecycle;
 use crate::domain::mapping::{self, Overrides};
-use crate::domain::provisioning::{ProvisionFilter, ProvisionOutcome, SkipReason, Skipped, select_candidates};
+use crate::domain::provisioning::{
+    Candidate, ProvisionFilter, ProvisionOutcome, SkipReason, Skipped, select_candidates,
+};
 use crate::domain::upgrade::{UpgradeOutcome, apply_upgrade, plan_upgrade};
-use crate::domain::{Agent, AgentFilter, SourceWorkflow, now};
+use crate::domain::{Agent, AgentFilter, FlowLink, SourceWorkflow, now};
+use crate::linkage::FlowLinker;
 use crate::storage::{AgentRepository, Answer, Mutated, replayed};
 use crate::workflows::{Credentials, WorkflowClient, WorkflowQuery};
 
@@ -45,11 +48,12 @@ impl InstalledAgent {
 pub struct Provisioner {
     repo: Arc<dyn AgentRepository>,
     workflows: WorkflowClient,
+    linker: FlowLinker,
 }
 
 impl Provisioner {
-    pub fn new(repo: Arc<dyn AgentRepository>, workflows: WorkflowClient) -> Self {
-        Self { repo, workflows }
+    pub fn new(repo: Arc<dyn AgentRepository>, workflows: WorkflowClient, linker: FlowLinker) -> Self {
+        Self { repo, workflows, linker }
     }
 
     /// An agent made from one workflow the caller can read.
@@ -65,8 +69,20 @@ impl Provisioner {
             return replayed(&json);
         }
         let workflow = self.workflows.get(credentials, workflow_id).await?;
-        let new = mapping::agent_from_workflow(&workflow, overrides)?;
-        self.repo.create(tenant, new, key).await
+        let mut new = mapping::agent_from_workflow(&workflow, overrides)?;
+        // The flow first (Langflow takes no part in the transaction), undone if the row fails.
+        self.linker.attach_flow(tenant, &mut new).await?;
+        let flow = new.flow.clone();
+        let stored = self.repo.create(tenant, new, key).await;
+        if let Some(flow) = &flow {
+            // A failed insert, or a concurrent retry that stored its own agent first (answered
+            // here as a replay): either way this flow belongs to no agent.
+            let kept = matches!(&stored, Ok(agent) if agent.langflow_workflow_id == flow.flow_id);
+            if !kept {
+                self.linker.discard(flow).await;
+            }
+        }
+        stored
     }
 
     /// An agent for every workflow the filter admits that has none yet.
@@ -84,9 +100,9 @@ impl Provisioner {
             return replayed(&json);
         }
         let (found, not_found) = self.read_workflows(credentials, &filter).await?;
-        let (candidates, mut skipped) = select_candidates(&filter, found, not_found)?;
+        let (mut candidates, mut skipped) = select_candidates(&filter, found, not_found)?;
         if !dry_run {
-            return self.repo.provision(tenant, candidates, skipped, key).await;
+            return self.provision_with_flows(tenant, &mut candidates, skipped, key).await;
         }
         let ids: Vec<Uuid> = candidates.iter().map(|c| c.workflow_id).collect();
         let provisioned = self.repo.provisioned(tenant, &ids).await?;
@@ -104,6 +120,37 @@ impl Provisioner {
             }
         }
         Ok(ProvisionOutcome::new(created, skipped, true))
+    }
+
+    /// Gives each candidate its flow, stores those whose workflow is still unclaimed, and
+    /// deletes the flows of the rest (claimed meanwhile by a concurrent provisioning) or of all
+    /// when the transaction fails.
+    async fn provision_with_flows(
+        &self,
+        tenant: &str,
+        candidates: &mut [Candidate],
+        skipped: Vec<Skipped>,
+        key: Option<&IdempotencyKey>,
+    ) -> ServiceResult<ProvisionOutcome> {
+        let mut made: Vec<FlowLink> = Vec::new();
+        for candidate in candidates.iter_mut() {
+            if let Err(e) = self.linker.attach_flow(tenant, &mut candidate.agent).await {
+                for flow in &made {
+                    self.linker.discard(flow).await;
+                }
+                return Err(e);
+            }
+            made.extend(candidate.agent.flow.clone());
+        }
+        let outcome = self.repo.provision(tenant, candidates.to_vec(), skipped, key).await;
+        let kept: HashSet<&str> = match &outcome {
+            Ok(o) => o.created.iter().map(|a| a.langflow_workflow_id.as_str()).collect(),
+            Err(_) => HashSet::new(),
+        };
+        for flow in made.iter().filter(|f| !kept.contains(f.flow_id.as_str())) {
+            self.linker.discard(flow).await;
+        }
+        outcome
     }
 
     /// The workflows the filter names: every one the caller can read (per category and

@@ -50,7 +50,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let langflow = connect_langflow(&config).await?;
     let linker = FlowLinker { langflow: langflow.clone() };
     let executor = Executor {};
-    let provisioner = Provisioner::new(repo.clone(), workflows);
+    let provisioner = Provisioner::new(repo.clone(), workflows, linker.clone());
     let api = AgentServiceServer::new(AgentApi::new(repo, provisioner, linker, executor))
         .max_decoding_message_size(common.max_message_bytes)
         .max_encoding_message_size(common.max_message_bytes);

@@ -328,6 +328,8 @@ struct FakeState {
     garbage_runs: usize,
     drop_stream_after: Option<usize>,
     fail_flow_creation: usize,
+    /// Flow creations still let through before `fail_flow_creation` applies.
+    fail_flow_creation_after: usize,
     api_key: Option<String>,
     runs: usize,
     runs_by: HashMap<(String, String), usize>,
@@ -353,6 +355,7 @@ impl FakeLangflow {
                 garbage_runs: 0,
                 drop_stream_after: None,
                 fail_flow_creation: 0,
+                fail_flow_creation_after: 0,
                 api_key: None,
                 runs: 0,
                 runs_by: HashMap::new(),
@@ -423,7 +426,14 @@ impl FakeLangflow {
 
     /// The next `n` `POST /api/v1/flows/` answer 500 and store nothing.
     pub fn fail_flow_creation(&self, n: usize) {
-        self.state().fail_flow_creation = n;
+        self.fail_flow_creation_after(0, n);
+    }
+
+    /// The next `successes` `POST /api/v1/flows/` succeed, then `n` answer 500 and store nothing.
+    pub fn fail_flow_creation_after(&self, successes: usize, n: usize) {
+        let mut state = self.state();
+        state.fail_flow_creation_after = successes;
+        state.fail_flow_creation = n;
     }
 
     /// With `Some(key)`, every `/api/v1/*` call except `/api/v1/version` needs header
@@ -554,7 +564,9 @@ async fn create_flow(State(shared): SharedState, headers: HeaderMap, body: Bytes
         return denied;
     }
     let mut state = shared.lock();
-    if state.fail_flow_creation > 0 {
+    if state.fail_flow_creation_after > 0 {
+        state.fail_flow_creation_after -= 1;
+    } else if state.fail_flow_creation > 0 {
         state.fail_flow_creation -= 1;
         return detail(StatusCode::INTERNAL_SERVER_ERROR, "fake Langflow: flow creation failure injected by the test");
     }

@@ -3,10 +3,12 @@
 //! clients (and grpcurl), as a user would.
 
 mod helpers;
+mod langflow_support;
 
 mod agents_crud;
 mod agents_from_workflows;
 mod agents_health;
+mod agents_linkage;
 mod agents_provisioning;
 mod workflows_auth;
 mod workflows_crud;

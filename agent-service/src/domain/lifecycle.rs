@@ -72,6 +72,14 @@ pub fn fail(agent: &mut Agent, reason: &str) {
     agent.status_reason = reason.to_owned();
 }
 
+/// The agent's flow changed (linked, unlinked, regenerated): whatever its state, it goes back to
+/// DRAFT and must be deployed again, and an ERROR caused by the old flow is forgotten.
+pub fn flow_changed(agent: &mut Agent) {
+    agent.status = AgentStatus::Draft;
+    agent.status_reason.clear();
+    agent.langflow_deployment_id.clear();
+}
+
 /// Refuses a change based on a stale version. An empty etag means "whatever the version".
 pub fn ensure_fresh(agent: &Agent, etag: &str) -> ServiceResult<()> {
     engarde::kit::versioning::ensure_fresh(&format!("agent {}", agent.id), agent.version, etag)

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use engarde::kit::error::{ServiceError, ServiceResult};
 use engarde::proto::workflow::v1 as workflow_pb;
+use uuid::Uuid;
 
 use super::configuration::MAX_NAME_CHARS;
 use super::model::{
@@ -96,12 +97,14 @@ pub fn ensure_instantiable(workflow: &SourceWorkflow) -> ServiceResult<()> {
 pub fn agent_from_workflow(workflow: &SourceWorkflow, overrides: Overrides) -> ServiceResult<NewAgent> {
     ensure_instantiable(workflow)?;
     Ok(NewAgent {
+        id: Uuid::now_v7(),
         name: overrides.name.unwrap_or_else(|| default_name(&workflow.name)),
         description: overrides.description.unwrap_or_else(|| workflow.description.clone()),
         agent_type: overrides.agent_type.unwrap_or_else(|| agent_type_for(workflow.category, &workflow.config)),
         snapshot: Some(snapshot_of(workflow)),
         configuration: overrides.configuration.unwrap_or_default(),
         capabilities: capabilities_of(&workflow.config),
+        flow: None,
     })
 }
 

@@ -196,31 +196,46 @@ impl Agent {
     }
 }
 
+/// An agent's Langflow flow: its id and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowLink {
+    pub flow_id: String,
+    pub origin: FlowOrigin,
+}
+
 /// The fields of a new agent that a caller or the workflow mapping chooses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewAgent {
+    /// Chosen before the agent is stored, so that its Langflow flow can be named after it.
+    pub id: Uuid,
     pub name: String,
     pub description: String,
     pub agent_type: AgentType,
     pub snapshot: Option<WorkflowSnapshot>,
     pub configuration: AgentConfig,
     pub capabilities: Vec<String>,
+    /// The flow made for it, if any.
+    pub flow: Option<FlowLink>,
 }
 
 impl NewAgent {
     /// A new draft owned by `tenant`.
     pub fn into_draft(self, tenant: &str, now: DateTime<Utc>) -> Agent {
+        let (langflow_workflow_id, flow_origin) = match self.flow {
+            Some(link) => (link.flow_id, link.origin),
+            None => (String::new(), FlowOrigin::None),
+        };
         Agent {
-            id: Uuid::now_v7(),
+            id: self.id,
             tenant_id: tenant.to_owned(),
             name: self.name,
             description: self.description,
             agent_type: self.agent_type,
             status: AgentStatus::Draft,
             status_reason: String::new(),
-            langflow_workflow_id: String::new(),
+            langflow_workflow_id,
             langflow_deployment_id: String::new(),
-            flow_origin: FlowOrigin::None,
+            flow_origin,
             snapshot: self.snapshot,
             configuration: self.configuration,
             capabilities: self.capabilities,

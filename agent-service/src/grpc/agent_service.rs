@@ -199,12 +199,14 @@ impl AgentService for AgentApi {
                 return Err(ServiceError::internal(anyhow::anyhow!("validated request lost a field")));
             };
             let new = NewAgent {
+                id: Uuid::now_v7(),
                 name: req.name.trim().to_owned(),
                 description: req.description,
                 agent_type,
                 snapshot: None,
                 configuration,
                 capabilities,
+                flow: None,
             };
             let created = self.repo.create(caller.tenant.as_str(), new, key.as_ref()).await?;
             tracing::info!(agent_id = %created.id, "agent created");
@@ -323,22 +325,7 @@ impl AgentService for AgentApi {
         request: Request<pb::DeleteAgentRequest>,
     ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
         handle(request, |caller, req| async move {
-            let key = IdempotencyKey::from_request("DeleteAgent", &req.request_id, &req)?;
-            let id = parse_id("id", &req.id)?;
-            let etag = req.etag;
-            let deleted = self
-                .repo
-                .delete(
-                    caller.tenant.as_str(),
-                    id,
-                    key.as_ref(),
-                    Box::new(move |a| {
-                        lifecycle::ensure_fresh(a, &etag)?;
-                        lifecycle::ensure_deletable(a)
-                    }),
-                )
-                .await?;
-            tracing::info!(agent_id = %deleted, "agent deleted");
+            let deleted = self.delete(&caller, req).await?;
             Ok(pb::DeleteAgentResponse { id: deleted.to_string() })
         })
         .await
@@ -346,11 +333,7 @@ impl AgentService for AgentApi {
 
     #[tracing::instrument(skip_all)]
     async fn deploy_agent(&self, request: Request<pb::DeployAgentRequest>) -> Result<Response<pb::Agent>, Status> {
-        handle(request, |caller, req| async move {
-            let fields = (req.id.clone(), req.etag.clone(), req.request_id.clone());
-            self.transition(&caller, "DeployAgent", fields, &req, Transition::Deploy).await
-        })
-        .await
+        handle(request, |caller, req| async move { self.deploy(&caller, req).await }).await
     }
 
     #[tracing::instrument(skip_all)]
@@ -620,6 +603,6 @@ impl AgentService for AgentApi {
 }
 
 /// The sort key of a listing (create time, then id), as a page token holds it.
-fn sort_key(agent: &Agent) -> Vec<String> {
+pub(super) fn sort_key(agent: &Agent) -> Vec<String> {
     vec![agent.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), agent.id.to_string()]
 }

@@ -84,6 +84,8 @@ pub fn generate(catalog: &Value, prompt: &str, config: &AgentConfig) -> Result<V
     if let Some(field) = template.get_mut("template") {
         field["value"] = json!(compose_template(prompt, config));
     }
+    // Every variable needs a field of its own; `input` is fed by the edge from Chat Input.
+    template.insert("input".to_owned(), variable_field("input", ""));
     for (name, value) in variable_values(config) {
         template.insert(name.to_owned(), variable_field(name, &value));
     }
@@ -233,6 +235,9 @@ mod tests {
         let prompt = &flow["nodes"][1]["data"]["node"];
         assert_eq!(prompt["template"]["template"]["value"], "Write about {input}\n\nTone: {tone}");
         assert_eq!(prompt["template"]["tone"]["value"], "warm");
+        for variable in VARIABLES {
+            assert!(prompt["template"][variable].is_object(), "a field for {{{variable}}}");
+        }
         assert_eq!(prompt["custom_fields"]["template"], json!(VARIABLES));
         let edges = flow["edges"].as_array().unwrap();
         assert_eq!(edges.len(), 2);

@@ -1,0 +1,321 @@
+//! Each agent gets a real Langflow flow: made when the agent is, checked when it is deployed,
+//! replaced, linked, unlinked, and removed with the agent — and no half-made agent or orphan
+//! flow when Langflow fails in the middle.
+
+use engarde::proto::agent::v1 as pb;
+use engarde::proto::workflow::v1 as wpb;
+use tonic::Code;
+
+use crate::both_backends;
+use crate::helpers::*;
+use crate::langflow_support::{FakeLangflow, RealLangflow, prompt_flow, real_langflow_url};
+
+/// Both services, agent-service using the Langflow at `langflow_url`.
+async fn spawn_app_with_langflow(backend: Backend, langflow_url: &str) -> TestApp {
+    let workflow_db = TestDb::new(backend).await;
+    let agent_db = TestDb::new(backend).await;
+    let workflow = spawn_workflow_service(&workflow_db, &[]).await;
+    let agent = spawn_agent_service(&agent_db, &workflow.url(), &[("LANGFLOW_URL", langflow_url.to_owned())]).await;
+    TestApp { workflow, agent, workflow_db, agent_db }
+}
+
+async fn all_agents(client: &mut AgentClient) -> Vec<pb::Agent> {
+    client
+        .list_agents(pb::ListAgentsRequest { page_size: 200, ..Default::default() })
+        .await
+        .expect("list agents")
+        .into_inner()
+        .agents
+}
+
+both_backends!(
+    async fn provisioned_agents_get_flows_that_render_their_prompts(backend) {
+        let langflow = RealLangflow::from_env();
+        let app = spawn_app_with_langflow(backend, &real_langflow_url()).await;
+        let mut agents = app.agents("tenant-flows").await;
+
+        let outcome = agents.provision_agents(pb::ProvisionAgentsRequest::default()).await.unwrap().into_inner();
+        assert_eq!(outcome.created.len(), 11);
+        for agent in &outcome.created {
+            assert!(!agent.langflow_workflow_id.is_empty(), "{} has a flow", agent.name);
+            assert_eq!(agent.flow_origin, pb::FlowOrigin::Generated as i32);
+            assert!(langflow.flow_exists(&agent.langflow_workflow_id).await, "{}'s flow is in Langflow", agent.name);
+        }
+
+        // The generated flow runs offline and answers the first step's prompt, rendered.
+        let social = outcome.created.iter().find(|a| a.name == "Social Media Content Pipeline Agent").unwrap();
+        let first_prompt = social.workflow_snapshot.as_ref().unwrap().workflow_config.as_ref().unwrap().steps[0]
+            .prompt
+            .clone();
+        let session = uuid::Uuid::new_v4().to_string();
+        let answer = langflow.run(&social.langflow_workflow_id, "our spring sale", &session).await;
+        assert!(answer.contains("our spring sale"), "{answer}");
+        let opening = first_prompt.split("{input}").next().unwrap().trim();
+        assert!(answer.contains(opening), "the step's prompt is rendered:\n{answer}\nvs\n{first_prompt}");
+
+        // Deploying checks the flow and records a deployment.
+        let deployed = agents
+            .deploy_agent(pb::DeployAgentRequest { id: social.id.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(deployed.status, pb::AgentStatus::Deployed as i32);
+        assert!(!deployed.langflow_deployment_id.is_empty());
+
+        // Deleting an agent deletes the flow it made.
+        let other = outcome.created.iter().find(|a| a.id != social.id).unwrap();
+        agents.delete_agent(pb::DeleteAgentRequest { id: other.id.clone(), ..Default::default() }).await.unwrap();
+        assert!(!langflow.flow_exists(&other.langflow_workflow_id).await, "the agent's flow went with it");
+
+        // A tenant's agents' flows are not another's to touch.
+        let mut stranger = app.agents("tenant-other").await;
+        expect_code(
+            stranger
+                .regenerate_agent_flow(pb::RegenerateAgentFlowRequest { agent_id: social.id.clone(), ..Default::default() })
+                .await,
+            Code::NotFound,
+        );
+        expect_code(
+            stranger
+                .link_agent_flow(pb::LinkAgentFlowRequest {
+                    agent_id: social.id.clone(),
+                    flow_id: social.langflow_workflow_id.clone(),
+                    ..Default::default()
+                })
+                .await,
+            Code::NotFound,
+        );
+        let checked = stranger.check_agent_links(pb::CheckAgentLinksRequest {}).await.unwrap().into_inner();
+        assert_eq!(checked.checked, 0);
+
+        for agent in all_agents(&mut agents).await {
+            langflow.delete_flow(&agent.langflow_workflow_id).await;
+        }
+    }
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_deleted_behind_the_agents_back_is_found_and_the_agent_errs() {
+    let langflow = RealLangflow::from_env();
+    let app = spawn_app_with_langflow(Backend::Sqlite, &real_langflow_url()).await;
+    let mut workflows = app.workflows("tenant-gone").await;
+    let mut agents = app.agents("tenant-gone").await;
+    let template = workflows
+        .list_workflows(wpb::ListWorkflowsRequest { name_contains: "Blog".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .workflows
+        .remove(0);
+    let agent = agents
+        .create_agent_from_workflow(pb::CreateAgentFromWorkflowRequest {
+            workflow_id: template.id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(langflow.delete_flow(&agent.langflow_workflow_id).await);
+
+    let report = agents.check_agent_links(pb::CheckAgentLinksRequest {}).await.unwrap().into_inner();
+    assert_eq!(report.checked, 1);
+    assert_eq!(report.broken.len(), 1);
+    assert_eq!(report.broken[0].agent_id, agent.id);
+    let errored = agents.get_agent(pb::GetAgentRequest { id: agent.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(errored.status, pb::AgentStatus::Error as i32);
+    assert!(errored.status_reason.contains(&agent.langflow_workflow_id), "{}", errored.status_reason);
+
+    // Regenerating gives it a new flow and brings it back to DRAFT.
+    let repaired = agents
+        .regenerate_agent_flow(pb::RegenerateAgentFlowRequest { agent_id: agent.id.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(repaired.status, pb::AgentStatus::Draft as i32);
+    assert_ne!(repaired.langflow_workflow_id, agent.langflow_workflow_id);
+    assert!(langflow.flow_exists(&repaired.langflow_workflow_id).await);
+    let deployed = agents
+        .deploy_agent(pb::DeployAgentRequest { id: agent.id.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deployed.status, pb::AgentStatus::Deployed as i32);
+
+    // Deploying an agent whose flow vanished is refused, and the agent errs.
+    let again = agents
+        .regenerate_agent_flow(pb::RegenerateAgentFlowRequest { agent_id: agent.id.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!langflow.flow_exists(&repaired.langflow_workflow_id).await, "the replaced flow was deleted");
+    langflow.delete_flow(&again.langflow_workflow_id).await;
+    let status = expect_code(
+        agents.deploy_agent(pb::DeployAgentRequest { id: agent.id.clone(), ..Default::default() }).await,
+        Code::FailedPrecondition,
+    );
+    assert!(status.message().contains("no longer exists"), "{}", status.message());
+    let errored = agents.get_agent(pb::GetAgentRequest { id: agent.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(errored.status, pb::AgentStatus::Error as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_links_to_an_existing_flow_and_leaves_it_when_it_goes() {
+    let langflow = RealLangflow::from_env();
+    let app = spawn_app_with_langflow(Backend::Sqlite, &real_langflow_url()).await;
+    let mut agents = app.agents("tenant-link").await;
+    let agent = agents
+        .create_agent(pb::CreateAgentRequest {
+            name: "Hand-made".into(),
+            agent_type: pb::AgentType::CopyGeneration as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(agent.langflow_workflow_id.is_empty(), "a stand-alone agent starts without a flow");
+    let status = expect_code(
+        agents.deploy_agent(pb::DeployAgentRequest { id: agent.id.clone(), ..Default::default() }).await,
+        Code::FailedPrecondition,
+    );
+    assert!(status.message().contains("LinkAgentFlow"), "{}", status.message());
+
+    let catalog = langflow.catalog().await;
+    let flow_id = langflow.create_flow(&prompt_flow(&catalog, "shared flow", "Shared: {input}", &[])).await;
+    let linked = agents
+        .link_agent_flow(pb::LinkAgentFlowRequest {
+            agent_id: agent.id.clone(),
+            flow_id: flow_id.clone(),
+            etag: agent.etag.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (linked.langflow_workflow_id.as_str(), linked.flow_origin),
+        (flow_id.as_str(), pb::FlowOrigin::Linked as i32)
+    );
+
+    // A stale etag, a flow that does not exist, an id that cannot be one.
+    expect_code(
+        agents
+            .link_agent_flow(pb::LinkAgentFlowRequest {
+                agent_id: agent.id.clone(),
+                flow_id: flow_id.clone(),
+                etag: agent.etag.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::Aborted,
+    );
+    expect_code(
+        agents
+            .link_agent_flow(pb::LinkAgentFlowRequest {
+                agent_id: agent.id.clone(),
+                flow_id: uuid::Uuid::new_v4().to_string(),
+                ..Default::default()
+            })
+            .await,
+        Code::NotFound,
+    );
+    let status = expect_code(
+        agents
+            .link_agent_flow(pb::LinkAgentFlowRequest {
+                agent_id: agent.id.clone(),
+                flow_id: "../etc".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(field_violations(&status)[0].0, "flow_id");
+
+    let unlinked = agents
+        .unlink_agent_flow(pb::UnlinkAgentFlowRequest { agent_id: agent.id.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(unlinked.langflow_workflow_id.is_empty());
+    assert!(langflow.flow_exists(&flow_id).await, "unlinking never deletes a flow the agent did not make");
+    agents
+        .link_agent_flow(pb::LinkAgentFlowRequest {
+            agent_id: agent.id.clone(),
+            flow_id: flow_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    agents.delete_agent(pb::DeleteAgentRequest { id: agent.id.clone(), ..Default::default() }).await.unwrap();
+    assert!(langflow.flow_exists(&flow_id).await, "a linked flow outlives its agent");
+    langflow.delete_flow(&flow_id).await;
+}
+
+both_backends!(
+    async fn a_langflow_failure_midway_leaves_no_agent_and_no_flow(backend) {
+        let mut fake = FakeLangflow::start().await;
+        let app = spawn_app_with_langflow(backend, &fake.url()).await;
+        let mut agents = app.agents("tenant-fail").await;
+
+        // The fifth flow cannot be made: the four made before it are taken back.
+        fake.fail_flow_creation_after(4, 100);
+        let status = expect_code(agents.provision_agents(pb::ProvisionAgentsRequest::default()).await, Code::Unavailable);
+        assert!(status.message().contains("Langflow"), "{}", status.message());
+        assert!(all_agents(&mut agents).await.is_empty(), "no half-made agents");
+        assert!(fake.flows().is_empty(), "no orphan flows: {:?}", fake.flows());
+        fake.fail_flow_creation(0);
+
+        // Langflow down: nothing is made either.
+        fake.stop().await;
+        let mut workflows = app.workflows("tenant-fail").await;
+        let template = workflows
+            .list_workflows(wpb::ListWorkflowsRequest { page_size: 1, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .workflows
+            .remove(0);
+        let create = pb::CreateAgentFromWorkflowRequest { workflow_id: template.id.clone(), ..Default::default() };
+        expect_code(agents.create_agent_from_workflow(create.clone()).await, Code::Unavailable);
+        assert!(all_agents(&mut agents).await.is_empty());
+
+        // Back up: provisioning completes, every agent with its own flow.
+        fake.restart().await;
+        let outcome = agents.provision_agents(pb::ProvisionAgentsRequest::default()).await.unwrap().into_inner();
+        assert_eq!(outcome.created.len(), 11);
+        let mut flows = fake.flows();
+        flows.sort();
+        let mut linked: Vec<String> = outcome.created.iter().map(|a| a.langflow_workflow_id.clone()).collect();
+        linked.sort();
+        assert_eq!(flows, linked, "exactly one flow per agent");
+    }
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_langflow_agents_work_but_flows_are_refused() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut agents = app.agents("tenant-none").await;
+    let outcome = agents.provision_agents(pb::ProvisionAgentsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(outcome.created.len(), 11);
+    assert!(outcome.created.iter().all(|a| a.langflow_workflow_id.is_empty()));
+    let id = outcome.created[0].id.clone();
+    let deployed = agents.deploy_agent(pb::DeployAgentRequest { id: id.clone(), ..Default::default() }).await.unwrap();
+    assert_eq!(deployed.into_inner().status, pb::AgentStatus::Deployed as i32);
+    for status in [
+        agents
+            .regenerate_agent_flow(pb::RegenerateAgentFlowRequest { agent_id: id.clone(), ..Default::default() })
+            .await
+            .map(drop),
+        agents
+            .link_agent_flow(pb::LinkAgentFlowRequest {
+                agent_id: id.clone(),
+                flow_id: "abc".into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        agents.check_agent_links(pb::CheckAgentLinksRequest {}).await.map(drop),
+    ] {
+        let status = expect_code(status, Code::FailedPrecondition);
+        assert!(status.message().contains("LANGFLOW_URL"), "{}", status.message());
+    }
+}
