@@ -600,6 +600,52 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::ListFeedbackResponse>, Status> {
         self.feedback_list(request).await
     }
+
+    // Walker runs, reviews and schedules: see walker.rs.
+
+    async fn start_run(&self, request: Request<pb::StartRunRequest>) -> Result<Response<pb::Run>, Status> {
+        self.run_start(request).await
+    }
+
+    async fn get_run(&self, request: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
+        self.run_get(request).await
+    }
+
+    async fn list_runs(&self, request: Request<pb::ListRunsRequest>) -> Result<Response<pb::ListRunsResponse>, Status> {
+        self.run_list(request).await
+    }
+
+    async fn cancel_run(&self, request: Request<pb::CancelRunRequest>) -> Result<Response<pb::Run>, Status> {
+        self.run_cancel(request).await
+    }
+
+    type WatchRunStream = super::walker::RunEventStream;
+
+    async fn watch_run(&self, request: Request<pb::WatchRunRequest>) -> Result<Response<Self::WatchRunStream>, Status> {
+        self.run_watch(request).await
+    }
+
+    async fn list_pending_reviews(
+        &self,
+        request: Request<pb::ListPendingReviewsRequest>,
+    ) -> Result<Response<pb::ListPendingReviewsResponse>, Status> {
+        self.reviews_pending(request).await
+    }
+
+    async fn approve_step(&self, request: Request<pb::ApproveStepRequest>) -> Result<Response<pb::Run>, Status> {
+        self.review_approve(request).await
+    }
+
+    async fn reject_step(&self, request: Request<pb::RejectStepRequest>) -> Result<Response<pb::Run>, Status> {
+        self.review_reject(request).await
+    }
+
+    async fn preview_schedule(
+        &self,
+        request: Request<pb::PreviewScheduleRequest>,
+    ) -> Result<Response<pb::PreviewScheduleResponse>, Status> {
+        self.schedule_preview(request).await
+    }
 }
 
 /// The sort key of a listing (create time, then id), as a page token holds it.

@@ -5,5 +5,6 @@ mod agent_service;
 mod convert;
 mod execution;
 mod linkage;
+mod walker;
 
 pub use agent_service::AgentApi;
