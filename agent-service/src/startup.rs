@@ -9,7 +9,8 @@ use engarde::proto::agent::v1::agent_service_server::AgentServiceServer;
 use tonic::service::Routes;
 
 use crate::config::Config;
-use crate::execution::Executor;
+use crate::execution::reporter::Reporter;
+use crate::execution::{Executor, janitor};
 use crate::grpc::AgentApi;
 use crate::langflow::LangflowClient;
 use crate::linkage::FlowLinker;
@@ -25,6 +26,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let common = &config.common;
     // Fail fast on bad settings, before touching the database.
     common.check_auth()?;
+    common.start_metrics()?;
     let listen = engarde::kit::config::parse_listen_addr(&config.listen_addr)?;
     // Connects lazily: workflow-service may start after this service, or be down for a while
     // (calls that need it answer UNAVAILABLE meanwhile; the rest keep working).
@@ -49,7 +51,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     let langflow = connect_langflow(&config).await?;
     let linker = FlowLinker { langflow: langflow.clone() };
-    let executor = Executor {};
+    let executor = start_execution(&config, &db, repo.clone(), langflow.clone(), workflows.clone());
     let provisioner = Provisioner::new(repo.clone(), workflows, linker.clone());
     let api = AgentServiceServer::new(AgentApi::new(repo, provisioner, linker, executor))
         .max_decoding_message_size(common.max_message_bytes)
@@ -58,6 +60,30 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let result = server.serve("agent-service", routes, health, health_service, common, shutdown).await;
     db.close().await;
     result
+}
+
+/// The executor of agents, with its background work: the janitor of interrupted executions and
+/// the outbox worker that reports executions to workflow-service.
+fn start_execution(
+    config: &Config,
+    db: &engarde::kit::db::DbPool,
+    agents: std::sync::Arc<dyn storage::AgentRepository>,
+    langflow: Option<std::sync::Arc<LangflowClient>>,
+    workflows: WorkflowClient,
+) -> Executor {
+    let executions = storage::execution_repository(db);
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let executor = Executor::new(agents, executions.clone(), langflow, wake.clone(), config.common.rpc_timeout());
+    janitor::spawn(executor.clone(), config.execution_stale_after());
+    Reporter {
+        executions,
+        workflows,
+        wake,
+        interval: config.report_interval(),
+        lease: Reporter::lease_for(config.workflow_call_timeout()),
+    }
+    .spawn();
+    executor
 }
 
 /// The Langflow client, when one is configured. Its version is read and logged; a Langflow that

@@ -44,6 +44,19 @@ impl Credentials {
         Self { authorization: request.metadata().get("authorization").cloned(), tenant: tenant.clone() }
     }
 
+    /// The authorization header as stored for a later call made on the caller's behalf (the
+    /// outbox of execution reports); empty when the caller sent none.
+    pub fn stored_authorization(&self) -> String {
+        self.authorization.as_ref().and_then(|a| a.to_str().ok()).unwrap_or_default().to_owned()
+    }
+
+    /// Credentials restored from [`Self::stored_authorization`] and the tenant they were
+    /// authenticated as.
+    pub fn restore(tenant: Tenant, authorization: &str) -> Self {
+        let authorization = if authorization.is_empty() { None } else { authorization.parse().ok() };
+        Self { authorization, tenant }
+    }
+
     fn attach<T>(&self, request: &mut Request<T>) {
         let metadata = request.metadata_mut();
         if let Some(authorization) = &self.authorization {
@@ -52,6 +65,10 @@ impl Credentials {
         // A parsed tenant id is ASCII letters, digits and -_. : always a valid header value.
         if let Ok(value) = MetadataValue::try_from(self.tenant.as_str()) {
             metadata.insert(TENANT_HEADER, value);
+        }
+        // The caller's trace goes on, so both services' logs show the same trace id.
+        if let Some(value) = engarde::kit::trace::outgoing_header().and_then(|t| MetadataValue::try_from(t).ok()) {
+            metadata.insert("traceparent", value);
         }
     }
 }
@@ -99,6 +116,28 @@ impl WorkflowClient {
             Err(ServiceError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Reports an execution's outcome to its workflow's statistics (RecordExecution, idempotent
+    /// by execution id there); answers whether it was counted now (false: counted before).
+    pub async fn record_execution(
+        &self,
+        credentials: &Credentials,
+        workflow_id: Uuid,
+        execution_id: Uuid,
+        succeeded: bool,
+    ) -> ServiceResult<bool> {
+        let request = pb::RecordExecutionRequest {
+            workflow_id: workflow_id.to_string(),
+            execution_id: execution_id.to_string(),
+            succeeded,
+        };
+        let recorded = self
+            .call(&format!("workflow {workflow_id}"), credentials, request, |mut client, request| async move {
+                client.record_execution(request).await
+            })
+            .await?;
+        Ok(recorded.counted)
     }
 
     /// Every workflow the caller can read that matches `query`, paging through ListWorkflows.

@@ -49,6 +49,9 @@ pub struct CommonConfig {
     /// Dev mode: the tenant of calls without an `x-tenant-id` header.
     #[arg(long, env = "DEV_TENANT_ID", default_value = super::auth::DEFAULT_DEV_TENANT)]
     pub dev_tenant_id: String,
+    /// Serve Prometheus metrics on this address (`host:port`, path /metrics); unset: no metrics.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
     /// `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -106,6 +109,14 @@ impl CommonConfig {
             );
         }
         Ok(())
+    }
+
+    /// Starts the metrics endpoint when METRICS_ADDR is set.
+    pub fn start_metrics(&self) -> anyhow::Result<()> {
+        match self.metrics_addr.as_deref().filter(|a| !a.is_empty()) {
+            Some(addr) => super::metrics::install(parse_listen_addr(addr)?),
+            None => Ok(()),
+        }
     }
 
     /// Connects to `url` and applies the service's migrations (waiting for the database up to

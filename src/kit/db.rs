@@ -112,6 +112,14 @@ impl DbPool {
         }
     }
 
+    /// Open connections and how many of them are idle.
+    pub fn stats(&self) -> (u32, usize) {
+        match self {
+            Self::Postgres(pool) => (pool.size(), pool.num_idle()),
+            Self::Sqlite(pool) => (pool.size(), pool.num_idle()),
+        }
+    }
+
     pub fn backend(&self) -> &'static str {
         match self {
             Self::Postgres(_) => "postgres",

@@ -75,6 +75,8 @@ impl Health {
         tokio::spawn(async move {
             loop {
                 let result = tokio::time::timeout(Duration::from_secs(2), db.ping()).await;
+                let (size, idle) = db.stats();
+                super::metrics::record_pool(size, idle);
                 match result {
                     Ok(Ok(())) => health.set_dependencies_ok(true, "").await,
                     Ok(Err(e)) => health.set_dependencies_ok(false, &format!("database: {e}")).await,

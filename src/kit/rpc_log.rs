@@ -1,4 +1,6 @@
-//! One log line per RPC: method, tenant, gRPC status code and latency.
+//! One log line and one metric sample per RPC: method, tenant, trace id, gRPC status code and
+//! latency. The caller's trace context (`traceparent`) is taken, or a trace started, and made
+//! current while the handler runs, so that the calls it makes carry it on.
 //!
 //! A gRPC call's status is either in the response headers (a "trailers-only" error answer) or in
 //! the trailers at the end of the body, so the line is written when one of them is seen, or when
@@ -14,6 +16,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::auth::Tenant;
+use super::trace::TraceContext;
 
 #[derive(Clone, Default)]
 pub struct RpcLogLayer;
@@ -48,13 +51,21 @@ where
         if method.starts_with("/grpc.reflection.") || method.starts_with("/grpc.health.v1.Health/") {
             return Box::pin(self.inner.call(req));
         }
+        let trace = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceContext::parse)
+            .map(|parent| parent.child())
+            .unwrap_or_else(TraceContext::new_root);
         let record = CallRecord {
             tenant: req.extensions().get::<Tenant>().map(|t| t.to_string()).unwrap_or_default(),
             method,
+            trace_id: trace.trace_id_hex(),
             start: Instant::now(),
             done: false,
         };
-        let fut = self.inner.call(req);
+        let fut = super::trace::scope(trace, self.inner.call(req));
         Box::pin(async move {
             let mut record = record;
             let response = fut.await?;
@@ -74,6 +85,7 @@ fn status_of(headers: &http::HeaderMap) -> Option<tonic::Code> {
 struct CallRecord {
     method: String,
     tenant: String,
+    trace_id: String,
     start: Instant,
     done: bool,
 }
@@ -84,16 +96,18 @@ impl CallRecord {
             return;
         }
         self.done = true;
-        let latency_ms = (self.start.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
+        let elapsed = self.start.elapsed().as_secs_f64();
+        super::metrics::record_rpc(&self.method, code, elapsed);
+        let latency_ms = (elapsed * 1_000_000.0).round() / 1000.0;
         let code_name = format!("{code:?}");
         match code {
             tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss => {
-                tracing::error!(rpc = %self.method, tenant = %self.tenant, code = %code_name, latency_ms, "rpc")
+                tracing::error!(rpc = %self.method, tenant = %self.tenant, trace_id = %self.trace_id, code = %code_name, latency_ms, "rpc")
             }
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::ResourceExhausted => {
-                tracing::warn!(rpc = %self.method, tenant = %self.tenant, code = %code_name, latency_ms, "rpc")
+                tracing::warn!(rpc = %self.method, tenant = %self.tenant, trace_id = %self.trace_id, code = %code_name, latency_ms, "rpc")
             }
-            _ => tracing::info!(rpc = %self.method, tenant = %self.tenant, code = %code_name, latency_ms, "rpc"),
+            _ => tracing::info!(rpc = %self.method, tenant = %self.tenant, trace_id = %self.trace_id, code = %code_name, latency_ms, "rpc"),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod helpers;
 mod langflow_support;
+mod observability;
 
 mod agents_crud;
 mod agents_from_workflows;
@@ -16,3 +17,5 @@ mod workflows_grpcurl;
 mod workflows_health;
 mod workflows_library;
 mod workflows_statistics;
+mod agents_execution;
+mod agents_execution_faults;

@@ -21,6 +21,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let common = &config.common;
     // Fail fast on bad settings, before touching the database.
     common.check_auth()?;
+    common.start_metrics()?;
     let listen = engarde::kit::config::parse_listen_addr(&config.listen_addr)?;
     let db = common.open_database(&config.database_url, &POSTGRES_MIGRATIONS, &SQLITE_MIGRATIONS).await?;
     let repo = storage::repository(&db);

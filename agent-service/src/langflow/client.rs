@@ -76,6 +76,10 @@ impl LangflowClient {
         if let Some(key) = &self.settings.api_key {
             request = request.header("x-api-key", key);
         }
+        // Langflow ignores it, but a proxy or tracer in front of it can follow the request.
+        if let Some(traceparent) = engarde::kit::trace::outgoing_header() {
+            request = request.header("traceparent", traceparent);
+        }
         request
     }
 
@@ -89,7 +93,9 @@ impl LangflowClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let started = std::time::Instant::now();
             let outcome = build().send().await;
+            record_call(what, &outcome, started.elapsed());
             let retriable = match &outcome {
                 Ok(response) => idempotent && response.status().is_server_error(),
                 Err(e) => e.is_connect() || (idempotent && !e.is_timeout()),
@@ -232,6 +238,18 @@ impl LangflowClient {
         }
         Ok(ndjson_events(response.bytes_stream()))
     }
+}
+
+/// One Langflow call in the metrics: `langflow_requests_total{call, outcome}` and its latency.
+fn record_call(what: &str, outcome: &Result<reqwest::Response, reqwest::Error>, elapsed: Duration) {
+    let result = match outcome {
+        Ok(r) if r.status().is_success() => "ok".to_owned(),
+        Ok(r) => format!("http_{}", r.status().as_u16()),
+        Err(e) if e.is_timeout() => "timeout".to_owned(),
+        Err(_) => "unreachable".to_owned(),
+    };
+    metrics::counter!("langflow_requests_total", "call" => what.to_owned(), "outcome" => result).increment(1);
+    metrics::histogram!("langflow_request_duration_seconds", "call" => what.to_owned()).record(elapsed.as_secs_f64());
 }
 
 /// Splits a byte stream into newline-delimited JSON events.
