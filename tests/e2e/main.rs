@@ -4,6 +4,7 @@
 
 mod helpers;
 mod langflow_support;
+mod faults;
 mod observability;
 
 mod agents_crud;
