@@ -2,9 +2,9 @@
 //! PostgreSQL databases and SQLite files, and call them over real sockets with the generated
 //! clients (and grpcurl), as a user would.
 
+mod faults;
 mod helpers;
 mod langflow_support;
-mod faults;
 mod observability;
 
 mod agents_crud;

@@ -53,11 +53,16 @@ async fn metrics_count_calls_by_method_and_code_and_traces_cross_services() {
         engarde::proto::workflow::v1::workflow_service_client::WorkflowServiceClient::new(workflow.channel().await);
     let mut agents = engarde::proto::agent::v1::agent_service_client::AgentServiceClient::new(agent.channel().await);
     let listed = workflows
-        .list_workflows(with_trace(wpb::ListWorkflowsRequest { page_size: 1, ..Default::default() }, "t-obs", &trace(1)))
+        .list_workflows(with_trace(
+            wpb::ListWorkflowsRequest { page_size: 1, ..Default::default() },
+            "t-obs",
+            &trace(1),
+        ))
         .await
         .unwrap()
         .into_inner();
-    let bad = workflows.get_workflow(with_trace(wpb::GetWorkflowRequest { id: "nope".into() }, "t-obs", &trace(2))).await;
+    let bad =
+        workflows.get_workflow(with_trace(wpb::GetWorkflowRequest { id: "nope".into() }, "t-obs", &trace(2))).await;
     assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
     agents
         .create_agent_from_workflow(with_trace(
@@ -70,7 +75,9 @@ async fn metrics_count_calls_by_method_and_code_and_traces_cross_services() {
 
     let body = scrape(workflow_metrics).await;
     let line = |method: &str, code: &str| {
-        format!("grpc_server_requests_total{{method=\"/engarde.workflow.v1.WorkflowService/{method}\",code=\"{code}\"}}")
+        format!(
+            "grpc_server_requests_total{{method=\"/engarde.workflow.v1.WorkflowService/{method}\",code=\"{code}\"}}"
+        )
     };
     for (method, code) in [("ListWorkflows", "Ok"), ("GetWorkflow", "InvalidArgument"), ("GetWorkflow", "Ok")] {
         assert!(body.contains(&line(method, code)), "{} in:\n{body}", line(method, code));
