@@ -107,7 +107,9 @@ impl CallRecord {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::ResourceExhausted => {
                 tracing::warn!(rpc = %self.method, tenant = %self.tenant, trace_id = %self.trace_id, code = %code_name, latency_ms, "rpc")
             }
-            _ => tracing::info!(rpc = %self.method, tenant = %self.tenant, trace_id = %self.trace_id, code = %code_name, latency_ms, "rpc"),
+            _ => {
+                tracing::info!(rpc = %self.method, tenant = %self.tenant, trace_id = %self.trace_id, code = %code_name, latency_ms, "rpc")
+            }
         }
     }
 }
