@@ -34,6 +34,15 @@ pub struct Config {
     /// Deadline of every other Langflow call, in milliseconds.
     #[arg(long, env = "LANGFLOW_CALL_TIMEOUT_MS", default_value_t = 10_000)]
     pub langflow_call_timeout_ms: u64,
+    /// An execution still RUNNING this many seconds after it started was cut off by a process
+    /// that died; the janitor records it FAILED "interrupted". Default: the run timeout plus a
+    /// minute (a live run has timed out by then).
+    #[arg(long, env = "EXECUTION_STALE_AFTER_SECS")]
+    pub execution_stale_after_secs: Option<u64>,
+    /// How often the outbox of execution reports to workflow-service is looked at when nothing
+    /// wakes it, in milliseconds (each finished execution wakes it at once).
+    #[arg(long, env = "REPORT_INTERVAL_MS", default_value_t = 5000)]
+    pub report_interval_ms: u64,
     #[command(flatten)]
     pub common: CommonConfig,
 }
@@ -48,6 +57,18 @@ impl Config {
             run_timeout: Duration::from_millis(self.langflow_run_timeout_ms.max(1)),
             call_timeout: Duration::from_millis(self.langflow_call_timeout_ms.max(1)),
         })
+    }
+
+    /// See [`Self::execution_stale_after_secs`].
+    pub fn execution_stale_after(&self) -> Duration {
+        match self.execution_stale_after_secs {
+            Some(secs) => Duration::from_secs(secs.max(1)),
+            None => Duration::from_millis(self.langflow_run_timeout_ms.max(1)) + Duration::from_secs(60),
+        }
+    }
+
+    pub fn report_interval(&self) -> Duration {
+        Duration::from_millis(self.report_interval_ms.max(10))
     }
 
     pub fn workflow_call_timeout(&self) -> Duration {

@@ -8,6 +8,8 @@ mod langflow_support;
 mod observability;
 
 mod agents_crud;
+mod agents_execution;
+mod agents_execution_faults;
 mod agents_from_workflows;
 mod agents_health;
 mod agents_linkage;
@@ -18,5 +20,3 @@ mod workflows_grpcurl;
 mod workflows_health;
 mod workflows_library;
 mod workflows_statistics;
-mod agents_execution;
-mod agents_execution_faults;

@@ -17,6 +17,15 @@ CREATE TABLE executions (
     status      TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed')),
     error       TEXT NOT NULL DEFAULT '',
     latency_ms  DOUBLE PRECISION NOT NULL DEFAULT 0,
+    -- Why it failed, as the gRPC code it was answered with (and is answered again on a retry):
+    -- 'unavailable', 'deadline_exceeded' or 'failed_precondition'; empty unless failed.
+    error_code  TEXT NOT NULL DEFAULT ''
+                CHECK (error_code IN ('', 'unavailable', 'deadline_exceeded', 'failed_precondition')),
+    -- While running: where its outcome is to be reported (the agent's source workflow, if any) and
+    -- the caller's authorization header to report it with; moved to execution_reports when it
+    -- finishes (by its own run, or by the janitor if the process died), then cleared.
+    report_workflow_id TEXT,
+    report_credentials TEXT NOT NULL DEFAULT '',
     -- An execution started with a request_id answers that id's retries (one execution per id).
     request_id  TEXT,
     fingerprint TEXT,
@@ -27,6 +36,20 @@ CREATE TABLE executions (
 CREATE INDEX executions_tenant_started ON executions (tenant_id, started_at DESC, id DESC);
 CREATE INDEX executions_agent_started ON executions (agent_id, started_at DESC, id DESC);
 CREATE INDEX executions_running ON executions (started_at) WHERE status = 'running';
+
+-- Conversations, per (agent, session): the listing of an agent's sessions, and the lock that
+-- numbers a session's messages (finishing an execution bumps last_sequence with an upsert, which
+-- serialises concurrent executions of one session). Deleted when the session is cleared.
+CREATE TABLE sessions (
+    agent_id        TEXT NOT NULL REFERENCES agents (id) ON DELETE CASCADE,
+    session_id      TEXT NOT NULL,
+    tenant_id       TEXT NOT NULL,
+    message_count   BIGINT NOT NULL CHECK (message_count >= 0),
+    last_sequence   BIGINT NOT NULL CHECK (last_sequence >= 0),
+    last_message_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (agent_id, session_id)
+);
+CREATE INDEX sessions_agent_active ON sessions (agent_id, last_message_at DESC, session_id DESC);
 
 -- Conversation memory, per (agent, session).
 CREATE TABLE session_messages (

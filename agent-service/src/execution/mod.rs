@@ -1,6 +1,304 @@
 //! Running agents through Langflow: executions, conversation memory, feedback, and the outbox
 //! that reports executions to workflow-service.
+//!
+//! An execution is written before it is answered and never lost: it is stored RUNNING, Langflow
+//! is called, and its outcome is recorded in one transaction with everything it changes (the
+//! agent's statistics, the conversation, the report to workflow-service, the agent's ERROR when
+//! its flow is gone). That work runs in a task of its own, so a caller that goes away does not
+//! cut it short; a process that dies mid-run leaves a RUNNING row that [`janitor`] finishes.
+
+pub mod janitor;
+pub mod model;
+pub mod reporter;
+mod stream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use engarde::kit::error::{ServiceError, ServiceResult};
+use engarde::kit::idempotency::IdempotencyKey;
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::domain::{AgentStatus, FlowOrigin, now};
+use crate::langflow::{LangflowClient, LangflowError, flow};
+use crate::storage::executions::Started;
+use crate::storage::{AgentRepository, ExecutionRepository};
+use crate::workflows::Credentials;
+use model::{Execution, FailureKind, Finish, NewExecution, Outcome, langflow_session_id, pick_step};
+
+pub use stream::StreamItem;
+
+/// How many times recording an outcome is tried when the database is briefly unavailable.
+const RECORD_ATTEMPTS: u32 = 3;
+
+/// A caller's request to run an agent, validated at the edge.
+#[derive(Debug, Clone)]
+pub struct ExecuteRequest {
+    pub agent_id: Uuid,
+    pub input: String,
+    /// Empty: a new conversation.
+    pub session_id: String,
+    /// Empty: the first llm step.
+    pub step_id: String,
+    pub key: Option<IdempotencyKey>,
+    /// The caller's deadline (its `grpc-timeout`), if it set one.
+    pub deadline: Option<Duration>,
+}
 
 /// Runs agents and records what happened.
 #[derive(Clone)]
-pub struct Executor {}
+pub struct Executor {
+    agents: Arc<dyn AgentRepository>,
+    executions: Arc<dyn ExecutionRepository>,
+    langflow: Option<Arc<LangflowClient>>,
+    /// Wakes the reporter when an execution queued a report.
+    reports: Arc<Notify>,
+    /// The deadline of a unary call whose caller set none (the server's own RPC timeout).
+    default_deadline: Duration,
+}
+
+/// An execution ready to run: stored nowhere yet.
+struct Run {
+    new: NewExecution,
+    langflow: Arc<LangflowClient>,
+    flow_id: String,
+    tweaks: Value,
+    deadline: Option<Duration>,
+}
+
+enum Prepared {
+    /// The request id started an execution before: answer it.
+    Existing(Execution),
+    Run(Run),
+}
+
+impl Executor {
+    pub fn new(
+        agents: Arc<dyn AgentRepository>,
+        executions: Arc<dyn ExecutionRepository>,
+        langflow: Option<Arc<LangflowClient>>,
+        reports: Arc<Notify>,
+        default_deadline: Duration,
+    ) -> Self {
+        Self { agents, executions, langflow, reports, default_deadline }
+    }
+
+    pub fn executions(&self) -> &Arc<dyn ExecutionRepository> {
+        &self.executions
+    }
+
+    /// Runs the agent once and answers the recorded execution (or, when it failed, its error).
+    pub async fn execute(
+        &self,
+        tenant: &str,
+        credentials: &Credentials,
+        request: ExecuteRequest,
+    ) -> ServiceResult<Execution> {
+        let deadline = Some(request.deadline.unwrap_or(self.default_deadline).min(self.default_deadline));
+        let run = match self.prepare(tenant, credentials, request, deadline).await? {
+            Prepared::Existing(execution) => return execution.into_answer(),
+            Prepared::Run(run) => run,
+        };
+        // Its own task: the caller going away drops this future, not the run and its record.
+        let executor = self.clone();
+        tokio::spawn(async move { executor.run_once(run).await })
+            .await
+            .map_err(|e| ServiceError::internal(anyhow::anyhow!("execution task failed: {e}")))?
+    }
+
+    /// Runs the agent once, streaming its progress: started, Langflow's text and events as they
+    /// arrive, finished (then the error, when it failed). The run and its record go on when the
+    /// receiver is dropped.
+    pub async fn execute_streamed(
+        &self,
+        tenant: &str,
+        credentials: &Credentials,
+        request: ExecuteRequest,
+    ) -> ServiceResult<mpsc::Receiver<ServiceResult<StreamItem>>> {
+        let deadline = request.deadline;
+        let (sender, receiver) = mpsc::channel(stream::CHANNEL_CAPACITY);
+        match self.prepare(tenant, credentials, request, deadline).await? {
+            Prepared::Existing(execution) => stream::replay(execution, &sender).await,
+            Prepared::Run(run) => {
+                let executor = self.clone();
+                tokio::spawn(async move { executor.run_streamed(run, sender).await });
+            }
+        }
+        Ok(receiver)
+    }
+
+    /// The checks before a run, and what it needs.
+    async fn prepare(
+        &self,
+        tenant: &str,
+        credentials: &Credentials,
+        request: ExecuteRequest,
+        deadline: Option<Duration>,
+    ) -> ServiceResult<Prepared> {
+        if let Some(key) = &request.key
+            && let Some(existing) = self.executions.find_by_request(tenant, key).await?
+        {
+            return Ok(Prepared::Existing(existing));
+        }
+        let agent = self.agents.get(tenant, request.agent_id).await?;
+        if !matches!(agent.status, AgentStatus::Deployed | AgentStatus::Active) {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "agent {} is {}; only a deployed or active agent executes",
+                agent.id,
+                agent.status.as_str()
+            )));
+        }
+        let Some(langflow) = &self.langflow else {
+            return Err(ServiceError::FailedPrecondition(
+                "no Langflow is configured (set LANGFLOW_URL): agents cannot execute".into(),
+            ));
+        };
+        if agent.langflow_workflow_id.is_empty() {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "agent {} has no Langflow flow; link one or regenerate it",
+                agent.id
+            )));
+        }
+        let (step_id, prompt) = pick_step(agent.snapshot.as_ref(), &request.step_id)?;
+        // Only a flow agent-service generated has the Prompt node the tweaks address.
+        let tweaks = match agent.flow_origin {
+            FlowOrigin::Generated => flow::tweaks(&prompt, &agent.configuration),
+            _ => Value::Object(Default::default()),
+        };
+        let session_id = if request.session_id.is_empty() { Uuid::new_v4().to_string() } else { request.session_id };
+        let new = NewExecution {
+            id: Uuid::now_v7(),
+            tenant_id: tenant.to_owned(),
+            agent_id: agent.id,
+            session_id,
+            step_id,
+            input: request.input,
+            started_at: now(),
+            request: request.key,
+            report_workflow_id: agent.source_workflow_id(),
+            report_credentials: credentials.stored_authorization(),
+        };
+        Ok(Prepared::Run(Run {
+            new,
+            langflow: langflow.clone(),
+            flow_id: agent.langflow_workflow_id,
+            tweaks,
+            deadline: deadline.map(leave_time_to_record),
+        }))
+    }
+
+    async fn run_once(&self, run: Run) -> ServiceResult<Execution> {
+        let execution = match self.executions.start(&run.new).await? {
+            Started::New(execution) => execution,
+            Started::Existing(existing) => return existing.into_answer(),
+        };
+        let clock = Instant::now();
+        let session = langflow_session_id(execution.agent_id, &execution.session_id);
+        let result =
+            run.langflow.run(&run.flow_id, &execution.input, &session, &run.tweaks, run.deadline).await.map(|o| o.text);
+        self.record(&execution, &run.flow_id, result, clock).await?.into_answer()
+    }
+
+    /// Records how a run ended; answers the execution as recorded.
+    async fn record(
+        &self,
+        execution: &Execution,
+        flow_id: &str,
+        result: Result<String, LangflowError>,
+        clock: Instant,
+    ) -> ServiceResult<Execution> {
+        let latency_ms = clock.elapsed().as_secs_f64() * 1000.0;
+        let (outcome, flow_gone) = match result {
+            Ok(output) => (Outcome::Succeeded { output }, None),
+            Err(error) => {
+                tracing::warn!(execution_id = %execution.id, agent_id = %execution.agent_id, error = %error, "execution failed");
+                let gone = matches!(error, LangflowError::FlowNotFound(_)).then(|| flow_id.to_owned());
+                (Outcome::Failed { kind: FailureKind::of(&error), error: error.to_string() }, gone)
+            }
+        };
+        let finish = Finish { execution_id: execution.id, outcome, latency_ms, finished_at: now(), flow_gone };
+        self.finish(&execution.tenant_id, finish).await
+    }
+
+    /// Records a finish (retrying while the database is briefly unavailable) and wakes the
+    /// reporter. An execution finished by someone else meanwhile is answered as they recorded it.
+    pub(crate) async fn finish(&self, tenant: &str, finish: Finish) -> ServiceResult<Execution> {
+        let mut attempt = 1;
+        let finished = loop {
+            match self.executions.finish(&finish).await {
+                Err(ServiceError::Unavailable(reason)) if attempt < RECORD_ATTEMPTS => {
+                    tracing::warn!(execution_id = %finish.execution_id, attempt, reason, "recording an execution failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                other => break other?,
+            }
+        };
+        match finished {
+            Some(finished) => {
+                if finished.reported {
+                    self.reports.notify_one();
+                }
+                let e = &finished.execution;
+                tracing::info!(
+                    execution_id = %e.id, agent_id = %e.agent_id, status = e.status.as_str(),
+                    latency_ms = e.latency_ms, "execution recorded"
+                );
+                Ok(finished.execution)
+            }
+            None => self.executions.get(tenant, finish.execution_id).await,
+        }
+    }
+}
+
+/// The share of a caller's deadline given to Langflow: the rest is kept to record the outcome
+/// and answer before the caller gives up.
+fn leave_time_to_record(deadline: Duration) -> Duration {
+    let margin = (deadline / 10).min(Duration::from_millis(250));
+    deadline.saturating_sub(margin).max(Duration::from_millis(1))
+}
+
+/// The caller's deadline from a `grpc-timeout` header value (`<digits><unit>`, unit one of
+/// `H M S m u n`), if it is well formed.
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("10u"), Some(Duration::from_micros(10)));
+        for bad in ["", "S", "12", "1x", "-1S", "1234567890S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn langflow_gets_most_of_the_deadline() {
+        assert_eq!(leave_time_to_record(Duration::from_secs(1)), Duration::from_millis(900));
+        assert_eq!(leave_time_to_record(Duration::from_secs(60)), Duration::from_millis(59_750));
+        assert_eq!(leave_time_to_record(Duration::ZERO), Duration::from_millis(1));
+    }
+}

@@ -1,73 +1,265 @@
 //! ExecuteAgent, StreamExecuteAgent, executions, memory and feedback.
 
 use std::pin::Pin;
+use std::time::Duration;
 
+use engarde::kit::error::{FieldViolation, ServiceError, ServiceResult};
+use engarde::kit::idempotency::IdempotencyKey;
+use engarde::kit::pagination::{PageRequest, filter_fingerprint};
+use engarde::kit::request::{invalid_if_any, parse_id};
 use engarde::proto::agent::v1 as pb;
 use futures::Stream;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
-use super::agent_service::AgentApi;
+use super::agent_service::{AgentApi, handle};
+use super::execution_convert::{
+    execution_status_from_pb, execution_to_pb, feedback_to_pb, message_to_pb, session_to_pb, stream_item_to_pb,
+    time_key,
+};
+use crate::execution::model::{ExecutionFilter, check_feedback, check_input, check_session_id, valid_session_id};
+use crate::execution::{ExecuteRequest, parse_grpc_timeout};
+use crate::storage::executions::NewFeedback;
 
 /// The events of a streamed execution.
 pub type ExecutionEventStream = Pin<Box<dyn Stream<Item = Result<pb::ExecutionEvent, Status>> + Send>>;
 
-fn not_yet() -> Status {
-    Status::unimplemented("execution is being built")
+/// The caller's deadline, from its `grpc-timeout` header.
+fn caller_deadline<T>(request: &Request<T>) -> Option<Duration> {
+    request.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout)
+}
+
+/// An id that is part of a request with other fields: its violation is collected with theirs.
+fn collect_id(field: &str, id: &str, violations: &mut Vec<FieldViolation>) -> Option<Uuid> {
+    match parse_id(field, id) {
+        Ok(id) => Some(id),
+        Err(ServiceError::InvalidArgument(v)) => {
+            violations.extend(v);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// ExecuteAgent's request (or StreamExecuteAgent's), checked field by field.
+fn parse_execute(req: &pb::ExecuteAgentRequest, deadline: Option<Duration>) -> ServiceResult<ExecuteRequest> {
+    // One fingerprint for both: a unary call retried as a stream (or the other way round) asks
+    // for the same execution, and is answered it.
+    let key = IdempotencyKey::from_request("ExecuteAgent", &req.request_id, req)?;
+    let mut violations = Vec::new();
+    let agent_id = collect_id("agent_id", &req.agent_id, &mut violations);
+    check_input("input", &req.input, &mut violations);
+    if !req.session_id.is_empty() {
+        check_session_id("session_id", &req.session_id, &mut violations);
+    }
+    if req.step_id.len() > 64 {
+        violations.push(FieldViolation::new("step_id", "must be at most 64 characters"));
+    }
+    invalid_if_any(violations)?;
+    let Some(agent_id) = agent_id else {
+        return Err(ServiceError::internal(anyhow::anyhow!("validated request lost its agent id")));
+    };
+    Ok(ExecuteRequest {
+        agent_id,
+        input: req.input.clone(),
+        session_id: req.session_id.clone(),
+        step_id: req.step_id.clone(),
+        key,
+        deadline,
+    })
+}
+
+/// The agent and session of a memory request.
+fn parse_session(agent_id: &str, session_id: &str) -> ServiceResult<(Uuid, String)> {
+    let mut violations = Vec::new();
+    let agent = collect_id("agent_id", agent_id, &mut violations);
+    check_session_id("session_id", session_id, &mut violations);
+    invalid_if_any(violations)?;
+    let Some(agent) = agent else {
+        return Err(ServiceError::internal(anyhow::anyhow!("validated request lost its agent id")));
+    };
+    Ok((agent, session_id.to_owned()))
 }
 
 impl AgentApi {
     pub(super) async fn execute(
         &self,
-        _r: Request<pb::ExecuteAgentRequest>,
+        request: Request<pb::ExecuteAgentRequest>,
     ) -> Result<Response<pb::ExecuteAgentResponse>, Status> {
-        Err(not_yet())
+        let deadline = caller_deadline(&request);
+        handle(request, |caller, req| async move {
+            let request = parse_execute(&req, deadline)?;
+            let execution = self.executor.execute(caller.tenant.as_str(), &caller.credentials, request).await?;
+            Ok(pb::ExecuteAgentResponse { execution: Some(execution_to_pb(&execution)) })
+        })
+        .await
     }
+
     pub(super) async fn execute_streamed(
         &self,
-        _r: Request<pb::ExecuteAgentRequest>,
+        request: Request<pb::ExecuteAgentRequest>,
     ) -> Result<Response<ExecutionEventStream>, Status> {
-        Err(not_yet())
+        let deadline = caller_deadline(&request);
+        handle(request, |caller, req| async move {
+            let request = parse_execute(&req, deadline)?;
+            let receiver = self.executor.execute_streamed(caller.tenant.as_str(), &caller.credentials, request).await?;
+            let events = futures::stream::unfold(receiver, |mut receiver| async move {
+                let item = receiver.recv().await?;
+                Some((item.map(|i| stream_item_to_pb(&i)).map_err(Status::from), receiver))
+            });
+            Ok(Box::pin(events) as ExecutionEventStream)
+        })
+        .await
     }
+
     pub(super) async fn execution(
         &self,
-        _r: Request<pb::GetExecutionRequest>,
+        request: Request<pb::GetExecutionRequest>,
     ) -> Result<Response<pb::Execution>, Status> {
-        Err(not_yet())
+        handle(request, |caller, req| async move {
+            let id = parse_id("id", &req.id)?;
+            Ok(execution_to_pb(&self.executor.executions().get(caller.tenant.as_str(), id).await?))
+        })
+        .await
     }
+
     pub(super) async fn executions(
         &self,
-        _r: Request<pb::ListExecutionsRequest>,
+        request: Request<pb::ListExecutionsRequest>,
     ) -> Result<Response<pb::ListExecutionsResponse>, Status> {
-        Err(not_yet())
+        handle(request, |caller, req| async move {
+            let mut violations = Vec::new();
+            let agent_id =
+                if req.agent_id.is_empty() { None } else { collect_id("agent_id", &req.agent_id, &mut violations) };
+            if !req.session_id.is_empty() && !valid_session_id(&req.session_id) {
+                check_session_id("session_id", &req.session_id, &mut violations);
+            }
+            let status = match execution_status_from_pb("status", req.status) {
+                Ok(s) => s,
+                Err(ServiceError::InvalidArgument(v)) => {
+                    violations.extend(v);
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            invalid_if_any(violations)?;
+            let session_id = (!req.session_id.is_empty()).then(|| req.session_id.clone());
+            let filter = ExecutionFilter { agent_id, session_id, status };
+            let parts = filter.fingerprint_parts();
+            let fingerprint = filter_fingerprint(&parts.iter().map(String::as_str).collect::<Vec<_>>());
+            let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
+            let executions = self.executor.executions().list(caller.tenant.as_str(), &filter, &page).await?;
+            Ok(pb::ListExecutionsResponse {
+                next_page_token: page.next_token(
+                    executions.len(),
+                    executions.last().map(|e| vec![time_key(e.started_at), e.id.to_string()]),
+                ),
+                executions: executions.iter().map(execution_to_pb).collect(),
+            })
+        })
+        .await
     }
+
     pub(super) async fn sessions(
         &self,
-        _r: Request<pb::ListSessionsRequest>,
+        request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        Err(not_yet())
+        handle(request, |caller, req| async move {
+            let agent_id = parse_id("agent_id", &req.agent_id)?;
+            let fingerprint = filter_fingerprint(&["sessions", &req.agent_id]);
+            let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
+            let sessions = self.executor.executions().sessions(caller.tenant.as_str(), agent_id, &page).await?;
+            Ok(pb::ListSessionsResponse {
+                next_page_token: page.next_token(
+                    sessions.len(),
+                    sessions.last().map(|s| vec![time_key(s.last_message_at), s.session_id.clone()]),
+                ),
+                sessions: sessions.iter().map(session_to_pb).collect(),
+            })
+        })
+        .await
     }
+
     pub(super) async fn session_messages(
         &self,
-        _r: Request<pb::ListSessionMessagesRequest>,
+        request: Request<pb::ListSessionMessagesRequest>,
     ) -> Result<Response<pb::ListSessionMessagesResponse>, Status> {
-        Err(not_yet())
+        handle(request, |caller, req| async move {
+            let (agent_id, session_id) = parse_session(&req.agent_id, &req.session_id)?;
+            let fingerprint = filter_fingerprint(&["messages", &req.agent_id, &session_id]);
+            let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
+            let messages =
+                self.executor.executions().messages(caller.tenant.as_str(), agent_id, &session_id, &page).await?;
+            Ok(pb::ListSessionMessagesResponse {
+                next_page_token: page.next_token(messages.len(), messages.last().map(|m| vec![m.sequence.to_string()])),
+                messages: messages.iter().map(message_to_pb).collect(),
+            })
+        })
+        .await
     }
+
     pub(super) async fn forget_session(
         &self,
-        _r: Request<pb::ClearSessionRequest>,
+        request: Request<pb::ClearSessionRequest>,
     ) -> Result<Response<pb::ClearSessionResponse>, Status> {
-        Err(not_yet())
+        handle(request, |caller, req| async move {
+            let key = IdempotencyKey::from_request("ClearSession", &req.request_id, &req)?;
+            let (agent_id, session_id) = parse_session(&req.agent_id, &req.session_id)?;
+            let cleared = self
+                .executor
+                .executions()
+                .clear_session(caller.tenant.as_str(), agent_id, &session_id, key.as_ref())
+                .await?;
+            tracing::info!(agent_id = %agent_id, session_id, cleared, "session cleared");
+            Ok(pb::ClearSessionResponse { cleared })
+        })
+        .await
     }
+
     pub(super) async fn feedback(
         &self,
-        _r: Request<pb::SubmitFeedbackRequest>,
+        request: Request<pb::SubmitFeedbackRequest>,
     ) -> Result<Response<pb::Feedback>, Status> {
-        Err(not_yet())
+        handle(request, |caller, req| async move {
+            let key = IdempotencyKey::from_request("SubmitFeedback", &req.request_id, &req)?;
+            let mut violations = Vec::new();
+            let execution_id = collect_id("execution_id", &req.execution_id, &mut violations);
+            check_feedback(req.score, &req.comment, &mut violations);
+            invalid_if_any(violations)?;
+            let Some(execution_id) = execution_id else {
+                return Err(ServiceError::internal(anyhow::anyhow!("validated request lost its execution id")));
+            };
+            let new = NewFeedback {
+                id: Uuid::now_v7(),
+                execution_id,
+                score: req.score,
+                comment: req.comment,
+                created_at: crate::domain::now(),
+            };
+            let feedback = self.executor.executions().add_feedback(caller.tenant.as_str(), new, key.as_ref()).await?;
+            tracing::info!(execution_id = %execution_id, score = feedback.score, "feedback recorded");
+            Ok(feedback_to_pb(&feedback))
+        })
+        .await
     }
+
     pub(super) async fn feedback_list(
         &self,
-        _r: Request<pb::ListFeedbackRequest>,
+        request: Request<pb::ListFeedbackRequest>,
     ) -> Result<Response<pb::ListFeedbackResponse>, Status> {
-        Err(not_yet())
+        handle(request, |caller, req| async move {
+            let agent_id = parse_id("agent_id", &req.agent_id)?;
+            let fingerprint = filter_fingerprint(&["feedback", &req.agent_id]);
+            let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
+            let feedback = self.executor.executions().feedback(caller.tenant.as_str(), agent_id, &page).await?;
+            Ok(pb::ListFeedbackResponse {
+                next_page_token: page.next_token(
+                    feedback.len(),
+                    feedback.last().map(|f| vec![time_key(f.created_at), f.id.to_string()]),
+                ),
+                feedback: feedback.iter().map(feedback_to_pb).collect(),
+            })
+        })
+        .await
     }
 }

@@ -4,6 +4,7 @@
 mod agent_service;
 mod convert;
 mod execution;
+mod execution_convert;
 mod linkage;
 mod walker;
 

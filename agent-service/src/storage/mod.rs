@@ -1,6 +1,8 @@
 //! Where agents live: one repository interface, implemented for PostgreSQL (production) and
 //! SQLite (the embedded default) from one body of portable SQL.
 
+pub mod executions;
+mod executions_sql;
 mod row;
 mod sql;
 
@@ -17,6 +19,8 @@ use uuid::Uuid;
 use crate::domain::provisioning::{Candidate, ProvisionOutcome, Skipped};
 use crate::domain::{Agent, AgentFilter, NewAgent};
 
+pub use executions::ExecutionRepository;
+pub use executions_sql::{PostgresExecutionRepository, SqliteExecutionRepository};
 pub use sql::{PostgresAgentRepository, SqliteAgentRepository};
 
 /// A change to one agent, decided by the domain on the current row inside the transaction.
@@ -119,6 +123,14 @@ pub fn repository(pool: &DbPool) -> Arc<dyn AgentRepository> {
     match pool {
         DbPool::Postgres(p) => Arc::new(PostgresAgentRepository::new(p.clone())),
         DbPool::Sqlite(p) => Arc::new(SqliteAgentRepository::new(p.clone())),
+    }
+}
+
+/// The execution repository for a pool.
+pub fn execution_repository(pool: &DbPool) -> Arc<dyn ExecutionRepository> {
+    match pool {
+        DbPool::Postgres(p) => Arc::new(PostgresExecutionRepository::new(p.clone())),
+        DbPool::Sqlite(p) => Arc::new(SqliteExecutionRepository::new(p.clone())),
     }
 }
 

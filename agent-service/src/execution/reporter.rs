@@ -1,0 +1,112 @@
+//! The outbox worker: delivers queued execution reports to workflow-service's RecordExecution,
+//! with the credentials of the caller who ran the execution.
+//!
+//! At least once here, counted once there (RecordExecution is idempotent by execution id).
+//! Reports are claimed with a lease, so that replicas do not deliver the same ones at the same
+//! time (a double delivery is harmless, only wasteful); a failed delivery is retried with
+//! exponential backoff; a report whose workflow is gone is dropped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use engarde::kit::auth::Tenant;
+use engarde::kit::error::{ServiceError, ServiceResult};
+use futures::StreamExt as _;
+use tokio::sync::Notify;
+
+use super::model::{Report, report_backoff};
+use crate::domain::now;
+use crate::storage::ExecutionRepository;
+use crate::workflows::{ATTEMPTS, Credentials, WorkflowClient};
+
+/// Reports claimed at once.
+const BATCH: i64 = 50;
+/// Deliveries in flight at once.
+const CONCURRENCY: usize = 8;
+
+/// Delivers the outbox of execution reports.
+#[derive(Clone)]
+pub struct Reporter {
+    pub executions: Arc<dyn ExecutionRepository>,
+    pub workflows: WorkflowClient,
+    /// Woken when an execution queued a report.
+    pub wake: Arc<Notify>,
+    /// How often the outbox is looked at when nothing wakes the worker.
+    pub interval: Duration,
+    /// How long a claim hides reports from other claimers: longer than a delivery can take.
+    pub lease: Duration,
+}
+
+impl Reporter {
+    /// The lease for a workflow-service call timeout: every attempt of a delivery, and a margin.
+    pub fn lease_for(call_timeout: Duration) -> Duration {
+        call_timeout * (ATTEMPTS + 1) + Duration::from_secs(5)
+    }
+
+    /// Delivers for as long as the process lives.
+    pub fn spawn(self) {
+        tokio::spawn(async move {
+            loop {
+                match self.deliver_due().await {
+                    // A full batch: more may be due.
+                    Ok(n) if n as i64 >= BATCH => continue,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not read the outbox of execution reports"),
+                }
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(self.interval) => {}
+                }
+            }
+        });
+    }
+
+    /// Claims the due reports and delivers them; answers how many were claimed.
+    pub async fn deliver_due(&self) -> ServiceResult<usize> {
+        let reports = self.executions.claim_reports(BATCH, self.lease).await?;
+        let claimed = reports.len();
+        futures::stream::iter(reports).for_each_concurrent(CONCURRENCY, |report| self.deliver(report)).await;
+        Ok(claimed)
+    }
+
+    async fn deliver(&self, report: Report) {
+        let outcome = match Tenant::parse(&report.tenant_id) {
+            Ok(tenant) => {
+                let credentials = Credentials::restore(tenant, &report.credentials);
+                self.workflows
+                    .record_execution(&credentials, report.workflow_id, report.execution_id, report.succeeded)
+                    .await
+            }
+            Err(e) => Err(ServiceError::internal(anyhow::anyhow!("stored tenant {:?}: {e}", report.tenant_id))),
+        };
+        let stored = match outcome {
+            Ok(counted) => {
+                tracing::debug!(execution_id = %report.execution_id, counted, "execution reported");
+                self.executions.report_delivered(report.execution_id).await
+            }
+            // Nothing to count it in any more (the workflow was deleted), or it was counted for
+            // another workflow: retrying cannot change that.
+            Err(e @ (ServiceError::NotFound(_) | ServiceError::AlreadyExists(_))) => {
+                tracing::warn!(
+                    execution_id = %report.execution_id, workflow_id = %report.workflow_id, error = %e,
+                    "execution report dropped: workflow-service cannot count it"
+                );
+                self.executions.report_delivered(report.execution_id).await
+            }
+            Err(e) => {
+                let attempts = report.attempts + 1;
+                let retry_in = report_backoff(attempts);
+                tracing::warn!(
+                    execution_id = %report.execution_id, attempts, retry_in_secs = retry_in.as_secs(), error = %e,
+                    "execution report not delivered; will retry"
+                );
+                let retry_at = now() + chrono::Duration::from_std(retry_in).unwrap_or(chrono::Duration::seconds(60));
+                self.executions.report_failed(report.execution_id, &e.to_string(), retry_at).await
+            }
+        };
+        if let Err(e) = stored {
+            // The lease runs out and the report is delivered again: harmless.
+            tracing::warn!(execution_id = %report.execution_id, error = %e, "could not update the outbox");
+        }
+    }
+}

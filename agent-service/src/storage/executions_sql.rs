@@ -1,0 +1,761 @@
+//! The execution repository, written once in SQL both databases accept and expanded for each.
+//!
+//! Where the databases differ it says so: PostgreSQL locks the rows it is about to change
+//! (`FOR UPDATE`) and lets outbox claimers skip each other's rows (`SKIP LOCKED`); SQLite takes
+//! its single write lock up front (`BEGIN IMMEDIATE`), which serialises writers anyway.
+//!
+//! Locks are always taken in the same order (execution, agent, session) so that concurrent
+//! finishes, feedback and session clearing cannot deadlock.
+
+use chrono::{DateTime, Utc};
+use engarde::kit::error::{ServiceError, ServiceResult};
+use uuid::Uuid;
+
+use crate::execution::model::{
+    Execution, ExecutionStatus, FailureKind, Feedback, MessageRole, Outcome, Report, Session, SessionMessage,
+};
+
+/// The columns of an execution, in [`ExecutionRow`]'s order.
+const EXECUTION_COLUMNS: &str = "id, tenant_id, agent_id, session_id, step_id, input, output, status, error, \
+                                 error_code, latency_ms, started_at, finished_at";
+
+#[derive(sqlx::FromRow)]
+struct ExecutionRow {
+    id: String,
+    tenant_id: String,
+    agent_id: String,
+    session_id: String,
+    step_id: String,
+    input: String,
+    output: String,
+    status: String,
+    error: String,
+    error_code: String,
+    latency_ms: f64,
+    started_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+fn corrupt(what: &str, id: &str) -> ServiceError {
+    ServiceError::internal(anyhow::anyhow!("execution {id}: corrupt {what} in database"))
+}
+
+fn parse_uuid(text: &str, what: &str, id: &str) -> ServiceResult<Uuid> {
+    Uuid::parse_str(text).map_err(|_| corrupt(what, id))
+}
+
+impl TryFrom<ExecutionRow> for Execution {
+    type Error = ServiceError;
+
+    fn try_from(row: ExecutionRow) -> ServiceResult<Self> {
+        let failure = match row.error_code.as_str() {
+            "" => None,
+            code => Some(FailureKind::parse(code).ok_or_else(|| corrupt("error_code", &row.id))?),
+        };
+        Ok(Execution {
+            id: parse_uuid(&row.id, "id", &row.id)?,
+            agent_id: parse_uuid(&row.agent_id, "agent_id", &row.id)?,
+            status: ExecutionStatus::parse(&row.status).ok_or_else(|| corrupt("status", &row.id))?,
+            failure,
+            tenant_id: row.tenant_id,
+            session_id: row.session_id,
+            step_id: row.step_id,
+            input: row.input,
+            output: row.output,
+            error: row.error,
+            latency_ms: row.latency_ms,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    session_id: String,
+    message_count: i64,
+    last_message_at: DateTime<Utc>,
+}
+
+impl From<SessionRow> for Session {
+    fn from(row: SessionRow) -> Self {
+        Session { session_id: row.session_id, message_count: row.message_count, last_message_at: row.last_message_at }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct MessageRow {
+    sequence: i64,
+    role: String,
+    text: String,
+    execution_id: String,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<MessageRow> for SessionMessage {
+    type Error = ServiceError;
+
+    fn try_from(row: MessageRow) -> ServiceResult<Self> {
+        Ok(SessionMessage {
+            sequence: row.sequence,
+            role: MessageRole::parse(&row.role).ok_or_else(|| corrupt("message role", &row.execution_id))?,
+            execution_id: parse_uuid(&row.execution_id, "message execution_id", &row.execution_id)?,
+            text: row.text,
+            created_at: row.created_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct FeedbackRow {
+    id: String,
+    execution_id: String,
+    agent_id: String,
+    score: i32,
+    comment: String,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<FeedbackRow> for Feedback {
+    type Error = ServiceError;
+
+    fn try_from(row: FeedbackRow) -> ServiceResult<Self> {
+        Ok(Feedback {
+            id: parse_uuid(&row.id, "feedback id", &row.execution_id)?,
+            execution_id: parse_uuid(&row.execution_id, "feedback execution_id", &row.execution_id)?,
+            agent_id: parse_uuid(&row.agent_id, "feedback agent_id", &row.execution_id)?,
+            score: row.score,
+            comment: row.comment,
+            created_at: row.created_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ReportRow {
+    execution_id: String,
+    tenant_id: String,
+    workflow_id: String,
+    succeeded: bool,
+    credentials: String,
+    attempts: i32,
+}
+
+impl TryFrom<ReportRow> for Report {
+    type Error = ServiceError;
+
+    fn try_from(row: ReportRow) -> ServiceResult<Self> {
+        Ok(Report {
+            execution_id: parse_uuid(&row.execution_id, "report id", &row.execution_id)?,
+            workflow_id: parse_uuid(&row.workflow_id, "report workflow_id", &row.execution_id)?,
+            tenant_id: row.tenant_id,
+            succeeded: row.succeeded,
+            credentials: row.credentials,
+            attempts: row.attempts,
+        })
+    }
+}
+
+/// The columns an outcome writes: (status, output, error, error_code).
+fn outcome_columns(outcome: &Outcome) -> (ExecutionStatus, &str, &str, &'static str) {
+    match outcome {
+        Outcome::Succeeded { output } => (ExecutionStatus::Succeeded, output, "", ""),
+        Outcome::Failed { kind, error } => (ExecutionStatus::Failed, "", error, kind.as_str()),
+    }
+}
+
+/// The `(after?, time, id)` parameters of a keyset page ordered by (time, id).
+fn time_id_cursor(after: Option<&[String]>) -> ServiceResult<(i64, DateTime<Utc>, String)> {
+    match after {
+        None => Ok((0, DateTime::UNIX_EPOCH, String::new())),
+        Some([time, id]) => {
+            let time = DateTime::parse_from_rfc3339(time).map_err(|_| bad_token())?;
+            Ok((1, time.with_timezone(&Utc), id.clone()))
+        }
+        Some(_) => Err(bad_token()),
+    }
+}
+
+fn bad_token() -> ServiceError {
+    ServiceError::invalid("page_token", "is not a token this service issued")
+}
+
+macro_rules! sql_execution_repository {
+    ($module:ident, $name:ident, $db:ty, begin = $begin:literal, lock = $lock:literal, skip_locked = $skip:literal) => {
+        mod $module {
+            use std::time::Duration;
+
+            use async_trait::async_trait;
+            use chrono::{DateTime, Utc};
+            use engarde::kit::error::{ServiceError, ServiceResult};
+            use engarde::kit::idempotency::IdempotencyKey;
+            use engarde::kit::pagination::PageRequest;
+            use uuid::Uuid;
+
+            use super::{
+                EXECUTION_COLUMNS, ExecutionRow, FeedbackRow, MessageRow, ReportRow, SessionRow, outcome_columns,
+                time_id_cursor,
+            };
+            use crate::domain::{Agent, AgentStatus, lifecycle};
+            use crate::execution::model::{
+                Execution, ExecutionFilter, ExecutionStatus, Feedback, Finish, Finished, MessageRole, NewExecution,
+                Outcome, Report, Session, SessionMessage,
+            };
+            use crate::storage::executions::{ExecutionRepository, NewFeedback, Started};
+            use crate::storage::replayed;
+            use crate::storage::row::{AgentRow, COLUMNS as AGENT_COLUMNS};
+
+            engarde::idempotency_sql!($db);
+
+            type Tx<'a> = sqlx::Transaction<'a, $db>;
+
+            #[derive(Clone)]
+            pub struct $name {
+                pool: sqlx::Pool<$db>,
+            }
+
+            impl $name {
+                pub fn new(pool: sqlx::Pool<$db>) -> Self {
+                    Self { pool }
+                }
+
+                async fn begin(&self) -> ServiceResult<Tx<'static>> {
+                    Ok(self.pool.begin_with($begin).await?)
+                }
+            }
+
+            fn execution_not_found(id: Uuid) -> ServiceError {
+                ServiceError::not_found(format!("execution {id}"))
+            }
+
+            /// NOT_FOUND unless the tenant has this agent.
+            async fn ensure_agent<'e, E>(executor: E, tenant: &str, agent_id: Uuid) -> ServiceResult<()>
+            where
+                E: sqlx::Executor<'e, Database = $db>,
+            {
+                let found: Option<(String,)> = sqlx::query_as("SELECT id FROM agents WHERE id = $1 AND tenant_id = $2")
+                    .bind(agent_id.to_string())
+                    .bind(tenant)
+                    .fetch_optional(executor)
+                    .await?;
+                found.map(drop).ok_or_else(|| ServiceError::not_found(format!("agent {agent_id}")))
+            }
+
+            async fn by_request<'e, E>(executor: E, tenant: &str, key: &IdempotencyKey) -> ServiceResult<Option<Execution>>
+            where
+                E: sqlx::Executor<'e, Database = $db>,
+            {
+                let sql = format!(
+                    "SELECT {EXECUTION_COLUMNS}, fingerprint FROM executions WHERE tenant_id = $1 AND request_id = $2"
+                );
+                let row: Option<ExecutionRowWithFingerprint> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(tenant)
+                    .bind(&key.request_id)
+                    .fetch_optional(executor)
+                    .await?;
+                let Some(row) = row else { return Ok(None) };
+                if row.fingerprint.as_deref() != Some(key.fingerprint.as_str()) {
+                    return Err(ServiceError::AlreadyExists(format!(
+                        "request_id {:?} was already used for a different request",
+                        key.request_id
+                    )));
+                }
+                Ok(Some(row.execution.try_into()?))
+            }
+
+            #[derive(sqlx::FromRow)]
+            struct ExecutionRowWithFingerprint {
+                #[sqlx(flatten)]
+                execution: ExecutionRow,
+                fingerprint: Option<String>,
+            }
+
+            /// The running execution, locked, with where to report it; `None` once finished.
+            async fn running_for_update(
+                tx: &mut Tx<'_>,
+                id: Uuid,
+            ) -> ServiceResult<Option<(Execution, Option<String>, String)>> {
+                let sql = format!(
+                    "SELECT {EXECUTION_COLUMNS}, report_workflow_id, report_credentials FROM executions \
+                     WHERE id = $1 AND status = 'running'{}",
+                    $lock
+                );
+                let row: Option<RunningRow> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id.to_string()).fetch_optional(&mut **tx).await?;
+                match row {
+                    None => Ok(None),
+                    Some(r) => Ok(Some((r.execution.try_into()?, r.report_workflow_id, r.report_credentials))),
+                }
+            }
+
+            #[derive(sqlx::FromRow)]
+            struct RunningRow {
+                #[sqlx(flatten)]
+                execution: ExecutionRow,
+                report_workflow_id: Option<String>,
+                report_credentials: String,
+            }
+
+            /// Numbers and stores the two messages of a successful execution. The upsert of the
+            /// session row locks it, so concurrent executions of one session take turns here.
+            async fn remember(tx: &mut Tx<'_>, execution: &Execution, output: &str, at: DateTime<Utc>) -> ServiceResult<()> {
+                let (last,): (i64,) = sqlx::query_as(
+                    "INSERT INTO sessions (agent_id, session_id, tenant_id, message_count, last_sequence, last_message_at) \
+                     VALUES ($1, $2, $3, 2, 2, $4) \
+                     ON CONFLICT (agent_id, session_id) DO UPDATE SET \
+                       message_count = sessions.message_count + 2, \
+                       last_sequence = sessions.last_sequence + 2, \
+                       last_message_at = excluded.last_message_at \
+                     RETURNING last_sequence",
+                )
+                .bind(execution.agent_id.to_string())
+                .bind(&execution.session_id)
+                .bind(&execution.tenant_id)
+                .bind(at)
+                .fetch_one(&mut **tx)
+                .await?;
+                for (sequence, role, text) in
+                    [(last - 1, MessageRole::User, execution.input.as_str()), (last, MessageRole::Agent, output)]
+                {
+                    sqlx::query(
+                        "INSERT INTO session_messages (agent_id, session_id, sequence, role, text, execution_id, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(execution.agent_id.to_string())
+                    .bind(&execution.session_id)
+                    .bind(sequence)
+                    .bind(role.as_str())
+                    .bind(text)
+                    .bind(execution.id.to_string())
+                    .bind(at)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Ok(())
+            }
+
+            /// Moves the agent to ERROR because its flow `flow_id` is gone, unless it has been
+            /// given another flow since the run started (or is already in ERROR).
+            async fn fail_agent(tx: &mut Tx<'_>, execution: &Execution, flow_id: &str, at: DateTime<Utc>) -> ServiceResult<()> {
+                let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1 AND tenant_id = $2{}", $lock);
+                let row: Option<AgentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(execution.agent_id.to_string())
+                    .bind(&execution.tenant_id)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                let Some(row) = row else { return Ok(()) };
+                let mut agent = Agent::try_from(row)?;
+                if agent.langflow_workflow_id != flow_id || agent.status == AgentStatus::Error {
+                    return Ok(());
+                }
+                lifecycle::fail(&mut agent, &format!("its Langflow flow {flow_id} no longer exists"));
+                sqlx::query(
+                    "UPDATE agents SET status = $1, status_reason = $2, version = version + 1, updated_at = $3 \
+                     WHERE id = $4 AND tenant_id = $5",
+                )
+                .bind(agent.status.as_str())
+                .bind(&agent.status_reason)
+                .bind(at)
+                .bind(agent.id.to_string())
+                .bind(&agent.tenant_id)
+                .execute(&mut **tx)
+                .await?;
+                tracing::warn!(agent_id = %agent.id, flow_id, "agent moved to error: its flow is gone");
+                Ok(())
+            }
+
+            #[async_trait]
+            impl ExecutionRepository for $name {
+                async fn find_by_request(&self, tenant: &str, key: &IdempotencyKey) -> ServiceResult<Option<Execution>> {
+                    by_request(&self.pool, tenant, key).await
+                }
+
+                async fn start(&self, new: &NewExecution) -> ServiceResult<Started> {
+                    let inserted = sqlx::query(
+                        "INSERT INTO executions (id, tenant_id, agent_id, session_id, step_id, input, status, \
+                         request_id, fingerprint, started_at, report_workflow_id, report_credentials) \
+                         VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8, $9, $10, $11) \
+                         ON CONFLICT (tenant_id, request_id) DO NOTHING",
+                    )
+                    .bind(new.id.to_string())
+                    .bind(&new.tenant_id)
+                    .bind(new.agent_id.to_string())
+                    .bind(&new.session_id)
+                    .bind(&new.step_id)
+                    .bind(&new.input)
+                    .bind(new.request.as_ref().map(|k| k.request_id.clone()))
+                    .bind(new.request.as_ref().map(|k| k.fingerprint.clone()))
+                    .bind(new.started_at)
+                    .bind(new.report_workflow_id.map(|id| id.to_string()))
+                    .bind(&new.report_credentials)
+                    .execute(&self.pool)
+                    .await;
+                    let inserted = match inserted {
+                        Ok(done) => done.rows_affected(),
+                        // The agent was deleted since it was read.
+                        Err(sqlx::Error::Database(e)) if e.kind() == sqlx::error::ErrorKind::ForeignKeyViolation => {
+                            return Err(ServiceError::not_found(format!("agent {}", new.agent_id)));
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    if inserted == 1 {
+                        return Ok(Started::New(new.running()));
+                    }
+                    let Some(key) = &new.request else {
+                        return Err(ServiceError::internal(anyhow::anyhow!("execution {} was not stored", new.id)));
+                    };
+                    match by_request(&self.pool, &new.tenant_id, key).await? {
+                        Some(existing) => Ok(Started::Existing(existing)),
+                        None => Err(ServiceError::Aborted(format!(
+                            "request_id {:?} is being used concurrently; retry",
+                            key.request_id
+                        ))),
+                    }
+                }
+
+                async fn finish(&self, finish: &Finish) -> ServiceResult<Option<Finished>> {
+                    let mut tx = self.begin().await?;
+                    let Some((mut execution, report_workflow_id, credentials)) =
+                        running_for_update(&mut tx, finish.execution_id).await?
+                    else {
+                        return Ok(None);
+                    };
+                    let (status, output, error, error_code) = outcome_columns(&finish.outcome);
+                    sqlx::query(
+                        "UPDATE executions SET status = $1, output = $2, error = $3, error_code = $4, latency_ms = $5, \
+                         finished_at = $6, report_credentials = '' WHERE id = $7",
+                    )
+                    .bind(status.as_str())
+                    .bind(output)
+                    .bind(error)
+                    .bind(error_code)
+                    .bind(finish.latency_ms)
+                    .bind(finish.finished_at)
+                    .bind(execution.id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                    let succeeded = status == ExecutionStatus::Succeeded;
+                    // The statistics, in SQL: concurrent finishes each add their own, none lost.
+                    sqlx::query(
+                        "UPDATE agents SET total_executions = total_executions + 1, \
+                         successful_executions = successful_executions + $1, \
+                         average_response_time_ms = (average_response_time_ms * total_executions + $2) / (total_executions + 1) \
+                         WHERE id = $3",
+                    )
+                    .bind(i64::from(succeeded))
+                    .bind(finish.latency_ms)
+                    .bind(execution.agent_id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                    if let Outcome::Succeeded { output } = &finish.outcome {
+                        remember(&mut tx, &execution, output, finish.finished_at).await?;
+                    }
+                    let reported = match report_workflow_id {
+                        None => false,
+                        Some(workflow_id) => {
+                            sqlx::query(
+                                "INSERT INTO execution_reports (execution_id, tenant_id, workflow_id, succeeded, \
+                                 credentials, attempts, next_attempt_at) VALUES ($1, $2, $3, $4, $5, 0, $6) \
+                                 ON CONFLICT (execution_id) DO NOTHING",
+                            )
+                            .bind(execution.id.to_string())
+                            .bind(&execution.tenant_id)
+                            .bind(workflow_id)
+                            .bind(succeeded)
+                            .bind(credentials)
+                            .bind(finish.finished_at)
+                            .execute(&mut *tx)
+                            .await?;
+                            true
+                        }
+                    };
+                    if let Some(flow_id) = &finish.flow_gone {
+                        fail_agent(&mut tx, &execution, flow_id, finish.finished_at).await?;
+                    }
+                    tx.commit().await?;
+                    execution.status = status;
+                    execution.output = output.to_owned();
+                    execution.error = error.to_owned();
+                    execution.failure = match &finish.outcome {
+                        Outcome::Failed { kind, .. } => Some(*kind),
+                        Outcome::Succeeded { .. } => None,
+                    };
+                    execution.latency_ms = finish.latency_ms;
+                    execution.finished_at = Some(finish.finished_at);
+                    Ok(Some(Finished { execution, reported }))
+                }
+
+                async fn stale(&self, before: DateTime<Utc>, limit: i64) -> ServiceResult<Vec<Execution>> {
+                    let sql = format!(
+                        "SELECT {EXECUTION_COLUMNS} FROM executions WHERE status = 'running' AND started_at < $1 \
+                         ORDER BY started_at LIMIT $2"
+                    );
+                    let rows: Vec<ExecutionRow> =
+                        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(before).bind(limit).fetch_all(&self.pool).await?;
+                    rows.into_iter().map(Execution::try_from).collect()
+                }
+
+                async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Execution> {
+                    let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1 AND tenant_id = $2");
+                    let row: Option<ExecutionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                        .bind(id.to_string())
+                        .bind(tenant)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    row.ok_or_else(|| execution_not_found(id))?.try_into()
+                }
+
+                async fn list(
+                    &self,
+                    tenant: &str,
+                    filter: &ExecutionFilter,
+                    page: &PageRequest,
+                ) -> ServiceResult<Vec<Execution>> {
+                    if let Some(agent_id) = filter.agent_id {
+                        ensure_agent(&self.pool, tenant, agent_id).await?;
+                    }
+                    // One static statement: an empty filter parameter matches everything.
+                    let sql = format!(
+                        "SELECT {EXECUTION_COLUMNS} FROM executions \
+                         WHERE tenant_id = $1 \
+                           AND ($2 = '' OR agent_id = $2) \
+                           AND ($3 = '' OR session_id = $3) \
+                           AND ($4 = '' OR status = $4) \
+                           AND ($5 = 0 OR (started_at, id) < ($6, $7)) \
+                         ORDER BY started_at DESC, id DESC LIMIT $8"
+                    );
+                    let (has_after, after_time, after_id) = time_id_cursor(page.after.as_deref())?;
+                    let rows: Vec<ExecutionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                        .bind(tenant)
+                        .bind(filter.agent_id.map(|id| id.to_string()).unwrap_or_default())
+                        .bind(filter.session_id.clone().unwrap_or_default())
+                        .bind(filter.status.map(|s| s.as_str()).unwrap_or(""))
+                        .bind(has_after)
+                        .bind(after_time)
+                        .bind(after_id)
+                        .bind(i64::from(page.size))
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.into_iter().map(Execution::try_from).collect()
+                }
+
+                async fn sessions(&self, tenant: &str, agent_id: Uuid, page: &PageRequest) -> ServiceResult<Vec<Session>> {
+                    ensure_agent(&self.pool, tenant, agent_id).await?;
+                    let (has_after, after_time, after_id) = time_id_cursor(page.after.as_deref())?;
+                    let rows: Vec<SessionRow> = sqlx::query_as(
+                        "SELECT session_id, message_count, last_message_at FROM sessions \
+                         WHERE agent_id = $1 AND tenant_id = $2 \
+                           AND ($3 = 0 OR (last_message_at, session_id) < ($4, $5)) \
+                         ORDER BY last_message_at DESC, session_id DESC LIMIT $6",
+                    )
+                    .bind(agent_id.to_string())
+                    .bind(tenant)
+                    .bind(has_after)
+                    .bind(after_time)
+                    .bind(after_id)
+                    .bind(i64::from(page.size))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    Ok(rows.into_iter().map(Session::from).collect())
+                }
+
+                async fn messages(
+                    &self,
+                    tenant: &str,
+                    agent_id: Uuid,
+                    session_id: &str,
+                    page: &PageRequest,
+                ) -> ServiceResult<Vec<SessionMessage>> {
+                    ensure_agent(&self.pool, tenant, agent_id).await?;
+                    let after: i64 = match page.after.as_deref() {
+                        None => 0,
+                        Some([sequence]) => sequence.parse().map_err(|_| super::bad_token())?,
+                        Some(_) => return Err(super::bad_token()),
+                    };
+                    let rows: Vec<MessageRow> = sqlx::query_as(
+                        "SELECT sequence, role, text, execution_id, created_at FROM session_messages \
+                         WHERE agent_id = $1 AND session_id = $2 AND sequence > $3 ORDER BY sequence LIMIT $4",
+                    )
+                    .bind(agent_id.to_string())
+                    .bind(session_id)
+                    .bind(after)
+                    .bind(i64::from(page.size))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.into_iter().map(SessionMessage::try_from).collect()
+                }
+
+                async fn clear_session(
+                    &self,
+                    tenant: &str,
+                    agent_id: Uuid,
+                    session_id: &str,
+                    key: Option<&IdempotencyKey>,
+                ) -> ServiceResult<i64> {
+                    let mut tx = self.begin().await?;
+                    if let Some(json) = claim_idempotency(&mut tx, tenant, key).await? {
+                        return replayed(&json);
+                    }
+                    ensure_agent(&mut *tx, tenant, agent_id).await?;
+                    // The session row first: it is the lock a finishing execution holds while it
+                    // numbers its messages, so none is added between the two deletes.
+                    sqlx::query("DELETE FROM sessions WHERE agent_id = $1 AND session_id = $2")
+                        .bind(agent_id.to_string())
+                        .bind(session_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    let cleared = sqlx::query("DELETE FROM session_messages WHERE agent_id = $1 AND session_id = $2")
+                        .bind(agent_id.to_string())
+                        .bind(session_id)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    let cleared = i64::try_from(cleared).map_err(ServiceError::internal)?;
+                    complete_idempotency(&mut tx, tenant, key, &cleared).await?;
+                    tx.commit().await?;
+                    Ok(cleared)
+                }
+
+                async fn add_feedback(
+                    &self,
+                    tenant: &str,
+                    new: NewFeedback,
+                    key: Option<&IdempotencyKey>,
+                ) -> ServiceResult<Feedback> {
+                    let mut tx = self.begin().await?;
+                    if let Some(json) = claim_idempotency(&mut tx, tenant, key).await? {
+                        return replayed(&json);
+                    }
+                    let found: Option<(String, String)> =
+                        sqlx::query_as("SELECT agent_id, status FROM executions WHERE id = $1 AND tenant_id = $2")
+                            .bind(new.execution_id.to_string())
+                            .bind(tenant)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    let Some((agent_id, status)) = found else {
+                        return Err(execution_not_found(new.execution_id));
+                    };
+                    if status == ExecutionStatus::Running.as_str() {
+                        return Err(ServiceError::FailedPrecondition(format!(
+                            "execution {} is still running; give feedback once it has finished",
+                            new.execution_id
+                        )));
+                    }
+                    let agent_id = Uuid::parse_str(&agent_id).map_err(ServiceError::internal)?;
+                    sqlx::query(
+                        "INSERT INTO feedback (id, tenant_id, agent_id, execution_id, score, comment, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(new.id.to_string())
+                    .bind(tenant)
+                    .bind(agent_id.to_string())
+                    .bind(new.execution_id.to_string())
+                    .bind(new.score)
+                    .bind(&new.comment)
+                    .bind(new.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "UPDATE agents SET feedback_count = feedback_count + 1, \
+                         feedback_score_sum = feedback_score_sum + $1 WHERE id = $2",
+                    )
+                    .bind(i64::from(new.score))
+                    .bind(agent_id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                    let feedback = Feedback {
+                        id: new.id,
+                        execution_id: new.execution_id,
+                        agent_id,
+                        score: new.score,
+                        comment: new.comment,
+                        created_at: new.created_at,
+                    };
+                    complete_idempotency(&mut tx, tenant, key, &feedback).await?;
+                    tx.commit().await?;
+                    Ok(feedback)
+                }
+
+                async fn feedback(&self, tenant: &str, agent_id: Uuid, page: &PageRequest) -> ServiceResult<Vec<Feedback>> {
+                    ensure_agent(&self.pool, tenant, agent_id).await?;
+                    let (has_after, after_time, after_id) = time_id_cursor(page.after.as_deref())?;
+                    let rows: Vec<FeedbackRow> = sqlx::query_as(
+                        "SELECT id, execution_id, agent_id, score, comment, created_at FROM feedback \
+                         WHERE agent_id = $1 AND tenant_id = $2 \
+                           AND ($3 = 0 OR (created_at, id) < ($4, $5)) \
+                         ORDER BY created_at DESC, id DESC LIMIT $6",
+                    )
+                    .bind(agent_id.to_string())
+                    .bind(tenant)
+                    .bind(has_after)
+                    .bind(after_time)
+                    .bind(after_id)
+                    .bind(i64::from(page.size))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.into_iter().map(Feedback::try_from).collect()
+                }
+
+                async fn claim_reports(&self, limit: i64, lease: Duration) -> ServiceResult<Vec<Report>> {
+                    let now = crate::domain::now();
+                    let until = now + chrono::Duration::from_std(lease).map_err(ServiceError::internal)?;
+                    // Pushing next_attempt_at past the lease is the claim: other claimers (other
+                    // replicas) see the rows as not due until the lease runs out.
+                    let sql = format!(
+                        "UPDATE execution_reports SET next_attempt_at = $1 WHERE execution_id IN \
+                         (SELECT execution_id FROM execution_reports WHERE next_attempt_at <= $2 \
+                          ORDER BY next_attempt_at LIMIT $3{}) \
+                         RETURNING execution_id, tenant_id, workflow_id, succeeded, credentials, attempts",
+                        $skip
+                    );
+                    let rows: Vec<ReportRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                        .bind(until)
+                        .bind(now)
+                        .bind(limit)
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.into_iter().map(Report::try_from).collect()
+                }
+
+                async fn report_delivered(&self, execution_id: Uuid) -> ServiceResult<()> {
+                    sqlx::query("DELETE FROM execution_reports WHERE execution_id = $1")
+                        .bind(execution_id.to_string())
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn report_failed(&self, execution_id: Uuid, error: &str, retry_at: DateTime<Utc>) -> ServiceResult<()> {
+                    sqlx::query(
+                        "UPDATE execution_reports SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2 \
+                         WHERE execution_id = $3",
+                    )
+                    .bind(error)
+                    .bind(retry_at)
+                    .bind(execution_id.to_string())
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+            }
+        }
+        pub use $module::$name;
+    };
+}
+
+sql_execution_repository!(
+    postgres,
+    PostgresExecutionRepository,
+    sqlx::Postgres,
+    begin = "BEGIN",
+    lock = " FOR UPDATE",
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+);
+sql_execution_repository!(
+    sqlite,
+    SqliteExecutionRepository,
+    sqlx::Sqlite,
+    begin = "BEGIN IMMEDIATE",
+    lock = "",
+    skip_locked = ""
+);
