@@ -48,7 +48,25 @@ pub enum ServiceError {
 }
 
 fn describe(violations: &[FieldViolation]) -> String {
-    violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ")
+    let text = violations.iter().map(|v| format!("{}: {}", v.field, v.description)).collect::<Vec<_>>().join("; ");
+    clip(&text, MAX_MESSAGE_CHARS)
+}
+
+/// Bounds on what an error echoes back: a field path or message may quote the caller's input
+/// (a map key, an id), and gRPC carries them in headers, which peers cap (16 KiB in h2).
+const MAX_FIELD_CHARS: usize = 200;
+const MAX_DESCRIPTION_CHARS: usize = 500;
+const MAX_MESSAGE_CHARS: usize = 2000;
+const MAX_VIOLATIONS: usize = 20;
+
+/// `text` cut to `max` characters, marked when cut.
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max).collect();
+    out.push('…');
+    out
 }
 
 pub type ServiceResult<T> = Result<T, ServiceError>;
@@ -89,8 +107,11 @@ impl From<ServiceError> for Status {
         match err {
             ServiceError::InvalidArgument(violations) => {
                 let mut details = ErrorDetails::new();
-                for v in &violations {
-                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
+                for v in violations.iter().take(MAX_VIOLATIONS) {
+                    details.add_bad_request_violation(
+                        clip(&v.field, MAX_FIELD_CHARS),
+                        clip(&v.description, MAX_DESCRIPTION_CHARS),
+                    );
                 }
                 Status::with_error_details(
                     Code::InvalidArgument,
@@ -104,9 +125,9 @@ impl From<ServiceError> for Status {
             }
             ServiceError::Unavailable(msg) => {
                 tracing::warn!(reason = %msg, "dependency unavailable");
-                Status::unavailable(msg)
+                Status::unavailable(clip(&msg, MAX_MESSAGE_CHARS))
             }
-            other => Status::new(other.code(), other.to_string()),
+            other => Status::new(other.code(), clip(&other.to_string(), MAX_MESSAGE_CHARS)),
         }
     }
 }
@@ -146,5 +167,23 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => db.kind() == sqlx::error::ErrorKind::UniqueViolation,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_never_echo_unbounded_input() {
+        let huge = "x".repeat(100_000);
+        let status: Status =
+            ServiceError::InvalidArgument(vec![FieldViolation::new(format!("extra.{huge}"), huge.clone()); 50]).into();
+        assert!(status.message().len() <= 2 * MAX_MESSAGE_CHARS + 10);
+        let details = status.get_details_bad_request().expect("details");
+        assert_eq!(details.field_violations.len(), MAX_VIOLATIONS);
+        assert!(details.field_violations[0].field.chars().count() <= MAX_FIELD_CHARS + 1);
+        let status: Status = ServiceError::NotFound(huge).into();
+        assert!(status.message().chars().count() <= MAX_MESSAGE_CHARS + 1);
     }
 }

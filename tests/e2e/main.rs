@@ -3,6 +3,7 @@
 //! clients (and grpcurl), as a user would.
 
 mod faults;
+mod fuzz;
 mod helpers;
 mod langflow_support;
 mod observability;
