@@ -48,6 +48,13 @@ impl Schedule {
         self.cron.find_next_occurrence(&local, false).ok().map(|t| t.with_timezone(&Utc))
     }
 
+    /// The last fire time at or before `at`: the tick a scheduler that looks at `at` is due to
+    /// run (and the only one it runs after downtime, however many it missed).
+    pub fn previous_at_or_before(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = self.timezone.from_utc_datetime(&at.naive_utc());
+        self.cron.find_previous_occurrence(&local, true).ok().map(|t| t.with_timezone(&Utc))
+    }
+
     /// The next `n` fire times after `after`.
     pub fn upcoming(&self, after: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
         let mut out = Vec::with_capacity(n);
@@ -76,6 +83,18 @@ mod tests {
         let next = s.upcoming(after, 2);
         assert_eq!(next[0], Utc.with_ymd_and_hms(2026, 11, 30, 14, 0, 0).unwrap());
         assert_eq!(next[1], Utc.with_ymd_and_hms(2026, 12, 7, 14, 0, 0).unwrap());
+    }
+
+    #[test]
+    fn the_latest_tick_at_or_before_a_time() {
+        let s = Schedule::parse("0 9 * * MON", "America/New_York").unwrap();
+        let thursday = Utc.with_ymd_and_hms(2026, 11, 26, 0, 0, 0).unwrap();
+        assert_eq!(s.previous_at_or_before(thursday), Some(Utc.with_ymd_and_hms(2026, 11, 23, 14, 0, 0).unwrap()));
+        let tick = Utc.with_ymd_and_hms(2026, 11, 30, 14, 0, 0).unwrap();
+        assert_eq!(s.previous_at_or_before(tick), Some(tick), "a tick is at or before itself");
+        let every_two = Schedule::parse("*/2 * * * * *", "").unwrap();
+        let odd = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 3).unwrap() + chrono::Duration::milliseconds(400);
+        assert_eq!(every_two.previous_at_or_before(odd), Some(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 2).unwrap()));
     }
 
     #[test]

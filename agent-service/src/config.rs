@@ -44,6 +44,8 @@ pub struct Config {
     #[arg(long, env = "REPORT_INTERVAL_MS", default_value_t = 5000)]
     pub report_interval_ms: u64,
     #[command(flatten)]
+    pub walker: crate::walker::WalkerSettings,
+    #[command(flatten)]
     pub common: CommonConfig,
 }
 

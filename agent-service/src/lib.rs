@@ -1,6 +1,7 @@
 //! agent-service: owns EnGarde's AI agents: their making from workflows (one at a time or by
 //! provisioning a whole tenant), configuration, lifecycle and upgrades to newer workflow
-//! versions. It reads workflows from workflow-service over gRPC and never touches its tables.
+//! versions, and walker runs through workflows (durable, reviewed, scheduled). It reads workflows
+//! from workflow-service over gRPC and never touches its tables.
 
 pub mod config;
 pub mod domain;
@@ -11,4 +12,5 @@ pub mod linkage;
 pub mod provisioner;
 pub mod startup;
 pub mod storage;
+pub mod walker;
 pub mod workflows;

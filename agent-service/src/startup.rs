@@ -16,6 +16,7 @@ use crate::langflow::LangflowClient;
 use crate::linkage::FlowLinker;
 use crate::provisioner::Provisioner;
 use crate::storage::{self, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
+use crate::walker::Walker;
 use crate::workflows::WorkflowClient;
 
 /// The fully-qualified gRPC service name, as health checks name it.
@@ -52,8 +53,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let langflow = connect_langflow(&config).await?;
     let linker = FlowLinker { langflow: langflow.clone() };
     let executor = start_execution(&config, &db, repo.clone(), langflow.clone(), workflows.clone());
+    let walker = Walker::start(&config.walker, &db, repo.clone(), langflow.clone());
     let provisioner = Provisioner::new(repo.clone(), workflows, linker.clone());
-    let api = AgentServiceServer::new(AgentApi::new(repo, provisioner, linker, executor))
+    let api = AgentServiceServer::new(AgentApi::new(repo, provisioner, linker, executor, walker))
         .max_decoding_message_size(common.max_message_bytes)
         .max_encoding_message_size(common.max_message_bytes);
     let routes = Routes::new(api);

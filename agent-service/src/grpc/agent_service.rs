@@ -25,6 +25,7 @@ use crate::execution::Executor;
 use crate::linkage::FlowLinker;
 use crate::provisioner::Provisioner;
 use crate::storage::{AgentRepository, mutate_agent};
+use crate::walker::Walker;
 use crate::workflows::Credentials;
 
 /// The service's handlers, over a repository and the workflow-dependent operations.
@@ -34,6 +35,7 @@ pub struct AgentApi {
     pub(super) provisioner: Provisioner,
     pub(super) linker: FlowLinker,
     pub(super) executor: Executor,
+    pub(super) walker: Walker,
 }
 
 impl AgentApi {
@@ -42,8 +44,9 @@ impl AgentApi {
         provisioner: Provisioner,
         linker: FlowLinker,
         executor: Executor,
+        walker: Walker,
     ) -> Self {
-        Self { repo, provisioner, linker, executor }
+        Self { repo, provisioner, linker, executor, walker }
     }
 }
 

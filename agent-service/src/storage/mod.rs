@@ -4,6 +4,8 @@
 pub mod executions;
 mod executions_sql;
 mod row;
+pub mod runs;
+mod runs_sql;
 mod sql;
 
 use std::collections::HashSet;
@@ -131,6 +133,14 @@ pub fn execution_repository(pool: &DbPool) -> Arc<dyn ExecutionRepository> {
     match pool {
         DbPool::Postgres(p) => Arc::new(PostgresExecutionRepository::new(p.clone())),
         DbPool::Sqlite(p) => Arc::new(SqliteExecutionRepository::new(p.clone())),
+    }
+}
+
+/// The walker's run repository for a pool.
+pub fn run_repository(pool: &DbPool) -> Arc<dyn runs::RunRepository> {
+    match pool {
+        DbPool::Postgres(p) => Arc::new(runs_sql::PostgresRunRepository::new(p.clone())),
+        DbPool::Sqlite(p) => Arc::new(runs_sql::SqliteRunRepository::new(p.clone())),
     }
 }
 

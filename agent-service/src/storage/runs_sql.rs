@@ -1,0 +1,1057 @@
+//! [`RunRepository`](super::runs::RunRepository) in SQL both databases accept, expanded for each.
+//!
+//! Every transaction that changes a run locks the run's row first (PostgreSQL `FOR UPDATE`;
+//! SQLite `BEGIN IMMEDIATE`, one writer), so that the events of a run are numbered without gaps
+//! or duplicates and no two transactions change one run at once. Workers claim runs with
+//! `FOR UPDATE SKIP LOCKED` on PostgreSQL, so that processes sharing a database never wait on
+//! each other's claims; on SQLite one process owns the file.
+
+use chrono::{DateTime, Utc};
+use engarde::kit::error::ServiceError;
+use uuid::Uuid;
+
+use crate::walker::model::{
+    Review, ReviewAction, ReviewStatus, Run, RunEvent, RunRules, RunStatus, RunStep, RunTrigger, StepKind, StepStatus,
+};
+
+/// The columns of `runs` every query reads, in [`RunRow`]'s order.
+const RUN_COLUMNS: &str = "id, tenant_id, agent_id, status, trigger_kind, input, output, error, current_step, \
+                           max_retries, approval_required, review_timeout_secs, review_default_action, \
+                           scheduled_for, lease_owner, created_at, updated_at, finished_at";
+
+const STEP_COLUMNS: &str = "step_index, step_id, kind, prompt, reviews_index, status, input, output, attempts, error, \
+                            started_at, finished_at";
+
+const REVIEW_COLUMNS: &str = "id, tenant_id, run_id, agent_id, step_index, step_id, status, output, edited_output, \
+                              deadline, default_action, created_at, decided_at";
+
+/// The longest detail an event carries (an excerpt of an output or an error).
+const DETAIL_CHARS: usize = 200;
+
+fn excerpt(text: &str) -> String {
+    let mut out: String = text.chars().take(DETAIL_CHARS).collect();
+    if text.chars().nth(DETAIL_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+fn corrupt(what: &str, id: &str) -> ServiceError {
+    ServiceError::internal(anyhow::anyhow!("run {id}: corrupt {what} in database"))
+}
+
+#[derive(sqlx::FromRow)]
+struct RunRow {
+    id: String,
+    tenant_id: String,
+    agent_id: String,
+    status: String,
+    trigger_kind: String,
+    input: String,
+    output: String,
+    error: String,
+    current_step: i32,
+    max_retries: i32,
+    approval_required: bool,
+    review_timeout_secs: i64,
+    review_default_action: String,
+    scheduled_for: Option<DateTime<Utc>>,
+    lease_owner: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl RunRow {
+    fn status(&self) -> Result<RunStatus, ServiceError> {
+        RunStatus::parse(&self.status).ok_or_else(|| corrupt("status", &self.id))
+    }
+
+    fn rules(&self) -> Result<RunRules, ServiceError> {
+        Ok(RunRules {
+            max_retries: self.max_retries,
+            approval_required: self.approval_required,
+            review_timeout_secs: self.review_timeout_secs,
+            review_default_action: ReviewAction::parse(&self.review_default_action)
+                .ok_or_else(|| corrupt("review_default_action", &self.id))?,
+        })
+    }
+
+    fn holds(&self, token: &str) -> bool {
+        self.lease_owner.as_deref() == Some(token)
+    }
+
+    fn into_run(self, steps: Vec<RunStep>) -> Result<Run, ServiceError> {
+        Ok(Run {
+            id: Uuid::parse_str(&self.id).map_err(|_| corrupt("id", &self.id))?,
+            agent_id: Uuid::parse_str(&self.agent_id).map_err(|_| corrupt("agent_id", &self.id))?,
+            status: self.status()?,
+            trigger: RunTrigger::parse(&self.trigger_kind).ok_or_else(|| corrupt("trigger_kind", &self.id))?,
+            tenant_id: self.tenant_id,
+            input: self.input,
+            output: self.output,
+            error: self.error,
+            current_step: self.current_step,
+            scheduled_for: self.scheduled_for,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            finished_at: self.finished_at,
+            steps,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct StepRow {
+    step_index: i32,
+    step_id: String,
+    kind: String,
+    prompt: String,
+    reviews_index: Option<i32>,
+    status: String,
+    input: String,
+    output: String,
+    attempts: i32,
+    error: String,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl StepRow {
+    fn into_step(self, run_id: &str) -> Result<RunStep, ServiceError> {
+        Ok(RunStep {
+            index: self.step_index,
+            kind: StepKind::parse(&self.kind).ok_or_else(|| corrupt("step kind", run_id))?,
+            status: StepStatus::parse(&self.status).ok_or_else(|| corrupt("step status", run_id))?,
+            step_id: self.step_id,
+            prompt: self.prompt,
+            reviews_index: self.reviews_index,
+            input: self.input,
+            output: self.output,
+            attempts: self.attempts,
+            error: self.error,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    run_id: String,
+    sequence: i64,
+    kind: String,
+    step_id: String,
+    detail: String,
+    created_at: DateTime<Utc>,
+}
+
+impl EventRow {
+    fn into_event(self) -> Result<RunEvent, ServiceError> {
+        Ok(RunEvent {
+            run_id: Uuid::parse_str(&self.run_id).map_err(|_| corrupt("event run_id", &self.run_id))?,
+            sequence: self.sequence,
+            kind: self.kind,
+            step_id: self.step_id,
+            detail: self.detail,
+            created_at: self.created_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ReviewRow {
+    id: String,
+    tenant_id: String,
+    run_id: String,
+    agent_id: String,
+    step_index: i32,
+    step_id: String,
+    status: String,
+    output: String,
+    edited_output: Option<String>,
+    deadline: DateTime<Utc>,
+    default_action: String,
+    created_at: DateTime<Utc>,
+    decided_at: Option<DateTime<Utc>>,
+}
+
+impl ReviewRow {
+    fn into_review(self) -> Result<Review, ServiceError> {
+        let bad = |what: &str| corrupt(what, &self.run_id);
+        Ok(Review {
+            id: Uuid::parse_str(&self.id).map_err(|_| bad("review id"))?,
+            run_id: Uuid::parse_str(&self.run_id).map_err(|_| bad("review run_id"))?,
+            agent_id: Uuid::parse_str(&self.agent_id).map_err(|_| bad("review agent_id"))?,
+            status: ReviewStatus::parse(&self.status).ok_or_else(|| bad("review status"))?,
+            default_action: ReviewAction::parse(&self.default_action).ok_or_else(|| bad("review default_action"))?,
+            tenant_id: self.tenant_id,
+            step_index: self.step_index,
+            step_id: self.step_id,
+            output: self.output,
+            edited_output: self.edited_output,
+            deadline: self.deadline,
+            created_at: self.created_at,
+            decided_at: self.decided_at,
+        })
+    }
+}
+
+/// A page token's sort key (time, id), or the values that match from the start.
+fn page_after(page: &engarde::kit::pagination::PageRequest) -> Result<(i64, DateTime<Utc>, String), ServiceError> {
+    let bad_token = || ServiceError::invalid("page_token", "is not a token this service issued");
+    match page.after.as_deref() {
+        Some([time, id]) => {
+            let time = DateTime::parse_from_rfc3339(time).map_err(|_| bad_token())?;
+            Ok((1, time.with_timezone(&Utc), id.clone()))
+        }
+        Some(_) => Err(bad_token()),
+        None => Ok((0, DateTime::UNIX_EPOCH, String::new())),
+    }
+}
+
+macro_rules! run_repository {
+    ($module:ident, $name:ident, $db:ty, begin = $begin:literal, lock = $lock:literal, skip_locked = $skip:literal) => {
+        mod $module {
+            use async_trait::async_trait;
+            use chrono::{DateTime, Utc};
+            use engarde::kit::error::{ServiceError, ServiceResult, is_unique_violation};
+            use engarde::kit::idempotency::IdempotencyKey;
+            use engarde::kit::pagination::PageRequest;
+            use uuid::Uuid;
+
+            use super::{
+                EventRow, REVIEW_COLUMNS, RUN_COLUMNS, ReviewRow, RunRow, STEP_COLUMNS, StepRow, excerpt, page_after,
+            };
+            use crate::domain::now;
+            use crate::storage::replayed;
+            use crate::storage::runs::{Lease, RunRepository, StepOutcome, StepWork};
+            use crate::walker::model::{
+                NewRun, Review, ReviewAction, ReviewDecision, ReviewStatus, Run, RunEvent, RunFilter,
+                RunRequestKey, RunStatus, RunStep, ScheduledAgent, StepKind, StepStatus, TickOutcome, Verdict,
+            };
+
+            engarde::idempotency_sql!($db);
+
+            type Tx<'a> = sqlx::Transaction<'a, $db>;
+            type Conn = <$db as sqlx::Database>::Connection;
+
+            /// Run statuses that have ended, as an SQL list.
+            const FINAL: &str = "('succeeded', 'failed', 'rejected', 'cancelled')";
+
+            #[derive(Clone)]
+            pub struct $name {
+                pool: sqlx::Pool<$db>,
+            }
+
+            impl $name {
+                pub fn new(pool: sqlx::Pool<$db>) -> Self {
+                    Self { pool }
+                }
+
+                async fn begin(&self) -> ServiceResult<Tx<'static>> {
+                    Ok(self.pool.begin_with($begin).await?)
+                }
+            }
+
+            fn not_found(id: Uuid) -> ServiceError {
+                ServiceError::not_found(format!("run {id}"))
+            }
+
+            /// The run's row, locked for the rest of the transaction (PostgreSQL; SQLite's
+            /// transaction holds the write lock already).
+            async fn lock_run(conn: &mut Conn, id: Uuid) -> ServiceResult<Option<RunRow>> {
+                let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1{}", $lock);
+                Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id.to_string()).fetch_optional(conn).await?)
+            }
+
+            async fn read_run_row(conn: &mut Conn, tenant: &str, id: Uuid) -> ServiceResult<Option<RunRow>> {
+                let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 AND tenant_id = $2");
+                Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(id.to_string())
+                    .bind(tenant)
+                    .fetch_optional(conn)
+                    .await?)
+            }
+
+            async fn steps(conn: &mut Conn, run_id: &str) -> ServiceResult<Vec<RunStep>> {
+                let sql = format!("SELECT {STEP_COLUMNS} FROM run_steps WHERE run_id = $1 ORDER BY step_index");
+                let rows: Vec<StepRow> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(run_id).fetch_all(conn).await?;
+                rows.into_iter().map(|r| r.into_step(run_id)).collect()
+            }
+
+            async fn with_steps(conn: &mut Conn, row: RunRow) -> ServiceResult<Run> {
+                let steps = steps(conn, &row.id).await?;
+                row.into_run(steps)
+            }
+
+            async fn read_run(conn: &mut Conn, tenant: &str, id: Uuid) -> ServiceResult<Run> {
+                let row = read_run_row(conn, tenant, id).await?.ok_or_else(|| not_found(id))?;
+                with_steps(conn, row).await
+            }
+
+            /// Appends an event: number 1 + the run's last. Callers hold the run's lock.
+            async fn event(
+                conn: &mut Conn,
+                run_id: &str,
+                kind: &str,
+                step_id: &str,
+                detail: &str,
+                at: DateTime<Utc>,
+            ) -> ServiceResult<()> {
+                sqlx::query(
+                    "INSERT INTO run_events (run_id, sequence, kind, step_id, detail, created_at) \
+                     SELECT $1, COALESCE(MAX(sequence), 0) + 1, $2, $3, $4, $5 FROM run_events WHERE run_id = $1",
+                )
+                .bind(run_id)
+                .bind(kind)
+                .bind(step_id)
+                .bind(excerpt(detail))
+                .bind(at)
+                .execute(conn)
+                .await?;
+                Ok(())
+            }
+
+            async fn set_step(
+                conn: &mut Conn,
+                run_id: &str,
+                index: i32,
+                status: StepStatus,
+                output: Option<&str>,
+                error: &str,
+                finished: Option<DateTime<Utc>>,
+            ) -> ServiceResult<()> {
+                sqlx::query(
+                    "UPDATE run_steps SET status = $1, output = COALESCE($2, output), error = $3, \
+                     finished_at = COALESCE($4, finished_at) WHERE run_id = $5 AND step_index = $6",
+                )
+                .bind(status.as_str())
+                .bind(output)
+                .bind(error)
+                .bind(finished)
+                .bind(run_id)
+                .bind(index)
+                .execute(conn)
+                .await?;
+                Ok(())
+            }
+
+            /// Marks a step started: RUNNING (or as given), one more attempt, with its input.
+            async fn start(
+                conn: &mut Conn,
+                run_id: &str,
+                step: &RunStep,
+                status: StepStatus,
+                input: &str,
+                at: DateTime<Utc>,
+            ) -> ServiceResult<()> {
+                sqlx::query(
+                    "UPDATE run_steps SET status = $1, attempts = attempts + 1, input = $2, error = '', \
+                     started_at = $3, finished_at = NULL WHERE run_id = $4 AND step_index = $5",
+                )
+                .bind(status.as_str())
+                .bind(input)
+                .bind(at)
+                .bind(run_id)
+                .bind(step.index)
+                .execute(&mut *conn)
+                .await?;
+                event(conn, run_id, "step_started", &step.step_id, &format!("attempt {}", step.attempts + 1), at)
+                    .await
+            }
+
+            /// Ends the run in `status` (FAILED, REJECTED, CANCELLED) with `error`; its steps not
+            /// done are SKIPPED and its pending reviews EXPIRED.
+            async fn end_run(
+                conn: &mut Conn,
+                run_id: &str,
+                status: RunStatus,
+                error: &str,
+                event_kind: &str,
+                at: DateTime<Utc>,
+            ) -> ServiceResult<()> {
+                sqlx::query(
+                    "UPDATE runs SET status = $1, error = $2, finished_at = $3, updated_at = $3, \
+                     lease_owner = NULL, lease_expires_at = NULL WHERE id = $4",
+                )
+                .bind(status.as_str())
+                .bind(error)
+                .bind(at)
+                .bind(run_id)
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query(
+                    "UPDATE run_steps SET status = 'skipped', finished_at = CASE WHEN status = 'pending' \
+                     THEN finished_at ELSE $1 END WHERE run_id = $2 AND status IN ('pending', 'running', 'waiting_review')",
+                )
+                .bind(at)
+                .bind(run_id)
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query(
+                    "UPDATE reviews SET status = 'expired', decided_at = $1 WHERE run_id = $2 AND status = 'pending'",
+                )
+                .bind(at)
+                .bind(run_id)
+                .execute(&mut *conn)
+                .await?;
+                event(conn, run_id, event_kind, "", error, at).await
+            }
+
+            /// Moves the run past step `next - 1` (whose output was `last_output`): to the next
+            /// step for any worker, or SUCCEEDED after the last. Releases the lease.
+            async fn advance(conn: &mut Conn, run_id: &str, next: i32, last_output: &str, at: DateTime<Utc>) -> ServiceResult<()> {
+                let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM run_steps WHERE run_id = $1")
+                    .bind(run_id)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                if i64::from(next) >= count {
+                    sqlx::query(
+                        "UPDATE runs SET status = 'succeeded', output = $1, current_step = $2, finished_at = $3, \
+                         updated_at = $3, lease_owner = NULL, lease_expires_at = NULL WHERE id = $4",
+                    )
+                    .bind(last_output)
+                    .bind(next)
+                    .bind(at)
+                    .bind(run_id)
+                    .execute(&mut *conn)
+                    .await?;
+                    return event(conn, run_id, "run_succeeded", "", last_output, at).await;
+                }
+                sqlx::query(
+                    "UPDATE runs SET status = 'running', current_step = $1, next_attempt_at = $2, updated_at = $2, \
+                     lease_owner = NULL, lease_expires_at = NULL WHERE id = $3",
+                )
+                .bind(next)
+                .bind(at)
+                .bind(run_id)
+                .execute(conn)
+                .await?;
+                Ok(())
+            }
+
+            /// Pauses the run on `step` until a person (or the deadline) decides on `text`.
+            async fn request_review(
+                conn: &mut Conn,
+                run: &RunRow,
+                step: &RunStep,
+                text: &str,
+                at: DateTime<Utc>,
+            ) -> ServiceResult<()> {
+                let rules = run.rules()?;
+                set_step(conn, &run.id, step.index, StepStatus::WaitingReview, Some(text), "", None).await?;
+                let review_id = Uuid::now_v7();
+                sqlx::query(
+                    "INSERT INTO reviews (id, tenant_id, run_id, agent_id, step_index, step_id, status, output, \
+                     deadline, default_action, created_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10)",
+                )
+                .bind(review_id.to_string())
+                .bind(&run.tenant_id)
+                .bind(&run.id)
+                .bind(&run.agent_id)
+                .bind(step.index)
+                .bind(&step.step_id)
+                .bind(text)
+                .bind(at + chrono::Duration::seconds(rules.review_timeout_secs))
+                .bind(rules.review_default_action.as_str())
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query(
+                    "UPDATE runs SET status = 'waiting_review', updated_at = $1, lease_owner = NULL, \
+                     lease_expires_at = NULL WHERE id = $2",
+                )
+                .bind(at)
+                .bind(&run.id)
+                .execute(&mut *conn)
+                .await?;
+                event(conn, &run.id, "review_requested", &step.step_id, &format!("review {review_id}"), at).await
+            }
+
+            /// Applies a verdict to a pending review of a run the caller holds the lock of.
+            async fn apply_verdict(
+                conn: &mut Conn,
+                review: &Review,
+                verdict: &Verdict,
+                expired: bool,
+                at: DateTime<Utc>,
+            ) -> ServiceResult<()> {
+                let run_id = review.run_id.to_string();
+                let step_id = review.step_id.as_str();
+                match verdict {
+                    Verdict::Approve { edited_output } => {
+                        let status = if expired { ReviewStatus::Expired } else { ReviewStatus::Approved };
+                        sqlx::query(
+                            "UPDATE reviews SET status = $1, edited_output = $2, decided_at = $3 WHERE id = $4",
+                        )
+                        .bind(status.as_str())
+                        .bind(edited_output.as_deref())
+                        .bind(at)
+                        .bind(review.id.to_string())
+                        .execute(&mut *conn)
+                        .await?;
+                        let (kind, detail) = match (expired, edited_output) {
+                            (true, _) => ("review_expired", "approved by default at the deadline"),
+                            (false, Some(_)) => ("review_approved", "approved with an edited output"),
+                            (false, None) => ("review_approved", "approved"),
+                        };
+                        event(conn, &run_id, kind, step_id, detail, at).await?;
+                        let text = edited_output.as_deref().unwrap_or(&review.output);
+                        set_step(conn, &run_id, review.step_index, StepStatus::Succeeded, Some(text), "", Some(at)).await?;
+                        event(conn, &run_id, "step_succeeded", step_id, text, at).await?;
+                        advance(conn, &run_id, review.step_index + 1, text, at).await
+                    }
+                    Verdict::Reject { reason } => {
+                        let status = if expired { ReviewStatus::Expired } else { ReviewStatus::Rejected };
+                        sqlx::query("UPDATE reviews SET status = $1, decided_at = $2 WHERE id = $3")
+                            .bind(status.as_str())
+                            .bind(at)
+                            .bind(review.id.to_string())
+                            .execute(&mut *conn)
+                            .await?;
+                        let kind = if expired { "review_expired" } else { "review_rejected" };
+                        event(conn, &run_id, kind, step_id, reason, at).await?;
+                        set_step(conn, &run_id, review.step_index, StepStatus::Rejected, None, reason, Some(at)).await?;
+                        end_run(conn, &run_id, RunStatus::Rejected, reason, "run_rejected", at).await
+                    }
+                }
+            }
+
+            async fn review_by_id(conn: &mut Conn, tenant: &str, id: Uuid) -> ServiceResult<Option<Review>> {
+                let sql = format!("SELECT {REVIEW_COLUMNS} FROM reviews WHERE id = $1 AND tenant_id = $2");
+                let row: Option<ReviewRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(id.to_string())
+                    .bind(tenant)
+                    .fetch_optional(conn)
+                    .await?;
+                row.map(ReviewRow::into_review).transpose()
+            }
+
+            /// Inserts a new run, its steps and its first event.
+            async fn insert_run(conn: &mut Conn, run: &NewRun, key: Option<&RunRequestKey>, at: DateTime<Utc>) -> Result<(), sqlx::Error> {
+                let rules = run.plan.rules;
+                sqlx::query(
+                    "INSERT INTO runs (id, tenant_id, agent_id, status, trigger_kind, input, max_retries, \
+                     approval_required, review_timeout_secs, review_default_action, request_id, fingerprint, \
+                     scheduled_for, next_attempt_at, created_at, updated_at) \
+                     VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $13)",
+                )
+                .bind(run.id.to_string())
+                .bind(&run.tenant_id)
+                .bind(run.agent_id.to_string())
+                .bind(run.trigger.as_str())
+                .bind(&run.input)
+                .bind(rules.max_retries)
+                .bind(rules.approval_required)
+                .bind(rules.review_timeout_secs)
+                .bind(rules.review_default_action.as_str())
+                .bind(key.map(|k| k.request_id.as_str()))
+                .bind(key.map(|k| k.fingerprint.as_str()))
+                .bind(run.scheduled_for)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+                for (i, step) in run.plan.steps.iter().enumerate() {
+                    sqlx::query(
+                        "INSERT INTO run_steps (run_id, step_index, step_id, kind, prompt, reviews_index, status) \
+                         VALUES ($1, $2, $3, $4, $5, $6, 'pending')",
+                    )
+                    .bind(run.id.to_string())
+                    .bind(i as i32)
+                    .bind(&step.step_id)
+                    .bind(step.kind.as_str())
+                    .bind(&step.prompt)
+                    .bind(step.reviews_index)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                let detail = match run.scheduled_for {
+                    Some(tick) => format!("scheduled for {}", tick.to_rfc3339()),
+                    None => String::new(),
+                };
+                sqlx::query(
+                    "INSERT INTO run_events (run_id, sequence, kind, step_id, detail, created_at) \
+                     VALUES ($1, 1, 'run_queued', '', $2, $3)",
+                )
+                .bind(run.id.to_string())
+                .bind(detail)
+                .bind(at)
+                .execute(conn)
+                .await?;
+                Ok(())
+            }
+
+            /// The run a request key started, or ALREADY_EXISTS when it was another request's.
+            async fn run_of_key(conn: &mut Conn, tenant: &str, key: &RunRequestKey) -> ServiceResult<Option<Run>> {
+                let found: Option<(String, Option<String>)> =
+                    sqlx::query_as("SELECT id, fingerprint FROM runs WHERE tenant_id = $1 AND request_id = $2")
+                        .bind(tenant)
+                        .bind(&key.request_id)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                let Some((id, fingerprint)) = found else { return Ok(None) };
+                if fingerprint.as_deref() != Some(key.fingerprint.as_str()) {
+                    return Err(ServiceError::AlreadyExists(format!(
+                        "request_id {:?} was already used for a different request",
+                        key.request_id
+                    )));
+                }
+                let id = Uuid::parse_str(&id).map_err(ServiceError::internal)?;
+                read_run(conn, tenant, id).await.map(Some)
+            }
+
+            #[async_trait]
+            impl RunRepository for $name {
+                async fn create(&self, run: NewRun, key: Option<&RunRequestKey>) -> ServiceResult<Run> {
+                    let mut tx = self.begin().await?;
+                    if let Some(key) = key
+                        && let Some(existing) = run_of_key(&mut tx, &run.tenant_id, key).await?
+                    {
+                        return Ok(existing);
+                    }
+                    match insert_run(&mut tx, &run, key, now()).await {
+                        Ok(()) => {}
+                        // A concurrent retry with the same key won the race: answer its run.
+                        Err(e) if is_unique_violation(&e) && key.is_some() => {
+                            drop(tx);
+                            let mut conn = self.pool.acquire().await?;
+                            if let Some(key) = key
+                                && let Some(existing) = run_of_key(&mut conn, &run.tenant_id, key).await?
+                            {
+                                return Ok(existing);
+                            }
+                            return Err(e.into());
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                    let created = read_run(&mut tx, &run.tenant_id, run.id).await?;
+                    tx.commit().await?;
+                    Ok(created)
+                }
+
+                async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Run> {
+                    let mut conn = self.pool.acquire().await?;
+                    read_run(&mut conn, tenant, id).await
+                }
+
+                async fn status(&self, tenant: &str, id: Uuid) -> ServiceResult<Option<RunStatus>> {
+                    let mut conn = self.pool.acquire().await?;
+                    read_run_row(&mut conn, tenant, id).await?.map(|r| r.status()).transpose()
+                }
+
+                async fn list(&self, tenant: &str, filter: &RunFilter, page: &PageRequest) -> ServiceResult<Vec<Run>> {
+                    let (has_after, after_time, after_id) = page_after(page)?;
+                    let sql = format!(
+                        "SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = $1 AND ($2 = '' OR agent_id = $2) \
+                         AND ($3 = '' OR status = $3) AND ($4 = 0 OR (created_at, id) < ($5, $6)) \
+                         ORDER BY created_at DESC, id DESC LIMIT $7"
+                    );
+                    let mut conn = self.pool.acquire().await?;
+                    let rows: Vec<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                        .bind(tenant)
+                        .bind(filter.agent_id.map(|id| id.to_string()).unwrap_or_default())
+                        .bind(filter.status.map(|s| s.as_str()).unwrap_or(""))
+                        .bind(has_after)
+                        .bind(after_time)
+                        .bind(after_id)
+                        .bind(i64::from(page.size))
+                        .fetch_all(&mut *conn)
+                        .await?;
+                    let mut runs = Vec::with_capacity(rows.len());
+                    for row in rows {
+                        runs.push(with_steps(&mut conn, row).await?);
+                    }
+                    Ok(runs)
+                }
+
+                async fn cancel(&self, tenant: &str, id: Uuid, reason: &str, key: Option<&IdempotencyKey>) -> ServiceResult<Run> {
+                    let mut tx = self.begin().await?;
+                    if let Some(json) = claim_idempotency(&mut tx, tenant, key).await? {
+                        return replayed(&json);
+                    }
+                    let run = lock_run(&mut tx, id).await?.filter(|r| r.tenant_id == tenant).ok_or_else(|| not_found(id))?;
+                    let status = run.status()?;
+                    if status.is_final() {
+                        return Err(ServiceError::FailedPrecondition(format!(
+                            "run {id} has already ended ({})",
+                            status.as_str()
+                        )));
+                    }
+                    let reason = if reason.is_empty() { "cancelled" } else { reason };
+                    end_run(&mut tx, &run.id, RunStatus::Cancelled, reason, "run_cancelled", now()).await?;
+                    let cancelled = read_run(&mut tx, tenant, id).await?;
+                    complete_idempotency(&mut tx, tenant, key, &cancelled).await?;
+                    tx.commit().await?;
+                    Ok(cancelled)
+                }
+
+                async fn events(&self, run_id: Uuid, from: i64, limit: i64) -> ServiceResult<Vec<RunEvent>> {
+                    let rows: Vec<EventRow> = sqlx::query_as(
+                        "SELECT run_id, sequence, kind, step_id, detail, created_at FROM run_events \
+                         WHERE run_id = $1 AND sequence >= $2 ORDER BY sequence LIMIT $3",
+                    )
+                    .bind(run_id.to_string())
+                    .bind(from)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.into_iter().map(EventRow::into_event).collect()
+                }
+
+                async fn pending_reviews(&self, tenant: &str, agent: Option<Uuid>, page: &PageRequest) -> ServiceResult<Vec<Review>> {
+                    let (has_after, after_time, after_id) = page_after(page)?;
+                    let sql = format!(
+                        "SELECT {REVIEW_COLUMNS} FROM reviews WHERE tenant_id = $1 AND status = 'pending' \
+                         AND ($2 = '' OR agent_id = $2) AND ($3 = 0 OR (created_at, id) > ($4, $5)) \
+                         ORDER BY created_at, id LIMIT $6"
+                    );
+                    let rows: Vec<ReviewRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                        .bind(tenant)
+                        .bind(agent.map(|id| id.to_string()).unwrap_or_default())
+                        .bind(has_after)
+                        .bind(after_time)
+                        .bind(after_id)
+                        .bind(i64::from(page.size))
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.into_iter().map(ReviewRow::into_review).collect()
+                }
+
+                async fn decide(&self, tenant: &str, decision: ReviewDecision, key: Option<&IdempotencyKey>) -> ServiceResult<Run> {
+                    let mut tx = self.begin().await?;
+                    if let Some(json) = claim_idempotency(&mut tx, tenant, key).await? {
+                        return replayed(&json);
+                    }
+                    let review_id = decision.review_id;
+                    let review = review_by_id(&mut tx, tenant, review_id)
+                        .await?
+                        .ok_or_else(|| ServiceError::not_found(format!("review {review_id}")))?;
+                    if review.run_id != decision.run_id {
+                        return Err(ServiceError::FailedPrecondition(format!(
+                            "run_id does not match: review {review_id} is of run {}, not {}",
+                            review.run_id, decision.run_id
+                        )));
+                    }
+                    if review.step_id != decision.step_id {
+                        return Err(ServiceError::FailedPrecondition(format!(
+                            "step_id does not match: review {review_id} is of step {:?}, not {:?}",
+                            review.step_id, decision.step_id
+                        )));
+                    }
+                    // The run's lock first, as every change of a run takes it; then the review
+                    // as it is now.
+                    lock_run(&mut tx, review.run_id).await?.ok_or_else(|| not_found(review.run_id))?;
+                    let review = review_by_id(&mut tx, tenant, review_id)
+                        .await?
+                        .ok_or_else(|| ServiceError::not_found(format!("review {review_id}")))?;
+                    if review.status != ReviewStatus::Pending {
+                        return Err(ServiceError::FailedPrecondition(format!(
+                            "review {review_id} is {}, not pending",
+                            review.status.as_str()
+                        )));
+                    }
+                    apply_verdict(&mut tx, &review, &decision.verdict, false, now()).await?;
+                    let run = read_run(&mut tx, tenant, review.run_id).await?;
+                    complete_idempotency(&mut tx, tenant, key, &run).await?;
+                    tx.commit().await?;
+                    Ok(run)
+                }
+
+                async fn expire_reviews(&self, at: DateTime<Utc>, limit: i64) -> ServiceResult<usize> {
+                    let due: Vec<(String, String)> = sqlx::query_as(
+                        "SELECT id, tenant_id FROM reviews WHERE status = 'pending' AND deadline <= $1 \
+                         ORDER BY deadline LIMIT $2",
+                    )
+                    .bind(at)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    let mut expired = 0;
+                    for (id, tenant) in due {
+                        let id = Uuid::parse_str(&id).map_err(ServiceError::internal)?;
+                        let mut tx = self.begin().await?;
+                        let Some(review) = review_by_id(&mut tx, &tenant, id).await? else { continue };
+                        if lock_run(&mut tx, review.run_id).await?.is_none() {
+                            continue;
+                        }
+                        // Another process may have decided it meanwhile: read it again under the lock.
+                        let Some(review) = review_by_id(&mut tx, &tenant, id).await? else { continue };
+                        if review.status != ReviewStatus::Pending {
+                            continue;
+                        }
+                        let verdict = match review.default_action {
+                            ReviewAction::Approve => Verdict::Approve { edited_output: None },
+                            ReviewAction::Reject => Verdict::Reject { reason: "review deadline passed".into() },
+                        };
+                        apply_verdict(&mut tx, &review, &verdict, true, now()).await?;
+                        tx.commit().await?;
+                        expired += 1;
+                    }
+                    Ok(expired)
+                }
+
+                async fn claim(&self, lease: &Lease) -> ServiceResult<Option<Uuid>> {
+                    let at = now();
+                    let mut tx = self.begin().await?;
+                    let sql = format!(
+                        "SELECT id FROM runs WHERE status IN ('queued', 'running') AND next_attempt_at <= $1 \
+                         AND (lease_expires_at IS NULL OR lease_expires_at < $1) ORDER BY created_at LIMIT 1{}",
+                        $skip
+                    );
+                    let found: Option<(String,)> =
+                        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(at).fetch_optional(&mut *tx).await?;
+                    let Some((id,)) = found else { return Ok(None) };
+                    sqlx::query("UPDATE runs SET lease_owner = $1, lease_expires_at = $2 WHERE id = $3")
+                        .bind(&lease.token)
+                        .bind(at + lease.duration)
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(Some(Uuid::parse_str(&id).map_err(ServiceError::internal)?))
+                }
+
+                async fn renew(&self, run_id: Uuid, lease: &Lease) -> ServiceResult<bool> {
+                    let renewed = sqlx::query(
+                        "UPDATE runs SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'running'",
+                    )
+                    .bind(now() + lease.duration)
+                    .bind(run_id.to_string())
+                    .bind(&lease.token)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                    Ok(renewed == 1)
+                }
+
+                async fn start_step(&self, run_id: Uuid, lease: &Lease) -> ServiceResult<StepWork> {
+                    let at = now();
+                    let mut tx = self.begin().await?;
+                    let Some(run) = lock_run(&mut tx, run_id).await? else { return Ok(StepWork::Done) };
+                    // Cancelled, or taken over after our lease expired: hands off.
+                    if !run.holds(&lease.token) {
+                        return Ok(StepWork::Done);
+                    }
+                    match run.status()? {
+                        RunStatus::Queued => {
+                            sqlx::query("UPDATE runs SET status = 'running', updated_at = $1 WHERE id = $2")
+                                .bind(at)
+                                .bind(&run.id)
+                                .execute(&mut *tx)
+                                .await?;
+                            event(&mut tx, &run.id, "run_started", "", "", at).await?;
+                        }
+                        RunStatus::Running => {}
+                        _ => return Ok(StepWork::Done),
+                    }
+                    let steps = steps(&mut tx, &run.id).await?;
+                    let index = run.current_step;
+                    let Some(step) = usize::try_from(index).ok().and_then(|i| steps.get(i)) else {
+                        // Every step is done (a worker died between its last step and the end).
+                        let last = steps.last().map(|s| s.output.clone()).unwrap_or_default();
+                        advance(&mut tx, &run.id, index, &last, at).await?;
+                        tx.commit().await?;
+                        return Ok(StepWork::Done);
+                    };
+                    let input = match index {
+                        0 => run.input.clone(),
+                        i => steps.get((i - 1) as usize).map(|s| s.output.clone()).unwrap_or_default(),
+                    };
+                    let rules = run.rules()?;
+                    match step.status {
+                        StepStatus::Pending => {}
+                        StepStatus::Running => {
+                            // Its worker stopped mid-call (the process died): that attempt
+                            // counts, and the rules decide whether there is another.
+                            let error = "interrupted: the worker running it stopped";
+                            if rules.after_failure(step.attempts).is_none() {
+                                set_step(&mut tx, &run.id, index, StepStatus::Failed, None, error, Some(at)).await?;
+                                event(&mut tx, &run.id, "step_failed", &step.step_id, error, at).await?;
+                                end_run(&mut tx, &run.id, RunStatus::Failed, &format!("step {}: {error}", step.step_id), "run_failed", at).await?;
+                                tx.commit().await?;
+                                return Ok(StepWork::Done);
+                            }
+                            event(&mut tx, &run.id, "step_retrying", &step.step_id, error, at).await?;
+                        }
+                        StepStatus::Succeeded => {
+                            advance(&mut tx, &run.id, index + 1, &step.output, at).await?;
+                            tx.commit().await?;
+                            return Ok(StepWork::Done);
+                        }
+                        _ => return Ok(StepWork::Done),
+                    }
+                    let work = match step.kind {
+                        StepKind::Llm => {
+                            start(&mut tx, &run.id, step, StepStatus::Running, &input, at).await?;
+                            StepWork::Llm {
+                                tenant_id: run.tenant_id.clone(),
+                                agent_id: Uuid::parse_str(&run.agent_id).map_err(ServiceError::internal)?,
+                                step_index: index,
+                                step_id: step.step_id.clone(),
+                                prompt: step.prompt.clone(),
+                                input,
+                                attempts: step.attempts + 1,
+                            }
+                        }
+                        StepKind::Output => {
+                            // The run's result: what reached this step.
+                            start(&mut tx, &run.id, step, StepStatus::Running, &input, at).await?;
+                            set_step(&mut tx, &run.id, index, StepStatus::Succeeded, Some(&input), "", Some(at)).await?;
+                            sqlx::query("UPDATE runs SET output = $1 WHERE id = $2")
+                                .bind(&input)
+                                .bind(&run.id)
+                                .execute(&mut *tx)
+                                .await?;
+                            event(&mut tx, &run.id, "step_succeeded", &step.step_id, &input, at).await?;
+                            advance(&mut tx, &run.id, index + 1, &input, at).await?;
+                            StepWork::Done
+                        }
+                        StepKind::Review => {
+                            let reviewed = step
+                                .reviews_index
+                                .and_then(|i| usize::try_from(i).ok())
+                                .and_then(|i| steps.get(i))
+                                .map(|s| s.output.clone())
+                                .unwrap_or_else(|| input.clone());
+                            start(&mut tx, &run.id, step, StepStatus::WaitingReview, &input, at).await?;
+                            request_review(&mut tx, &run, step, &reviewed, at).await?;
+                            StepWork::Done
+                        }
+                    };
+                    tx.commit().await?;
+                    Ok(work)
+                }
+
+                async fn finish_step(&self, run_id: Uuid, lease: &Lease, step_index: i32, outcome: StepOutcome) -> ServiceResult<()> {
+                    let at = now();
+                    let mut tx = self.begin().await?;
+                    let Some(run) = lock_run(&mut tx, run_id).await? else { return Ok(()) };
+                    // Cancelled while Langflow worked, or taken over: the result is not ours to
+                    // record (a cancelled run's steps are SKIPPED already).
+                    if !run.holds(&lease.token) || run.status()? != RunStatus::Running {
+                        tracing::info!(run_id = %run_id, step_index, "step result ignored: the run is no longer this worker's");
+                        return Ok(());
+                    }
+                    let steps = steps(&mut tx, &run.id).await?;
+                    let Some(step) = usize::try_from(step_index).ok().and_then(|i| steps.get(i)) else {
+                        return Ok(());
+                    };
+                    if step.status != StepStatus::Running || run.current_step != step_index {
+                        return Ok(());
+                    }
+                    let rules = run.rules()?;
+                    match outcome {
+                        StepOutcome::Succeeded(text) if rules.approval_required => {
+                            request_review(&mut tx, &run, step, &text, at).await?;
+                        }
+                        StepOutcome::Succeeded(text) => {
+                            set_step(&mut tx, &run.id, step_index, StepStatus::Succeeded, Some(&text), "", Some(at)).await?;
+                            event(&mut tx, &run.id, "step_succeeded", &step.step_id, &text, at).await?;
+                            advance(&mut tx, &run.id, step_index + 1, &text, at).await?;
+                        }
+                        StepOutcome::Failed { error, retriable } => {
+                            match rules.after_failure(step.attempts).filter(|_| retriable) {
+                                Some(delay) => {
+                                    set_step(&mut tx, &run.id, step_index, StepStatus::Pending, None, &error, None).await?;
+                                    sqlx::query(
+                                        "UPDATE runs SET next_attempt_at = $1, updated_at = $2, lease_owner = NULL, \
+                                         lease_expires_at = NULL WHERE id = $3",
+                                    )
+                                    .bind(at + delay)
+                                    .bind(at)
+                                    .bind(&run.id)
+                                    .execute(&mut *tx)
+                                    .await?;
+                                    let detail = format!("retry in {} s: {error}", delay.as_secs());
+                                    event(&mut tx, &run.id, "step_retrying", &step.step_id, &detail, at).await?;
+                                }
+                                None => {
+                                    set_step(&mut tx, &run.id, step_index, StepStatus::Failed, None, &error, Some(at)).await?;
+                                    event(&mut tx, &run.id, "step_failed", &step.step_id, &error, at).await?;
+                                    let why = format!("step {} failed: {error}", step.step_id);
+                                    end_run(&mut tx, &run.id, RunStatus::Failed, &why, "run_failed", at).await?;
+                                }
+                            }
+                        }
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                async fn scheduled_agents(&self) -> ServiceResult<Vec<ScheduledAgent>> {
+                    use engarde::proto::workflow::v1 as workflow_pb;
+                    use prost::Message as _;
+                    let rows: Vec<(String, String, DateTime<Utc>, Vec<u8>, String)> = sqlx::query_as(
+                        "SELECT tenant_id, id, updated_at, source_workflow_config, langflow_workflow_id FROM agents \
+                         WHERE status = 'active' AND source_workflow_config IS NOT NULL",
+                    )
+                    .fetch_all(&self.pool)
+                    .await?;
+                    let mut agents = Vec::new();
+                    for (tenant_id, id, updated_at, config, flow) in rows {
+                        let (Ok(agent_id), Ok(config)) =
+                            (Uuid::parse_str(&id), workflow_pb::WorkflowConfig::decode(config.as_slice()))
+                        else {
+                            tracing::warn!(agent_id = id, "agent with a corrupt snapshot: its schedules are ignored");
+                            continue;
+                        };
+                        let scheduled = config
+                            .triggers
+                            .iter()
+                            .any(|t| t.r#type == workflow_pb::TriggerType::Scheduled as i32);
+                        if scheduled {
+                            agents.push(ScheduledAgent { tenant_id, agent_id, updated_at, config, has_flow: !flow.is_empty() });
+                        }
+                    }
+                    Ok(agents)
+                }
+
+                async fn fire_tick(&self, agent_id: Uuid, tick: DateTime<Utc>, run: NewRun) -> ServiceResult<TickOutcome> {
+                    let at = now();
+                    let mut tx = self.begin().await?;
+                    let sql = format!("SELECT COUNT(*) FROM runs WHERE agent_id = $1 AND status NOT IN {FINAL}");
+                    let (going,): (i64,) =
+                        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(agent_id.to_string()).fetch_one(&mut *tx).await?;
+                    let run_id = (going == 0).then_some(run.id);
+                    // The claim: the first process to insert (agent, tick) fires it.
+                    let claimed = sqlx::query(
+                        "INSERT INTO schedule_ticks (agent_id, tick_at, run_id, created_at) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (agent_id, tick_at) DO NOTHING",
+                    )
+                    .bind(agent_id.to_string())
+                    .bind(tick)
+                    .bind(run_id.map(|id| id.to_string()))
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if claimed == 0 {
+                        return Ok(TickOutcome::AlreadyClaimed);
+                    }
+                    let outcome = match run_id {
+                        Some(id) => {
+                            insert_run(&mut tx, &run, None, at).await?;
+                            TickOutcome::Started(id)
+                        }
+                        None => TickOutcome::SkippedOverlap,
+                    };
+                    tx.commit().await?;
+                    Ok(outcome)
+                }
+            }
+        }
+        pub use $module::$name;
+    };
+}
+
+run_repository!(
+    postgres,
+    PostgresRunRepository,
+    sqlx::Postgres,
+    begin = "BEGIN",
+    lock = " FOR UPDATE",
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+);
+run_repository!(sqlite, SqliteRunRepository, sqlx::Sqlite, begin = "BEGIN IMMEDIATE", lock = "", skip_locked = "");

@@ -1,0 +1,163 @@
+//! Walker agents: durable runs through a workflow snapshot's steps, human review, and cron
+//! triggers. The state of every run lives in the database ([`crate::storage::runs`]); the
+//! workers, the review janitor and the scheduler in each process only move it forward, so any
+//! number of processes (or none, for a while) can share the work.
+
+pub mod model;
+mod review;
+mod scheduler;
+pub mod watch;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use engarde::kit::db::DbPool;
+use engarde::kit::error::{ServiceError, ServiceResult};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::domain::{Agent, AgentStatus};
+use crate::langflow::LangflowClient;
+use crate::storage::runs::RunRepository;
+use crate::storage::{self, AgentRepository};
+use model::{NewRun, RunPlan, RunRequestKey, RunTrigger};
+
+/// The walker's settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WalkerSettings {
+    /// How many runs one process walks at once.
+    #[arg(long, env = "WALKER_WORKERS", default_value_t = 2)]
+    pub walker_workers: usize,
+    /// How long a worker's hold on a run lasts without renewal, in seconds: a run whose worker
+    /// died is picked up again after at most this long.
+    #[arg(long, env = "WALKER_LEASE_SECS", default_value_t = 30)]
+    pub walker_lease_secs: u64,
+    /// How often the scheduler looks for due ticks, in milliseconds.
+    #[arg(long, env = "SCHEDULER_INTERVAL_MS", default_value_t = 1000)]
+    pub scheduler_interval_ms: u64,
+}
+
+/// The walker of one process: starts runs and wakes its workers.
+#[derive(Clone)]
+pub struct Walker {
+    pub(crate) runs: Arc<dyn RunRepository>,
+    agents: Arc<dyn AgentRepository>,
+    langflow: Option<Arc<LangflowClient>>,
+    /// Wakes idle workers at once when there is work (a new run, an approval).
+    wake: Arc<Notify>,
+}
+
+impl Walker {
+    /// The walker over `db`, with its workers, review janitor and scheduler running.
+    pub fn start(
+        settings: &WalkerSettings,
+        db: &DbPool,
+        agents: Arc<dyn AgentRepository>,
+        langflow: Option<Arc<LangflowClient>>,
+    ) -> Self {
+        let walker = Self { runs: storage::run_repository(db), agents, langflow, wake: Arc::new(Notify::new()) };
+        let lease = Duration::from_secs(settings.walker_lease_secs.max(1));
+        for n in 0..settings.walker_workers.max(1) {
+            worker::spawn(walker.clone(), n, lease);
+        }
+        review::spawn_janitor(walker.runs.clone());
+        scheduler::spawn(walker.clone(), Duration::from_millis(settings.scheduler_interval_ms.max(10)));
+        tracing::info!(workers = settings.walker_workers.max(1), lease_secs = lease.as_secs(), "walker started");
+        walker
+    }
+
+    pub fn runs(&self) -> &dyn RunRepository {
+        self.runs.as_ref()
+    }
+
+    pub fn agents(&self) -> &dyn AgentRepository {
+        self.agents.as_ref()
+    }
+
+    /// Tells idle workers there is work.
+    pub fn wake(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// What a run of `agent` would walk, or FAILED_PRECONDITION saying why it cannot run.
+    pub fn plan_for(&self, agent: &Agent) -> ServiceResult<RunPlan> {
+        plan_for(
+            agent.status,
+            agent.snapshot.as_ref().map(|s| &s.config),
+            !agent.langflow_workflow_id.is_empty(),
+            self.langflow.is_some(),
+        )
+        .map_err(|why| ServiceError::FailedPrecondition(format!("agent {} cannot run: {why}", agent.id)))
+    }
+
+    /// Starts a run (StartRun): stored QUEUED, then left to the workers.
+    pub async fn start_run(
+        &self,
+        tenant: &str,
+        agent_id: Uuid,
+        input: String,
+        key: Option<RunRequestKey>,
+    ) -> ServiceResult<model::Run> {
+        let agent = self.agents.get(tenant, agent_id).await?;
+        let plan = self.plan_for(&agent)?;
+        let new = NewRun {
+            id: Uuid::now_v7(),
+            tenant_id: tenant.to_owned(),
+            agent_id,
+            trigger: RunTrigger::Manual,
+            input,
+            scheduled_for: None,
+            plan,
+        };
+        let run = self.runs.create(new, key.as_ref()).await?;
+        self.wake();
+        Ok(run)
+    }
+}
+
+/// Whether an agent in `status` with `config` can run, and its plan.
+fn plan_for(
+    status: AgentStatus,
+    config: Option<&engarde::proto::workflow::v1::WorkflowConfig>,
+    has_flow: bool,
+    langflow_configured: bool,
+) -> Result<RunPlan, String> {
+    if !matches!(status, AgentStatus::Deployed | AgentStatus::Active) {
+        return Err(format!("it is {}; deploy or activate it first", status.as_str()));
+    }
+    let config = config.ok_or("it has no workflow to walk (it was not made from a workflow)")?;
+    let plan = RunPlan::of(config)?;
+    if plan.has_llm_steps() {
+        if !langflow_configured {
+            return Err("its llm steps need Langflow, and none is configured (set LANGFLOW_URL)".into());
+        }
+        if !has_flow {
+            return Err("its llm steps need a flow, and it has none (link or regenerate one)".into());
+        }
+    }
+    Ok(plan)
+}
+
+/// The next `count` fire times of a workflow's scheduled triggers after `after`, merged and
+/// earliest first, each with its trigger's cron and time zone. Two triggers firing at the same
+/// time are one tick (one run), so one fire.
+pub fn scheduler_preview(
+    config: &engarde::proto::workflow::v1::WorkflowConfig,
+    after: chrono::DateTime<chrono::Utc>,
+    count: usize,
+) -> Vec<(chrono::DateTime<chrono::Utc>, String, String)> {
+    let mut fires: Vec<_> = scheduler::schedules(config)
+        .into_iter()
+        .flat_map(|(schedule, trigger)| {
+            schedule
+                .upcoming(after, count)
+                .into_iter()
+                .map(move |t| (t, trigger.cron.clone(), trigger.timezone.clone()))
+        })
+        .collect();
+    fires.sort_by_key(|fire| fire.0);
+    fires.dedup_by_key(|fire| fire.0);
+    fires.truncate(count);
+    fires
+}
