@@ -1,0 +1,176 @@
+//! `--only execute`: ExecuteAgent through an in-process fast fake Langflow, against calling that
+//! fake directly with the same concurrency. The difference is what the services themselves add
+//! (gRPC, auth, the agent and its execution record in the database, the report to
+//! workflow-service). Answers "skipped" while agent-service answers ExecuteAgent UNIMPLEMENTED.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use axum::Json;
+use axum::extract::Path;
+use axum::routing::{get, post};
+use engarde::proto::agent::v1 as apb;
+use engarde::proto::agent::v1::agent_service_client::AgentServiceClient;
+use engarde::proto::workflow::v1::workflow_service_client::WorkflowServiceClient;
+use serde_json::{Value, json};
+
+use super::load::{self, AsTenant};
+use super::procs::{AGENT_HEALTH, Service};
+use super::stats::Summary;
+use super::{Ctx, sample_workflow};
+
+/// Langflow's component catalog as the real server answers it (the flow builder reads it).
+const CATALOG: &str = include_str!("../../tests/e2e/fixtures/langflow_catalog.json");
+
+/// What the execute benchmark found.
+pub enum Outcome {
+    /// ExecuteAgent is not there yet: why.
+    Skipped(String),
+    Measured {
+        through_service: Summary,
+        direct: Summary,
+    },
+}
+
+/// A Langflow that answers at once: runs, flow creation and reads, the catalog, the version.
+fn fake_langflow() -> axum::Router {
+    async fn run(Path(_flow): Path<String>, Json(body): Json<Value>) -> Json<Value> {
+        let session = body.get("session_id").and_then(Value::as_str).filter(|s| !s.is_empty()).unwrap_or("bench");
+        Json(json!({
+            "session_id": session,
+            "outputs": [{"outputs": [{"results": {"message": {"text": "ok"}}}]}]
+        }))
+    }
+    async fn create_flow() -> Json<Value> {
+        Json(json!({ "id": uuid::Uuid::new_v4().to_string() }))
+    }
+    async fn read_flow(Path(id): Path<String>) -> Json<Value> {
+        Json(json!({ "id": id, "name": "bench", "data": {} }))
+    }
+    async fn delete_flow(Path(id): Path<String>) -> Json<Value> {
+        Json(json!({ "id": id }))
+    }
+    async fn catalog() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
+        ([(axum::http::header::CONTENT_TYPE, "application/json")], CATALOG)
+    }
+    async fn version() -> Json<Value> {
+        Json(json!({ "version": "1.13.0", "main_version": "1.13.0", "package": "Langflow" }))
+    }
+    axum::Router::new()
+        .route("/api/v1/run/{id}", post(run))
+        .route("/api/v1/flows/", post(create_flow))
+        .route("/api/v1/flows/{id}", get(read_flow).delete(delete_flow))
+        .route("/api/v1/all", get(catalog))
+        .route("/api/v1/version", get(version))
+}
+
+/// Starts the fake on its own runtime (like the bare server); answers its address.
+fn spawn_fake_langflow(workers: usize) -> anyhow::Result<SocketAddr> {
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the fake Langflow")?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .thread_name("fake-langflow")
+        .enable_all()
+        .build()
+        .context("the fake Langflow's runtime")?;
+    std::thread::Builder::new().name("fake-langflow".into()).spawn(move || {
+        runtime.block_on(async move {
+            let result = match tokio::net::TcpListener::from_std(std_listener) {
+                Ok(listener) => axum::serve(listener, fake_langflow()).await.map_err(anyhow::Error::from),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = result {
+                eprintln!("fake Langflow stopped: {e:#}");
+            }
+        });
+    })?;
+    Ok(addr)
+}
+
+/// Runs the execute benchmark against the running workflow-service at `workflow_addr`, with an
+/// agent-service of its own (schema `agent_exec` of `database_url`) pointed at the fake.
+pub async fn run(ctx: &Ctx, workflow_addr: SocketAddr, database_url: &str) -> anyhow::Result<Outcome> {
+    let fake = spawn_fake_langflow(ctx.workers)?;
+    let fake_url = format!("http://{fake}");
+    let env = [
+        ("DATABASE_URL", database_url.to_owned()),
+        ("DATABASE_SCHEMA", "agent_exec".to_owned()),
+        ("AUTH_MODE", "dev".to_owned()),
+        ("WORKFLOW_SERVICE_URL", format!("http://{workflow_addr}")),
+        ("LANGFLOW_URL", fake_url.clone()),
+    ];
+    let agent =
+        Service::start(&ctx.bin("agent-service"), &[], "agent-service", AGENT_HEALTH, &env, &ctx.log_dir).await?;
+    let result = measure(ctx, workflow_addr, &agent, &fake_url).await;
+    agent.stop().await;
+    result
+}
+
+async fn measure(ctx: &Ctx, workflow_addr: SocketAddr, agent: &Service, fake_url: &str) -> anyhow::Result<Outcome> {
+    let tenant = AsTenant::new(&format!("bench-exec-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))?;
+    let wf_channel = load::channels(workflow_addr, 1, load::CALL_TIMEOUT).await?.remove(0);
+    let mut workflows = WorkflowServiceClient::with_interceptor(wf_channel, tenant.clone());
+    let workflow = workflows
+        .create_workflow(sample_workflow("Bench execution"))
+        .await
+        .context("CreateWorkflow for the execute benchmark")?
+        .into_inner();
+    let agent_channels = load::channels(agent.addr, ctx.channels, load::CALL_TIMEOUT).await?;
+    let mut agents = AgentServiceClient::with_interceptor(agent_channels[0].clone(), tenant.clone());
+    let made = agents
+        .create_agent_from_workflow(apb::CreateAgentFromWorkflowRequest {
+            workflow_id: workflow.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .context("CreateAgentFromWorkflow (with the fake Langflow)")?
+        .into_inner();
+    agents
+        .deploy_agent(apb::DeployAgentRequest { id: made.id.clone(), ..Default::default() })
+        .await
+        .context("DeployAgent")?;
+    let request = apb::ExecuteAgentRequest { agent_id: made.id.clone(), input: "Say ok".into(), ..Default::default() };
+    match agents.execute_agent(request.clone()).await {
+        Ok(_) => {}
+        Err(s) if s.code() == tonic::Code::Unimplemented => {
+            return Ok(Outcome::Skipped(format!("ExecuteAgent not available ({})", s.message())));
+        }
+        Err(s) => bail!("the first ExecuteAgent failed: {s:?}"),
+    }
+
+    let clients: Arc<Vec<_>> = Arc::new(
+        agent_channels.iter().map(|c| AgentServiceClient::with_interceptor(c.clone(), tenant.clone())).collect(),
+    );
+    let through_service = load::closed_loop(ctx.load, move |task| {
+        let mut client = clients[task % clients.len()].clone();
+        let request = request.clone();
+        async move { client.execute_agent(request).await.map(drop) }
+    })
+    .await;
+
+    // The same runs, straight to the fake, with as many concurrent callers.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(ctx.load.concurrency)
+        .timeout(load::CALL_TIMEOUT)
+        .build()
+        .context("HTTP client")?;
+    let url = Arc::new(format!("{fake_url}/api/v1/run/{}", made.langflow_workflow_id));
+    let body = Arc::new(json!({
+        "input_value": "Say ok", "input_type": "chat", "output_type": "chat", "session_id": "", "tweaks": {}
+    }));
+    let direct = load::closed_loop(ctx.load, move |_| {
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        async move {
+            let response = http.post(url.as_str()).json(&*body).send().await.map_err(|e| format!("HTTP: {e}"))?;
+            if !response.status().is_success() {
+                return Err(format!("HTTP {}", response.status()));
+            }
+            response.bytes().await.map(drop).map_err(|e| format!("HTTP body: {e}"))
+        }
+    })
+    .await;
+    Ok(Outcome::Measured { through_service, direct })
+}

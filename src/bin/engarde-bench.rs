@@ -1,0 +1,761 @@
+//! engarde-bench: the load generator of BENCHMARKS.md (`scripts/bench`).
+//!
+//! It starts what it measures — the real `workflow-service` and `agent-service` binaries found
+//! next to itself (so a release bench measures release services), on loopback, on a fresh
+//! PostgreSQL database (or SQLite files for start-up) — and the baselines in its own process,
+//! then prints every figure next to its baseline from the same run, as a ratio. It exits non-zero
+//! when a call failed or a service did not start (such a run measures nothing), never because a
+//! target was missed.
+
+#[path = "../bench/mod.rs"]
+mod bench;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bench::load::{self, AsTenant, LoadSpec, RssSampler};
+use bench::procs::{self, AGENT_HEALTH, Database, Service, WORKFLOW_HEALTH};
+use bench::report::{Figure, Target, table};
+use bench::stats::{Samples, Summary, median, ms};
+use bench::{Ctx, bare, execute, sample_workflow};
+use clap::Parser;
+use engarde::proto::agent::v1 as apb;
+use engarde::proto::agent::v1::agent_service_client::AgentServiceClient;
+use engarde::proto::workflow::v1 as pb;
+use engarde::proto::workflow::v1::workflow_service_client::WorkflowServiceClient;
+use futures::future::BoxFuture;
+use futures::{FutureExt as _, StreamExt as _};
+use prost::Message as _;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+type WfClient = WorkflowServiceClient<InterceptedService<Channel, AsTenant>>;
+type AgClient = AgentServiceClient<InterceptedService<Channel, AsTenant>>;
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+enum Part {
+    /// GetWorkflow on PostgreSQL vs a bare tonic server; p99 at half the peak rate.
+    Get,
+    /// ListWorkflows (page_size 50) on PostgreSQL, likewise.
+    List,
+    /// CreateAgentFromWorkflow latency and ProvisionAgents over many workflows.
+    Provision,
+    /// Idle and under-load resident memory of each service.
+    Rss,
+    /// Time from spawn to SERVING on SQLite (median of 5).
+    Startup,
+    /// ExecuteAgent through a fast fake Langflow vs calling the fake directly.
+    Execute,
+}
+
+/// Load generator for the EnGarde services: every figure against a baseline from the same run.
+#[derive(Debug, Parser)]
+#[command(name = "engarde-bench", version)]
+struct Args {
+    /// Seconds each load runs (after a warm-up of a fifth of it, at most 2 s) [default: 15; --quick: 2]
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Concurrent streams of the closed-loop loads [default: 64; --quick: 8]
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// The CI smoke: 2 s loads, 8 streams, 100 workflows to provision.
+    #[arg(long)]
+    quick: bool,
+    /// Only these parts (comma-separated) [default: get,list,provision,rss,startup]
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<Part>,
+    /// Also measure ExecuteAgent through a fake Langflow (the same as adding `execute` to --only).
+    #[arg(long)]
+    execute: bool,
+    /// PostgreSQL database for the services (each in its own schema; left in place). Default: a
+    /// fresh database created on --admin-database-url and dropped afterwards.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Where the fresh database is created (with psql).
+    #[arg(long, env = "BENCH_ADMIN_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    admin_database_url: String,
+    /// Workflows to provision agents for [default: 1000; --quick: 100]
+    #[arg(long)]
+    workflows: Option<usize>,
+    /// Where workflow-service and agent-service are [default: this binary's directory]
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// HTTP/2 connections the streams share.
+    #[arg(long, default_value_t = 4)]
+    channels: usize,
+    /// Internal: serve the bare baseline server as a process of its own.
+    #[arg(long, hide = true)]
+    serve_bare: bool,
+}
+
+/// Everything a run found.
+#[derive(Default)]
+struct Report {
+    figures: Vec<Figure>,
+    /// Why the run is invalid (failed calls); empty for a valid run.
+    failures: Vec<String>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    /// Records `summary`'s failed calls (a benchmark whose calls fail measures nothing).
+    fn check(&mut self, what: &str, summary: &Summary) {
+        if summary.failed() > 0 {
+            self.failures.push(format!("{what}: {} failed calls ({})", summary.failed(), summary.errors_text()));
+        }
+        if summary.ok == 0 {
+            self.failures.push(format!("{what}: no call succeeded"));
+        }
+    }
+
+    fn push(&mut self, figure: Figure) {
+        println!("  {}", figure.machine_line());
+        self.figures.push(figure);
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("engarde-bench: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.serve_bare {
+        return match runtime.block_on(bare::serve_as_process()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("engarde-bench --serve-bare: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            result = run(&args) => result,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    // The in-process servers' threads run until the process ends.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match outcome {
+        Ok(report) => {
+            println!("\n{}", table(&report.figures));
+            for note in &report.notes {
+                println!("note: {note}");
+            }
+            println!();
+            for figure in &report.figures {
+                println!("{}", figure.machine_line());
+            }
+            if report.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("\nINVALID RUN: calls failed, so these figures measure nothing:");
+                for failure in &report.failures {
+                    eprintln!("  {failure}");
+                }
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("engarde-bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: &Args) -> anyhow::Result<Report> {
+    let mut parts: BTreeSet<Part> = args.only.iter().copied().collect();
+    if parts.is_empty() {
+        parts = [Part::Get, Part::List, Part::Provision, Part::Rss, Part::Startup].into();
+    }
+    if args.execute {
+        parts.insert(Part::Execute);
+    }
+    let duration = Duration::from_secs(args.duration.unwrap_or(if args.quick { 2 } else { 15 }).max(1));
+    let concurrency = args.concurrency.unwrap_or(if args.quick { 8 } else { 64 }).max(1);
+    let workflows = args.workflows.unwrap_or(if args.quick { 100 } else { 1000 }).max(1);
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()
+            .context("locating this binary")?
+            .parent()
+            .context("this binary has no directory")?
+            .to_path_buf(),
+    };
+    let log_dir = std::env::temp_dir().join(format!("engarde-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+    let _cleanup = RemoveDir(log_dir.clone());
+    let ctx = Ctx {
+        bin_dir,
+        log_dir,
+        load: LoadSpec { concurrency, warmup: (duration / 5).min(Duration::from_secs(2)), duration },
+        channels: args.channels.max(1),
+        workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+
+    println!("engarde-bench: {}", conditions());
+    println!(
+        "services from {} ({} build); bench {} build; parts: {:?}",
+        ctx.bin_dir.display(),
+        if ctx.bin_dir.ends_with("release") { "release" } else { "debug?" },
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+        parts
+    );
+    println!(
+        "load: {concurrency} streams over {} HTTP/2 connections, {} s measured after {:.1} s of warm-up\n",
+        ctx.channels,
+        duration.as_secs(),
+        ctx.load.warmup.as_secs_f64()
+    );
+
+    let mut report = Report::default();
+    let on_postgres = [Part::Get, Part::List, Part::Provision, Part::Rss, Part::Execute];
+    if parts.iter().any(|p| on_postgres.contains(p)) {
+        let db = match &args.database_url {
+            Some(url) => Database::given(url),
+            None => Database::create(&args.admin_database_url)?,
+        };
+        let result = on_postgres_parts(&ctx, &parts, &db.url, workflows, &mut report).await;
+        drop(db);
+        result?;
+    }
+    if parts.contains(&Part::Startup) {
+        startup(&ctx, &mut report).await?;
+    }
+    report.notes.push(format!("after the run: {}", conditions()));
+    Ok(report)
+}
+
+/// Removes the run's log directory at the end.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The machine, as the figures must be read: cores, CPU, memory, load, busy compilers.
+fn conditions() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or("?".into(), |kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0));
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let compilers = std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+                .filter(|comm| matches!(comm.trim(), "rustc" | "cc1" | "cc1plus" | "ld" | "cargo" | "clippy-driver"))
+                .count()
+        })
+        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores ({cpu}), {mem} memory, load average {load}, {compilers} compiler processes running")
+}
+
+/// Everything measured on PostgreSQL, with one workflow-service and one agent-service.
+async fn on_postgres_parts(
+    ctx: &Ctx,
+    parts: &BTreeSet<Part>,
+    database_url: &str,
+    workflows: usize,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let wf_env = [
+        ("DATABASE_URL", database_url.to_owned()),
+        ("DATABASE_SCHEMA", "workflow".to_owned()),
+        ("AUTH_MODE", "dev".to_owned()),
+    ];
+    let mut wf =
+        Service::start(&ctx.bin("workflow-service"), &[], "workflow-service", WORKFLOW_HEALTH, &wf_env, &ctx.log_dir)
+            .await?;
+    // No LANGFLOW_URL: creating flows is Langflow's cost, not ours.
+    let ag_env = [
+        ("DATABASE_URL", database_url.to_owned()),
+        ("DATABASE_SCHEMA", "agent".to_owned()),
+        ("AUTH_MODE", "dev".to_owned()),
+        ("WORKFLOW_SERVICE_URL", format!("http://{}", wf.addr)),
+    ];
+    let mut ag =
+        Service::start(&ctx.bin("agent-service"), &[], "agent-service", AGENT_HEALTH, &ag_env, &ctx.log_dir).await?;
+    println!(
+        "workflow-service on {} (pid {}), agent-service on {} (pid {}), PostgreSQL",
+        wf.addr, wf.pid, ag.addr, ag.pid
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = (wf.rss_kb(), ag.rss_kb());
+
+    let mut wf_load_rss = None;
+    if parts.contains(&Part::Get) || parts.contains(&Part::List) {
+        wf_load_rss = reads(ctx, parts, &mut wf, report).await?;
+    }
+    let mut ag_load_rss = None;
+    if parts.contains(&Part::Provision) {
+        ag_load_rss = provision(ctx, &wf, &mut ag, workflows, report).await?;
+    }
+    if parts.contains(&Part::Rss) {
+        rss(ctx, idle, (wf_load_rss, ag_load_rss), report).await?;
+    }
+    if parts.contains(&Part::Execute) {
+        println!("\n== ExecuteAgent through a fast fake Langflow");
+        match execute::run(ctx, wf.addr, database_url).await? {
+            execute::Outcome::Skipped(why) => {
+                println!("  skipped: {why}");
+                report.notes.push(format!("execute: skipped: {why}"));
+            }
+            execute::Outcome::Measured { through_service, direct } => {
+                report.check("ExecuteAgent", &through_service);
+                report.check("fake Langflow called directly", &direct);
+                print_summary("ExecuteAgent", &through_service);
+                print_summary("fake Langflow, direct", &direct);
+                let added_p50 = ms(through_service.p50.saturating_sub(direct.p50));
+                let added_p99 = ms(through_service.p99.saturating_sub(direct.p99));
+                report.push(
+                    Figure::new("execute_added_p50", added_p50, "ms")
+                        .baseline(ms(direct.p50), "fake Langflow direct p50")
+                        .target(Target::Below(1.0))
+                        .note(format!("ExecuteAgent p50 {:.2} ms minus direct p50", ms(through_service.p50))),
+                );
+                report.push(
+                    Figure::new("execute_added_p99", added_p99, "ms")
+                        .baseline(ms(direct.p99), "fake Langflow direct p99")
+                        .note(format!("ExecuteAgent p99 {:.2} ms minus direct p99", ms(through_service.p99))),
+                );
+                report.push(
+                    Figure::new("execute_rps", through_service.rps(), "req/s")
+                        .baseline(direct.rps(), "fake Langflow direct")
+                        .note(format!("{} streams", ctx.load.concurrency)),
+                );
+            }
+        }
+    }
+    wf.check_alive()?;
+    ag.check_alive()?;
+    wf.stop().await;
+    ag.stop().await;
+    Ok(())
+}
+
+fn short_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
+
+async fn wf_clients(addr: SocketAddr, n: usize, tenant: &AsTenant, timeout: Duration) -> anyhow::Result<Vec<WfClient>> {
+    Ok(load::channels(addr, n, timeout)
+        .await?
+        .into_iter()
+        .map(|c| WorkflowServiceClient::with_interceptor(c, tenant.clone()))
+        .collect())
+}
+
+/// Creates `n` workflows named `{prefix} NNNN` with `concurrency` calls at a time; answers their
+/// ids and the time it took.
+async fn create_workflows(
+    clients: &[WfClient],
+    prefix: &str,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Vec<String>, Duration)> {
+    let started = Instant::now();
+    let results: Vec<Result<String, tonic::Status>> = futures::stream::iter(0..n)
+        .map(|i| {
+            let mut client = clients[i % clients.len()].clone();
+            async move {
+                client.create_workflow(sample_workflow(&format!("{prefix} {i:04}"))).await.map(|r| r.into_inner().id)
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+    let mut ids = Vec::with_capacity(n);
+    for result in results {
+        ids.push(result.map_err(|s| anyhow::anyhow!("CreateWorkflow failed while preparing the data: {s:?}"))?);
+    }
+    Ok((ids, elapsed))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadRpc {
+    Get,
+    List,
+}
+
+/// One read call on a client chosen by the task's index.
+fn read_call(
+    clients: Vec<WfClient>,
+    rpc: ReadRpc,
+    id: String,
+) -> impl Fn(usize) -> BoxFuture<'static, Result<(), tonic::Status>> + Send + Sync + 'static {
+    let clients = Arc::new(clients);
+    move |task| {
+        let mut client = clients[task % clients.len()].clone();
+        let id = id.clone();
+        async move {
+            match rpc {
+                ReadRpc::Get => client.get_workflow(pb::GetWorkflowRequest { id }).await.map(drop),
+                ReadRpc::List => client
+                    .list_workflows(pb::ListWorkflowsRequest { page_size: 50, ..Default::default() })
+                    .await
+                    .map(drop),
+            }
+        }
+        .boxed()
+    }
+}
+
+fn print_summary(what: &str, s: &Summary) {
+    println!(
+        "  {what:<44} {:>9.0} req/s  p50 {:>7.3} ms  p90 {:>7.3} ms  p99 {:>7.3} ms  max {:>8.3} ms  failed {}",
+        s.rps(),
+        ms(s.p50),
+        ms(s.p90),
+        ms(s.p99),
+        ms(s.max),
+        s.errors_text()
+    );
+}
+
+/// GetWorkflow and ListWorkflows: the real service and the bare one under the same closed loop,
+/// then both at half the real peak in an open loop. Answers workflow-service's largest RSS under
+/// load, in kB.
+async fn reads(
+    ctx: &Ctx,
+    parts: &BTreeSet<Part>,
+    wf: &mut Service,
+    report: &mut Report,
+) -> anyhow::Result<Option<u64>> {
+    let tenant = AsTenant::new(&format!("bench-reads-{}", short_id()))?;
+    let real = wf_clients(wf.addr, ctx.channels, &tenant, load::CALL_TIMEOUT).await?;
+    // 60 workflows of the tenant's own plus the 11 templates: ListWorkflows answers a full page.
+    let (ids, _) = create_workflows(&real, "Weekly social posts", 60, 16).await?;
+    let id = ids[ids.len() / 2].clone();
+    let mut probe = real[0].clone();
+    let workflow = probe
+        .get_workflow(pb::GetWorkflowRequest { id: id.clone() })
+        .await
+        .context("GetWorkflow (fetching the answer the bare server will give)")?
+        .into_inner();
+    let page = probe
+        .list_workflows(pb::ListWorkflowsRequest { page_size: 50, ..Default::default() })
+        .await
+        .context("ListWorkflows (fetching the answer the bare server will give)")?
+        .into_inner();
+    println!(
+        "\n== Reads on PostgreSQL: GetWorkflow answers {} bytes, ListWorkflows(page_size 50) {} workflows in {} bytes",
+        workflow.encoded_len(),
+        page.workflows.len(),
+        page.encoded_len()
+    );
+    let bare_addr = bare::spawn_in_process(bare::BareWorkflows::new(workflow, page), ctx.workers)?;
+    let bare = wf_clients(bare_addr, ctx.channels, &tenant, load::CALL_TIMEOUT).await?;
+
+    let mut peak_rss: Option<u64> = None;
+    for (rpc, part, name) in [(ReadRpc::Get, Part::Get, "get"), (ReadRpc::List, Part::List, "list")] {
+        if !parts.contains(&part) {
+            continue;
+        }
+        let label = if rpc == ReadRpc::Get { "GetWorkflow" } else { "ListWorkflows(50)" };
+        let sampler = RssSampler::start(wf.pid);
+        let real_peak = load::closed_loop(ctx.load, read_call(real.clone(), rpc, id.clone())).await;
+        if let Some(kb) = sampler.finish().await {
+            peak_rss = Some(peak_rss.map_or(kb, |p| p.max(kb)));
+        }
+        wf.check_alive()?;
+        let bare_peak = load::closed_loop(ctx.load, read_call(bare.clone(), rpc, id.clone())).await;
+        let half = real_peak.rps() / 2.0;
+        let real_half = load::open_loop(half, ctx.load, read_call(real.clone(), rpc, id.clone())).await;
+        let bare_half = load::open_loop(half, ctx.load, read_call(bare.clone(), rpc, id.clone())).await;
+        wf.check_alive()?;
+
+        print_summary(&format!("{label} workflow-service, closed loop"), &real_peak);
+        print_summary(&format!("{label} bare tonic, closed loop"), &bare_peak);
+        print_summary(&format!("{label} workflow-service, open loop {half:.0}/s"), &real_half);
+        print_summary(&format!("{label} bare tonic, open loop {half:.0}/s"), &bare_half);
+        for (what, s) in [
+            ("service", &real_peak),
+            ("bare", &bare_peak),
+            ("service at half", &real_half),
+            ("bare at half", &bare_half),
+        ] {
+            report.check(&format!("{label} {what}"), s);
+        }
+        let streams = format!("{} streams", ctx.load.concurrency);
+        report.push(
+            Figure::new(&format!("{name}_rps"), real_peak.rps(), "req/s")
+                .baseline(bare_peak.rps(), "bare tonic")
+                .target(Target::RatioAtLeast(0.5))
+                .note(streams.clone()),
+        );
+        report.push(
+            Figure::new(&format!("{name}_p50"), ms(real_peak.p50), "ms")
+                .baseline(ms(bare_peak.p50), "bare tonic")
+                .note(streams.clone()),
+        );
+        report.push(
+            Figure::new(&format!("{name}_p99"), ms(real_peak.p99), "ms")
+                .baseline(ms(bare_peak.p99), "bare tonic")
+                .note(streams),
+        );
+        report.push(
+            Figure::new(&format!("{name}_p99_half_peak"), ms(real_half.p99), "ms")
+                .baseline(ms(bare_half.p99), "bare tonic, same rate")
+                .target(Target::Below(5.0))
+                .note(format!("open loop at {half:.0} req/s, from the intended send time")),
+        );
+    }
+    Ok(peak_rss)
+}
+
+/// CreateAgentFromWorkflow latency and one ProvisionAgents over `n` workflows of a fresh tenant.
+/// Answers agent-service's largest RSS meanwhile, in kB.
+async fn provision(
+    ctx: &Ctx,
+    wf: &Service,
+    ag: &mut Service,
+    n: usize,
+    report: &mut Report,
+) -> anyhow::Result<Option<u64>> {
+    println!("\n== Agents (agent-service without LANGFLOW_URL: creating flows is Langflow's cost, not ours)");
+    let long = Duration::from_secs(120);
+    let sampler = RssSampler::start(ag.pid);
+
+    // CreateAgentFromWorkflow, one call at a time, each on a workflow of its own; the baseline is
+    // the GetWorkflow that agent-service makes for it, alone.
+    let calls = if ctx.load.duration <= Duration::from_secs(2) { 20 } else { 200 };
+    let tenant = AsTenant::new(&format!("bench-agents-{}", short_id()))?;
+    let wfs = wf_clients(wf.addr, ctx.channels, &tenant, load::CALL_TIMEOUT).await?;
+    let (ids, _) = create_workflows(&wfs, "Agent source", calls, ctx.load.concurrency).await?;
+    let ag_channel = load::channels(ag.addr, 1, load::CALL_TIMEOUT).await?.remove(0);
+    let mut agents: AgClient = AgentServiceClient::with_interceptor(ag_channel, tenant.clone());
+    let mut reader = wfs[0].clone();
+    let (mut made, mut read) = (Samples::default(), Samples::default());
+    for id in &ids {
+        let started = Instant::now();
+        match agents
+            .create_agent_from_workflow(apb::CreateAgentFromWorkflowRequest {
+                workflow_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(_) => made.record(started.elapsed()),
+            Err(s) => made.error(load::failure_name(&s)),
+        }
+        let started = Instant::now();
+        match reader.get_workflow(pb::GetWorkflowRequest { id: id.clone() }).await {
+            Ok(_) => read.record(started.elapsed()),
+            Err(s) => read.error(load::failure_name(&s)),
+        }
+    }
+    let (made, read) = (made.summarize(Duration::ZERO), read.summarize(Duration::ZERO));
+    report.check("CreateAgentFromWorkflow", &made);
+    report.check("GetWorkflow (CreateAgentFromWorkflow baseline)", &read);
+    println!(
+        "  CreateAgentFromWorkflow, {calls} calls one at a time: p50 {:.3} ms, p99 {:.3} ms (GetWorkflow alone: p50 {:.3} ms)",
+        ms(made.p50),
+        ms(made.p99),
+        ms(read.p50)
+    );
+    report.push(
+        Figure::new("create_agent_p50", ms(made.p50), "ms")
+            .baseline(ms(read.p50), "its GetWorkflow alone")
+            .note(format!("{calls} sequential calls; p99 {:.2} ms", ms(made.p99))),
+    );
+
+    // ProvisionAgents over n workflows of a fresh tenant.
+    let tenant = AsTenant::new(&format!("bench-provision-{}", short_id()))?;
+    let wfs = wf_clients(wf.addr, ctx.channels, &tenant, long).await?;
+    let (_, creating) = create_workflows(&wfs, "Provisioned workflow", n, ctx.load.concurrency).await?;
+    println!(
+        "  created {n} workflows in {:.2} s ({} concurrent CreateWorkflow, {:.0}/s)",
+        creating.as_secs_f64(),
+        ctx.load.concurrency,
+        n as f64 / creating.as_secs_f64()
+    );
+    let ag_channel = load::channels(ag.addr, 1, long).await?.remove(0);
+    let mut agents: AgClient = AgentServiceClient::with_interceptor(ag_channel, tenant.clone());
+    let started = Instant::now();
+    let answer = agents
+        .provision_agents(apb::ProvisionAgentsRequest {
+            filter: Some(apb::ProvisionFilter { include_templates: Some(false), ..Default::default() }),
+            ..Default::default()
+        })
+        .await;
+    let took = started.elapsed();
+    ag.check_alive()?;
+    let answer = match answer {
+        Ok(a) => a.into_inner(),
+        Err(s) => {
+            report.failures.push(format!("ProvisionAgents failed after {:.2} s: {s:?}", took.as_secs_f64()));
+            return Ok(sampler.finish().await);
+        }
+    };
+    if answer.created.len() != n {
+        report.failures.push(format!(
+            "ProvisionAgents made {} agents for {n} workflows ({} skipped)",
+            answer.created.len(),
+            answer.skipped.len()
+        ));
+    }
+    // Baseline: reading the same workflows from workflow-service, as provisioning must.
+    let mut lister = wfs[0].clone();
+    let started = Instant::now();
+    let (mut token, mut listed) = (String::new(), 0usize);
+    loop {
+        let page = lister
+            .list_workflows(pb::ListWorkflowsRequest {
+                is_template: Some(false),
+                page_size: 200,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .context("ListWorkflows (the provisioning baseline)")?
+            .into_inner();
+        listed += page.workflows.len();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let listing = started.elapsed();
+    if listed != n {
+        bail!("the provisioning tenant lists {listed} workflows, not {n}");
+    }
+    println!(
+        "  ProvisionAgents(include_templates=false) over {n} workflows: {:.3} s, {} agents ({:.0}/s); listing them alone: {:.3} s",
+        took.as_secs_f64(),
+        answer.created.len(),
+        answer.created.len() as f64 / took.as_secs_f64(),
+        listing.as_secs_f64()
+    );
+    let target = if n == 1000 { Some(Target::AtMost(2.0)) } else { None };
+    let mut figure = Figure::new(&format!("provision_{n}"), took.as_secs_f64(), "s")
+        .baseline(listing.as_secs_f64(), "ListWorkflows of the same, 200 a page")
+        .note("one ProvisionAgents call, no Langflow");
+    if let Some(t) = target {
+        figure = figure.target(t);
+    }
+    report.push(figure);
+    report.push(
+        Figure::new("provision_agents_per_s", answer.created.len() as f64 / took.as_secs_f64(), "agents/s").note(
+            format!(
+                "CreateWorkflow of the same {n}: {:.0}/s with {} streams",
+                n as f64 / creating.as_secs_f64(),
+                ctx.load.concurrency
+            ),
+        ),
+    );
+    Ok(sampler.finish().await)
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+/// Idle and under-load resident memory, against a bare tonic server process's idle memory.
+async fn rss(
+    ctx: &Ctx,
+    idle: (Option<u64>, Option<u64>),
+    under_load: (Option<u64>, Option<u64>),
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    println!("\n== Resident memory (VmRSS)");
+    let me = std::env::current_exe().context("locating this binary")?;
+    let bare = Service::start(&me, &["--serve-bare"], "bare", WORKFLOW_HEALTH, &[], &ctx.log_dir).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bare_kb = bare.rss_kb().context("reading the bare server's VmRSS")?;
+    bare.stop().await;
+    for (name, idle, load, load_what) in [
+        ("workflow_service", idle.0, under_load.0, "largest during the GetWorkflow/ListWorkflows loads"),
+        ("agent_service", idle.1, under_load.1, "largest during CreateAgentFromWorkflow/ProvisionAgents"),
+    ] {
+        let idle = idle.context("reading a service's VmRSS")?;
+        report.push(
+            Figure::new(&format!("rss_idle_{name}"), mb(idle), "MB")
+                .baseline(mb(bare_kb), "bare tonic process, idle")
+                .target(Target::AtMost(20.0))
+                .note("0.5 s after SERVING, on PostgreSQL"),
+        );
+        if let Some(load) = load {
+            report.push(
+                Figure::new(&format!("rss_load_{name}"), mb(load), "MB")
+                    .baseline(mb(idle), "itself idle")
+                    .note(load_what),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Spawn to SERVING on SQLite (a fresh file each time: migrations and the template library
+/// included), median of 5, against the bare tonic server process.
+async fn startup(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    const RUNS: usize = 5;
+    println!("\n== Start-up on SQLite: spawn to health SERVING (polled every 5 ms), median of {RUNS}");
+    let me = std::env::current_exe().context("locating this binary")?;
+    let mut bare_times = Vec::new();
+    for _ in 0..RUNS {
+        bare_times.push(procs::time_to_serving(&me, &["--serve-bare"], WORKFLOW_HEALTH, &[], &ctx.log_dir).await?.0);
+    }
+    let bare = median(bare_times.clone());
+    println!(
+        "  bare tonic process: {:?} ms",
+        bare_times.iter().map(|d| (ms(*d) * 10.0).round() / 10.0).collect::<Vec<_>>()
+    );
+    for (name, bin, health) in
+        [("workflow_service", "workflow-service", WORKFLOW_HEALTH), ("agent_service", "agent-service", AGENT_HEALTH)]
+    {
+        let mut times = Vec::new();
+        let mut rss = Vec::new();
+        for i in 0..RUNS {
+            let file = ctx.log_dir.join(format!("{bin}-{i}-{}.db", short_id()));
+            let env = [
+                ("DATABASE_URL", format!("sqlite://{}", file.display())),
+                ("AUTH_MODE", "dev".to_owned()),
+                // Connected lazily: agent-service does not call it to start.
+                ("WORKFLOW_SERVICE_URL", "http://127.0.0.1:9".to_owned()),
+            ];
+            let (took, kb) = procs::time_to_serving(&ctx.bin(bin), &[], health, &env, &ctx.log_dir).await?;
+            times.push(took);
+            rss.extend(kb);
+        }
+        println!("  {bin}: {:?} ms", times.iter().map(|d| (ms(*d) * 10.0).round() / 10.0).collect::<Vec<_>>());
+        let rss_note = rss.iter().max().map_or(String::new(), |kb| format!("; VmRSS at SERVING {:.1} MB", mb(*kb)));
+        report.push(
+            Figure::new(&format!("startup_{name}"), ms(median(times)), "ms")
+                .baseline(ms(bare), "bare tonic process")
+                .target(Target::AtMost(300.0))
+                .note(format!("SQLite, fresh file (migrations, seeding){rss_note}")),
+        );
+    }
+    Ok(())
+}
