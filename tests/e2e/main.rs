@@ -2,6 +2,7 @@
 //! PostgreSQL databases and SQLite files, and call them over real sockets with the generated
 //! clients (and grpcurl), as a user would.
 
+mod chaos;
 mod faults;
 mod fuzz;
 mod helpers;
