@@ -1,0 +1,283 @@
+//! Walker runs against the fake Langflow, where faults and counts are under the test's control:
+//! cancel mid-run, kill -9 of agent-service mid-step, two processes sharing 50 runs, and bad
+//! input, idempotency and tenancy on every walker RPC.
+
+use std::time::Duration;
+
+use engarde::proto::agent::v1 as pb;
+use tonic::Code;
+
+use crate::both_backends;
+use crate::helpers::*;
+use crate::langflow_support::FakeLangflow;
+use crate::walker_support::*;
+
+fn three_llm_steps() -> Vec<engarde::proto::workflow::v1::Step> {
+    vec![llm("one", "One: {input}"), llm("two", "Two: {input}"), llm("three", "Three: {input}")]
+}
+
+both_backends!(
+    async fn a_cancelled_run_starts_no_further_step(backend) {
+        let fake = FakeLangflow::start().await;
+        let app = spawn_walker_app(backend, &fake.url(), &[]).await;
+        let mut agents = app.agents("tenant-cancel").await;
+        let agent = active_walker(&app, "tenant-cancel", config(three_llm_steps(), 0, vec![])).await;
+        let flow = agent.langflow_workflow_id.clone();
+        fake.set_delay(Duration::from_millis(1500));
+
+        let run = start_run(&mut agents, &agent.id, "cancel me").await;
+        eventually(Duration::from_secs(20), "the first step reaches Langflow", || async {
+            fake.runs_for(&flow, &step_session(&run.id, 0)) == 1
+        })
+        .await;
+        let cancel = pb::CancelRunRequest { id: run.id.clone(), reason: "changed my mind".into(), request_id: "c-1".into() };
+        let cancelled = agents.cancel_run(cancel.clone()).await.unwrap().into_inner();
+        assert_eq!(cancelled.status, pb::RunStatus::Cancelled as i32);
+        assert_eq!(cancelled.error, "changed my mind");
+        assert!(cancelled.steps.iter().all(|s| s.status == pb::StepStatus::Skipped as i32), "{cancelled:#?}");
+        // A retry of the same cancel answers the same; another cancel of an ended run is refused.
+        assert_eq!(agents.cancel_run(cancel).await.unwrap().into_inner(), cancelled);
+        expect_code(agents.cancel_run(pb::CancelRunRequest { id: run.id.clone(), ..Default::default() }).await, Code::FailedPrecondition);
+
+        // The step in Langflow finishes; its result is ignored and nothing follows it.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(fake.runs_for(&flow, &step_session(&run.id, 1)), 0, "no step started after the cancel");
+        assert_eq!(fake.runs_for(&flow, &step_session(&run.id, 2)), 0);
+        let after = get_run(&mut agents, &run.id).await;
+        assert_eq!(after.status, pb::RunStatus::Cancelled as i32);
+        assert!(after.steps.iter().all(|s| s.status == pb::StepStatus::Skipped as i32 && s.output.is_empty()));
+        let events = watch_all(&mut agents, &run.id, 1).await;
+        assert_eq!(events.last().map(|e| e.kind.as_str()), Some("run_cancelled"));
+    }
+);
+
+both_backends!(
+    async fn a_run_survives_kill_9_and_no_succeeded_step_runs_again(backend) {
+        let fake = FakeLangflow::start().await;
+        let lease = [("WALKER_LEASE_SECS", "2".to_string())];
+        let mut app = spawn_walker_app(backend, &fake.url(), &lease).await;
+        let mut agents = app.agents("tenant-kill").await;
+        let agent = active_walker(&app, "tenant-kill", config(three_llm_steps(), 2, vec![])).await;
+        let flow = agent.langflow_workflow_id.clone();
+        fake.set_delay(Duration::from_millis(1500));
+
+        let run = start_run(&mut agents, &agent.id, "survive").await;
+        eventually(Duration::from_secs(30), "the second step reaches Langflow", || async {
+            fake.runs_for(&flow, &step_session(&run.id, 1)) == 1
+        })
+        .await;
+        app.agent.kill().await;
+        let before = fake.runs_for(&flow, &step_session(&run.id, 0));
+        assert_eq!(before, 1);
+
+        app.agent = spawn_agent_service(&app.agent_db, &app.workflow.url(), &walker_env(&fake.url(), &lease)).await;
+        let mut agents = app.agents("tenant-kill").await;
+        let done = wait_run(&mut agents, &run.id, Duration::from_secs(60), status_is(pb::RunStatus::Succeeded)).await;
+        assert_eq!(fake.runs_for(&flow, &step_session(&run.id, 0)), 1, "a succeeded step never runs again");
+        assert_eq!(fake.runs_for(&flow, &step_session(&run.id, 1)), 2, "the interrupted step ran again");
+        assert_eq!(fake.runs_for(&flow, &step_session(&run.id, 2)), 1);
+        assert_eq!(done.steps.iter().map(|s| s.attempts).collect::<Vec<_>>(), [1, 2, 1]);
+        assert!(done.output.contains("Three:") && done.output.contains("Two:") && done.output.contains("survive"), "{}", done.output);
+        let events = watch_all(&mut agents, &run.id, 1).await;
+        assert_eq!(events.iter().map(|e| e.sequence).collect::<Vec<_>>(), (1..=events.len() as i64).collect::<Vec<_>>());
+        assert!(events.iter().any(|e| e.kind == "step_retrying" && e.step_id == "two"));
+    }
+);
+
+/// PostgreSQL only: SQLite is one process's database by design (one writer, no SKIP LOCKED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_fifty_runs_without_running_a_step_twice() {
+    let fake = FakeLangflow::start().await;
+    let mut app = spawn_walker_app(Backend::Postgres, &fake.url(), &[]).await;
+    let agent =
+        active_walker(&app, "tenant-pair", config(vec![llm("a", "A: {input}"), llm("b", "B: {input}")], 0, vec![]))
+            .await;
+    let flow = agent.langflow_workflow_id.clone();
+    fake.set_delay(Duration::from_millis(30));
+    let second = spawn_agent_service(&app.agent_db, &app.workflow.url(), &walker_env(&fake.url(), &[])).await;
+    let mut first_client = app.agents("tenant-pair").await;
+    let mut second_client = AgentServiceClientExt::client(&second, "tenant-pair").await;
+
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let client = if i % 2 == 0 { &mut first_client } else { &mut second_client };
+        ids.push(start_run(client, &agent.id, &format!("run {i}")).await.id);
+    }
+    for id in &ids {
+        let run = wait_run(&mut first_client, id, Duration::from_secs(120), |r| {
+            pb::RunStatus::try_from(r.status)
+                .is_ok_and(|s| !matches!(s, pb::RunStatus::Queued | pb::RunStatus::Running))
+        })
+        .await;
+        assert_eq!(run.status, pb::RunStatus::Succeeded as i32, "{run:#?}");
+    }
+    for id in &ids {
+        for step in 0..2 {
+            assert_eq!(fake.runs_for(&flow, &step_session(id, step)), 1, "run {id} step {step} ran once");
+        }
+    }
+    assert_eq!(fake.runs(), 100);
+    app.agent.kill().await;
+}
+
+/// A client of another agent-service process of the same app.
+struct AgentServiceClientExt;
+
+impl AgentServiceClientExt {
+    async fn client(service: &ServiceProcess, tenant: &str) -> AgentClient {
+        engarde::proto::agent::v1::agent_service_client::AgentServiceClient::with_interceptor(
+            service.channel().await,
+            as_tenant(tenant),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walker_calls_check_their_input_their_tenant_and_their_retries() {
+    let fake = FakeLangflow::start().await;
+    let app = spawn_walker_app(Backend::Sqlite, &fake.url(), &[]).await;
+    let mut agents = app.agents("tenant-edge").await;
+    let mut stranger = app.agents("tenant-stranger").await;
+    let agent =
+        active_walker(&app, "tenant-edge", config(vec![llm("a", "A: {input}"), output("out")], 0, vec![])).await;
+
+    // StartRun: bad fields, each named.
+    let status = expect_code(
+        agents
+            .start_run(pb::StartRunRequest { agent_id: "nope".into(), input: String::new(), request_id: String::new() })
+            .await,
+        Code::InvalidArgument,
+    );
+    let fields: Vec<String> = field_violations(&status).into_iter().map(|(f, _)| f).collect();
+    assert_eq!(fields, ["agent_id", "input"]);
+    let long = "x".repeat(32_001);
+    let status = expect_code(
+        agents
+            .start_run(pb::StartRunRequest { agent_id: agent.id.clone(), input: long, request_id: String::new() })
+            .await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(field_violations(&status)[0].0, "input");
+    expect_code(
+        stranger
+            .start_run(pb::StartRunRequest {
+                agent_id: agent.id.clone(),
+                input: "hi".into(),
+                request_id: String::new(),
+            })
+            .await,
+        Code::NotFound,
+    );
+    // A draft agent cannot run, and says why.
+    let draft = agents
+        .create_agent_from_workflow(pb::CreateAgentFromWorkflowRequest {
+            workflow_id: agent.workflow_snapshot.as_ref().unwrap().workflow_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let status = expect_code(
+        agents
+            .start_run(pb::StartRunRequest {
+                agent_id: draft.id.clone(),
+                input: "hi".into(),
+                request_id: String::new(),
+            })
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(status.message().contains("draft"), "{}", status.message());
+
+    // Idempotent start: a retry answers the same run; the id with another request is refused.
+    let request =
+        pb::StartRunRequest { agent_id: agent.id.clone(), input: "hello".into(), request_id: "start-1".into() };
+    let run = agents.start_run(request.clone()).await.unwrap().into_inner();
+    let again = agents.start_run(request.clone()).await.unwrap().into_inner();
+    assert_eq!(again.id, run.id);
+    expect_code(agents.start_run(pb::StartRunRequest { input: "other".into(), ..request }).await, Code::AlreadyExists);
+    let done = wait_run(&mut agents, &run.id, Duration::from_secs(30), status_is(pb::RunStatus::Succeeded)).await;
+    assert_eq!(done.output, done.steps[0].output, "the output step records what reached it");
+    assert_eq!(done.trigger, pb::RunTrigger::Manual as i32);
+
+    // Reads: another tenant's run is not found; listings are the tenant's own.
+    expect_code(stranger.get_run(pb::GetRunRequest { id: run.id.clone() }).await, Code::NotFound);
+    expect_code(agents.get_run(pb::GetRunRequest { id: "x".into() }).await, Code::InvalidArgument);
+    expect_code(
+        stranger.cancel_run(pb::CancelRunRequest { id: run.id.clone(), ..Default::default() }).await,
+        Code::NotFound,
+    );
+    expect_code(stranger.watch_run(pb::WatchRunRequest { id: run.id.clone(), from_sequence: 1 }).await, Code::NotFound);
+    expect_code(
+        agents.watch_run(pb::WatchRunRequest { id: run.id.clone(), from_sequence: -1 }).await,
+        Code::InvalidArgument,
+    );
+    let theirs = stranger.list_runs(pb::ListRunsRequest::default()).await.unwrap().into_inner();
+    assert!(theirs.runs.is_empty());
+    let ours = agents
+        .list_runs(pb::ListRunsRequest {
+            agent_id: agent.id.clone(),
+            status: pb::RunStatus::Succeeded as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ours.runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [run.id.as_str()]);
+    expect_code(
+        agents.list_runs(pb::ListRunsRequest { status: 99, ..Default::default() }).await,
+        Code::InvalidArgument,
+    );
+    expect_code(
+        agents.list_runs(pb::ListRunsRequest { agent_id: "x".into(), ..Default::default() }).await,
+        Code::InvalidArgument,
+    );
+    expect_code(
+        agents.list_pending_reviews(pb::ListPendingReviewsRequest { page_size: -1, ..Default::default() }).await,
+        Code::InvalidArgument,
+    );
+
+    // Pages of runs, newest first, without overlap.
+    for i in 0..3 {
+        start_run(&mut agents, &agent.id, &format!("page {i}")).await;
+    }
+    let first =
+        agents.list_runs(pb::ListRunsRequest { page_size: 2, ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!(first.runs.len(), 2);
+    let second = agents
+        .list_runs(pb::ListRunsRequest {
+            page_size: 2,
+            page_token: first.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.runs.len(), 2);
+    assert!(
+        first.runs[1].create_time.as_ref().map(|t| (t.seconds, t.nanos))
+            >= second.runs[0].create_time.as_ref().map(|t| (t.seconds, t.nanos))
+    );
+    assert!(second.runs.iter().all(|r| first.runs.iter().all(|f| f.id != r.id)));
+
+    // Review calls with bad ids, and reviews that are not the caller's.
+    let reject = pb::RejectStepRequest {
+        run_id: run.id.clone(),
+        step_id: "a".into(),
+        review_id: "not-a-uuid".into(),
+        ..Default::default()
+    };
+    let status = expect_code(agents.reject_step(reject.clone()).await, Code::InvalidArgument);
+    assert_eq!(field_violations(&status)[0].0, "review_id");
+    expect_code(
+        agents.reject_step(pb::RejectStepRequest { review_id: uuid::Uuid::new_v4().to_string(), ..reject }).await,
+        Code::NotFound,
+    );
+
+    // PreviewSchedule: count bounds; an agent without scheduled triggers has no fires.
+    let preview = |agent_id: &str, count: i32| pb::PreviewScheduleRequest { agent_id: agent_id.into(), count };
+    expect_code(agents.preview_schedule(preview(&agent.id, 101)).await, Code::InvalidArgument);
+    expect_code(agents.preview_schedule(preview(&agent.id, -1)).await, Code::InvalidArgument);
+    expect_code(stranger.preview_schedule(preview(&agent.id, 5)).await, Code::NotFound);
+    assert!(agents.preview_schedule(preview(&agent.id, 5)).await.unwrap().into_inner().fires.is_empty());
+}
