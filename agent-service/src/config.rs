@@ -45,6 +45,13 @@ pub struct Config {
     pub report_interval_ms: u64,
     #[command(flatten)]
     pub walker: crate::walker::WalkerSettings,
+    /// How often orphan Langflow flows (made for agents that were never stored) are looked for,
+    /// in seconds; 0 turns it off.
+    #[arg(long, env = "LANGFLOW_RECONCILE_INTERVAL_SECS", default_value_t = 300)]
+    pub langflow_reconcile_interval_secs: u64,
+    /// How old an orphan flow must be before it is deleted, in seconds.
+    #[arg(long, env = "LANGFLOW_ORPHAN_GRACE_SECS", default_value_t = 600)]
+    pub langflow_orphan_grace_secs: u64,
     #[command(flatten)]
     pub common: CommonConfig,
 }

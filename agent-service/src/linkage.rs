@@ -67,7 +67,7 @@ impl FlowLinker {
             (flow::from_export(export)?, FlowOrigin::Uploaded)
         };
         let flow_name = format!("{name} [agent {agent_id}]");
-        let description = format!("EnGarde agent {agent_id} of tenant {tenant}; managed by agent-service");
+        let description = managed_description(agent_id, tenant);
         let flow_id = client.create_flow(&flow_name, &description, &data).await?;
         tracing::info!(%agent_id, flow_id, origin = origin.as_str(), "Langflow flow created");
         Ok(FlowLink { flow_id, origin })
@@ -144,10 +144,37 @@ impl FlowLinker {
     }
 }
 
+/// The description of a flow agent-service made: it names the agent, so that an orphan (a flow
+/// whose agent was never stored, after a crash at the wrong moment) can be recognised.
+pub fn managed_description(agent_id: uuid::Uuid, tenant: &str) -> String {
+    format!("{MANAGED_PREFIX}{agent_id} of tenant {tenant}; managed by agent-service")
+}
+
+const MANAGED_PREFIX: &str = "EnGarde agent ";
+
+/// The agent a flow was made for, if agent-service made it.
+pub fn managed_agent(description: &str) -> Option<uuid::Uuid> {
+    let rest = description.strip_prefix(MANAGED_PREFIX)?;
+    uuid::Uuid::parse_str(rest.split(' ').next()?).ok()
+}
+
 /// Refuses a flow id that cannot be a Langflow flow id.
 pub fn check_flow_id(flow_id: &str) -> ServiceResult<()> {
     let ok = !flow_id.is_empty()
         && flow_id.len() <= 128
         && flow_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok { Ok(()) } else { Err(ServiceError::invalid("flow_id", "must be 1-128 letters, digits, '-' or '_'")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn managed_flows_name_their_agent() {
+        let id = uuid::Uuid::now_v7();
+        assert_eq!(managed_agent(&managed_description(id, "t1")), Some(id));
+        assert_eq!(managed_agent("A flow somebody made"), None);
+        assert_eq!(managed_agent("EnGarde agent not-a-uuid of tenant x"), None);
+    }
 }

@@ -11,6 +11,7 @@ use tonic::service::Routes;
 use crate::config::Config;
 use crate::execution::reporter::Reporter;
 use crate::execution::{Executor, janitor};
+use crate::flow_reconciler::FlowReconciler;
 use crate::grpc::AgentApi;
 use crate::langflow::LangflowClient;
 use crate::linkage::FlowLinker;
@@ -52,6 +53,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     let langflow = connect_langflow(&config).await?;
     let linker = FlowLinker { langflow: langflow.clone() };
+    if let Some(client) = &langflow
+        && config.langflow_reconcile_interval_secs > 0
+    {
+        let reconciler = FlowReconciler {
+            langflow: client.clone(),
+            agents: repo.clone(),
+            grace: Duration::from_secs(config.langflow_orphan_grace_secs),
+        };
+        reconciler.spawn(Duration::from_secs(config.langflow_reconcile_interval_secs));
+    }
     let executor = start_execution(&config, &db, repo.clone(), langflow.clone(), workflows.clone());
     let walker = Walker::start(&config.walker, &db, repo.clone(), langflow.clone());
     let provisioner = Provisioner::new(repo.clone(), workflows, linker.clone());

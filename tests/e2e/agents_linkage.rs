@@ -319,3 +319,60 @@ async fn without_langflow_agents_work_but_flows_are_refused() {
         assert!(status.message().contains("LANGFLOW_URL"), "{}", status.message());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_flows_of_agents_never_stored_are_reconciled_away() {
+    let fake = FakeLangflow::start().await;
+    let workflow_db = TestDb::new(Backend::Sqlite).await;
+    let agent_db = TestDb::new(Backend::Sqlite).await;
+    let workflow = spawn_workflow_service(&workflow_db, &[]).await;
+    let agent = spawn_agent_service(
+        &agent_db,
+        &workflow.url(),
+        &[
+            ("LANGFLOW_URL", fake.url()),
+            ("LANGFLOW_RECONCILE_INTERVAL_SECS", "1".into()),
+            ("LANGFLOW_ORPHAN_GRACE_SECS", "0".into()),
+        ],
+    )
+    .await;
+    let app = TestApp { workflow, agent, workflow_db, agent_db };
+    let mut workflows = app.workflows("tenant-orphans").await;
+    let mut agents = app.agents("tenant-orphans").await;
+    let template = workflows
+        .list_workflows(wpb::ListWorkflowsRequest { page_size: 1, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .workflows
+        .remove(0);
+    let kept = agents
+        .create_agent_from_workflow(pb::CreateAgentFromWorkflowRequest {
+            workflow_id: template.id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // What a crash between "flow made" and "agent stored" leaves behind, and somebody else's flow.
+    let langflow = RealLangflow::new(fake.url());
+    let mut orphan = prompt_flow(&langflow.catalog().await, "orphan", "{input}", &[]);
+    orphan["description"] = serde_json::json!(format!(
+        "EnGarde agent {} of tenant tenant-orphans; managed by agent-service",
+        uuid::Uuid::now_v7()
+    ));
+    let orphan_id = langflow.create_flow(&orphan).await;
+    let mut foreign = prompt_flow(&langflow.catalog().await, "foreign", "{input}", &[]);
+    foreign["description"] = serde_json::json!("A flow a person made in the Langflow UI");
+    let foreign_id = langflow.create_flow(&foreign).await;
+
+    eventually(std::time::Duration::from_secs(10), "the orphan flow is deleted", || {
+        let exists = fake.flows().contains(&orphan_id);
+        async move { !exists }
+    })
+    .await;
+    let flows = fake.flows();
+    assert!(flows.contains(&kept.langflow_workflow_id), "a stored agent's flow stays");
+    assert!(flows.contains(&foreign_id), "flows agent-service did not make are never touched");
+}

@@ -47,6 +47,15 @@ pub struct RunOutput {
     pub session_id: String,
 }
 
+/// A flow as Langflow lists it, without its graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowHeader {
+    pub id: String,
+    pub description: String,
+    /// When it last changed, if Langflow says.
+    pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// One event of a streamed run, as Langflow sends it (newline-delimited JSON).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamEvent {
@@ -168,6 +177,31 @@ impl LangflowClient {
             StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => Ok(false),
             _ => Self::json("read flow", response).await.map(|_| true),
         }
+    }
+
+    /// Every flow, without its graph (`GET /api/v1/flows/?header_flows=true`).
+    pub async fn list_flows(&self) -> Result<Vec<FlowHeader>, LangflowError> {
+        let timeout = self.settings.call_timeout * 4;
+        let response = self
+            .send("list flows", true, || self.request(Method::GET, "/api/v1/flows/?header_flows=true", timeout))
+            .await?;
+        let flows = Self::json("list flows", response).await?;
+        let flows = flows.as_array().ok_or_else(|| {
+            LangflowError::BadResponse(format!("list flows: not a list: {}", excerpt(&flows.to_string())))
+        })?;
+        Ok(flows
+            .iter()
+            .filter_map(|f| {
+                Some(FlowHeader {
+                    id: f["id"].as_str()?.to_owned(),
+                    description: f["description"].as_str().unwrap_or("").to_owned(),
+                    updated_at: f["updated_at"]
+                        .as_str()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                        .map(|t| t.with_timezone(&chrono::Utc)),
+                })
+            })
+            .collect())
     }
 
     /// Deletes a flow; a flow that is already gone is not an error.

@@ -58,6 +58,9 @@ pub trait AgentRepository: Send + Sync {
     /// One agent of the tenant.
     async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Agent>;
 
+    /// Whether any tenant has an agent with this id (for housekeeping, never for answers).
+    async fn agent_exists(&self, id: Uuid) -> ServiceResult<bool>;
+
     /// One page of the tenant's agents, ordered by (created_at, id).
     async fn list(&self, tenant: &str, filter: &AgentFilter, page: &PageRequest) -> ServiceResult<Vec<Agent>>;
 

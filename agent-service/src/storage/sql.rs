@@ -156,6 +156,14 @@ macro_rules! sql_repository {
                     row.ok_or_else(|| not_found(id))?.try_into()
                 }
 
+                async fn agent_exists(&self, id: Uuid) -> ServiceResult<bool> {
+                    let found: Option<(String,)> = sqlx::query_as("SELECT id FROM agents WHERE id = $1")
+                        .bind(id.to_string())
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    Ok(found.is_some())
+                }
+
                 async fn list(&self, tenant: &str, filter: &AgentFilter, page: &PageRequest) -> ServiceResult<Vec<Agent>> {
                     // One static statement: an empty filter parameter matches everything.
                     let sql = format!(
