@@ -94,6 +94,7 @@ fn start_execution(
         wake,
         interval: config.report_interval(),
         lease: Reporter::lease_for(config.workflow_call_timeout()),
+        minter: config.common.authenticator().ok().and_then(|a| a.minter()),
     }
     .spawn();
     executor

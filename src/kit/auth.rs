@@ -53,8 +53,9 @@ impl std::fmt::Display for Tenant {
 /// How callers are authenticated.
 #[derive(Clone)]
 pub enum Authenticator {
-    /// Bearer JWTs verified with this key.
-    Jwt { key: Arc<DecodingKey>, validation: Arc<Validation> },
+    /// Bearer JWTs verified with this key. With a shared (HS256) secret the service can also
+    /// sign tokens of its own, for work it does later on a tenant's behalf.
+    Jwt { key: Arc<DecodingKey>, validation: Arc<Validation>, minter: Option<TokenMinter> },
     /// No authentication: the `x-tenant-id` header, or this default tenant.
     Development { default_tenant: Tenant },
 }
@@ -64,10 +65,52 @@ struct Claims {
     tenant_id: String,
 }
 
+/// Signs short-lived tokens for a tenant, with the service's HS256 secret: for calls a service
+/// makes later on a tenant's behalf, when the caller's own token may have expired (e.g. the
+/// outbox of execution reports).
+#[derive(Clone)]
+pub struct TokenMinter {
+    key: Arc<jsonwebtoken::EncodingKey>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl TokenMinter {
+    /// An `authorization` header value for `tenant`, valid for `ttl`.
+    pub fn bearer(&self, tenant: &Tenant, ttl: std::time::Duration) -> Option<String> {
+        #[derive(serde::Serialize)]
+        struct Minted<'a> {
+            tenant_id: &'a str,
+            exp: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            iss: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            aud: Option<&'a str>,
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
+        let claims = Minted {
+            tenant_id: tenant.as_str(),
+            exp: (now + ttl).as_secs(),
+            iss: self.issuer.as_deref(),
+            aud: self.audience.as_deref(),
+        };
+        let token = jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &self.key).ok()?;
+        Some(format!("Bearer {token}"))
+    }
+}
+
 impl Authenticator {
     /// JWTs signed with an HS256 shared secret.
     pub fn hs256(secret: &[u8], issuer: Option<&str>, audience: Option<&str>) -> Self {
-        Self::jwt(DecodingKey::from_secret(secret), Algorithm::HS256, issuer, audience)
+        let minter = TokenMinter {
+            key: Arc::new(jsonwebtoken::EncodingKey::from_secret(secret)),
+            issuer: issuer.map(str::to_owned),
+            audience: audience.map(str::to_owned),
+        };
+        match Self::jwt(DecodingKey::from_secret(secret), Algorithm::HS256, issuer, audience) {
+            Self::Jwt { key, validation, .. } => Self::Jwt { key, validation, minter: Some(minter) },
+            other => other,
+        }
     }
 
     /// JWTs signed with RS256, verified with a PEM public key.
@@ -87,7 +130,15 @@ impl Authenticator {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
         }
-        Self::Jwt { key: Arc::new(key), validation: Arc::new(validation) }
+        Self::Jwt { key: Arc::new(key), validation: Arc::new(validation), minter: None }
+    }
+
+    /// What signs tokens for a tenant: only with an HS256 secret (an RS256 public key cannot).
+    pub fn minter(&self) -> Option<TokenMinter> {
+        match self {
+            Self::Jwt { minter, .. } => minter.clone(),
+            Self::Development { .. } => None,
+        }
     }
 
     pub fn development(default_tenant: Tenant) -> Self {
@@ -104,7 +155,7 @@ impl Authenticator {
                     Tenant::parse(id).map_err(|e| Status::unauthenticated(format!("x-tenant-id: {e}")))
                 }
             },
-            Self::Jwt { key, validation } => {
+            Self::Jwt { key, validation, .. } => {
                 let header = headers.get(http::header::AUTHORIZATION).ok_or_else(|| {
                     Status::unauthenticated("missing credentials: send `authorization: Bearer <jwt>`")
                 })?;
@@ -179,5 +230,21 @@ where
             }
         }
         Box::pin(self.inner.call(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minted_token_authenticates_its_tenant() {
+        let auth = Authenticator::hs256(b"a-secret-of-enough-length-0123456789", Some("iss"), None);
+        let tenant = Tenant::parse("tenant-7").unwrap();
+        let bearer = auth.minter().unwrap().bearer(&tenant, std::time::Duration::from_secs(60)).unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, bearer.parse().unwrap());
+        assert_eq!(auth.authenticate(&headers).unwrap(), tenant);
+        assert!(Authenticator::development(tenant).minter().is_none());
     }
 }

@@ -35,6 +35,10 @@ pub struct Reporter {
     pub interval: Duration,
     /// How long a claim hides reports from other claimers: longer than a delivery can take.
     pub lease: Duration,
+    /// Signs a fresh token for the report's tenant (HS256 deployments), so that a report queued
+    /// with a token that has since expired is still delivered. Without one, the caller's stored
+    /// token is used.
+    pub minter: Option<engarde::kit::auth::TokenMinter>,
 }
 
 impl Reporter {
@@ -72,7 +76,8 @@ impl Reporter {
     async fn deliver(&self, report: Report) {
         let outcome = match Tenant::parse(&report.tenant_id) {
             Ok(tenant) => {
-                let credentials = Credentials::restore(tenant, &report.credentials);
+                let minted = self.minter.as_ref().and_then(|m| m.bearer(&tenant, Duration::from_secs(300)));
+                let credentials = Credentials::restore(tenant, minted.as_deref().unwrap_or(&report.credentials));
                 self.workflows
                     .record_execution(&credentials, report.workflow_id, report.execution_id, report.succeeded)
                     .await
