@@ -863,10 +863,12 @@ macro_rules! run_repository {
                     match step.status {
                         StepStatus::Pending => {}
                         StepStatus::Running => {
-                            // Its worker stopped mid-call (the process died): that attempt
-                            // counts, and the rules decide whether there is another.
+                            // Its worker stopped mid-call (a restart, a crash). That is not the
+                            // step's fault: it gets a few attempts beyond the rules' retries, so a
+                            // rolling deploy never fails a run, while a step that keeps killing its
+                            // worker still ends.
                             let error = "interrupted: the worker running it stopped";
-                            if rules.after_failure(step.attempts).is_none() {
+                            if step.attempts > rules.max_retries + crate::walker::INTERRUPTION_RETRIES {
                                 set_step(&mut tx, &run.id, index, StepStatus::Failed, None, error, Some(at)).await?;
                                 event(&mut tx, &run.id, "step_failed", &step.step_id, error, at).await?;
                                 end_run(&mut tx, &run.id, RunStatus::Failed, &format!("step {}: {error}", step.step_id), "run_failed", at).await?;
