@@ -22,6 +22,8 @@ pub struct Ctx {
     pub channels: usize,
     /// Worker threads of the in-process servers (the bare server, the fake Langflow).
     pub workers: usize,
+    /// CreateAgentFromWorkflow calls timed one at a time.
+    pub agent_calls: usize,
 }
 
 impl Ctx {

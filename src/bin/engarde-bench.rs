@@ -201,6 +201,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         load: LoadSpec { concurrency, warmup: (duration / 5).min(Duration::from_secs(2)), duration },
         channels: args.channels.max(1),
         workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        agent_calls: if args.quick { 20 } else { 200 },
     };
 
     println!("engarde-bench: {}", conditions());
@@ -549,7 +550,7 @@ async fn provision(
 
     // CreateAgentFromWorkflow, one call at a time, each on a workflow of its own; the baseline is
     // the GetWorkflow that agent-service makes for it, alone.
-    let calls = if ctx.load.duration <= Duration::from_secs(2) { 20 } else { 200 };
+    let calls = ctx.agent_calls;
     let tenant = AsTenant::new(&format!("bench-agents-{}", short_id()))?;
     let wfs = wf_clients(wf.addr, ctx.channels, &tenant, load::CALL_TIMEOUT).await?;
     let (ids, _) = create_workflows(&wfs, "Agent source", calls, ctx.load.concurrency).await?;
