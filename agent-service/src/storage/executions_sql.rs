@@ -207,22 +207,7 @@ macro_rules! sql_execution_repository {
 
             engarde::idempotency_sql!($db);
 
-            type Tx<'a> = sqlx::Transaction<'a, $db>;
-
-            #[derive(Clone)]
-            pub struct $name {
-                pool: sqlx::Pool<$db>,
-            }
-
-            impl $name {
-                pub fn new(pool: sqlx::Pool<$db>) -> Self {
-                    Self { pool }
-                }
-
-                async fn begin(&self) -> ServiceResult<Tx<'static>> {
-                    Ok(self.pool.begin_with($begin).await?)
-                }
-            }
+            engarde::sql_repository_base!($name, $db, $begin);
 
             fn execution_not_found(id: Uuid) -> ServiceError {
                 ServiceError::not_found(format!("execution {id}"))

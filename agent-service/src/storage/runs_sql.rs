@@ -233,26 +233,12 @@ macro_rules! run_repository {
 
             engarde::idempotency_sql!($db);
 
-            type Tx<'a> = sqlx::Transaction<'a, $db>;
             type Conn = <$db as sqlx::Database>::Connection;
 
             /// Run statuses that have ended, as an SQL list.
             const FINAL: &str = "('succeeded', 'failed', 'rejected', 'cancelled')";
 
-            #[derive(Clone)]
-            pub struct $name {
-                pool: sqlx::Pool<$db>,
-            }
-
-            impl $name {
-                pub fn new(pool: sqlx::Pool<$db>) -> Self {
-                    Self { pool }
-                }
-
-                async fn begin(&self) -> ServiceResult<Tx<'static>> {
-                    Ok(self.pool.begin_with($begin).await?)
-                }
-            }
+            engarde::sql_repository_base!($name, $db, $begin);
 
             fn not_found(id: Uuid) -> ServiceError {
                 ServiceError::not_found(format!("run {id}"))

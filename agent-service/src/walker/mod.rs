@@ -23,12 +23,11 @@ use crate::storage::runs::RunRepository;
 use crate::storage::{self, AgentRepository};
 use model::{NewRun, RunPlan, RunRequestKey, RunTrigger};
 
-/// The walker's settings.
-
 /// Extra attempts a step gets when its worker was interrupted mid-step (beyond the workflow's
 /// `max_retries`, which count the step's own failures).
 pub const INTERRUPTION_RETRIES: i32 = 3;
 
+/// The walker's settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WalkerSettings {
     /// How many runs one process walks at once.

@@ -21,22 +21,7 @@ macro_rules! sql_repository {
 
             engarde::idempotency_sql!($db);
 
-            type Tx<'a> = sqlx::Transaction<'a, $db>;
-
-            #[derive(Clone)]
-            pub struct $name {
-                pool: sqlx::Pool<$db>,
-            }
-
-            impl $name {
-                pub fn new(pool: sqlx::Pool<$db>) -> Self {
-                    Self { pool }
-                }
-
-                async fn begin(&self) -> ServiceResult<Tx<'static>> {
-                    Ok(self.pool.begin_with($begin).await?)
-                }
-            }
+            engarde::sql_repository_base!($name, $db, $begin);
 
             /// Now, to the microsecond: what PostgreSQL stores, so an answer equals a later read.
             fn now() -> chrono::DateTime<Utc> {
