@@ -86,6 +86,8 @@ async fn metrics_count_calls_by_method_and_code_and_traces_cross_services() {
     assert!(body.contains("db_pool_connections{state=\"idle\"}"), "{body}");
     let body = scrape(agent_metrics).await;
     assert!(body.contains("/engarde.agent.v1.AgentService/CreateAgentFromWorkflow\",code=\"Ok\""), "{body}");
+    assert!(body.contains("walker_reviews_pending"), "run and review gauges: {body}");
+    assert!(body.contains("walker_runs{status=\"succeeded\"}"), "{body}");
 
     // The trace id the caller sent is in agent-service's log line and in workflow-service's
     // line for the GetWorkflow agent-service made on its behalf.

@@ -53,6 +53,10 @@ pub enum StepOutcome {
 
 #[async_trait]
 pub trait RunRepository: Send + Sync {
+    /// How many runs there are in each status, and how many reviews are pending (all tenants:
+    /// for metrics).
+    async fn counts(&self) -> ServiceResult<(Vec<(String, i64)>, i64)>;
+
     /// Creates the run QUEUED with its steps PENDING and a `run_queued` event. With a key, a
     /// retry answers the run the key started; another request with it is ALREADY_EXISTS.
     async fn create(&self, run: NewRun, key: Option<&RunRequestKey>) -> ServiceResult<Run>;

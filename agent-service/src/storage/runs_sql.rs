@@ -590,6 +590,15 @@ macro_rules! run_repository {
 
             #[async_trait]
             impl RunRepository for $name {
+                async fn counts(&self) -> ServiceResult<(Vec<(String, i64)>, i64)> {
+                    let runs: Vec<(String, i64)> =
+                        sqlx::query_as("SELECT status, COUNT(*) FROM runs GROUP BY status").fetch_all(&self.pool).await?;
+                    let (pending,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM reviews WHERE status = 'pending'")
+                        .fetch_one(&self.pool)
+                        .await?;
+                    Ok((runs, pending))
+                }
+
                 async fn create(&self, run: NewRun, key: Option<&RunRequestKey>) -> ServiceResult<Run> {
                     let mut tx = self.begin().await?;
                     if let Some(key) = key

@@ -52,6 +52,28 @@ pub struct Walker {
     wake: Arc<Notify>,
 }
 
+/// Publishes `walker_runs{status}` and `walker_reviews_pending` every 15 s (counted in the
+/// database, so every replica reports the same totals).
+fn spawn_metrics(runs: Arc<dyn RunRepository>) {
+    tokio::spawn(async move {
+        loop {
+            match runs.counts().await {
+                Ok((by_status, pending)) => {
+                    for status in
+                        ["queued", "running", "waiting_review", "succeeded", "failed", "rejected", "cancelled"]
+                    {
+                        let n = by_status.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+                        metrics::gauge!("walker_runs", "status" => status).set(n as f64);
+                    }
+                    metrics::gauge!("walker_reviews_pending").set(pending as f64);
+                }
+                Err(e) => tracing::debug!(error = %e, "could not count runs for metrics"),
+            }
+            tokio::time::sleep(Duration::from_secs(15)).await;
+        }
+    });
+}
+
 impl Walker {
     /// The walker over `db`, with its workers, review janitor and scheduler running.
     pub fn start(
@@ -67,6 +89,7 @@ impl Walker {
         }
         review::spawn_janitor(walker.runs.clone());
         scheduler::spawn(walker.clone(), Duration::from_millis(settings.scheduler_interval_ms.max(10)));
+        spawn_metrics(walker.runs.clone());
         tracing::info!(workers = settings.walker_workers.max(1), lease_secs = lease.as_secs(), "walker started");
         walker
     }
