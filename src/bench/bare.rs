@@ -11,6 +11,9 @@ use engarde::proto::workflow::v1 as pb;
 use pb::workflow_service_server::{WorkflowService, WorkflowServiceServer};
 use tonic::{Request, Response, Status};
 
+/// The name of the in-process bare server's threads (its CPU time is told apart by it).
+pub const THREAD_NAME: &str = "bare-server";
+
 /// The answers the bare server gives.
 #[derive(Clone, Default)]
 pub struct BareWorkflows {
@@ -127,11 +130,11 @@ pub fn spawn_in_process(service: BareWorkflows, workers: usize) -> anyhow::Resul
     let addr = std_listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers.max(1))
-        .thread_name("bare-server")
+        .thread_name(THREAD_NAME)
         .enable_all()
         .build()
         .context("the bare server's runtime")?;
-    std::thread::Builder::new().name("bare-server".into()).spawn(move || {
+    std::thread::Builder::new().name(THREAD_NAME.into()).spawn(move || {
         runtime.block_on(async move {
             let result = match tokio::net::TcpListener::from_std(std_listener) {
                 Ok(listener) => serve(service, listener).await,

@@ -24,12 +24,17 @@ use super::{Ctx, sample_workflow};
 const CATALOG: &str = include_str!("../../tests/e2e/fixtures/langflow_catalog.json");
 
 /// What the execute benchmark found.
+#[allow(clippy::large_enum_variant)] // made once per run
 pub enum Outcome {
     /// ExecuteAgent is not there yet: why.
     Skipped(String),
     Measured {
+        /// With the configured concurrency.
         through_service: Summary,
         direct: Summary,
+        /// One call at a time: the services' own latency, without queueing.
+        through_service_alone: Summary,
+        direct_alone: Summary,
     },
 }
 
@@ -103,7 +108,8 @@ pub async fn run(ctx: &Ctx, workflow_addr: SocketAddr, database_url: &str) -> an
         ("LANGFLOW_URL", fake_url.clone()),
     ];
     let agent =
-        Service::start(&ctx.bin("agent-service"), &[], "agent-service", AGENT_HEALTH, &env, &ctx.log_dir).await?;
+        Service::start(&ctx.bin("agent-service"), &[], "agent-service", AGENT_HEALTH, &ctx.env(&env), &ctx.log_dir)
+            .await?;
     let result = measure(ctx, workflow_addr, &agent, &fake_url).await;
     agent.stop().await;
     result
@@ -144,12 +150,16 @@ async fn measure(ctx: &Ctx, workflow_addr: SocketAddr, agent: &Service, fake_url
     let clients: Arc<Vec<_>> = Arc::new(
         agent_channels.iter().map(|c| AgentServiceClient::with_interceptor(c.clone(), tenant.clone())).collect(),
     );
-    let through_service = load::closed_loop(ctx.load, move |task| {
-        let mut client = clients[task % clients.len()].clone();
+    let execute = {
         let request = request.clone();
-        async move { client.execute_agent(request).await.map(drop) }
-    })
-    .await;
+        move |task: usize| {
+            let mut client = clients[task % clients.len()].clone();
+            let request = request.clone();
+            async move { client.execute_agent(request).await.map(drop) }
+        }
+    };
+    let through_service = load::closed_loop(ctx.load, execute.clone()).await;
+    let through_service_alone = one_at_a_time(ctx.agent_calls, &execute).await;
 
     // The same runs, straight to the fake, with as many concurrent callers.
     let http = reqwest::Client::builder()
@@ -161,7 +171,7 @@ async fn measure(ctx: &Ctx, workflow_addr: SocketAddr, agent: &Service, fake_url
     let body = Arc::new(json!({
         "input_value": "Say ok", "input_type": "chat", "output_type": "chat", "session_id": "", "tweaks": {}
     }));
-    let direct = load::closed_loop(ctx.load, move |_| {
+    let run_directly = move |_: usize| {
         let (http, url, body) = (http.clone(), url.clone(), body.clone());
         async move {
             let response = http.post(url.as_str()).json(&*body).send().await.map_err(|e| format!("HTTP: {e}"))?;
@@ -170,7 +180,26 @@ async fn measure(ctx: &Ctx, workflow_addr: SocketAddr, agent: &Service, fake_url
             }
             response.bytes().await.map(drop).map_err(|e| format!("HTTP body: {e}"))
         }
-    })
-    .await;
-    Ok(Outcome::Measured { through_service, direct })
+    };
+    let direct = load::closed_loop(ctx.load, run_directly.clone()).await;
+    let direct_alone = one_at_a_time(ctx.agent_calls, &run_directly).await;
+    Ok(Outcome::Measured { through_service, direct, through_service_alone, direct_alone })
+}
+
+/// `n` calls, each sent when the previous one answered.
+async fn one_at_a_time<F, Fut, E>(n: usize, call: &F) -> Summary
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: load::FailureName,
+{
+    let mut samples = super::stats::Samples::default();
+    for _ in 0..n {
+        let started = std::time::Instant::now();
+        match call(0).await {
+            Ok(()) => samples.record(started.elapsed()),
+            Err(e) => samples.error(e.failure_name()),
+        }
+    }
+    samples.summarize(std::time::Duration::ZERO)
 }

@@ -22,13 +22,23 @@ pub struct Ctx {
     pub channels: usize,
     /// Worker threads of the in-process servers (the bare server, the fake Langflow).
     pub workers: usize,
-    /// CreateAgentFromWorkflow calls timed one at a time.
+    /// CreateAgentFromWorkflow (and single-stream ExecuteAgent) calls timed one at a time.
     pub agent_calls: usize,
+    /// Extra environment for every service started (`--service-env KEY=VALUE`).
+    pub service_env: Vec<(String, String)>,
 }
 
 impl Ctx {
     pub fn bin(&self, name: &str) -> PathBuf {
         self.bin_dir.join(name)
+    }
+
+    /// `base` plus the `--service-env` settings (which win).
+    pub fn env<'a>(&'a self, base: &[(&'a str, String)]) -> Vec<(&'a str, String)> {
+        let mut env: Vec<(&str, String)> =
+            base.iter().filter(|(k, _)| !self.service_env.iter().any(|(o, _)| o == k)).cloned().collect();
+        env.extend(self.service_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        env
     }
 }
 

@@ -235,6 +235,12 @@ pub struct Database {
 }
 
 impl Database {
+    /// The database's name (the last segment of its URL's path).
+    pub fn name(&self) -> String {
+        let path = self.url.split('?').next().unwrap_or_default();
+        path.rsplit('/').next().unwrap_or_default().to_owned()
+    }
+
     pub fn given(url: &str) -> Self {
         Self { url: url.to_owned(), created: None }
     }
@@ -268,4 +274,50 @@ fn psql(admin_url: &str, sql: &str) -> anyhow::Result<()> {
         bail!("psql {admin_url} -c {sql:?} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
     }
     Ok(())
+}
+
+/// Clock ticks per second of /proc's CPU times (USER_HZ: 100 on every Linux architecture that
+/// matters here).
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// User plus system CPU time a process (or thread, through /proc/PID/task/TID) has used.
+fn cpu_of_stat(path: &Path) -> Option<Duration> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name may hold spaces and parentheses: the fields start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5) are utime and stime; here (after pid and comm) 11 and 12.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_secs_f64(ticks as f64 / TICKS_PER_SEC))
+}
+
+/// CPU time used so far by process `pid`.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    cpu_of_stat(Path::new(&format!("/proc/{pid}/stat")))
+}
+
+/// CPU time used so far by the threads of this process named `name` (the in-process servers'
+/// runtimes name their threads).
+pub fn own_threads_cpu_time(name: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Duration::ZERO };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .filter_map(|t| cpu_of_stat(&t.path().join("stat")))
+        .sum()
+}
+
+/// CPU time used so far by the PostgreSQL backends serving `database` (found by their process
+/// title, "postgres: [CLUSTER: ]USER DATABASE HOST(PORT) STATE").
+pub fn postgres_backends_cpu_time(database: &str) -> Duration {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Duration::ZERO };
+    procs
+        .filter_map(Result::ok)
+        .filter(|p| {
+            std::fs::read(p.path().join("cmdline")).is_ok_and(|c| {
+                let title = String::from_utf8_lossy(&c);
+                title.starts_with("postgres: ") && title.split_whitespace().any(|word| word == database)
+            })
+        })
+        .filter_map(|p| cpu_of_stat(&p.path().join("stat")))
+        .sum()
 }

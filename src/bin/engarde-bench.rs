@@ -89,6 +89,10 @@ struct Args {
     /// HTTP/2 connections the streams share.
     #[arg(long, default_value_t = 4)]
     channels: usize,
+    /// Extra environment for every service started, e.g. `RUST_LOG=warn` or
+    /// `DB_MAX_CONNECTIONS=32` (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    service_env: Vec<String>,
     /// Internal: serve the bare baseline server as a process of its own.
     #[arg(long, hide = true)]
     serve_bare: bool,
@@ -202,6 +206,15 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         channels: args.channels.max(1),
         workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
         agent_calls: if args.quick { 20 } else { 200 },
+        service_env: args
+            .service_env
+            .iter()
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .with_context(|| format!("--service-env {kv:?}: expected KEY=VALUE"))
+            })
+            .collect::<anyhow::Result<_>>()?,
     };
 
     println!("engarde-bench: {}", conditions());
@@ -226,7 +239,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
             Some(url) => Database::given(url),
             None => Database::create(&args.admin_database_url)?,
         };
-        let result = on_postgres_parts(&ctx, &parts, &db.url, workflows, &mut report).await;
+        let result = on_postgres_parts(&ctx, &parts, &db, workflows, &mut report).await;
         drop(db);
         result?;
     }
@@ -285,18 +298,25 @@ fn conditions() -> String {
 async fn on_postgres_parts(
     ctx: &Ctx,
     parts: &BTreeSet<Part>,
-    database_url: &str,
+    db: &Database,
     workflows: usize,
     report: &mut Report,
 ) -> anyhow::Result<()> {
+    let database_url = db.url.as_str();
     let wf_env = [
         ("DATABASE_URL", database_url.to_owned()),
         ("DATABASE_SCHEMA", "workflow".to_owned()),
         ("AUTH_MODE", "dev".to_owned()),
     ];
-    let mut wf =
-        Service::start(&ctx.bin("workflow-service"), &[], "workflow-service", WORKFLOW_HEALTH, &wf_env, &ctx.log_dir)
-            .await?;
+    let mut wf = Service::start(
+        &ctx.bin("workflow-service"),
+        &[],
+        "workflow-service",
+        WORKFLOW_HEALTH,
+        &ctx.env(&wf_env),
+        &ctx.log_dir,
+    )
+    .await?;
     // No LANGFLOW_URL: creating flows is Langflow's cost, not ours.
     let ag_env = [
         ("DATABASE_URL", database_url.to_owned()),
@@ -305,7 +325,8 @@ async fn on_postgres_parts(
         ("WORKFLOW_SERVICE_URL", format!("http://{}", wf.addr)),
     ];
     let mut ag =
-        Service::start(&ctx.bin("agent-service"), &[], "agent-service", AGENT_HEALTH, &ag_env, &ctx.log_dir).await?;
+        Service::start(&ctx.bin("agent-service"), &[], "agent-service", AGENT_HEALTH, &ctx.env(&ag_env), &ctx.log_dir)
+            .await?;
     println!(
         "workflow-service on {} (pid {}), agent-service on {} (pid {}), PostgreSQL",
         wf.addr, wf.pid, ag.addr, ag.pid
@@ -315,7 +336,7 @@ async fn on_postgres_parts(
 
     let mut wf_load_rss = None;
     if parts.contains(&Part::Get) || parts.contains(&Part::List) {
-        wf_load_rss = reads(ctx, parts, &mut wf, report).await?;
+        wf_load_rss = reads(ctx, parts, &mut wf, &db.name(), report).await?;
     }
     let mut ag_load_rss = None;
     if parts.contains(&Part::Provision) {
@@ -331,28 +352,44 @@ async fn on_postgres_parts(
                 println!("  skipped: {why}");
                 report.notes.push(format!("execute: skipped: {why}"));
             }
-            execute::Outcome::Measured { through_service, direct } => {
+            execute::Outcome::Measured { through_service, direct, through_service_alone, direct_alone } => {
                 report.check("ExecuteAgent", &through_service);
                 report.check("fake Langflow called directly", &direct);
+                report.check("ExecuteAgent, one at a time", &through_service_alone);
+                report.check("fake Langflow called directly, one at a time", &direct_alone);
                 print_summary("ExecuteAgent", &through_service);
                 print_summary("fake Langflow, direct", &direct);
-                let added_p50 = ms(through_service.p50.saturating_sub(direct.p50));
-                let added_p99 = ms(through_service.p99.saturating_sub(direct.p99));
-                report.push(
-                    Figure::new("execute_added_p50", added_p50, "ms")
-                        .baseline(ms(direct.p50), "fake Langflow direct p50")
-                        .target(Target::Below(1.0))
-                        .note(format!("ExecuteAgent p50 {:.2} ms minus direct p50", ms(through_service.p50))),
+                println!(
+                    "  one call at a time ({} calls): ExecuteAgent p50 {:.3} ms p99 {:.3} ms; direct p50 {:.3} ms p99 {:.3} ms",
+                    ctx.agent_calls,
+                    ms(through_service_alone.p50),
+                    ms(through_service_alone.p99),
+                    ms(direct_alone.p50),
+                    ms(direct_alone.p99)
                 );
-                report.push(
-                    Figure::new("execute_added_p99", added_p99, "ms")
-                        .baseline(ms(direct.p99), "fake Langflow direct p99")
-                        .note(format!("ExecuteAgent p99 {:.2} ms minus direct p99", ms(through_service.p99))),
-                );
+                let streams = ctx.load.concurrency;
+                for (suffix, through, direct, what) in [
+                    ("", &through_service, &direct, format!("{streams} streams")),
+                    ("_alone", &through_service_alone, &direct_alone, "one call at a time".to_owned()),
+                ] {
+                    let added_p50 = ms(through.p50.saturating_sub(direct.p50));
+                    let added_p99 = ms(through.p99.saturating_sub(direct.p99));
+                    report.push(
+                        Figure::new(&format!("execute_added_p50{suffix}"), added_p50, "ms")
+                            .baseline(ms(direct.p50), "fake Langflow direct p50")
+                            .target(Target::Below(1.0))
+                            .note(format!("{what}: ExecuteAgent p50 {:.2} ms minus direct p50", ms(through.p50))),
+                    );
+                    report.push(
+                        Figure::new(&format!("execute_added_p99{suffix}"), added_p99, "ms")
+                            .baseline(ms(direct.p99), "fake Langflow direct p99")
+                            .note(format!("{what}: ExecuteAgent p99 {:.2} ms minus direct p99", ms(through.p99))),
+                    );
+                }
                 report.push(
                     Figure::new("execute_rps", through_service.rps(), "req/s")
                         .baseline(direct.rps(), "fake Langflow direct")
-                        .note(format!("{} streams", ctx.load.concurrency)),
+                        .note(format!("{streams} streams")),
                 );
             }
         }
@@ -432,6 +469,36 @@ fn read_call(
     }
 }
 
+/// CPU time used so far by the server under test, its database and the load generator.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    server: Duration,
+    database: Duration,
+    client: Duration,
+}
+
+/// Runs `call` in a closed loop while measuring the CPU time `cpu` reports over the measured
+/// window (after the warm-up): answers the load's summary and the CPU each part used in it.
+async fn with_cpu<F, Fut, E>(spec: LoadSpec, call: F, cpu: impl Fn() -> Cpu) -> (Summary, Cpu)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: load::FailureName,
+{
+    let window = async {
+        tokio::time::sleep(spec.warmup).await;
+        let before = cpu();
+        tokio::time::sleep(spec.duration).await;
+        let after = cpu();
+        Cpu {
+            server: after.server.saturating_sub(before.server),
+            database: after.database.saturating_sub(before.database),
+            client: after.client.saturating_sub(before.client),
+        }
+    };
+    tokio::join!(load::closed_loop(spec, call), window)
+}
+
 fn print_summary(what: &str, s: &Summary) {
     println!(
         "  {what:<44} {:>9.0} req/s  p50 {:>7.3} ms  p90 {:>7.3} ms  p99 {:>7.3} ms  max {:>8.3} ms  failed {}",
@@ -451,6 +518,7 @@ async fn reads(
     ctx: &Ctx,
     parts: &BTreeSet<Part>,
     wf: &mut Service,
+    db_name: &str,
     report: &mut Report,
 ) -> anyhow::Result<Option<u64>> {
     let tenant = AsTenant::new(&format!("bench-reads-{}", short_id()))?;
@@ -485,12 +553,23 @@ async fn reads(
         }
         let label = if rpc == ReadRpc::Get { "GetWorkflow" } else { "ListWorkflows(50)" };
         let sampler = RssSampler::start(wf.pid);
-        let real_peak = load::closed_loop(ctx.load, read_call(real.clone(), rpc, id.clone())).await;
+        let wf_pid = wf.pid;
+        let (real_peak, real_cpu) = with_cpu(ctx.load, read_call(real.clone(), rpc, id.clone()), || Cpu {
+            server: procs::cpu_time(wf_pid).unwrap_or_default(),
+            database: procs::postgres_backends_cpu_time(db_name),
+            client: procs::cpu_time(std::process::id()).unwrap_or_default(),
+        })
+        .await;
         if let Some(kb) = sampler.finish().await {
             peak_rss = Some(peak_rss.map_or(kb, |p| p.max(kb)));
         }
         wf.check_alive()?;
-        let bare_peak = load::closed_loop(ctx.load, read_call(bare.clone(), rpc, id.clone())).await;
+        let (bare_peak, bare_cpu) = with_cpu(ctx.load, read_call(bare.clone(), rpc, id.clone()), || {
+            let server = procs::own_threads_cpu_time(bare::THREAD_NAME);
+            let all = procs::cpu_time(std::process::id()).unwrap_or_default();
+            Cpu { server, database: Duration::ZERO, client: all.saturating_sub(server) }
+        })
+        .await;
         let half = real_peak.rps() / 2.0;
         let real_half = load::open_loop(half, ctx.load, read_call(real.clone(), rpc, id.clone())).await;
         let bare_half = load::open_loop(half, ctx.load, read_call(bare.clone(), rpc, id.clone())).await;
@@ -500,6 +579,17 @@ async fn reads(
         print_summary(&format!("{label} bare tonic, closed loop"), &bare_peak);
         print_summary(&format!("{label} workflow-service, open loop {half:.0}/s"), &real_half);
         print_summary(&format!("{label} bare tonic, open loop {half:.0}/s"), &bare_half);
+        let per_call = |d: Duration, s: &Summary| if s.ok == 0 { 0.0 } else { d.as_secs_f64() * 1e6 / s.ok as f64 };
+        let (svc_us, db_us, client_us) = (
+            per_call(real_cpu.server, &real_peak),
+            per_call(real_cpu.database, &real_peak),
+            per_call(real_cpu.client, &real_peak),
+        );
+        let (bare_us, bare_client_us) = (per_call(bare_cpu.server, &bare_peak), per_call(bare_cpu.client, &bare_peak));
+        println!(
+            "  CPU per call at peak: workflow-service {svc_us:.0} µs + its PostgreSQL backends {db_us:.0} µs \
+             (client {client_us:.0} µs); bare server {bare_us:.0} µs (client {bare_client_us:.0} µs)"
+        );
         for (what, s) in [
             ("service", &real_peak),
             ("bare", &bare_peak),
@@ -514,6 +604,13 @@ async fn reads(
                 .baseline(bare_peak.rps(), "bare tonic")
                 .target(Target::RatioAtLeast(0.5))
                 .note(streams.clone()),
+        );
+        report.push(
+            Figure::new(&format!("{name}_cpu_per_call"), svc_us + db_us, "us")
+                .baseline(bare_us, "bare tonic server")
+                .note(format!(
+                    "service {svc_us:.0} + PostgreSQL {db_us:.0} us; load generator {client_us:.0} us (bare run: {bare_client_us:.0})"
+                )),
         );
         report.push(
             Figure::new(&format!("{name}_p50"), ms(real_peak.p50), "ms")
@@ -745,7 +842,7 @@ async fn startup(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
                 // Connected lazily: agent-service does not call it to start.
                 ("WORKFLOW_SERVICE_URL", "http://127.0.0.1:9".to_owned()),
             ];
-            let (took, kb) = procs::time_to_serving(&ctx.bin(bin), &[], health, &env, &ctx.log_dir).await?;
+            let (took, kb) = procs::time_to_serving(&ctx.bin(bin), &[], health, &ctx.env(&env), &ctx.log_dir).await?;
             times.push(took);
             rss.extend(kb);
         }
