@@ -181,7 +181,8 @@ fn bad_token() -> ServiceError {
 }
 
 macro_rules! sql_execution_repository {
-    ($module:ident, $name:ident, $db:ty, begin = $begin:literal, lock = $lock:literal, skip_locked = $skip:literal) => {
+    ($module:ident, $name:ident, $db:ty, begin = $begin:literal, lock = $lock:literal, skip_locked = $skip:literal,
+     relaxed = $relaxed:literal) => {
         mod $module {
             use std::time::Duration;
 
@@ -208,6 +209,16 @@ macro_rules! sql_execution_repository {
             engarde::idempotency_sql!($db);
 
             engarde::sql_repository_base!($name, $db, $begin);
+
+            /// Lets this transaction's commit return before its WAL reaches the disk (PostgreSQL's
+            /// `synchronous_commit = off`, for this transaction only): for writes whose loss in a
+            /// crash is harmless. SQLite has no such switch; there it is a no-op.
+            async fn relax_durability(tx: &mut sqlx::Transaction<'_, $db>) -> ServiceResult<()> {
+                if !$relaxed.is_empty() {
+                    sqlx::query($relaxed).execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
 
             fn execution_not_found(id: Uuid) -> ServiceError {
                 ServiceError::not_found(format!("execution {id}"))
@@ -356,6 +367,11 @@ macro_rules! sql_execution_repository {
                 }
 
                 async fn start(&self, new: &NewExecution) -> ServiceResult<Started> {
+                    // The RUNNING row acknowledges nothing: if a crash loses it, the caller got
+                    // no answer and retries. So its commit need not wait for the disk, which
+                    // saves an execution one of its two flushes.
+                    let mut tx = self.pool.begin().await?;
+                    relax_durability(&mut tx).await?;
                     let inserted = sqlx::query(
                         "INSERT INTO executions (id, tenant_id, agent_id, session_id, step_id, input, status, \
                          request_id, fingerprint, started_at, report_workflow_id, report_credentials) \
@@ -373,10 +389,13 @@ macro_rules! sql_execution_repository {
                     .bind(new.started_at)
                     .bind(new.report_workflow_id.map(|id| id.to_string()))
                     .bind(&new.report_credentials)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await;
                     let inserted = match inserted {
-                        Ok(done) => done.rows_affected(),
+                        Ok(done) => {
+                            tx.commit().await?;
+                            done.rows_affected()
+                        }
                         // The agent was deleted since it was read.
                         Err(sqlx::Error::Database(e)) if e.kind() == sqlx::error::ErrorKind::ForeignKeyViolation => {
                             return Err(ServiceError::not_found(format!("agent {}", new.agent_id)));
@@ -703,10 +722,15 @@ macro_rules! sql_execution_repository {
                 }
 
                 async fn report_delivered(&self, execution_id: Uuid) -> ServiceResult<()> {
+                    // Losing this delete in a crash only delivers the report again, which
+                    // workflow-service counts once: no need to wait for the disk.
+                    let mut tx = self.pool.begin().await?;
+                    relax_durability(&mut tx).await?;
                     sqlx::query("DELETE FROM execution_reports WHERE execution_id = $1")
                         .bind(execution_id.to_string())
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                     Ok(())
                 }
 
@@ -734,7 +758,8 @@ sql_execution_repository!(
     sqlx::Postgres,
     begin = "BEGIN",
     lock = " FOR UPDATE",
-    skip_locked = " FOR UPDATE SKIP LOCKED"
+    skip_locked = " FOR UPDATE SKIP LOCKED",
+    relaxed = "SET LOCAL synchronous_commit = off"
 );
 sql_execution_repository!(
     sqlite,
@@ -742,5 +767,6 @@ sql_execution_repository!(
     sqlx::Sqlite,
     begin = "BEGIN IMMEDIATE",
     lock = "",
-    skip_locked = ""
+    skip_locked = "",
+    relaxed = ""
 );
