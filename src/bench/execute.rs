@@ -99,23 +99,53 @@ fn spawn_fake_langflow(workers: usize) -> anyhow::Result<SocketAddr> {
 /// agent-service of its own (schema `agent_exec` of `database_url`) pointed at the fake.
 pub async fn run(ctx: &Ctx, workflow_addr: SocketAddr, database_url: &str) -> anyhow::Result<Outcome> {
     let fake = spawn_fake_langflow(ctx.workers)?;
-    let fake_url = format!("http://{fake}");
+    run_against(ctx, workflow_addr, database_url, &format!("http://{fake}"), "agent_exec", ctx.load, ctx.agent_calls).await
+}
+
+/// The same comparison through a real Langflow at `langflow_url`: ExecuteAgent against running
+/// the agent's flow directly, `load.concurrency` callers each (Langflow is slow: a few).
+pub async fn run_real(
+    ctx: &Ctx,
+    workflow_addr: SocketAddr,
+    database_url: &str,
+    langflow_url: &str,
+    load: load::LoadSpec,
+) -> anyhow::Result<Outcome> {
+    run_against(ctx, workflow_addr, database_url, langflow_url, "agent_real", load, 10).await
+}
+
+async fn run_against(
+    ctx: &Ctx,
+    workflow_addr: SocketAddr,
+    database_url: &str,
+    langflow_url: &str,
+    schema: &str,
+    load: load::LoadSpec,
+    calls_alone: usize,
+) -> anyhow::Result<Outcome> {
     let env = [
         ("DATABASE_URL", database_url.to_owned()),
-        ("DATABASE_SCHEMA", "agent_exec".to_owned()),
+        ("DATABASE_SCHEMA", schema.to_owned()),
         ("AUTH_MODE", "dev".to_owned()),
         ("WORKFLOW_SERVICE_URL", format!("http://{workflow_addr}")),
-        ("LANGFLOW_URL", fake_url.clone()),
+        ("LANGFLOW_URL", langflow_url.to_owned()),
     ];
     let agent =
         Service::start(&ctx.bin("agent-service"), &[], "agent-service", AGENT_HEALTH, &ctx.env(&env), &ctx.log_dir)
             .await?;
-    let result = measure(ctx, workflow_addr, &agent, &fake_url).await;
+    let result = measure(ctx, workflow_addr, &agent, langflow_url, load, calls_alone).await;
     agent.stop().await;
     result
 }
 
-async fn measure(ctx: &Ctx, workflow_addr: SocketAddr, agent: &Service, fake_url: &str) -> anyhow::Result<Outcome> {
+async fn measure(
+    ctx: &Ctx,
+    workflow_addr: SocketAddr,
+    agent: &Service,
+    fake_url: &str,
+    load: load::LoadSpec,
+    calls_alone: usize,
+) -> anyhow::Result<Outcome> {
     let tenant = AsTenant::new(&format!("bench-exec-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))?;
     let wf_channel = load::channels(workflow_addr, 1, load::CALL_TIMEOUT).await?.remove(0);
     let mut workflows = WorkflowServiceClient::with_interceptor(wf_channel, tenant.clone());
@@ -158,12 +188,12 @@ async fn measure(ctx: &Ctx, workflow_addr: SocketAddr, agent: &Service, fake_url
             async move { client.execute_agent(request).await.map(drop) }
         }
     };
-    let through_service = load::closed_loop(ctx.load, execute.clone()).await;
-    let through_service_alone = one_at_a_time(ctx.agent_calls, &execute).await;
+    let through_service = load::closed_loop(load, execute.clone()).await;
+    let through_service_alone = one_at_a_time(calls_alone, &execute).await;
 
     // The same runs, straight to the fake, with as many concurrent callers.
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(ctx.load.concurrency)
+        .pool_max_idle_per_host(load.concurrency)
         .timeout(load::CALL_TIMEOUT)
         .build()
         .context("HTTP client")?;
@@ -181,8 +211,8 @@ async fn measure(ctx: &Ctx, workflow_addr: SocketAddr, agent: &Service, fake_url
             response.bytes().await.map(drop).map_err(|e| format!("HTTP body: {e}"))
         }
     };
-    let direct = load::closed_loop(ctx.load, run_directly.clone()).await;
-    let direct_alone = one_at_a_time(ctx.agent_calls, &run_directly).await;
+    let direct = load::closed_loop(load, run_directly.clone()).await;
+    let direct_alone = one_at_a_time(calls_alone, &run_directly).await;
     Ok(Outcome::Measured { through_service, direct, through_service_alone, direct_alone })
 }
 

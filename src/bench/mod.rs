@@ -24,6 +24,9 @@ pub struct Ctx {
     pub workers: usize,
     /// CreateAgentFromWorkflow (and single-stream ExecuteAgent) calls timed one at a time.
     pub agent_calls: usize,
+    /// A real Langflow to measure ExecuteAgent through, and with how many callers.
+    pub langflow_url: Option<String>,
+    pub langflow_concurrency: usize,
     /// Extra environment for every service started (`--service-env KEY=VALUE`).
     pub service_env: Vec<(String, String)>,
 }

@@ -73,6 +73,13 @@ struct Args {
     /// Also measure ExecuteAgent through a fake Langflow (the same as adding `execute` to --only).
     #[arg(long)]
     execute: bool,
+    /// Also measure ExecuteAgent through the real Langflow at this URL (e.g. the one
+    /// `scripts/langflow` starts): runs/s against running the same flow directly.
+    #[arg(long)]
+    langflow_url: Option<String>,
+    /// Concurrent callers for the real-Langflow comparison.
+    #[arg(long, default_value_t = 8)]
+    langflow_concurrency: usize,
     /// PostgreSQL database for the services (each in its own schema; left in place). Default: a
     /// fresh database created on --admin-database-url and dropped afterwards.
     #[arg(long)]
@@ -206,6 +213,8 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
         channels: args.channels.max(1),
         workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
         agent_calls: if args.quick { 20 } else { 200 },
+        langflow_url: args.langflow_url.clone(),
+        langflow_concurrency: args.langflow_concurrency.max(1),
         service_env: args
             .service_env
             .iter()
@@ -393,6 +402,9 @@ async fn on_postgres_parts(
                 );
             }
         }
+    }
+    if let Some(url) = &ctx.langflow_url {
+        real_langflow(ctx, wf.addr, database_url, url, report).await?;
     }
     wf.check_alive()?;
     ag.check_alive()?;
@@ -856,4 +868,62 @@ async fn startup(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// ExecuteAgent through a real Langflow against running the agent's flow directly, with the same
+/// concurrency; and Langflow's own memory beside the services'.
+async fn real_langflow(
+    ctx: &Ctx,
+    workflow_addr: std::net::SocketAddr,
+    database_url: &str,
+    url: &str,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let load = bench::load::LoadSpec { concurrency: ctx.langflow_concurrency, ..ctx.load };
+    println!("\n== ExecuteAgent through the real Langflow at {url} ({} callers)", load.concurrency);
+    match execute::run_real(ctx, workflow_addr, database_url, url, load).await? {
+        execute::Outcome::Skipped(why) => {
+            println!("  skipped: {why}");
+            report.notes.push(format!("real Langflow: skipped: {why}"));
+        }
+        execute::Outcome::Measured { through_service, direct, through_service_alone, direct_alone } => {
+            report.check("ExecuteAgent through Langflow", &through_service);
+            report.check("Langflow called directly", &direct);
+            print_summary("ExecuteAgent via Langflow", &through_service);
+            print_summary("Langflow, direct", &direct);
+            println!(
+                "  one call at a time: ExecuteAgent p50 {:.1} ms; direct p50 {:.1} ms",
+                ms(through_service_alone.p50),
+                ms(direct_alone.p50)
+            );
+            report.push(
+                Figure::new("langflow_execute_rps", through_service.rps(), "runs/s")
+                    .baseline(direct.rps(), "the same flow run directly")
+                    .target(Target::RatioAtLeast(0.95))
+                    .note(format!("{} callers", load.concurrency)),
+            );
+        }
+    }
+    let langflow_kb: u64 = langflow_pids().into_iter().filter_map(bench::procs::rss_kb).sum();
+    if langflow_kb > 0 {
+        println!("  Langflow's own memory: {:.0} MB (all its processes)", langflow_kb as f64 / 1024.0);
+        report.push(
+            Figure::new("rss_langflow", langflow_kb as f64 / 1024.0, "MB")
+                .note("VmRSS of every process whose command line names langflow".to_owned()),
+        );
+    }
+    Ok(())
+}
+
+/// The processes of Langflow on this machine.
+fn langflow_pids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("langflow"))
+                .unwrap_or(false)
+        })
+        .collect()
 }
