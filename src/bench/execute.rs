@@ -99,7 +99,8 @@ fn spawn_fake_langflow(workers: usize) -> anyhow::Result<SocketAddr> {
 /// agent-service of its own (schema `agent_exec` of `database_url`) pointed at the fake.
 pub async fn run(ctx: &Ctx, workflow_addr: SocketAddr, database_url: &str) -> anyhow::Result<Outcome> {
     let fake = spawn_fake_langflow(ctx.workers)?;
-    run_against(ctx, workflow_addr, database_url, &format!("http://{fake}"), "agent_exec", ctx.load, ctx.agent_calls).await
+    run_against(ctx, workflow_addr, database_url, &format!("http://{fake}"), "agent_exec", ctx.load, ctx.agent_calls)
+        .await
 }
 
 /// The same comparison through a real Langflow at `langflow_url`: ExecuteAgent against running
