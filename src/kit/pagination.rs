@@ -47,9 +47,8 @@ impl PageRequest {
         if page_token.is_empty() {
             return Ok(Self { size, after: None, filters });
         }
-        let bad = || ServiceError::invalid("page_token", "is not a token this service issued");
-        let bytes = URL_SAFE_NO_PAD.decode(page_token).map_err(|_| bad())?;
-        let token: Token = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+        let bytes = URL_SAFE_NO_PAD.decode(page_token).map_err(|_| bad_token())?;
+        let token: Token = serde_json::from_slice(&bytes).map_err(|_| bad_token())?;
         if token.filters != filters {
             return Err(ServiceError::invalid(
                 "page_token",
@@ -57,6 +56,37 @@ impl PageRequest {
             ));
         }
         Ok(Self { size, after: Some(token.after), filters })
+    }
+
+    /// The `(after?, time, id)` parameters of a keyset page ordered by (time, id): `after?` is 0
+    /// on the first page (and time and id then match everything).
+    pub fn time_id_cursor(&self) -> ServiceResult<(i64, chrono::DateTime<chrono::Utc>, String)> {
+        match self.after.as_deref() {
+            None => Ok((0, chrono::DateTime::UNIX_EPOCH, String::new())),
+            Some([time, id]) => {
+                let time = chrono::DateTime::parse_from_rfc3339(time).map_err(|_| bad_token())?;
+                Ok((1, time.with_timezone(&chrono::Utc), id.clone()))
+            }
+            Some(_) => Err(bad_token()),
+        }
+    }
+
+    /// The number after which a page ordered by a number starts (0 on the first page).
+    pub fn number_cursor(&self) -> ServiceResult<i64> {
+        match self.after.as_deref() {
+            None => Ok(0),
+            Some([number]) => number.parse().map_err(|_| bad_token()),
+            Some(_) => Err(bad_token()),
+        }
+    }
+
+    /// The `(after?, text, id)` parameters of a keyset page ordered by (text, id).
+    pub fn text_id_cursor(&self) -> ServiceResult<(i64, String, String)> {
+        match self.after.as_deref() {
+            None => Ok((0, String::new(), String::new())),
+            Some([text, id]) => Ok((1, text.clone(), id.clone())),
+            Some(_) => Err(bad_token()),
+        }
     }
 
     /// The token for the page after the one that ended with sort key `last`, or an empty string
@@ -72,6 +102,15 @@ impl PageRequest {
     }
 }
 
+/// The sort key of an item of a listing ordered by (time, id), as a page token holds it.
+pub fn time_id_key(time: chrono::DateTime<chrono::Utc>, id: impl std::fmt::Display) -> Vec<String> {
+    vec![time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), id.to_string()]
+}
+
+fn bad_token() -> ServiceError {
+    ServiceError::invalid("page_token", "is not a token this service issued")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +124,18 @@ mod tests {
         assert_eq!(next.after, Some(vec!["b".to_string(), "id2".to_string()]));
         assert!(PageRequest::parse(2, &token, "f2".into()).is_err());
         assert!(PageRequest::parse(2, "garbage!", "f1".into()).is_err());
+    }
+
+    #[test]
+    fn cursors_read_back_their_keys() {
+        let time =
+            chrono::DateTime::parse_from_rfc3339("2026-11-26T10:00:00.123456Z").unwrap().with_timezone(&chrono::Utc);
+        let page = PageRequest::parse(1, "", "f".into()).unwrap();
+        assert_eq!(page.time_id_cursor().unwrap().0, 0);
+        let token = page.next_token(1, Some(time_id_key(time, "id-1")));
+        let next = PageRequest::parse(1, &token, "f".into()).unwrap();
+        assert_eq!(next.time_id_cursor().unwrap(), (1, time, "id-1".to_owned()));
+        assert!(next.text_id_cursor().is_ok());
     }
 
     #[test]

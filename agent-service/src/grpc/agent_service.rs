@@ -653,5 +653,5 @@ impl AgentService for AgentApi {
 
 /// The sort key of a listing (create time, then id), as a page token holds it.
 pub(super) fn sort_key(agent: &Agent) -> Vec<String> {
-    vec![agent.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), agent.id.to_string()]
+    engarde::kit::pagination::time_id_key(agent.created_at, agent.id)
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use engarde::kit::error::{FieldViolation, ServiceError, ServiceResult};
 use engarde::kit::idempotency::IdempotencyKey;
-use engarde::kit::pagination::{PageRequest, filter_fingerprint};
+use engarde::kit::pagination::{PageRequest, filter_fingerprint, time_id_key};
 use engarde::kit::request::{invalid_if_any, parse_id};
 use engarde::proto::agent::v1 as pb;
 use futures::Stream;
@@ -15,7 +15,6 @@ use uuid::Uuid;
 use super::agent_service::{AgentApi, handle};
 use super::execution_convert::{
     execution_status_from_pb, execution_to_pb, feedback_to_pb, message_to_pb, session_to_pb, stream_item_to_pb,
-    time_key,
 };
 use crate::execution::model::{ExecutionFilter, check_feedback, check_input, check_session_id, valid_session_id};
 use crate::execution::{ExecuteRequest, parse_grpc_timeout};
@@ -150,10 +149,8 @@ impl AgentApi {
             let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
             let executions = self.executor.executions().list(caller.tenant.as_str(), &filter, &page).await?;
             Ok(pb::ListExecutionsResponse {
-                next_page_token: page.next_token(
-                    executions.len(),
-                    executions.last().map(|e| vec![time_key(e.started_at), e.id.to_string()]),
-                ),
+                next_page_token: page
+                    .next_token(executions.len(), executions.last().map(|e| time_id_key(e.started_at, e.id))),
                 executions: executions.iter().map(execution_to_pb).collect(),
             })
         })
@@ -170,10 +167,8 @@ impl AgentApi {
             let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
             let sessions = self.executor.executions().sessions(caller.tenant.as_str(), agent_id, &page).await?;
             Ok(pb::ListSessionsResponse {
-                next_page_token: page.next_token(
-                    sessions.len(),
-                    sessions.last().map(|s| vec![time_key(s.last_message_at), s.session_id.clone()]),
-                ),
+                next_page_token: page
+                    .next_token(sessions.len(), sessions.last().map(|s| time_id_key(s.last_message_at, &s.session_id))),
                 sessions: sessions.iter().map(session_to_pb).collect(),
             })
         })
@@ -253,10 +248,8 @@ impl AgentApi {
             let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
             let feedback = self.executor.executions().feedback(caller.tenant.as_str(), agent_id, &page).await?;
             Ok(pb::ListFeedbackResponse {
-                next_page_token: page.next_token(
-                    feedback.len(),
-                    feedback.last().map(|f| vec![time_key(f.created_at), f.id.to_string()]),
-                ),
+                next_page_token: page
+                    .next_token(feedback.len(), feedback.last().map(|f| time_id_key(f.created_at, f.id))),
                 feedback: feedback.iter().map(feedback_to_pb).collect(),
             })
         })

@@ -1,17 +1,11 @@
 //! Conversions between the execution contracts and the execution model.
 
-use chrono::{DateTime, Utc};
 use engarde::kit::error::{ServiceError, ServiceResult};
 use engarde::proto::agent::v1 as pb;
 
 use super::convert::timestamp;
 use crate::execution::StreamItem;
 use crate::execution::model::{Execution, ExecutionStatus, Feedback, MessageRole, Session, SessionMessage};
-
-/// A time as a page token's sort key holds it.
-pub fn time_key(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
 
 pub fn execution_status_to_pb(s: ExecutionStatus) -> pb::ExecutionStatus {
     match s {

@@ -171,7 +171,7 @@ fn event_to_pb(e: RunEvent) -> pb::RunEvent {
 
 /// A page token's sort key: (created_at, id).
 fn sort_key(time: DateTime<Utc>, id: Uuid) -> Vec<String> {
-    vec![time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), id.to_string()]
+    engarde::kit::pagination::time_id_key(time, id)
 }
 
 impl AgentApi {

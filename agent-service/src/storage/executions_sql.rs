@@ -164,22 +164,6 @@ fn outcome_columns(outcome: &Outcome) -> (ExecutionStatus, &str, &str, &'static 
     }
 }
 
-/// The `(after?, time, id)` parameters of a keyset page ordered by (time, id).
-fn time_id_cursor(after: Option<&[String]>) -> ServiceResult<(i64, DateTime<Utc>, String)> {
-    match after {
-        None => Ok((0, DateTime::UNIX_EPOCH, String::new())),
-        Some([time, id]) => {
-            let time = DateTime::parse_from_rfc3339(time).map_err(|_| bad_token())?;
-            Ok((1, time.with_timezone(&Utc), id.clone()))
-        }
-        Some(_) => Err(bad_token()),
-    }
-}
-
-fn bad_token() -> ServiceError {
-    ServiceError::invalid("page_token", "is not a token this service issued")
-}
-
 macro_rules! sql_execution_repository {
     ($module:ident, $name:ident, $db:ty, begin = $begin:literal, lock = $lock:literal, skip_locked = $skip:literal,
      relaxed = $relaxed:literal) => {
@@ -195,7 +179,6 @@ macro_rules! sql_execution_repository {
 
             use super::{
                 EXECUTION_COLUMNS, ExecutionRow, FeedbackRow, MessageRow, ReportRow, SessionRow, outcome_columns,
-                time_id_cursor,
             };
             use crate::domain::{Agent, AgentStatus, lifecycle};
             use crate::execution::model::{
@@ -528,7 +511,7 @@ macro_rules! sql_execution_repository {
                            AND ($5 = 0 OR (started_at, id) < ($6, $7)) \
                          ORDER BY started_at DESC, id DESC LIMIT $8"
                     );
-                    let (has_after, after_time, after_id) = time_id_cursor(page.after.as_deref())?;
+                    let (has_after, after_time, after_id) = page.time_id_cursor()?;
                     let rows: Vec<ExecutionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                         .bind(tenant)
                         .bind(filter.agent_id.map(|id| id.to_string()).unwrap_or_default())
@@ -545,7 +528,7 @@ macro_rules! sql_execution_repository {
 
                 async fn sessions(&self, tenant: &str, agent_id: Uuid, page: &PageRequest) -> ServiceResult<Vec<Session>> {
                     ensure_agent(&self.pool, tenant, agent_id).await?;
-                    let (has_after, after_time, after_id) = time_id_cursor(page.after.as_deref())?;
+                    let (has_after, after_time, after_id) = page.time_id_cursor()?;
                     let rows: Vec<SessionRow> = sqlx::query_as(
                         "SELECT session_id, message_count, last_message_at FROM sessions \
                          WHERE agent_id = $1 AND tenant_id = $2 \
@@ -571,11 +554,7 @@ macro_rules! sql_execution_repository {
                     page: &PageRequest,
                 ) -> ServiceResult<Vec<SessionMessage>> {
                     ensure_agent(&self.pool, tenant, agent_id).await?;
-                    let after: i64 = match page.after.as_deref() {
-                        None => 0,
-                        Some([sequence]) => sequence.parse().map_err(|_| super::bad_token())?,
-                        Some(_) => return Err(super::bad_token()),
-                    };
+                    let after = page.number_cursor()?;
                     let rows: Vec<MessageRow> = sqlx::query_as(
                         "SELECT sequence, role, text, execution_id, created_at FROM session_messages \
                          WHERE agent_id = $1 AND session_id = $2 AND sequence > $3 ORDER BY sequence LIMIT $4",
@@ -682,7 +661,7 @@ macro_rules! sql_execution_repository {
 
                 async fn feedback(&self, tenant: &str, agent_id: Uuid, page: &PageRequest) -> ServiceResult<Vec<Feedback>> {
                     ensure_agent(&self.pool, tenant, agent_id).await?;
-                    let (has_after, after_time, after_id) = time_id_cursor(page.after.as_deref())?;
+                    let (has_after, after_time, after_id) = page.time_id_cursor()?;
                     let rows: Vec<FeedbackRow> = sqlx::query_as(
                         "SELECT id, execution_id, agent_id, score, comment, created_at FROM feedback \
                          WHERE agent_id = $1 AND tenant_id = $2 \

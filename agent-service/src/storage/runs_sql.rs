@@ -197,19 +197,6 @@ impl ReviewRow {
     }
 }
 
-/// A page token's sort key (time, id), or the values that match from the start.
-fn page_after(page: &engarde::kit::pagination::PageRequest) -> Result<(i64, DateTime<Utc>, String), ServiceError> {
-    let bad_token = || ServiceError::invalid("page_token", "is not a token this service issued");
-    match page.after.as_deref() {
-        Some([time, id]) => {
-            let time = DateTime::parse_from_rfc3339(time).map_err(|_| bad_token())?;
-            Ok((1, time.with_timezone(&Utc), id.clone()))
-        }
-        Some(_) => Err(bad_token()),
-        None => Ok((0, DateTime::UNIX_EPOCH, String::new())),
-    }
-}
-
 macro_rules! run_repository {
     ($module:ident, $name:ident, $db:ty, begin = $begin:literal, lock = $lock:literal, skip_locked = $skip:literal) => {
         mod $module {
@@ -221,7 +208,7 @@ macro_rules! run_repository {
             use uuid::Uuid;
 
             use super::{
-                EventRow, REVIEW_COLUMNS, RUN_COLUMNS, ReviewRow, RunRow, STEP_COLUMNS, StepRow, excerpt, page_after,
+                EventRow, REVIEW_COLUMNS, RUN_COLUMNS, ReviewRow, RunRow, STEP_COLUMNS, StepRow, excerpt,
             };
             use crate::domain::now;
             use crate::storage::replayed;
@@ -637,7 +624,7 @@ macro_rules! run_repository {
                 }
 
                 async fn list(&self, tenant: &str, filter: &RunFilter, page: &PageRequest) -> ServiceResult<Vec<Run>> {
-                    let (has_after, after_time, after_id) = page_after(page)?;
+                    let (has_after, after_time, after_id) = page.time_id_cursor()?;
                     let sql = format!(
                         "SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = $1 AND ($2 = '' OR agent_id = $2) \
                          AND ($3 = '' OR status = $3) AND ($4 = 0 OR (created_at, id) < ($5, $6)) \
@@ -696,7 +683,7 @@ macro_rules! run_repository {
                 }
 
                 async fn pending_reviews(&self, tenant: &str, agent: Option<Uuid>, page: &PageRequest) -> ServiceResult<Vec<Review>> {
-                    let (has_after, after_time, after_id) = page_after(page)?;
+                    let (has_after, after_time, after_id) = page.time_id_cursor()?;
                     let sql = format!(
                         "SELECT {REVIEW_COLUMNS} FROM reviews WHERE tenant_id = $1 AND status = 'pending' \
                          AND ($2 = '' OR agent_id = $2) AND ($3 = 0 OR (created_at, id) > ($4, $5)) \

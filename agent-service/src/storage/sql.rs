@@ -160,15 +160,7 @@ macro_rules! sql_repository {
                            AND ($5 = 0 OR (created_at, id) > ($6, $7)) \
                          ORDER BY created_at, id LIMIT $8"
                     );
-                    let bad_token = || ServiceError::invalid("page_token", "is not a token this service issued");
-                    let (has_after, after_time, after_id) = match page.after.as_deref() {
-                        Some([time, id]) => {
-                            let time = chrono::DateTime::parse_from_rfc3339(time).map_err(|_| bad_token())?;
-                            (1i64, time.with_timezone(&chrono::Utc), id.clone())
-                        }
-                        Some(_) => return Err(bad_token()),
-                        None => (0i64, chrono::DateTime::UNIX_EPOCH, String::new()),
-                    };
+                    let (has_after, after_time, after_id) = page.time_id_cursor()?;
                     let rows: Vec<AgentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                         .bind(tenant)
                         .bind(filter.agent_type.map(|t| t.as_str()).unwrap_or(""))

@@ -125,11 +125,7 @@ macro_rules! sql_repository {
                         let escaped = filter.name_contains.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
                         format!("%{escaped}%")
                     };
-                    let (has_after, after_name, after_id) = match page.after.as_deref() {
-                        Some([name, id]) => (1i64, name.clone(), id.clone()),
-                        Some(_) => return Err(ServiceError::invalid("page_token", "is not a token this service issued")),
-                        None => (0i64, String::new(), String::new()),
-                    };
+                    let (has_after, after_name, after_id) = page.text_id_cursor()?;
                     let rows: Vec<WorkflowRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                         .bind(tenant)
                         .bind(filter.category.map(|c| c.as_str()).unwrap_or(""))
