@@ -3,9 +3,9 @@
 
 use std::pin::Pin;
 
-use chrono::{DateTime, Utc};
 use engarde::kit::error::{FieldViolation, ServiceError, ServiceResult};
 use engarde::kit::idempotency::IdempotencyKey;
+use engarde::kit::pagination::time_id_key;
 use engarde::kit::pagination::{PageRequest, filter_fingerprint};
 use engarde::kit::request::{invalid_if_any, parse_id};
 use engarde::proto::agent::v1 as pb;
@@ -169,11 +169,6 @@ fn event_to_pb(e: RunEvent) -> pb::RunEvent {
     }
 }
 
-/// A page token's sort key: (created_at, id).
-fn sort_key(time: DateTime<Utc>, id: Uuid) -> Vec<String> {
-    engarde::kit::pagination::time_id_key(time, id)
-}
-
 impl AgentApi {
     /// The review decision named by a request's run, step and review ids.
     fn decision(
@@ -233,7 +228,7 @@ impl AgentApi {
             let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
             let runs = self.walker.runs().list(caller.tenant.as_str(), &filter, &page).await?;
             Ok(pb::ListRunsResponse {
-                next_page_token: page.next_token(runs.len(), runs.last().map(|r| sort_key(r.created_at, r.id))),
+                next_page_token: page.next_token(runs.len(), runs.last().map(|r| time_id_key(r.created_at, r.id))),
                 runs: runs.iter().map(run_to_pb).collect(),
             })
         })
@@ -287,7 +282,8 @@ impl AgentApi {
             let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
             let reviews = self.walker.runs().pending_reviews(caller.tenant.as_str(), agent, &page).await?;
             Ok(pb::ListPendingReviewsResponse {
-                next_page_token: page.next_token(reviews.len(), reviews.last().map(|r| sort_key(r.created_at, r.id))),
+                next_page_token: page
+                    .next_token(reviews.len(), reviews.last().map(|r| time_id_key(r.created_at, r.id))),
                 reviews: reviews.iter().map(review_to_pb).collect(),
             })
         })
