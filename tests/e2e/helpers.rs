@@ -61,6 +61,18 @@ impl TestDb {
     pub fn backend(&self) -> Backend {
         if self.pg_name.is_some() { Backend::Postgres } else { Backend::Sqlite }
     }
+
+    /// Runs SQL on this PostgreSQL database with psql, as an operator would; answers its
+    /// unaligned output.
+    pub fn psql(&self, sql: &str) -> String {
+        assert!(self.pg_name.is_some(), "psql needs a PostgreSQL database");
+        let output = std::process::Command::new("psql")
+            .args([&self.url, "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("psql runs");
+        assert!(output.status.success(), "psql failed: {sql}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
 }
 
 impl Drop for TestDb {
@@ -288,6 +300,35 @@ pub fn expect_code<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: t
             status
         }
     }
+}
+
+/// A loopback port free right now (for a listener the test configures, such as METRICS_ADDR).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The Prometheus text a service serves on `port`, waiting for it to come up.
+pub async fn scrape(port: u16) -> String {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    for _ in 0..50 {
+        if let Ok(response) = reqwest::get(&url).await
+            && let Ok(body) = response.text().await
+        {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no metrics at {url}");
+}
+
+/// The sum of a metric's samples whose labels include every one of `labels` (`k="v"` each).
+pub fn metric_sum(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Polls `check` until it holds or `timeout` passes.

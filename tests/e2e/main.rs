@@ -21,6 +21,7 @@ mod walker_reviews;
 mod walker_schedules;
 mod walker_support;
 mod workflows_auth;
+mod workflows_cache;
 mod workflows_crud;
 mod workflows_grpcurl;
 mod workflows_health;

@@ -1,29 +1,10 @@
 //! What operators watch: Prometheus metrics on their own port, and one trace id followed from
 //! agent-service to workflow-service in the JSON logs.
 
-use std::time::Duration;
-
 use engarde::proto::agent::v1 as pb;
 use engarde::proto::workflow::v1 as wpb;
 
 use crate::helpers::*;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn scrape(port: u16) -> String {
-    let url = format!("http://127.0.0.1:{port}/metrics");
-    for _ in 0..50 {
-        if let Ok(response) = reqwest::get(&url).await
-            && let Ok(body) = response.text().await
-        {
-            return body;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no metrics at {url}");
-}
 
 fn with_trace<T>(message: T, tenant: &str, traceparent: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);

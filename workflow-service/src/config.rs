@@ -12,6 +12,10 @@ pub struct Config {
     /// `postgres://user@host/db` in production; an SQLite file for the embedded default.
     #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/workflow.db", hide_env_values = true)]
     pub database_url: String,
+    /// Workflows kept in memory for reads (PostgreSQL only, where commits are announced to every
+    /// replica); 0 turns the cache off.
+    #[arg(long, env = "WORKFLOW_CACHE_CAPACITY", default_value_t = 4096)]
+    pub workflow_cache_capacity: u64,
     #[command(flatten)]
     pub common: CommonConfig,
 }

@@ -1,6 +1,8 @@
 //! Where workflows live: one repository interface, implemented for PostgreSQL (production) and
 //! SQLite (the embedded default) from one body of portable SQL.
 
+mod cache;
+mod change_feed;
 mod row;
 mod sql;
 
@@ -15,6 +17,7 @@ use uuid::Uuid;
 
 use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
 
+pub use cache::{CachedWorkflowRepository, WorkflowCache};
 pub use sql::{PostgresWorkflowRepository, SqliteWorkflowRepository};
 
 /// A change to one workflow, decided by the domain on the current row inside the transaction.
@@ -74,6 +77,20 @@ pub fn repository(pool: &DbPool) -> Arc<dyn WorkflowRepository> {
     match pool {
         DbPool::Postgres(p) => Arc::new(PostgresWorkflowRepository::new(p.clone())),
         DbPool::Sqlite(p) => Arc::new(SqliteWorkflowRepository::new(p.clone())),
+    }
+}
+
+/// The repository for a pool, behind a cache of up to `capacity` workflows where the database
+/// announces changes (PostgreSQL); uncached on SQLite, or with a capacity of 0.
+pub fn cached_repository(pool: &DbPool, capacity: u64) -> Arc<dyn WorkflowRepository> {
+    let repo = repository(pool);
+    match pool {
+        DbPool::Postgres(p) if capacity > 0 => {
+            let cache = Arc::new(WorkflowCache::new(capacity));
+            change_feed::spawn(p.clone(), cache.clone());
+            Arc::new(CachedWorkflowRepository::new(repo, cache))
+        }
+        _ => repo,
     }
 }
 

@@ -1,0 +1,378 @@
+//! A read-through cache of workflows in front of the repository, for the reads that dominate
+//! this service's traffic (GetWorkflow, ListWorkflows, agent-service's lookups).
+//!
+//! Correctness rests on generations, not on expiry. Every tenant (hashed into one of
+//! [`BUCKETS`]) and the template library have a generation that moves on each change; a cached
+//! answer carries the generations read *before* its query ran and is served only while they are
+//! unchanged. A change is counted twice: here, right after this replica's own write commits (so
+//! a caller reads its own writes), and when PostgreSQL announces the commit of any replica's
+//! write (see `change_feed`). An answer filled from a query that raced a write therefore never
+//! outlives the write's announcement.
+//!
+//! Without announcements (the feed's connection is down, or the database is SQLite, whose file
+//! other processes may share) the cache is off and every read goes to the database.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use engarde::kit::error::ServiceResult;
+use engarde::kit::idempotency::IdempotencyKey;
+use engarde::kit::pagination::PageRequest;
+use quick_cache::sync::Cache;
+use uuid::Uuid;
+
+use super::{DeleteCheck, Mutation, WorkflowRepository};
+use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
+
+/// Tenants share this many generation counters: two tenants in one bucket only invalidate each
+/// other's entries more often than needed.
+const BUCKETS: usize = 1024;
+
+/// The payload that announces a change to every tenant (a TRUNCATE).
+pub const EVERYTHING: &str = "*";
+
+/// The generations an answer depends on: the cache's epoch, the tenant's bucket and the
+/// template library's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    epoch: u64,
+    tenant: u64,
+    templates: u64,
+}
+
+#[derive(Clone)]
+struct Entry<T> {
+    stamp: Stamp,
+    value: T,
+}
+
+/// Counts weight by workflows held, so the capacity bounds memory whatever the page sizes.
+#[derive(Clone)]
+struct ByWorkflows;
+
+impl quick_cache::Weighter<(String, Uuid), Entry<Arc<Workflow>>> for ByWorkflows {
+    fn weight(&self, _: &(String, Uuid), _: &Entry<Arc<Workflow>>) -> u64 {
+        1
+    }
+}
+
+impl quick_cache::Weighter<String, Entry<Arc<Vec<Workflow>>>> for ByWorkflows {
+    fn weight(&self, _: &String, entry: &Entry<Arc<Vec<Workflow>>>) -> u64 {
+        entry.value.len().max(1) as u64
+    }
+}
+
+/// The cached answers and the generations that say whether they are still true.
+pub struct WorkflowCache {
+    /// Off until the change feed listens, and whenever it has lost its connection.
+    enabled: AtomicBool,
+    epoch: AtomicU64,
+    templates: AtomicU64,
+    tenants: Box<[AtomicU64]>,
+    hasher: RandomState,
+    workflows: Cache<(String, Uuid), Entry<Arc<Workflow>>, ByWorkflows>,
+    pages: Cache<String, Entry<Arc<Vec<Workflow>>>, ByWorkflows>,
+}
+
+impl WorkflowCache {
+    /// A cache holding at most about `capacity` workflows (half for single reads, half in pages).
+    /// It starts off: [`WorkflowCache::enable`] turns it on once changes are announced.
+    pub fn new(capacity: u64) -> Self {
+        let half = (capacity / 2).max(1);
+        let estimated = usize::try_from(half).unwrap_or(usize::MAX).min(65_536);
+        Self {
+            enabled: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            templates: AtomicU64::new(0),
+            tenants: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            hasher: RandomState::new(),
+            workflows: Cache::with_weighter(estimated, half, ByWorkflows),
+            pages: Cache::with_weighter((estimated / 50).max(16), half, ByWorkflows),
+        }
+    }
+
+    /// Starts serving cached answers, none from before this call.
+    pub fn enable(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.enabled.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops serving cached answers (changes may go unannounced from now on).
+    pub fn disable(&self) {
+        self.enabled.store(false, Ordering::SeqCst);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.workflows.clear();
+        self.pages.clear();
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::SeqCst)
+    }
+
+    /// Records a change to what `owner` holds: `""` is the template library, which every tenant
+    /// sees; [`EVERYTHING`] is every tenant's.
+    pub fn changed(&self, owner: &str) {
+        if owner.is_empty() {
+            self.templates.fetch_add(1, Ordering::SeqCst);
+        } else if owner == EVERYTHING {
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.bucket(owner).fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn bucket(&self, tenant: &str) -> &AtomicU64 {
+        &self.tenants[(self.hasher.hash_one(tenant) % BUCKETS as u64) as usize]
+    }
+
+    /// The generations a read by `tenant` depends on, as they are now.
+    fn stamp(&self, tenant: &str) -> Stamp {
+        Stamp {
+            epoch: self.epoch.load(Ordering::SeqCst),
+            tenant: self.bucket(tenant).load(Ordering::SeqCst),
+            templates: self.templates.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// Which listing a page is: everything its answer depends on.
+fn page_key(tenant: &str, filter: &WorkflowFilter, page: &PageRequest) -> String {
+    // Serialised with a separator no part can hold unescaped: JSON.
+    serde_json::json!([
+        tenant,
+        filter.category.map(|c| c.as_str()),
+        filter.status.map(|s| s.as_str()),
+        filter.is_template,
+        filter.name_contains,
+        page.size,
+        page.after,
+    ])
+    .to_string()
+}
+
+fn record_lookup(kind: &'static str, result: &'static str) {
+    metrics::counter!("workflow_cache_lookups_total", "kind" => kind, "result" => result).increment(1);
+}
+
+/// The repository with a [`WorkflowCache`] in front of its reads; writes go through and count
+/// as changes.
+pub struct CachedWorkflowRepository {
+    inner: Arc<dyn WorkflowRepository>,
+    cache: Arc<WorkflowCache>,
+}
+
+impl CachedWorkflowRepository {
+    pub fn new(inner: Arc<dyn WorkflowRepository>, cache: Arc<WorkflowCache>) -> Self {
+        Self { inner, cache }
+    }
+}
+
+#[async_trait]
+impl WorkflowRepository for CachedWorkflowRepository {
+    async fn seed_templates(&self, templates: &[Workflow]) -> ServiceResult<u64> {
+        let result = self.inner.seed_templates(templates).await;
+        self.cache.changed("");
+        result
+    }
+
+    async fn create(&self, tenant: &str, new: NewWorkflow, key: Option<&IdempotencyKey>) -> ServiceResult<Workflow> {
+        let result = self.inner.create(tenant, new, key).await;
+        self.cache.changed(tenant);
+        result
+    }
+
+    async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Workflow> {
+        if !self.cache.is_enabled() {
+            record_lookup("get", "bypass");
+            return self.inner.get(tenant, id).await;
+        }
+        let stamp = self.cache.stamp(tenant);
+        let key = (tenant.to_owned(), id);
+        if let Some(entry) = self.cache.workflows.get(&key)
+            && entry.stamp == stamp
+        {
+            record_lookup("get", "hit");
+            return Ok(Workflow::clone(&entry.value));
+        }
+        record_lookup("get", "miss");
+        let workflow = self.inner.get(tenant, id).await?;
+        self.cache.workflows.insert(key, Entry { stamp, value: Arc::new(workflow.clone()) });
+        Ok(workflow)
+    }
+
+    async fn list(&self, tenant: &str, filter: &WorkflowFilter, page: &PageRequest) -> ServiceResult<Vec<Workflow>> {
+        if !self.cache.is_enabled() {
+            record_lookup("list", "bypass");
+            return self.inner.list(tenant, filter, page).await;
+        }
+        let stamp = self.cache.stamp(tenant);
+        let key = page_key(tenant, filter, page);
+        if let Some(entry) = self.cache.pages.get(&key)
+            && entry.stamp == stamp
+        {
+            record_lookup("list", "hit");
+            return Ok(Vec::clone(&entry.value));
+        }
+        record_lookup("list", "miss");
+        let workflows = self.inner.list(tenant, filter, page).await?;
+        self.cache.pages.insert(key, Entry { stamp, value: Arc::new(workflows.clone()) });
+        Ok(workflows)
+    }
+
+    async fn mutate(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        key: Option<&IdempotencyKey>,
+        mutation: Mutation,
+    ) -> ServiceResult<Workflow> {
+        let result = self.inner.mutate(tenant, id, key, mutation).await;
+        self.cache.changed(tenant);
+        result
+    }
+
+    async fn delete(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        key: Option<&IdempotencyKey>,
+        check: DeleteCheck,
+    ) -> ServiceResult<Uuid> {
+        let result = self.inner.delete(tenant, id, key, check).await;
+        self.cache.changed(tenant);
+        result
+    }
+
+    async fn record_execution(
+        &self,
+        tenant: &str,
+        workflow_id: Uuid,
+        execution_id: &str,
+        succeeded: bool,
+    ) -> ServiceResult<RecordedExecution> {
+        let result = self.inner.record_execution(tenant, workflow_id, execution_id, succeeded).await;
+        // The workflow counted may be a template, which every tenant sees.
+        match &result {
+            Ok(recorded) => self.cache.changed(&recorded.workflow.tenant_id),
+            Err(_) => self.cache.changed(""),
+        }
+        self.cache.changed(tenant);
+        result
+    }
+
+    async fn expire_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>) -> ServiceResult<u64> {
+        self.inner.expire_idempotency_keys(before).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use engarde::kit::pagination::PageRequest;
+
+    use super::*;
+    use crate::domain::templates;
+    use crate::storage::{SQLITE_MIGRATIONS, SqliteWorkflowRepository};
+
+    /// A cache over a real (in-memory SQLite) repository, and that repository for writing
+    /// behind the cache's back, as another replica would.
+    async fn cached() -> (CachedWorkflowRepository, Arc<WorkflowCache>, Arc<dyn WorkflowRepository>) {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await.unwrap();
+        SQLITE_MIGRATIONS.run(&pool).await.unwrap();
+        let inner: Arc<dyn WorkflowRepository> = Arc::new(SqliteWorkflowRepository::new(pool));
+        inner.seed_templates(&templates::library(Utc::now())).await.unwrap();
+        let cache = Arc::new(WorkflowCache::new(100));
+        cache.enable();
+        (CachedWorkflowRepository::new(inner.clone(), cache.clone()), cache, inner)
+    }
+
+    fn rename(name: &'static str) -> Mutation {
+        Box::new(move |w: &mut Workflow| {
+            w.name = name.into();
+            Ok(())
+        })
+    }
+
+    fn new_workflow(name: &str) -> NewWorkflow {
+        let template = &templates::library(Utc::now())[0];
+        NewWorkflow {
+            name: name.into(),
+            description: String::new(),
+            category: template.category,
+            config: template.config.clone(),
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_from_memory_until_the_owner_changes() {
+        let (repo, cache, behind) = cached().await;
+        let created = repo.create("t1", new_workflow("One"), None).await.unwrap();
+        assert_eq!(repo.get("t1", created.id).await.unwrap().name, "One");
+
+        // Changed unannounced: the cached answer stands.
+        behind.mutate("t1", created.id, None, rename("Two")).await.unwrap();
+        assert_eq!(repo.get("t1", created.id).await.unwrap().name, "One");
+        // Another tenant's change (in another bucket) leaves it cached; the owner's drops it.
+        let other =
+            (0..).map(|n| format!("other-{n}")).find(|t| !std::ptr::eq(cache.bucket(t), cache.bucket("t1"))).unwrap();
+        cache.changed(&other);
+        assert_eq!(repo.get("t1", created.id).await.unwrap().name, "One");
+        cache.changed("t1");
+        assert_eq!(repo.get("t1", created.id).await.unwrap().name, "Two");
+
+        // Its own writes are read at once.
+        repo.mutate("t1", created.id, None, rename("Three")).await.unwrap();
+        assert_eq!(repo.get("t1", created.id).await.unwrap().name, "Three");
+    }
+
+    #[tokio::test]
+    async fn pages_depend_on_the_tenant_and_the_template_library() {
+        let (repo, cache, behind) = cached().await;
+        let filter = WorkflowFilter::default();
+        let page = PageRequest::parse(50, "", String::new()).unwrap();
+        let before = repo.list("t1", &filter, &page).await.unwrap();
+        assert_eq!(before.len(), 11, "the library");
+
+        behind.create("t1", new_workflow("Mine"), None).await.unwrap();
+        assert_eq!(repo.list("t1", &filter, &page).await.unwrap(), before, "cached");
+        cache.changed("");
+        assert_eq!(
+            repo.list("t1", &filter, &page).await.unwrap().len(),
+            12,
+            "a library change drops every tenant's pages"
+        );
+
+        behind.create("t1", new_workflow("Mine too"), None).await.unwrap();
+        cache.changed(EVERYTHING);
+        assert_eq!(repo.list("t1", &filter, &page).await.unwrap().len(), 13);
+
+        // Off: every read goes to the database.
+        cache.disable();
+        behind.create("t1", new_workflow("Third"), None).await.unwrap();
+        assert_eq!(repo.list("t1", &filter, &page).await.unwrap().len(), 14);
+    }
+
+    #[test]
+    fn a_page_key_tells_every_request_apart() {
+        let page = PageRequest::parse(50, "", String::new()).unwrap();
+        let filter = WorkflowFilter::default();
+        let mut smaller = page.clone();
+        smaller.size = 10;
+        let mut later = page.clone();
+        later.after = Some(vec!["a".into(), "b".into()]);
+        let keys = [
+            page_key("t1", &filter, &page),
+            page_key("t2", &filter, &page),
+            page_key("t1", &WorkflowFilter { name_contains: "a".into(), ..filter.clone() }, &page),
+            page_key("t1", &WorkflowFilter { is_template: Some(false), ..filter.clone() }, &page),
+            page_key("t1", &filter, &smaller),
+            page_key("t1", &filter, &later),
+            page_key("t1\",\"x", &filter, &page),
+        ];
+        let distinct: std::collections::HashSet<_> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len());
+    }
+}
