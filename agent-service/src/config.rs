@@ -43,6 +43,10 @@ pub struct Config {
     /// wakes it, in milliseconds (each finished execution wakes it at once).
     #[arg(long, env = "REPORT_INTERVAL_MS", default_value_t = 5000)]
     pub report_interval_ms: u64,
+    /// How long the outbox waits, once an execution has woken it, for more reports to deliver
+    /// with that one, in milliseconds: a batch keeps delivery off the executions' own path.
+    #[arg(long, env = "REPORT_BATCH_DELAY_MS", default_value_t = 100)]
+    pub report_batch_delay_ms: u64,
     #[command(flatten)]
     pub walker: crate::walker::WalkerSettings,
     /// How often orphan Langflow flows (made for agents that were never stored) are looked for,
@@ -78,6 +82,10 @@ impl Config {
 
     pub fn report_interval(&self) -> Duration {
         Duration::from_millis(self.report_interval_ms.max(10))
+    }
+
+    pub fn report_batch_delay(&self) -> Duration {
+        Duration::from_millis(self.report_batch_delay_ms)
     }
 
     pub fn workflow_call_timeout(&self) -> Duration {

@@ -93,6 +93,7 @@ fn start_execution(
         workflows,
         wake,
         interval: config.report_interval(),
+        batch_delay: config.report_batch_delay(),
         lease: Reporter::lease_for(config.workflow_call_timeout()),
         minter: config.common.authenticator().ok().and_then(|a| a.minter()),
     }

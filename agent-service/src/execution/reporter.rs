@@ -33,6 +33,8 @@ pub struct Reporter {
     pub wake: Arc<Notify>,
     /// How often the outbox is looked at when nothing wakes the worker.
     pub interval: Duration,
+    /// How long a wake-up waits for the reports that follow, to deliver them together.
+    pub batch_delay: Duration,
     /// How long a claim hides reports from other claimers: longer than a delivery can take.
     pub lease: Duration,
     /// Signs a fresh token for the report's tenant (HS256 deployments), so that a report queued
@@ -58,7 +60,7 @@ impl Reporter {
                     Err(e) => tracing::warn!(error = %e, "could not read the outbox of execution reports"),
                 }
                 tokio::select! {
-                    _ = self.wake.notified() => {}
+                    _ = self.wake.notified() => tokio::time::sleep(self.batch_delay).await,
                     _ = tokio::time::sleep(self.interval) => {}
                 }
             }

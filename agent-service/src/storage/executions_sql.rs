@@ -166,7 +166,7 @@ fn outcome_columns(outcome: &Outcome) -> (ExecutionStatus, &str, &str, &'static 
 
 macro_rules! sql_execution_repository {
     ($module:ident, $name:ident, $db:ty, begin = $begin:literal, lock = $lock:literal, skip_locked = $skip:literal,
-     relaxed = $relaxed:literal) => {
+     relaxed_from = $relaxed_from:literal, finish_in_one_statement = $one_statement:literal) => {
         mod $module {
             use std::time::Duration;
 
@@ -193,15 +193,11 @@ macro_rules! sql_execution_repository {
 
             engarde::sql_repository_base!($name, $db, $begin);
 
-            /// Lets this transaction's commit return before its WAL reaches the disk (PostgreSQL's
-            /// `synchronous_commit = off`, for this transaction only): for writes whose loss in a
-            /// crash is harmless. SQLite has no such switch; there it is a no-op.
-            async fn relax_durability(tx: &mut sqlx::Transaction<'_, $db>) -> ServiceResult<()> {
-                if !$relaxed.is_empty() {
-                    sqlx::query($relaxed).execute(&mut **tx).await?;
-                }
-                Ok(())
-            }
+            /// A one-row `FROM` for `INSERT … SELECT` and a condition for `DELETE`, that let the
+            /// statement's commit return before its WAL reaches the disk (PostgreSQL's
+            /// `synchronous_commit = off`, set for this statement's transaction only): for writes
+            /// whose loss in a crash is harmless. SQLite has no such switch; there it is inert.
+            const RELAXED_FROM: &str = $relaxed_from;
 
             fn execution_not_found(id: Uuid) -> ServiceError {
                 ServiceError::not_found(format!("execution {id}"))
@@ -343,6 +339,72 @@ macro_rules! sql_execution_repository {
                 Ok(())
             }
 
+            /// A finish in one statement, one round trip (PostgreSQL, whose data-modifying CTEs
+            /// make it possible): the execution's outcome, the agent's statistics, the
+            /// conversation and the report, atomically, as the transaction in
+            /// [`ExecutionRepository::finish`] does them. `running` is the row before the update,
+            /// for the credentials the update clears; the messages take their numbers from the
+            /// session upsert, which locks the session as there. No row: already finished.
+            async fn finish_in_one_statement(pool: &sqlx::Pool<$db>, finish: &Finish) -> ServiceResult<Option<Finished>> {
+                let sql = format!(
+                    "WITH finished AS ( \
+                       UPDATE executions AS e SET status = $1, output = $2, error = $3, error_code = $4, \
+                         latency_ms = $5, finished_at = $6, report_credentials = '' \
+                       FROM executions AS running \
+                       WHERE e.id = $7 AND e.status = 'running' AND running.id = e.id \
+                       RETURNING e.*, running.report_credentials AS credentials_to_report), \
+                     counted AS ( \
+                       UPDATE agents SET total_executions = total_executions + 1, \
+                         successful_executions = successful_executions + CASE WHEN $8 THEN 1 ELSE 0 END, \
+                         average_response_time_ms = (average_response_time_ms * total_executions + $5) / (total_executions + 1) \
+                       FROM finished WHERE agents.id = finished.agent_id), \
+                     session AS ( \
+                       INSERT INTO sessions (agent_id, session_id, tenant_id, message_count, last_sequence, last_message_at) \
+                       SELECT agent_id, session_id, tenant_id, 2, 2, $6 FROM finished WHERE $8 \
+                       ON CONFLICT (agent_id, session_id) DO UPDATE SET \
+                         message_count = sessions.message_count + 2, \
+                         last_sequence = sessions.last_sequence + 2, \
+                         last_message_at = excluded.last_message_at \
+                       RETURNING last_sequence), \
+                     remembered AS ( \
+                       INSERT INTO session_messages (agent_id, session_id, sequence, role, text, execution_id, created_at) \
+                       SELECT f.agent_id, f.session_id, s.last_sequence + m.shift, m.role, m.text, f.id, $6 \
+                       FROM finished AS f CROSS JOIN session AS s \
+                       CROSS JOIN LATERAL (VALUES (-1, '{user}', f.input), (0, '{agent}', $2)) AS m (shift, role, text)), \
+                     reported AS ( \
+                       INSERT INTO execution_reports (execution_id, tenant_id, workflow_id, succeeded, credentials, \
+                         attempts, next_attempt_at) \
+                       SELECT id, tenant_id, report_workflow_id, $8, credentials_to_report, 0, $6 FROM finished \
+                       WHERE report_workflow_id IS NOT NULL \
+                       ON CONFLICT (execution_id) DO NOTHING) \
+                     SELECT {EXECUTION_COLUMNS}, report_workflow_id FROM finished",
+                    user = MessageRole::User.as_str(),
+                    agent = MessageRole::Agent.as_str(),
+                );
+                let (status, output, error, error_code) = outcome_columns(&finish.outcome);
+                let row: Option<FinishedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(status.as_str())
+                    .bind(output)
+                    .bind(error)
+                    .bind(error_code)
+                    .bind(finish.latency_ms)
+                    .bind(finish.finished_at)
+                    .bind(finish.execution_id.to_string())
+                    .bind(status == ExecutionStatus::Succeeded)
+                    .fetch_optional(pool)
+                    .await?;
+                let Some(row) = row else { return Ok(None) };
+                let reported = row.report_workflow_id.is_some();
+                Ok(Some(Finished { execution: row.execution.try_into()?, reported }))
+            }
+
+            #[derive(sqlx::FromRow)]
+            struct FinishedRow {
+                #[sqlx(flatten)]
+                execution: ExecutionRow,
+                report_workflow_id: Option<String>,
+            }
+
             #[async_trait]
             impl ExecutionRepository for $name {
                 async fn find_by_request(&self, tenant: &str, key: &IdempotencyKey) -> ServiceResult<Option<Execution>> {
@@ -352,15 +414,15 @@ macro_rules! sql_execution_repository {
                 async fn start(&self, new: &NewExecution) -> ServiceResult<Started> {
                     // The RUNNING row acknowledges nothing: if a crash loses it, the caller got
                     // no answer and retries. So its commit need not wait for the disk, which
-                    // saves an execution one of its two flushes.
-                    let mut tx = self.pool.begin().await?;
-                    relax_durability(&mut tx).await?;
-                    let inserted = sqlx::query(
+                    // saves an execution one of its two flushes. One statement, one round trip
+                    // (`WHERE true` keeps SQLite from reading the upsert's ON as a join's).
+                    let sql = format!(
                         "INSERT INTO executions (id, tenant_id, agent_id, session_id, step_id, input, status, \
                          request_id, fingerprint, started_at, report_workflow_id, report_credentials) \
-                         VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8, $9, $10, $11) \
-                         ON CONFLICT (tenant_id, request_id) DO NOTHING",
-                    )
+                         SELECT $1, $2, $3, $4, $5, $6, 'running', $7, $8, $9, $10, $11 FROM {RELAXED_FROM} WHERE true \
+                         ON CONFLICT (tenant_id, request_id) DO NOTHING"
+                    );
+                    let inserted = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(new.id.to_string())
                     .bind(&new.tenant_id)
                     .bind(new.agent_id.to_string())
@@ -372,13 +434,10 @@ macro_rules! sql_execution_repository {
                     .bind(new.started_at)
                     .bind(new.report_workflow_id.map(|id| id.to_string()))
                     .bind(&new.report_credentials)
-                    .execute(&mut *tx)
+                    .execute(&self.pool)
                     .await;
                     let inserted = match inserted {
-                        Ok(done) => {
-                            tx.commit().await?;
-                            done.rows_affected()
-                        }
+                        Ok(done) => done.rows_affected(),
                         // The agent was deleted since it was read.
                         Err(sqlx::Error::Database(e)) if e.kind() == sqlx::error::ErrorKind::ForeignKeyViolation => {
                             return Err(ServiceError::not_found(format!("agent {}", new.agent_id)));
@@ -401,6 +460,10 @@ macro_rules! sql_execution_repository {
                 }
 
                 async fn finish(&self, finish: &Finish) -> ServiceResult<Option<Finished>> {
+                    // The rare finish that also fails the agent takes the transaction below.
+                    if $one_statement && finish.flow_gone.is_none() {
+                        return finish_in_one_statement(&self.pool, finish).await;
+                    }
                     let mut tx = self.begin().await?;
                     let Some((mut execution, report_workflow_id, credentials)) =
                         running_for_update(&mut tx, finish.execution_id).await?
@@ -703,13 +766,11 @@ macro_rules! sql_execution_repository {
                 async fn report_delivered(&self, execution_id: Uuid) -> ServiceResult<()> {
                     // Losing this delete in a crash only delivers the report again, which
                     // workflow-service counts once: no need to wait for the disk.
-                    let mut tx = self.pool.begin().await?;
-                    relax_durability(&mut tx).await?;
-                    sqlx::query("DELETE FROM execution_reports WHERE execution_id = $1")
-                        .bind(execution_id.to_string())
-                        .execute(&mut *tx)
-                        .await?;
-                    tx.commit().await?;
+                    let sql = format!(
+                        "DELETE FROM execution_reports WHERE execution_id = $1 \
+                         AND EXISTS (SELECT 1 FROM {RELAXED_FROM})"
+                    );
+                    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(execution_id.to_string()).execute(&self.pool).await?;
                     Ok(())
                 }
 
@@ -738,7 +799,8 @@ sql_execution_repository!(
     begin = "BEGIN",
     lock = " FOR UPDATE",
     skip_locked = " FOR UPDATE SKIP LOCKED",
-    relaxed = "SET LOCAL synchronous_commit = off"
+    relaxed_from = "(SELECT set_config('synchronous_commit', 'off', true)) AS relaxed",
+    finish_in_one_statement = true
 );
 sql_execution_repository!(
     sqlite,
@@ -747,5 +809,6 @@ sql_execution_repository!(
     begin = "BEGIN IMMEDIATE",
     lock = "",
     skip_locked = "",
-    relaxed = ""
+    relaxed_from = "(SELECT 1) AS relaxed",
+    finish_in_one_statement = false
 );
