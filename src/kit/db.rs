@@ -12,6 +12,12 @@ use sqlx::{PgPool, SqlitePool};
 /// How long a request waits for a connection before answering UNAVAILABLE.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A pooled PostgreSQL connection idle longer than this is pinged before it is handed out.
+/// sqlx pings every one by default, a round trip before each statement; a busy connection has
+/// just proven itself (and sqlx pings it again on release, closing it if that fails). One that
+/// died in between fails its statement with UNAVAILABLE, which callers retry.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// A connection pool on one of the two supported databases.
 #[derive(Clone, Debug)]
 pub enum DbPool {
@@ -43,6 +49,15 @@ impl DbPool {
             let pool = PgPoolOptions::new()
                 .max_connections(settings.max_connections)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
+                .test_before_acquire(false)
+                .before_acquire(|connection, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for > PING_IF_IDLE_FOR {
+                            sqlx::Connection::ping(connection).await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_lazy_with(options);
             Ok(Self::Postgres(pool))
         } else if url.starts_with("sqlite:") {
