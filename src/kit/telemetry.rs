@@ -1,10 +1,6 @@
 //! Logging set-up: human-readable lines by default, JSON for log collectors; always on stderr,
 //! so that stdout carries only the "listening on" line scripts wait for.
-//!
-//! Lines are written to stderr by a thread of their own: a `write` that stalls (a file system
-//! flushing, a slow log collector on the pipe) holds up that thread, not the RPC that logged.
 
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written.
@@ -14,22 +10,16 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber once. `RUST_LOG` overrides the default filter (`info`). Keep
-/// the guard until the process ends: dropping it writes out the lines still queued.
-#[must_use = "dropping the guard stops the log writer"]
-pub fn init(format: LogFormat) -> WorkerGuard {
+/// Installs the global subscriber once. `RUST_LOG` overrides the default filter (`info`).
+pub fn init(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn,hyper=warn"));
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    // Not lossy: when the queue is full (stderr stalled for a long time) callers wait, as they
-    // would writing directly, rather than lines being dropped unseen.
-    let (writer, guard) = NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(colour);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
     };
     // A second init (tests that build two services in one process) keeps the first subscriber.
     let _ = result;
-    guard
 }
