@@ -59,8 +59,8 @@ impl quick_cache::Weighter<(String, Uuid), Entry<Arc<Workflow>>> for ByWorkflows
     }
 }
 
-impl quick_cache::Weighter<String, Entry<Arc<Vec<Workflow>>>> for ByWorkflows {
-    fn weight(&self, _: &String, entry: &Entry<Arc<Vec<Workflow>>>) -> u64 {
+impl quick_cache::Weighter<String, Entry<Arc<[Workflow]>>> for ByWorkflows {
+    fn weight(&self, _: &String, entry: &Entry<Arc<[Workflow]>>) -> u64 {
         entry.value.len().max(1) as u64
     }
 }
@@ -74,7 +74,7 @@ pub struct WorkflowCache {
     tenants: Box<[AtomicU64]>,
     hasher: RandomState,
     workflows: Cache<(String, Uuid), Entry<Arc<Workflow>>, ByWorkflows>,
-    pages: Cache<String, Entry<Arc<Vec<Workflow>>>, ByWorkflows>,
+    pages: Cache<String, Entry<Arc<[Workflow]>>, ByWorkflows>,
 }
 
 impl WorkflowCache {
@@ -203,7 +203,7 @@ impl WorkflowRepository for CachedWorkflowRepository {
         Ok(workflow)
     }
 
-    async fn list(&self, tenant: &str, filter: &WorkflowFilter, page: &PageRequest) -> ServiceResult<Vec<Workflow>> {
+    async fn list(&self, tenant: &str, filter: &WorkflowFilter, page: &PageRequest) -> ServiceResult<Arc<[Workflow]>> {
         if !self.cache.is_enabled() {
             record_lookup("list", "bypass");
             return self.inner.list(tenant, filter, page).await;
@@ -214,11 +214,11 @@ impl WorkflowRepository for CachedWorkflowRepository {
             && entry.stamp == stamp
         {
             record_lookup("list", "hit");
-            return Ok(Vec::clone(&entry.value));
+            return Ok(entry.value);
         }
         record_lookup("list", "miss");
         let workflows = self.inner.list(tenant, filter, page).await?;
-        self.cache.pages.insert(key, Entry { stamp, value: Arc::new(workflows.clone()) });
+        self.cache.pages.insert(key, Entry { stamp, value: workflows.clone() });
         Ok(workflows)
     }
 

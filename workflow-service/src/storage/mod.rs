@@ -38,8 +38,9 @@ pub trait WorkflowRepository: Send + Sync {
     /// One workflow the tenant can see.
     async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Workflow>;
 
-    /// One page of the workflows the tenant can see, ordered by (name, id).
-    async fn list(&self, tenant: &str, filter: &WorkflowFilter, page: &PageRequest) -> ServiceResult<Vec<Workflow>>;
+    /// One page of the workflows the tenant can see, ordered by (name, id). Shared, so that a
+    /// cached page is answered without copying it.
+    async fn list(&self, tenant: &str, filter: &WorkflowFilter, page: &PageRequest) -> ServiceResult<Arc<[Workflow]>>;
 
     /// Loads the workflow, applies `mutation`, bumps the version and saves, atomically.
     async fn mutate(

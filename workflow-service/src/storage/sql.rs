@@ -107,7 +107,7 @@ macro_rules! sql_repository {
                     row.ok_or_else(|| not_found(id))?.try_into()
                 }
 
-                async fn list(&self, tenant: &str, filter: &WorkflowFilter, page: &PageRequest) -> ServiceResult<Vec<Workflow>> {
+                async fn list(&self, tenant: &str, filter: &WorkflowFilter, page: &PageRequest) -> ServiceResult<std::sync::Arc<[Workflow]>> {
                     // One static statement: an empty filter parameter matches everything.
                     let sql = format!(
                         "SELECT {COLUMNS} FROM workflows \
@@ -138,7 +138,7 @@ macro_rules! sql_repository {
                         .bind(i64::from(page.size))
                         .fetch_all(&self.pool)
                         .await?;
-                    rows.into_iter().map(Workflow::try_from).collect()
+                    rows.into_iter().map(Workflow::try_from).collect::<ServiceResult<Vec<_>>>().map(Into::into)
                 }
 
                 async fn mutate(&self, tenant: &str, id: Uuid, key: Option<&IdempotencyKey>, mutation: Mutation) -> ServiceResult<Workflow> {
