@@ -106,7 +106,11 @@ both_backends!(
 async fn postgres_cache_follows_sql_changes_and_a_lost_feed() {
     let db = TestDb::new(Backend::Postgres).await;
     let metrics = free_port();
-    let service = spawn_workflow_service(&db, &[("METRICS_ADDR", format!("127.0.0.1:{metrics}"))]).await;
+    let service = spawn_workflow_service(
+        &db,
+        &[("METRICS_ADDR", format!("127.0.0.1:{metrics}")), ("WORKFLOW_CACHE_HEARTBEAT_MS", "200".into())],
+    )
+    .await;
     let mut client = WorkflowServiceClient::with_interceptor(service.channel().await, as_tenant("tenant-a"));
     let created = client.create_workflow(create_request("Cached")).await.unwrap().into_inner();
 
@@ -156,5 +160,36 @@ async fn postgres_cache_follows_sql_changes_and_a_lost_feed() {
     assert_eq!(get(&mut client, &created.id).await.unwrap().name, "Renamed while deaf");
     db.psql(&format!("UPDATE workflows SET name = 'Renamed after' WHERE id = '{}'", created.id));
     until_named(&client, &created.id, "Renamed after").await;
+
+    // A listening connection that goes deaf without failing, as a partition leaves it half open:
+    // its backend is stopped, so nothing arrives and nothing errors. The heartbeats it no longer
+    // hears turn the cache off, and the change is read.
+    let listener =
+        db.psql("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'");
+    let _stopped = StoppedProcess::stop(&listener);
+    db.psql(&format!("UPDATE workflows SET name = 'Renamed while half open' WHERE id = '{}'", created.id));
+    until_named(&client, &created.id, "Renamed while half open").await;
     drop(service);
+}
+
+/// A process stopped with SIGSTOP, continued when dropped (even when the test fails).
+struct StoppedProcess(String);
+
+impl StoppedProcess {
+    fn stop(pid: &str) -> Self {
+        assert!(!pid.is_empty() && pid.chars().all(|c| c.is_ascii_digit()), "one pid, got {pid:?}");
+        signal(pid, "-STOP");
+        Self(pid.to_owned())
+    }
+}
+
+impl Drop for StoppedProcess {
+    fn drop(&mut self) {
+        signal(&self.0, "-CONT");
+    }
+}
+
+fn signal(pid: &str, which: &str) {
+    let status = std::process::Command::new("kill").args([which, pid]).status().expect("kill runs");
+    assert!(status.success(), "kill {which} {pid} failed");
 }

@@ -1,5 +1,7 @@
 //! workflow-service's settings: its own address and database, plus the shared ones.
 
+use std::time::Duration;
+
 use engarde::kit::config::CommonConfig;
 
 /// workflow-service: EnGarde's workflow definitions over gRPC.
@@ -16,6 +18,16 @@ pub struct Config {
     /// replica); 0 turns the cache off.
     #[arg(long, env = "WORKFLOW_CACHE_CAPACITY", default_value_t = 4096)]
     pub workflow_cache_capacity: u64,
+    /// How often the cache checks that it still hears of changes, in milliseconds; after three
+    /// silent heartbeats it turns itself off and listens anew.
+    #[arg(long, env = "WORKFLOW_CACHE_HEARTBEAT_MS", default_value_t = 5000)]
+    pub workflow_cache_heartbeat_ms: u64,
     #[command(flatten)]
     pub common: CommonConfig,
+}
+
+impl Config {
+    pub fn workflow_cache_heartbeat(&self) -> Duration {
+        Duration::from_millis(self.workflow_cache_heartbeat_ms.max(10))
+    }
 }

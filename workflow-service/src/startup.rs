@@ -24,7 +24,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     common.start_metrics()?;
     let listen = engarde::kit::config::parse_listen_addr(&config.listen_addr)?;
     let db = common.open_database(&config.database_url, &POSTGRES_MIGRATIONS, &SQLITE_MIGRATIONS).await?;
-    let repo = storage::cached_repository(&db, config.workflow_cache_capacity);
+    let repo = storage::cached_repository(&db, config.workflow_cache_capacity, config.workflow_cache_heartbeat());
     let seeded =
         repo.seed_templates(&templates::library(chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6))).await?;
     tracing::info!(inserted = seeded, "template library seeded");

@@ -4,13 +4,17 @@
 //!
 //! An announcement sent while the listening connection is down is lost for good, so the cache
 //! is off from the moment the connection fails until a new one listens again; it then starts
-//! empty of anything older.
+//! empty of anything older. A connection can also go deaf without failing (a network partition
+//! leaves it half open, with no reset to notice): so the feed notifies a channel of its own
+//! every heartbeat, over another connection, and counts the connection lost when three
+//! heartbeats in a row have not come back.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use tokio::time::Instant;
 
 use super::cache::WorkflowCache;
 
@@ -20,17 +24,22 @@ pub const CHANNEL: &str = "engarde_workflow_changes";
 /// Longest wait between attempts to listen again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Feeds `cache` for as long as `pool` is open.
-pub fn spawn(pool: PgPool, cache: Arc<WorkflowCache>) {
+/// Heartbeats missed in a row before the listening connection counts as lost.
+const MISSED_HEARTBEATS: u32 = 3;
+
+/// Feeds `cache` for as long as `pool` is open, checking the feed every `heartbeat`.
+pub fn spawn(pool: PgPool, cache: Arc<WorkflowCache>, heartbeat: Duration) {
+    // This replica's own channel: only its heartbeats arrive there.
+    let heartbeats = format!("engarde_wf_heartbeat_{}", uuid::Uuid::new_v4().simple());
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         while !pool.is_closed() {
-            match listen(&pool).await {
+            match listen(&pool, &heartbeats).await {
                 Ok(mut listener) => {
                     cache.enable();
                     tracing::info!(channel = CHANNEL, "workflow cache on: listening for changes");
                     backoff = Duration::from_millis(100);
-                    let ended = follow(&mut listener, &cache).await;
+                    let ended = follow(&mut listener, &pool, &cache, &heartbeats, heartbeat).await;
                     cache.disable();
                     if pool.is_closed() {
                         break;
@@ -47,21 +56,43 @@ pub fn spawn(pool: PgPool, cache: Arc<WorkflowCache>) {
     });
 }
 
-async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+async fn listen(pool: &PgPool, heartbeats: &str) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     // Reconnecting is ours to do: the cache must be off while nothing listens.
     listener.eager_reconnect(false);
-    listener.listen(CHANNEL).await?;
+    listener.listen_all([CHANNEL, heartbeats]).await?;
     Ok(listener)
 }
 
-/// Applies announcements until the connection is lost; answers why it ended.
-async fn follow(listener: &mut PgListener, cache: &WorkflowCache) -> String {
+/// Applies announcements until the connection is lost or deaf; answers why it ended.
+async fn follow(
+    listener: &mut PgListener,
+    pool: &PgPool,
+    cache: &WorkflowCache,
+    heartbeats: &str,
+    heartbeat: Duration,
+) -> String {
+    let mut ticker = tokio::time::interval(heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
     loop {
-        match listener.try_recv().await {
-            Ok(Some(notification)) => cache.changed(notification.payload()),
-            Ok(None) => return "connection lost".to_owned(),
-            Err(e) => return e.to_string(),
+        tokio::select! {
+            _ = ticker.tick() => {
+                if last_heard.elapsed() > heartbeat * MISSED_HEARTBEATS {
+                    return format!("no heartbeat for {} ms: the connection is deaf", last_heard.elapsed().as_millis());
+                }
+                // Over another connection: the point is to hear it on the listening one.
+                if let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(heartbeats).execute(pool).await {
+                    return format!("cannot send a heartbeat: {e}");
+                }
+            }
+            // Cancel-safe: sqlx keeps a partly read message in the connection's buffer.
+            received = listener.try_recv() => match received {
+                Ok(Some(notification)) if notification.channel() == CHANNEL => cache.changed(notification.payload()),
+                Ok(Some(_)) => last_heard = Instant::now(),
+                Ok(None) => return "connection lost".to_owned(),
+                Err(e) => return e.to_string(),
+            },
         }
     }
 }

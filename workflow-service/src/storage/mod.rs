@@ -82,13 +82,14 @@ pub fn repository(pool: &DbPool) -> Arc<dyn WorkflowRepository> {
 }
 
 /// The repository for a pool, behind a cache of up to `capacity` workflows where the database
-/// announces changes (PostgreSQL); uncached on SQLite, or with a capacity of 0.
-pub fn cached_repository(pool: &DbPool, capacity: u64) -> Arc<dyn WorkflowRepository> {
+/// announces changes (PostgreSQL), its feed checked every `heartbeat`; uncached on SQLite, or
+/// with a capacity of 0.
+pub fn cached_repository(pool: &DbPool, capacity: u64, heartbeat: std::time::Duration) -> Arc<dyn WorkflowRepository> {
     let repo = repository(pool);
     match pool {
         DbPool::Postgres(p) if capacity > 0 => {
             let cache = Arc::new(WorkflowCache::new(capacity));
-            change_feed::spawn(p.clone(), cache.clone());
+            change_feed::spawn(p.clone(), cache.clone(), heartbeat);
             Arc::new(CachedWorkflowRepository::new(repo, cache))
         }
         _ => repo,
