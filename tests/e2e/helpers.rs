@@ -66,12 +66,7 @@ impl TestDb {
     /// unaligned output.
     pub fn psql(&self, sql: &str) -> String {
         assert!(self.pg_name.is_some(), "psql needs a PostgreSQL database");
-        let output = std::process::Command::new("psql")
-            .args([&self.url, "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .output()
-            .expect("psql runs");
-        assert!(output.status.success(), "psql failed: {sql}: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+        psql_on(&self.url, sql)
     }
 }
 
@@ -85,12 +80,17 @@ impl Drop for TestDb {
 
 /// Runs one statement on the admin database with psql (synchronous, so `Drop` can use it).
 fn psql(sql: &str) {
-    let status = std::process::Command::new("psql")
-        .args([&postgres_admin_url(), "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .stdout(Stdio::null())
-        .status()
+    psql_on(&postgres_admin_url(), sql);
+}
+
+/// Runs SQL on the database at `url` with psql; answers its unaligned output, trimmed.
+fn psql_on(url: &str, sql: &str) -> String {
+    let output = std::process::Command::new("psql")
+        .args([url, "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
         .expect("psql runs");
-    assert!(status.success(), "psql failed: {sql}");
+    assert!(output.status.success(), "psql failed: {sql}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
 /// Where cargo put the workspace's binaries (next to this test binary's `deps/` folder).

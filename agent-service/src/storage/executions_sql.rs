@@ -164,6 +164,10 @@ fn outcome_columns(outcome: &Outcome) -> (ExecutionStatus, &str, &str, &'static 
     }
 }
 
+/// `relaxed_from` is a one-row `FROM` (for `INSERT … SELECT`, and inside `EXISTS` for `DELETE`)
+/// that lets the statement's commit return before its WAL reaches the disk (PostgreSQL's
+/// `synchronous_commit = off`, set for that statement's transaction only): for writes whose loss
+/// in a crash is harmless. SQLite has no such switch; there it is inert.
 macro_rules! sql_execution_repository {
     ($module:ident, $name:ident, $db:ty, begin = $begin:literal, lock = $lock:literal, skip_locked = $skip:literal,
      relaxed_from = $relaxed_from:literal, finish_in_one_statement = $one_statement:literal) => {
@@ -192,12 +196,6 @@ macro_rules! sql_execution_repository {
             engarde::idempotency_sql!($db);
 
             engarde::sql_repository_base!($name, $db, $begin);
-
-            /// A one-row `FROM` for `INSERT … SELECT` and a condition for `DELETE`, that let the
-            /// statement's commit return before its WAL reaches the disk (PostgreSQL's
-            /// `synchronous_commit = off`, set for this statement's transaction only): for writes
-            /// whose loss in a crash is harmless. SQLite has no such switch; there it is inert.
-            const RELAXED_FROM: &str = $relaxed_from;
 
             fn execution_not_found(id: Uuid) -> ServiceError {
                 ServiceError::not_found(format!("execution {id}"))
@@ -346,7 +344,8 @@ macro_rules! sql_execution_repository {
             /// for the credentials the update clears; the messages take their numbers from the
             /// session upsert, which locks the session as there. No row: already finished.
             async fn finish_in_one_statement(pool: &sqlx::Pool<$db>, finish: &Finish) -> ServiceResult<Option<Finished>> {
-                let sql = format!(
+                // Built once: it is on every execution's path.
+                static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!(
                     "WITH finished AS ( \
                        UPDATE executions AS e SET status = $1, output = $2, error = $3, error_code = $4, \
                          latency_ms = $5, finished_at = $6, report_credentials = '' \
@@ -380,9 +379,9 @@ macro_rules! sql_execution_repository {
                      SELECT {EXECUTION_COLUMNS}, report_workflow_id FROM finished",
                     user = MessageRole::User.as_str(),
                     agent = MessageRole::Agent.as_str(),
-                );
+                ));
                 let (status, output, error, error_code) = outcome_columns(&finish.outcome);
-                let row: Option<FinishedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                let row: Option<FinishedRow> = sqlx::query_as(sqlx::AssertSqlSafe(SQL.as_str()))
                     .bind(status.as_str())
                     .bind(output)
                     .bind(error)
@@ -416,13 +415,13 @@ macro_rules! sql_execution_repository {
                     // no answer and retries. So its commit need not wait for the disk, which
                     // saves an execution one of its two flushes. One statement, one round trip
                     // (`WHERE true` keeps SQLite from reading the upsert's ON as a join's).
-                    let sql = format!(
+                    let inserted = sqlx::query(concat!(
                         "INSERT INTO executions (id, tenant_id, agent_id, session_id, step_id, input, status, \
                          request_id, fingerprint, started_at, report_workflow_id, report_credentials) \
-                         SELECT $1, $2, $3, $4, $5, $6, 'running', $7, $8, $9, $10, $11 FROM {RELAXED_FROM} WHERE true \
-                         ON CONFLICT (tenant_id, request_id) DO NOTHING"
-                    );
-                    let inserted = sqlx::query(sqlx::AssertSqlSafe(sql))
+                         SELECT $1, $2, $3, $4, $5, $6, 'running', $7, $8, $9, $10, $11 FROM ",
+                        $relaxed_from,
+                        " WHERE true ON CONFLICT (tenant_id, request_id) DO NOTHING"
+                    ))
                     .bind(new.id.to_string())
                     .bind(&new.tenant_id)
                     .bind(new.agent_id.to_string())
@@ -766,11 +765,14 @@ macro_rules! sql_execution_repository {
                 async fn report_delivered(&self, execution_id: Uuid) -> ServiceResult<()> {
                     // Losing this delete in a crash only delivers the report again, which
                     // workflow-service counts once: no need to wait for the disk.
-                    let sql = format!(
-                        "DELETE FROM execution_reports WHERE execution_id = $1 \
-                         AND EXISTS (SELECT 1 FROM {RELAXED_FROM})"
-                    );
-                    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(execution_id.to_string()).execute(&self.pool).await?;
+                    sqlx::query(concat!(
+                        "DELETE FROM execution_reports WHERE execution_id = $1 AND EXISTS (SELECT 1 FROM ",
+                        $relaxed_from,
+                        ")"
+                    ))
+                    .bind(execution_id.to_string())
+                    .execute(&self.pool)
+                    .await?;
                     Ok(())
                 }
 

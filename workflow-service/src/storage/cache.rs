@@ -49,15 +49,10 @@ struct Entry<T> {
     value: T,
 }
 
-/// Counts weight by workflows held, so the capacity bounds memory whatever the page sizes.
+/// Weighs a page by the workflows it holds, so the capacity bounds memory whatever the page
+/// sizes.
 #[derive(Clone)]
 struct ByWorkflows;
-
-impl quick_cache::Weighter<(String, Uuid), Entry<Arc<Workflow>>> for ByWorkflows {
-    fn weight(&self, _: &(String, Uuid), _: &Entry<Arc<Workflow>>) -> u64 {
-        1
-    }
-}
 
 impl quick_cache::Weighter<String, Entry<Arc<[Workflow]>>> for ByWorkflows {
     fn weight(&self, _: &String, entry: &Entry<Arc<[Workflow]>>) -> u64 {
@@ -73,7 +68,7 @@ pub struct WorkflowCache {
     templates: AtomicU64,
     tenants: Box<[AtomicU64]>,
     hasher: RandomState,
-    workflows: Cache<(String, Uuid), Entry<Arc<Workflow>>, ByWorkflows>,
+    workflows: Cache<(String, Uuid), Entry<Arc<Workflow>>>,
     pages: Cache<String, Entry<Arc<[Workflow]>>, ByWorkflows>,
 }
 
@@ -82,14 +77,15 @@ impl WorkflowCache {
     /// It starts off: [`WorkflowCache::enable`] turns it on once changes are announced.
     pub fn new(capacity: u64) -> Self {
         let half = (capacity / 2).max(1);
-        let estimated = usize::try_from(half).unwrap_or(usize::MAX).min(65_536);
+        let items = usize::try_from(half).unwrap_or(usize::MAX);
+        let estimated = items.min(65_536);
         Self {
             enabled: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             templates: AtomicU64::new(0),
             tenants: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             hasher: RandomState::new(),
-            workflows: Cache::with_weighter(estimated, half, ByWorkflows),
+            workflows: Cache::new(items),
             pages: Cache::with_weighter((estimated / 50).max(16), half, ByWorkflows),
         }
     }
