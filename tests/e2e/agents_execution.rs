@@ -240,7 +240,9 @@ async fn a_streamed_execution_forwards_langflow_events_then_the_record() {
 both_backends!(
     async fn concurrent_executions_are_counted_exactly_here_and_in_the_workflow(backend) {
         const RUNS: usize = 8;
-        let app = spawn_with_langflow(backend, &real_langflow_url(), &[]).await;
+        let metrics = free_port();
+        let app =
+            spawn_with_langflow(backend, &real_langflow_url(), &[("METRICS_ADDR", format!("127.0.0.1:{metrics}"))]).await;
         let (workflow, agent) = active_agent(&app, "tenant-a").await;
         let agents = app.agents("tenant-a").await;
         let mut tasks = Vec::new();
@@ -273,6 +275,14 @@ both_backends!(
         let sequences: Vec<i64> = shared.iter().map(|m| m.sequence).collect();
         assert_eq!(sequences, (1..=RUNS as i64).collect::<Vec<_>>());
         workflow_counts_reach(&app, "tenant-a", &workflow.id, (RUNS as i64, RUNS as i64)).await;
+        // Delivered reports leave the outbox. The gauge is published after every pass of the
+        // outbox (at least every REPORT_INTERVAL_MS, 500 ms here): past two passes, it is no
+        // longer the value from before the runs.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        eventually(Duration::from_secs(10), "the outbox to be empty", || async {
+            metric_sum(&scrape(metrics).await, "agent_execution_reports_pending", &[]) == 0.0
+        })
+        .await;
     }
 );
 

@@ -13,6 +13,7 @@ use engarde::kit::auth::Tenant;
 use engarde::kit::error::{ServiceError, ServiceResult};
 use futures::StreamExt as _;
 use tokio::sync::Notify;
+use uuid::Uuid;
 
 use super::model::{Report, report_backoff};
 use crate::domain::now;
@@ -56,7 +57,7 @@ impl Reporter {
                 match self.deliver_due().await {
                     // A full batch: more may be due.
                     Ok(n) if n as i64 >= BATCH => continue,
-                    Ok(_) => {}
+                    Ok(_) => self.publish_pending().await,
                     Err(e) => tracing::warn!(error = %e, "could not read the outbox of execution reports"),
                 }
                 tokio::select! {
@@ -67,15 +68,36 @@ impl Reporter {
         });
     }
 
+    /// Publishes `agent_execution_reports_pending`: the outbox's depth, which an operator
+    /// watches to see reports to workflow-service flowing (it returns to 0) or piling up.
+    async fn publish_pending(&self) {
+        match self.executions.pending_reports().await {
+            Ok(n) => metrics::gauge!("agent_execution_reports_pending").set(n as f64),
+            Err(e) => tracing::debug!(error = %e, "could not count the outbox for metrics"),
+        }
+    }
+
     /// Claims the due reports and delivers them; answers how many were claimed.
     pub async fn deliver_due(&self) -> ServiceResult<usize> {
         let reports = self.executions.claim_reports(BATCH, self.lease).await?;
         let claimed = reports.len();
-        futures::stream::iter(reports).for_each_concurrent(CONCURRENCY, |report| self.deliver(report)).await;
+        let done: Vec<Uuid> = futures::stream::iter(reports)
+            .map(|report| self.deliver(report))
+            .buffer_unordered(CONCURRENCY)
+            .filter_map(|done| async move { done })
+            .collect()
+            .await;
+        // One statement for the batch, not one per report.
+        if let Err(e) = self.executions.reports_delivered(&done).await {
+            // The leases run out and the reports are delivered again: harmless.
+            tracing::warn!(reports = done.len(), error = %e, "could not forget delivered execution reports");
+        }
         Ok(claimed)
     }
 
-    async fn deliver(&self, report: Report) {
+    /// Delivers one report; answers its execution id when the outbox is done with it (delivered,
+    /// or dropped as undeliverable), `None` when it is to be retried.
+    async fn deliver(&self, report: Report) -> Option<Uuid> {
         let outcome = match Tenant::parse(&report.tenant_id) {
             Ok(tenant) => {
                 let minted = self.minter.as_ref().and_then(|m| m.bearer(&tenant, Duration::from_secs(300)));
@@ -86,10 +108,10 @@ impl Reporter {
             }
             Err(e) => Err(ServiceError::internal(anyhow::anyhow!("stored tenant {:?}: {e}", report.tenant_id))),
         };
-        let stored = match outcome {
+        match outcome {
             Ok(counted) => {
                 tracing::debug!(execution_id = %report.execution_id, counted, "execution reported");
-                self.executions.report_delivered(report.execution_id).await
+                Some(report.execution_id)
             }
             // Nothing to count it in any more (the workflow was deleted), or it was counted for
             // another workflow: retrying cannot change that.
@@ -98,7 +120,7 @@ impl Reporter {
                     execution_id = %report.execution_id, workflow_id = %report.workflow_id, error = %e,
                     "execution report dropped: workflow-service cannot count it"
                 );
-                self.executions.report_delivered(report.execution_id).await
+                Some(report.execution_id)
             }
             Err(e) => {
                 let attempts = report.attempts + 1;
@@ -108,12 +130,12 @@ impl Reporter {
                     "execution report not delivered; will retry"
                 );
                 let retry_at = now() + chrono::Duration::from_std(retry_in).unwrap_or(chrono::Duration::seconds(60));
-                self.executions.report_failed(report.execution_id, &e.to_string(), retry_at).await
+                if let Err(e) = self.executions.report_failed(report.execution_id, &e.to_string(), retry_at).await {
+                    // The lease runs out and the report is delivered again: harmless.
+                    tracing::warn!(execution_id = %report.execution_id, error = %e, "could not update the outbox");
+                }
+                None
             }
-        };
-        if let Err(e) = stored {
-            // The lease runs out and the report is delivered again: harmless.
-            tracing::warn!(execution_id = %report.execution_id, error = %e, "could not update the outbox");
         }
     }
 }

@@ -97,8 +97,11 @@ pub trait ExecutionRepository: Send + Sync {
     /// (the time a delivery may take; a claimer that dies mid-delivery leaves them due again).
     async fn claim_reports(&self, limit: i64, lease: Duration) -> ServiceResult<Vec<Report>>;
 
-    /// Forgets a delivered report.
-    async fn report_delivered(&self, execution_id: Uuid) -> ServiceResult<()>;
+    /// Forgets delivered reports (a batch's, in one statement).
+    async fn reports_delivered(&self, execution_ids: &[Uuid]) -> ServiceResult<()>;
+
+    /// How many reports the outbox holds (due or not).
+    async fn pending_reports(&self) -> ServiceResult<i64>;
 
     /// Records a failed delivery; the report is due again at `retry_at`.
     async fn report_failed(&self, execution_id: Uuid, error: &str, retry_at: DateTime<Utc>) -> ServiceResult<()>;

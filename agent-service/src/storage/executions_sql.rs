@@ -167,10 +167,12 @@ fn outcome_columns(outcome: &Outcome) -> (ExecutionStatus, &str, &str, &'static 
 /// `relaxed_from` is a one-row `FROM` (for `INSERT … SELECT`, and inside `EXISTS` for `DELETE`)
 /// that lets the statement's commit return before its WAL reaches the disk (PostgreSQL's
 /// `synchronous_commit = off`, set for that statement's transaction only): for writes whose loss
-/// in a crash is harmless. SQLite has no such switch; there it is inert.
+/// in a crash is harmless. SQLite has no such switch; there it is inert. `json_texts` selects the
+/// strings of the JSON array bound as `$1`.
 macro_rules! sql_execution_repository {
     ($module:ident, $name:ident, $db:ty, begin = $begin:literal, lock = $lock:literal, skip_locked = $skip:literal,
-     relaxed_from = $relaxed_from:literal, finish_in_one_statement = $one_statement:literal) => {
+     relaxed_from = $relaxed_from:literal, json_texts = $json_texts:literal,
+     finish_in_one_statement = $one_statement:literal) => {
         mod $module {
             use std::time::Duration;
 
@@ -745,13 +747,15 @@ macro_rules! sql_execution_repository {
                     let now = crate::domain::now();
                     let until = now + chrono::Duration::from_std(lease).map_err(ServiceError::internal)?;
                     // Pushing next_attempt_at past the lease is the claim: other claimers (other
-                    // replicas) see the rows as not due until the lease runs out.
+                    // replicas) see the rows as not due until the lease runs out. A claim lost in
+                    // a crash only lets the reports be delivered twice, which workflow-service
+                    // counts once: no need to wait for the disk.
                     let sql = format!(
                         "UPDATE execution_reports SET next_attempt_at = $1 WHERE execution_id IN \
                          (SELECT execution_id FROM execution_reports WHERE next_attempt_at <= $2 \
-                          ORDER BY next_attempt_at LIMIT $3{}) \
+                          ORDER BY next_attempt_at LIMIT $3{}) AND EXISTS (SELECT 1 FROM {}) \
                          RETURNING execution_id, tenant_id, workflow_id, succeeded, credentials, attempts",
-                        $skip
+                        $skip, $relaxed_from
                     );
                     let rows: Vec<ReportRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                         .bind(until)
@@ -762,18 +766,32 @@ macro_rules! sql_execution_repository {
                     rows.into_iter().map(Report::try_from).collect()
                 }
 
-                async fn report_delivered(&self, execution_id: Uuid) -> ServiceResult<()> {
-                    // Losing this delete in a crash only delivers the report again, which
+                async fn reports_delivered(&self, execution_ids: &[Uuid]) -> ServiceResult<()> {
+                    if execution_ids.is_empty() {
+                        return Ok(());
+                    }
+                    // The ids as one JSON array: one statement, prepared once, for any batch.
+                    // Losing this delete in a crash only delivers the reports again, which
                     // workflow-service counts once: no need to wait for the disk.
+                    let ids = serde_json::to_string(&execution_ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
+                        .map_err(ServiceError::internal)?;
                     sqlx::query(concat!(
-                        "DELETE FROM execution_reports WHERE execution_id = $1 AND EXISTS (SELECT 1 FROM ",
+                        "DELETE FROM execution_reports WHERE execution_id IN (",
+                        $json_texts,
+                        ") AND EXISTS (SELECT 1 FROM ",
                         $relaxed_from,
                         ")"
                     ))
-                    .bind(execution_id.to_string())
+                    .bind(ids)
                     .execute(&self.pool)
                     .await?;
                     Ok(())
+                }
+
+                async fn pending_reports(&self) -> ServiceResult<i64> {
+                    let (n,): (i64,) =
+                        sqlx::query_as("SELECT count(*) FROM execution_reports").fetch_one(&self.pool).await?;
+                    Ok(n)
                 }
 
                 async fn report_failed(&self, execution_id: Uuid, error: &str, retry_at: DateTime<Utc>) -> ServiceResult<()> {
@@ -802,6 +820,7 @@ sql_execution_repository!(
     lock = " FOR UPDATE",
     skip_locked = " FOR UPDATE SKIP LOCKED",
     relaxed_from = "(SELECT set_config('synchronous_commit', 'off', true)) AS relaxed",
+    json_texts = "SELECT jsonb_array_elements_text($1::jsonb)",
     finish_in_one_statement = true
 );
 sql_execution_repository!(
@@ -812,5 +831,6 @@ sql_execution_repository!(
     lock = "",
     skip_locked = "",
     relaxed_from = "(SELECT 1) AS relaxed",
+    json_texts = "SELECT value FROM json_each($1)",
     finish_in_one_statement = false
 );
