@@ -191,14 +191,30 @@ impl Executor {
     }
 
     async fn run_once(&self, run: Run) -> ServiceResult<Execution> {
-        let execution = match self.executions.start(&run.new).await? {
+        let session = langflow_session_id(run.new.agent_id, &run.new.session_id);
+        let call = async {
+            let clock = Instant::now();
+            let result = run.langflow.run(&run.flow_id, &run.new.input, &session, &run.tweaks, run.deadline).await;
+            (result.map(|o| o.text), clock)
+        };
+        let (execution, (result, clock)) = if run.new.request.is_some() {
+            // The RUNNING row is what keeps a retry from running the flow again: it comes first.
+            let started = self.executions.start(&run.new).await?;
+            if let Started::Existing(existing) = started {
+                return existing.into_answer();
+            }
+            (started, call.await)
+        } else {
+            // Nothing to deduplicate: the RUNNING row is written while Langflow runs, which
+            // saves the caller a database round trip. If it cannot be written, the run is
+            // answered with that error and its result dropped, as if it had not run.
+            let (started, called) = tokio::join!(self.executions.start(&run.new), call);
+            (started?, called)
+        };
+        let execution = match execution {
             Started::New(execution) => execution,
             Started::Existing(existing) => return existing.into_answer(),
         };
-        let clock = Instant::now();
-        let session = langflow_session_id(execution.agent_id, &execution.session_id);
-        let result =
-            run.langflow.run(&run.flow_id, &execution.input, &session, &run.tweaks, run.deadline).await.map(|o| o.text);
         self.record(&execution, &run.flow_id, result, clock).await?.into_answer()
     }
 
