@@ -37,6 +37,10 @@ pub enum Outcome {
         /// One call at a time: the services' own latency, without queueing.
         through_service_alone: Summary,
         direct_alone: Summary,
+        /// One durable one-row commit on the services' PostgreSQL, one at a time: the floor
+        /// under an execution, whose record reaches the disk before it is answered. `None`
+        /// through the real Langflow, where it is lost in the flow's own time.
+        durable_commit_alone: Option<Summary>,
     },
 }
 
@@ -101,8 +105,53 @@ fn spawn_fake_langflow(workers: usize) -> anyhow::Result<SocketAddr> {
 /// agent-service of its own (schema `agent_exec` of `database_url`) pointed at the fake.
 pub async fn run(ctx: &Ctx, workflow_addr: SocketAddr, database_url: &str) -> anyhow::Result<Outcome> {
     let fake = spawn_fake_langflow(ctx.workers)?;
-    run_against(ctx, workflow_addr, database_url, &format!("http://{fake}"), "agent_exec", ctx.load, ctx.agent_calls)
+    let mut outcome = run_against(
+        ctx,
+        workflow_addr,
+        database_url,
+        &format!("http://{fake}"),
+        "agent_exec",
+        ctx.load,
+        ctx.agent_calls,
+    )
+    .await?;
+    if let Outcome::Measured { durable_commit_alone, .. } = &mut outcome {
+        *durable_commit_alone = Some(durable_commits(database_url, ctx.agent_calls).await?);
+    }
+    Ok(outcome)
+}
+
+/// `n` one-row INSERTs into a table of their own, each its own transaction committed with
+/// PostgreSQL's defaults (so waiting for the disk), one at a time, over a pool like the
+/// services' (no ping before each statement).
+async fn durable_commits(database_url: &str, n: usize) -> anyhow::Result<Summary> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect(database_url)
         .await
+        .context("connecting to PostgreSQL for the durable-commit baseline")?;
+    let table = format!("engarde_bench_commit_{}", uuid::Uuid::new_v4().simple());
+    let create = format!("CREATE TABLE {table} (id BIGSERIAL PRIMARY KEY, at TIMESTAMPTZ NOT NULL)");
+    sqlx::query(sqlx::AssertSqlSafe(create)).execute(&pool).await.context("creating the baseline's table")?;
+    let insert = Arc::new(format!("INSERT INTO {table} (at) VALUES (now())"));
+    let commit = {
+        let pool = pool.clone();
+        move |_: usize| {
+            let (pool, insert) = (pool.clone(), insert.clone());
+            async move {
+                sqlx::query(sqlx::AssertSqlSafe(insert.as_str()))
+                    .execute(&pool)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    };
+    let summary = one_at_a_time(n, &commit).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}"))).execute(&pool).await.context("dropping it")?;
+    pool.close().await;
+    Ok(summary)
 }
 
 /// The same comparison through a real Langflow at `langflow_url`: ExecuteAgent against running
@@ -223,7 +272,7 @@ async fn measure(
     };
     let direct = load::closed_loop(load, run_directly.clone()).await;
     let direct_alone = one_at_a_time(calls_alone, &run_directly).await;
-    Ok(Outcome::Measured { through_service, direct, through_service_alone, direct_alone })
+    Ok(Outcome::Measured { through_service, direct, through_service_alone, direct_alone, durable_commit_alone: None })
 }
 
 /// Waits until workflow-service has counted every execution agent-service recorded for the
