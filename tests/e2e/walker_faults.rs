@@ -224,6 +224,7 @@ async fn walker_calls_check_their_input_their_tenant_and_their_retries() {
         .unwrap()
         .into_inner();
     assert_eq!(ours.runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [run.id.as_str()]);
+    assert_eq!(ours.runs[0], done, "a listed run carries its steps, as GetRun answers it");
     expect_code(
         agents.list_runs(pb::ListRunsRequest { status: 99, ..Default::default() }).await,
         Code::InvalidArgument,
@@ -237,9 +238,13 @@ async fn walker_calls_check_their_input_their_tenant_and_their_retries() {
         Code::InvalidArgument,
     );
 
-    // Pages of runs, newest first, without overlap.
+    // Pages of runs, newest first, without overlap; each run with its own steps.
+    let mut started = Vec::new();
     for i in 0..3 {
-        start_run(&mut agents, &agent.id, &format!("page {i}")).await;
+        started.push(start_run(&mut agents, &agent.id, &format!("page {i}")).await);
+    }
+    for run in &started {
+        wait_run(&mut agents, &run.id, Duration::from_secs(30), status_is(pb::RunStatus::Succeeded)).await;
     }
     let first =
         agents.list_runs(pb::ListRunsRequest { page_size: 2, ..Default::default() }).await.unwrap().into_inner();
@@ -259,6 +264,10 @@ async fn walker_calls_check_their_input_their_tenant_and_their_retries() {
             >= second.runs[0].create_time.as_ref().map(|t| (t.seconds, t.nanos))
     );
     assert!(second.runs.iter().all(|r| first.runs.iter().all(|f| f.id != r.id)));
+    for listed in first.runs.iter().chain(&second.runs) {
+        let got = agents.get_run(pb::GetRunRequest { id: listed.id.clone() }).await.unwrap().into_inner();
+        assert_eq!(listed, &got, "run {} as listed and as GetRun answers it", listed.id);
+    }
 
     // Review calls with bad ids, and reviews that are not the caller's.
     let reject = pb::RejectStepRequest {

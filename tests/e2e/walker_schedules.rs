@@ -55,6 +55,8 @@ async fn a_seconds_schedule_fires_once_per_tick_across_two_processes() {
     assert!(ordered.windows(2).all(|w| w[1] - w[0] == 2), "no tick missed: {ordered:?}");
     for run in &runs {
         assert_eq!(run.trigger, pb::RunTrigger::Scheduled as i32);
+        let step_ids: Vec<&str> = run.steps.iter().map(|s| s.step_id.as_str()).collect();
+        assert_eq!(step_ids, ["report", "done"], "run {} listed with its own steps", run.id);
     }
     // They run like any other run.
     let first = runs.last().unwrap();

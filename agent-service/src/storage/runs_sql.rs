@@ -198,8 +198,11 @@ impl ReviewRow {
 }
 
 macro_rules! run_repository {
-    ($module:ident, $name:ident, $db:ty, begin = $begin:literal, lock = $lock:literal, skip_locked = $skip:literal) => {
+    ($module:ident, $name:ident, $db:ty, begin = $begin:literal, lock = $lock:literal, skip_locked = $skip:literal,
+     json_texts = $json_texts:literal) => {
         mod $module {
+            use std::collections::HashMap;
+
             use async_trait::async_trait;
             use chrono::{DateTime, Utc};
             use engarde::kit::error::{ServiceError, ServiceResult, is_unique_violation};
@@ -221,6 +224,14 @@ macro_rules! run_repository {
             engarde::idempotency_sql!($db);
 
             type Conn = <$db as sqlx::Database>::Connection;
+
+            /// A step of a page of runs, with the run it belongs to.
+            #[derive(sqlx::FromRow)]
+            struct PageStepRow {
+                run_id: String,
+                #[sqlx(flatten)]
+                step: StepRow,
+            }
 
             /// Run statuses that have ended, as an SQL list.
             const FINAL: &str = "('succeeded', 'failed', 'rejected', 'cancelled')";
@@ -641,11 +652,29 @@ macro_rules! run_repository {
                         .bind(i64::from(page.size))
                         .fetch_all(&mut *conn)
                         .await?;
-                    let mut runs = Vec::with_capacity(rows.len());
-                    for row in rows {
-                        runs.push(with_steps(&mut conn, row).await?);
+                    if rows.is_empty() {
+                        return Ok(Vec::new());
                     }
-                    Ok(runs)
+                    // The page's steps in one query (not one per run): the ids as a JSON array.
+                    let ids = serde_json::to_string(&rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+                        .map_err(ServiceError::internal)?;
+                    let sql = format!(
+                        "SELECT run_id, {STEP_COLUMNS} FROM run_steps WHERE run_id IN ({}) ORDER BY run_id, step_index",
+                        $json_texts
+                    );
+                    let steps: Vec<PageStepRow> =
+                        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(&mut *conn).await?;
+                    let mut steps_of: HashMap<String, Vec<RunStep>> = HashMap::with_capacity(rows.len());
+                    for PageStepRow { run_id, step } in steps {
+                        let step = step.into_step(&run_id)?;
+                        steps_of.entry(run_id).or_default().push(step);
+                    }
+                    rows.into_iter()
+                        .map(|row| {
+                            let steps = steps_of.remove(&row.id).unwrap_or_default();
+                            row.into_run(steps)
+                        })
+                        .collect()
                 }
 
                 async fn cancel(&self, tenant: &str, id: Uuid, reason: &str, key: Option<&IdempotencyKey>) -> ServiceResult<Run> {
@@ -1036,6 +1065,15 @@ run_repository!(
     sqlx::Postgres,
     begin = "BEGIN",
     lock = " FOR UPDATE",
-    skip_locked = " FOR UPDATE SKIP LOCKED"
+    skip_locked = " FOR UPDATE SKIP LOCKED",
+    json_texts = "SELECT jsonb_array_elements_text($1::jsonb)"
 );
-run_repository!(sqlite, SqliteRunRepository, sqlx::Sqlite, begin = "BEGIN IMMEDIATE", lock = "", skip_locked = "");
+run_repository!(
+    sqlite,
+    SqliteRunRepository,
+    sqlx::Sqlite,
+    begin = "BEGIN IMMEDIATE",
+    lock = "",
+    skip_locked = "",
+    json_texts = "SELECT value FROM json_each($1)"
+);
