@@ -62,6 +62,26 @@ impl TestDb {
         if self.pg_name.is_some() { Backend::Postgres } else { Backend::Sqlite }
     }
 
+    /// Runs one SQL statement on this database (either backend) over a connection of its own,
+    /// as an operator would: for reading and changing what the services store behind their back.
+    /// Answers the first column of the first row as text (`SELECT … ::text`-free: both backends
+    /// must answer a TEXT value), or "" when there is no row.
+    pub async fn sql(&self, sql: &str) -> String {
+        use sqlx::Connection as _;
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        let row: Option<(String,)> = match self.backend() {
+            Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.url).await.expect("connect to PostgreSQL");
+                sqlx::query_as(sql).fetch_optional(&mut conn).await.expect("SQL on PostgreSQL")
+            }
+            Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url).await.expect("open the SQLite file");
+                sqlx::query_as(sql).fetch_optional(&mut conn).await.expect("SQL on SQLite")
+            }
+        };
+        row.map(|(text,)| text).unwrap_or_default()
+    }
+
     /// Runs SQL on this PostgreSQL database with psql, as an operator would; answers its
     /// unaligned output.
     pub fn psql(&self, sql: &str) -> String {

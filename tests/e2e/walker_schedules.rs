@@ -1,5 +1,6 @@
 //! Scheduled triggers: exactly one run per tick across two agent-service processes (PostgreSQL:
-//! SQLite is one process's database by design), and PreviewSchedule's fire times.
+//! SQLite is one process's database by design), PreviewSchedule's fire times, and the column
+//! that keeps the scheduler to the agents that have a schedule.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use engarde::proto::agent::v1 as pb;
 use engarde::proto::workflow::v1 as wpb;
 
+use crate::both_backends;
 use crate::helpers::*;
 use crate::langflow_support::FakeLangflow;
 use crate::walker_support::*;
@@ -64,3 +66,34 @@ async fn a_seconds_schedule_fires_once_per_tick_across_two_processes() {
     assert!(done.output.contains("Report for"), "{}", done.output);
     drop(second);
 }
+
+both_backends!(
+    async fn only_agents_with_a_schedule_are_marked_for_the_scheduler(backend) {
+        let fake = FakeLangflow::start().await;
+        let app = spawn_walker_app(backend, &fake.url(), &[("SCHEDULER_INTERVAL_MS", "100".into())]).await;
+        let steps = || vec![llm("report", "Report for {input}"), output("done")];
+        let on_demand = active_walker(&app, "tenant-cron", config(steps(), 0, vec![])).await;
+        let cron = "0 0 1 1 * *"; // a yearly tick: none comes during the test
+        let trigger = wpb::Trigger { cron: cron.into(), ..every_two_seconds() };
+        let scheduled = active_walker(&app, "tenant-cron", config(steps(), 0, vec![trigger])).await;
+        let marked = |id: String| {
+            let db = &app.agent_db;
+            async move {
+                db.sql(&format!("SELECT CASE WHEN scheduled THEN 'yes' ELSE 'no' END FROM agents WHERE id = '{id}'"))
+                    .await
+            }
+        };
+        assert_eq!(marked(on_demand.id.clone()).await, "no");
+        assert_eq!(marked(scheduled.id.clone()).await, "yes");
+
+        // A row as the migration leaves the agents it finds ("may have a schedule"): the
+        // scheduler's next passes decode it and clear the mark.
+        app.agent_db.sql(&format!("UPDATE agents SET scheduled = TRUE WHERE id = '{}'", on_demand.id)).await;
+        assert_eq!(marked(on_demand.id.clone()).await, "yes");
+        eventually(Duration::from_secs(10), "the scheduler to clear the mark", || async {
+            marked(on_demand.id.clone()).await == "no"
+        })
+        .await;
+        assert_eq!(marked(scheduled.id.clone()).await, "yes", "an agent with a schedule keeps its mark");
+    }
+);

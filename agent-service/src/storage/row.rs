@@ -8,6 +8,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::domain::{Agent, AgentConfig, AgentStatus, AgentType, FlowOrigin, WorkflowCategory, WorkflowSnapshot};
+use crate::walker::model::has_scheduled_trigger;
 
 /// The columns every query selects and every insert writes, in this order.
 pub const COLUMNS: &str = "id, tenant_id, name, description, agent_type, status, status_reason, \
@@ -53,18 +54,23 @@ pub struct SnapshotColumns {
     pub name: Option<String>,
     pub category: Option<&'static str>,
     pub config: Option<Vec<u8>>,
+    /// Whether the snapshot has a scheduled trigger (the `scheduled` column).
+    pub scheduled: bool,
 }
 
 impl SnapshotColumns {
     pub fn of(snapshot: Option<&WorkflowSnapshot>) -> Self {
         match snapshot {
-            None => Self { workflow_id: None, version: None, name: None, category: None, config: None },
+            None => {
+                Self { workflow_id: None, version: None, name: None, category: None, config: None, scheduled: false }
+            }
             Some(s) => Self {
                 workflow_id: Some(s.workflow_id.to_string()),
                 version: Some(s.workflow_version),
                 name: Some(s.workflow_name.clone()),
                 category: Some(s.category.as_str()),
                 config: Some(s.config.encode_to_vec()),
+                scheduled: has_scheduled_trigger(&s.config),
             },
         }
     }

@@ -219,6 +219,7 @@ macro_rules! run_repository {
             use crate::walker::model::{
                 NewRun, Review, ReviewAction, ReviewDecision, ReviewStatus, Run, RunEvent, RunFilter,
                 RunRequestKey, RunStatus, RunStep, ScheduledAgent, StepKind, StepStatus, TickOutcome, Verdict,
+                has_scheduled_trigger,
             };
 
             engarde::idempotency_sql!($db);
@@ -996,26 +997,30 @@ macro_rules! run_repository {
                 async fn scheduled_agents(&self) -> ServiceResult<Vec<ScheduledAgent>> {
                     use engarde::proto::workflow::v1 as workflow_pb;
                     use prost::Message as _;
-                    let rows: Vec<(String, String, DateTime<Utc>, Vec<u8>, String)> = sqlx::query_as(
-                        "SELECT tenant_id, id, updated_at, source_workflow_config, langflow_workflow_id FROM agents \
-                         WHERE status = 'active' AND source_workflow_config IS NOT NULL",
+                    let rows: Vec<(String, String, DateTime<Utc>, i64, Vec<u8>, String)> = sqlx::query_as(
+                        "SELECT tenant_id, id, updated_at, version, source_workflow_config, langflow_workflow_id \
+                         FROM agents WHERE status = 'active' AND scheduled = TRUE AND source_workflow_config IS NOT NULL",
                     )
                     .fetch_all(&self.pool)
                     .await?;
                     let mut agents = Vec::new();
-                    for (tenant_id, id, updated_at, config, flow) in rows {
+                    for (tenant_id, id, updated_at, version, config, flow) in rows {
                         let (Ok(agent_id), Ok(config)) =
                             (Uuid::parse_str(&id), workflow_pb::WorkflowConfig::decode(config.as_slice()))
                         else {
                             tracing::warn!(agent_id = id, "agent with a corrupt snapshot: its schedules are ignored");
                             continue;
                         };
-                        let scheduled = config
-                            .triggers
-                            .iter()
-                            .any(|t| t.r#type == workflow_pb::TriggerType::Scheduled as i32);
-                        if scheduled {
+                        if has_scheduled_trigger(&config) {
                             agents.push(ScheduledAgent { tenant_id, agent_id, updated_at, config, has_flow: !flow.is_empty() });
+                        } else {
+                            // A row from before the column was written: set it right once, unless
+                            // the agent has changed since it was read (that change wrote it).
+                            sqlx::query("UPDATE agents SET scheduled = FALSE WHERE id = $1 AND version = $2")
+                                .bind(&id)
+                                .bind(version)
+                                .execute(&self.pool)
+                                .await?;
                         }
                     }
                     Ok(agents)

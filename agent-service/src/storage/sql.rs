@@ -43,8 +43,8 @@ macro_rules! sql_repository {
             async fn insert_agent(tx: &mut Tx<'_>, a: &Agent) -> ServiceResult<()> {
                 let snapshot = SnapshotColumns::of(a.snapshot.as_ref());
                 let sql = format!(
-                    "INSERT INTO agents ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-                     $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)"
+                    "INSERT INTO agents ({COLUMNS}, scheduled) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                     $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
                 );
                 sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(a.id.to_string())
@@ -72,6 +72,7 @@ macro_rules! sql_repository {
                     .bind(a.flow_origin.as_str())
                     .bind(a.feedback_count)
                     .bind(a.feedback_score_sum)
+                    .bind(snapshot.scheduled)
                     .execute(&mut **tx)
                     .await?;
                 Ok(())
@@ -198,7 +199,8 @@ macro_rules! sql_repository {
                          langflow_workflow_id = $6, langflow_deployment_id = $7, source_workflow_id = $8, \
                          source_workflow_version = $9, source_workflow_name = $10, source_workflow_category = $11, \
                          source_workflow_config = $12, configuration = $13, capabilities = $14, version = $15, \
-                         updated_at = $16, flow_origin = $17 WHERE id = $18 AND tenant_id = $19 AND version = $20",
+                         updated_at = $16, flow_origin = $17, scheduled = $18 \
+                         WHERE id = $19 AND tenant_id = $20 AND version = $21",
                     )
                     .bind(&agent.name)
                     .bind(&agent.description)
@@ -217,6 +219,7 @@ macro_rules! sql_repository {
                     .bind(agent.version)
                     .bind(agent.updated_at)
                     .bind(agent.flow_origin.as_str())
+                    .bind(snapshot.scheduled)
                     .bind(id.to_string())
                     .bind(tenant)
                     .bind(read_version)

@@ -291,6 +291,11 @@ pub enum Verdict {
     Reject { reason: String },
 }
 
+/// Whether a workflow has a trigger the scheduler fires.
+pub fn has_scheduled_trigger(config: &workflow_pb::WorkflowConfig) -> bool {
+    config.triggers.iter().any(|t| t.r#type == workflow_pb::TriggerType::Scheduled as i32)
+}
+
 /// An active agent with scheduled triggers, as the scheduler sees it.
 #[derive(Debug, Clone)]
 pub struct ScheduledAgent {
