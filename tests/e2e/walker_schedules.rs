@@ -88,8 +88,8 @@ both_backends!(
 
         // A row as the migration leaves the agents it finds ("may have a schedule"): the
         // scheduler's next passes decode it and clear the mark.
-        app.agent_db.sql(&format!("UPDATE agents SET scheduled = TRUE WHERE id = '{}'", on_demand.id)).await;
-        assert_eq!(marked(on_demand.id.clone()).await, "yes");
+        let set = format!("UPDATE agents SET scheduled = TRUE WHERE id = '{}' RETURNING 'set'", on_demand.id);
+        assert_eq!(app.agent_db.sql(&set).await, "set");
         eventually(Duration::from_secs(10), "the scheduler to clear the mark", || async {
             marked(on_demand.id.clone()).await == "no"
         })
