@@ -101,6 +101,19 @@ fn start_execution(
     executor
 }
 
+/// Refuses, at start-up rather than at the first call, a LANGFLOW_URL this build cannot call.
+fn check_langflow_url(url: &str) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("LANGFLOW_URL {url:?} is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "http" if parsed.host().is_some() => Ok(()),
+        "https" => anyhow::bail!(
+            "LANGFLOW_URL {url:?}: https is not supported, this build calls Langflow over plain HTTP \
+             (inside the cluster, or through a mesh or proxy that adds TLS)"
+        ),
+        _ => anyhow::bail!("LANGFLOW_URL {url:?} must be http://host:port"),
+    }
+}
+
 /// The Langflow client, when one is configured. Its version is read and logged; a Langflow that
 /// does not answer yet is not fatal (calls that need it answer UNAVAILABLE until it does).
 async fn connect_langflow(config: &Config) -> anyhow::Result<Option<std::sync::Arc<LangflowClient>>> {
@@ -108,10 +121,27 @@ async fn connect_langflow(config: &Config) -> anyhow::Result<Option<std::sync::A
         tracing::warn!("no LANGFLOW_URL: agents get no flows and cannot execute");
         return Ok(None);
     };
+    check_langflow_url(&settings.base_url)?;
     let client = LangflowClient::new(settings)?;
     match client.version().await {
         Ok(version) => tracing::info!(langflow = client.base_url(), version, "Langflow reachable"),
         Err(e) => tracing::warn!(langflow = client.base_url(), error = %e, "Langflow not reachable yet"),
     }
     Ok(Some(std::sync::Arc::new(client)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_langflow_url;
+
+    #[test]
+    fn langflow_urls_this_build_can_call() {
+        assert!(check_langflow_url("http://langflow:7860").is_ok());
+        assert!(check_langflow_url("http://127.0.0.1:7860/").is_ok());
+        let https = check_langflow_url("https://langflow.example.com").unwrap_err().to_string();
+        assert!(https.contains("https is not supported"), "{https}");
+        for bad in ["langflow:7860", "ftp://langflow", "not a url", "http://"] {
+            assert!(check_langflow_url(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! Health follows the database both ways, and SIGTERM drains before exiting.
+//! Health follows the database both ways, SIGTERM drains before exiting, and a database that
+//! demands TLS is reached over verified TLS.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -59,6 +60,33 @@ impl ThrowawayPostgres {
         let pg = Self { dir, port };
         pg.resume();
         pg
+    }
+
+    /// A cluster that accepts TCP connections over TLS only, with a certificate for 127.0.0.1
+    /// signed by a CA of the test's own; answers it and the CA's certificate, the root a client
+    /// must trust.
+    pub fn start_tls_only() -> (Self, PathBuf) {
+        let pg = Self::start();
+        pg.stop();
+        let data = pg.dir.path().join("data");
+        // A CA, and a server certificate for 127.0.0.1 that it signs.
+        let script = "set -e
+            openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=engarde test CA' -keyout ca.key -out ca.crt
+            openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr
+            printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > server.ext
+            openssl x509 -req -days 2 -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -extfile server.ext \\
+              -out server.crt
+            chmod 600 server.key";
+        let made = Command::new("sh").args(["-c", script]).current_dir(&data).output().expect("sh");
+        assert!(made.status.success(), "making certificates: {}", String::from_utf8_lossy(&made.stderr));
+        let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n";
+        std::fs::write(data.join("pg_hba.conf"), hba).expect("pg_hba.conf");
+        let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).expect("postgresql.conf");
+        conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(data.join("postgresql.conf"), conf).expect("postgresql.conf");
+        Command::new("chown").args(["-R", "postgres"]).arg(&data).status().expect("chown");
+        pg.resume();
+        (pg, data.join("ca.crt"))
     }
 
     pub fn url(&self) -> String {
@@ -167,4 +195,29 @@ async fn sigterm_turns_health_off_first_then_exits_cleanly() {
     drop((watch, health));
     let exit = service.wait_exit(Duration::from_secs(10)).await.expect("exits within the drain timeout");
     assert!(exit.success(), "{exit:?}\n{}", service.logs());
+}
+
+/// A production database that demands TLS: the service connects over it and verifies the
+/// server's certificate against the root it is given (`sslmode=verify-full&sslrootcert=…`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_with_a_verified_certificate() {
+    use sqlx::Connection as _;
+    let (pg, root) = ThrowawayPostgres::start_tls_only();
+    // The server refuses plain connections, and a client that verifies refuses a certificate
+    // whose CA it was not given: what follows can only work over verified TLS.
+    let plain = sqlx::PgConnection::connect(&format!("{}?sslmode=disable", pg.url())).await;
+    assert!(plain.is_err(), "a plain connection must be refused");
+    let unverified = sqlx::PgConnection::connect(&format!("{}?sslmode=verify-full", pg.url())).await;
+    assert!(unverified.is_err(), "a certificate of an unknown CA must not verify");
+
+    let url = format!("{}?sslmode=verify-full&sslrootcert={}", pg.url(), root.display());
+    let service =
+        ServiceProcess::start("workflow-service", &[("DATABASE_URL", url), ("AUTH_MODE", "dev".into())]).await;
+    let mut client = engarde::proto::workflow::v1::workflow_service_client::WorkflowServiceClient::with_interceptor(
+        service.channel().await,
+        as_tenant("tenant-a"),
+    );
+    let made = client.create_workflow(create_request("Over TLS")).await.unwrap().into_inner();
+    let read = client.get_workflow(pb::GetWorkflowRequest { id: made.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(read.name, "Over TLS");
 }
