@@ -110,6 +110,9 @@ impl DbPool {
             };
             match result {
                 Ok(()) => return Ok(()),
+                Err(e) if cannot_be_waited_out(&e) => {
+                    return Err(e.context("applying migrations: the database refuses this DATABASE_URL; not retrying"));
+                }
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(attempt, error = format!("{e:#}"), "database not ready for migrations; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -147,6 +150,31 @@ impl DbPool {
             Self::Postgres(pool) => pool.close().await,
             Self::Sqlite(pool) => pool.close().await,
         }
+    }
+}
+
+/// Whether a failure to reach the database is one that waiting cannot cure, so start-up should
+/// stop at once with the reason instead of retrying until its deadline: the server's certificate
+/// does not verify, TLS is required but not offered, the credentials or the database name are
+/// wrong. A server that is down or still starting is worth waiting for.
+fn cannot_be_waited_out(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let sqlx_error = cause.downcast_ref::<sqlx::Error>().or_else(|| match cause.downcast_ref() {
+            Some(sqlx::migrate::MigrateError::Execute(inner)) => Some(inner),
+            _ => None,
+        });
+        sqlx_error.is_some_and(is_misconfiguration)
+    })
+}
+
+fn is_misconfiguration(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Tls(_) | sqlx::Error::Configuration(_) => true,
+        // A certificate that does not verify reaches sqlx as an I/O error of this kind.
+        sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::InvalidData,
+        // invalid_authorization_specification, invalid_password, invalid_catalog_name.
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("28000" | "28P01" | "3D000")),
+        _ => false,
     }
 }
 
@@ -209,4 +237,25 @@ macro_rules! sql_repository_base {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    #[test]
+    fn misconfiguration_is_told_from_a_database_not_up_yet() {
+        let tls = anyhow::Error::from(sqlx::Error::Tls("server does not support TLS".into()));
+        assert!(cannot_be_waited_out(&tls));
+        let certificate = io::Error::new(io::ErrorKind::InvalidData, "invalid peer certificate: UnknownIssuer");
+        let migrating = sqlx::migrate::MigrateError::Execute(sqlx::Error::Io(certificate));
+        assert!(cannot_be_waited_out(&anyhow::Error::from(migrating).context("applying")));
+
+        let refused = sqlx::Error::Io(io::Error::new(io::ErrorKind::ConnectionRefused, "connection refused"));
+        assert!(!cannot_be_waited_out(&anyhow::Error::from(refused)));
+        assert!(!cannot_be_waited_out(&anyhow::Error::from(sqlx::Error::PoolTimedOut)));
+        assert!(!cannot_be_waited_out(&anyhow::anyhow!("something else")));
+    }
 }

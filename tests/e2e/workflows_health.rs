@@ -210,6 +210,22 @@ async fn postgres_over_tls_with_a_verified_certificate() {
     let unverified = sqlx::PgConnection::connect(&format!("{}?sslmode=verify-full", pg.url())).await;
     assert!(unverified.is_err(), "a certificate of an unknown CA must not verify");
 
+    // Start-up stops at once, saying why, on a certificate that does not verify: waiting for
+    // the database (as for one that is down) would only delay the same failure.
+    let started = std::time::Instant::now();
+    let refused = Command::new(binary("workflow-service"))
+        .env_clear()
+        .env("DATABASE_URL", format!("{}?sslmode=verify-full", pg.url()))
+        .env("AUTH_MODE", "dev")
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("DB_STARTUP_TIMEOUT_SECS", "60")
+        .output()
+        .expect("workflow-service runs");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(started.elapsed() < Duration::from_secs(20), "it retried for {:?}: {said}", started.elapsed());
+    assert!(said.contains("certificate") && said.contains("not retrying"), "{said}");
+
     let url = format!("{}?sslmode=verify-full&sslrootcert={}", pg.url(), root.display());
     let service =
         ServiceProcess::start("workflow-service", &[("DATABASE_URL", url), ("AUTH_MODE", "dev".into())]).await;
