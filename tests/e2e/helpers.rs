@@ -64,8 +64,8 @@ impl TestDb {
 
     /// Runs one SQL statement on this database (either backend) over a connection of its own,
     /// as an operator would: for reading and changing what the services store behind their back.
-    /// Answers the first column of the first row as text (`SELECT … ::text`-free: both backends
-    /// must answer a TEXT value), or "" when there is no row.
+    /// Answers the first column of the first row, which must be text on both backends (a string
+    /// literal or a `CASE` of them), or "" when there is no row.
     pub async fn sql(&self, sql: &str) -> String {
         use sqlx::Connection as _;
         let sql = sqlx::AssertSqlSafe(sql.to_owned());

@@ -198,22 +198,23 @@ impl Executor {
             (result.map(|o| o.text), clock)
         };
         let (execution, (result, clock)) = if run.new.request.is_some() {
-            // The RUNNING row is what keeps a retry from running the flow again: it comes first.
-            let started = self.executions.start(&run.new).await?;
-            if let Started::Existing(existing) = started {
-                return existing.into_answer();
-            }
-            (started, call.await)
+            // The RUNNING row is what keeps a retry from running the flow again: it comes first,
+            // and a retry is answered without calling Langflow.
+            let execution = match self.executions.start(&run.new).await? {
+                Started::New(execution) => execution,
+                Started::Existing(existing) => return existing.into_answer(),
+            };
+            (execution, call.await)
         } else {
-            // Nothing to deduplicate: the RUNNING row is written while Langflow runs, which
-            // saves the caller a database round trip. If it cannot be written, the run is
-            // answered with that error and its result dropped, as if it had not run.
+            // Nothing to deduplicate (so nothing started before): the RUNNING row is written
+            // while Langflow runs, which saves the caller a database round trip. If it cannot be
+            // written, the run is answered with that error and its result dropped, as if it had
+            // not run.
             let (started, called) = tokio::join!(self.executions.start(&run.new), call);
-            (started?, called)
-        };
-        let execution = match execution {
-            Started::New(execution) => execution,
-            Started::Existing(existing) => return existing.into_answer(),
+            match started? {
+                Started::New(execution) => (execution, called),
+                Started::Existing(existing) => return existing.into_answer(),
+            }
         };
         self.record(&execution, &run.flow_id, result, clock).await?.into_answer()
     }

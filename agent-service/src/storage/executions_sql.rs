@@ -192,7 +192,7 @@ macro_rules! sql_execution_repository {
                 Outcome, Report, Session, SessionMessage,
             };
             use crate::storage::executions::{ExecutionRepository, NewFeedback, Started};
-            use crate::storage::replayed;
+            use crate::storage::{json_strings, replayed};
             use crate::storage::row::{AgentRow, COLUMNS as AGENT_COLUMNS};
 
             engarde::idempotency_sql!($db);
@@ -770,11 +770,8 @@ macro_rules! sql_execution_repository {
                     if execution_ids.is_empty() {
                         return Ok(());
                     }
-                    // The ids as one JSON array: one statement, prepared once, for any batch.
                     // Losing this delete in a crash only delivers the reports again, which
                     // workflow-service counts once: no need to wait for the disk.
-                    let ids = serde_json::to_string(&execution_ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
-                        .map_err(ServiceError::internal)?;
                     sqlx::query(concat!(
                         "DELETE FROM execution_reports WHERE execution_id IN (",
                         $json_texts,
@@ -782,7 +779,7 @@ macro_rules! sql_execution_repository {
                         $relaxed_from,
                         ")"
                     ))
-                    .bind(ids)
+                    .bind(json_strings(execution_ids))
                     .execute(&self.pool)
                     .await?;
                     Ok(())

@@ -123,6 +123,13 @@ pub fn replayed<T: serde::de::DeserializeOwned>(json: &str) -> ServiceResult<T> 
     serde_json::from_str(json).map_err(ServiceError::internal)
 }
 
+/// Strings as one JSON array, to bind as a single parameter where a statement takes a list
+/// (read back with `jsonb_array_elements_text` / `json_each`): one prepared statement for any
+/// number of them.
+fn json_strings(items: impl IntoIterator<Item = impl ToString>) -> String {
+    serde_json::Value::from(items.into_iter().map(|item| item.to_string()).collect::<Vec<_>>()).to_string()
+}
+
 /// The repository for a pool.
 pub fn repository(pool: &DbPool) -> Arc<dyn AgentRepository> {
     match pool {

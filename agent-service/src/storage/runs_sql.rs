@@ -214,7 +214,7 @@ macro_rules! run_repository {
                 EventRow, REVIEW_COLUMNS, RUN_COLUMNS, ReviewRow, RunRow, STEP_COLUMNS, StepRow, excerpt,
             };
             use crate::domain::now;
-            use crate::storage::replayed;
+            use crate::storage::{json_strings, replayed};
             use crate::storage::runs::{Lease, RunRepository, StepOutcome, StepWork};
             use crate::walker::model::{
                 NewRun, Review, ReviewAction, ReviewDecision, ReviewStatus, Run, RunEvent, RunFilter,
@@ -656,15 +656,13 @@ macro_rules! run_repository {
                     if rows.is_empty() {
                         return Ok(Vec::new());
                     }
-                    // The page's steps in one query (not one per run): the ids as a JSON array.
-                    let ids = serde_json::to_string(&rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
-                        .map_err(ServiceError::internal)?;
+                    // The page's steps in one query, not one per run.
                     let sql = format!(
                         "SELECT run_id, {STEP_COLUMNS} FROM run_steps WHERE run_id IN ({}) ORDER BY run_id, step_index",
                         $json_texts
                     );
                     let steps: Vec<PageStepRow> =
-                        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(&mut *conn).await?;
+                        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(json_strings(rows.iter().map(|r| &r.id))).fetch_all(&mut *conn).await?;
                     let mut steps_of: HashMap<String, Vec<RunStep>> = HashMap::with_capacity(rows.len());
                     for PageStepRow { run_id, step } in steps {
                         let step = step.into_step(&run_id)?;
