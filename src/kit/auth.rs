@@ -99,38 +99,89 @@ impl TokenMinter {
     }
 }
 
+/// The shortest HS256 secret accepted, in bytes: RFC 7518 (3.2) asks for a key at least as
+/// long as the hash (256 bits); a shorter one can be guessed offline from any token it signed.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
+/// The default clock skew allowed on `exp` and `nbf` (see [`TokenRules::leeway`]).
+pub const DEFAULT_LEEWAY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What a token must carry besides a good signature.
+#[derive(Debug, Clone)]
+pub struct TokenRules {
+    /// The `iss` a token must have: a token without an `iss` claim is refused too.
+    pub issuer: Option<String>,
+    /// The `aud` a token must have: a token without an `aud` claim is refused too.
+    pub audience: Option<String>,
+    /// The clock skew allowed between the token's issuer and this server, on `exp` (a token is
+    /// still taken this long after it expired) and `nbf` (and this long before it is valid).
+    pub leeway: std::time::Duration,
+}
+
+impl Default for TokenRules {
+    fn default() -> Self {
+        Self { issuer: None, audience: None, leeway: DEFAULT_LEEWAY }
+    }
+}
+
+impl TokenRules {
+    /// The jsonwebtoken validation of these rules: `exp` always required, `iss` and `aud`
+    /// required whenever they are configured (jsonwebtoken checks them only when present
+    /// otherwise), `nbf` honoured when present.
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut validation = Validation::new(alg);
+        let mut required = vec!["exp"];
+        match &self.issuer {
+            Some(iss) => {
+                validation.set_issuer(&[iss]);
+                required.push("iss");
+            }
+            None => validation.iss = None,
+        }
+        match &self.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.leeway = self.leeway.as_secs();
+        validation
+    }
+}
+
 impl Authenticator {
-    /// JWTs signed with an HS256 shared secret.
-    pub fn hs256(secret: &[u8], issuer: Option<&str>, audience: Option<&str>) -> Self {
+    /// JWTs signed with an HS256 shared secret of at least [`MIN_HS256_SECRET_BYTES`].
+    pub fn hs256(secret: &[u8], rules: &TokenRules) -> anyhow::Result<Self> {
+        if secret.len() < MIN_HS256_SECRET_BYTES {
+            anyhow::bail!(
+                "the HS256 secret is {} bytes long; it must be at least {MIN_HS256_SECRET_BYTES} bytes (256 bits), \
+                 or tokens can be forged by guessing it from any token it signed \
+                 (make one with e.g. `openssl rand -base64 48`)",
+                secret.len()
+            );
+        }
         let minter = TokenMinter {
             key: Arc::new(jsonwebtoken::EncodingKey::from_secret(secret)),
-            issuer: issuer.map(str::to_owned),
-            audience: audience.map(str::to_owned),
+            issuer: rules.issuer.clone(),
+            audience: rules.audience.clone(),
         };
-        match Self::jwt(DecodingKey::from_secret(secret), Algorithm::HS256, issuer, audience) {
-            Self::Jwt { key, validation, .. } => Self::Jwt { key, validation, minter: Some(minter) },
-            other => other,
-        }
+        let validation = rules.validation(Algorithm::HS256);
+        Ok(Self::Jwt {
+            key: Arc::new(DecodingKey::from_secret(secret)),
+            validation: Arc::new(validation),
+            minter: Some(minter),
+        })
     }
 
     /// JWTs signed with RS256, verified with a PEM public key.
-    pub fn rs256(public_key_pem: &[u8], issuer: Option<&str>, audience: Option<&str>) -> anyhow::Result<Self> {
+    pub fn rs256(public_key_pem: &[u8], rules: &TokenRules) -> anyhow::Result<Self> {
         let key = DecodingKey::from_rsa_pem(public_key_pem)?;
-        Ok(Self::jwt(key, Algorithm::RS256, issuer, audience))
-    }
-
-    fn jwt(key: DecodingKey, alg: Algorithm, issuer: Option<&str>, audience: Option<&str>) -> Self {
-        let mut validation = Validation::new(alg);
-        validation.set_required_spec_claims(&["exp"]);
-        match issuer {
-            Some(iss) => validation.set_issuer(&[iss]),
-            None => validation.iss = None,
-        }
-        match audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
-        }
-        Self::Jwt { key: Arc::new(key), validation: Arc::new(validation), minter: None }
+        let validation = rules.validation(Algorithm::RS256);
+        Ok(Self::Jwt { key: Arc::new(key), validation: Arc::new(validation), minter: None })
     }
 
     /// What signs tokens for a tenant: only with an HS256 secret (an RS256 public key cannot).
@@ -237,9 +288,90 @@ where
 mod tests {
     use super::*;
 
+    const SECRET: &[u8] = b"a-secret-of-enough-length-0123456789";
+
+    fn now() -> i64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    }
+
+    fn bearer(claims: serde_json::Value) -> http::HeaderMap {
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        headers
+    }
+
+    fn strict() -> Authenticator {
+        let rules = TokenRules {
+            issuer: Some("https://issuer.example".into()),
+            audience: Some("engarde".into()),
+            leeway: std::time::Duration::from_secs(30),
+        };
+        Authenticator::hs256(SECRET, &rules).unwrap()
+    }
+
+    #[test]
+    fn a_token_without_the_configured_issuer_or_audience_is_unauthenticated() {
+        let auth = strict();
+        let exp = now() + 60;
+        let good =
+            serde_json::json!({"tenant_id": "tA", "exp": exp, "iss": "https://issuer.example", "aud": "engarde"});
+        assert_eq!(auth.authenticate(&bearer(good)).unwrap().as_str(), "tA");
+        for claims in [
+            serde_json::json!({"tenant_id": "tA", "exp": exp}),
+            serde_json::json!({"tenant_id": "tA", "exp": exp, "aud": "engarde"}),
+            serde_json::json!({"tenant_id": "tA", "exp": exp, "iss": "https://issuer.example"}),
+            serde_json::json!({"tenant_id": "tA", "exp": exp, "iss": "https://other.example", "aud": "engarde"}),
+            serde_json::json!({"tenant_id": "tA", "exp": exp, "iss": "https://issuer.example", "aud": "other"}),
+        ] {
+            let status = auth.authenticate(&bearer(claims.clone())).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{claims}");
+        }
+    }
+
+    #[test]
+    fn a_token_not_yet_valid_is_unauthenticated_beyond_the_leeway() {
+        let auth = strict();
+        let claims = |nbf: i64| {
+            serde_json::json!({"tenant_id": "tA", "exp": now() + 3600, "nbf": nbf,
+                "iss": "https://issuer.example", "aud": "engarde"})
+        };
+        let status = auth.authenticate(&bearer(claims(now() + 50 * 60))).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(status.message().contains("ImmatureSignature"), "{}", status.message());
+        // Within the leeway (clock skew), and in the past: accepted.
+        auth.authenticate(&bearer(claims(now() + 10))).unwrap();
+        auth.authenticate(&bearer(claims(now() - 60))).unwrap();
+        // An expired token is accepted only within the leeway.
+        let expired = |exp: i64| serde_json::json!({"tenant_id": "tA", "exp": exp, "iss": "https://issuer.example", "aud": "engarde"});
+        auth.authenticate(&bearer(expired(now() - 10))).unwrap();
+        auth.authenticate(&bearer(expired(now() - 120))).unwrap_err();
+    }
+
+    #[test]
+    fn without_configured_issuer_or_audience_neither_is_required() {
+        let auth = Authenticator::hs256(SECRET, &TokenRules::default()).unwrap();
+        auth.authenticate(&bearer(serde_json::json!({"tenant_id": "tA", "exp": now() + 60}))).unwrap();
+    }
+
+    #[test]
+    fn a_short_hs256_secret_is_refused_saying_why() {
+        for secret in [&b"x"[..], &[b'k'; MIN_HS256_SECRET_BYTES - 1][..]] {
+            let error = Authenticator::hs256(secret, &TokenRules::default()).err().expect("refused").to_string();
+            assert!(error.contains("at least 32 bytes"), "{error}");
+        }
+        Authenticator::hs256(&[b'k'; MIN_HS256_SECRET_BYTES], &TokenRules::default()).unwrap();
+    }
+
     #[test]
     fn a_minted_token_authenticates_its_tenant() {
-        let auth = Authenticator::hs256(b"a-secret-of-enough-length-0123456789", Some("iss"), None);
+        let rules = TokenRules { issuer: Some("iss".into()), ..TokenRules::default() };
+        let auth = Authenticator::hs256(SECRET, &rules).unwrap();
         let tenant = Tenant::parse("tenant-7").unwrap();
         let bearer = auth.minter().unwrap().bearer(&tenant, std::time::Duration::from_secs(60)).unwrap();
         let mut headers = http::HeaderMap::new();

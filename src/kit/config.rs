@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::auth::{Authenticator, Tenant};
+use super::auth::{Authenticator, Tenant, TokenRules};
 use super::db::DbSettings;
 use super::telemetry::LogFormat;
 
@@ -34,18 +34,22 @@ pub struct CommonConfig {
     /// `jwt` (production) or `dev` (no authentication; `x-tenant-id` header).
     #[arg(long, env = "AUTH_MODE", value_enum, default_value_t = AuthMode::Jwt)]
     pub auth_mode: AuthMode,
-    /// HS256 shared secret for verifying JWTs.
+    /// HS256 shared secret for verifying JWTs: at least 32 bytes (start-up refuses a shorter one).
     #[arg(long, env = "JWT_HS256_SECRET", hide_env_values = true)]
     pub jwt_hs256_secret: Option<String>,
     /// File holding the PEM public key for verifying RS256 JWTs.
     #[arg(long, env = "JWT_RS256_PUBLIC_KEY_FILE")]
     pub jwt_rs256_public_key_file: Option<std::path::PathBuf>,
-    /// Required `iss` claim, if any.
+    /// When set, every token must carry this `iss` claim (a token without one is refused).
     #[arg(long, env = "JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
-    /// Required `aud` claim, if any.
+    /// When set, every token must carry this `aud` claim (a token without one is refused).
     #[arg(long, env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+    /// Clock skew allowed on a token's `exp` and `nbf`, in seconds: a token is taken this long
+    /// after it expired and this long before its `nbf`.
+    #[arg(long, env = "JWT_LEEWAY_SECS", default_value_t = super::auth::DEFAULT_LEEWAY.as_secs())]
+    pub jwt_leeway_secs: u64,
     /// Dev mode: the tenant of calls without an `x-tenant-id` header.
     #[arg(long, env = "DEV_TENANT_ID", default_value = super::auth::DEFAULT_DEV_TENANT)]
     pub dev_tenant_id: String,
@@ -76,18 +80,23 @@ pub struct CommonConfig {
 impl CommonConfig {
     /// The authenticator the settings describe; refuses a production mode without a key.
     pub fn authenticator(&self) -> anyhow::Result<Authenticator> {
-        let iss = self.jwt_issuer.as_deref();
-        let aud = self.jwt_audience.as_deref();
+        let rules = TokenRules {
+            issuer: self.jwt_issuer.clone().filter(|iss| !iss.is_empty()),
+            audience: self.jwt_audience.clone().filter(|aud| !aud.is_empty()),
+            leeway: Duration::from_secs(self.jwt_leeway_secs),
+        };
         match self.auth_mode {
             AuthMode::Dev => {
                 let tenant = Tenant::parse(&self.dev_tenant_id).map_err(|e| anyhow::anyhow!("DEV_TENANT_ID: {e}"))?;
                 Ok(Authenticator::development(tenant))
             }
             AuthMode::Jwt => match (&self.jwt_hs256_secret, &self.jwt_rs256_public_key_file) {
-                (Some(secret), None) if !secret.is_empty() => Ok(Authenticator::hs256(secret.as_bytes(), iss, aud)),
+                (Some(secret), None) if !secret.is_empty() => {
+                    Authenticator::hs256(secret.as_bytes(), &rules).context("JWT_HS256_SECRET")
+                }
                 (None, Some(path)) => {
                     let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                    Authenticator::rs256(&pem, iss, aud)
+                    Authenticator::rs256(&pem, &rules)
                 }
                 (Some(_), Some(_)) => anyhow::bail!("set only one of JWT_HS256_SECRET and JWT_RS256_PUBLIC_KEY_FILE"),
                 _ => anyhow::bail!(
