@@ -56,6 +56,13 @@ pub struct Config {
     /// How old an orphan flow must be before it is deleted, in seconds.
     #[arg(long, env = "LANGFLOW_ORPHAN_GRACE_SECS", default_value_t = 600)]
     pub langflow_orphan_grace_secs: u64,
+    /// The mark of this deployment on the Langflow flows it makes (1-64 letters, digits, '-',
+    /// '_', '.'): its orphan reconciler deletes only flows with this mark, so deployments that
+    /// share a Langflow never delete each other's flows. Unset: an id made at random once in
+    /// this deployment's database, shared by its replicas. Set it when a database is copied
+    /// into another deployment (the copy would carry the same id).
+    #[arg(long, env = "LANGFLOW_DEPLOYMENT_ID")]
+    pub langflow_deployment_id: Option<String>,
     #[command(flatten)]
     pub common: CommonConfig,
 }

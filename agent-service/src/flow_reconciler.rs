@@ -1,23 +1,30 @@
 //! Removes orphan flows: a flow agent-service made for an agent that was never stored (the
 //! process died between creating the flow and committing the agent, or the undo of a failed
-//! creation could not reach Langflow). Flows made by agent-service name their agent in their
-//! description; one whose agent does not exist, and that is older than a grace period (so that a
-//! creation still in progress is left alone), is deleted. Flows made by anyone else are never
-//! touched. Every replica may run it: deleting is idempotent.
+//! creation could not reach Langflow). Flows made by agent-service carry a mark naming their
+//! agent and the deployment that made them ([`crate::flow_mark`]); one with this deployment's
+//! mark whose agent is not in this deployment's database, and that is older than a grace period
+//! (so that a creation still in progress is left alone), is deleted.
+//!
+//! Only this deployment's database can tell whether a flow's agent exists, so only its own
+//! flows are judged: another deployment's (sharing the Langflow), unmarked ones and legacy ones
+//! (marked before deployments were) are never touched. Every replica of a deployment may run
+//! it: they share the mark, and deleting is idempotent.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use engarde::kit::error::ServiceResult;
 
+use crate::flow_mark::{DeploymentId, FlowMark};
 use crate::langflow::LangflowClient;
-use crate::linkage::managed_agent;
 use crate::storage::AgentRepository;
 
 #[derive(Clone)]
 pub struct FlowReconciler {
     pub langflow: Arc<LangflowClient>,
     pub agents: Arc<dyn AgentRepository>,
+    /// The only deployment whose flows this reconciler judges.
+    pub deployment: DeploymentId,
     /// How old an orphan must be before it is deleted.
     pub grace: Duration,
 }
@@ -29,7 +36,10 @@ impl FlowReconciler {
         let cutoff = chrono::Utc::now() - chrono::Duration::from_std(self.grace).unwrap_or_default();
         let mut deleted = 0;
         for flow in flows {
-            let Some(agent_id) = managed_agent(&flow.description) else { continue };
+            let Some(mark) = FlowMark::parse(&flow.description).filter(|m| m.made_by(&self.deployment)) else {
+                continue;
+            };
+            let agent_id = mark.agent_id;
             if flow.updated_at.is_some_and(|t| t > cutoff) || self.agents.agent_exists(agent_id).await? {
                 continue;
             }

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod domain;
 pub mod execution;
+pub mod flow_mark;
 pub mod flow_reconciler;
 pub mod grpc;
 pub mod langflow;

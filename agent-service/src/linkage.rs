@@ -4,7 +4,8 @@
 //! The rule is "flow first, row second, undo the flow if the row fails": Langflow cannot take
 //! part in a database transaction, so a flow is made before the agent row that names it is
 //! committed, and deleted again when that commit does not happen. Flows are named after their
-//! agent (`… [agent <id>]`) so that an operator can tell whose a flow is.
+//! agent (`… [agent <id>]`) so that an operator can tell whose a flow is, and carry the mark of
+//! their agent, tenant and deployment (see [`crate::flow_mark`]).
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use engarde::kit::error::{ServiceError, ServiceResult};
 use futures::StreamExt;
 
 use crate::domain::{Agent, AgentConfig, FlowLink, FlowOrigin, NewAgent, WorkflowSnapshot};
+use crate::flow_mark::{self, DeploymentId, FlowMark};
 use crate::langflow::{LangflowClient, LangflowError, flow};
 
 /// How many flows are checked at once by [`FlowLinker::missing_flows`].
@@ -22,6 +24,8 @@ const CHECK_CONCURRENCY: usize = 8;
 #[derive(Clone)]
 pub struct FlowLinker {
     pub langflow: Option<Arc<LangflowClient>>,
+    /// The deployment whose mark the flows made here carry.
+    pub deployment: DeploymentId,
 }
 
 /// The prompt a generated flow starts with: the first llm step's (each run sets its own).
@@ -67,7 +71,7 @@ impl FlowLinker {
             (flow::from_export(export)?, FlowOrigin::Uploaded)
         };
         let flow_name = format!("{name} [agent {agent_id}]");
-        let description = managed_description(agent_id, tenant);
+        let description = FlowMark::description(agent_id, tenant, &self.deployment);
         let flow_id = client.create_flow(&flow_name, &description, &data).await?;
         tracing::info!(%agent_id, flow_id, origin = origin.as_str(), "Langflow flow created");
         Ok(FlowLink { flow_id, origin })
@@ -117,6 +121,13 @@ impl FlowLinker {
         }
     }
 
+    /// Checks that `tenant` may link the flow `flow_id` (see [`flow_mark::check_link`]);
+    /// NOT_FOUND when it does not exist.
+    pub async fn check_linkable(&self, flow_id: &str, tenant: &str, adopt: bool) -> ServiceResult<()> {
+        let flow = self.client()?.flow(flow_id).await?.ok_or_else(|| flow_mark::flow_not_found(flow_id))?;
+        flow_mark::check_link(flow_id, &flow.description, &self.deployment, tenant, adopt)
+    }
+
     /// Whether a flow exists.
     pub async fn flow_exists(&self, flow_id: &str) -> ServiceResult<bool> {
         Ok(self.client()?.flow_exists(flow_id).await?)
@@ -144,37 +155,10 @@ impl FlowLinker {
     }
 }
 
-/// The description of a flow agent-service made: it names the agent, so that an orphan (a flow
-/// whose agent was never stored, after a crash at the wrong moment) can be recognised.
-pub fn managed_description(agent_id: uuid::Uuid, tenant: &str) -> String {
-    format!("{MANAGED_PREFIX}{agent_id} of tenant {tenant}; managed by agent-service")
-}
-
-const MANAGED_PREFIX: &str = "EnGarde agent ";
-
-/// The agent a flow was made for, if agent-service made it.
-pub fn managed_agent(description: &str) -> Option<uuid::Uuid> {
-    let rest = description.strip_prefix(MANAGED_PREFIX)?;
-    uuid::Uuid::parse_str(rest.split(' ').next()?).ok()
-}
-
 /// Refuses a flow id that cannot be a Langflow flow id.
 pub fn check_flow_id(flow_id: &str) -> ServiceResult<()> {
     let ok = !flow_id.is_empty()
         && flow_id.len() <= 128
         && flow_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok { Ok(()) } else { Err(ServiceError::invalid("flow_id", "must be 1-128 letters, digits, '-' or '_'")) }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn managed_flows_name_their_agent() {
-        let id = uuid::Uuid::now_v7();
-        assert_eq!(managed_agent(&managed_description(id, "t1")), Some(id));
-        assert_eq!(managed_agent("A flow somebody made"), None);
-        assert_eq!(managed_agent("EnGarde agent not-a-uuid of tenant x"), None);
-    }
 }

@@ -11,6 +11,7 @@ use tonic::service::Routes;
 use crate::config::Config;
 use crate::execution::reporter::Reporter;
 use crate::execution::{Executor, janitor};
+use crate::flow_mark::DeploymentId;
 use crate::flow_reconciler::FlowReconciler;
 use crate::grpc::AgentApi;
 use crate::langflow::LangflowClient;
@@ -52,13 +53,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     });
 
     let langflow = connect_langflow(&config).await?;
-    let linker = FlowLinker { langflow: langflow.clone() };
+    let deployment = deployment_id(&config, &db).await?;
+    let linker = FlowLinker { langflow: langflow.clone(), deployment: deployment.clone() };
     if let Some(client) = &langflow
         && config.langflow_reconcile_interval_secs > 0
     {
         let reconciler = FlowReconciler {
             langflow: client.clone(),
             agents: repo.clone(),
+            deployment,
             grace: Duration::from_secs(config.langflow_orphan_grace_secs),
         };
         reconciler.spawn(Duration::from_secs(config.langflow_reconcile_interval_secs));
@@ -99,6 +102,17 @@ fn start_execution(
     }
     .spawn();
     executor
+}
+
+/// The mark of this deployment's flows: LANGFLOW_DEPLOYMENT_ID, or the id stored in its database.
+async fn deployment_id(config: &Config, db: &engarde::kit::db::DbPool) -> anyhow::Result<DeploymentId> {
+    let (id, source) = match config.langflow_deployment_id.as_deref().filter(|id| !id.is_empty()) {
+        Some(id) => (id.to_owned(), "LANGFLOW_DEPLOYMENT_ID"),
+        None => (storage::deployment::stored_deployment_id(db).await?, "database"),
+    };
+    let deployment = DeploymentId::parse(&id).map_err(|e| anyhow::anyhow!("LANGFLOW_DEPLOYMENT_ID: {e}"))?;
+    tracing::info!(deployment = %deployment, source, "deployment identity (the mark on the Langflow flows it makes)");
+    Ok(deployment)
 }
 
 /// Refuses, at start-up rather than at the first call, a LANGFLOW_URL this build cannot call.

@@ -3,7 +3,9 @@
 //! flow when Langflow fails in the middle.
 
 use engarde::proto::agent::v1 as pb;
+use engarde::proto::agent::v1::agent_service_client::AgentServiceClient;
 use engarde::proto::workflow::v1 as wpb;
+use engarde::proto::workflow::v1::workflow_service_client::WorkflowServiceClient;
 use tonic::Code;
 
 use crate::both_backends;
@@ -181,11 +183,25 @@ async fn an_agent_links_to_an_existing_flow_and_leaves_it_when_it_goes() {
 
     let catalog = langflow.catalog().await;
     let flow_id = langflow.create_flow(&prompt_flow(&catalog, "shared flow", "Shared: {input}", &[])).await;
+    // A flow made by hand carries no tenant: linking it takes an explicit adopt.
+    let status = expect_code(
+        agents
+            .link_agent_flow(pb::LinkAgentFlowRequest {
+                agent_id: agent.id.clone(),
+                flow_id: flow_id.clone(),
+                etag: agent.etag.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(status.message().contains("adopt"), "{}", status.message());
     let linked = agents
         .link_agent_flow(pb::LinkAgentFlowRequest {
             agent_id: agent.id.clone(),
             flow_id: flow_id.clone(),
             etag: agent.etag.clone(),
+            adopt: true,
             ..Default::default()
         })
         .await
@@ -203,6 +219,7 @@ async fn an_agent_links_to_an_existing_flow_and_leaves_it_when_it_goes() {
                 agent_id: agent.id.clone(),
                 flow_id: flow_id.clone(),
                 etag: agent.etag.clone(),
+                adopt: true,
                 ..Default::default()
             })
             .await,
@@ -241,6 +258,7 @@ async fn an_agent_links_to_an_existing_flow_and_leaves_it_when_it_goes() {
         .link_agent_flow(pb::LinkAgentFlowRequest {
             agent_id: agent.id.clone(),
             flow_id: flow_id.clone(),
+            adopt: true,
             ..Default::default()
         })
         .await
@@ -321,7 +339,7 @@ async fn without_langflow_agents_work_but_flows_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orphan_flows_of_agents_never_stored_are_reconciled_away() {
+async fn only_this_deployments_orphan_flows_are_reconciled_away() {
     let fake = FakeLangflow::start().await;
     let workflow_db = TestDb::new(Backend::Sqlite).await;
     let agent_db = TestDb::new(Backend::Sqlite).await;
@@ -333,6 +351,7 @@ async fn orphan_flows_of_agents_never_stored_are_reconciled_away() {
             ("LANGFLOW_URL", fake.url()),
             ("LANGFLOW_RECONCILE_INTERVAL_SECS", "1".into()),
             ("LANGFLOW_ORPHAN_GRACE_SECS", "0".into()),
+            ("LANGFLOW_DEPLOYMENT_ID", "deployment-orphans".into()),
         ],
     )
     .await;
@@ -355,24 +374,180 @@ async fn orphan_flows_of_agents_never_stored_are_reconciled_away() {
         .unwrap()
         .into_inner();
 
-    // What a crash between "flow made" and "agent stored" leaves behind, and somebody else's flow.
+    // What a crash between "flow made" and "agent stored" leaves behind; a flow another
+    // deployment made; one marked before flows named their deployment; somebody else's flow.
     let langflow = RealLangflow::new(fake.url());
-    let mut orphan = prompt_flow(&langflow.catalog().await, "orphan", "{input}", &[]);
-    orphan["description"] = serde_json::json!(format!(
-        "EnGarde agent {} of tenant tenant-orphans; managed by agent-service",
-        uuid::Uuid::now_v7()
-    ));
-    let orphan_id = langflow.create_flow(&orphan).await;
-    let mut foreign = prompt_flow(&langflow.catalog().await, "foreign", "{input}", &[]);
-    foreign["description"] = serde_json::json!("A flow a person made in the Langflow UI");
-    let foreign_id = langflow.create_flow(&foreign).await;
+    let flow_described = |description: String| {
+        let langflow = &langflow;
+        async move {
+            let mut flow = prompt_flow(&langflow.catalog().await, "orphan", "{input}", &[]);
+            flow["description"] = serde_json::json!(description);
+            langflow.create_flow(&flow).await
+        }
+    };
+    let marked = |deployment: &str| {
+        format!("EnGarde agent {} of tenant tenant-orphans; managed by agent-service{deployment}", uuid::Uuid::now_v7())
+    };
+    let orphan_id = flow_described(marked(" deployment deployment-orphans")).await;
+    let elsewhere_id = flow_described(marked(" deployment another-deployment")).await;
+    let legacy_id = flow_described(marked("")).await;
+    let foreign_id = flow_described("A flow a person made in the Langflow UI".into()).await;
 
     eventually(std::time::Duration::from_secs(10), "the orphan flow is deleted", || {
         let exists = fake.flows().contains(&orphan_id);
         async move { !exists }
     })
     .await;
+    // A second orphan, made once the first is gone: when it goes too, a whole pass has seen
+    // every other flow.
+    let second_orphan_id = flow_described(marked(" deployment deployment-orphans")).await;
+    eventually(std::time::Duration::from_secs(10), "the second orphan flow is deleted", || {
+        let exists = fake.flows().contains(&second_orphan_id);
+        async move { !exists }
+    })
+    .await;
     let flows = fake.flows();
     assert!(flows.contains(&kept.langflow_workflow_id), "a stored agent's flow stays");
+    assert!(flows.contains(&elsewhere_id), "another deployment's flows are never touched");
+    assert!(flows.contains(&legacy_id), "flows marked without a deployment are never touched");
     assert!(flows.contains(&foreign_id), "flows agent-service did not make are never touched");
 }
+
+/// The first template `client`'s tenant sees.
+async fn first_template(client: &mut WorkflowClient) -> wpb::WorkflowDefinition {
+    client
+        .list_workflows(wpb::ListWorkflowsRequest { page_size: 1, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .workflows
+        .remove(0)
+}
+
+async fn agent_from(client: &mut AgentClient, template: &wpb::WorkflowDefinition) -> pb::Agent {
+    client
+        .create_agent_from_workflow(pb::CreateAgentFromWorkflowRequest {
+            workflow_id: template.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn agent_without_flow(client: &mut AgentClient, name: &str) -> pb::Agent {
+    client
+        .create_agent(pb::CreateAgentRequest {
+            name: name.into(),
+            agent_type: pb::AgentType::CopyGeneration as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn link(agent: &pb::Agent, flow_id: &str, adopt: bool) -> pb::LinkAgentFlowRequest {
+    pb::LinkAgentFlowRequest { agent_id: agent.id.clone(), flow_id: flow_id.to_owned(), adopt, ..Default::default() }
+}
+
+both_backends!(
+    async fn a_tenant_cannot_link_another_tenants_flow_and_a_hand_made_flow_needs_adopt(backend) {
+        let langflow = RealLangflow::from_env();
+        let app = spawn_app_with_langflow(backend, &real_langflow_url()).await;
+        let mut alice = app.agents("tenant-alice").await;
+        let mut bob = app.agents("tenant-bob").await;
+        let template = first_template(&mut app.workflows("tenant-alice").await).await;
+        let alices = agent_from(&mut alice, &template).await;
+        let flow = alices.langflow_workflow_id.clone();
+
+        // Bob knows the flow's id: it is as if it did not exist, adopt or not.
+        let bobs = agent_without_flow(&mut bob, "Bob's").await;
+        for adopt in [false, true] {
+            let status = expect_code(bob.link_agent_flow(link(&bobs, &flow, adopt)).await, Code::NotFound);
+            let unknown = uuid::Uuid::new_v4().to_string();
+            let absent = expect_code(bob.link_agent_flow(link(&bobs, &unknown, adopt)).await, Code::NotFound);
+            assert_eq!(status.message(), absent.message().replace(&unknown, &flow), "indistinguishable");
+        }
+        let bobs_now = bob.get_agent(pb::GetAgentRequest { id: bobs.id.clone() }).await.unwrap().into_inner();
+        assert!(bobs_now.langflow_workflow_id.is_empty(), "Bob's agent is unchanged");
+
+        // Alice may link her own flow to another of her agents.
+        let alices_other = agent_without_flow(&mut alice, "Alice's other").await;
+        let linked = alice.link_agent_flow(link(&alices_other, &flow, false)).await.unwrap().into_inner();
+        assert_eq!(linked.langflow_workflow_id, flow);
+
+        // A flow made by hand in Langflow: only with adopt.
+        let by_hand = langflow.create_flow(&prompt_flow(&langflow.catalog().await, "by hand", "{input}", &[])).await;
+        let status = expect_code(bob.link_agent_flow(link(&bobs, &by_hand, false)).await, Code::FailedPrecondition);
+        assert!(status.message().contains("adopt"), "{}", status.message());
+        let adopted = bob.link_agent_flow(link(&bobs, &by_hand, true)).await.unwrap().into_inner();
+        assert_eq!(
+            (adopted.langflow_workflow_id.as_str(), adopted.flow_origin),
+            (by_hand.as_str(), pb::FlowOrigin::Linked as i32)
+        );
+
+        langflow.delete_flow(&flow).await;
+        langflow.delete_flow(&by_hand).await;
+    }
+);
+
+both_backends!(
+    async fn two_deployments_sharing_one_langflow_never_delete_each_others_flows(backend) {
+        let langflow = RealLangflow::from_env();
+        let workflow_db = TestDb::new(backend).await;
+        let workflow = spawn_workflow_service(&workflow_db, &[]).await;
+        // Both reconcile every second, orphans of any age: what took 10 minutes with the
+        // defaults. Neither sets LANGFLOW_DEPLOYMENT_ID: each has its database's own.
+        let reconciling = [
+            ("LANGFLOW_URL", real_langflow_url()),
+            ("LANGFLOW_RECONCILE_INTERVAL_SECS", "1".to_owned()),
+            ("LANGFLOW_ORPHAN_GRACE_SECS", "0".to_owned()),
+        ];
+        let db_one = TestDb::new(backend).await;
+        let db_two = TestDb::new(backend).await;
+        let one = spawn_agent_service(&db_one, &workflow.url(), &reconciling).await;
+        let two = spawn_agent_service(&db_two, &workflow.url(), &reconciling).await;
+        let identity = "SELECT deployment_id FROM deployment_identity";
+        let (id_one, id_two) = (db_one.sql(identity).await, db_two.sql(identity).await);
+        assert!(!id_one.is_empty() && id_one != id_two, "{id_one} vs {id_two}");
+
+        let tenant = "tenant-shared";
+        let template = first_template(&mut WorkflowServiceClient::with_interceptor(workflow.channel().await, as_tenant(tenant))).await;
+        let mut agents_one = AgentServiceClient::with_interceptor(one.channel().await, as_tenant(tenant));
+        let mut agents_two = AgentServiceClient::with_interceptor(two.channel().await, as_tenant(tenant));
+        let ones = agent_from(&mut agents_one, &template).await;
+
+        // Deployment 2's orphans (its agent's row gone, as after a crash between "flow made" and
+        // "agent stored"); the second is made once the first is gone, so that when it goes too,
+        // a whole pass of deployment 2's reconciler has had deployment 1's flow in view.
+        for round in ["first", "second"] {
+            let orphan = agent_from(&mut agents_two, &template).await;
+            db_two.sql(&format!("DELETE FROM agents WHERE id = '{}'", orphan.id)).await;
+            let langflow = &langflow;
+            let flow = orphan.langflow_workflow_id.clone();
+            eventually(std::time::Duration::from_secs(60), &format!("the {round} orphan is deleted"), move || {
+                let flow = flow.clone();
+                async move { !langflow.flow_exists(&flow).await }
+            })
+            .await;
+        }
+        assert!(langflow.flow_exists(&ones.langflow_workflow_id).await, "deployment 1's flow is still there");
+        let deployed = agents_one
+            .deploy_agent(pb::DeployAgentRequest { id: ones.id.clone(), ..Default::default() })
+            .await
+            .expect("deployment 1's agent still deploys")
+            .into_inner();
+        assert_eq!(deployed.status, pb::AgentStatus::Deployed as i32);
+
+        // Nor can deployment 2 link it, even for the same tenant name, even adopting it.
+        let twos = agent_without_flow(&mut agents_two, "Deployment 2's").await;
+        let status = expect_code(
+            agents_two.link_agent_flow(link(&twos, &ones.langflow_workflow_id, true)).await,
+            Code::FailedPrecondition,
+        );
+        assert!(status.message().contains("another agent-service deployment"), "{}", status.message());
+
+        langflow.delete_flow(&ones.langflow_workflow_id).await;
+    }
+);

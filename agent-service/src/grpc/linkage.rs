@@ -189,12 +189,10 @@ impl AgentApi {
                 return Ok(answer);
             }
             self.repo.get(caller.tenant.as_str(), id).await?;
-            if !self.linker.flow_exists(&req.flow_id).await? {
-                return Err(ServiceError::not_found(format!("Langflow flow {}", req.flow_id)));
-            }
+            self.linker.check_linkable(&req.flow_id, caller.tenant.as_str(), req.adopt).await?;
             let link = FlowLink { flow_id: req.flow_id.clone(), origin: FlowOrigin::Linked };
             let agent = self.relink(&caller, id, key.as_ref(), req.etag, Some(link)).await?;
-            tracing::info!(agent_id = %id, flow_id = req.flow_id, "agent linked to an existing flow");
+            tracing::info!(agent_id = %id, flow_id = req.flow_id, adopt = req.adopt, "agent linked to an existing flow");
             Ok(agent_to_pb(&agent))
         })
         .await

@@ -56,6 +56,20 @@ pub struct FlowHeader {
     pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+impl FlowHeader {
+    /// The header of a flow as Langflow answers it (read or listed); `None` without an id.
+    fn from_json(flow: &Value) -> Option<Self> {
+        Some(Self {
+            id: flow["id"].as_str()?.to_owned(),
+            description: flow["description"].as_str().unwrap_or("").to_owned(),
+            updated_at: flow["updated_at"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc)),
+        })
+    }
+}
+
 /// One event of a streamed run, as Langflow sends it (newline-delimited JSON).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamEvent {
@@ -166,17 +180,28 @@ impl LangflowClient {
             .ok_or_else(|| LangflowError::BadResponse(format!("create flow: no id in {}", excerpt(&flow.to_string()))))
     }
 
-    /// Whether a flow exists.
-    pub async fn flow_exists(&self, flow_id: &str) -> Result<bool, LangflowError> {
+    /// A flow's header (id, description, update time), or `None` when there is no such flow.
+    pub async fn flow(&self, flow_id: &str) -> Result<Option<FlowHeader>, LangflowError> {
         let path = format!("/api/v1/flows/{flow_id}");
         let response =
             self.send("read flow", true, || self.request(Method::GET, &path, self.settings.call_timeout)).await?;
         match response.status() {
-            StatusCode::NOT_FOUND => Ok(false),
+            StatusCode::NOT_FOUND => Ok(None),
             // Langflow answers 400/422 for ids that are not UUIDs: no such flow either.
-            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => Ok(false),
-            _ => Self::json("read flow", response).await.map(|_| true),
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => Ok(None),
+            _ => {
+                let flow = Self::json("read flow", response).await?;
+                let header = FlowHeader::from_json(&flow).ok_or_else(|| {
+                    LangflowError::BadResponse(format!("read flow: no id in {}", excerpt(&flow.to_string())))
+                })?;
+                Ok(Some(header))
+            }
         }
+    }
+
+    /// Whether a flow exists.
+    pub async fn flow_exists(&self, flow_id: &str) -> Result<bool, LangflowError> {
+        Ok(self.flow(flow_id).await?.is_some())
     }
 
     /// Every flow, without its graph (`GET /api/v1/flows/?header_flows=true`).
@@ -189,19 +214,7 @@ impl LangflowClient {
         let flows = flows.as_array().ok_or_else(|| {
             LangflowError::BadResponse(format!("list flows: not a list: {}", excerpt(&flows.to_string())))
         })?;
-        Ok(flows
-            .iter()
-            .filter_map(|f| {
-                Some(FlowHeader {
-                    id: f["id"].as_str()?.to_owned(),
-                    description: f["description"].as_str().unwrap_or("").to_owned(),
-                    updated_at: f["updated_at"]
-                        .as_str()
-                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                        .map(|t| t.with_timezone(&chrono::Utc)),
-                })
-            })
-            .collect())
+        Ok(flows.iter().filter_map(FlowHeader::from_json).collect())
     }
 
     /// Deletes a flow; a flow that is already gone is not an error.

@@ -1,6 +1,7 @@
 //! Where agents live: one repository interface, implemented for PostgreSQL (production) and
 //! SQLite (the embedded default) from one body of portable SQL.
 
+pub mod deployment;
 pub mod executions;
 mod executions_sql;
 mod row;
