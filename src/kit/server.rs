@@ -48,14 +48,8 @@ impl BoundServer {
         config: &CommonConfig,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let reflection_v1 = reflection(health.services()).build_v1()?;
+        let reflection_v1alpha = reflection(health.services()).build_v1alpha()?;
         let routes = routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
 
         let layers = ServiceBuilder::new()
@@ -102,6 +96,23 @@ impl BoundServer {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Reflection (v1 or v1alpha, each built from this) lists exactly what the server answers: its
+/// own `services`, health and both reflection services, not every service of the contracts.
+/// Beside the contracts it serves the descriptors of google.rpc.Status and the error details
+/// (BadRequest, ...) that our errors carry, so that grpcurl shows them as text, not bytes.
+fn reflection(services: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    const ALWAYS_SERVED: [&str; 3] =
+        ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+    let builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        // Both versions are served, so each lists (and describes) both.
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+    services.iter().chain(ALWAYS_SERVED.iter()).fold(builder, |builder, name| builder.with_service_name(*name))
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is called, not
