@@ -2,8 +2,9 @@
 //!
 //! The listener is bound first (port 0 works, and the real port is known before serving), then
 //! health, reflection, authentication, logging and limits are wrapped around the service's
-//! routes. On SIGTERM/SIGINT health turns NOT_SERVING first, in-flight RPCs get the drain
-//! timeout to finish, and the process exits.
+//! routes. Health and reflection never wait behind business calls (see
+//! [`super::concurrency`]). On SIGTERM/SIGINT health turns NOT_SERVING first, in-flight RPCs get
+//! the drain timeout to finish, and the process exits.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use tonic::transport::server::TcpIncoming;
 use tower::ServiceBuilder;
 
 use super::auth::AuthLayer;
+use super::concurrency::BusinessConcurrencyLimitLayer;
 use super::config::CommonConfig;
 use super::health::Health;
 use super::rpc_log::RpcLogLayer;
@@ -55,7 +57,7 @@ impl BoundServer {
         let layers = ServiceBuilder::new()
             .layer(AuthLayer::new(config.authenticator()?))
             .layer(RpcLogLayer)
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(config.max_concurrent_rpcs))
+            .layer(BusinessConcurrencyLimitLayer::new(config.max_concurrent_rpcs))
             .into_inner();
 
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
