@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out.join("engarde_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
     // Maps as BTreeMap: encoding is then deterministic, so the fingerprint of a request (the hash
     // of its encoding, for idempotency keys) is the same every time the same request is sent.
-    tonic_prost_build::configure().btree_map(".").compile_fds(fds)?;
+    // Our codec (src/codec.rs): a request that does not decode is INVALID_ARGUMENT, not INTERNAL.
+    tonic_prost_build::configure().btree_map(".").codec_path("crate::codec::ProstCodec").compile_fds(fds)?;
     Ok(())
 }

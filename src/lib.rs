@@ -18,6 +18,8 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("engarde_descriptor");
 }
 
+pub mod codec;
+
 #[cfg(feature = "kit")]
 pub mod kit;
 

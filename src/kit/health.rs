@@ -40,6 +40,11 @@ impl Health {
         (health, server)
     }
 
+    /// The fully-qualified names of the gRPC services the server hosts (what reflection lists).
+    pub fn services(&self) -> &[&'static str] {
+        &self.services
+    }
+
     async fn publish(&self) {
         let as_status = |serving: bool| if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
         let live = !self.draining.load(Ordering::SeqCst);

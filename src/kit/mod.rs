@@ -2,6 +2,7 @@
 //! serving and shutdown, logging, the error table, idempotency keys and page tokens.
 
 pub mod auth;
+pub mod concurrency;
 pub mod config;
 pub mod db;
 pub mod error;

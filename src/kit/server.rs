@@ -2,8 +2,9 @@
 //!
 //! The listener is bound first (port 0 works, and the real port is known before serving), then
 //! health, reflection, authentication, logging and limits are wrapped around the service's
-//! routes. On SIGTERM/SIGINT health turns NOT_SERVING first, in-flight RPCs get the drain
-//! timeout to finish, and the process exits.
+//! routes. Health and reflection never wait behind business calls (see
+//! [`super::concurrency`]). On SIGTERM/SIGINT health turns NOT_SERVING first, in-flight RPCs get
+//! the drain timeout to finish, and the process exits.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use tonic::transport::server::TcpIncoming;
 use tower::ServiceBuilder;
 
 use super::auth::AuthLayer;
+use super::concurrency::BusinessConcurrencyLimitLayer;
 use super::config::CommonConfig;
 use super::health::Health;
 use super::rpc_log::RpcLogLayer;
@@ -48,20 +50,14 @@ impl BoundServer {
         config: &CommonConfig,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let reflection_v1 = reflection(health.services()).build_v1()?;
+        let reflection_v1alpha = reflection(health.services()).build_v1alpha()?;
         let routes = routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
 
         let layers = ServiceBuilder::new()
             .layer(AuthLayer::new(config.authenticator()?))
             .layer(RpcLogLayer)
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(config.max_concurrent_rpcs))
+            .layer(BusinessConcurrencyLimitLayer::new(config.max_concurrent_rpcs))
             .into_inner();
 
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
@@ -102,6 +98,23 @@ impl BoundServer {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Reflection (v1 or v1alpha, each built from this) lists exactly what the server answers: its
+/// own `services`, health and both reflection services, not every service of the contracts.
+/// Beside the contracts it serves the descriptors of google.rpc.Status and the error details
+/// (BadRequest, ...) that our errors carry, so that grpcurl shows them as text, not bytes.
+fn reflection(services: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    const ALWAYS_SERVED: [&str; 3] =
+        ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+    let builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        // Both versions are served, so each lists (and describes) both.
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+    services.iter().chain(ALWAYS_SERVED.iter()).fold(builder, |builder, name| builder.with_service_name(*name))
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is called, not

@@ -393,3 +393,57 @@ async fn every_rpc_naming_another_tenants_object_answers_not_found() {
     }
     assert!(checked >= 25, "{checked} RPCs checked");
 }
+
+/// Bytes that are not the request: every RPC of both services answers INVALID_ARGUMENT, with
+/// the decode error, for a string field holding invalid UTF-8, a truncated message and bytes
+/// that are no protobuf at all; random garbage (which may happen to decode) never answers
+/// INTERNAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_bytes_on_every_rpc_answer_invalid_argument_never_internal() {
+    let workflow_db = TestDb::new(Backend::Sqlite).await;
+    let agent_db = TestDb::new(Backend::Sqlite).await;
+    let workflow = spawn_workflow_service(&workflow_db, &[]).await;
+    let agent = spawn_agent_service(&agent_db, &workflow.url(), &[]).await;
+    let app = TestApp { workflow, agent, workflow_db, agent_db };
+
+    let pool = DescriptorPool::decode(engarde::proto::FILE_DESCRIPTOR_SET).expect("descriptor set");
+    let targets = targets(&pool);
+    let mut rng = StdRng::seed_from_u64(std::env::var("FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(7));
+    let mut with_string = 0;
+    for target in &targets {
+        let mut undecodable = vec![
+            ("no protobuf at all (a varint that never ends)", vec![0xff; 11]),
+            ("a truncated message (a field 10 bytes long, 3 sent)", vec![0x0a, 10, b'a', b'b', b'c']),
+        ];
+        if let Some(field) = target.input.fields().find(|f| f.kind() == Kind::String && !f.is_list()) {
+            let mut bytes = Vec::new();
+            prost::encoding::encode_key(field.number(), prost::encoding::WireType::LengthDelimited, &mut bytes);
+            bytes.extend_from_slice(&[3, b'a', 0xff, 0xfe]);
+            undecodable.push(("a string field holding invalid UTF-8", bytes));
+            with_string += 1;
+        }
+        for (what, bytes) in undecodable {
+            let status = call(&app, target, bytes.clone()).await.expect_err("bytes that are not the request");
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{}/{} given {what} ({bytes:?}): {status:?}",
+                target.service,
+                target.method
+            );
+            assert!(status.message().contains("failed to decode Protobuf message"), "{status:?}");
+        }
+        for _ in 0..5 {
+            let len = rng.random_range(1..64);
+            let garbage: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            let code = call(&app, target, garbage.clone()).await.err().map(|s| s.code()).unwrap_or(Code::Ok);
+            assert!(
+                !matches!(code, Code::Internal | Code::Unknown | Code::DataLoss),
+                "{}/{} given {garbage:?}: {code:?}",
+                target.service,
+                target.method
+            );
+        }
+    }
+    assert!(with_string * 2 > targets.len(), "most requests have a string field: {with_string} of {}", targets.len());
+}

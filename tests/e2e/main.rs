@@ -8,6 +8,8 @@ mod fuzz;
 mod helpers;
 mod langflow_support;
 mod observability;
+mod server_limits;
+mod server_reflection;
 
 mod agents_crud;
 mod agents_execution;
