@@ -153,6 +153,19 @@ impl DbPool {
     }
 }
 
+/// A pool of one connection of its own, opened with `pool`'s connect options (its URL, TLS and
+/// schema) but never taken from it: for a long-lived connection (a `LISTEN`, the heartbeat that
+/// checks it) that must neither wait behind the shared pool's busy connections nor hold one of
+/// them. Lazy: the connection is made at first use, and made again after it is lost.
+pub fn dedicated_connection(pool: &PgPool) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with(PgConnectOptions::clone(&pool.connect_options()))
+}
+
 /// Whether a failure to reach the database is one that waiting cannot cure, so start-up should
 /// stop at once with the reason instead of retrying until its deadline: the server's certificate
 /// does not verify, TLS is required but not offered, the credentials or the database name are
