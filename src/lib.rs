@@ -7,16 +7,24 @@ pub mod proto {
     pub mod workflow {
         pub mod v1 {
             tonic::include_proto!("engarde.workflow.v1");
+            include!(concat!(env!("OUT_DIR"), "/engarde.workflow.v1.text.rs"));
         }
     }
     pub mod agent {
         pub mod v1 {
             tonic::include_proto!("engarde.agent.v1");
+            include!(concat!(env!("OUT_DIR"), "/engarde.agent.v1.text.rs"));
         }
     }
     /// The encoded file descriptor set of every contract, served by reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("engarde_descriptor");
 }
+
+pub mod codec;
+pub mod text;
+
+#[cfg(feature = "flow-export")]
+pub mod flow_export;
 
 #[cfg(feature = "kit")]
 pub mod kit;
