@@ -79,6 +79,15 @@ impl Corpus {
             let len = rng.random_range(0..40);
             return (0..len).map(|_| rng.random_range(b'a'..=b'z') as char).collect();
         }
+        if rng.random_bool(0.1) {
+            // Letters mixed with control characters, NUL (U+0000) and DEL among them.
+            let len = rng.random_range(1..20);
+            let del = rng.random_bool(0.3).then_some('\u{7f}');
+            return (0..len)
+                .map(|_| if rng.random_bool(0.5) { rng.random_range(0u8..0x20) as char } else { 'a' })
+                .chain(del)
+                .collect();
+        }
         self.strings[rng.random_range(0..self.strings.len())].clone()
     }
 }
@@ -214,11 +223,21 @@ async fn call(app: &TestApp, target: &Target, body: Vec<u8>) -> Result<Vec<Vec<u
     }
 }
 
+/// On both backends: PostgreSQL refuses text SQLite stores (NUL), and the answers must agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_requests_to_every_rpc_never_answer_internal_nor_leak() {
+    random_requests_never_answer_internal_nor_leak(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_requests_to_every_rpc_never_answer_internal_nor_leak_on_postgres() {
+    random_requests_never_answer_internal_nor_leak(Backend::Postgres).await;
+}
+
+async fn random_requests_never_answer_internal_nor_leak(backend: Backend) {
     let fake = FakeLangflow::start().await;
-    let workflow_db = TestDb::new(Backend::Sqlite).await;
-    let agent_db = TestDb::new(Backend::Sqlite).await;
+    let workflow_db = TestDb::new(backend).await;
+    let agent_db = TestDb::new(backend).await;
     let workflow = spawn_workflow_service(&workflow_db, &[]).await;
     let agent = spawn_agent_service(&agent_db, &workflow.url(), &[("LANGFLOW_URL", fake.url())]).await;
     let app = TestApp { workflow, agent, workflow_db, agent_db };
@@ -257,6 +276,15 @@ async fn random_requests_to_every_rpc_never_answer_internal_nor_leak() {
             "not-a-uuid".into(),
             "x".repeat(10_000),
             "ünïcödé 💥 \u{0}".into(),
+            // NUL and other control characters, raw and as JSON escapes (which PostgreSQL's
+            // jsonb refuses for \u0000 once parsed).
+            "\u{0}".into(),
+            "a\u{0}b".into(),
+            "\u{1}\u{7}\u{8}\u{b}\u{c}\u{1b}[31m\t\r\n\u{7f}".into(),
+            r#"{"data": {"nodes": [{"id": "a\u0000b"}]}}"#.into(),
+            r#"{"data": {"nodes": [{"id": "n\u0001"}], "edges": []}}"#.into(),
+            r#"{"data": {}}"#.into(),
+            "\\u0000".into(),
             "../../etc/passwd".into(),
             "' OR 1=1 --".into(),
             "%_\\".into(),
@@ -286,7 +314,7 @@ async fn random_requests_to_every_rpc_never_answer_internal_nor_leak() {
         if matches!(code, Code::Internal | Code::Unknown | Code::DataLoss | Code::Unimplemented) {
             let shown: String = format!("{request:?}").chars().take(3000).collect();
             panic!(
-                "case {case} (seed {seed}): {}/{} answered {:?} to {shown}",
+                "case {case} (seed {seed}, {backend:?}): {}/{} answered {:?} to {shown}",
                 target.service,
                 target.method,
                 result.err()
