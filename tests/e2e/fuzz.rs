@@ -9,7 +9,9 @@ use bytes::{Buf, BufMut};
 use engarde::proto::agent::v1 as pb;
 use engarde::proto::workflow::v1 as wpb;
 use prost::Message as _;
-use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, Value};
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, ReflectMessage as _, Value,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -168,6 +170,26 @@ fn message(descriptor: &MessageDescriptor, rng: &mut StdRng, corpus: &Corpus, de
         }
     }
     message
+}
+
+/// `request` with a NUL inserted into one of its top-level string fields (chosen at random
+/// among those set), and that field's name; `None` when it has none.
+fn with_a_nul(request: &DynamicMessage, rng: &mut StdRng) -> Option<(String, DynamicMessage)> {
+    let strings: Vec<FieldDescriptor> = request
+        .descriptor()
+        .fields()
+        .filter(|f| matches!(f.kind(), Kind::String) && !f.is_list() && !f.is_map() && request.has_field(f))
+        .collect();
+    if strings.is_empty() {
+        return None;
+    }
+    let field = strings[rng.random_range(0..strings.len())].clone();
+    let mut text = request.get_field(&field).as_str().unwrap_or_default().to_owned();
+    let at = text.char_indices().map(|(i, _)| i).nth(rng.random_range(0..=text.chars().count())).unwrap_or(text.len());
+    text.insert(at, '\0');
+    let mut changed = request.clone();
+    changed.set_field(&field, Value::String(text));
+    Some((field.name().to_owned(), changed))
 }
 
 struct Target {
@@ -330,6 +352,19 @@ async fn random_requests_never_answer_internal_nor_leak(backend: Backend) {
             }
         }
         *answered.entry((target.method.clone(), format!("{code:?}"))).or_default() += 1;
+        // A request that got past validation, with a NUL put into one of its strings, is
+        // refused naming that field (never run, stored, or answered INTERNAL by PostgreSQL).
+        if code != Code::InvalidArgument
+            && let Some((field, with_nul)) = with_a_nul(&request, &mut rng)
+        {
+            let result = call(&app, target, with_nul.encode_to_vec()).await;
+            let status = result
+                .err()
+                .unwrap_or_else(|| panic!("case {case} (seed {seed}): {} took a NUL in {field}", target.method));
+            assert_eq!(status.code(), Code::InvalidArgument, "case {case} (seed {seed}): {} {status:?}", target.method);
+            let fields: Vec<String> = field_violations(&status).into_iter().map(|(f, _)| f).collect();
+            assert!(fields.contains(&field), "case {case} (seed {seed}): {}: {fields:?}, not {field}", target.method);
+        }
     }
     // Both services are still up, and the owner's data is intact.
     let still = owner_agents.get_agent(pb::GetAgentRequest { id: agent.id.clone() }).await.unwrap().into_inner();
