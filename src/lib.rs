@@ -7,11 +7,13 @@ pub mod proto {
     pub mod workflow {
         pub mod v1 {
             tonic::include_proto!("engarde.workflow.v1");
+            include!(concat!(env!("OUT_DIR"), "/engarde.workflow.v1.text.rs"));
         }
     }
     pub mod agent {
         pub mod v1 {
             tonic::include_proto!("engarde.agent.v1");
+            include!(concat!(env!("OUT_DIR"), "/engarde.agent.v1.text.rs"));
         }
     }
     /// The encoded file descriptor set of every contract, served by reflection.
@@ -19,6 +21,10 @@ pub mod proto {
 }
 
 pub mod codec;
+pub mod text;
+
+#[cfg(feature = "flow-export")]
+pub mod flow_export;
 
 #[cfg(feature = "kit")]
 pub mod kit;

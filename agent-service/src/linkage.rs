@@ -12,6 +12,7 @@ use std::sync::Arc;
 use engarde::kit::error::{ServiceError, ServiceResult};
 use futures::StreamExt;
 
+use crate::domain::mapping::unusable_export;
 use crate::domain::{Agent, AgentConfig, FlowLink, FlowOrigin, NewAgent, WorkflowSnapshot};
 use crate::flow_mark::{self, DeploymentId, FlowMark};
 use crate::langflow::{LangflowClient, LangflowError, flow};
@@ -54,6 +55,8 @@ impl FlowLinker {
 
     /// Makes the flow of an agent about to be stored: uploaded from the workflow's flow export
     /// when it carries one, else generated from its steps out of the server's catalog.
+    /// FAILED_PRECONDITION means the workflow's flow export cannot be used (a problem of that
+    /// workflow, see [`unusable_export`]); UNAVAILABLE and DEADLINE_EXCEEDED mean Langflow's.
     pub async fn create_flow(
         &self,
         tenant: &str,
@@ -68,11 +71,18 @@ impl FlowLinker {
             let catalog = client.catalog().await?;
             (flow::generate(catalog, first_prompt(snapshot), config)?, FlowOrigin::Generated)
         } else {
-            (flow::from_export(export)?, FlowOrigin::Uploaded)
+            (flow::from_export(export).map_err(|e| unusable_export(&e.to_string()))?, FlowOrigin::Uploaded)
         };
         let flow_name = format!("{name} [agent {agent_id}]");
         let description = FlowMark::description(agent_id, tenant, &self.deployment);
-        let flow_id = client.create_flow(&flow_name, &description, &data).await?;
+        let flow_id = match client.create_flow(&flow_name, &description, &data).await {
+            // Langflow refusing a flow we generated is our bug or its; refusing the workflow's
+            // own export is the export's problem, and retrying will not help.
+            Err(LangflowError::Rejected(reason)) if origin == FlowOrigin::Uploaded => {
+                return Err(unusable_export(&format!("Langflow refused it: {reason}")));
+            }
+            other => other?,
+        };
         tracing::info!(%agent_id, flow_id, origin = origin.as_str(), "Langflow flow created");
         Ok(FlowLink { flow_id, origin })
     }

@@ -100,9 +100,9 @@ impl Provisioner {
             return replayed(&json);
         }
         let (found, not_found) = self.read_workflows(credentials, &filter).await?;
-        let (mut candidates, mut skipped) = select_candidates(&filter, found, not_found)?;
+        let (candidates, mut skipped) = select_candidates(&filter, found, not_found)?;
         if !dry_run {
-            return self.provision_with_flows(tenant, &mut candidates, skipped, key).await;
+            return self.provision_with_flows(tenant, candidates, skipped, key).await;
         }
         let ids: Vec<Uuid> = candidates.iter().map(|c| c.workflow_id).collect();
         let provisioned = self.repo.provisioned(tenant, &ids).await?;
@@ -114,6 +114,7 @@ impl Provisioner {
                     workflow_id: candidate.workflow_id,
                     workflow_name: candidate.workflow_name,
                     reason: SkipReason::AlreadyHasAgent,
+                    detail: String::new(),
                 });
             } else {
                 created.push(candidate.agent.into_draft(tenant, created_at));
@@ -124,25 +125,40 @@ impl Provisioner {
 
     /// Gives each candidate its flow, stores those whose workflow is still unclaimed, and
     /// deletes the flows of the rest (claimed meanwhile by a concurrent provisioning) or of all
-    /// when the transaction fails.
+    /// when the transaction fails. A candidate whose flow export Langflow refuses is skipped
+    /// with that reason; Langflow being down or slow stops the whole provisioning (UNAVAILABLE,
+    /// DEADLINE_EXCEEDED), with nothing stored and the flows made so far deleted.
     async fn provision_with_flows(
         &self,
         tenant: &str,
-        candidates: &mut [Candidate],
-        skipped: Vec<Skipped>,
+        candidates: Vec<Candidate>,
+        mut skipped: Vec<Skipped>,
         key: Option<&IdempotencyKey>,
     ) -> ServiceResult<ProvisionOutcome> {
         let mut made: Vec<FlowLink> = Vec::new();
-        for candidate in candidates.iter_mut() {
-            if let Err(e) = self.linker.attach_flow(tenant, &mut candidate.agent).await {
-                for flow in &made {
-                    self.linker.discard(flow).await;
+        let mut ready = Vec::with_capacity(candidates.len());
+        for mut candidate in candidates {
+            match self.linker.attach_flow(tenant, &mut candidate.agent).await {
+                Ok(()) => {
+                    made.extend(candidate.agent.flow.clone());
+                    ready.push(candidate);
                 }
-                return Err(e);
+                // The workflow's own problem (see FlowLinker::create_flow): the others go on.
+                Err(ServiceError::FailedPrecondition(problem)) => skipped.push(Skipped {
+                    workflow_id: candidate.workflow_id,
+                    workflow_name: candidate.workflow_name,
+                    reason: SkipReason::InvalidFlowExport,
+                    detail: problem,
+                }),
+                Err(e) => {
+                    for flow in &made {
+                        self.linker.discard(flow).await;
+                    }
+                    return Err(e);
+                }
             }
-            made.extend(candidate.agent.flow.clone());
         }
-        let outcome = self.repo.provision(tenant, candidates.to_vec(), skipped, key).await;
+        let outcome = self.repo.provision(tenant, ready, skipped, key).await;
         let kept: HashSet<&str> = match &outcome {
             Ok(o) => o.created.iter().map(|a| a.langflow_workflow_id.as_str()).collect(),
             Err(_) => HashSet::new(),

@@ -329,3 +329,99 @@ both_backends!(
         assert_eq!(sources.len(), expected);
     }
 );
+
+/// A flow export by the shared rules: one node is enough for the fake Langflow.
+const USABLE_EXPORT: &str =
+    r#"{"name": "Exported", "data": {"nodes": [{"id": "ChatInput-1", "data": {"type": "ChatInput"}}], "edges": []}}"#;
+/// The export of the issue: valid JSON, no nodes.
+const NODELESS_EXPORT: &str = r#"{"data":{}}"#;
+
+/// Gives a stored workflow `export` behind workflow-service's back, as a row written before its
+/// validation refused such exports would hold it; waits until workflow-service answers it.
+async fn store_export_behind_the_back(app: &TestApp, workflows: &mut WorkflowClient, id: &str, export: &str) {
+    let sql = match app.workflow_db.backend() {
+        Backend::Postgres => format!(
+            "UPDATE workflows SET config = jsonb_set(config, '{{langflow_flow_json}}', to_jsonb('{export}'::text)) \
+             WHERE id = '{id}' RETURNING 'updated'"
+        ),
+        Backend::Sqlite => format!(
+            "UPDATE workflows SET config = json_set(config, '$.langflow_flow_json', '{export}') \
+             WHERE id = '{id}' RETURNING 'updated'"
+        ),
+    };
+    assert_eq!(app.workflow_db.sql(&sql).await, "updated");
+    // PostgreSQL announces the change to workflow-service's cache; wait until it is read back.
+    eventually(std::time::Duration::from_secs(30), "workflow-service reads the stored export", || {
+        let mut workflows = workflows.clone();
+        let id = id.to_string();
+        async move {
+            let workflow = workflows.get_workflow(wpb::GetWorkflowRequest { id }).await.unwrap().into_inner();
+            workflow.workflow_config.unwrap().langflow_flow_json == export
+        }
+    })
+    .await;
+}
+
+both_backends!(
+    async fn one_workflow_with_an_unusable_flow_export_is_skipped_and_the_others_are_provisioned(backend) {
+        let fake = crate::langflow_support::FakeLangflow::start().await;
+        let app = crate::agents_execution::spawn_with_langflow(backend, &fake.url(), &[]).await;
+        let tenant = "export-tenant";
+        let mut workflows = app.workflows(tenant).await;
+        let mut agents = app.agents(tenant).await;
+
+        // Workflow-service no longer takes a flow export without nodes...
+        let mut nodeless = create_request("Nodeless");
+        nodeless.workflow_config.as_mut().unwrap().langflow_flow_json = NODELESS_EXPORT.into();
+        let status = expect_code(workflows.create_workflow(nodeless).await, Code::InvalidArgument);
+        assert_eq!(field_violations(&status)[0].0, "workflow_config.langflow_flow_json");
+
+        // ...but one can still be stored (written before, or around, that validation).
+        let generated = workflows.create_workflow(create_request("Generated")).await.unwrap().into_inner();
+        let mut uploaded = create_request("Uploaded");
+        uploaded.workflow_config.as_mut().unwrap().langflow_flow_json = USABLE_EXPORT.into();
+        let uploaded = workflows.create_workflow(uploaded).await.unwrap().into_inner();
+        let mut broken = create_request("Broken");
+        broken.workflow_config.as_mut().unwrap().langflow_flow_json = USABLE_EXPORT.into();
+        let broken = workflows.create_workflow(broken).await.unwrap().into_inner();
+        store_export_behind_the_back(&app, &mut workflows, &broken.id, NODELESS_EXPORT).await;
+
+        // The dry run and the provisioning agree: 11 templates and 2 good workflows get agents,
+        // the broken one is skipped with its reason.
+        for dry_run in [true, false] {
+            let outcome = agents
+                .provision_agents(pb::ProvisionAgentsRequest { dry_run, ..Default::default() })
+                .await
+                .unwrap_or_else(|e| panic!("dry_run {dry_run}: {e:?}"))
+                .into_inner();
+            assert_eq!(outcome.created.len(), 13, "dry_run {dry_run}");
+            assert_eq!(outcome.skipped.len(), 1, "dry_run {dry_run}: {:?}", outcome.skipped);
+            let skipped = &outcome.skipped[0];
+            assert_eq!(
+                (skipped.workflow_id.as_str(), skipped.workflow_name.as_str(), skipped.reason),
+                (broken.id.as_str(), "Broken", pb::SkipReason::InvalidFlowExport as i32)
+            );
+            assert!(skipped.detail.contains("no nodes"), "{}", skipped.detail);
+        }
+        let installed = all_installed(&mut agents).await;
+        let sources: BTreeSet<&str> = installed.iter().map(|i| i.workflow_id.as_str()).collect();
+        assert_eq!(installed.len(), 13);
+        assert!(sources.contains(generated.id.as_str()) && sources.contains(uploaded.id.as_str()));
+        assert!(!sources.contains(broken.id.as_str()));
+        assert!(installed.iter().all(|i| !i.agent.as_ref().unwrap().langflow_workflow_id.is_empty()));
+        assert_eq!(fake.flows().len(), 13);
+
+        // One agent from it is refused as a problem of the workflow, not as Langflow being down.
+        let status = expect_code(
+            agents
+                .create_agent_from_workflow(pb::CreateAgentFromWorkflowRequest {
+                    workflow_id: broken.id.clone(),
+                    ..Default::default()
+                })
+                .await,
+            Code::FailedPrecondition,
+        );
+        assert!(status.message().contains("no nodes"), "{}", status.message());
+        assert_eq!(fake.flows().len(), 13);
+    }
+);

@@ -9,7 +9,9 @@ use bytes::{Buf, BufMut};
 use engarde::proto::agent::v1 as pb;
 use engarde::proto::workflow::v1 as wpb;
 use prost::Message as _;
-use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, Value};
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, ReflectMessage as _, Value,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -78,6 +80,15 @@ impl Corpus {
         if rng.random_bool(0.2) {
             let len = rng.random_range(0..40);
             return (0..len).map(|_| rng.random_range(b'a'..=b'z') as char).collect();
+        }
+        if rng.random_bool(0.1) {
+            // Letters mixed with control characters, NUL (U+0000) and DEL among them.
+            let len = rng.random_range(1..20);
+            let del = rng.random_bool(0.3).then_some('\u{7f}');
+            return (0..len)
+                .map(|_| if rng.random_bool(0.5) { rng.random_range(0u8..0x20) as char } else { 'a' })
+                .chain(del)
+                .collect();
         }
         self.strings[rng.random_range(0..self.strings.len())].clone()
     }
@@ -161,6 +172,26 @@ fn message(descriptor: &MessageDescriptor, rng: &mut StdRng, corpus: &Corpus, de
     message
 }
 
+/// `request` with a NUL inserted into one of its top-level string fields (chosen at random
+/// among those set), and that field's name; `None` when it has none.
+fn with_a_nul(request: &DynamicMessage, rng: &mut StdRng) -> Option<(String, DynamicMessage)> {
+    let strings: Vec<FieldDescriptor> = request
+        .descriptor()
+        .fields()
+        .filter(|f| matches!(f.kind(), Kind::String) && !f.is_list() && !f.is_map() && request.has_field(f))
+        .collect();
+    if strings.is_empty() {
+        return None;
+    }
+    let field = strings[rng.random_range(0..strings.len())].clone();
+    let mut text = request.get_field(&field).as_str().unwrap_or_default().to_owned();
+    let at = text.char_indices().map(|(i, _)| i).nth(rng.random_range(0..=text.chars().count())).unwrap_or(text.len());
+    text.insert(at, '\0');
+    let mut changed = request.clone();
+    changed.set_field(&field, Value::String(text));
+    Some((field.name().to_owned(), changed))
+}
+
 struct Target {
     service: String,
     method: String,
@@ -214,11 +245,21 @@ async fn call(app: &TestApp, target: &Target, body: Vec<u8>) -> Result<Vec<Vec<u
     }
 }
 
+/// On both backends: PostgreSQL refuses text SQLite stores (NUL), and the answers must agree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_requests_to_every_rpc_never_answer_internal_nor_leak() {
+    random_requests_never_answer_internal_nor_leak(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_requests_to_every_rpc_never_answer_internal_nor_leak_on_postgres() {
+    random_requests_never_answer_internal_nor_leak(Backend::Postgres).await;
+}
+
+async fn random_requests_never_answer_internal_nor_leak(backend: Backend) {
     let fake = FakeLangflow::start().await;
-    let workflow_db = TestDb::new(Backend::Sqlite).await;
-    let agent_db = TestDb::new(Backend::Sqlite).await;
+    let workflow_db = TestDb::new(backend).await;
+    let agent_db = TestDb::new(backend).await;
     let workflow = spawn_workflow_service(&workflow_db, &[]).await;
     let agent = spawn_agent_service(&agent_db, &workflow.url(), &[("LANGFLOW_URL", fake.url())]).await;
     let app = TestApp { workflow, agent, workflow_db, agent_db };
@@ -257,6 +298,15 @@ async fn random_requests_to_every_rpc_never_answer_internal_nor_leak() {
             "not-a-uuid".into(),
             "x".repeat(10_000),
             "ünïcödé 💥 \u{0}".into(),
+            // NUL and other control characters, raw and as JSON escapes (which PostgreSQL's
+            // jsonb refuses for \u0000 once parsed).
+            "\u{0}".into(),
+            "a\u{0}b".into(),
+            "\u{1}\u{7}\u{8}\u{b}\u{c}\u{1b}[31m\t\r\n\u{7f}".into(),
+            r#"{"data": {"nodes": [{"id": "a\u0000b"}]}}"#.into(),
+            r#"{"data": {"nodes": [{"id": "n\u0001"}], "edges": []}}"#.into(),
+            r#"{"data": {}}"#.into(),
+            "\\u0000".into(),
             "../../etc/passwd".into(),
             "' OR 1=1 --".into(),
             "%_\\".into(),
@@ -286,7 +336,7 @@ async fn random_requests_to_every_rpc_never_answer_internal_nor_leak() {
         if matches!(code, Code::Internal | Code::Unknown | Code::DataLoss | Code::Unimplemented) {
             let shown: String = format!("{request:?}").chars().take(3000).collect();
             panic!(
-                "case {case} (seed {seed}): {}/{} answered {:?} to {shown}",
+                "case {case} (seed {seed}, {backend:?}): {}/{} answered {:?} to {shown}",
                 target.service,
                 target.method,
                 result.err()
@@ -302,6 +352,19 @@ async fn random_requests_to_every_rpc_never_answer_internal_nor_leak() {
             }
         }
         *answered.entry((target.method.clone(), format!("{code:?}"))).or_default() += 1;
+        // A request that got past validation, with a NUL put into one of its strings, is
+        // refused naming that field (never run, stored, or answered INTERNAL by PostgreSQL).
+        if code != Code::InvalidArgument
+            && let Some((field, with_nul)) = with_a_nul(&request, &mut rng)
+        {
+            let result = call(&app, target, with_nul.encode_to_vec()).await;
+            let status = result
+                .err()
+                .unwrap_or_else(|| panic!("case {case} (seed {seed}): {} took a NUL in {field}", target.method));
+            assert_eq!(status.code(), Code::InvalidArgument, "case {case} (seed {seed}): {} {status:?}", target.method);
+            let fields: Vec<String> = field_violations(&status).into_iter().map(|(f, _)| f).collect();
+            assert!(fields.contains(&field), "case {case} (seed {seed}): {}: {fields:?}, not {field}", target.method);
+        }
     }
     // Both services are still up, and the owner's data is intact.
     let still = owner_agents.get_agent(pb::GetAgentRequest { id: agent.id.clone() }).await.unwrap().into_inner();

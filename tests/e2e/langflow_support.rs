@@ -331,6 +331,8 @@ struct FakeState {
     /// Flow creations still let through before `fail_flow_creation` applies.
     fail_flow_creation_after: usize,
     api_key: Option<String>,
+    /// What every run answers instead of the rendered prompt, when set.
+    answer: Option<String>,
     runs: usize,
     runs_by: HashMap<(String, String), usize>,
     run_requests: Vec<RunRequest>,
@@ -357,6 +359,7 @@ impl FakeLangflow {
                 fail_flow_creation: 0,
                 fail_flow_creation_after: 0,
                 api_key: None,
+                answer: None,
                 runs: 0,
                 runs_by: HashMap::new(),
                 run_requests: Vec::new(),
@@ -441,6 +444,12 @@ impl FakeLangflow {
     /// (none sent) or `{"detail": "Invalid or missing API key"}` (wrong one), as Langflow 1.13.
     pub fn require_api_key(&self, key: Option<&str>) {
         self.state().api_key = key.map(String::from);
+    }
+
+    /// Every later run (streamed or not) answers `text` as its chat output instead of the
+    /// rendered prompt (`None`: render again). The text goes out JSON-encoded, as Langflow's.
+    pub fn answer_with(&self, text: Option<&str>) {
+        self.state().answer = text.map(String::from);
     }
 
     /// Run requests received so far, faulted or not.
@@ -818,7 +827,10 @@ async fn run(
         let Some(flow) = state.flows.iter().find(|f| f["id"] == flow_id.as_str()) else {
             return detail(StatusCode::NOT_FOUND, format!("Flow identifier {flow_id} not found"));
         };
-        let text = render_run(flow, &input, &request["tweaks"]);
+        let text = match &state.answer {
+            Some(answer) => answer.clone(),
+            None => render_run(flow, &input, &request["tweaks"]),
+        };
         let output_node = flow["data"]["nodes"]
             .as_array()
             .and_then(|nodes| nodes.iter().find(|n| n["data"]["type"] == "ChatOutput"))

@@ -6,6 +6,7 @@ mod chaos;
 mod faults;
 mod fuzz;
 mod helpers;
+mod input_text;
 mod langflow_support;
 mod observability;
 mod server_limits;

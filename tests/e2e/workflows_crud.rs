@@ -308,3 +308,29 @@ both_backends!(
         assert_eq!(still, mine);
     }
 );
+
+both_backends!(
+    async fn a_flow_export_without_nodes_is_a_field_violation(backend) {
+        let app = spawn_workflows(backend).await;
+        let mut client = app.client("tenant-export").await;
+        let mut config = sample_config();
+        config.langflow_flow_json = r#"{"data":{}}"#.into();
+
+        let report = client
+            .validate_workflow_config(pb::ValidateWorkflowConfigRequest { workflow_config: Some(config.clone()) })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!report.valid);
+        let found: Vec<(&str, &str)> =
+            report.violations.iter().map(|v| (v.field.as_str(), v.description.as_str())).collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "workflow_config.langflow_flow_json");
+        assert!(found[0].1.contains("no nodes"), "{found:?}");
+
+        let mut request = create_request("Nodeless");
+        request.workflow_config = Some(config);
+        let status = expect_code(client.create_workflow(request).await, Code::InvalidArgument);
+        assert_eq!(field_violations(&status)[0].0, "workflow_config.langflow_flow_json");
+    }
+);

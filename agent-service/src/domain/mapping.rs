@@ -82,7 +82,8 @@ pub fn snapshot_of(workflow: &SourceWorkflow) -> WorkflowSnapshot {
     }
 }
 
-/// Refuses to make agents from an archived workflow.
+/// Refuses to make agents from an archived workflow, or from one whose flow export cannot be
+/// made into a flow.
 pub fn ensure_instantiable(workflow: &SourceWorkflow) -> ServiceResult<()> {
     if workflow.status == WorkflowStatus::Archived {
         return Err(ServiceError::FailedPrecondition(format!(
@@ -90,7 +91,29 @@ pub fn ensure_instantiable(workflow: &SourceWorkflow) -> ServiceResult<()> {
             workflow.id
         )));
     }
-    Ok(())
+    match flow_export_problem(workflow) {
+        Some(problem) => Err(unusable_export(&problem)),
+        None => Ok(()),
+    }
+}
+
+/// What is wrong with the workflow's flow export, by the rules workflow-service validates it
+/// with; `None` when it has none or it is usable. Workflows stored before those rules (or
+/// written around them) can still carry one that is not.
+pub fn flow_export_problem(workflow: &SourceWorkflow) -> Option<String> {
+    let export = &workflow.config.langflow_flow_json;
+    if export.is_empty() {
+        return None;
+    }
+    engarde::flow_export::flow_data(export).err().map(|e| e.to_string())
+}
+
+/// FAILED_PRECONDITION for a workflow whose flow export cannot be made into a flow: a problem of
+/// that workflow, permanent until it is changed, so not UNAVAILABLE (which invites a retry).
+pub fn unusable_export(reason: &str) -> ServiceError {
+    ServiceError::FailedPrecondition(format!(
+        "the workflow's flow export (langflow_flow_json) cannot be used: {reason}"
+    ))
 }
 
 /// The agent a workflow gets, with the caller's overrides.

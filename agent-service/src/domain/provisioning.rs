@@ -6,7 +6,7 @@ use engarde::kit::error::ServiceResult;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::mapping::{Overrides, agent_from_workflow};
+use super::mapping::{Overrides, agent_from_workflow, flow_export_problem};
 use super::model::{Agent, NewAgent, SourceWorkflow, WorkflowCategory, WorkflowStatus};
 
 /// At most this many workflow ids in a filter.
@@ -41,6 +41,8 @@ pub enum SkipReason {
     Archived,
     WorkflowNotFound,
     ExcludedByFilter,
+    /// The workflow's flow export cannot be made into a flow (see `Skipped::detail`).
+    InvalidFlowExport,
 }
 
 /// A workflow that got no agent.
@@ -49,6 +51,9 @@ pub struct Skipped {
     pub workflow_id: Uuid,
     pub workflow_name: String,
     pub reason: SkipReason,
+    /// What exactly is wrong, when the reason alone does not say (empty otherwise).
+    #[serde(default)]
+    pub detail: String,
 }
 
 /// A workflow that should get an agent, if it has none yet.
@@ -88,11 +93,21 @@ pub fn select_candidates(
     let mut candidates = Vec::new();
     let mut skipped: Vec<Skipped> = not_found
         .into_iter()
-        .map(|workflow_id| Skipped { workflow_id, workflow_name: String::new(), reason: SkipReason::WorkflowNotFound })
+        .map(|workflow_id| Skipped {
+            workflow_id,
+            workflow_name: String::new(),
+            reason: SkipReason::WorkflowNotFound,
+            detail: String::new(),
+        })
         .collect();
     let explicit = !filter.workflow_ids.is_empty();
     for workflow in found {
-        let skip = |reason| Skipped { workflow_id: workflow.id, workflow_name: workflow.name.clone(), reason };
+        let skip = |reason| Skipped {
+            workflow_id: workflow.id,
+            workflow_name: workflow.name.clone(),
+            reason,
+            detail: String::new(),
+        };
         if !filter.admits(&workflow) {
             // Only ids the caller named are worth explaining; the rest were never asked for.
             if explicit {
@@ -102,6 +117,11 @@ pub fn select_candidates(
         }
         if workflow.status == WorkflowStatus::Archived {
             skipped.push(skip(SkipReason::Archived));
+            continue;
+        }
+        // One workflow's bad flow export is that workflow's problem: the others still get agents.
+        if let Some(problem) = flow_export_problem(&workflow) {
+            skipped.push(Skipped { detail: problem, ..skip(SkipReason::InvalidFlowExport) });
             continue;
         }
         let agent = agent_from_workflow(&workflow, Overrides::default())?;
@@ -141,7 +161,8 @@ mod tests {
             vec![Skipped {
                 workflow_id: archived.id,
                 workflow_name: archived.name.clone(),
-                reason: SkipReason::Archived
+                reason: SkipReason::Archived,
+                detail: String::new(),
             }]
         );
 
@@ -152,5 +173,19 @@ mod tests {
         assert_eq!(candidates.iter().map(|c| c.workflow_id).collect::<Vec<_>>(), vec![own.id]);
         let reasons: Vec<SkipReason> = skipped.iter().map(|s| s.reason).collect();
         assert_eq!(reasons, vec![SkipReason::WorkflowNotFound, SkipReason::ExcludedByFilter]);
+    }
+
+    #[test]
+    fn a_workflow_with_an_unusable_flow_export_is_skipped_and_the_rest_are_candidates() {
+        let good = workflow(WorkflowCategory::ContentGeneration, workflow_pb::WorkflowConfig::default());
+        let bad_config =
+            workflow_pb::WorkflowConfig { langflow_flow_json: r#"{"data":{}}"#.into(), ..Default::default() };
+        let bad = workflow(WorkflowCategory::AbTesting, bad_config);
+        let (candidates, skipped) =
+            select_candidates(&ProvisionFilter::default(), vec![good.clone(), bad.clone()], vec![]).unwrap();
+        assert_eq!(candidates.iter().map(|c| c.workflow_id).collect::<Vec<_>>(), vec![good.id]);
+        assert_eq!(skipped.len(), 1);
+        assert_eq!((skipped[0].workflow_id, skipped[0].reason), (bad.id, SkipReason::InvalidFlowExport));
+        assert!(skipped[0].detail.contains("no nodes"), "{}", skipped[0].detail);
     }
 }

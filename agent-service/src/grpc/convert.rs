@@ -214,6 +214,7 @@ fn skip_reason_to_pb(reason: SkipReason) -> pb::SkipReason {
         SkipReason::Archived => pb::SkipReason::Archived,
         SkipReason::WorkflowNotFound => pb::SkipReason::WorkflowNotFound,
         SkipReason::ExcludedByFilter => pb::SkipReason::ExcludedByFilter,
+        SkipReason::InvalidFlowExport => pb::SkipReason::InvalidFlowExport,
     }
 }
 
@@ -222,6 +223,7 @@ fn skipped_to_pb(s: &Skipped) -> pb::SkippedWorkflow {
         workflow_id: s.workflow_id.to_string(),
         workflow_name: s.workflow_name.clone(),
         reason: skip_reason_to_pb(s.reason) as i32,
+        detail: s.detail.clone(),
     }
 }
 

@@ -139,8 +139,10 @@ impl LangflowClient {
         if !status.is_success() {
             return Err(LangflowError::from_status(what, status, &body));
         }
-        serde_json::from_str(&body)
-            .map_err(|e| LangflowError::BadResponse(format!("{what}: answer is not JSON ({e}): {}", excerpt(&body))))
+        let mut answer = serde_json::from_str(&body)
+            .map_err(|e| LangflowError::BadResponse(format!("{what}: answer is not JSON ({e}): {}", excerpt(&body))))?;
+        make_storable(&mut answer);
+        Ok(answer)
     }
 
     /// Langflow's version (`GET /api/v1/version`).
@@ -342,8 +344,9 @@ where
 }
 
 fn parse_event(line: &str) -> Result<StreamEvent, LangflowError> {
-    let value: Value = serde_json::from_str(line)
+    let mut value: Value = serde_json::from_str(line)
         .map_err(|e| LangflowError::BadResponse(format!("stream event is not JSON ({e}): {}", excerpt(line))))?;
+    make_storable(&mut value);
     let event = value["event"].as_str().unwrap_or("").to_owned();
     if event.is_empty() {
         return Err(LangflowError::BadResponse(format!("stream event without a type: {}", excerpt(line))));
@@ -369,13 +372,35 @@ fn shorter(configured: Duration, deadline: Option<Duration>) -> Duration {
     deadline.map_or(configured, |d| d.min(configured))
 }
 
-/// The start of a long text, for error messages.
+/// The start of a long text, for error messages (which are recorded: NUL is replaced as in
+/// [`make_storable`]).
 pub fn excerpt(text: &str) -> String {
-    let mut out: String = text.chars().take(300).collect();
-    if out.len() < text.len() {
+    let mut out: String = text.chars().take(300).map(|c| if c == '\0' { '\u{FFFD}' } else { c }).collect();
+    if text.chars().nth(300).is_some() {
         out.push('…');
     }
     out
+}
+
+/// Replaces U+0000 with U+FFFD (the replacement character) in every string and key of what
+/// Langflow answered. A flow may well output NUL (or the JSON escape `\u0000`), but PostgreSQL
+/// stores neither in text nor in jsonb: an execution that ran must be recorded all the same,
+/// identically on both backends, so its output is kept with NUL replaced.
+pub fn make_storable(value: &mut Value) {
+    match value {
+        Value::String(s) if s.contains('\0') => *s = engarde::text::replace_nul(s).into_owned(),
+        Value::Array(items) => items.iter_mut().for_each(make_storable),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0')) {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(k, v)| (engarde::text::replace_nul(&k).into_owned(), v))
+                    .collect();
+            }
+            map.values_mut().for_each(make_storable);
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -401,6 +426,14 @@ mod tests {
         assert!(matches!(events[0], Err(LangflowError::BadResponse(_))));
         assert!(matches!(events[1], Err(LangflowError::Unavailable(_))));
         assert_eq!(events.len(), 2);
+    }
+
+    #[test]
+    fn nul_in_what_langflow_answers_is_replaced() {
+        let line = r#"{"event": "token", "data": {"chunk": "a\u0000b", "k\u0000": ["\u0000"]}}"#;
+        let event = parse_event(line).unwrap();
+        assert_eq!(event.data, serde_json::json!({"chunk": "a\u{FFFD}b", "k\u{FFFD}": ["\u{FFFD}"]}));
+        assert_eq!(excerpt("x\0y"), "x\u{FFFD}y");
     }
 
     #[test]

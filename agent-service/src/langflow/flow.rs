@@ -127,15 +127,10 @@ pub fn generate(catalog: &Value, prompt: &str, config: &AgentConfig) -> Result<V
     Ok(json!({"nodes": nodes, "edges": edges}))
 }
 
-/// The flow data of a Langflow export carried by a template (`{"data": {...}}` or the data itself).
-pub fn from_export(export: &str) -> Result<Value, LangflowError> {
-    let value: Value = serde_json::from_str(export)
-        .map_err(|e| LangflowError::Rejected(format!("the template's flow export is not JSON: {e}")))?;
-    match value.get("data") {
-        Some(data) if data.get("nodes").is_some() => Ok(data.clone()),
-        _ if value.get("nodes").is_some() => Ok(value),
-        _ => Err(LangflowError::Rejected("the template's flow export has no nodes".into())),
-    }
+/// The flow data of a Langflow export carried by a template (`{"data": {...}}` or the data
+/// itself), by the rules workflow-service validates it with.
+pub fn from_export(export: &str) -> Result<Value, engarde::flow_export::FlowExportError> {
+    engarde::flow_export::flow_data(export)
 }
 
 fn variable_values(config: &AgentConfig) -> [(&'static str, String); 3] {
@@ -274,8 +269,9 @@ mod tests {
 
     #[test]
     fn exports_are_accepted_with_or_without_their_envelope() {
-        assert!(from_export(r#"{"data": {"nodes": [], "edges": []}}"#).is_ok());
-        assert!(from_export(r#"{"nodes": [], "edges": []}"#).is_ok());
+        assert!(from_export(r#"{"data": {"nodes": [{"id": "a"}], "edges": []}}"#).is_ok());
+        assert!(from_export(r#"{"nodes": [{"id": "a"}], "edges": []}"#).is_ok());
+        assert!(from_export(r#"{"data": {}}"#).is_err());
         assert!(from_export(r#"{"name": "x"}"#).is_err());
         assert!(from_export("nope").is_err());
     }

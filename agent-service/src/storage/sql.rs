@@ -292,6 +292,7 @@ macro_rules! sql_repository {
                                 workflow_id: candidate.workflow_id,
                                 workflow_name: candidate.workflow_name,
                                 reason: SkipReason::AlreadyHasAgent,
+                                detail: String::new(),
                             });
                         }
                     }

@@ -15,7 +15,6 @@ pub const MAX_STEP_ID_CHARS: usize = 64;
 pub const MAX_PROMPT_CHARS: usize = 8000;
 pub const MAX_RETRIES: i32 = 10;
 pub const MAX_REVIEW_TIMEOUT_SECONDS: i64 = 30 * 24 * 3600;
-pub const MAX_FLOW_JSON_BYTES: usize = 1024 * 1024;
 
 /// Checks a display name.
 pub fn check_name(field: &str, name: &str, out: &mut Vec<FieldViolation>) {
@@ -141,17 +140,9 @@ pub fn check_config(prefix: &str, config: &WorkflowConfig, out: &mut Vec<FieldVi
     }
 
     if !config.langflow_flow_json.is_empty() {
-        let field = format!("{prefix}.langflow_flow_json");
-        if config.langflow_flow_json.len() > MAX_FLOW_JSON_BYTES {
-            out.push(FieldViolation::new(field, "must be at most 1 MiB"));
-        } else {
-            match serde_json::from_str::<serde_json::Value>(&config.langflow_flow_json) {
-                Ok(serde_json::Value::Object(map)) if map.contains_key("data") || map.contains_key("nodes") => {}
-                Ok(_) => {
-                    out.push(FieldViolation::new(field, "must be a Langflow flow export: a JSON object with \"data\""))
-                }
-                Err(e) => out.push(FieldViolation::new(field, format!("is not valid JSON: {e}"))),
-            }
+        // The rules agent-service uploads by: a flow export valid here can be made into a flow.
+        if let Err(e) = engarde::flow_export::flow_data(&config.langflow_flow_json) {
+            out.push(FieldViolation::new(format!("{prefix}.langflow_flow_json"), e.to_string()));
         }
     }
 }
@@ -203,6 +194,16 @@ mod tests {
                 "workflow_config.triggers[0].timezone",
             ]
         );
+    }
+
+    #[test]
+    fn a_flow_export_without_nodes_is_refused() {
+        let config =
+            WorkflowConfig { steps: vec![llm("a")], langflow_flow_json: r#"{"data":{}}"#.into(), ..Default::default() };
+        let v = violations(&config);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].0, "workflow_config.langflow_flow_json");
+        assert!(v[0].1.contains("no nodes"), "{}", v[0].1);
     }
 
     #[test]
