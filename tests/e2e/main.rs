@@ -26,4 +26,5 @@ mod workflows_crud;
 mod workflows_grpcurl;
 mod workflows_health;
 mod workflows_library;
+mod workflows_name_search;
 mod workflows_statistics;

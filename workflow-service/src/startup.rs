@@ -25,6 +25,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let listen = engarde::kit::config::parse_listen_addr(&config.listen_addr)?;
     let db = common.open_database(&config.database_url, &POSTGRES_MIGRATIONS, &SQLITE_MIGRATIONS).await?;
     let repo = storage::cached_repository(&db, config.workflow_cache_capacity, config.workflow_cache_heartbeat());
+    let folded = repo.fold_names().await?;
+    if folded > 0 {
+        tracing::info!(folded, "folded the names of workflows written before name_folded");
+    }
     let seeded =
         repo.seed_templates(&templates::library(chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6))).await?;
     tracing::info!(inserted = seeded, "template library seeded");
