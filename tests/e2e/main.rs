@@ -2,6 +2,7 @@
 //! PostgreSQL databases and SQLite files, and call them over real sockets with the generated
 //! clients (and grpcurl), as a user would.
 
+mod bounded_pages;
 mod chaos;
 mod faults;
 mod fuzz;
