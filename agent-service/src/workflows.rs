@@ -283,3 +283,17 @@ fn source_workflow(workflow: pb::WorkflowDefinition) -> ServiceResult<SourceWork
         config: workflow.workflow_config.unwrap_or_default(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_over_the_message_limit_is_a_precondition_not_a_bug() {
+        let status = Status::out_of_range("Error, decoded message length too large: found 5000000 bytes");
+        match error_of("workflows", status, Duration::from_secs(1)) {
+            ServiceError::FailedPrecondition(message) => assert!(message.contains("MAX_MESSAGE_BYTES"), "{message}"),
+            other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
+        }
+    }
+}
