@@ -31,9 +31,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     common.check_auth()?;
     common.start_metrics()?;
     let listen = engarde::kit::config::parse_listen_addr(&config.listen_addr)?;
+    let pages = common.page_budget()?;
     // Connects lazily: workflow-service may start after this service, or be down for a while
     // (calls that need it answer UNAVAILABLE meanwhile; the rest keep working).
-    let workflows = WorkflowClient::connect_lazy(&config.workflow_service_url, config.workflow_call_timeout())?;
+    let workflows = WorkflowClient::connect_lazy(
+        &config.workflow_service_url,
+        config.workflow_call_timeout(),
+        common.max_message_bytes,
+    )?;
     tracing::info!(
         workflow_service = %config.workflow_service_url,
         call_timeout_ms = config.workflow_call_timeout_ms,
@@ -69,7 +74,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let executor = start_execution(&config, &db, repo.clone(), langflow.clone(), workflows.clone());
     let walker = Walker::start(&config.walker, &db, repo.clone(), langflow.clone());
     let provisioner = Provisioner::new(repo.clone(), workflows, linker.clone());
-    let api = AgentServiceServer::new(AgentApi::new(repo, provisioner, linker, executor, walker))
+    let api = AgentServiceServer::new(AgentApi::new(repo, provisioner, linker, executor, walker, pages))
         .max_decoding_message_size(common.max_message_bytes)
         .max_encoding_message_size(common.max_message_bytes);
     let routes = Routes::new(api);

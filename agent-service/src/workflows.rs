@@ -89,13 +89,18 @@ pub struct WorkflowClient {
 }
 
 impl WorkflowClient {
-    /// A client of the workflow-service at `url`; connects on first use.
-    pub fn connect_lazy(url: &str, call_timeout: Duration) -> anyhow::Result<Self> {
+    /// A client of the workflow-service at `url`; connects on first use. It accepts answers of
+    /// up to `max_message_bytes` (this service's MAX_MESSAGE_BYTES; workflow-service bounds its
+    /// pages by its own, so the two must be set alike).
+    pub fn connect_lazy(url: &str, call_timeout: Duration, max_message_bytes: usize) -> anyhow::Result<Self> {
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| anyhow::anyhow!("WORKFLOW_SERVICE_URL {url:?} is not a valid URL: {e}"))?
             .connect_timeout(call_timeout)
             .tcp_nodelay(true);
-        Ok(Self { client: WorkflowServiceClient::new(endpoint.connect_lazy()), call_timeout })
+        let client = WorkflowServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes);
+        Ok(Self { client, call_timeout })
     }
 
     /// One workflow the caller can read; NOT_FOUND when there is none (or it is another tenant's).
@@ -221,6 +226,14 @@ fn error_of(what: &str, status: Status, timeout: Duration) -> ServiceError {
         Code::FailedPrecondition => ServiceError::FailedPrecondition(message),
         Code::AlreadyExists => ServiceError::AlreadyExists(message),
         Code::Aborted => ServiceError::Aborted(message),
+        // An answer larger than this service accepts: the two services' MAX_MESSAGE_BYTES differ.
+        // A deployment's state, not a bug here nor the caller's fault.
+        Code::OutOfRange => {
+            tracing::warn!(reason = %message, "workflow-service answered more than MAX_MESSAGE_BYTES allows");
+            ServiceError::FailedPrecondition(
+                "workflow-service answered more than this service's MAX_MESSAGE_BYTES; set it alike on both".into(),
+            )
+        }
         // INVALID_ARGUMENT would mean this service sent a bad request: a bug here, as are the rest.
         code => ServiceError::internal(anyhow::anyhow!("workflow-service answered {code:?}: {message}")),
     }
@@ -269,4 +282,18 @@ fn source_workflow(workflow: pb::WorkflowDefinition) -> ServiceResult<SourceWork
         version: workflow.version,
         config: workflow.workflow_config.unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_over_the_message_limit_is_a_precondition_not_a_bug() {
+        let status = Status::out_of_range("Error, decoded message length too large: found 5000000 bytes");
+        match error_of("workflows", status, Duration::from_secs(1)) {
+            ServiceError::FailedPrecondition(message) => assert!(message.contains("MAX_MESSAGE_BYTES"), "{message}"),
+            other => panic!("expected FAILED_PRECONDITION, got {other:?}"),
+        }
+    }
 }

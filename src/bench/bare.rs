@@ -93,7 +93,7 @@ impl WorkflowService for BareWorkflows {
         &self,
         _: Request<pb::ValidateWorkflowConfigRequest>,
     ) -> Result<Response<pb::ValidateWorkflowConfigResponse>, Status> {
-        Ok(Response::new(pb::ValidateWorkflowConfigResponse { valid: true, violations: vec![] }))
+        Ok(Response::new(pb::ValidateWorkflowConfigResponse { valid: true, ..Default::default() }))
     }
 
     async fn record_execution(

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 
 use super::auth::{Authenticator, Tenant, TokenRules};
 use super::db::DbSettings;
+use super::page_budget::PageBudget;
 use super::telemetry::LogFormat;
 
 /// How callers authenticate.
@@ -75,6 +76,11 @@ pub struct CommonConfig {
     /// Largest request or response message, in bytes.
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
+    /// Most bytes of items in one page of a List answer: a page stops before it (with a
+    /// next_page_token) even when page_size would allow more. Unset: MAX_MESSAGE_BYTES less
+    /// 64 KiB for the rest of the answer, which is also the most it may be.
+    #[arg(long, env = "MAX_PAGE_BYTES")]
+    pub max_page_bytes: Option<usize>,
 }
 
 impl CommonConfig {
@@ -148,6 +154,12 @@ impl CommonConfig {
             schema: self.database_schema.clone(),
             max_connections: self.db_max_connections,
         }
+    }
+
+    /// How many bytes of items one page of a List answer may carry; refuses a MAX_PAGE_BYTES
+    /// that would not leave room for the answer's envelope within MAX_MESSAGE_BYTES.
+    pub fn page_budget(&self) -> anyhow::Result<PageBudget> {
+        PageBudget::new(self.max_message_bytes, self.max_page_bytes).map_err(|e| anyhow::anyhow!(e))
     }
 
     pub fn drain_timeout(&self) -> Duration {

@@ -1,5 +1,5 @@
 //! The plumbing both services share: one place for authentication, health, reflection,
-//! serving and shutdown, logging, the error table, idempotency keys and page tokens.
+//! serving and shutdown, logging, the error table, idempotency keys, page tokens and page budgets.
 
 pub mod auth;
 pub mod concurrency;
@@ -9,6 +9,7 @@ pub mod error;
 pub mod health;
 pub mod idempotency;
 pub mod metrics;
+pub mod page_budget;
 pub mod pagination;
 pub mod request;
 pub mod rpc_log;

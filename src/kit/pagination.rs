@@ -93,12 +93,15 @@ impl PageRequest {
     /// when the page was not full (there is nothing after it).
     pub fn next_token(&self, served: usize, last: Option<Vec<String>>) -> String {
         match last {
-            Some(after) if served as u32 >= self.size => {
-                let token = Token { after, filters: self.filters.clone() };
-                URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).unwrap_or_default())
-            }
+            Some(after) if served as u32 >= self.size => self.token_after(after),
             _ => String::new(),
         }
+    }
+
+    /// The token for the page that starts after sort key `after`, with this request's filters.
+    pub fn token_after(&self, after: Vec<String>) -> String {
+        let token = Token { after, filters: self.filters.clone() };
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).unwrap_or_default())
     }
 }
 

@@ -2,6 +2,7 @@
 //! PostgreSQL databases and SQLite files, and call them over real sockets with the generated
 //! clients (and grpcurl), as a user would.
 
+mod bounded_pages;
 mod chaos;
 mod faults;
 mod fuzz;
@@ -29,4 +30,5 @@ mod workflows_crud;
 mod workflows_grpcurl;
 mod workflows_health;
 mod workflows_library;
+mod workflows_name_search;
 mod workflows_statistics;

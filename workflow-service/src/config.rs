@@ -22,6 +22,11 @@ pub struct Config {
     /// silent heartbeats it turns itself off and listens anew.
     #[arg(long, env = "WORKFLOW_CACHE_HEARTBEAT_MS", default_value_t = 5000)]
     pub workflow_cache_heartbeat_ms: u64,
+    /// How many violations a ValidateWorkflowConfig report lists at most; it counts the rest in
+    /// `omitted_violations`, so that a small request with thousands of bad steps cannot ask for
+    /// an answer of megabytes.
+    #[arg(long, env = "MAX_REPORTED_VIOLATIONS", default_value_t = 100)]
+    pub max_reported_violations: usize,
     #[command(flatten)]
     pub common: CommonConfig,
 }

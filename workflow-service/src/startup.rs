@@ -10,7 +10,7 @@ use tonic::service::Routes;
 
 use crate::config::Config;
 use crate::domain::templates;
-use crate::grpc::WorkflowApi;
+use crate::grpc::{AnswerLimits, WorkflowApi};
 use crate::storage::{self, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
 
 /// The fully-qualified gRPC service name, as health checks name it.
@@ -23,8 +23,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     common.check_auth()?;
     common.start_metrics()?;
     let listen = engarde::kit::config::parse_listen_addr(&config.listen_addr)?;
+    let pages = common.page_budget()?;
     let db = common.open_database(&config.database_url, &POSTGRES_MIGRATIONS, &SQLITE_MIGRATIONS).await?;
     let repo = storage::cached_repository(&db, config.workflow_cache_capacity, config.workflow_cache_heartbeat());
+    let folded = repo.fold_names().await?;
+    if folded > 0 {
+        tracing::info!(folded, "folded the names of workflows written before name_folded");
+    }
     let seeded =
         repo.seed_templates(&templates::library(chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6))).await?;
     tracing::info!(inserted = seeded, "template library seeded");
@@ -39,9 +44,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         async move { repo.expire_idempotency_keys(before).await }
     });
 
-    let api = WorkflowServiceServer::new(WorkflowApi::new(repo))
-        .max_decoding_message_size(common.max_message_bytes)
-        .max_encoding_message_size(common.max_message_bytes);
+    let api = WorkflowServiceServer::new(WorkflowApi::new(
+        repo,
+        AnswerLimits { pages, reported_violations: config.max_reported_violations },
+    ))
+    .max_decoding_message_size(common.max_message_bytes)
+    .max_encoding_message_size(common.max_message_bytes);
     let routes = Routes::new(api);
     let result = server.serve("workflow-service", routes, health, health_service, common, shutdown).await;
     db.close().await;

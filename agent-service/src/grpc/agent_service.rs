@@ -5,6 +5,7 @@ use std::sync::Arc;
 use engarde::kit::auth::Tenant;
 use engarde::kit::error::{FieldViolation, ServiceError, ServiceResult};
 use engarde::kit::idempotency::IdempotencyKey;
+use engarde::kit::page_budget::PageBudget;
 use engarde::kit::pagination::{PageRequest, filter_fingerprint};
 use engarde::kit::request::{invalid_if_any, parse_update_mask};
 use engarde::proto::agent::v1 as pb;
@@ -36,6 +37,8 @@ pub struct AgentApi {
     pub(super) linker: FlowLinker,
     pub(super) executor: Executor,
     pub(super) walker: Walker,
+    /// How many bytes of items one page of a List answer may carry.
+    pub(super) pages: PageBudget,
 }
 
 impl AgentApi {
@@ -45,8 +48,9 @@ impl AgentApi {
         linker: FlowLinker,
         executor: Executor,
         walker: Walker,
+        pages: PageBudget,
     ) -> Self {
-        Self { repo, provisioner, linker, executor, walker }
+        Self { repo, provisioner, linker, executor, walker, pages }
     }
 }
 
@@ -244,10 +248,8 @@ impl AgentService for AgentApi {
             let fingerprint = filter_fingerprint(&parts.iter().map(String::as_str).collect::<Vec<_>>());
             let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
             let agents = self.repo.list(caller.tenant.as_str(), &filter, &page).await?;
-            Ok(pb::ListAgentsResponse {
-                next_page_token: page.next_token(agents.len(), agents.last().map(sort_key)),
-                agents: agents.iter().map(agent_to_pb).collect(),
-            })
+            let filled = page.fill(&agents, self.pages, agent_to_pb, sort_key, |a| format!("agent {}", a.id))?;
+            Ok(pb::ListAgentsResponse { next_page_token: filled.next_page_token, agents: filled.items })
         })
         .await
     }
@@ -403,7 +405,7 @@ impl AgentService for AgentApi {
                 dry_run = outcome.dry_run,
                 "agents provisioned"
             );
-            Ok(provision_to_pb(&outcome))
+            Ok(provision_to_pb(&outcome, self.pages))
         })
         .await
     }
@@ -419,9 +421,16 @@ impl AgentService for AgentApi {
             let fingerprint = filter_fingerprint(&parts.iter().map(String::as_str).collect::<Vec<_>>());
             let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
             let installed = self.provisioner.list_installed(caller.tenant.as_str(), &caller.credentials, &page).await?;
+            let filled = page.fill(
+                &installed,
+                self.pages,
+                installed_to_pb,
+                |i| sort_key(&i.agent),
+                |i| format!("agent {}", i.agent.id),
+            )?;
             Ok(pb::ListInstalledAgentsResponse {
-                next_page_token: page.next_token(installed.len(), installed.last().map(|i| sort_key(&i.agent))),
-                installed_agents: installed.iter().map(installed_to_pb).collect(),
+                next_page_token: filled.next_page_token,
+                installed_agents: filled.items,
             })
         })
         .await

@@ -2,6 +2,7 @@
 //! every bad field at once, with its path.
 
 use engarde::kit::error::{FieldViolation, ServiceError, ServiceResult};
+use engarde::kit::page_budget::PageBudget;
 use engarde::proto::agent::v1 as pb;
 use engarde::proto::workflow::v1 as workflow_pb;
 
@@ -227,12 +228,23 @@ fn skipped_to_pb(s: &Skipped) -> pb::SkippedWorkflow {
     }
 }
 
-pub fn provision_to_pb(outcome: &ProvisionOutcome) -> pb::ProvisionAgentsResponse {
+/// The outcome as one answer of at most `budget` bytes of agents and workflows: what does not
+/// fit is left out at the end, and counted.
+pub fn provision_to_pb(outcome: &ProvisionOutcome, budget: PageBudget) -> pb::ProvisionAgentsResponse {
+    let mut used = 0;
+    let (created, omitted_created) = budget.keep_fitting(outcome.created.iter().map(agent_to_pb), &mut used);
+    let (skipped, omitted_skipped) = budget.keep_fitting(outcome.skipped.iter().map(skipped_to_pb), &mut used);
     pb::ProvisionAgentsResponse {
-        created: outcome.created.iter().map(agent_to_pb).collect(),
-        skipped: outcome.skipped.iter().map(skipped_to_pb).collect(),
+        created,
+        skipped,
         dry_run: outcome.dry_run,
+        omitted_created: count(omitted_created),
+        omitted_skipped: count(omitted_skipped),
     }
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 fn change_to_pb(c: &Change) -> pb::SnapshotChange {

@@ -148,11 +148,14 @@ impl AgentApi {
             let fingerprint = filter_fingerprint(&parts.iter().map(String::as_str).collect::<Vec<_>>());
             let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
             let executions = self.executor.executions().list(caller.tenant.as_str(), &filter, &page).await?;
-            Ok(pb::ListExecutionsResponse {
-                next_page_token: page
-                    .next_token(executions.len(), executions.last().map(|e| time_id_key(e.started_at, e.id))),
-                executions: executions.iter().map(execution_to_pb).collect(),
-            })
+            let filled = page.fill(
+                &executions,
+                self.pages,
+                execution_to_pb,
+                |e| time_id_key(e.started_at, e.id),
+                |e| format!("execution {}", e.id),
+            )?;
+            Ok(pb::ListExecutionsResponse { next_page_token: filled.next_page_token, executions: filled.items })
         })
         .await
     }
@@ -166,11 +169,14 @@ impl AgentApi {
             let fingerprint = filter_fingerprint(&["sessions", &req.agent_id]);
             let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
             let sessions = self.executor.executions().sessions(caller.tenant.as_str(), agent_id, &page).await?;
-            Ok(pb::ListSessionsResponse {
-                next_page_token: page
-                    .next_token(sessions.len(), sessions.last().map(|s| time_id_key(s.last_message_at, &s.session_id))),
-                sessions: sessions.iter().map(session_to_pb).collect(),
-            })
+            let filled = page.fill(
+                &sessions,
+                self.pages,
+                session_to_pb,
+                |s| time_id_key(s.last_message_at, &s.session_id),
+                |s| format!("session {}", s.session_id),
+            )?;
+            Ok(pb::ListSessionsResponse { next_page_token: filled.next_page_token, sessions: filled.items })
         })
         .await
     }
@@ -185,10 +191,14 @@ impl AgentApi {
             let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
             let messages =
                 self.executor.executions().messages(caller.tenant.as_str(), agent_id, &session_id, &page).await?;
-            Ok(pb::ListSessionMessagesResponse {
-                next_page_token: page.next_token(messages.len(), messages.last().map(|m| vec![m.sequence.to_string()])),
-                messages: messages.iter().map(message_to_pb).collect(),
-            })
+            let filled = page.fill(
+                &messages,
+                self.pages,
+                message_to_pb,
+                |m| vec![m.sequence.to_string()],
+                |m| format!("message {} of session {session_id}", m.sequence),
+            )?;
+            Ok(pb::ListSessionMessagesResponse { next_page_token: filled.next_page_token, messages: filled.items })
         })
         .await
     }
@@ -247,11 +257,14 @@ impl AgentApi {
             let fingerprint = filter_fingerprint(&["feedback", &req.agent_id]);
             let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
             let feedback = self.executor.executions().feedback(caller.tenant.as_str(), agent_id, &page).await?;
-            Ok(pb::ListFeedbackResponse {
-                next_page_token: page
-                    .next_token(feedback.len(), feedback.last().map(|f| time_id_key(f.created_at, f.id))),
-                feedback: feedback.iter().map(feedback_to_pb).collect(),
-            })
+            let filled = page.fill(
+                &feedback,
+                self.pages,
+                feedback_to_pb,
+                |f| time_id_key(f.created_at, f.id),
+                |f| format!("feedback {}", f.id),
+            )?;
+            Ok(pb::ListFeedbackResponse { next_page_token: filled.next_page_token, feedback: filled.items })
         })
         .await
     }

@@ -227,10 +227,14 @@ impl AgentApi {
             ]);
             let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
             let runs = self.walker.runs().list(caller.tenant.as_str(), &filter, &page).await?;
-            Ok(pb::ListRunsResponse {
-                next_page_token: page.next_token(runs.len(), runs.last().map(|r| time_id_key(r.created_at, r.id))),
-                runs: runs.iter().map(run_to_pb).collect(),
-            })
+            let filled = page.fill(
+                &runs,
+                self.pages,
+                run_to_pb,
+                |r| time_id_key(r.created_at, r.id),
+                |r| format!("run {}", r.id),
+            )?;
+            Ok(pb::ListRunsResponse { next_page_token: filled.next_page_token, runs: filled.items })
         })
         .await
     }
@@ -281,11 +285,14 @@ impl AgentApi {
             let fingerprint = filter_fingerprint(&[&agent.map(|id| id.to_string()).unwrap_or_default()]);
             let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
             let reviews = self.walker.runs().pending_reviews(caller.tenant.as_str(), agent, &page).await?;
-            Ok(pb::ListPendingReviewsResponse {
-                next_page_token: page
-                    .next_token(reviews.len(), reviews.last().map(|r| time_id_key(r.created_at, r.id))),
-                reviews: reviews.iter().map(review_to_pb).collect(),
-            })
+            let filled = page.fill(
+                &reviews,
+                self.pages,
+                review_to_pb,
+                |r| time_id_key(r.created_at, r.id),
+                |r| format!("review {}", r.id),
+            )?;
+            Ok(pb::ListPendingReviewsResponse { next_page_token: filled.next_page_token, reviews: filled.items })
         })
         .await
     }

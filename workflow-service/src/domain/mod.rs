@@ -3,6 +3,7 @@
 
 pub mod lifecycle;
 pub mod model;
+pub mod name_folding;
 pub mod templates;
 pub mod validation;
 

@@ -4,4 +4,4 @@
 mod convert;
 mod workflow_service;
 
-pub use workflow_service::WorkflowApi;
+pub use workflow_service::{AnswerLimits, WorkflowApi};

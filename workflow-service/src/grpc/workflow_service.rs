@@ -5,6 +5,7 @@ use std::sync::Arc;
 use engarde::kit::auth::Tenant;
 use engarde::kit::error::{FieldViolation, ServiceError, ServiceResult};
 use engarde::kit::idempotency::IdempotencyKey;
+use engarde::kit::page_budget::PageBudget;
 use engarde::kit::pagination::{PageRequest, filter_fingerprint};
 use engarde::kit::request::{invalid_if_any, parse_update_mask};
 use engarde::proto::workflow::v1 as pb;
@@ -20,11 +21,21 @@ use crate::storage::WorkflowRepository;
 #[derive(Clone)]
 pub struct WorkflowApi {
     repo: Arc<dyn WorkflowRepository>,
+    limits: AnswerLimits,
+}
+
+/// Bounds on the size of answers.
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerLimits {
+    /// How many bytes of items one answer may carry (a ListWorkflows page, a validation report).
+    pub pages: PageBudget,
+    /// How many violations a ValidateWorkflowConfig report lists; the rest are only counted.
+    pub reported_violations: usize,
 }
 
 impl WorkflowApi {
-    pub fn new(repo: Arc<dyn WorkflowRepository>) -> Self {
-        Self { repo }
+    pub fn new(repo: Arc<dyn WorkflowRepository>, limits: AnswerLimits) -> Self {
+        Self { repo, limits }
     }
 }
 
@@ -129,11 +140,14 @@ impl WorkflowService for WorkflowApi {
             let fingerprint = filter_fingerprint(&parts.iter().map(String::as_str).collect::<Vec<_>>());
             let page = PageRequest::parse(req.page_size, &req.page_token, fingerprint)?;
             let workflows = self.repo.list(tenant.as_str(), &filter, &page).await?;
-            let last = workflows.last().map(|w| vec![w.name.clone(), w.id.to_string()]);
-            Ok(pb::ListWorkflowsResponse {
-                next_page_token: page.next_token(workflows.len(), last),
-                workflows: workflows.iter().map(workflow_to_pb).collect(),
-            })
+            let filled = page.fill(
+                &workflows[..],
+                self.limits.pages,
+                workflow_to_pb,
+                |w| vec![w.name.clone(), w.id.to_string()],
+                |w| format!("workflow {}", w.id),
+            )?;
+            Ok(pb::ListWorkflowsResponse { next_page_token: filled.next_page_token, workflows: filled.items })
         })
         .await
     }
@@ -305,12 +319,19 @@ impl WorkflowService for WorkflowApi {
                 Ok(_) => Vec::new(),
                 Err(v) => v,
             };
+            // A small request can hold thousands of bad steps, and a violation may quote the
+            // input: the report lists the first ones, within a count and the page budget, and
+            // counts the rest.
+            let found = violations.len();
+            let listed = violations
+                .into_iter()
+                .take(self.limits.reported_violations)
+                .map(|v| pb::ConfigViolation { field: v.field, description: v.description });
+            let (violations, _) = self.limits.pages.keep_fitting(listed, &mut 0);
             Ok(pb::ValidateWorkflowConfigResponse {
-                valid: violations.is_empty(),
-                violations: violations
-                    .into_iter()
-                    .map(|v| pb::ConfigViolation { field: v.field, description: v.description })
-                    .collect(),
+                valid: found == 0,
+                omitted_violations: i32::try_from(found - violations.len()).unwrap_or(i32::MAX),
+                violations,
             })
         })
         .await

@@ -174,6 +174,12 @@ impl WorkflowRepository for CachedWorkflowRepository {
         result
     }
 
+    async fn fold_names(&self) -> ServiceResult<u64> {
+        let result = self.inner.fold_names().await;
+        self.cache.changed(EVERYTHING);
+        result
+    }
+
     async fn create(&self, tenant: &str, new: NewWorkflow, key: Option<&IdempotencyKey>) -> ServiceResult<Workflow> {
         let result = self.inner.create(tenant, new, key).await;
         self.cache.changed(tenant);

@@ -32,6 +32,10 @@ pub trait WorkflowRepository: Send + Sync {
     /// Inserts the templates that are not there yet; answers how many were inserted.
     async fn seed_templates(&self, templates: &[Workflow]) -> ServiceResult<u64>;
 
+    /// Fills in the folded name (see `domain::name_folding`) of the rows written before the
+    /// service kept one; answers how many it filled.
+    async fn fold_names(&self) -> ServiceResult<u64>;
+
     /// Stores a new draft.
     async fn create(&self, tenant: &str, new: NewWorkflow, key: Option<&IdempotencyKey>) -> ServiceResult<Workflow>;
 

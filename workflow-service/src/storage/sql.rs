@@ -15,6 +15,7 @@ macro_rules! sql_repository {
             use sqlx::types::Json;
             use uuid::Uuid;
 
+            use crate::domain::name_folding::fold_name;
             use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
             use crate::storage::row::{COLUMNS, WorkflowRow};
             use crate::storage::{DeleteCheck, Mutation, WorkflowRepository};
@@ -52,7 +53,8 @@ macro_rules! sql_repository {
 
             async fn insert(tx: &mut Tx<'_>, w: &Workflow, on_conflict: &str) -> ServiceResult<u64> {
                 let sql = format!(
-                    "INSERT INTO workflows ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) {on_conflict}"
+                    "INSERT INTO workflows ({COLUMNS}, name_folded) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) {on_conflict}"
                 );
                 Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(w.id.to_string())
@@ -68,6 +70,7 @@ macro_rules! sql_repository {
                     .bind(w.version)
                     .bind(w.created_at)
                     .bind(w.updated_at)
+                    .bind(fold_name(&w.name))
                     .execute(&mut **tx)
                     .await?
                     .rows_affected())
@@ -83,6 +86,35 @@ macro_rules! sql_repository {
                     }
                     tx.commit().await?;
                     Ok(inserted)
+                }
+
+                async fn fold_names(&self) -> ServiceResult<u64> {
+                    const BATCH: i64 = 500;
+                    let mut folded = 0;
+                    loop {
+                        let rows: Vec<(String, String)> =
+                            sqlx::query_as("SELECT id, name FROM workflows WHERE name_folded IS NULL LIMIT $1")
+                                .bind(BATCH)
+                                .fetch_all(&self.pool)
+                                .await?;
+                        if rows.is_empty() {
+                            return Ok(folded);
+                        }
+                        let mut tx = self.begin().await?;
+                        for (id, name) in rows {
+                            // Only if the name is still the one folded: a rename meanwhile wrote its own.
+                            folded += sqlx::query(
+                                "UPDATE workflows SET name_folded = $1 WHERE id = $2 AND name = $3 AND name_folded IS NULL",
+                            )
+                            .bind(fold_name(&name))
+                            .bind(&id)
+                            .bind(&name)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                        }
+                        tx.commit().await?;
+                    }
                 }
 
                 async fn create(&self, tenant: &str, new: NewWorkflow, key: Option<&IdempotencyKey>) -> ServiceResult<Workflow> {
@@ -115,14 +147,14 @@ macro_rules! sql_repository {
                            AND ($2 = '' OR category = $2) \
                            AND ($3 = '' OR status = $3) \
                            AND ($4 = -1 OR is_template = ($4 = 1)) \
-                           AND ($5 = '' OR LOWER(name) LIKE $5 ESCAPE '\\') \
+                           AND ($5 = '' OR name_folded LIKE $5 ESCAPE '\\') \
                            AND ($6 = 0 OR (name, id) > ($7, $8)) \
                          ORDER BY name, id LIMIT $9"
                     );
                     let pattern = if filter.name_contains.is_empty() {
                         String::new()
                     } else {
-                        let escaped = filter.name_contains.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+                        let escaped = fold_name(&filter.name_contains).replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
                         format!("%{escaped}%")
                     };
                     let (has_after, after_name, after_id) = page.text_id_cursor()?;
@@ -153,7 +185,7 @@ macro_rules! sql_repository {
                     workflow.updated_at = now();
                     let updated = sqlx::query(
                         "UPDATE workflows SET name = $1, description = $2, category = $3, config = $4, status = $5, \
-                         version = $6, updated_at = $7 WHERE id = $8 AND version = $9",
+                         version = $6, updated_at = $7, name_folded = $10 WHERE id = $8 AND version = $9",
                     )
                     .bind(&workflow.name)
                     .bind(&workflow.description)
@@ -164,6 +196,7 @@ macro_rules! sql_repository {
                     .bind(workflow.updated_at)
                     .bind(id.to_string())
                     .bind(read_version)
+                    .bind(fold_name(&workflow.name))
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
