@@ -49,7 +49,7 @@ pub async fn list_services(process: &ServiceProcess, version: &str, within: Dura
     let ask = ReflectionRequest { host: String::new(), list_services: Some(String::new()) };
     let mut request = tonic::Request::new(futures::stream::iter([ask]));
     request.set_timeout(within);
-    let codec = engarde::codec::ProstCodec::<ReflectionRequest, ReflectionResponse>::default();
+    let codec = tonic_prost::ProstCodec::<ReflectionRequest, ReflectionResponse>::default();
     let mut answers = grpc.streaming(request, path, codec).await.expect("reflection answers").into_inner();
     let answer = tokio::time::timeout(within, answers.message())
         .await
