@@ -6,6 +6,11 @@
 //!   another deployment, an unmarked one, or one marked before deployments were: "legacy");
 //! - LinkAgentFlow links a flow only if it is the caller's (see [`check_link`]).
 //!
+//! A flow made by hand in Langflow carries no mark; a tenant that adopts it (LinkAgentFlow with
+//! `adopt`) has an adoption mark appended to its description, so that from then on it is that
+//! tenant's like a flow made for it (no other tenant can adopt it in turn). The adoption mark is
+//! not the made-by mark: the reconciler never deletes an adopted flow.
+//!
 //! Description, not tags: verified against Langflow 1.13, the description survives create,
 //! read and the light listing (`header_flows=true`) the reconciler reads, and operators see it
 //! in the UI.
@@ -18,6 +23,8 @@ const MANAGED_PREFIX: &str = "EnGarde agent ";
 const TENANT_PART: &str = " of tenant ";
 const MANAGED_PART: &str = "; managed by agent-service";
 const DEPLOYMENT_PART: &str = " deployment ";
+const ADOPTED_PREFIX: &str = "[adopted by EnGarde tenant ";
+const ADOPTED_DEPLOYMENT_PART: &str = " in agent-service deployment ";
 
 /// The identity of one agent-service deployment: the replicas that share one database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,11 +93,36 @@ impl FlowMark {
     }
 }
 
+/// A hand-made flow's description once `tenant` of `deployment` adopted it: the original
+/// description, then the adoption mark.
+pub fn adopted_description(original: &str, tenant: &str, deployment: &DeploymentId) -> String {
+    let mark = format!("{ADOPTED_PREFIX}{tenant}{ADOPTED_DEPLOYMENT_PART}{deployment}]");
+    if original.is_empty() { mark } else { format!("{original} {mark}") }
+}
+
+/// The tenant and deployment that adopted a flow, from the mark at the end of its description.
+fn adoption(description: &str) -> Option<(String, DeploymentId)> {
+    let start = description.rfind(ADOPTED_PREFIX)?;
+    let mark = description[start + ADOPTED_PREFIX.len()..].strip_suffix(']')?;
+    let (tenant, deployment) = mark.split_once(ADOPTED_DEPLOYMENT_PART)?;
+    let tenant = Tenant::parse(tenant).ok()?.as_str().to_owned();
+    Some((tenant, DeploymentId::parse(deployment).ok()?))
+}
+
+/// What linking a flow takes, once allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkCheck {
+    /// The flow is the caller's already: link it as it is.
+    Allowed,
+    /// A hand-made flow the caller adopts: mark it as the caller's, then link it.
+    Adopt,
+}
+
 /// Whether `tenant` may link the flow `flow_id` whose description is `description`:
-/// - made by this deployment (or a legacy mark) for the caller's tenant: yes;
-/// - made for another tenant: NOT_FOUND, exactly as a flow that does not exist;
-/// - made by another deployment: FAILED_PRECONDITION, never adoptable (its deployment may
-///   delete it at any time, and it is another environment's data);
+/// - made (or adopted) in this deployment (or with a legacy mark) for the caller's tenant: yes;
+/// - made or adopted for another tenant: NOT_FOUND, exactly as a flow that does not exist;
+/// - made or adopted by another deployment: FAILED_PRECONDITION, never adoptable (its
+///   deployment may delete it at any time, and it is another environment's data);
 /// - not made by agent-service at all (made by hand in Langflow): only when the caller
 ///   `adopt`s it, else FAILED_PRECONDITION saying so.
 pub fn check_link(
@@ -99,21 +131,29 @@ pub fn check_link(
     deployment: &DeploymentId,
     tenant: &str,
     adopt: bool,
-) -> ServiceResult<()> {
-    match FlowMark::parse(description) {
-        Some(mark) if mark.deployment.as_ref().is_some_and(|d| d != deployment) => {
-            Err(ServiceError::FailedPrecondition(format!(
-                "Langflow flow {flow_id} belongs to another agent-service deployment: it cannot be linked or adopted here"
-            )))
-        }
-        Some(mark) if mark.tenant != tenant => Err(flow_not_found(flow_id)),
-        Some(_) => Ok(()),
-        None if adopt => Ok(()),
-        None => Err(ServiceError::FailedPrecondition(format!(
-            "Langflow flow {flow_id} was not made by agent-service: set adopt to link it anyway \
-             (agent-service never deletes a flow it did not make)"
-        ))),
+) -> ServiceResult<LinkCheck> {
+    let (owner, made_in) = match FlowMark::parse(description) {
+        Some(mark) => (mark.tenant, mark.deployment),
+        None => match adoption(description) {
+            Some((owner, adopted_in)) => (owner, Some(adopted_in)),
+            None if adopt => return Ok(LinkCheck::Adopt),
+            None => {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "Langflow flow {flow_id} was not made by agent-service: set adopt to link it anyway \
+                     (it is then marked as your tenant's; agent-service never deletes a flow it did not make)"
+                )));
+            }
+        },
+    };
+    if made_in.is_some_and(|d| d != *deployment) {
+        return Err(ServiceError::FailedPrecondition(format!(
+            "Langflow flow {flow_id} belongs to another agent-service deployment: it cannot be linked or adopted here"
+        )));
     }
+    if owner != tenant {
+        return Err(flow_not_found(flow_id));
+    }
+    Ok(LinkCheck::Allowed)
 }
 
 /// The answer for a flow that does not exist, or is another tenant's.
@@ -130,7 +170,7 @@ mod tests {
         DeploymentId::parse(id).unwrap()
     }
 
-    fn code(result: ServiceResult<()>) -> Option<Code> {
+    fn code(result: ServiceResult<LinkCheck>) -> Option<Code> {
         result.err().map(|e| tonic::Status::from(e).code())
     }
 
@@ -169,14 +209,29 @@ mod tests {
         let elsewhere = FlowMark::description(id, "tA", &deployment("d2"));
         let legacy = format!("EnGarde agent {id} of tenant tA; managed by agent-service");
         let by_hand = "made in the Langflow UI";
-        assert_eq!(code(check_link("f", &mine, &ours, "tA", false)), None);
-        assert_eq!(code(check_link("f", &legacy, &ours, "tA", false)), None);
-        assert_eq!(code(check_link("f", &theirs, &ours, "tA", false)), Some(Code::NotFound));
-        assert_eq!(code(check_link("f", &theirs, &ours, "tA", true)), Some(Code::NotFound), "adopt is no way in");
-        assert_eq!(code(check_link("f", &legacy, &ours, "tB", true)), Some(Code::NotFound));
-        assert_eq!(code(check_link("f", &elsewhere, &ours, "tA", true)), Some(Code::FailedPrecondition));
-        assert_eq!(code(check_link("f", by_hand, &ours, "tA", false)), Some(Code::FailedPrecondition));
-        assert_eq!(code(check_link("f", by_hand, &ours, "tA", true)), None);
+        let check = |description: &str, tenant: &str, adopt: bool| check_link("f", description, &ours, tenant, adopt);
+        assert_eq!(code(check(&mine, "tA", false)), None);
+        assert_eq!(check(&mine, "tA", true).unwrap(), LinkCheck::Allowed, "nothing to adopt");
+        assert_eq!(code(check(&legacy, "tA", false)), None);
+        assert_eq!(code(check(&theirs, "tA", false)), Some(Code::NotFound));
+        assert_eq!(code(check(&theirs, "tA", true)), Some(Code::NotFound), "adopt is no way in");
+        assert_eq!(code(check(&legacy, "tB", true)), Some(Code::NotFound));
+        assert_eq!(code(check(&elsewhere, "tA", true)), Some(Code::FailedPrecondition));
+        assert_eq!(code(check(by_hand, "tA", false)), Some(Code::FailedPrecondition));
+        assert_eq!(check(by_hand, "tA", true).unwrap(), LinkCheck::Adopt);
+    }
+
+    #[test]
+    fn an_adopted_flow_is_its_adopters() {
+        let ours = deployment("d1");
+        let check = |description: &str, tenant: &str| check_link("f", description, &ours, tenant, true);
+        let adopted = adopted_description("made in the Langflow UI", "tA", &ours);
+        assert!(adopted.starts_with("made in the Langflow UI ["), "{adopted}");
+        assert_eq!(check(&adopted, "tA").unwrap(), LinkCheck::Allowed);
+        assert_eq!(code(check(&adopted, "tB")), Some(Code::NotFound));
+        let elsewhere = adopted_description("", "tA", &deployment("d2"));
+        assert_eq!(code(check(&elsewhere, "tA")), Some(Code::FailedPrecondition));
+        assert_eq!(FlowMark::parse(&adopted), None, "an adopted flow is never the reconciler's");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use futures::StreamExt;
 
 use crate::domain::mapping::unusable_export;
 use crate::domain::{Agent, AgentConfig, FlowLink, FlowOrigin, NewAgent, WorkflowSnapshot};
-use crate::flow_mark::{self, DeploymentId, FlowMark};
+use crate::flow_mark::{self, DeploymentId, FlowMark, LinkCheck};
 use crate::langflow::{LangflowClient, LangflowError, flow};
 
 /// How many flows are checked at once by [`FlowLinker::missing_flows`].
@@ -131,11 +131,21 @@ impl FlowLinker {
         }
     }
 
-    /// Checks that `tenant` may link the flow `flow_id` (see [`flow_mark::check_link`]);
-    /// NOT_FOUND when it does not exist.
-    pub async fn check_linkable(&self, flow_id: &str, tenant: &str, adopt: bool) -> ServiceResult<()> {
-        let flow = self.client()?.flow(flow_id).await?.ok_or_else(|| flow_mark::flow_not_found(flow_id))?;
-        flow_mark::check_link(flow_id, &flow.description, &self.deployment, tenant, adopt)
+    /// Checks that `tenant` may link the flow `flow_id` (see [`flow_mark::check_link`]), and
+    /// marks a hand-made flow it adopts as its own first (so that no other tenant can adopt it
+    /// after). NOT_FOUND when it does not exist.
+    pub async fn claim_for_link(&self, flow_id: &str, tenant: &str, adopt: bool) -> ServiceResult<()> {
+        let client = self.client()?;
+        let flow = client.flow(flow_id).await?.ok_or_else(|| flow_mark::flow_not_found(flow_id))?;
+        match flow_mark::check_link(flow_id, &flow.description, &self.deployment, tenant, adopt)? {
+            LinkCheck::Allowed => Ok(()),
+            LinkCheck::Adopt => {
+                let marked = flow_mark::adopted_description(&flow.description, tenant, &self.deployment);
+                client.set_description(flow_id, &marked).await?;
+                tracing::info!(flow_id, tenant, "hand-made Langflow flow adopted");
+                Ok(())
+            }
+        }
     }
 
     /// Whether a flow exists.

@@ -486,6 +486,10 @@ both_backends!(
             (adopted.langflow_workflow_id.as_str(), adopted.flow_origin),
             (by_hand.as_str(), pb::FlowOrigin::Linked as i32)
         );
+        // Adopted, it is Bob's: another of his agents links it as it is; Alice cannot adopt it.
+        let bobs_other = agent_without_flow(&mut bob, "Bob's other").await;
+        bob.link_agent_flow(link(&bobs_other, &by_hand, false)).await.expect("Bob's own flow now");
+        expect_code(alice.link_agent_flow(link(&alices_other, &by_hand, true)).await, Code::NotFound);
 
         langflow.delete_flow(&flow).await;
         langflow.delete_flow(&by_hand).await;

@@ -189,7 +189,7 @@ impl AgentApi {
                 return Ok(answer);
             }
             self.repo.get(caller.tenant.as_str(), id).await?;
-            self.linker.check_linkable(&req.flow_id, caller.tenant.as_str(), req.adopt).await?;
+            self.linker.claim_for_link(&req.flow_id, caller.tenant.as_str(), req.adopt).await?;
             let link = FlowLink { flow_id: req.flow_id.clone(), origin: FlowOrigin::Linked };
             let agent = self.relink(&caller, id, key.as_ref(), req.etag, Some(link)).await?;
             tracing::info!(agent_id = %id, flow_id = req.flow_id, adopt = req.adopt, "agent linked to an existing flow");

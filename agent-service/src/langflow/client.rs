@@ -219,6 +219,20 @@ impl LangflowClient {
         Ok(flows.iter().filter_map(FlowHeader::from_json).collect())
     }
 
+    /// Replaces a flow's description (`PATCH /api/v1/flows/{id}`; the rest of the flow stays).
+    /// Safe to repeat, so retried. FlowNotFound when the flow is gone.
+    pub async fn set_description(&self, flow_id: &str, description: &str) -> Result<(), LangflowError> {
+        let path = format!("/api/v1/flows/{flow_id}");
+        let body = serde_json::json!({ "description": description });
+        let response = self
+            .send("update flow", true, || self.request(Method::PATCH, &path, self.settings.call_timeout).json(&body))
+            .await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Err(LangflowError::FlowNotFound(flow_id.to_owned()));
+        }
+        Self::json("update flow", response).await.map(drop)
+    }
+
     /// Deletes a flow; a flow that is already gone is not an error.
     pub async fn delete_flow(&self, flow_id: &str) -> Result<(), LangflowError> {
         let path = format!("/api/v1/flows/{flow_id}");
