@@ -73,9 +73,9 @@ pub struct CommonConfig {
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
     /// Most TCP connections open at once; beyond it new connections are refused (closed at
-    /// once) so that the open ones keep their file descriptors and memory. Keep it under the
-    /// process's open-file limit (`ulimit -n`), which the database and Langflow connections
-    /// share.
+    /// once) so that the open ones keep their file descriptors and memory. Lowered at start to
+    /// the process's open-file limit (`ulimit -n`) less 128 descriptors kept for the database,
+    /// Langflow and the rest.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,

@@ -43,6 +43,17 @@ pub fn guarded_incoming(
     listener: TcpListener,
     limits: ConnectionLimits,
 ) -> impl futures::Stream<Item = io::Result<GuardedConnection>> + Send + 'static {
+    let soft_limit = std::fs::read_to_string("/proc/self/limits").ok().and_then(|l| soft_open_file_limit(&l));
+    let max_connections = fit_to_open_file_limit(limits.max_connections, soft_limit);
+    if max_connections < limits.max_connections {
+        tracing::warn!(
+            configured = limits.max_connections,
+            open_file_limit = soft_limit,
+            max_connections,
+            "MAX_CONNECTIONS does not fit in the open-file limit (ulimit -n): lowered; raise the limit to allow more"
+        );
+    }
+    let limits = ConnectionLimits { max_connections, ..limits };
     let (ready_tx, ready_rx) = mpsc::channel(64);
     tokio::spawn(accept_loop(listener, limits, ready_tx));
     futures::stream::unfold(ready_rx, |mut ready| async move { ready.recv().await.map(|next| (next, ready)) })
@@ -52,19 +63,16 @@ pub fn guarded_incoming(
 /// logs, metrics.
 const RESERVED_FILE_DESCRIPTORS: u64 = 128;
 
-/// Warns at start when MAX_CONNECTIONS does not fit in the process's open-file limit: the cap
-/// would never be reached, and accepting would fail for lack of descriptors first, for every new
-/// connection (health probes included), while idle sockets hold them until their timeout.
-pub fn check_open_file_limit(max_connections: usize) {
-    let soft_limit = std::fs::read_to_string("/proc/self/limits").ok().and_then(|l| soft_open_file_limit(&l));
-    if let Some(soft_limit) = soft_limit
-        && (max_connections as u64).saturating_add(RESERVED_FILE_DESCRIPTORS) > soft_limit
-    {
-        tracing::warn!(
-            max_connections,
-            open_file_limit = soft_limit,
-            "MAX_CONNECTIONS does not fit in the open-file limit (ulimit -n): lower it, or raise the limit"
-        );
+/// MAX_CONNECTIONS, lowered to what the process's open-file limit (`ulimit -n`) leaves after
+/// [`RESERVED_FILE_DESCRIPTORS`]. Above that the cap would never be reached: accepting would
+/// fail for lack of descriptors first, and so would the database's and Langflow's new
+/// connections, starving the calls already in flight.
+fn fit_to_open_file_limit(max_connections: usize, soft_limit: Option<u64>) -> usize {
+    match soft_limit {
+        Some(limit) if (max_connections as u64).saturating_add(RESERVED_FILE_DESCRIPTORS) > limit => {
+            usize::try_from(limit.saturating_sub(RESERVED_FILE_DESCRIPTORS)).unwrap_or(max_connections).max(1)
+        }
+        _ => max_connections,
     }
 }
 
@@ -236,5 +244,14 @@ mod tests {
             None
         );
         assert_eq!(soft_open_file_limit(""), None);
+    }
+
+    #[test]
+    fn max_connections_leaves_room_for_the_other_descriptors() {
+        assert_eq!(fit_to_open_file_limit(10_000, Some(1_048_576)), 10_000);
+        assert_eq!(fit_to_open_file_limit(10_000, None), 10_000);
+        assert_eq!(fit_to_open_file_limit(10_000, Some(1024)), 1024 - RESERVED_FILE_DESCRIPTORS as usize);
+        assert_eq!(fit_to_open_file_limit(100, Some(1024)), 100);
+        assert_eq!(fit_to_open_file_limit(100, Some(64)), 1);
     }
 }

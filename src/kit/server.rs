@@ -18,7 +18,7 @@ use tower::ServiceBuilder;
 use super::auth::AuthLayer;
 use super::concurrency::BusinessConcurrencyLimitLayer;
 use super::config::CommonConfig;
-use super::connections::{check_open_file_limit, guarded_incoming};
+use super::connections::guarded_incoming;
 use super::health::Health;
 use super::rpc_log::RpcLogLayer;
 
@@ -60,7 +60,6 @@ impl BoundServer {
             .layer(BusinessConcurrencyLimitLayer::new(config.max_concurrent_rpcs))
             .into_inner();
 
-        check_open_file_limit(config.max_connections);
         let incoming = guarded_incoming(self.listener, config.connection_limits());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
