@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::auth::{Authenticator, Tenant, TokenRules};
+use super::connections::ConnectionLimits;
 use super::db::DbSettings;
 use super::page_budget::PageBudget;
 use super::telemetry::LogFormat;
@@ -81,6 +82,31 @@ pub struct CommonConfig {
     /// 64 KiB for the rest of the answer, which is also the most it may be.
     #[arg(long, env = "MAX_PAGE_BYTES")]
     pub max_page_bytes: Option<usize>,
+    /// Most TCP connections open at once; beyond it new connections are refused (closed at
+    /// once) so that the open ones keep their file descriptors and memory. Lowered at start to
+    /// the process's open-file limit (`ulimit -n`) less 128 descriptors kept for the database,
+    /// Langflow and the rest.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+    /// How long a new connection may take to send its first bytes (the HTTP/2 client
+    /// preface) before it is closed: sockets that never speak are not held open.
+    #[arg(long, env = "HTTP2_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub http2_handshake_timeout_secs: u64,
+    /// How often an HTTP/2 PING is sent on each connection, to find peers that are gone.
+    #[arg(long, env = "HTTP2_KEEPALIVE_INTERVAL_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub http2_keepalive_interval_secs: u64,
+    /// How long a PING may wait for its answer before the connection is closed.
+    #[arg(long, env = "HTTP2_KEEPALIVE_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub http2_keepalive_timeout_secs: u64,
+    /// Most concurrent streams (calls, watches) on one connection (HTTP/2
+    /// SETTINGS_MAX_CONCURRENT_STREAMS); a client that opens more has them refused.
+    #[arg(long, env = "MAX_STREAMS_PER_CONNECTION", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
 }
 
 impl CommonConfig {
@@ -172,6 +198,22 @@ impl CommonConfig {
 
     pub fn rpc_timeout(&self) -> Duration {
         Duration::from_secs(self.rpc_timeout_secs)
+    }
+
+    /// The bounds on the connections the server holds.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections,
+            handshake_timeout: Duration::from_secs(self.http2_handshake_timeout_secs),
+        }
+    }
+
+    pub fn http2_keepalive_interval(&self) -> Duration {
+        Duration::from_secs(self.http2_keepalive_interval_secs)
+    }
+
+    pub fn http2_keepalive_timeout(&self) -> Duration {
+        Duration::from_secs(self.http2_keepalive_timeout_secs)
     }
 
     pub fn db_startup_timeout(&self) -> Duration {

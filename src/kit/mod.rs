@@ -1,9 +1,11 @@
 //! The plumbing both services share: one place for authentication, health, reflection,
-//! serving and shutdown, logging, the error table, idempotency keys, page tokens and page budgets.
+//! serving and its limits, shutdown, logging, the error table, idempotency keys, page tokens and
+//! page budgets.
 
 pub mod auth;
 pub mod concurrency;
 pub mod config;
+pub mod connections;
 pub mod db;
 pub mod error;
 pub mod health;

@@ -2,23 +2,23 @@
 //!
 //! The listener is bound first (port 0 works, and the real port is known before serving), then
 //! health, reflection, authentication, logging and limits are wrapped around the service's
-//! routes. Health and reflection never wait behind business calls (see
-//! [`super::concurrency`]). On SIGTERM/SIGINT health turns NOT_SERVING first, in-flight RPCs get
-//! the drain timeout to finish, and the process exits.
+//! routes. Connections are guarded before HTTP/2 starts (see [`super::connections`]), and health
+//! and reflection never wait behind business calls (see [`super::concurrency`]). On
+//! SIGTERM/SIGINT health turns NOT_SERVING first, in-flight RPCs get the drain timeout to
+//! finish, and the process exits.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tower::ServiceBuilder;
 
 use super::auth::AuthLayer;
 use super::concurrency::BusinessConcurrencyLimitLayer;
 use super::config::CommonConfig;
+use super::connections::guarded_incoming;
 use super::health::Health;
 use super::rpc_log::RpcLogLayer;
 
@@ -60,11 +60,13 @@ impl BoundServer {
             .layer(BusinessConcurrencyLimitLayer::new(config.max_concurrent_rpcs))
             .into_inner();
 
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let incoming = guarded_incoming(self.listener, config.connection_limits());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
             .timeout(config.rpc_timeout())
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_interval(Some(config.http2_keepalive_interval()))
+            .http2_keepalive_timeout(Some(config.http2_keepalive_timeout()))
+            .max_concurrent_streams(config.max_streams_per_connection)
             .layer(layers)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async {

@@ -1,8 +1,12 @@
 //! The limits that protect a server from its callers, and from load: health never waits behind
-//! business calls.
+//! business calls, sockets that never speak are closed, connections beyond MAX_CONNECTIONS are
+//! refused while the open ones keep working, and one connection cannot open streams without
+//! bound (nor keep the memory they took).
 
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -59,4 +63,157 @@ async fn health_answers_while_business_calls_saturate_the_concurrency_limit() {
     for call in slow {
         call.abort();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_speak_http2_are_closed_after_the_handshake_timeout() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let service = spawn_workflow_service(
+        &db,
+        &[
+            ("HTTP2_HANDSHAKE_TIMEOUT_SECS", "1".into()),
+            ("HTTP2_KEEPALIVE_INTERVAL_SECS", "1".into()),
+            ("HTTP2_KEEPALIVE_TIMEOUT_SECS", "1".into()),
+        ],
+    )
+    .await;
+
+    // Sockets that send nothing at all, and one that sends the HTTP/2 preface and then never
+    // answers a ping: the server closes every one of them.
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        silent.push(TcpStream::connect(service.addr).await.expect("connect"));
+    }
+    let mut mute = TcpStream::connect(service.addr).await.expect("connect");
+    mute.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.expect("preface");
+    silent.push(mute);
+    let closed = futures::future::join_all(silent.into_iter().map(closed_by_peer)).await;
+    assert!(
+        closed.iter().all(|c| *c),
+        "open after 30 s: {} of {}",
+        closed.iter().filter(|c| !**c).count(),
+        closed.len()
+    );
+
+    // A real client is served as before.
+    let mut health = HealthClient::new(service.channel().await);
+    assert_eq!(check(&mut health, "", Duration::from_secs(5)).await.unwrap(), SERVING);
+}
+
+/// Whether the peer closes `socket` within 30 s (what it sends meanwhile is read and dropped).
+async fn closed_by_peer(mut socket: TcpStream) -> bool {
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_connections_are_refused_while_open_ones_keep_working() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let metrics_port = free_port();
+    let service = spawn_workflow_service(
+        &db,
+        &[("MAX_CONNECTIONS", "3".into()), ("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))],
+    )
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut health = HealthClient::new(service.channel().await);
+        assert_eq!(check(&mut health, "", Duration::from_secs(5)).await.unwrap(), SERVING);
+        open.push(health);
+    }
+
+    // A fourth is closed (reset) at once: the call fails at once, it does not hang until its
+    // deadline. The client reports the reset as UNAVAILABLE, or as UNKNOWN "transport error"
+    // when its request was already on the way.
+    let refused = async {
+        let channel = Channel::from_shared(service.url())
+            .expect("url")
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        check(&mut HealthClient::new(channel), "", Duration::from_secs(10)).await
+    }
+    .await;
+    let status = refused.expect_err("a connection beyond MAX_CONNECTIONS is refused");
+    assert!(matches!(status.code(), Code::Unavailable | Code::Unknown), "refused, not left waiting: {status:?}");
+
+    let metrics = scrape(metrics_port).await;
+    assert!(metric_sum(&metrics, "grpc_server_connections_refused_total", &[]) >= 1.0, "{metrics}");
+    assert_eq!(metric_sum(&metrics, "grpc_server_connections", &[]), 3.0, "{metrics}");
+
+    // The open connections are served as before.
+    for health in &mut open {
+        assert_eq!(check(health, "", Duration::from_secs(5)).await.unwrap(), SERVING);
+    }
+    // Once one closes, a new connection takes its place.
+    open.pop();
+    eventually(Duration::from_secs(30), "a new connection once one closed", || async {
+        match Channel::from_shared(service.url()).expect("url").connect().await {
+            Ok(channel) => check(&mut HealthClient::new(channel), "", Duration::from_secs(5)).await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+}
+
+/// The resident memory of a process, in bytes.
+fn rss_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
+    let kb = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_cannot_open_streams_beyond_its_limit_and_memory_returns_after_they_end() {
+    const LIMIT: usize = 50;
+    const ATTEMPTS: usize = 10_000;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let service = spawn_workflow_service(&db, &[("MAX_STREAMS_PER_CONNECTION", LIMIT.to_string())]).await;
+    let health = HealthClient::new(service.channel().await);
+    // Warm up (the first watch allocates what every later one shares), then take the baseline.
+    let mut first = health.clone().watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    first.message().await.unwrap();
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let baseline = rss_bytes(service.pid());
+
+    // One connection asks for far more watches than it may have open: LIMIT are served, the
+    // rest are refused (or held back by the client, which heeds the server's limit).
+    let attempts = (0..ATTEMPTS).map(|_| {
+        let mut health = health.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.ok()?.into_inner();
+                watch.message().await.ok().flatten().map(|_| watch)
+            })
+            .await
+            .ok()
+            .flatten()
+        }
+    });
+    let served: Vec<_> = futures::future::join_all(attempts).await.into_iter().flatten().collect();
+    let served_at_once = served.len();
+    let peak = rss_bytes(service.pid());
+    drop(served);
+    drop(health);
+
+    // Once they end, the memory they took is given back (a generous bound: allocators keep some).
+    let bound = baseline + 20 * 1024 * 1024;
+    eventually(Duration::from_secs(30), "RSS back near its baseline", || async { rss_bytes(service.pid()) <= bound })
+        .await;
+    eprintln!("RSS: baseline {baseline}, peak {peak}, after {}", rss_bytes(service.pid()));
+    assert_eq!(served_at_once, LIMIT, "watches served at once on one connection");
 }
