@@ -42,6 +42,9 @@ pub enum ServiceError {
     Unavailable(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A limit that protects the server is reached (the message names it); retry later.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A bug or an unexpected failure: logged in full, answered as INTERNAL without details.
     #[error("internal error: {0:#}")]
     Internal(anyhow::Error),
@@ -97,6 +100,7 @@ impl ServiceError {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::Unavailable(_) => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Internal(_) => Code::Internal,
         }
     }

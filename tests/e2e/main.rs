@@ -24,6 +24,7 @@ mod walker_faults;
 mod walker_reviews;
 mod walker_schedules;
 mod walker_support;
+mod walker_watch;
 mod workflows_auth;
 mod workflows_cache;
 mod workflows_crud;

@@ -19,7 +19,8 @@ use crate::walker::model::{
     Review, ReviewDecision, ReviewStatus, Run, RunEvent, RunFilter, RunRequestKey, RunStatus, RunStep, RunTrigger,
     StepStatus, Verdict,
 };
-use crate::walker::{scheduler_preview, watch};
+use crate::walker::scheduler_preview;
+use crate::walker::watch::WatchEnd;
 
 /// The events of a watched run.
 pub type RunEventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
@@ -169,6 +170,18 @@ fn event_to_pb(e: RunEvent) -> pb::RunEvent {
     }
 }
 
+/// How a watch that ended before its run is answered.
+fn watch_end(end: WatchEnd) -> Status {
+    match end {
+        WatchEnd::Failed(e) => Status::from(e),
+        // Not a failure of anything: said plainly, and not logged as one.
+        WatchEnd::Expired { resume_from, lifetime } => Status::unavailable(format!(
+            "this watch reached its lifetime of {} s (WATCH_MAX_LIFETIME_SECS); resume with from_sequence={resume_from}",
+            lifetime.as_secs()
+        )),
+    }
+}
+
 impl AgentApi {
     /// The review decision named by a request's run, step and review ids.
     fn decision(
@@ -266,11 +279,13 @@ impl AgentApi {
                 n => n,
             };
             let tenant = caller.tenant.as_str().to_owned();
+            // Counted before any database work: past a limit, a watch costs nothing.
+            let permit = self.walker.admit_watch(&tenant)?;
             if self.walker.runs().status(&tenant, id).await?.is_none() {
                 return Err(ServiceError::not_found(format!("run {id}")));
             }
-            let events = watch::events(self.walker.runs.clone(), tenant, id, from)
-                .map(|event| event.map(event_to_pb).map_err(Status::from));
+            let events =
+                self.walker.watch(permit, tenant, id, from).map(|event| event.map(event_to_pb).map_err(watch_end));
             Ok(Box::pin(events) as RunEventStream)
         })
         .await

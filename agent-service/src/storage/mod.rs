@@ -6,6 +6,7 @@ pub mod executions;
 mod executions_sql;
 mod row;
 pub mod runs;
+mod runs_announced;
 mod runs_sql;
 mod sql;
 
@@ -21,6 +22,7 @@ use uuid::Uuid;
 
 use crate::domain::provisioning::{Candidate, ProvisionOutcome, Skipped};
 use crate::domain::{Agent, AgentFilter, NewAgent};
+use crate::walker::run_events::RunEvents;
 
 pub use executions::ExecutionRepository;
 pub use executions_sql::{PostgresExecutionRepository, SqliteExecutionRepository};
@@ -147,11 +149,16 @@ pub fn execution_repository(pool: &DbPool) -> Arc<dyn ExecutionRepository> {
     }
 }
 
-/// The walker's run repository for a pool.
-pub fn run_repository(pool: &DbPool) -> Arc<dyn runs::RunRepository> {
+/// The walker's run repository for a pool. Its committed events are announced to `events`: on
+/// PostgreSQL by the database itself (a trigger's NOTIFY, heard by the walker's event feed), on
+/// SQLite by the repository.
+pub fn run_repository(pool: &DbPool, events: &Arc<RunEvents>) -> Arc<dyn runs::RunRepository> {
     match pool {
         DbPool::Postgres(p) => Arc::new(runs_sql::PostgresRunRepository::new(p.clone())),
-        DbPool::Sqlite(p) => Arc::new(runs_sql::SqliteRunRepository::new(p.clone())),
+        DbPool::Sqlite(p) => Arc::new(runs_announced::AnnouncedRunRepository::new(
+            Arc::new(runs_sql::SqliteRunRepository::new(p.clone())),
+            events.clone(),
+        )),
     }
 }
 

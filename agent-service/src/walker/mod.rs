@@ -3,8 +3,10 @@
 //! workers, the review janitor and the scheduler in each process only move it forward, so any
 //! number of processes (or none, for a while) can share the work.
 
+mod event_feed;
 pub mod model;
 mod review;
+pub mod run_events;
 mod scheduler;
 pub mod watch;
 mod worker;
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use engarde::kit::db::DbPool;
 use engarde::kit::error::{ServiceError, ServiceResult};
+use futures::Stream;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -21,7 +24,9 @@ use crate::domain::{Agent, AgentStatus};
 use crate::langflow::LangflowClient;
 use crate::storage::runs::RunRepository;
 use crate::storage::{self, AgentRepository};
-use model::{NewRun, RunPlan, RunRequestKey, RunTrigger};
+use model::{NewRun, RunEvent, RunPlan, RunRequestKey, RunTrigger};
+use run_events::RunEvents;
+use watch::{WatchEnd, WatchLimits, WatchRules};
 
 /// Extra attempts a step gets when its worker was interrupted mid-step (beyond the workflow's
 /// `max_retries`, which count the step's own failures).
@@ -40,6 +45,18 @@ pub struct WalkerSettings {
     /// How often the scheduler looks for due ticks, in milliseconds.
     #[arg(long, env = "SCHEDULER_INTERVAL_MS", default_value_t = 1000)]
     pub scheduler_interval_ms: u64,
+    /// WatchRun streams one tenant may have open on one process; more answer RESOURCE_EXHAUSTED.
+    #[arg(long, env = "WATCH_MAX_PER_TENANT", default_value_t = 100)]
+    pub watch_max_per_tenant: usize,
+    /// WatchRun streams one process serves at once, all tenants together; more answer
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "WATCH_MAX_PER_PROCESS", default_value_t = 5000)]
+    pub watch_max_per_process: usize,
+    /// How long one WatchRun stream stays open, in seconds: it then ends UNAVAILABLE, saying
+    /// which `from_sequence` to resume with (so that no stream holds a server, or a slot of its
+    /// limits, forever).
+    #[arg(long, env = "WATCH_MAX_LIFETIME_SECS", default_value_t = 900)]
+    pub watch_max_lifetime_secs: u64,
 }
 
 /// The walker of one process: starts runs and wakes its workers.
@@ -50,6 +67,10 @@ pub struct Walker {
     langflow: Option<Arc<LangflowClient>>,
     /// Wakes idle workers at once when there is work (a new run, an approval).
     wake: Arc<Notify>,
+    /// Wakes watchers when their run has new events.
+    events: Arc<RunEvents>,
+    watches: Arc<WatchLimits>,
+    watch_rules: WatchRules,
 }
 
 /// Publishes `walker_runs{status}` and `walker_reviews_pending` every 15 s (counted in the
@@ -82,7 +103,19 @@ impl Walker {
         agents: Arc<dyn AgentRepository>,
         langflow: Option<Arc<LangflowClient>>,
     ) -> Self {
-        let walker = Self { runs: storage::run_repository(db), agents, langflow, wake: Arc::new(Notify::new()) };
+        let events = RunEvents::new();
+        if let DbPool::Postgres(pool) = db {
+            event_feed::spawn(pool.clone(), events.clone());
+        }
+        let walker = Self {
+            runs: storage::run_repository(db, &events),
+            agents,
+            langflow,
+            wake: Arc::new(Notify::new()),
+            events,
+            watches: WatchLimits::new(settings.watch_max_per_tenant, settings.watch_max_per_process),
+            watch_rules: WatchRules { lifetime: Duration::from_secs(settings.watch_max_lifetime_secs.max(1)) },
+        };
         let lease = Duration::from_secs(settings.walker_lease_secs.max(1));
         for n in 0..settings.walker_workers.max(1) {
             worker::spawn(walker.clone(), n, lease);
@@ -100,6 +133,25 @@ impl Walker {
 
     pub fn agents(&self) -> &dyn AgentRepository {
         self.agents.as_ref()
+    }
+
+    /// Counts a new watch of the tenant's, or RESOURCE_EXHAUSTED past a limit (see
+    /// [`WatchLimits`]). Taken before any database work for the watch.
+    pub fn admit_watch(&self, tenant: &str) -> ServiceResult<watch::WatchPermit> {
+        self.watches.admit(tenant)
+    }
+
+    /// The events of the tenant's run from sequence `from` on, as they are written (WatchRun).
+    pub fn watch(
+        &self,
+        permit: watch::WatchPermit,
+        tenant: String,
+        run_id: Uuid,
+        from: i64,
+    ) -> impl Stream<Item = Result<RunEvent, WatchEnd>> + Send + use<> {
+        // Subscribed before the first read, so that nothing committed after it goes unheard.
+        let announcements = self.events.subscribe(run_id);
+        watch::events(self.runs.clone(), announcements, permit, self.watch_rules, tenant, run_id, from)
     }
 
     /// Tells idle workers there is work.
