@@ -88,7 +88,8 @@ impl FlowLinker {
     }
 
     /// Gives a new agent its flow, when a Langflow is configured (without one, agents are made
-    /// without flows and cannot execute).
+    /// without flows and cannot execute). Errors as [`Self::create_flow`]'s: provisioning skips a
+    /// workflow on FAILED_PRECONDITION and stops on anything else.
     pub async fn attach_flow(&self, tenant: &str, agent: &mut NewAgent) -> ServiceResult<()> {
         if !self.configured() {
             return Ok(());

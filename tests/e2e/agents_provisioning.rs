@@ -425,3 +425,38 @@ both_backends!(
         assert_eq!(fake.flows().len(), 13);
     }
 );
+
+both_backends!(
+    async fn a_flow_export_langflow_refuses_is_that_workflows_skip_reason(backend) {
+        let fake = crate::langflow_support::FakeLangflow::start().await;
+        let app = crate::agents_execution::spawn_with_langflow(backend, &fake.url(), &[]).await;
+        let tenant = "refused-tenant";
+        let mut workflows = app.workflows(tenant).await;
+        let mut agents = app.agents(tenant).await;
+        let mut refused = create_request("Refused export");
+        refused.workflow_config.as_mut().unwrap().langflow_flow_json = USABLE_EXPORT.into();
+        let refused = workflows.create_workflow(refused).await.unwrap().into_inner();
+        fake.refuse_flows_named(Some("Refused export"));
+
+        let outcome = agents.provision_agents(pb::ProvisionAgentsRequest::default()).await.unwrap().into_inner();
+        assert_eq!(outcome.created.len(), 11, "the templates are provisioned");
+        assert_eq!(outcome.skipped.len(), 1, "{:?}", outcome.skipped);
+        assert_eq!(
+            (outcome.skipped[0].workflow_id.as_str(), outcome.skipped[0].reason),
+            (refused.id.as_str(), pb::SkipReason::InvalidFlowExport as i32)
+        );
+        assert!(outcome.skipped[0].detail.contains("Langflow refused it"), "{}", outcome.skipped[0].detail);
+        assert_eq!(fake.flows().len(), 11);
+
+        let status = expect_code(
+            agents
+                .create_agent_from_workflow(pb::CreateAgentFromWorkflowRequest {
+                    workflow_id: refused.id.clone(),
+                    ..Default::default()
+                })
+                .await,
+            Code::FailedPrecondition,
+        );
+        assert!(status.message().contains("Langflow refused it"), "{}", status.message());
+    }
+);

@@ -333,6 +333,8 @@ struct FakeState {
     api_key: Option<String>,
     /// What every run answers instead of the rendered prompt, when set.
     answer: Option<String>,
+    /// Flows whose name holds this are refused (422), as Langflow refuses a body it cannot take.
+    refuse_flows_named: Option<String>,
     runs: usize,
     runs_by: HashMap<(String, String), usize>,
     run_requests: Vec<RunRequest>,
@@ -360,6 +362,7 @@ impl FakeLangflow {
                 fail_flow_creation_after: 0,
                 api_key: None,
                 answer: None,
+                refuse_flows_named: None,
                 runs: 0,
                 runs_by: HashMap::new(),
                 run_requests: Vec::new(),
@@ -450,6 +453,12 @@ impl FakeLangflow {
     /// rendered prompt (`None`: render again). The text goes out JSON-encoded, as Langflow's.
     pub fn answer_with(&self, text: Option<&str>) {
         self.state().answer = text.map(String::from);
+    }
+
+    /// Every later `POST /api/v1/flows/` of a flow whose name holds `part` answers 422 with a
+    /// `detail`, and stores nothing (`None`: accept them again).
+    pub fn refuse_flows_named(&self, part: Option<&str>) {
+        self.state().refuse_flows_named = part.map(String::from);
     }
 
     /// Run requests received so far, faulted or not.
@@ -590,6 +599,9 @@ async fn create_flow(State(shared): SharedState, headers: HeaderMap, body: Bytes
     };
     // Langflow keeps names unique per user: "name", "name (1)", "name (2)", …
     let base = flow["name"].as_str().unwrap_or("Untitled flow").to_string();
+    if state.refuse_flows_named.as_ref().is_some_and(|part| base.contains(part.as_str())) {
+        return detail(StatusCode::UNPROCESSABLE_ENTITY, "fake Langflow: this flow is refused by the test");
+    }
     let taken: HashSet<String> = state.flows.iter().filter_map(|f| f["name"].as_str().map(String::from)).collect();
     let mut name = base.clone();
     let mut n = 0;
