@@ -79,7 +79,7 @@ pub struct CommonConfig {
     pub max_message_bytes: usize,
     /// Most bytes of items in one page of a List answer: a page stops before it (with a
     /// next_page_token) even when page_size would allow more. Unset: MAX_MESSAGE_BYTES less
-    /// 64 KiB for the rest of the answer, which is also the most it may be.
+    /// 64 KiB (at most half of it) for the rest of the answer, which is also the most it may be.
     #[arg(long, env = "MAX_PAGE_BYTES")]
     pub max_page_bytes: Option<usize>,
     /// Most TCP connections open at once; beyond it new connections are refused (closed at

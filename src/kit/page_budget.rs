@@ -6,8 +6,8 @@
 //! it. So a page also stops before its items would exceed a byte budget, and its
 //! `next_page_token` then starts the next page right after the last item it kept.
 //!
-//! The budget is the message limit less [`ENVELOPE_BYTES`] for the rest of the answer (the token
-//! and the few scalar fields beside the list). An item that alone exceeds the budget is still
+//! The budget is the message limit less [`ENVELOPE_BYTES`] (at most half the limit) for the rest
+//! of the answer (the token and the few scalar fields beside the list). An item that alone exceeds the budget is still
 //! served alone when it fits the message limit at all; one that does not (only possible when
 //! MAX_MESSAGE_BYTES is set below what the service accepts as input) is FAILED_PRECONDITION,
 //! naming the item: the operator has to raise the limit, the caller can do nothing about it.
@@ -32,17 +32,16 @@ pub struct PageBudget {
 
 impl PageBudget {
     /// The budget under a message limit of `max_message_bytes`: `max_page_bytes` when given
-    /// (it may only be smaller), else the limit less [`ENVELOPE_BYTES`].
+    /// (it may only be smaller), else the limit less [`ENVELOPE_BYTES`] (or half the limit, when
+    /// it is that small).
     pub fn new(max_message_bytes: usize, max_page_bytes: Option<usize>) -> Result<Self, String> {
-        let ceiling = max_message_bytes.checked_sub(ENVELOPE_BYTES).filter(|c| *c > 0).ok_or_else(|| {
-            format!("MAX_MESSAGE_BYTES must be more than {ENVELOPE_BYTES} (room for a page's envelope)")
-        })?;
+        let ceiling = max_message_bytes - ENVELOPE_BYTES.min(max_message_bytes / 2);
         let items = match max_page_bytes {
             None => ceiling,
             Some(0) => return Err("MAX_PAGE_BYTES must be more than 0".into()),
             Some(bytes) if bytes > ceiling => {
                 return Err(format!(
-                    "MAX_PAGE_BYTES ({bytes}) must be at most MAX_MESSAGE_BYTES less {ENVELOPE_BYTES} ({ceiling})"
+                    "MAX_PAGE_BYTES ({bytes}) must be at most MAX_MESSAGE_BYTES less room for the rest of the answer ({ceiling})"
                 ));
             }
             Some(bytes) => bytes,
@@ -214,6 +213,6 @@ mod tests {
         assert_eq!(PageBudget::new(4 << 20, Some(1000)).unwrap().items(), 1000);
         assert!(PageBudget::new(4 << 20, Some(4 << 20)).is_err());
         assert!(PageBudget::new(4 << 20, Some(0)).is_err());
-        assert!(PageBudget::new(1000, None).is_err());
+        assert_eq!(PageBudget::new(1000, None).unwrap().items(), 500, "a small limit keeps half for the envelope");
     }
 }

@@ -13,6 +13,7 @@ use crate::agents_execution::{active_agent, execute, spawn_with_langflow};
 use crate::both_backends;
 use crate::helpers::*;
 use crate::langflow_support::FakeLangflow;
+use crate::walker_support::{active_walker, config, llm, review, spawn_walker_app, start_run};
 use crate::workflows_crud::create_request;
 
 /// The services' default message limit (MAX_MESSAGE_BYTES), which tonic clients share.
@@ -88,6 +89,10 @@ paged!(pb::ListAgentsRequest, pb::ListAgentsResponse, pb::Agent, agents);
 paged!(pb::ListInstalledAgentsRequest, pb::ListInstalledAgentsResponse, pb::InstalledAgent, installed_agents);
 paged!(pb::ListExecutionsRequest, pb::ListExecutionsResponse, pb::Execution, executions);
 paged!(pb::ListSessionMessagesRequest, pb::ListSessionMessagesResponse, pb::SessionMessage, messages);
+paged!(pb::ListSessionsRequest, pb::ListSessionsResponse, pb::Session, sessions);
+paged!(pb::ListFeedbackRequest, pb::ListFeedbackResponse, pb::Feedback, feedback);
+paged!(pb::ListRunsRequest, pb::ListRunsResponse, pb::Run, runs);
+paged!(pb::ListPendingReviewsRequest, pb::ListPendingReviewsResponse, pb::Review, reviews);
 
 both_backends!(
     async fn workflows_of_megabytes_are_listed_over_pages_and_provisioned(backend) {
@@ -255,5 +260,117 @@ both_backends!(
         );
         let status = expect_code(client.list_workflows(own).await, Code::FailedPrecondition);
         assert!(status.message().contains(&big_id), "{}", status.message());
+    }
+);
+
+both_backends!(
+    async fn every_list_pages_oversized_rows_whatever_the_page_size(backend) {
+        let langflow = FakeLangflow::start().await;
+        let app = spawn_walker_app(backend, &langflow.url(), &[]).await;
+        let steps = vec![llm("write", "{input}"), review("check")];
+        let walker = active_walker(&app, "tenant-big", config(steps, 0, vec![])).await;
+        let mut agents = app.agents("tenant-big").await;
+        // Twenty runs of the longest input: each waits for the review of 128 KB of output.
+        let input = "😀".repeat(32_000);
+        for _ in 0..20 {
+            start_run(&mut agents, &walker.id, &input).await;
+        }
+        let agent_id = walker.id.clone();
+        let waiting = |size| pb::ListPendingReviewsRequest { agent_id: agent_id.clone(), page_size: size, ..Default::default() };
+        let review_client = agents.clone();
+        let reviews = |request| {
+            let client = review_client.clone();
+            all_pages(request, move |r| {
+                let mut c = client.clone();
+                async move { c.list_pending_reviews(r).await }
+            })
+        };
+        eventually(std::time::Duration::from_secs(180), "20 runs waiting for review", || async {
+            reviews(waiting(200)).await.0.len() == 20
+        })
+        .await;
+        // And twenty executions of it, each of 128 KB in and out, with feedback.
+        for _ in 0..20 {
+            agents.execute_agent(execute(&agent_id, &input, "big")).await.expect("executed");
+        }
+        let executions = {
+            let request = pb::ListExecutionsRequest { agent_id: agent_id.clone(), page_size: 200, ..Default::default() };
+            all_pages(request, |r| {
+                let mut c = agents.clone();
+                async move { c.list_executions(r).await }
+            })
+            .await
+            .0
+        };
+        assert_eq!(executions.len(), 20);
+        for execution in &executions {
+            let comment = "😀".repeat(2_000);
+            let request = pb::SubmitFeedbackRequest { execution_id: execution.id.clone(), score: 4, comment, ..Default::default() };
+            agents.submit_feedback(request).await.expect("feedback");
+        }
+
+        // Every listing, at every page size, answers every item over its pages: no call fails
+        // (let alone INTERNAL), and no answer exceeds the message limit (checked in all_pages).
+        let mut sessions_seen = None;
+        for size in [0, 1, 7, 200] {
+            assert_eq!(reviews(waiting(size)).await.0.len(), 20);
+            let request = pb::ListRunsRequest { agent_id: agent_id.clone(), page_size: size, ..Default::default() };
+            let (runs, _) = all_pages(request, |r| {
+                let mut c = agents.clone();
+                async move { c.list_runs(r).await }
+            })
+            .await;
+            assert_eq!(runs.len(), 20, "runs at page size {size}");
+            let request = pb::ListExecutionsRequest { agent_id: agent_id.clone(), page_size: size, ..Default::default() };
+            let (listed, _) = all_pages(request, |r| {
+                let mut c = agents.clone();
+                async move { c.list_executions(r).await }
+            })
+            .await;
+            assert_eq!(listed.len(), 20, "executions at page size {size}");
+            let request = pb::ListFeedbackRequest { agent_id: agent_id.clone(), page_size: size, ..Default::default() };
+            let (feedback, _) = all_pages(request, |r| {
+                let mut c = agents.clone();
+                async move { c.list_feedback(r).await }
+            })
+            .await;
+            assert_eq!(feedback.len(), 20, "feedback at page size {size}");
+            let request = pb::ListSessionsRequest { agent_id: agent_id.clone(), page_size: size, ..Default::default() };
+            let (sessions, _) = all_pages(request, |r| {
+                let mut c = agents.clone();
+                async move { c.list_sessions(r).await }
+            })
+            .await;
+            assert!(!sessions.is_empty());
+            assert_eq!(*sessions_seen.get_or_insert(sessions.len()), sessions.len(), "sessions at page size {size}");
+            for session in sessions.iter().take(2) {
+                let request = pb::ListSessionMessagesRequest {
+                    agent_id: agent_id.clone(),
+                    session_id: session.session_id.clone(),
+                    page_size: size,
+                    ..Default::default()
+                };
+                let (messages, _) = all_pages(request, |r| {
+                    let mut c = agents.clone();
+                    async move { c.list_session_messages(r).await }
+                })
+                .await;
+                assert!(!messages.is_empty());
+            }
+            let request = pb::ListAgentsRequest { page_size: size, ..Default::default() };
+            let (all_agents, _) = all_pages(request, |r| {
+                let mut c = agents.clone();
+                async move { c.list_agents(r).await }
+            })
+            .await;
+            assert_eq!(all_agents.len(), 1);
+            let request = pb::ListInstalledAgentsRequest { page_size: size, ..Default::default() };
+            let (installed, _) = all_pages(request, |r| {
+                let mut c = agents.clone();
+                async move { c.list_installed_agents(r).await }
+            })
+            .await;
+            assert_eq!(installed.len(), 1);
+        }
     }
 );
