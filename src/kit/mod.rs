@@ -9,6 +9,7 @@ pub mod db;
 pub mod error;
 pub mod health;
 pub mod idempotency;
+pub mod malformed_request;
 pub mod metrics;
 pub mod pagination;
 pub mod request;
