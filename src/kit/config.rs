@@ -71,7 +71,8 @@ pub struct CommonConfig {
     /// Deadline of an RPC whose caller sets none (a shorter `grpc-timeout` wins).
     #[arg(long, env = "RPC_TIMEOUT_SECS", default_value_t = 30)]
     pub rpc_timeout_secs: u64,
-    /// Most RPCs served at once by this process; more wait their turn.
+    /// Most RPCs served at once by this process; more wait their turn. Health checks and
+    /// reflection are not counted and never wait.
     #[arg(long, env = "MAX_CONCURRENT_RPCS", default_value_t = 512)]
     pub max_concurrent_rpcs: usize,
     /// Largest request or response message, in bytes.

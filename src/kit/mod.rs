@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod health;
 pub mod idempotency;
+pub mod malformed_request;
 pub mod metrics;
 pub mod page_budget;
 pub mod pagination;

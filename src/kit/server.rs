@@ -20,6 +20,7 @@ use super::concurrency::BusinessConcurrencyLimitLayer;
 use super::config::CommonConfig;
 use super::connections::guarded_incoming;
 use super::health::Health;
+use super::malformed_request::MalformedRequestLayer;
 use super::rpc_log::RpcLogLayer;
 
 /// A bound, not yet serving gRPC server.
@@ -58,6 +59,8 @@ impl BoundServer {
             .layer(AuthLayer::new(config.authenticator()?))
             .layer(RpcLogLayer)
             .layer(BusinessConcurrencyLimitLayer::new(config.max_concurrent_rpcs))
+            // Innermost, so that the log line and metrics carry the code the caller gets.
+            .layer(MalformedRequestLayer)
             .into_inner();
 
         let incoming = guarded_incoming(self.listener, config.connection_limits());

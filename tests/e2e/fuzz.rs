@@ -510,3 +510,49 @@ async fn undecodable_bytes_on_every_rpc_answer_invalid_argument_never_internal()
     }
     assert!(with_string * 2 > targets.len(), "most requests have a string field: {with_string} of {}", targets.len());
 }
+
+/// A request whose gRPC framing is broken, sent as raw HTTP/2: no message at all, a message cut
+/// short (its length prefix promises 10 bytes, 3 come), an unknown compression flag. Every RPC
+/// of both services answers INVALID_ARGUMENT, never INTERNAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_grpc_framing_on_every_rpc_answers_invalid_argument_never_internal() {
+    use tonic::codegen::Service as _;
+
+    let workflow_db = TestDb::new(Backend::Sqlite).await;
+    let agent_db = TestDb::new(Backend::Sqlite).await;
+    let workflow = spawn_workflow_service(&workflow_db, &[]).await;
+    let agent = spawn_agent_service(&agent_db, &workflow.url(), &[]).await;
+    let app = TestApp { workflow, agent, workflow_db, agent_db };
+
+    let pool = DescriptorPool::decode(engarde::proto::FILE_DESCRIPTOR_SET).expect("descriptor set");
+    let broken: [(&str, &str); 3] = [
+        ("no message", ""),
+        ("a message cut short", "\0\0\0\0\u{a}abc"),
+        ("an unknown compression flag", "\u{2}\0\0\0\u{1}a"),
+    ];
+    for target in targets(&pool) {
+        let process = if target.service.contains("workflow") { &app.workflow } else { &app.agent };
+        let mut channel = process.channel().await;
+        for (what, body) in broken {
+            let request = http::Request::builder()
+                .method("POST")
+                .uri(format!("{}/{}/{}", process.url(), target.service, target.method))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("x-tenant-id", FUZZER)
+                .body(tonic::body::Body::new(body.to_owned()))
+                .expect("request");
+            std::future::poll_fn(|cx| channel.poll_ready(cx)).await.expect("ready");
+            let response = channel.call(request).await.expect("an answer");
+            let code = response.headers().get("grpc-status").and_then(|c| c.to_str().ok()).map(str::to_owned);
+            let message = response.headers().get("grpc-message").cloned();
+            assert_eq!(
+                code.as_deref(),
+                Some("3"),
+                "{}/{} given {what}: grpc-status {code:?}, {message:?}",
+                target.service,
+                target.method
+            );
+        }
+    }
+}

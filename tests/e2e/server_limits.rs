@@ -29,7 +29,9 @@ async fn check(health: &mut HealthClient<Channel>, service: &str, within: Durati
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_answers_while_business_calls_saturate_the_concurrency_limit() {
     let fake = FakeLangflow::start().await;
-    let app = spawn_with_langflow(Backend::Sqlite, &fake.url(), &[("MAX_CONCURRENT_RPCS", "2".into())]).await;
+    // The slow calls must outlast the test: no server-side deadline cuts them short.
+    let limits = [("MAX_CONCURRENT_RPCS", "2".to_owned()), ("RPC_TIMEOUT_SECS", "600".to_owned())];
+    let app = spawn_with_langflow(Backend::Sqlite, &fake.url(), &limits).await;
     let (_, agent) = active_agent(&app, "tenant-a").await;
 
     // Two slow executions take both permits; a third waits for one.
