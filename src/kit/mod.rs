@@ -9,6 +9,7 @@ pub mod health;
 pub mod idempotency;
 pub mod metrics;
 pub mod pagination;
+pub mod pg_feed;
 pub mod request;
 pub mod rpc_log;
 pub mod server;
