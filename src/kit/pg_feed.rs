@@ -60,10 +60,11 @@ pub fn spawn(
                     on(FeedEvent::Listening);
                     backoff = Duration::from_millis(100);
                     let ended = follow(&mut listener, &pool, &heartbeats, heartbeat, &mut on).await;
-                    on(FeedEvent::Lost(&ended));
+                    // The service is closing its database: nothing is lost that it still needs.
                     if pool.is_closed() {
                         break;
                     }
+                    on(FeedEvent::Lost(&ended));
                 }
                 Err(e) => {
                     tracing::warn!(channels = ?channels, error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot listen");
