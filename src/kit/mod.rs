@@ -14,6 +14,7 @@ pub mod malformed_request;
 pub mod metrics;
 pub mod page_budget;
 pub mod pagination;
+pub mod pg_feed;
 pub mod request;
 pub mod rpc_log;
 pub mod server;
