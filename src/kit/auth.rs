@@ -226,7 +226,7 @@ impl Authenticator {
 
 /// Paths that answer without credentials: health probes and reflection.
 fn is_public(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+    super::server::is_plumbing(path)
 }
 
 /// A tower layer that authenticates every RPC but health and reflection, and puts the

@@ -20,7 +20,7 @@ use tower_service::Service;
 
 /// Paths that never wait behind business calls: health probes and reflection.
 pub fn is_exempt(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+    super::server::is_plumbing(path)
 }
 
 /// Serves at most `max` business RPCs at once (more wait for a permit, in arrival order);

@@ -32,7 +32,8 @@ fn big_workflow(name: &str) -> wpb::CreateWorkflowRequest {
             ..Default::default()
         })
         .collect();
-    config.langflow_flow_json = serde_json::json!({"data": {"note": "x".repeat(1_000_000)}}).to_string();
+    let node = serde_json::json!({"id": "note-1", "data": {"note": "x".repeat(1_000_000)}});
+    config.langflow_flow_json = serde_json::json!({"data": {"nodes": [node], "edges": []}}).to_string();
     request
 }
 
