@@ -166,6 +166,21 @@ pub struct Workflow {
 }
 
 impl Workflow {
+    /// About how many bytes this workflow holds in memory: its text, the fixed parts aside.
+    /// What the read cache weighs workflows by, so that a few of the largest allowed (MBs of
+    /// prompts and flow export) cannot fill memory that thousands of ordinary ones fit in.
+    pub fn approx_bytes(&self) -> usize {
+        let steps: usize = self.config.steps.iter().map(|s| s.id.len() + s.name.len() + s.prompt.len() + 64).sum();
+        let triggers: usize = self.config.triggers.iter().map(|t| t.cron.len() + t.timezone.len() + 32).sum();
+        std::mem::size_of::<Self>()
+            + self.tenant_id.len()
+            + self.name.len()
+            + self.description.len()
+            + self.config.langflow_flow_json.len()
+            + steps
+            + triggers
+    }
+
     /// The opaque tag of this version.
     pub fn etag(&self) -> String {
         etag_of(self.version)

@@ -49,14 +49,30 @@ struct Entry<T> {
     value: T,
 }
 
-/// Weighs a page by the workflows it holds, so the capacity bounds memory whatever the page
-/// sizes.
-#[derive(Clone)]
-struct ByWorkflows;
+/// How many bytes of a workflow count as one workflow of the capacity: most workflows are a few
+/// KiB, and one of the largest allowed (MBs of prompts and flow export) counts as one per
+/// started slot, so `capacity` workflows bound memory at about `capacity` × this.
+pub const SLOT_BYTES: usize = 16 * 1024;
 
-impl quick_cache::Weighter<String, Entry<Arc<[Workflow]>>> for ByWorkflows {
+/// A workflow's weight in capacity slots: 1 for all but the large.
+fn slots(workflow: &Workflow) -> u64 {
+    workflow.approx_bytes().div_ceil(SLOT_BYTES).max(1) as u64
+}
+
+/// Weighs cached answers by slots, so the capacity bounds memory whatever the page and
+/// workflow sizes.
+#[derive(Clone)]
+struct BySlots;
+
+impl quick_cache::Weighter<String, Entry<Arc<[Workflow]>>> for BySlots {
     fn weight(&self, _: &String, entry: &Entry<Arc<[Workflow]>>) -> u64 {
-        entry.value.len().max(1) as u64
+        entry.value.iter().map(slots).sum::<u64>().max(1)
+    }
+}
+
+impl quick_cache::Weighter<(String, Uuid), Entry<Arc<Workflow>>> for BySlots {
+    fn weight(&self, _: &(String, Uuid), entry: &Entry<Arc<Workflow>>) -> u64 {
+        slots(&entry.value)
     }
 }
 
@@ -68,12 +84,13 @@ pub struct WorkflowCache {
     templates: AtomicU64,
     tenants: Box<[AtomicU64]>,
     hasher: RandomState,
-    workflows: Cache<(String, Uuid), Entry<Arc<Workflow>>>,
-    pages: Cache<String, Entry<Arc<[Workflow]>>, ByWorkflows>,
+    workflows: Cache<(String, Uuid), Entry<Arc<Workflow>>, BySlots>,
+    pages: Cache<String, Entry<Arc<[Workflow]>>, BySlots>,
 }
 
 impl WorkflowCache {
-    /// A cache holding at most about `capacity` workflows (half for single reads, half in pages).
+    /// A cache holding at most about `capacity` workflows (half for single reads, half in pages),
+    /// a workflow larger than [`SLOT_BYTES`] counting as one per started slot.
     /// It starts off: [`WorkflowCache::enable`] turns it on once changes are announced.
     pub fn new(capacity: u64) -> Self {
         let half = (capacity / 2).max(1);
@@ -85,8 +102,8 @@ impl WorkflowCache {
             templates: AtomicU64::new(0),
             tenants: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             hasher: RandomState::new(),
-            workflows: Cache::new(items),
-            pages: Cache::with_weighter((estimated / 50).max(16), half, ByWorkflows),
+            workflows: Cache::with_weighter(estimated, half, BySlots),
+            pages: Cache::with_weighter((estimated / 50).max(16), half, BySlots),
         }
     }
 
@@ -376,5 +393,23 @@ mod tests {
         ];
         let distinct: std::collections::HashSet<_> = keys.iter().collect();
         assert_eq!(distinct.len(), keys.len());
+    }
+
+    #[test]
+    fn large_workflows_take_a_slot_per_16_kib_so_a_few_cannot_fill_memory() {
+        let mut workflow = templates::library(Utc::now())[0].clone();
+        assert_eq!(slots(&workflow), 1, "an ordinary workflow is one slot");
+        workflow.config.langflow_flow_json = "x".repeat(1024 * 1024);
+        assert!(slots(&workflow) >= 64, "a 1 MiB export weighs at least 64 slots: {}", slots(&workflow));
+
+        // A capacity of 100 (50 for single reads) holds the ordinary workflows it names, but
+        // not 50 of the large: memory stays about 50 x 16 KiB, not 50 MiB.
+        let cache = WorkflowCache::new(100);
+        for _ in 0..50 {
+            let big = Workflow { id: Uuid::new_v4(), ..workflow.clone() };
+            let stamp = cache.stamp("t1");
+            cache.workflows.insert(("t1".into(), big.id), Entry { stamp, value: Arc::new(big) });
+        }
+        assert!(cache.workflows.len() <= 1, "{} large workflows kept", cache.workflows.len());
     }
 }
