@@ -18,7 +18,7 @@ use crate::langflow_support::real_langflow_url;
 use crate::walker_support::*;
 
 /// How long a watcher may take to hear of its run's next event: generous for a loaded machine.
-const HEARD: Duration = Duration::from_secs(30);
+const HEARD: Duration = Duration::from_secs(60);
 
 /// A run of a new agent of `tenant` (draft → check → publish), waiting for its review.
 async fn run_waiting_for_review(app: &TestApp, tenant: &str) -> pb::Run {
