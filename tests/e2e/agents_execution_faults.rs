@@ -223,6 +223,7 @@ both_backends!(
         ];
         app.agent = spawn_agent_service(&app.agent_db, &app.workflow.url(), &env).await;
         let mut agents = app.agents("tenant-a").await;
+        let mut executions = app.executions("tenant-a").await;
         let id = running[0].id.clone();
         eventually(Duration::from_secs(15), "the janitor fails the interrupted execution", || {
             let mut executions = executions.clone();

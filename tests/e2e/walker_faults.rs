@@ -71,6 +71,7 @@ both_backends!(
         assert_eq!(before, 1);
 
         app.agent = spawn_agent_service(&app.agent_db, &app.workflow.url(), &walker_env(&fake.url(), &lease)).await;
+        let mut runs = app.runs("tenant-kill").await;
         let done = wait_run(&mut runs, &run.id, Duration::from_secs(60), status_is(pb::RunStatus::Succeeded)).await;
         assert_eq!(fake.runs_for(&flow, &step_session(&run.id, 0)), 1, "a succeeded step never runs again");
         assert_eq!(fake.runs_for(&flow, &step_session(&run.id, 1)), 2, "the interrupted step ran again");
