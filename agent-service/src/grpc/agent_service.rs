@@ -23,8 +23,7 @@ use crate::domain::lifecycle::{self, Transition};
 use crate::domain::mapping::Overrides;
 use crate::domain::provisioning::{MAX_FILTER_WORKFLOW_IDS, ProvisionFilter};
 use crate::domain::{Agent, AgentFilter, AgentType, FlowLink, FlowOrigin, NewAgent};
-use crate::linkage::FlowLinker;
-use crate::linkage::check_flow_id;
+use crate::linkage::{FlowLinker, check_flow_id};
 use crate::provisioner::Provisioner;
 use crate::storage::{AgentRepository, mutate_agent, replayed};
 
