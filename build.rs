@@ -10,7 +10,12 @@ use heck::{ToSnakeCase, ToUpperCamelCase};
 use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::{DescriptorProto, FieldDescriptorProto, FileDescriptorSet};
 
-const PROTOS: &[&str] = &["engarde/workflow/v1/workflow_service.proto", "engarde/agent/v1/agent_service.proto"];
+const PROTOS: &[&str] = &[
+    "engarde/workflow/v1/workflow_service.proto",
+    "engarde/agent/v1/agent_service.proto",
+    "engarde/agent/v1/execution_service.proto",
+    "engarde/agent/v1/run_service.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

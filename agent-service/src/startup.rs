@@ -6,6 +6,8 @@ use std::time::Duration;
 use engarde::kit::health::Health;
 use engarde::kit::server::BoundServer;
 use engarde::proto::agent::v1::agent_service_server::AgentServiceServer;
+use engarde::proto::agent::v1::execution_service_server::ExecutionServiceServer;
+use engarde::proto::agent::v1::run_service_server::RunServiceServer;
 use tonic::service::Routes;
 
 use crate::config::Config;
@@ -13,7 +15,7 @@ use crate::execution::reporter::Reporter;
 use crate::execution::{Executor, janitor};
 use crate::flow_mark::DeploymentId;
 use crate::flow_reconciler::FlowReconciler;
-use crate::grpc::AgentApi;
+use crate::grpc::{AgentApi, ExecutionApi, RunApi};
 use crate::langflow::LangflowClient;
 use crate::linkage::FlowLinker;
 use crate::provisioner::Provisioner;
@@ -21,8 +23,12 @@ use crate::storage::{self, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
 use crate::walker::Walker;
 use crate::workflows::WorkflowClient;
 
-/// The fully-qualified gRPC service name, as health checks name it.
+/// The fully-qualified name of the service readiness probes ask about (health reports each of
+/// `SERVICE_NAMES`; all three share one process and one database, so they are ready together).
 pub const SERVICE_NAME: &str = "engarde.agent.v1.AgentService";
+
+/// The gRPC services this process serves, as health checks and reflection name them.
+pub const SERVICE_NAMES: [&str; 3] = [SERVICE_NAME, "engarde.agent.v1.ExecutionService", "engarde.agent.v1.RunService"];
 
 /// Runs the service until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
@@ -48,7 +54,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let repo = storage::repository(&db);
 
     let server = BoundServer::bind(listen).await?;
-    let (health, health_service) = Health::new(vec![SERVICE_NAME]).await;
+    let (health, health_service) = Health::new(SERVICE_NAMES.to_vec()).await;
     health.set_dependencies_ok(true, "").await;
     health.watch_database(db.clone(), Duration::from_secs(2));
     let expiring = repo.clone();
@@ -74,10 +80,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let executor = start_execution(&config, &db, repo.clone(), langflow.clone(), workflows.clone());
     let walker = Walker::start(&config.walker, &db, repo.clone(), langflow.clone());
     let provisioner = Provisioner::new(repo.clone(), workflows, linker.clone());
-    let api = AgentServiceServer::new(AgentApi::new(repo, provisioner, linker, executor, walker, pages))
-        .max_decoding_message_size(common.max_message_bytes)
-        .max_encoding_message_size(common.max_message_bytes);
-    let routes = Routes::new(api);
+    let max = common.max_message_bytes;
+    let agents = AgentServiceServer::new(AgentApi::new(repo, provisioner, linker, pages))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let executions = ExecutionServiceServer::new(ExecutionApi::new(executor, pages))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let runs =
+        RunServiceServer::new(RunApi::new(walker, pages)).max_decoding_message_size(max).max_encoding_message_size(max);
+    let routes = Routes::new(agents).add_service(executions).add_service(runs);
     let result = server.serve("agent-service", routes, health, health_service, common, shutdown).await;
     db.close().await;
     result

@@ -12,6 +12,7 @@ use axum::extract::Path;
 use axum::routing::{get, post};
 use engarde::proto::agent::v1 as apb;
 use engarde::proto::agent::v1::agent_service_client::AgentServiceClient;
+use engarde::proto::agent::v1::execution_service_client::ExecutionServiceClient;
 use engarde::proto::workflow::v1::workflow_service_client::WorkflowServiceClient;
 use serde_json::{Value, json};
 use tonic::service::interceptor::InterceptedService;
@@ -221,7 +222,8 @@ async fn measure(
         .await
         .context("DeployAgent")?;
     let request = apb::ExecuteAgentRequest { agent_id: made.id.clone(), input: "Say ok".into(), ..Default::default() };
-    match agents.execute_agent(request.clone()).await {
+    let mut executions = ExecutionServiceClient::with_interceptor(agent_channels[0].clone(), tenant.clone());
+    match executions.execute_agent(request.clone()).await {
         Ok(_) => {}
         Err(s) if s.code() == tonic::Code::Unimplemented => {
             return Ok(Outcome::Skipped(format!("ExecuteAgent not available ({})", s.message())));
@@ -230,7 +232,7 @@ async fn measure(
     }
 
     let clients: Arc<Vec<_>> = Arc::new(
-        agent_channels.iter().map(|c| AgentServiceClient::with_interceptor(c.clone(), tenant.clone())).collect(),
+        agent_channels.iter().map(|c| ExecutionServiceClient::with_interceptor(c.clone(), tenant.clone())).collect(),
     );
     let execute = {
         let request = request.clone();

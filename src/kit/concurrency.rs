@@ -91,7 +91,7 @@ mod tests {
         assert!(is_exempt("/grpc.health.v1.Health/Watch"));
         assert!(is_exempt("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"));
         assert!(is_exempt("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"));
-        assert!(!is_exempt("/engarde.agent.v1.AgentService/ExecuteAgent"));
+        assert!(!is_exempt("/engarde.agent.v1.ExecutionService/ExecuteAgent"));
         assert!(!is_exempt("/grpc.health.v1.HealthX/Check"));
     }
 }

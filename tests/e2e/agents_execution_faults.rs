@@ -9,7 +9,8 @@ use engarde::proto::agent::v1 as pb;
 use tonic::Code;
 
 use crate::agents_execution::{
-    active_agent, collect_stream, execute, executions, get_agent, run_agent, spawn_with_langflow, workflow_counts_reach,
+    active_agent, collect_stream, execute, get_agent, recorded_executions, run_agent, spawn_with_langflow,
+    workflow_counts_reach,
 };
 use crate::both_backends;
 use crate::helpers::*;
@@ -24,12 +25,13 @@ both_backends!(
         let app = spawn_with_langflow(backend, &fake.url(), &[]).await;
         let (_, agent) = active_agent(&app, "tenant-a").await;
         let mut agents = app.agents("tenant-a").await;
+        let mut executions = app.executions("tenant-a").await;
         fake.set_delay(Duration::from_secs(3));
         let mut request = tonic::Request::new(execute(&agent.id, "slow", "s1"));
         request.set_timeout(Duration::from_millis(800));
-        let status = expect_code(agents.execute_agent(request).await, Code::DeadlineExceeded);
+        let status = expect_code(executions.execute_agent(request).await, Code::DeadlineExceeded);
         // Recorded FAILED (the service answered before the caller's deadline, naming it).
-        let recorded = executions(&mut agents, pb::ListExecutionsRequest::default()).await;
+        let recorded = recorded_executions(&mut executions, pb::ListExecutionsRequest::default()).await;
         assert_eq!(recorded.len(), 1);
         assert_eq!(recorded[0].status, FAILED);
         assert!(status.message().contains(&recorded[0].id), "{status:?}");
@@ -37,7 +39,7 @@ both_backends!(
         let counted = get_agent(&mut agents, &agent.id).await;
         assert_eq!((counted.total_executions, counted.successful_executions), (1, 0));
         assert!(
-            agents
+            executions
                 .list_session_messages(pb::ListSessionMessagesRequest {
                     agent_id: agent.id.clone(),
                     session_id: "s1".into(),
@@ -59,24 +61,25 @@ both_backends!(
         let app = spawn_with_langflow(backend, &fake.url(), &[]).await;
         let (workflow, agent) = active_agent(&app, "tenant-a").await;
         let mut agents = app.agents("tenant-a").await;
+        let mut executions = app.executions("tenant-a").await;
 
         fake.fail_runs_with(500, 1);
-        let status = expect_code(agents.execute_agent(execute(&agent.id, "a", "")).await, Code::Unavailable);
+        let status = expect_code(executions.execute_agent(execute(&agent.id, "a", "")).await, Code::Unavailable);
         assert!(status.message().contains("execution "), "{status:?}");
         fake.garbage_runs(1);
-        expect_code(agents.execute_agent(execute(&agent.id, "b", "")).await, Code::Unavailable);
+        expect_code(executions.execute_agent(execute(&agent.id, "b", "")).await, Code::Unavailable);
         // Langflow down, then back (503s while it comes up): the agent recovers by itself.
         fake.stop().await;
-        expect_code(agents.execute_agent(execute(&agent.id, "c", "")).await, Code::Unavailable);
+        expect_code(executions.execute_agent(execute(&agent.id, "c", "")).await, Code::Unavailable);
         fake.restart().await;
         fake.fail_runs_with(503, 2);
-        expect_code(agents.execute_agent(execute(&agent.id, "d", "")).await, Code::Unavailable);
-        expect_code(agents.execute_agent(execute(&agent.id, "e", "")).await, Code::Unavailable);
-        let recovered = run_agent(&mut agents, &agent.id, "f", "").await;
+        expect_code(executions.execute_agent(execute(&agent.id, "d", "")).await, Code::Unavailable);
+        expect_code(executions.execute_agent(execute(&agent.id, "e", "")).await, Code::Unavailable);
+        let recovered = run_agent(&mut executions, &agent.id, "f", "").await;
         assert_eq!(recovered.status, SUCCEEDED);
         assert!(recovered.output.contains("Write a post about f"), "{recovered:?}");
 
-        let failed = executions(&mut agents, pb::ListExecutionsRequest { status: FAILED, ..Default::default() }).await;
+        let failed = recorded_executions(&mut executions, pb::ListExecutionsRequest { status: FAILED, ..Default::default() }).await;
         assert_eq!(failed.len(), 5);
         assert!(failed.iter().all(|e| !e.error.is_empty() && e.output.is_empty()));
         let counted = get_agent(&mut agents, &agent.id).await;
@@ -92,8 +95,9 @@ both_backends!(
         let app = spawn_with_langflow(backend, &fake.url(), &[]).await;
         let (_, agent) = active_agent(&app, "tenant-a").await;
         let mut agents = app.agents("tenant-a").await;
+        let mut executions = app.executions("tenant-a").await;
         assert!(fake.remove_flow(&agent.langflow_workflow_id));
-        let status = expect_code(agents.execute_agent(execute(&agent.id, "x", "")).await, Code::FailedPrecondition);
+        let status = expect_code(executions.execute_agent(execute(&agent.id, "x", "")).await, Code::FailedPrecondition);
         assert!(status.message().contains(&agent.langflow_workflow_id), "{status:?}");
         let broken = get_agent(&mut agents, &agent.id).await;
         assert_eq!(broken.status, pb::AgentStatus::Error as i32);
@@ -101,7 +105,7 @@ both_backends!(
         assert_eq!((broken.total_executions, broken.successful_executions), (1, 0));
         // An agent in ERROR does not run (and Langflow is not asked).
         let runs = fake.runs();
-        let status = expect_code(agents.execute_agent(execute(&agent.id, "x", "")).await, Code::FailedPrecondition);
+        let status = expect_code(executions.execute_agent(execute(&agent.id, "x", "")).await, Code::FailedPrecondition);
         assert!(status.message().contains("error"), "{status:?}");
         assert_eq!(fake.runs(), runs);
     }
@@ -114,9 +118,9 @@ async fn streamed_events_reach_the_caller_as_they_arrive() {
     fake.set_event_gap(Duration::from_millis(700));
     let app = spawn_with_langflow(Backend::Sqlite, &fake.url(), &[]).await;
     let (_, agent) = active_agent(&app, "tenant-a").await;
-    let mut agents = app.agents("tenant-a").await;
+    let mut executions = app.executions("tenant-a").await;
     let began = Instant::now();
-    let mut stream = agents.stream_execute_agent(execute(&agent.id, "tulips", "")).await.unwrap().into_inner();
+    let mut stream = executions.stream_execute_agent(execute(&agent.id, "tulips", "")).await.unwrap().into_inner();
     let mut arrivals = Vec::new();
     while let Some(event) = stream.message().await.unwrap() {
         arrivals.push((began.elapsed(), event.event.unwrap()));
@@ -144,19 +148,20 @@ both_backends!(
         let app = spawn_with_langflow(backend, &fake.url(), &[]).await;
         let (_, agent) = active_agent(&app, "tenant-a").await;
         let mut agents = app.agents("tenant-a").await;
+        let mut executions = app.executions("tenant-a").await;
         fake.drop_stream_after_events(1);
-        let (events, error) = collect_stream(&mut agents, execute(&agent.id, "x", "s")).await;
+        let (events, error) = collect_stream(&mut executions, execute(&agent.id, "x", "s")).await;
         let error = error.expect("the stream ends with an error");
         assert_eq!(error.code(), Code::Unavailable, "{error:?}");
         assert!(matches!(events.first(), Some(Event::Started(_))), "{events:?}");
         let Some(Event::Finished(finished)) = events.last() else { panic!("finished before the error: {events:?}") };
         assert_eq!(finished.status, FAILED);
         assert!(error.message().contains(&finished.id));
-        let stored = agents.get_execution(pb::GetExecutionRequest { id: finished.id.clone() }).await.unwrap().into_inner();
+        let stored = executions.get_execution(pb::GetExecutionRequest { id: finished.id.clone() }).await.unwrap().into_inner();
         assert_eq!(&stored, finished);
         // A stream whose flow is gone: started, finished FAILED, FAILED_PRECONDITION.
         fake.remove_flow(&agent.langflow_workflow_id);
-        let (events, error) = collect_stream(&mut agents, execute(&agent.id, "y", "s")).await;
+        let (events, error) = collect_stream(&mut executions, execute(&agent.id, "y", "s")).await;
         assert_eq!(error.map(|e| e.code()), Some(Code::FailedPrecondition));
         assert!(matches!(events.last(), Some(Event::Finished(e)) if e.status == FAILED), "{events:?}");
         assert_eq!(get_agent(&mut agents, &agent.id).await.status, pb::AgentStatus::Error as i32);
@@ -169,20 +174,21 @@ both_backends!(
         let app = spawn_with_langflow(backend, &fake.url(), &[]).await;
         let (workflow, agent) = active_agent(&app, "tenant-a").await;
         let mut agents = app.agents("tenant-a").await;
+        let mut executions = app.executions("tenant-a").await;
         fake.set_delay(Duration::from_millis(1500));
         // Unary: the caller gives up (its future dropped) while Langflow works.
-        let mut caller = agents.clone();
+        let mut caller = executions.clone();
         let request = execute(&agent.id, "patient", "s1");
         let gave_up = tokio::time::timeout(Duration::from_millis(500), caller.execute_agent(request)).await;
         assert!(gave_up.is_err());
         // Streamed: the caller reads `started` and hangs up.
-        let mut stream = agents.stream_execute_agent(execute(&agent.id, "patient too", "s2")).await.unwrap().into_inner();
+        let mut stream = executions.stream_execute_agent(execute(&agent.id, "patient too", "s2")).await.unwrap().into_inner();
         assert!(stream.message().await.unwrap().is_some());
         drop(stream);
         eventually(Duration::from_secs(10), "both executions recorded", || {
-            let mut agents = agents.clone();
+            let mut executions = executions.clone();
             async move {
-                let all = executions(&mut agents, pb::ListExecutionsRequest { status: SUCCEEDED, ..Default::default() }).await;
+                let all = recorded_executions(&mut executions, pb::ListExecutionsRequest { status: SUCCEEDED, ..Default::default() }).await;
                 all.len() == 2
             }
         })
@@ -199,13 +205,13 @@ both_backends!(
         let stale = [("EXECUTION_STALE_AFTER_SECS", "2".to_string())];
         let mut app = spawn_with_langflow(backend, &fake.url(), &stale).await;
         let (workflow, agent) = active_agent(&app, "tenant-a").await;
-        let mut agents = app.agents("tenant-a").await;
+        let mut executions = app.executions("tenant-a").await;
         fake.set_delay(Duration::from_secs(60));
-        let mut caller = agents.clone();
+        let mut caller = executions.clone();
         let request = execute(&agent.id, "doomed", "");
         let pending = tokio::spawn(async move { caller.execute_agent(request).await });
         eventually(Duration::from_secs(10), "Langflow is asked", || async { fake.runs() == 1 }).await;
-        let running = executions(&mut agents, pb::ListExecutionsRequest::default()).await;
+        let running = recorded_executions(&mut executions, pb::ListExecutionsRequest::default()).await;
         assert_eq!(running[0].status, pb::ExecutionStatus::Running as i32);
 
         app.agent.kill().await;
@@ -217,17 +223,18 @@ both_backends!(
         ];
         app.agent = spawn_agent_service(&app.agent_db, &app.workflow.url(), &env).await;
         let mut agents = app.agents("tenant-a").await;
+        let mut executions = app.executions("tenant-a").await;
         let id = running[0].id.clone();
         eventually(Duration::from_secs(15), "the janitor fails the interrupted execution", || {
-            let mut agents = agents.clone();
+            let mut executions = executions.clone();
             let id = id.clone();
             async move {
-                let e = agents.get_execution(pb::GetExecutionRequest { id }).await.unwrap().into_inner();
+                let e = executions.get_execution(pb::GetExecutionRequest { id }).await.unwrap().into_inner();
                 e.status == FAILED
             }
         })
         .await;
-        let failed = agents.get_execution(pb::GetExecutionRequest { id: id.clone() }).await.unwrap().into_inner();
+        let failed = executions.get_execution(pb::GetExecutionRequest { id: id.clone() }).await.unwrap().into_inner();
         assert!(failed.error.contains("interrupted"), "{failed:?}");
         workflow_counts_reach(&app, "tenant-a", &workflow.id, (1, 0)).await;
         // Later sweeps find nothing more to do: counted once.
@@ -237,7 +244,7 @@ both_backends!(
         workflow_counts_reach(&app, "tenant-a", &workflow.id, (1, 0)).await;
         // A retry of the lost call (no request id) is a new execution, which runs.
         fake.set_delay(Duration::ZERO);
-        assert_eq!(run_agent(&mut agents, &agent.id, "again", "").await.status, SUCCEEDED);
+        assert_eq!(run_agent(&mut executions, &agent.id, "again", "").await.status, SUCCEEDED);
     }
 );
 
@@ -249,12 +256,13 @@ both_backends!(
         let app = spawn_with_langflow(backend, &fake.url(), &[]).await;
         let (workflow, agent) = active_agent(&app, "tenant-a").await;
         let agents = app.agents("tenant-a").await;
+        let executions = app.executions("tenant-a").await;
         fake.fail_runs_with(502, FAILURES);
         let mut tasks = Vec::new();
         for n in 0..RUNS {
-            let mut agents = agents.clone();
+            let mut executions = executions.clone();
             let request = execute(&agent.id, &format!("topic {n}"), "shared");
-            tasks.push(tokio::spawn(async move { agents.execute_agent(request).await }));
+            tasks.push(tokio::spawn(async move { executions.execute_agent(request).await }));
         }
         let mut succeeded = 0;
         for task in tasks {

@@ -1,5 +1,5 @@
-//! agent-service's health follows its own database (not workflow-service), and a grpcurl
-//! session through reflection provisions and lists agents.
+//! agent-service's health follows its own database (not workflow-service), for each of the
+//! three services it serves, and a grpcurl session through reflection provisions and lists agents.
 
 use std::process::Command;
 use std::time::Duration;
@@ -15,13 +15,20 @@ use crate::helpers::*;
 use crate::workflows_health::ThrowawayPostgres;
 
 const SERVICE: &str = "engarde.agent.v1.AgentService";
+/// Every service agent-service serves: health reports each.
+const SERVICES: [&str; 3] = [SERVICE, "engarde.agent.v1.ExecutionService", "engarde.agent.v1.RunService"];
 
+/// The status of each of SERVICES, when all of them answer the same one.
 async fn status_of(health: &mut HealthClient<tonic::transport::Channel>) -> Option<i32> {
-    health.check(HealthCheckRequest { service: SERVICE.into() }).await.ok().map(|r| r.into_inner().status)
+    let mut statuses = Vec::new();
+    for service in SERVICES {
+        statuses.push(health.check(HealthCheckRequest { service: service.into() }).await.ok()?.into_inner().status);
+    }
+    statuses.iter().all(|s| *s == statuses[0]).then(|| statuses[0])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_follows_the_agent_database_not_workflow_service() {
+async fn health_of_each_agent_service_follows_the_agent_database_not_workflow_service() {
     let workflow_db = TestDb::new(Backend::Sqlite).await;
     let mut workflow = spawn_workflow_service(&workflow_db, &[]).await;
     let pg = ThrowawayPostgres::start();

@@ -153,16 +153,16 @@ both_backends!(
         let langflow = FakeLangflow::start().await;
         let app = spawn_with_langflow(backend, &langflow.url(), &[]).await;
         let (_, agent) = active_agent(&app, "tenant-big").await;
-        let mut agents = app.agents("tenant-big").await;
+        let mut execution_client = app.executions("tenant-big").await;
         // 32,000 four-byte characters: the longest input, and an answer at least as long.
         let input = "😀".repeat(32_000);
         for _ in 0..20 {
-            agents.execute_agent(execute(&agent.id, &input, "big")).await.expect("executed");
+            execution_client.execute_agent(execute(&agent.id, &input, "big")).await.expect("executed");
         }
 
         let request = pb::ListExecutionsRequest { agent_id: agent.id.clone(), ..Default::default() };
         let (executions, pages) = all_pages(request, |r| {
-            let mut c = agents.clone();
+            let mut c = execution_client.clone();
             async move { c.list_executions(r).await }
         })
         .await;
@@ -177,7 +177,7 @@ both_backends!(
             ..Default::default()
         };
         let (messages, pages) = all_pages(request, |r| {
-            let mut c = agents.clone();
+            let mut c = execution_client.clone();
             async move { c.list_session_messages(r).await }
         })
         .await;
@@ -270,15 +270,17 @@ both_backends!(
         let app = spawn_walker_app(backend, &langflow.url(), &[]).await;
         let steps = vec![llm("write", "{input}"), review("check")];
         let walker = active_walker(&app, "tenant-big", config(steps, 0, vec![])).await;
-        let mut agents = app.agents("tenant-big").await;
+        let agents = app.agents("tenant-big").await;
+        let mut execution_client = app.executions("tenant-big").await;
+        let mut run_client = app.runs("tenant-big").await;
         // Twenty runs of the longest input: each waits for the review of 128 KB of output.
         let input = "😀".repeat(32_000);
         for _ in 0..20 {
-            start_run(&mut agents, &walker.id, &input).await;
+            start_run(&mut run_client, &walker.id, &input).await;
         }
         let agent_id = walker.id.clone();
         let waiting = |size| pb::ListPendingReviewsRequest { agent_id: agent_id.clone(), page_size: size, ..Default::default() };
-        let review_client = agents.clone();
+        let review_client = run_client.clone();
         let reviews = |request| {
             let client = review_client.clone();
             all_pages(request, move |r| {
@@ -292,12 +294,12 @@ both_backends!(
         .await;
         // And twenty executions of it, each of 128 KB in and out, with feedback.
         for _ in 0..20 {
-            agents.execute_agent(execute(&agent_id, &input, "big")).await.expect("executed");
+            execution_client.execute_agent(execute(&agent_id, &input, "big")).await.expect("executed");
         }
         let executions = {
             let request = pb::ListExecutionsRequest { agent_id: agent_id.clone(), page_size: 200, ..Default::default() };
             all_pages(request, |r| {
-                let mut c = agents.clone();
+                let mut c = execution_client.clone();
                 async move { c.list_executions(r).await }
             })
             .await
@@ -307,7 +309,7 @@ both_backends!(
         for execution in &executions {
             let comment = "😀".repeat(2_000);
             let request = pb::SubmitFeedbackRequest { execution_id: execution.id.clone(), score: 4, comment, ..Default::default() };
-            agents.submit_feedback(request).await.expect("feedback");
+            execution_client.submit_feedback(request).await.expect("feedback");
         }
 
         // Every listing, at every page size, answers every item over its pages: no call fails
@@ -317,28 +319,28 @@ both_backends!(
             assert_eq!(reviews(waiting(size)).await.0.len(), 20);
             let request = pb::ListRunsRequest { agent_id: agent_id.clone(), page_size: size, ..Default::default() };
             let (runs, _) = all_pages(request, |r| {
-                let mut c = agents.clone();
+                let mut c = run_client.clone();
                 async move { c.list_runs(r).await }
             })
             .await;
             assert_eq!(runs.len(), 20, "runs at page size {size}");
             let request = pb::ListExecutionsRequest { agent_id: agent_id.clone(), page_size: size, ..Default::default() };
             let (listed, _) = all_pages(request, |r| {
-                let mut c = agents.clone();
+                let mut c = execution_client.clone();
                 async move { c.list_executions(r).await }
             })
             .await;
             assert_eq!(listed.len(), 20, "executions at page size {size}");
             let request = pb::ListFeedbackRequest { agent_id: agent_id.clone(), page_size: size, ..Default::default() };
             let (feedback, _) = all_pages(request, |r| {
-                let mut c = agents.clone();
+                let mut c = execution_client.clone();
                 async move { c.list_feedback(r).await }
             })
             .await;
             assert_eq!(feedback.len(), 20, "feedback at page size {size}");
             let request = pb::ListSessionsRequest { agent_id: agent_id.clone(), page_size: size, ..Default::default() };
             let (sessions, _) = all_pages(request, |r| {
-                let mut c = agents.clone();
+                let mut c = execution_client.clone();
                 async move { c.list_sessions(r).await }
             })
             .await;
@@ -352,7 +354,7 @@ both_backends!(
                     ..Default::default()
                 };
                 let (messages, _) = all_pages(request, |r| {
-                    let mut c = agents.clone();
+                    let mut c = execution_client.clone();
                     async move { c.list_session_messages(r).await }
                 })
                 .await;

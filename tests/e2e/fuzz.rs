@@ -200,21 +200,26 @@ struct Target {
 }
 
 fn targets(pool: &DescriptorPool) -> Vec<Target> {
-    ["engarde.workflow.v1.WorkflowService", "engarde.agent.v1.AgentService"]
-        .iter()
-        .flat_map(|name| {
-            let service = pool.get_service_by_name(name).expect("service in the descriptor set");
-            service
-                .methods()
-                .map(|m| Target {
-                    service: name.to_string(),
-                    method: m.name().to_owned(),
-                    input: m.input(),
-                    streaming: m.is_server_streaming(),
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    [
+        "engarde.workflow.v1.WorkflowService",
+        "engarde.agent.v1.AgentService",
+        "engarde.agent.v1.ExecutionService",
+        "engarde.agent.v1.RunService",
+    ]
+    .iter()
+    .flat_map(|name| {
+        let service = pool.get_service_by_name(name).expect("service in the descriptor set");
+        service
+            .methods()
+            .map(|m| Target {
+                service: name.to_string(),
+                method: m.name().to_owned(),
+                input: m.input(),
+                streaming: m.is_server_streaming(),
+            })
+            .collect::<Vec<_>>()
+    })
+    .collect()
 }
 
 async fn call(app: &TestApp, target: &Target, body: Vec<u8>) -> Result<Vec<Vec<u8>>, Status> {

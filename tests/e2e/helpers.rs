@@ -10,6 +10,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use engarde::proto::agent::v1::agent_service_client::AgentServiceClient;
+use engarde::proto::agent::v1::execution_service_client::ExecutionServiceClient;
+use engarde::proto::agent::v1::run_service_client::RunServiceClient;
 use engarde::proto::workflow::v1::workflow_service_client::WorkflowServiceClient;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -256,6 +258,8 @@ pub fn as_tenant(tenant: &str) -> AsTenant {
 
 pub type WorkflowClient = WorkflowServiceClient<InterceptedService<Channel, AsTenant>>;
 pub type AgentClient = AgentServiceClient<InterceptedService<Channel, AsTenant>>;
+pub type ExecutionClient = ExecutionServiceClient<InterceptedService<Channel, AsTenant>>;
+pub type RunClient = RunServiceClient<InterceptedService<Channel, AsTenant>>;
 
 /// Both services on fresh databases, wired together, in development auth mode.
 pub struct TestApp {
@@ -280,6 +284,16 @@ impl TestApp {
 
     pub async fn agents(&self, tenant: &str) -> AgentClient {
         AgentServiceClient::with_interceptor(self.agent.channel().await, as_tenant(tenant))
+    }
+
+    /// ExecutionService: executions, sessions and feedback.
+    pub async fn executions(&self, tenant: &str) -> ExecutionClient {
+        ExecutionServiceClient::with_interceptor(self.agent.channel().await, as_tenant(tenant))
+    }
+
+    /// RunService: walker runs, reviews and schedule previews.
+    pub async fn runs(&self, tenant: &str) -> RunClient {
+        RunServiceClient::with_interceptor(self.agent.channel().await, as_tenant(tenant))
     }
 }
 

@@ -29,6 +29,8 @@ both_backends!(
         let tenant = "tenant-nul";
         let mut workflows = app.workflows(tenant).await;
         let mut agents = app.agents(tenant).await;
+        let mut runs = app.runs(tenant).await;
+        let mut executions = app.executions(tenant).await;
         let (workflow, agent) = active_agent(&app, tenant).await;
 
         // Workflows: names, free text, nested config, filters, idempotency keys.
@@ -78,16 +80,16 @@ both_backends!(
 
         // Executions, feedback, walker runs.
         let session = pb::ExecuteAgentRequest { session_id: "s\0".into(), ..execute(&agent.id, "hi", "") };
-        assert_eq!(refused_field(agents.stream_execute_agent(session).await), "session_id");
+        assert_eq!(refused_field(executions.stream_execute_agent(session).await), "session_id");
         let feedback = pb::SubmitFeedbackRequest {
             execution_id: uuid::Uuid::new_v4().to_string(),
             score: 4,
             comment: "good\0".into(),
             ..Default::default()
         };
-        assert_eq!(refused_field(agents.submit_feedback(feedback).await), "comment");
+        assert_eq!(refused_field(executions.submit_feedback(feedback).await), "comment");
         let run = pb::StartRunRequest { agent_id: agent.id.clone(), input: "go\0".into(), ..Default::default() };
-        assert_eq!(refused_field(agents.start_run(run).await), "input");
+        assert_eq!(refused_field(runs.start_run(run).await), "input");
 
         // Nothing of it was stored, nothing ran, and both services still answer.
         let listed = workflows.list_workflows(wpb::ListWorkflowsRequest { is_template: Some(false), ..Default::default() })
@@ -105,17 +107,17 @@ both_backends!(
     async fn an_execution_whose_input_holds_nul_is_refused_before_langflow_runs(backend) {
         let fake = FakeLangflow::start().await;
         let app = spawn_with_langflow(backend, &fake.url(), &[]).await;
-        let mut agents = app.agents("tenant-nul").await;
+        let mut executions = app.executions("tenant-nul").await;
         let (_, agent) = active_agent(&app, "tenant-nul").await;
 
         let unary = pb::ExecuteAgentRequest { request_id: "once".into(), ..execute(&agent.id, "a\0b", "s1") };
-        assert_eq!(refused_field(agents.execute_agent(unary.clone()).await), "input");
+        assert_eq!(refused_field(executions.execute_agent(unary.clone()).await), "input");
         // A retry is refused the same way: nothing was recorded under its request id.
-        assert_eq!(refused_field(agents.execute_agent(unary).await), "input");
-        assert_eq!(refused_field(agents.stream_execute_agent(execute(&agent.id, "\0", "s1")).await), "input");
+        assert_eq!(refused_field(executions.execute_agent(unary).await), "input");
+        assert_eq!(refused_field(executions.stream_execute_agent(execute(&agent.id, "\0", "s1")).await), "input");
 
         assert_eq!(fake.runs(), 0, "Langflow must not run what cannot be recorded");
-        let executions = agents
+        let executions = executions
             .list_executions(pb::ListExecutionsRequest { agent_id: agent.id.clone(), ..Default::default() })
             .await
             .unwrap()
@@ -129,18 +131,19 @@ both_backends!(
         let fake = FakeLangflow::start().await;
         let app = spawn_with_langflow(backend, &fake.url(), &[]).await;
         let mut agents = app.agents("tenant-nul").await;
+        let mut executions = app.executions("tenant-nul").await;
         let (_, agent) = active_agent(&app, "tenant-nul").await;
         fake.answer_with(Some("before\0after"));
         let stored = "before\u{FFFD}after";
 
-        let execution = agents.execute_agent(execute(&agent.id, "hello", "s1")).await.unwrap().into_inner();
+        let execution = executions.execute_agent(execute(&agent.id, "hello", "s1")).await.unwrap().into_inner();
         let execution = execution.execution.unwrap();
         assert_eq!((execution.status, execution.output.as_str()), (pb::ExecutionStatus::Succeeded as i32, stored));
-        let read = agents.get_execution(pb::GetExecutionRequest { id: execution.id.clone() }).await.unwrap().into_inner();
+        let read = executions.get_execution(pb::GetExecutionRequest { id: execution.id.clone() }).await.unwrap().into_inner();
         assert_eq!(read.output, stored);
 
         let mut stream =
-            agents.stream_execute_agent(execute(&agent.id, "again", "s1")).await.unwrap().into_inner();
+            executions.stream_execute_agent(execute(&agent.id, "again", "s1")).await.unwrap().into_inner();
         let mut finished = None;
         while let Some(event) = stream.message().await.unwrap() {
             match event.event {
@@ -156,7 +159,7 @@ both_backends!(
         // Both runs are recorded and counted, and the conversation memory holds the answers.
         let got = agents.get_agent(pb::GetAgentRequest { id: agent.id.clone() }).await.unwrap().into_inner();
         assert_eq!(got.total_executions, 2);
-        let memory = crate::agents_execution::messages(&mut agents, &agent.id, "s1").await;
+        let memory = crate::agents_execution::messages(&mut executions, &agent.id, "s1").await;
         assert_eq!(memory.iter().filter(|(_, text)| text.contains(stored)).count(), 2, "{memory:?}");
     }
 );

@@ -38,9 +38,9 @@ async fn health_answers_while_business_calls_saturate_the_concurrency_limit() {
     fake.set_delay(Duration::from_secs(120));
     let mut slow = Vec::new();
     for i in 0..3 {
-        let mut agents = app.agents("tenant-a").await;
+        let mut executions = app.executions("tenant-a").await;
         let request = execute(&agent.id, &format!("slow {i}"), "");
-        slow.push(tokio::spawn(async move { agents.execute_agent(request).await }));
+        slow.push(tokio::spawn(async move { executions.execute_agent(request).await }));
     }
     eventually(Duration::from_secs(30), "two executions waiting on Langflow", || async { fake.runs() >= 2 }).await;
     let mut agents = app.agents("tenant-a").await;
@@ -56,11 +56,15 @@ async fn health_answers_while_business_calls_saturate_the_concurrency_limit() {
     let mut health = HealthClient::new(app.agent.channel().await);
     let started = Instant::now();
     assert_eq!(check(&mut health, "", Duration::from_secs(2)).await.expect("liveness answers"), SERVING);
-    let named = check(&mut health, "engarde.agent.v1.AgentService", Duration::from_secs(2)).await;
-    assert_eq!(named.expect("readiness answers"), SERVING);
-    eprintln!("two health checks under saturation took {:?}", started.elapsed());
+    let agent_services =
+        ["engarde.agent.v1.AgentService", "engarde.agent.v1.ExecutionService", "engarde.agent.v1.RunService"];
+    for name in agent_services {
+        let named = check(&mut health, name, Duration::from_secs(2)).await;
+        assert_eq!(named.expect("readiness answers"), SERVING, "{name}");
+    }
+    eprintln!("the health checks under saturation took {:?}", started.elapsed());
     let services = crate::server_reflection::list_services(&app.agent, "v1", Duration::from_secs(2)).await;
-    assert!(services.iter().any(|s| s == "engarde.agent.v1.AgentService"), "{services:?}");
+    assert!(agent_services.iter().all(|name| services.iter().any(|s| s == name)), "{services:?}");
 
     for call in slow {
         call.abort();

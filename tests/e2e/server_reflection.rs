@@ -85,10 +85,12 @@ const ALWAYS: [&str; 3] =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_server_lists_exactly_the_services_it_serves() {
     let app = spawn_app(Backend::Sqlite).await;
+    let agent_services =
+        ["engarde.agent.v1.AgentService", "engarde.agent.v1.ExecutionService", "engarde.agent.v1.RunService"];
     for (process, own) in
-        [(&app.workflow, "engarde.workflow.v1.WorkflowService"), (&app.agent, "engarde.agent.v1.AgentService")]
+        [(&app.workflow, &["engarde.workflow.v1.WorkflowService"][..]), (&app.agent, &agent_services[..])]
     {
-        let expected: BTreeSet<String> = set(&ALWAYS).into_iter().chain([own.to_string()]).collect();
+        let expected: BTreeSet<String> = set(&ALWAYS).into_iter().chain(set(own)).collect();
         for version in ["v1", "v1alpha"] {
             let listed: BTreeSet<String> =
                 list_services(process, version, Duration::from_secs(10)).await.into_iter().collect();

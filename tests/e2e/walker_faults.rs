@@ -20,33 +20,33 @@ both_backends!(
     async fn a_cancelled_run_starts_no_further_step(backend) {
         let fake = FakeLangflow::start().await;
         let app = spawn_walker_app(backend, &fake.url(), &[]).await;
-        let mut agents = app.agents("tenant-cancel").await;
+        let mut runs = app.runs("tenant-cancel").await;
         let agent = active_walker(&app, "tenant-cancel", config(three_llm_steps(), 0, vec![])).await;
         let flow = agent.langflow_workflow_id.clone();
         fake.set_delay(Duration::from_millis(1500));
 
-        let run = start_run(&mut agents, &agent.id, "cancel me").await;
+        let run = start_run(&mut runs, &agent.id, "cancel me").await;
         eventually(Duration::from_secs(20), "the first step reaches Langflow", || async {
             fake.runs_for(&flow, &step_session(&run.id, 0)) == 1
         })
         .await;
         let cancel = pb::CancelRunRequest { id: run.id.clone(), reason: "changed my mind".into(), request_id: "c-1".into() };
-        let cancelled = agents.cancel_run(cancel.clone()).await.unwrap().into_inner();
+        let cancelled = runs.cancel_run(cancel.clone()).await.unwrap().into_inner();
         assert_eq!(cancelled.status, pb::RunStatus::Cancelled as i32);
         assert_eq!(cancelled.error, "changed my mind");
         assert!(cancelled.steps.iter().all(|s| s.status == pb::StepStatus::Skipped as i32), "{cancelled:#?}");
         // A retry of the same cancel answers the same; another cancel of an ended run is refused.
-        assert_eq!(agents.cancel_run(cancel).await.unwrap().into_inner(), cancelled);
-        expect_code(agents.cancel_run(pb::CancelRunRequest { id: run.id.clone(), ..Default::default() }).await, Code::FailedPrecondition);
+        assert_eq!(runs.cancel_run(cancel).await.unwrap().into_inner(), cancelled);
+        expect_code(runs.cancel_run(pb::CancelRunRequest { id: run.id.clone(), ..Default::default() }).await, Code::FailedPrecondition);
 
         // The step in Langflow finishes; its result is ignored and nothing follows it.
         tokio::time::sleep(Duration::from_secs(4)).await;
         assert_eq!(fake.runs_for(&flow, &step_session(&run.id, 1)), 0, "no step started after the cancel");
         assert_eq!(fake.runs_for(&flow, &step_session(&run.id, 2)), 0);
-        let after = get_run(&mut agents, &run.id).await;
+        let after = get_run(&mut runs, &run.id).await;
         assert_eq!(after.status, pb::RunStatus::Cancelled as i32);
         assert!(after.steps.iter().all(|s| s.status == pb::StepStatus::Skipped as i32 && s.output.is_empty()));
-        let events = watch_all(&mut agents, &run.id, 1).await;
+        let events = watch_all(&mut runs, &run.id, 1).await;
         assert_eq!(events.last().map(|e| e.kind.as_str()), Some("run_cancelled"));
     }
 );
@@ -56,12 +56,12 @@ both_backends!(
         let fake = FakeLangflow::start().await;
         let lease = [("WALKER_LEASE_SECS", "2".to_string())];
         let mut app = spawn_walker_app(backend, &fake.url(), &lease).await;
-        let mut agents = app.agents("tenant-kill").await;
+        let mut runs = app.runs("tenant-kill").await;
         let agent = active_walker(&app, "tenant-kill", config(three_llm_steps(), 2, vec![])).await;
         let flow = agent.langflow_workflow_id.clone();
         fake.set_delay(Duration::from_millis(1500));
 
-        let run = start_run(&mut agents, &agent.id, "survive").await;
+        let run = start_run(&mut runs, &agent.id, "survive").await;
         eventually(Duration::from_secs(30), "the second step reaches Langflow", || async {
             fake.runs_for(&flow, &step_session(&run.id, 1)) == 1
         })
@@ -71,14 +71,14 @@ both_backends!(
         assert_eq!(before, 1);
 
         app.agent = spawn_agent_service(&app.agent_db, &app.workflow.url(), &walker_env(&fake.url(), &lease)).await;
-        let mut agents = app.agents("tenant-kill").await;
-        let done = wait_run(&mut agents, &run.id, Duration::from_secs(60), status_is(pb::RunStatus::Succeeded)).await;
+        let mut runs = app.runs("tenant-kill").await;
+        let done = wait_run(&mut runs, &run.id, Duration::from_secs(60), status_is(pb::RunStatus::Succeeded)).await;
         assert_eq!(fake.runs_for(&flow, &step_session(&run.id, 0)), 1, "a succeeded step never runs again");
         assert_eq!(fake.runs_for(&flow, &step_session(&run.id, 1)), 2, "the interrupted step ran again");
         assert_eq!(fake.runs_for(&flow, &step_session(&run.id, 2)), 1);
         assert_eq!(done.steps.iter().map(|s| s.attempts).collect::<Vec<_>>(), [1, 2, 1]);
         assert!(done.output.contains("Three:") && done.output.contains("Two:") && done.output.contains("survive"), "{}", done.output);
-        let events = watch_all(&mut agents, &run.id, 1).await;
+        let events = watch_all(&mut runs, &run.id, 1).await;
         assert_eq!(events.iter().map(|e| e.sequence).collect::<Vec<_>>(), (1..=events.len() as i64).collect::<Vec<_>>());
         assert!(events.iter().any(|e| e.kind == "step_retrying" && e.step_id == "two"));
     }
@@ -95,8 +95,8 @@ async fn two_processes_share_fifty_runs_without_running_a_step_twice() {
     let flow = agent.langflow_workflow_id.clone();
     fake.set_delay(Duration::from_millis(30));
     let second = spawn_agent_service(&app.agent_db, &app.workflow.url(), &walker_env(&fake.url(), &[])).await;
-    let mut first_client = app.agents("tenant-pair").await;
-    let mut second_client = AgentServiceClientExt::client(&second, "tenant-pair").await;
+    let mut first_client = app.runs("tenant-pair").await;
+    let mut second_client = RunServiceClientExt::client(&second, "tenant-pair").await;
 
     let mut ids = Vec::new();
     for i in 0..50 {
@@ -121,11 +121,11 @@ async fn two_processes_share_fifty_runs_without_running_a_step_twice() {
 }
 
 /// A client of another agent-service process of the same app.
-struct AgentServiceClientExt;
+struct RunServiceClientExt;
 
-impl AgentServiceClientExt {
-    async fn client(service: &ServiceProcess, tenant: &str) -> AgentClient {
-        engarde::proto::agent::v1::agent_service_client::AgentServiceClient::with_interceptor(
+impl RunServiceClientExt {
+    async fn client(service: &ServiceProcess, tenant: &str) -> RunClient {
+        engarde::proto::agent::v1::run_service_client::RunServiceClient::with_interceptor(
             service.channel().await,
             as_tenant(tenant),
         )
@@ -137,29 +137,32 @@ async fn walker_calls_check_their_input_their_tenant_and_their_retries() {
     let fake = FakeLangflow::start().await;
     let app = spawn_walker_app(Backend::Sqlite, &fake.url(), &[]).await;
     let mut agents = app.agents("tenant-edge").await;
-    let mut stranger = app.agents("tenant-stranger").await;
+    let mut runs = app.runs("tenant-edge").await;
+    let mut stranger_runs = app.runs("tenant-stranger").await;
     let agent =
         active_walker(&app, "tenant-edge", config(vec![llm("a", "A: {input}"), output("out")], 0, vec![])).await;
 
     // StartRun: bad fields, each named.
     let status = expect_code(
-        agents
-            .start_run(pb::StartRunRequest { agent_id: "nope".into(), input: String::new(), request_id: String::new() })
-            .await,
+        runs.start_run(pb::StartRunRequest {
+            agent_id: "nope".into(),
+            input: String::new(),
+            request_id: String::new(),
+        })
+        .await,
         Code::InvalidArgument,
     );
     let fields: Vec<String> = field_violations(&status).into_iter().map(|(f, _)| f).collect();
     assert_eq!(fields, ["agent_id", "input"]);
     let long = "x".repeat(32_001);
     let status = expect_code(
-        agents
-            .start_run(pb::StartRunRequest { agent_id: agent.id.clone(), input: long, request_id: String::new() })
+        runs.start_run(pb::StartRunRequest { agent_id: agent.id.clone(), input: long, request_id: String::new() })
             .await,
         Code::InvalidArgument,
     );
     assert_eq!(field_violations(&status)[0].0, "input");
     expect_code(
-        stranger
+        stranger_runs
             .start_run(pb::StartRunRequest {
                 agent_id: agent.id.clone(),
                 input: "hi".into(),
@@ -178,13 +181,12 @@ async fn walker_calls_check_their_input_their_tenant_and_their_retries() {
         .unwrap()
         .into_inner();
     let status = expect_code(
-        agents
-            .start_run(pb::StartRunRequest {
-                agent_id: draft.id.clone(),
-                input: "hi".into(),
-                request_id: String::new(),
-            })
-            .await,
+        runs.start_run(pb::StartRunRequest {
+            agent_id: draft.id.clone(),
+            input: "hi".into(),
+            request_id: String::new(),
+        })
+        .await,
         Code::FailedPrecondition,
     );
     assert!(status.message().contains("draft"), "{}", status.message());
@@ -192,29 +194,32 @@ async fn walker_calls_check_their_input_their_tenant_and_their_retries() {
     // Idempotent start: a retry answers the same run; the id with another request is refused.
     let request =
         pb::StartRunRequest { agent_id: agent.id.clone(), input: "hello".into(), request_id: "start-1".into() };
-    let run = agents.start_run(request.clone()).await.unwrap().into_inner();
-    let again = agents.start_run(request.clone()).await.unwrap().into_inner();
+    let run = runs.start_run(request.clone()).await.unwrap().into_inner();
+    let again = runs.start_run(request.clone()).await.unwrap().into_inner();
     assert_eq!(again.id, run.id);
-    expect_code(agents.start_run(pb::StartRunRequest { input: "other".into(), ..request }).await, Code::AlreadyExists);
-    let done = wait_run(&mut agents, &run.id, Duration::from_secs(30), status_is(pb::RunStatus::Succeeded)).await;
+    expect_code(runs.start_run(pb::StartRunRequest { input: "other".into(), ..request }).await, Code::AlreadyExists);
+    let done = wait_run(&mut runs, &run.id, Duration::from_secs(30), status_is(pb::RunStatus::Succeeded)).await;
     assert_eq!(done.output, done.steps[0].output, "the output step records what reached it");
     assert_eq!(done.trigger, pb::RunTrigger::Manual as i32);
 
     // Reads: another tenant's run is not found; listings are the tenant's own.
-    expect_code(stranger.get_run(pb::GetRunRequest { id: run.id.clone() }).await, Code::NotFound);
-    expect_code(agents.get_run(pb::GetRunRequest { id: "x".into() }).await, Code::InvalidArgument);
+    expect_code(stranger_runs.get_run(pb::GetRunRequest { id: run.id.clone() }).await, Code::NotFound);
+    expect_code(runs.get_run(pb::GetRunRequest { id: "x".into() }).await, Code::InvalidArgument);
     expect_code(
-        stranger.cancel_run(pb::CancelRunRequest { id: run.id.clone(), ..Default::default() }).await,
+        stranger_runs.cancel_run(pb::CancelRunRequest { id: run.id.clone(), ..Default::default() }).await,
         Code::NotFound,
     );
-    expect_code(stranger.watch_run(pb::WatchRunRequest { id: run.id.clone(), from_sequence: 1 }).await, Code::NotFound);
     expect_code(
-        agents.watch_run(pb::WatchRunRequest { id: run.id.clone(), from_sequence: -1 }).await,
+        stranger_runs.watch_run(pb::WatchRunRequest { id: run.id.clone(), from_sequence: 1 }).await,
+        Code::NotFound,
+    );
+    expect_code(
+        runs.watch_run(pb::WatchRunRequest { id: run.id.clone(), from_sequence: -1 }).await,
         Code::InvalidArgument,
     );
-    let theirs = stranger.list_runs(pb::ListRunsRequest::default()).await.unwrap().into_inner();
+    let theirs = stranger_runs.list_runs(pb::ListRunsRequest::default()).await.unwrap().into_inner();
     assert!(theirs.runs.is_empty());
-    let ours = agents
+    let ours = runs
         .list_runs(pb::ListRunsRequest {
             agent_id: agent.id.clone(),
             status: pb::RunStatus::Succeeded as i32,
@@ -225,31 +230,27 @@ async fn walker_calls_check_their_input_their_tenant_and_their_retries() {
         .into_inner();
     assert_eq!(ours.runs.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), [run.id.as_str()]);
     assert_eq!(ours.runs[0], done, "a listed run carries its steps, as GetRun answers it");
+    expect_code(runs.list_runs(pb::ListRunsRequest { status: 99, ..Default::default() }).await, Code::InvalidArgument);
     expect_code(
-        agents.list_runs(pb::ListRunsRequest { status: 99, ..Default::default() }).await,
+        runs.list_runs(pb::ListRunsRequest { agent_id: "x".into(), ..Default::default() }).await,
         Code::InvalidArgument,
     );
     expect_code(
-        agents.list_runs(pb::ListRunsRequest { agent_id: "x".into(), ..Default::default() }).await,
-        Code::InvalidArgument,
-    );
-    expect_code(
-        agents.list_pending_reviews(pb::ListPendingReviewsRequest { page_size: -1, ..Default::default() }).await,
+        runs.list_pending_reviews(pb::ListPendingReviewsRequest { page_size: -1, ..Default::default() }).await,
         Code::InvalidArgument,
     );
 
     // Pages of runs, newest first, without overlap; each run with its own steps.
     let mut started = Vec::new();
     for i in 0..3 {
-        started.push(start_run(&mut agents, &agent.id, &format!("page {i}")).await);
+        started.push(start_run(&mut runs, &agent.id, &format!("page {i}")).await);
     }
     for run in &started {
-        wait_run(&mut agents, &run.id, Duration::from_secs(30), status_is(pb::RunStatus::Succeeded)).await;
+        wait_run(&mut runs, &run.id, Duration::from_secs(30), status_is(pb::RunStatus::Succeeded)).await;
     }
-    let first =
-        agents.list_runs(pb::ListRunsRequest { page_size: 2, ..Default::default() }).await.unwrap().into_inner();
+    let first = runs.list_runs(pb::ListRunsRequest { page_size: 2, ..Default::default() }).await.unwrap().into_inner();
     assert_eq!(first.runs.len(), 2);
-    let second = agents
+    let second = runs
         .list_runs(pb::ListRunsRequest {
             page_size: 2,
             page_token: first.next_page_token.clone(),
@@ -265,7 +266,7 @@ async fn walker_calls_check_their_input_their_tenant_and_their_retries() {
     );
     assert!(second.runs.iter().all(|r| first.runs.iter().all(|f| f.id != r.id)));
     for listed in first.runs.iter().chain(&second.runs) {
-        let got = agents.get_run(pb::GetRunRequest { id: listed.id.clone() }).await.unwrap().into_inner();
+        let got = runs.get_run(pb::GetRunRequest { id: listed.id.clone() }).await.unwrap().into_inner();
         assert_eq!(listed, &got, "run {} as listed and as GetRun answers it", listed.id);
     }
 
@@ -276,17 +277,17 @@ async fn walker_calls_check_their_input_their_tenant_and_their_retries() {
         review_id: "not-a-uuid".into(),
         ..Default::default()
     };
-    let status = expect_code(agents.reject_step(reject.clone()).await, Code::InvalidArgument);
+    let status = expect_code(runs.reject_step(reject.clone()).await, Code::InvalidArgument);
     assert_eq!(field_violations(&status)[0].0, "review_id");
     expect_code(
-        agents.reject_step(pb::RejectStepRequest { review_id: uuid::Uuid::new_v4().to_string(), ..reject }).await,
+        runs.reject_step(pb::RejectStepRequest { review_id: uuid::Uuid::new_v4().to_string(), ..reject }).await,
         Code::NotFound,
     );
 
     // PreviewSchedule: count bounds; an agent without scheduled triggers has no fires.
     let preview = |agent_id: &str, count: i32| pb::PreviewScheduleRequest { agent_id: agent_id.into(), count };
-    expect_code(agents.preview_schedule(preview(&agent.id, 101)).await, Code::InvalidArgument);
-    expect_code(agents.preview_schedule(preview(&agent.id, -1)).await, Code::InvalidArgument);
-    expect_code(stranger.preview_schedule(preview(&agent.id, 5)).await, Code::NotFound);
-    assert!(agents.preview_schedule(preview(&agent.id, 5)).await.unwrap().into_inner().fires.is_empty());
+    expect_code(runs.preview_schedule(preview(&agent.id, 101)).await, Code::InvalidArgument);
+    expect_code(runs.preview_schedule(preview(&agent.id, -1)).await, Code::InvalidArgument);
+    expect_code(stranger_runs.preview_schedule(preview(&agent.id, 5)).await, Code::NotFound);
+    assert!(runs.preview_schedule(preview(&agent.id, 5)).await.unwrap().into_inner().fires.is_empty());
 }

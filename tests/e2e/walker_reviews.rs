@@ -13,9 +13,8 @@ use crate::helpers::*;
 use crate::langflow_support::{RealLangflow, real_langflow_url};
 use crate::walker_support::*;
 
-async fn pending_reviews(agents: &mut AgentClient, agent_id: &str) -> Vec<pb::Review> {
-    agents
-        .list_pending_reviews(pb::ListPendingReviewsRequest { agent_id: agent_id.into(), ..Default::default() })
+async fn pending_reviews(runs: &mut RunClient, agent_id: &str) -> Vec<pb::Review> {
+    runs.list_pending_reviews(pb::ListPendingReviewsRequest { agent_id: agent_id.into(), ..Default::default() })
         .await
         .expect("list pending reviews")
         .into_inner()
@@ -23,13 +22,13 @@ async fn pending_reviews(agents: &mut AgentClient, agent_id: &str) -> Vec<pb::Re
 }
 
 /// Waits for the run's pending review.
-async fn review_of(agents: &mut AgentClient, agent_id: &str, run_id: &str) -> pb::Review {
+async fn review_of(runs: &mut RunClient, agent_id: &str, run_id: &str) -> pb::Review {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(review) = pending_reviews(agents, agent_id).await.into_iter().find(|r| r.run_id == run_id) {
+        if let Some(review) = pending_reviews(runs, agent_id).await.into_iter().find(|r| r.run_id == run_id) {
             return review;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no review came: {:#?}", get_run(agents, run_id).await);
+        assert!(tokio::time::Instant::now() < deadline, "no review came: {:#?}", get_run(runs, run_id).await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -38,28 +37,28 @@ both_backends!(
     async fn a_reviewed_walk_carries_the_edit_to_the_next_step(backend) {
         let langflow = RealLangflow::from_env();
         let app = spawn_walker_app(backend, &real_langflow_url(), &[]).await;
-        let mut agents = app.agents("tenant-walk").await;
+        let mut runs = app.runs("tenant-walk").await;
         let steps = vec![llm("draft", "Draft a post about {input}"), review("check"), llm("polish", "Polish this: {input}")];
         let agent = active_walker(&app, "tenant-walk", config(steps, 1, vec![])).await;
 
-        let run = start_run(&mut agents, &agent.id, "our spring sale").await;
+        let run = start_run(&mut runs, &agent.id, "our spring sale").await;
         assert_eq!(run.status, pb::RunStatus::Queued as i32);
         assert_eq!(run.steps.len(), 3);
         // A watcher that reads the first two events and goes away.
         let mut first = Vec::new();
         let mut stream =
-            agents.watch_run(pb::WatchRunRequest { id: run.id.clone(), from_sequence: 1 }).await.unwrap().into_inner();
+            runs.watch_run(pb::WatchRunRequest { id: run.id.clone(), from_sequence: 1 }).await.unwrap().into_inner();
         for _ in 0..2 {
             first.push(stream.next().await.expect("an event").expect("ok"));
         }
         drop(stream);
 
-        let pending = review_of(&mut agents, &agent.id, &run.id).await;
+        let pending = review_of(&mut runs, &agent.id, &run.id).await;
         assert_eq!(pending.step_id, "check");
         assert_eq!(pending.status, pb::ReviewStatus::Pending as i32);
         assert_eq!(pending.default_action, "REJECT");
         assert!(pending.output.contains("Draft a post about") && pending.output.contains("our spring sale"), "{}", pending.output);
-        let waiting = get_run(&mut agents, &run.id).await;
+        let waiting = get_run(&mut runs, &run.id).await;
         assert_eq!(waiting.status, pb::RunStatus::WaitingReview as i32);
         assert_eq!(waiting.steps[0].input, "our spring sale");
         assert_eq!(waiting.steps[1].input, waiting.steps[0].output);
@@ -73,28 +72,28 @@ both_backends!(
             edited_output: None,
             request_id: String::new(),
         };
-        let status = expect_code(agents.approve_step(approve(&run.id, "draft", &pending.id)).await, Code::FailedPrecondition);
+        let status = expect_code(runs.approve_step(approve(&run.id, "draft", &pending.id)).await, Code::FailedPrecondition);
         assert!(status.message().contains("step_id"), "{}", status.message());
-        let other_run = start_run(&mut agents, &agent.id, "another run").await;
-        let status = expect_code(agents.approve_step(approve(&other_run.id, "check", &pending.id)).await, Code::FailedPrecondition);
+        let other_run = start_run(&mut runs, &agent.id, "another run").await;
+        let status = expect_code(runs.approve_step(approve(&other_run.id, "check", &pending.id)).await, Code::FailedPrecondition);
         assert!(status.message().contains("run_id"), "{}", status.message());
         let unknown = uuid::Uuid::new_v4().to_string();
-        expect_code(agents.approve_step(approve(&run.id, "check", &unknown)).await, Code::NotFound);
-        let mut stranger = app.agents("tenant-stranger").await;
-        expect_code(stranger.approve_step(approve(&run.id, "check", &pending.id)).await, Code::NotFound);
-        assert!(pending_reviews(&mut stranger, "").await.is_empty(), "reviews are the tenant's own");
-        expect_code(agents.approve_step(approve(&run.id, "", &pending.id)).await, Code::InvalidArgument);
+        expect_code(runs.approve_step(approve(&run.id, "check", &unknown)).await, Code::NotFound);
+        let mut stranger_runs = app.runs("tenant-stranger").await;
+        expect_code(stranger_runs.approve_step(approve(&run.id, "check", &pending.id)).await, Code::NotFound);
+        assert!(pending_reviews(&mut stranger_runs, "").await.is_empty(), "reviews are the tenant's own");
+        expect_code(runs.approve_step(approve(&run.id, "", &pending.id)).await, Code::InvalidArgument);
 
         // Approve with an edit: the edit is the review step's output and the next step's input.
         let edit = "EDITED: a warmer post about our spring sale".to_string();
-        let approved = agents
+        let approved = runs
             .approve_step(pb::ApproveStepRequest { edited_output: Some(edit.clone()), ..approve(&run.id, "check", &pending.id) })
             .await
             .unwrap()
             .into_inner();
         assert_ne!(approved.status, pb::RunStatus::WaitingReview as i32);
-        expect_code(agents.approve_step(approve(&run.id, "check", &pending.id)).await, Code::FailedPrecondition);
-        let done = wait_run(&mut agents, &run.id, Duration::from_secs(60), status_is(pb::RunStatus::Succeeded)).await;
+        expect_code(runs.approve_step(approve(&run.id, "check", &pending.id)).await, Code::FailedPrecondition);
+        let done = wait_run(&mut runs, &run.id, Duration::from_secs(60), status_is(pb::RunStatus::Succeeded)).await;
         assert_eq!(done.steps[1].output, edit);
         assert_eq!(done.steps[2].input, edit);
         assert!(done.steps[2].output.contains("Polish this:") && done.steps[2].output.contains(&edit), "{}", done.steps[2].output);
@@ -110,7 +109,7 @@ both_backends!(
         assert!(!langflow.session_messages(&step_session(&run.id, 0)).await.is_empty());
 
         // The watch: from 1 to the end, gap-free; a reconnect from k+1 gives exactly the rest.
-        let all = watch_all(&mut agents, &run.id, 1).await;
+        let all = watch_all(&mut runs, &run.id, 1).await;
         let sequences: Vec<i64> = all.iter().map(|e| e.sequence).collect();
         assert_eq!(sequences, (1..=all.len() as i64).collect::<Vec<_>>());
         assert_eq!(all.first().map(|e| e.kind.as_str()), Some("run_queued"));
@@ -118,12 +117,12 @@ both_backends!(
         assert!(all.iter().any(|e| e.kind == "review_requested" && e.step_id == "check"));
         assert!(all.iter().any(|e| e.kind == "review_approved" && e.step_id == "check"));
         assert_eq!(first, all[..2].to_vec());
-        let rest = watch_all(&mut agents, &run.id, 3).await;
+        let rest = watch_all(&mut runs, &run.id, 3).await;
         assert_eq!(rest, all[2..].to_vec());
 
         // Reject: the other run ends REJECTED, its last step never runs.
-        let pending = review_of(&mut agents, &agent.id, &other_run.id).await;
-        let rejected = agents
+        let pending = review_of(&mut runs, &agent.id, &other_run.id).await;
+        let rejected = runs
             .reject_step(pb::RejectStepRequest {
                 run_id: other_run.id.clone(),
                 step_id: "check".into(),
@@ -138,10 +137,10 @@ both_backends!(
         assert_eq!(rejected.error, "off brand");
         assert_eq!(step_status(&rejected, 1), pb::StepStatus::Rejected);
         assert_eq!(step_status(&rejected, 2), pb::StepStatus::Skipped);
-        assert!(pending_reviews(&mut agents, &agent.id).await.is_empty());
+        assert!(pending_reviews(&mut runs, &agent.id).await.is_empty());
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(langflow.session_messages(&step_session(&other_run.id, 2)).await.is_empty(), "no step after a rejection");
-        let events = watch_all(&mut agents, &other_run.id, 1).await;
+        let events = watch_all(&mut runs, &other_run.id, 1).await;
         assert_eq!(events.last().map(|e| e.kind.as_str()), Some("run_rejected"));
 
         langflow.delete_flow(&agent.langflow_workflow_id).await;

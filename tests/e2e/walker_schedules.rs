@@ -26,11 +26,11 @@ async fn a_seconds_schedule_fires_once_per_tick_across_two_processes() {
     let fake = FakeLangflow::start().await;
     let app = spawn_walker_app(Backend::Postgres, &fake.url(), &[]).await;
     let second = spawn_agent_service(&app.agent_db, &app.workflow.url(), &walker_env(&fake.url(), &[])).await;
-    let mut agents = app.agents("tenant-cron").await;
+    let mut run_client = app.runs("tenant-cron").await;
     let steps = vec![llm("report", "Report for {input}"), output("done")];
     let agent = active_walker(&app, "tenant-cron", config(steps, 0, vec![every_two_seconds()])).await;
 
-    let preview = agents
+    let preview = run_client
         .preview_schedule(pb::PreviewScheduleRequest { agent_id: agent.id.clone(), count: 3 })
         .await
         .unwrap()
@@ -42,7 +42,7 @@ async fn a_seconds_schedule_fires_once_per_tick_across_two_processes() {
     assert_eq!((preview.fires[0].cron.as_str(), preview.fires[0].timezone.as_str()), ("*/2 * * * * *", "Europe/Paris"));
 
     tokio::time::sleep(Duration::from_secs(7)).await;
-    let runs = agents
+    let runs = run_client
         .list_runs(pb::ListRunsRequest { agent_id: agent.id.clone(), page_size: 200, ..Default::default() })
         .await
         .unwrap()
@@ -62,7 +62,7 @@ async fn a_seconds_schedule_fires_once_per_tick_across_two_processes() {
     }
     // They run like any other run.
     let first = runs.last().unwrap();
-    let done = wait_run(&mut agents, &first.id, Duration::from_secs(20), status_is(pb::RunStatus::Succeeded)).await;
+    let done = wait_run(&mut run_client, &first.id, Duration::from_secs(20), status_is(pb::RunStatus::Succeeded)).await;
     assert!(done.output.contains("Report for"), "{}", done.output);
     drop(second);
 }

@@ -79,28 +79,22 @@ pub async fn active_walker(app: &TestApp, tenant: &str, config: wpb::WorkflowCon
         .into_inner()
 }
 
-pub async fn start_run(agents: &mut AgentClient, agent_id: &str, input: &str) -> pb::Run {
-    agents
-        .start_run(pb::StartRunRequest { agent_id: agent_id.into(), input: input.into(), request_id: String::new() })
+pub async fn start_run(runs: &mut RunClient, agent_id: &str, input: &str) -> pb::Run {
+    runs.start_run(pb::StartRunRequest { agent_id: agent_id.into(), input: input.into(), request_id: String::new() })
         .await
         .expect("start run")
         .into_inner()
 }
 
-pub async fn get_run(agents: &mut AgentClient, id: &str) -> pb::Run {
-    agents.get_run(pb::GetRunRequest { id: id.into() }).await.expect("get run").into_inner()
+pub async fn get_run(runs: &mut RunClient, id: &str) -> pb::Run {
+    runs.get_run(pb::GetRunRequest { id: id.into() }).await.expect("get run").into_inner()
 }
 
 /// Waits until the run satisfies `done` (checked every 100 ms), and answers it.
-pub async fn wait_run(
-    agents: &mut AgentClient,
-    id: &str,
-    timeout: Duration,
-    done: impl Fn(&pb::Run) -> bool,
-) -> pb::Run {
+pub async fn wait_run(runs: &mut RunClient, id: &str, timeout: Duration, done: impl Fn(&pb::Run) -> bool) -> pb::Run {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let run = get_run(agents, id).await;
+        let run = get_run(runs, id).await;
         if done(&run) {
             return run;
         }
@@ -118,8 +112,8 @@ pub fn step_status(run: &pb::Run, index: usize) -> pb::StepStatus {
 }
 
 /// Every event of a watch from `from`, until the stream ends.
-pub async fn watch_all(agents: &mut AgentClient, id: &str, from: i64) -> Vec<pb::RunEvent> {
-    let mut stream = agents
+pub async fn watch_all(runs: &mut RunClient, id: &str, from: i64) -> Vec<pb::RunEvent> {
+    let mut stream = runs
         .watch_run(pb::WatchRunRequest { id: id.into(), from_sequence: from })
         .await
         .expect("watch run")

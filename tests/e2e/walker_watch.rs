@@ -24,14 +24,14 @@ const HEARD: Duration = Duration::from_secs(60);
 async fn run_waiting_for_review(app: &TestApp, tenant: &str) -> pb::Run {
     let steps = vec![llm("draft", "Draft a post about {input}"), review("check"), output("publish")];
     let agent = active_walker(app, tenant, config(steps, 0, vec![])).await;
-    let mut agents = app.agents(tenant).await;
-    let run = start_run(&mut agents, &agent.id, "our spring sale").await;
-    wait_run(&mut agents, &run.id, Duration::from_secs(60), status_is(pb::RunStatus::WaitingReview)).await
+    let mut runs = app.runs(tenant).await;
+    let run = start_run(&mut runs, &agent.id, "our spring sale").await;
+    wait_run(&mut runs, &run.id, Duration::from_secs(60), status_is(pb::RunStatus::WaitingReview)).await
 }
 
 /// Approves the run's pending review.
-async fn approve(agents: &mut AgentClient, run: &pb::Run) {
-    let reviews = agents
+async fn approve(runs: &mut RunClient, run: &pb::Run) {
+    let reviews = runs
         .list_pending_reviews(pb::ListPendingReviewsRequest { agent_id: run.agent_id.clone(), ..Default::default() })
         .await
         .unwrap()
@@ -45,11 +45,11 @@ async fn approve(agents: &mut AgentClient, run: &pb::Run) {
         edited_output: None,
         request_id: String::new(),
     };
-    agents.approve_step(request).await.expect("approve");
+    runs.approve_step(request).await.expect("approve");
 }
 
-async fn watch(agents: &mut AgentClient, run_id: &str, from: i64) -> Result<Streaming<pb::RunEvent>, tonic::Status> {
-    agents.watch_run(pb::WatchRunRequest { id: run_id.into(), from_sequence: from }).await.map(|r| r.into_inner())
+async fn watch(runs: &mut RunClient, run_id: &str, from: i64) -> Result<Streaming<pb::RunEvent>, tonic::Status> {
+    runs.watch_run(pb::WatchRunRequest { id: run_id.into(), from_sequence: from }).await.map(|r| r.into_inner())
 }
 
 /// The stream's next event, which must come within [`HEARD`].
@@ -103,14 +103,14 @@ async fn postgres_two_thousand_idle_watches_cost_no_database_commits() {
     let opening = Arc::new(tokio::sync::Semaphore::new(100));
     let mut watchers = Vec::new();
     for connection in 0..CONNECTIONS {
-        let agents = app.agents("tenant-idle").await;
+        let runs = app.runs("tenant-idle").await;
         for _ in 0..WATCHES / CONNECTIONS {
-            let (mut agents, run_id) = (agents.clone(), run.id.clone());
+            let (mut runs, run_id) = (runs.clone(), run.id.clone());
             let (waiting, opening) = (waiting.clone(), opening.clone());
             watchers.push(tokio::spawn(async move {
                 let turn = opening.acquire_owned().await.unwrap();
                 let mut stream =
-                    watch(&mut agents, &run_id, 1).await.unwrap_or_else(|e| panic!("watch {connection}: {e}"));
+                    watch(&mut runs, &run_id, 1).await.unwrap_or_else(|e| panic!("watch {connection}: {e}"));
                 until_kind(&mut stream, "review_requested").await;
                 drop(turn);
                 waiting.fetch_add(1, Ordering::SeqCst);
@@ -146,8 +146,8 @@ async fn postgres_two_thousand_idle_watches_cost_no_database_commits() {
     let windows = windows.into_inner().unwrap();
     eprintln!("commits in each 3 s window with {WATCHES} idle watches: {windows:?}");
 
-    let mut agents = app.agents("tenant-idle").await;
-    approve(&mut agents, &run).await;
+    let mut runs = app.runs("tenant-idle").await;
+    approve(&mut runs, &run).await;
     for watcher in watchers {
         watcher.await.expect("every watcher heard the run end");
     }
@@ -158,11 +158,11 @@ both_backends!(
     async fn a_watcher_hears_its_run_move_without_polling(backend) {
         let app = spawn_walker_app(backend, &real_langflow_url(), &[]).await;
         let run = run_waiting_for_review(&app, "tenant-hear").await;
-        let mut agents = app.agents("tenant-hear").await;
-        let mut stream = watch(&mut agents, &run.id, 1).await.unwrap();
+        let mut runs = app.runs("tenant-hear").await;
+        let mut stream = watch(&mut runs, &run.id, 1).await.unwrap();
         let mut events = until_kind(&mut stream, "review_requested").await;
 
-        approve(&mut agents, &run).await;
+        approve(&mut runs, &run).await;
         events.extend(until_kind(&mut stream, "run_succeeded").await);
         assert!(next_event(&mut stream).await.is_none(), "the stream ends with the run");
         assert_contiguous(&events);
@@ -182,7 +182,7 @@ async fn watches_past_a_limit_are_resource_exhausted_until_clients_go_away() {
     .await;
     let run_a = run_waiting_for_review(&app, "tenant-a").await;
     let run_b = run_waiting_for_review(&app, "tenant-b").await;
-    let (mut on_a, mut on_b) = (app.agents("tenant-a").await, app.agents("tenant-b").await);
+    let (mut on_a, mut on_b) = (app.runs("tenant-a").await, app.runs("tenant-b").await);
 
     let mut open_a = Vec::new();
     for _ in 0..3 {
@@ -237,9 +237,9 @@ async fn a_watch_past_its_lifetime_ends_with_where_to_resume() {
     let app =
         spawn_walker_app(Backend::Postgres, &real_langflow_url(), &[("WATCH_MAX_LIFETIME_SECS", "2".into())]).await;
     let run = run_waiting_for_review(&app, "tenant-life").await;
-    let mut agents = app.agents("tenant-life").await;
+    let mut runs = app.runs("tenant-life").await;
 
-    let mut stream = watch(&mut agents, &run.id, 1).await.unwrap();
+    let mut stream = watch(&mut runs, &run.id, 1).await.unwrap();
     let mut events = until_kind(&mut stream, "review_requested").await;
     let ended = next_event(&mut stream).await.expect("the stream ends with a status").expect_err("not an event");
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
@@ -247,8 +247,8 @@ async fn a_watch_past_its_lifetime_ends_with_where_to_resume() {
     assert!(ended.message().contains(&format!("resume with from_sequence={resume_from}")), "{}", ended.message());
     assert!(next_event(&mut stream).await.is_none());
 
-    approve(&mut agents, &run).await;
-    let mut resumed = watch(&mut agents, &run.id, resume_from).await.unwrap();
+    approve(&mut runs, &run).await;
+    let mut resumed = watch(&mut runs, &run.id, resume_from).await.unwrap();
     events.extend(until_kind(&mut resumed, "run_succeeded").await);
     assert!(next_event(&mut resumed).await.is_none(), "the stream ends with the run");
     assert_contiguous(&events);
@@ -263,9 +263,9 @@ async fn postgres_watchers_recover_when_the_listening_connection_is_killed() {
         "SELECT count(*)::text FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'";
     let first = run_waiting_for_review(&app, "tenant-feed").await;
     let second = run_waiting_for_review(&app, "tenant-feed").await;
-    let mut agents = app.agents("tenant-feed").await;
-    let mut on_first = watch(&mut agents, &first.id, 1).await.unwrap();
-    let mut on_second = watch(&mut agents, &second.id, 1).await.unwrap();
+    let mut runs = app.runs("tenant-feed").await;
+    let mut on_first = watch(&mut runs, &first.id, 1).await.unwrap();
+    let mut on_second = watch(&mut runs, &second.id, 1).await.unwrap();
     until_kind(&mut on_first, "review_requested").await;
     until_kind(&mut on_second, "review_requested").await;
 
@@ -278,12 +278,12 @@ async fn postgres_watchers_recover_when_the_listening_connection_is_killed() {
         .await;
     assert_eq!(killed, "1", "one process, one listening connection");
     // Moved while nobody (or a new connection) listens: heard all the same.
-    approve(&mut agents, &first).await;
+    approve(&mut runs, &first).await;
     until_kind(&mut on_first, "run_succeeded").await;
 
     // Moved once the feed listens again: heard through the new connection.
     let db = &app.agent_db;
     eventually(HEARD, "a listening connection again", move || async move { db.sql(listening).await == "1" }).await;
-    approve(&mut agents, &second).await;
+    approve(&mut runs, &second).await;
     until_kind(&mut on_second, "run_succeeded").await;
 }

@@ -1,8 +1,8 @@
-//! `engarde.agent.v1.AgentService`.
+//! `engarde.agent.v1.AgentService`: agents, their lifecycle, CreateAgentFromWorkflow,
+//! provisioning, installed agents, configuration, upgrades and Langflow links.
 
 use std::sync::Arc;
 
-use engarde::kit::auth::Tenant;
 use engarde::kit::error::{FieldViolation, ServiceError, ServiceResult};
 use engarde::kit::idempotency::IdempotencyKey;
 use engarde::kit::page_budget::PageBudget;
@@ -13,6 +13,7 @@ use engarde::proto::agent::v1::agent_service_server::AgentService;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use super::caller::{Caller, handle};
 use super::convert::{
     agent_config_to_pb, agent_to_pb, agent_type_from_pb, category_from_pb, config_from_pb, installed_to_pb,
     parse_config, parse_id, provision_to_pb, status_from_pb, upgrade_to_pb,
@@ -21,22 +22,18 @@ use crate::domain::configuration::{self, ConfigField, apply_config_update};
 use crate::domain::lifecycle::{self, Transition};
 use crate::domain::mapping::Overrides;
 use crate::domain::provisioning::{MAX_FILTER_WORKFLOW_IDS, ProvisionFilter};
-use crate::domain::{Agent, AgentFilter, AgentType, NewAgent};
-use crate::execution::Executor;
-use crate::linkage::FlowLinker;
+use crate::domain::{Agent, AgentFilter, AgentType, FlowLink, FlowOrigin, NewAgent};
+use crate::linkage::{FlowLinker, check_flow_id};
 use crate::provisioner::Provisioner;
-use crate::storage::{AgentRepository, mutate_agent};
-use crate::walker::Walker;
-use crate::workflows::Credentials;
+use crate::storage::{AgentRepository, mutate_agent, replayed};
 
-/// The service's handlers, over a repository and the workflow-dependent operations.
+/// The service's handlers, over the agent repository, the provisioner (workflow-dependent
+/// operations) and the flow linker (Langflow).
 #[derive(Clone)]
 pub struct AgentApi {
     pub(super) repo: Arc<dyn AgentRepository>,
     pub(super) provisioner: Provisioner,
     pub(super) linker: FlowLinker,
-    pub(super) executor: Executor,
-    pub(super) walker: Walker,
     /// How many bytes of items one page of a List answer may carry.
     pub(super) pages: PageBudget,
 }
@@ -46,30 +43,14 @@ impl AgentApi {
         repo: Arc<dyn AgentRepository>,
         provisioner: Provisioner,
         linker: FlowLinker,
-        executor: Executor,
-        walker: Walker,
         pages: PageBudget,
     ) -> Self {
-        Self { repo, provisioner, linker, executor, walker, pages }
+        Self { repo, provisioner, linker, pages }
     }
 }
 
-/// Who is calling: the authenticated tenant and the credentials to forward to workflow-service.
-pub(super) struct Caller {
-    pub(super) tenant: Tenant,
-    pub(super) credentials: Credentials,
-}
-
-/// Runs a handler body for the caller, turning its error into a status.
-pub(super) async fn handle<Req, Res, F, Fut>(request: Request<Req>, body: F) -> Result<Response<Res>, Status>
-where
-    F: FnOnce(Caller, Req) -> Fut,
-    Fut: Future<Output = ServiceResult<Res>>,
-{
-    let tenant = Tenant::of(&request)?;
-    let credentials = Credentials::of(&request, &tenant);
-    body(Caller { tenant, credentials }, request.into_inner()).await.map(Response::new).map_err(Status::from)
-}
+/// Agents read per page by CheckAgentLinks.
+const CHECK_PAGE: i32 = 200;
 
 /// The fields of UpdateAgent's mask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,21 +305,90 @@ impl AgentService for AgentApi {
         .await
     }
 
+    /// Deletes an agent and the flow it made (a linked flow stays). The flow goes first: if
+    /// Langflow cannot be reached, nothing is deleted and the caller may retry.
     #[tracing::instrument(skip_all)]
     async fn delete_agent(
         &self,
         request: Request<pb::DeleteAgentRequest>,
     ) -> Result<Response<pb::DeleteAgentResponse>, Status> {
         handle(request, |caller, req| async move {
-            let deleted = self.delete(&caller, req).await?;
+            let key = IdempotencyKey::from_request("DeleteAgent", &req.request_id, &req)?;
+            let id = parse_id("id", &req.id)?;
+            if let Some(json) = self.repo.replay(caller.tenant.as_str(), key.as_ref()).await? {
+                let deleted: Uuid = replayed(&json)?;
+                return Ok(pb::DeleteAgentResponse { id: deleted.to_string() });
+            }
+            let agent = self.repo.get(caller.tenant.as_str(), id).await?;
+            lifecycle::ensure_fresh(&agent, &req.etag)?;
+            lifecycle::ensure_deletable(&agent)?;
+            self.linker.delete_owned_flow(&agent).await?;
+            let etag = req.etag;
+            let deleted = self
+                .repo
+                .delete(
+                    caller.tenant.as_str(),
+                    id,
+                    key.as_ref(),
+                    Box::new(move |a| {
+                        lifecycle::ensure_fresh(a, &etag)?;
+                        lifecycle::ensure_deletable(a)
+                    }),
+                )
+                .await?;
+            tracing::info!(agent_id = %deleted, flow_deleted = agent.flow_origin.owned(), "agent deleted");
             Ok(pb::DeleteAgentResponse { id: deleted.to_string() })
         })
         .await
     }
 
+    /// DRAFT -> DEPLOYED. With a Langflow, the agent's flow must exist: a deployment records
+    /// a new deployment id; a missing flow moves the agent to ERROR.
     #[tracing::instrument(skip_all)]
     async fn deploy_agent(&self, request: Request<pb::DeployAgentRequest>) -> Result<Response<pb::Agent>, Status> {
-        handle(request, |caller, req| async move { self.deploy(&caller, req).await }).await
+        handle(request, |caller, req| async move {
+                let key = IdempotencyKey::from_request("DeployAgent", &req.request_id, &req)?;
+                let id = parse_id("id", &req.id)?;
+                if let Some(answer) = self.replay_agent(&caller, key.as_ref()).await? {
+                    return Ok(answer);
+                }
+                let agent = self.repo.get(caller.tenant.as_str(), id).await?;
+                lifecycle::ensure_fresh(&agent, &req.etag)?;
+                let deployment_id = if self.linker.configured() {
+                    if agent.langflow_workflow_id.is_empty() {
+                        return Err(ServiceError::FailedPrecondition(format!(
+                            "agent {id} has no Langflow flow: make one with RegenerateAgentFlow or link one with LinkAgentFlow"
+                        )));
+                    }
+                    if !self.linker.flow_exists(&agent.langflow_workflow_id).await? {
+                        return Err(self.mark_flow_missing(&caller, &agent).await?);
+                    }
+                    Uuid::now_v7().to_string()
+                } else {
+                    String::new()
+                };
+                let checked_flow = agent.langflow_workflow_id.clone();
+                let etag = req.etag;
+                let deployed = mutate_agent(
+                    self.repo.as_ref(),
+                    caller.tenant.as_str(),
+                    id,
+                    key.as_ref(),
+                    Box::new(move |a| {
+                        lifecycle::ensure_fresh(a, &etag)?;
+                        if a.langflow_workflow_id != checked_flow {
+                            return Err(ServiceError::Aborted(format!("agent {id}'s flow changed during deployment; retry")));
+                        }
+                        lifecycle::apply(a, Transition::Deploy)?;
+                        a.langflow_deployment_id = deployment_id;
+                        Ok(())
+                    }),
+                )
+                .await?;
+                tracing::info!(agent_id = %id, deployment_id = deployed.langflow_deployment_id, "agent deployed");
+                Ok(agent_to_pb(&deployed))
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all)]
@@ -519,144 +569,103 @@ impl AgentService for AgentApi {
         .await
     }
 
-    // Langflow linkage: see linkage.rs.
+    // Langflow linkage (the steps they share: linkage.rs).
 
+    #[tracing::instrument(skip_all)]
     async fn link_agent_flow(&self, request: Request<pb::LinkAgentFlowRequest>) -> Result<Response<pb::Agent>, Status> {
-        self.link_flow(request).await
+        handle(request, |caller, req| async move {
+            let key = IdempotencyKey::from_request("LinkAgentFlow", &req.request_id, &req)?;
+            let id = parse_id("agent_id", &req.agent_id)?;
+            check_flow_id(&req.flow_id)?;
+            if let Some(answer) = self.replay_agent(&caller, key.as_ref()).await? {
+                return Ok(answer);
+            }
+            self.repo.get(caller.tenant.as_str(), id).await?;
+            self.linker.claim_for_link(&req.flow_id, caller.tenant.as_str(), req.adopt).await?;
+            let link = FlowLink { flow_id: req.flow_id.clone(), origin: FlowOrigin::Linked };
+            let agent = self.relink(&caller, id, key.as_ref(), req.etag, Some(link)).await?;
+            tracing::info!(agent_id = %id, flow_id = req.flow_id, adopt = req.adopt, "agent linked to an existing flow");
+            Ok(agent_to_pb(&agent))
+        })
+        .await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn unlink_agent_flow(
         &self,
         request: Request<pb::UnlinkAgentFlowRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
-        self.unlink_flow(request).await
+        handle(request, |caller, req| async move {
+            let key = IdempotencyKey::from_request("UnlinkAgentFlow", &req.request_id, &req)?;
+            let id = parse_id("agent_id", &req.agent_id)?;
+            if let Some(answer) = self.replay_agent(&caller, key.as_ref()).await? {
+                return Ok(answer);
+            }
+            let agent = self.relink(&caller, id, key.as_ref(), req.etag, None).await?;
+            tracing::info!(agent_id = %id, "agent unlinked from its flow");
+            Ok(agent_to_pb(&agent))
+        })
+        .await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn regenerate_agent_flow(
         &self,
         request: Request<pb::RegenerateAgentFlowRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
-        self.regenerate_flow(request).await
+        handle(request, |caller, req| async move {
+            let key = IdempotencyKey::from_request("RegenerateAgentFlow", &req.request_id, &req)?;
+            let id = parse_id("agent_id", &req.agent_id)?;
+            if let Some(answer) = self.replay_agent(&caller, key.as_ref()).await? {
+                return Ok(answer);
+            }
+            let agent = self.repo.get(caller.tenant.as_str(), id).await?;
+            lifecycle::ensure_fresh(&agent, &req.etag)?;
+            let link = self
+                .linker
+                .create_flow(caller.tenant.as_str(), id, &agent.name, agent.snapshot.as_ref(), &agent.configuration)
+                .await?;
+            let agent = self.relink(&caller, id, key.as_ref(), req.etag, Some(link)).await?;
+            tracing::info!(agent_id = %id, flow_id = agent.langflow_workflow_id, "agent flow regenerated");
+            Ok(agent_to_pb(&agent))
+        })
+        .await
     }
 
+    #[tracing::instrument(skip_all)]
     async fn check_agent_links(
         &self,
         request: Request<pb::CheckAgentLinksRequest>,
     ) -> Result<Response<pb::CheckAgentLinksResponse>, Status> {
-        self.check_links(request).await
-    }
-
-    // Execution, memory and learning: see execution.rs.
-
-    async fn execute_agent(
-        &self,
-        request: Request<pb::ExecuteAgentRequest>,
-    ) -> Result<Response<pb::ExecuteAgentResponse>, Status> {
-        self.execute(request).await
-    }
-
-    type StreamExecuteAgentStream = super::execution::ExecutionEventStream;
-
-    async fn stream_execute_agent(
-        &self,
-        request: Request<pb::ExecuteAgentRequest>,
-    ) -> Result<Response<Self::StreamExecuteAgentStream>, Status> {
-        self.execute_streamed(request).await
-    }
-
-    async fn get_execution(
-        &self,
-        request: Request<pb::GetExecutionRequest>,
-    ) -> Result<Response<pb::Execution>, Status> {
-        self.execution(request).await
-    }
-
-    async fn list_executions(
-        &self,
-        request: Request<pb::ListExecutionsRequest>,
-    ) -> Result<Response<pb::ListExecutionsResponse>, Status> {
-        self.executions(request).await
-    }
-
-    async fn list_sessions(
-        &self,
-        request: Request<pb::ListSessionsRequest>,
-    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        self.sessions(request).await
-    }
-
-    async fn list_session_messages(
-        &self,
-        request: Request<pb::ListSessionMessagesRequest>,
-    ) -> Result<Response<pb::ListSessionMessagesResponse>, Status> {
-        self.session_messages(request).await
-    }
-
-    async fn clear_session(
-        &self,
-        request: Request<pb::ClearSessionRequest>,
-    ) -> Result<Response<pb::ClearSessionResponse>, Status> {
-        self.forget_session(request).await
-    }
-
-    async fn submit_feedback(
-        &self,
-        request: Request<pb::SubmitFeedbackRequest>,
-    ) -> Result<Response<pb::Feedback>, Status> {
-        self.feedback(request).await
-    }
-
-    async fn list_feedback(
-        &self,
-        request: Request<pb::ListFeedbackRequest>,
-    ) -> Result<Response<pb::ListFeedbackResponse>, Status> {
-        self.feedback_list(request).await
-    }
-
-    // Walker runs, reviews and schedules: see walker.rs.
-
-    async fn start_run(&self, request: Request<pb::StartRunRequest>) -> Result<Response<pb::Run>, Status> {
-        self.run_start(request).await
-    }
-
-    async fn get_run(&self, request: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
-        self.run_get(request).await
-    }
-
-    async fn list_runs(&self, request: Request<pb::ListRunsRequest>) -> Result<Response<pb::ListRunsResponse>, Status> {
-        self.run_list(request).await
-    }
-
-    async fn cancel_run(&self, request: Request<pb::CancelRunRequest>) -> Result<Response<pb::Run>, Status> {
-        self.run_cancel(request).await
-    }
-
-    type WatchRunStream = super::walker::RunEventStream;
-
-    async fn watch_run(&self, request: Request<pb::WatchRunRequest>) -> Result<Response<Self::WatchRunStream>, Status> {
-        self.run_watch(request).await
-    }
-
-    async fn list_pending_reviews(
-        &self,
-        request: Request<pb::ListPendingReviewsRequest>,
-    ) -> Result<Response<pb::ListPendingReviewsResponse>, Status> {
-        self.reviews_pending(request).await
-    }
-
-    async fn approve_step(&self, request: Request<pb::ApproveStepRequest>) -> Result<Response<pb::Run>, Status> {
-        self.review_approve(request).await
-    }
-
-    async fn reject_step(&self, request: Request<pb::RejectStepRequest>) -> Result<Response<pb::Run>, Status> {
-        self.review_reject(request).await
-    }
-
-    async fn preview_schedule(
-        &self,
-        request: Request<pb::PreviewScheduleRequest>,
-    ) -> Result<Response<pb::PreviewScheduleResponse>, Status> {
-        self.schedule_preview(request).await
+        handle(request, |caller, _req| async move {
+            self.linker.client()?;
+            let mut linked = Vec::new();
+            let mut page = PageRequest::parse(CHECK_PAGE, "", String::new())?;
+            loop {
+                let agents = self.repo.list(caller.tenant.as_str(), &AgentFilter::default(), &page).await?;
+                let served = agents.len();
+                let last = agents.last().map(sort_key);
+                linked.extend(agents.into_iter().filter(|a| !a.langflow_workflow_id.is_empty()));
+                let token = page.next_token(served, last);
+                if token.is_empty() {
+                    break;
+                }
+                page = PageRequest::parse(CHECK_PAGE, &token, String::new())?;
+            }
+            let checked = linked.len() as i64;
+            let missing = self.linker.missing_flows(linked).await?;
+            let mut broken = Vec::with_capacity(missing.len());
+            for agent in &missing {
+                self.mark_flow_missing(&caller, agent).await?;
+                broken.push(pb::BrokenLink {
+                    agent_id: agent.id.to_string(),
+                    flow_id: agent.langflow_workflow_id.clone(),
+                });
+            }
+            tracing::info!(checked, broken = broken.len(), "agent links checked");
+            Ok(pb::CheckAgentLinksResponse { checked, broken })
+        })
+        .await
     }
 }
 

@@ -1,24 +1,41 @@
-//! ExecuteAgent, StreamExecuteAgent, executions, memory and feedback.
+//! `engarde.agent.v1.ExecutionService`: ExecuteAgent, StreamExecuteAgent, executions, memory
+//! (sessions) and learning (feedback), over the executor and its execution repository.
 
 use std::pin::Pin;
 use std::time::Duration;
 
 use engarde::kit::error::{FieldViolation, ServiceError, ServiceResult};
 use engarde::kit::idempotency::IdempotencyKey;
+use engarde::kit::page_budget::PageBudget;
 use engarde::kit::pagination::{PageRequest, filter_fingerprint, time_id_key};
 use engarde::kit::request::{invalid_if_any, parse_id};
 use engarde::proto::agent::v1 as pb;
+use engarde::proto::agent::v1::execution_service_server::ExecutionService;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::agent_service::{AgentApi, handle};
+use super::caller::handle;
 use super::execution_convert::{
     execution_status_from_pb, execution_to_pb, feedback_to_pb, message_to_pb, session_to_pb, stream_item_to_pb,
 };
 use crate::execution::model::{ExecutionFilter, check_feedback, check_input, check_session_id, valid_session_id};
-use crate::execution::{ExecuteRequest, parse_grpc_timeout};
+use crate::execution::{ExecuteRequest, Executor, parse_grpc_timeout};
 use crate::storage::executions::NewFeedback;
+
+/// The service's handlers, over the executor (which owns the execution repository).
+#[derive(Clone)]
+pub struct ExecutionApi {
+    executor: Executor,
+    /// How many bytes of items one page of a List answer may carry.
+    pages: PageBudget,
+}
+
+impl ExecutionApi {
+    pub fn new(executor: Executor, pages: PageBudget) -> Self {
+        Self { executor, pages }
+    }
+}
 
 /// The events of a streamed execution.
 pub type ExecutionEventStream = Pin<Box<dyn Stream<Item = Result<pb::ExecutionEvent, Status>> + Send>>;
@@ -80,8 +97,10 @@ fn parse_session(agent_id: &str, session_id: &str) -> ServiceResult<(Uuid, Strin
     Ok((agent, session_id.to_owned()))
 }
 
-impl AgentApi {
-    pub(super) async fn execute(
+#[tonic::async_trait]
+impl ExecutionService for ExecutionApi {
+    #[tracing::instrument(skip_all)]
+    async fn execute_agent(
         &self,
         request: Request<pb::ExecuteAgentRequest>,
     ) -> Result<Response<pb::ExecuteAgentResponse>, Status> {
@@ -94,10 +113,13 @@ impl AgentApi {
         .await
     }
 
-    pub(super) async fn execute_streamed(
+    type StreamExecuteAgentStream = ExecutionEventStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn stream_execute_agent(
         &self,
         request: Request<pb::ExecuteAgentRequest>,
-    ) -> Result<Response<ExecutionEventStream>, Status> {
+    ) -> Result<Response<Self::StreamExecuteAgentStream>, Status> {
         let deadline = caller_deadline(&request);
         handle(request, |caller, req| async move {
             let request = parse_execute(&req, deadline)?;
@@ -111,7 +133,8 @@ impl AgentApi {
         .await
     }
 
-    pub(super) async fn execution(
+    #[tracing::instrument(skip_all)]
+    async fn get_execution(
         &self,
         request: Request<pb::GetExecutionRequest>,
     ) -> Result<Response<pb::Execution>, Status> {
@@ -122,7 +145,8 @@ impl AgentApi {
         .await
     }
 
-    pub(super) async fn executions(
+    #[tracing::instrument(skip_all)]
+    async fn list_executions(
         &self,
         request: Request<pb::ListExecutionsRequest>,
     ) -> Result<Response<pb::ListExecutionsResponse>, Status> {
@@ -160,7 +184,8 @@ impl AgentApi {
         .await
     }
 
-    pub(super) async fn sessions(
+    #[tracing::instrument(skip_all)]
+    async fn list_sessions(
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
@@ -181,7 +206,8 @@ impl AgentApi {
         .await
     }
 
-    pub(super) async fn session_messages(
+    #[tracing::instrument(skip_all)]
+    async fn list_session_messages(
         &self,
         request: Request<pb::ListSessionMessagesRequest>,
     ) -> Result<Response<pb::ListSessionMessagesResponse>, Status> {
@@ -203,7 +229,8 @@ impl AgentApi {
         .await
     }
 
-    pub(super) async fn forget_session(
+    #[tracing::instrument(skip_all)]
+    async fn clear_session(
         &self,
         request: Request<pb::ClearSessionRequest>,
     ) -> Result<Response<pb::ClearSessionResponse>, Status> {
@@ -221,7 +248,8 @@ impl AgentApi {
         .await
     }
 
-    pub(super) async fn feedback(
+    #[tracing::instrument(skip_all)]
+    async fn submit_feedback(
         &self,
         request: Request<pb::SubmitFeedbackRequest>,
     ) -> Result<Response<pb::Feedback>, Status> {
@@ -248,7 +276,8 @@ impl AgentApi {
         .await
     }
 
-    pub(super) async fn feedback_list(
+    #[tracing::instrument(skip_all)]
+    async fn list_feedback(
         &self,
         request: Request<pb::ListFeedbackRequest>,
     ) -> Result<Response<pb::ListFeedbackResponse>, Status> {

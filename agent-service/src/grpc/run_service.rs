@@ -1,26 +1,40 @@
-//! StartRun, GetRun, ListRuns, CancelRun, WatchRun, reviews and PreviewSchedule: parsing at the
-//! edge, the walker and its repository behind.
+//! `engarde.agent.v1.RunService`: StartRun, GetRun, ListRuns, CancelRun, WatchRun, reviews and
+//! PreviewSchedule: parsing at the edge, the walker and its repository behind.
 
 use std::pin::Pin;
 
 use engarde::kit::error::{FieldViolation, ServiceError, ServiceResult};
 use engarde::kit::idempotency::IdempotencyKey;
+use engarde::kit::page_budget::PageBudget;
 use engarde::kit::pagination::time_id_key;
 use engarde::kit::pagination::{PageRequest, filter_fingerprint};
 use engarde::kit::request::{invalid_if_any, parse_id};
 use engarde::proto::agent::v1 as pb;
+use engarde::proto::agent::v1::run_service_server::RunService;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::agent_service::{AgentApi, handle};
+use super::caller::handle;
 use super::convert::timestamp;
-use crate::walker::model::{
-    Review, ReviewDecision, ReviewStatus, Run, RunEvent, RunFilter, RunRequestKey, RunStatus, RunStep, RunTrigger,
-    StepStatus, Verdict,
-};
-use crate::walker::scheduler_preview;
+use super::run_convert::{event_to_pb, review_to_pb, run_status_from_pb, run_to_pb};
+use crate::walker::model::{ReviewDecision, RunFilter, RunRequestKey, Verdict};
 use crate::walker::watch::WatchEnd;
+use crate::walker::{Walker, scheduler_preview};
+
+/// The service's handlers, over the walker (its runs, reviews and watches).
+#[derive(Clone)]
+pub struct RunApi {
+    walker: Walker,
+    /// How many bytes of items one page of a List answer may carry.
+    pages: PageBudget,
+}
+
+impl RunApi {
+    pub fn new(walker: Walker, pages: PageBudget) -> Self {
+        Self { walker, pages }
+    }
+}
 
 /// The events of a watched run.
 pub type RunEventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send>>;
@@ -62,114 +76,6 @@ fn lost_field() -> ServiceError {
     ServiceError::internal(anyhow::anyhow!("validated request lost a field"))
 }
 
-fn run_status_from_pb(value: i32) -> ServiceResult<Option<RunStatus>> {
-    Ok(match pb::RunStatus::try_from(value) {
-        Ok(pb::RunStatus::Unspecified) => None,
-        Ok(pb::RunStatus::Queued) => Some(RunStatus::Queued),
-        Ok(pb::RunStatus::Running) => Some(RunStatus::Running),
-        Ok(pb::RunStatus::WaitingReview) => Some(RunStatus::WaitingReview),
-        Ok(pb::RunStatus::Succeeded) => Some(RunStatus::Succeeded),
-        Ok(pb::RunStatus::Failed) => Some(RunStatus::Failed),
-        Ok(pb::RunStatus::Rejected) => Some(RunStatus::Rejected),
-        Ok(pb::RunStatus::Cancelled) => Some(RunStatus::Cancelled),
-        Err(_) => return Err(ServiceError::invalid("status", format!("{value} is not a RunStatus"))),
-    })
-}
-
-fn run_status_to_pb(s: RunStatus) -> pb::RunStatus {
-    match s {
-        RunStatus::Queued => pb::RunStatus::Queued,
-        RunStatus::Running => pb::RunStatus::Running,
-        RunStatus::WaitingReview => pb::RunStatus::WaitingReview,
-        RunStatus::Succeeded => pb::RunStatus::Succeeded,
-        RunStatus::Failed => pb::RunStatus::Failed,
-        RunStatus::Rejected => pb::RunStatus::Rejected,
-        RunStatus::Cancelled => pb::RunStatus::Cancelled,
-    }
-}
-
-fn step_status_to_pb(s: StepStatus) -> pb::StepStatus {
-    match s {
-        StepStatus::Pending => pb::StepStatus::Pending,
-        StepStatus::Running => pb::StepStatus::Running,
-        StepStatus::WaitingReview => pb::StepStatus::WaitingReview,
-        StepStatus::Succeeded => pb::StepStatus::Succeeded,
-        StepStatus::Failed => pb::StepStatus::Failed,
-        StepStatus::Rejected => pb::StepStatus::Rejected,
-        StepStatus::Skipped => pb::StepStatus::Skipped,
-    }
-}
-
-fn review_status_to_pb(s: ReviewStatus) -> pb::ReviewStatus {
-    match s {
-        ReviewStatus::Pending => pb::ReviewStatus::Pending,
-        ReviewStatus::Approved => pb::ReviewStatus::Approved,
-        ReviewStatus::Rejected => pb::ReviewStatus::Rejected,
-        ReviewStatus::Expired => pb::ReviewStatus::Expired,
-    }
-}
-
-fn step_to_pb(s: &RunStep) -> pb::RunStep {
-    pb::RunStep {
-        index: s.index,
-        step_id: s.step_id.clone(),
-        kind: s.kind.as_str().to_owned(),
-        status: step_status_to_pb(s.status) as i32,
-        input: s.input.clone(),
-        output: s.output.clone(),
-        attempts: s.attempts,
-        error: s.error.clone(),
-        start_time: s.started_at.map(timestamp),
-        finish_time: s.finished_at.map(timestamp),
-    }
-}
-
-fn run_to_pb(r: &Run) -> pb::Run {
-    pb::Run {
-        id: r.id.to_string(),
-        agent_id: r.agent_id.to_string(),
-        status: run_status_to_pb(r.status) as i32,
-        trigger: match r.trigger {
-            RunTrigger::Manual => pb::RunTrigger::Manual,
-            RunTrigger::Scheduled => pb::RunTrigger::Scheduled,
-        } as i32,
-        input: r.input.clone(),
-        output: r.output.clone(),
-        error: r.error.clone(),
-        steps: r.steps.iter().map(step_to_pb).collect(),
-        scheduled_time: r.scheduled_for.map(timestamp),
-        create_time: Some(timestamp(r.created_at)),
-        update_time: Some(timestamp(r.updated_at)),
-        finish_time: r.finished_at.map(timestamp),
-    }
-}
-
-fn review_to_pb(r: &Review) -> pb::Review {
-    pb::Review {
-        id: r.id.to_string(),
-        run_id: r.run_id.to_string(),
-        agent_id: r.agent_id.to_string(),
-        step_id: r.step_id.clone(),
-        output: r.output.clone(),
-        status: review_status_to_pb(r.status) as i32,
-        deadline: Some(timestamp(r.deadline)),
-        default_action: r.default_action.as_str().to_uppercase(),
-        create_time: Some(timestamp(r.created_at)),
-        decide_time: r.decided_at.map(timestamp),
-    }
-}
-
-fn event_to_pb(e: RunEvent) -> pb::RunEvent {
-    pb::RunEvent {
-        sequence: e.sequence,
-        run_id: e.run_id.to_string(),
-        kind: e.kind,
-        step_id: e.step_id,
-        detail: e.detail,
-        time: Some(timestamp(e.created_at)),
-    }
-}
-
 /// How a watch that ended before its run is answered.
 fn watch_end(end: WatchEnd) -> Status {
     match end {
@@ -182,26 +88,28 @@ fn watch_end(end: WatchEnd) -> Status {
     }
 }
 
-impl AgentApi {
-    /// The review decision named by a request's run, step and review ids.
-    fn decision(
-        run_id: &str,
-        step_id: &str,
-        review_id: &str,
-        mut violations: Vec<FieldViolation>,
-        verdict: Verdict,
-    ) -> ServiceResult<ReviewDecision> {
-        let run = id_field("run_id", run_id, &mut violations);
-        let review = id_field("review_id", review_id, &mut violations);
-        if step_id.is_empty() {
-            violations.push(FieldViolation::new("step_id", "is required"));
-        }
-        invalid_if_any(violations)?;
-        let (Some(run_id), Some(review_id)) = (run, review) else { return Err(lost_field()) };
-        Ok(ReviewDecision { run_id, step_id: step_id.to_owned(), review_id, verdict })
+/// The review decision named by a request's run, step and review ids.
+fn decision(
+    run_id: &str,
+    step_id: &str,
+    review_id: &str,
+    mut violations: Vec<FieldViolation>,
+    verdict: Verdict,
+) -> ServiceResult<ReviewDecision> {
+    let run = id_field("run_id", run_id, &mut violations);
+    let review = id_field("review_id", review_id, &mut violations);
+    if step_id.is_empty() {
+        violations.push(FieldViolation::new("step_id", "is required"));
     }
+    invalid_if_any(violations)?;
+    let (Some(run_id), Some(review_id)) = (run, review) else { return Err(lost_field()) };
+    Ok(ReviewDecision { run_id, step_id: step_id.to_owned(), review_id, verdict })
+}
 
-    pub(super) async fn run_start(&self, request: Request<pb::StartRunRequest>) -> Result<Response<pb::Run>, Status> {
+#[tonic::async_trait]
+impl RunService for RunApi {
+    #[tracing::instrument(skip_all)]
+    async fn start_run(&self, request: Request<pb::StartRunRequest>) -> Result<Response<pb::Run>, Status> {
         handle(request, |caller, req| async move {
             let key = IdempotencyKey::from_request("StartRun", &req.request_id, &req)?
                 .map(|k| RunRequestKey { request_id: k.request_id, fingerprint: k.fingerprint });
@@ -217,7 +125,8 @@ impl AgentApi {
         .await
     }
 
-    pub(super) async fn run_get(&self, request: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
+    #[tracing::instrument(skip_all)]
+    async fn get_run(&self, request: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
         handle(request, |caller, req| async move {
             let id = parse_id("id", &req.id)?;
             Ok(run_to_pb(&self.walker.runs().get(caller.tenant.as_str(), id).await?))
@@ -225,10 +134,8 @@ impl AgentApi {
         .await
     }
 
-    pub(super) async fn run_list(
-        &self,
-        request: Request<pb::ListRunsRequest>,
-    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+    #[tracing::instrument(skip_all)]
+    async fn list_runs(&self, request: Request<pb::ListRunsRequest>) -> Result<Response<pb::ListRunsResponse>, Status> {
         handle(request, |caller, req| async move {
             let filter = RunFilter {
                 agent_id: optional_id("agent_id", &req.agent_id)?,
@@ -252,7 +159,8 @@ impl AgentApi {
         .await
     }
 
-    pub(super) async fn run_cancel(&self, request: Request<pb::CancelRunRequest>) -> Result<Response<pb::Run>, Status> {
+    #[tracing::instrument(skip_all)]
+    async fn cancel_run(&self, request: Request<pb::CancelRunRequest>) -> Result<Response<pb::Run>, Status> {
         handle(request, |caller, req| async move {
             let key = IdempotencyKey::from_request("CancelRun", &req.request_id, &req)?;
             let mut violations = Vec::new();
@@ -267,10 +175,10 @@ impl AgentApi {
         .await
     }
 
-    pub(super) async fn run_watch(
-        &self,
-        request: Request<pb::WatchRunRequest>,
-    ) -> Result<Response<RunEventStream>, Status> {
+    type WatchRunStream = RunEventStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn watch_run(&self, request: Request<pb::WatchRunRequest>) -> Result<Response<Self::WatchRunStream>, Status> {
         handle(request, |caller, req| async move {
             let id = parse_id("id", &req.id)?;
             let from = match req.from_sequence {
@@ -291,7 +199,8 @@ impl AgentApi {
         .await
     }
 
-    pub(super) async fn reviews_pending(
+    #[tracing::instrument(skip_all)]
+    async fn list_pending_reviews(
         &self,
         request: Request<pb::ListPendingReviewsRequest>,
     ) -> Result<Response<pb::ListPendingReviewsResponse>, Status> {
@@ -312,10 +221,8 @@ impl AgentApi {
         .await
     }
 
-    pub(super) async fn review_approve(
-        &self,
-        request: Request<pb::ApproveStepRequest>,
-    ) -> Result<Response<pb::Run>, Status> {
+    #[tracing::instrument(skip_all)]
+    async fn approve_step(&self, request: Request<pb::ApproveStepRequest>) -> Result<Response<pb::Run>, Status> {
         handle(request, |caller, req| async move {
             let key = IdempotencyKey::from_request("ApproveStep", &req.request_id, &req)?;
             let mut violations = Vec::new();
@@ -323,7 +230,7 @@ impl AgentApi {
                 check_text("edited_output", edited, false, MAX_TEXT_CHARS, &mut violations);
             }
             let verdict = Verdict::Approve { edited_output: req.edited_output.clone() };
-            let decision = Self::decision(&req.run_id, &req.step_id, &req.review_id, violations, verdict)?;
+            let decision = decision(&req.run_id, &req.step_id, &req.review_id, violations, verdict)?;
             let run = self.walker.runs().decide(caller.tenant.as_str(), decision, key.as_ref()).await?;
             tracing::info!(run_id = %run.id, review_id = req.review_id, "review approved");
             self.walker.wake();
@@ -332,10 +239,8 @@ impl AgentApi {
         .await
     }
 
-    pub(super) async fn review_reject(
-        &self,
-        request: Request<pb::RejectStepRequest>,
-    ) -> Result<Response<pb::Run>, Status> {
+    #[tracing::instrument(skip_all)]
+    async fn reject_step(&self, request: Request<pb::RejectStepRequest>) -> Result<Response<pb::Run>, Status> {
         handle(request, |caller, req| async move {
             let key = IdempotencyKey::from_request("RejectStep", &req.request_id, &req)?;
             let mut violations = Vec::new();
@@ -344,8 +249,7 @@ impl AgentApi {
                 "" => "rejected by a reviewer".to_owned(),
                 reason => reason.to_owned(),
             };
-            let decision =
-                Self::decision(&req.run_id, &req.step_id, &req.review_id, violations, Verdict::Reject { reason })?;
+            let decision = decision(&req.run_id, &req.step_id, &req.review_id, violations, Verdict::Reject { reason })?;
             let run = self.walker.runs().decide(caller.tenant.as_str(), decision, key.as_ref()).await?;
             tracing::info!(run_id = %run.id, review_id = req.review_id, "review rejected");
             Ok(run_to_pb(&run))
@@ -353,7 +257,8 @@ impl AgentApi {
         .await
     }
 
-    pub(super) async fn schedule_preview(
+    #[tracing::instrument(skip_all)]
+    async fn preview_schedule(
         &self,
         request: Request<pb::PreviewScheduleRequest>,
     ) -> Result<Response<pb::PreviewScheduleResponse>, Status> {
