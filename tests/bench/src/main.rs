@@ -7,7 +7,6 @@
 //! when a call failed or a service did not start (such a run measures nothing), never because a
 //! target was missed.
 
-#[path = "../bench/mod.rs"]
 mod bench;
 
 use std::collections::BTreeSet;

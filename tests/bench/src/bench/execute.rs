@@ -24,7 +24,7 @@ use super::stats::Summary;
 use super::{Ctx, sample_workflow};
 
 /// Langflow's component catalog as the real server answers it (the flow builder reads it).
-const CATALOG: &str = include_str!("../../tests/e2e/fixtures/langflow_catalog.json");
+const CATALOG: &str = include_str!("../../../e2e/fixtures/langflow_catalog.json");
 
 /// What the execute benchmark found.
 #[allow(clippy::large_enum_variant)] // made once per run
