@@ -115,7 +115,9 @@ both_backends!(
 async fn streamed_events_reach_the_caller_as_they_arrive() {
     use pb::execution_event::Event;
     let fake = FakeLangflow::start().await;
-    fake.set_event_gap(Duration::from_millis(700));
+    // A second apart: a forwarder that buffered would deliver the answer and the end within
+    // milliseconds of each other, so 300 ms tells the two apart with room for a loaded machine.
+    fake.set_event_gap(Duration::from_millis(1000));
     let app = spawn_with_langflow(Backend::Sqlite, &fake.url(), &[]).await;
     let (_, agent) = active_agent(&app, "tenant-a").await;
     let mut executions = app.executions("tenant-a").await;
@@ -125,7 +127,7 @@ async fn streamed_events_reach_the_caller_as_they_arrive() {
     while let Some(event) = stream.message().await.unwrap() {
         arrivals.push((began.elapsed(), event.event.unwrap()));
     }
-    // The fake sends: the echo, the answer, `end`, 700 ms apart.
+    // The fake sends: the echo, the answer, `end`, 1 s apart.
     assert!(matches!(arrivals[0].1, Event::Started(_)), "{arrivals:?}");
     let answer =
         arrivals.iter().find(|(_, e)| matches!(e, Event::OutputText(t) if t.contains("tulips"))).expect("text");
@@ -134,7 +136,7 @@ async fn streamed_events_reach_the_caller_as_they_arrive() {
     };
     assert_eq!(finished.status, SUCCEEDED);
     assert!(
-        *finished_at >= answer.0 + Duration::from_millis(500),
+        *finished_at >= answer.0 + Duration::from_millis(300),
         "the answer arrived before the end, not all at once: {arrivals:?}"
     );
     assert!(arrivals[0].0 + Duration::from_millis(1000) <= *finished_at, "started came first: {arrivals:?}");
