@@ -7,6 +7,8 @@ pub mod lifecycle;
 pub mod mapping;
 pub mod model;
 pub mod provisioning;
+pub mod run;
+pub mod run_machine;
 pub mod upgrade;
 
 pub use model::*;

@@ -8,6 +8,7 @@ use engarde::proto::workflow::v1 as workflow_pb;
 use uuid::Uuid;
 
 use crate::domain::WorkflowSnapshot;
+use crate::domain::run::is_llm;
 use crate::langflow::LangflowError;
 
 /// The longest input an execution takes, in characters.
@@ -268,17 +269,12 @@ pub fn langflow_session_id(agent_id: Uuid, session_id: &str) -> String {
 /// first llm step; an agent without a snapshot (or without llm steps) runs with an empty prompt.
 pub fn pick_step(snapshot: Option<&WorkflowSnapshot>, step_id: &str) -> Result<(String, String), ServiceError> {
     let steps = snapshot.map(|s| s.config.steps.as_slice()).unwrap_or_default();
-    let is_llm = |s: &&workflow_pb::Step| {
-        matches!(
-            workflow_pb::StepKind::try_from(s.kind),
-            Ok(workflow_pb::StepKind::Llm | workflow_pb::StepKind::Unspecified)
-        )
-    };
+    let llm = |s: &&workflow_pb::Step| is_llm(s.kind);
     if step_id.is_empty() {
-        return Ok(steps.iter().find(is_llm).map(|s| (s.id.clone(), s.prompt.clone())).unwrap_or_default());
+        return Ok(steps.iter().find(llm).map(|s| (s.id.clone(), s.prompt.clone())).unwrap_or_default());
     }
     match steps.iter().find(|s| s.id == step_id) {
-        Some(step) if is_llm(&step) => Ok((step.id.clone(), step.prompt.clone())),
+        Some(step) if llm(&step) => Ok((step.id.clone(), step.prompt.clone())),
         Some(_) => Err(ServiceError::invalid("step_id", format!("step {step_id:?} is not an llm step"))),
         None => Err(ServiceError::invalid("step_id", format!("the agent's workflow has no step {step_id:?}"))),
     }

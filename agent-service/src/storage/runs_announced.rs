@@ -16,7 +16,7 @@ use engarde::kit::pagination::PageRequest;
 use uuid::Uuid;
 
 use super::runs::{Lease, RunRepository, StepOutcome, StepWork};
-use crate::walker::model::{
+use crate::domain::run::{
     NewRun, Review, ReviewDecision, Run, RunEvent, RunFilter, RunRequestKey, RunStatus, ScheduledAgent, TickOutcome,
 };
 use crate::walker::run_events::RunEvents;

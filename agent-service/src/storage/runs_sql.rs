@@ -10,9 +10,10 @@ use chrono::{DateTime, Utc};
 use engarde::kit::error::ServiceError;
 use uuid::Uuid;
 
-use crate::walker::model::{
+use crate::domain::run::{
     Review, ReviewAction, ReviewStatus, Run, RunEvent, RunRules, RunStatus, RunStep, RunTrigger, StepKind, StepStatus,
 };
+use crate::domain::run_machine::{Refusal, RunState};
 
 /// The columns of `runs` every query reads, in [`RunRow`]'s order.
 const RUN_COLUMNS: &str = "id, tenant_id, agent_id, status, trigger_kind, input, output, error, current_step, \
@@ -34,6 +35,21 @@ fn excerpt(text: &str) -> String {
         out.push('…');
     }
     out
+}
+
+/// The answer to a caller whose event the state machine refused.
+fn refused(id: Uuid, refusal: Refusal) -> ServiceError {
+    match refusal {
+        Refusal::Ended(status) => {
+            ServiceError::FailedPrecondition(format!("run {id} has already ended ({})", status.as_str()))
+        }
+        Refusal::ReviewNotPending(status) => {
+            ServiceError::FailedPrecondition(format!("the review of run {id} is {}, not pending", status.as_str()))
+        }
+        Refusal::NotOurs | Refusal::StaleStep => {
+            ServiceError::FailedPrecondition(format!("run {id} is not at that step any more"))
+        }
+    }
 }
 
 fn corrupt(what: &str, id: &str) -> ServiceError {
@@ -79,6 +95,18 @@ impl RunRow {
 
     fn holds(&self, token: &str) -> bool {
         self.lease_owner.as_deref() == Some(token)
+    }
+
+    /// The run as the state machine sees it; `lease_token`: the worker's, for worker events.
+    fn state<'a>(&'a self, steps: &'a [RunStep], lease_token: Option<&str>) -> Result<RunState<'a>, ServiceError> {
+        Ok(RunState {
+            status: self.status()?,
+            holds_lease: lease_token.is_some_and(|token| self.holds(token)),
+            current_step: self.current_step,
+            input: &self.input,
+            rules: self.rules()?,
+            steps,
+        })
     }
 
     fn into_run(self, steps: Vec<RunStep>) -> Result<Run, ServiceError> {
@@ -211,16 +239,16 @@ macro_rules! run_repository {
             use uuid::Uuid;
 
             use super::{
-                EventRow, REVIEW_COLUMNS, RUN_COLUMNS, ReviewRow, RunRow, STEP_COLUMNS, StepRow, excerpt,
+                EventRow, REVIEW_COLUMNS, RUN_COLUMNS, ReviewRow, RunRow, STEP_COLUMNS, StepRow, excerpt, refused,
             };
+            use crate::domain::run_machine::{self, Change, Refusal, RunEventIn, Transition};
             use crate::domain::now;
-            use crate::storage::{json_strings, replayed};
-            use crate::storage::runs::{Lease, RunRepository, StepOutcome, StepWork};
-            use crate::walker::model::{
-                NewRun, Review, ReviewAction, ReviewDecision, ReviewStatus, Run, RunEvent, RunFilter,
-                RunRequestKey, RunStatus, RunStep, ScheduledAgent, StepKind, StepStatus, TickOutcome, Verdict,
-                has_scheduled_trigger,
+            use crate::domain::run::{
+                NewRun, Review, ReviewDecision, Run, RunEvent, RunFilter, RunRequestKey, RunStatus, RunStep,
+                ScheduledAgent, StepStatus, TickOutcome, has_scheduled_trigger,
             };
+            use crate::storage::runs::{Lease, RunRepository, StepOutcome, StepWork};
+            use crate::storage::{json_strings, replayed};
 
             engarde::idempotency_sql!($db);
 
@@ -323,40 +351,9 @@ macro_rules! run_repository {
                 Ok(())
             }
 
-            /// Marks a step started: RUNNING (or as given), one more attempt, with its input.
-            async fn start(
-                conn: &mut Conn,
-                run_id: &str,
-                step: &RunStep,
-                status: StepStatus,
-                input: &str,
-                at: DateTime<Utc>,
-            ) -> ServiceResult<()> {
-                sqlx::query(
-                    "UPDATE run_steps SET status = $1, attempts = attempts + 1, input = $2, error = '', \
-                     started_at = $3, finished_at = NULL WHERE run_id = $4 AND step_index = $5",
-                )
-                .bind(status.as_str())
-                .bind(input)
-                .bind(at)
-                .bind(run_id)
-                .bind(step.index)
-                .execute(&mut *conn)
-                .await?;
-                event(conn, run_id, "step_started", &step.step_id, &format!("attempt {}", step.attempts + 1), at)
-                    .await
-            }
-
             /// Ends the run in `status` (FAILED, REJECTED, CANCELLED) with `error`; its steps not
             /// done are SKIPPED and its pending reviews EXPIRED.
-            async fn end_run(
-                conn: &mut Conn,
-                run_id: &str,
-                status: RunStatus,
-                error: &str,
-                event_kind: &str,
-                at: DateTime<Utc>,
-            ) -> ServiceResult<()> {
+            async fn end_run(conn: &mut Conn, run_id: &str, status: RunStatus, error: &str, at: DateTime<Utc>) -> ServiceResult<()> {
                 sqlx::query(
                     "UPDATE runs SET status = $1, error = $2, finished_at = $3, updated_at = $3, \
                      lease_owner = NULL, lease_expires_at = NULL WHERE id = $4",
@@ -380,53 +377,22 @@ macro_rules! run_repository {
                 )
                 .bind(at)
                 .bind(run_id)
-                .execute(&mut *conn)
-                .await?;
-                event(conn, run_id, event_kind, "", error, at).await
-            }
-
-            /// Moves the run past step `next - 1` (whose output was `last_output`): to the next
-            /// step for any worker, or SUCCEEDED after the last. Releases the lease.
-            async fn advance(conn: &mut Conn, run_id: &str, next: i32, last_output: &str, at: DateTime<Utc>) -> ServiceResult<()> {
-                let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM run_steps WHERE run_id = $1")
-                    .bind(run_id)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                if i64::from(next) >= count {
-                    sqlx::query(
-                        "UPDATE runs SET status = 'succeeded', output = $1, current_step = $2, finished_at = $3, \
-                         updated_at = $3, lease_owner = NULL, lease_expires_at = NULL WHERE id = $4",
-                    )
-                    .bind(last_output)
-                    .bind(next)
-                    .bind(at)
-                    .bind(run_id)
-                    .execute(&mut *conn)
-                    .await?;
-                    return event(conn, run_id, "run_succeeded", "", last_output, at).await;
-                }
-                sqlx::query(
-                    "UPDATE runs SET status = 'running', current_step = $1, next_attempt_at = $2, updated_at = $2, \
-                     lease_owner = NULL, lease_expires_at = NULL WHERE id = $3",
-                )
-                .bind(next)
-                .bind(at)
-                .bind(run_id)
                 .execute(conn)
                 .await?;
                 Ok(())
             }
 
-            /// Pauses the run on `step` until a person (or the deadline) decides on `text`.
+            /// Pauses the run on step `index` until a person (or the deadline) decides on `text`.
             async fn request_review(
                 conn: &mut Conn,
                 run: &RunRow,
-                step: &RunStep,
+                index: i32,
+                step_id: &str,
                 text: &str,
                 at: DateTime<Utc>,
             ) -> ServiceResult<()> {
                 let rules = run.rules()?;
-                set_step(conn, &run.id, step.index, StepStatus::WaitingReview, Some(text), "", None).await?;
+                set_step(conn, &run.id, index, StepStatus::WaitingReview, Some(text), "", None).await?;
                 let review_id = Uuid::now_v7();
                 sqlx::query(
                     "INSERT INTO reviews (id, tenant_id, run_id, agent_id, step_index, step_id, status, output, \
@@ -436,8 +402,8 @@ macro_rules! run_repository {
                 .bind(&run.tenant_id)
                 .bind(&run.id)
                 .bind(&run.agent_id)
-                .bind(step.index)
-                .bind(&step.step_id)
+                .bind(index)
+                .bind(step_id)
                 .bind(text)
                 .bind(at + chrono::Duration::seconds(rules.review_timeout_secs))
                 .bind(rules.review_default_action.as_str())
@@ -452,56 +418,120 @@ macro_rules! run_repository {
                 .bind(&run.id)
                 .execute(&mut *conn)
                 .await?;
-                event(conn, &run.id, "review_requested", &step.step_id, &format!("review {review_id}"), at).await
+                event(conn, &run.id, "review_requested", step_id, &format!("review {review_id}"), at).await
             }
 
-            /// Applies a verdict to a pending review of a run the caller holds the lock of.
-            async fn apply_verdict(
+            /// Writes what the state machine decided, in its order. Callers hold the run's lock;
+            /// `review` is the review a decision is about.
+            async fn apply(
                 conn: &mut Conn,
-                review: &Review,
-                verdict: &Verdict,
-                expired: bool,
+                run: &RunRow,
+                review: Option<&Review>,
+                changes: Vec<Change>,
                 at: DateTime<Utc>,
             ) -> ServiceResult<()> {
-                let run_id = review.run_id.to_string();
-                let step_id = review.step_id.as_str();
-                match verdict {
-                    Verdict::Approve { edited_output } => {
-                        let status = if expired { ReviewStatus::Expired } else { ReviewStatus::Approved };
-                        sqlx::query(
-                            "UPDATE reviews SET status = $1, edited_output = $2, decided_at = $3 WHERE id = $4",
-                        )
-                        .bind(status.as_str())
-                        .bind(edited_output.as_deref())
-                        .bind(at)
-                        .bind(review.id.to_string())
-                        .execute(&mut *conn)
-                        .await?;
-                        let (kind, detail) = match (expired, edited_output) {
-                            (true, _) => ("review_expired", "approved by default at the deadline"),
-                            (false, Some(_)) => ("review_approved", "approved with an edited output"),
-                            (false, None) => ("review_approved", "approved"),
-                        };
-                        event(conn, &run_id, kind, step_id, detail, at).await?;
-                        let text = edited_output.as_deref().unwrap_or(&review.output);
-                        set_step(conn, &run_id, review.step_index, StepStatus::Succeeded, Some(text), "", Some(at)).await?;
-                        event(conn, &run_id, "step_succeeded", step_id, text, at).await?;
-                        advance(conn, &run_id, review.step_index + 1, text, at).await
-                    }
-                    Verdict::Reject { reason } => {
-                        let status = if expired { ReviewStatus::Expired } else { ReviewStatus::Rejected };
-                        sqlx::query("UPDATE reviews SET status = $1, decided_at = $2 WHERE id = $3")
+                let run_id = run.id.as_str();
+                for change in changes {
+                    match change {
+                        Change::RunStarted => {
+                            sqlx::query("UPDATE runs SET status = 'running', updated_at = $1 WHERE id = $2")
+                                .bind(at)
+                                .bind(run_id)
+                                .execute(&mut *conn)
+                                .await?;
+                        }
+                        Change::StepStarted { index, status, input } => {
+                            sqlx::query(
+                                "UPDATE run_steps SET status = $1, attempts = attempts + 1, input = $2, error = '', \
+                                 started_at = $3, finished_at = NULL WHERE run_id = $4 AND step_index = $5",
+                            )
                             .bind(status.as_str())
+                            .bind(input)
+                            .bind(at)
+                            .bind(run_id)
+                            .bind(index)
+                            .execute(&mut *conn)
+                            .await?;
+                        }
+                        Change::SetStep { index, status, output, error, finished } => {
+                            let finished = finished.then_some(at);
+                            set_step(conn, run_id, index, status, output.as_deref(), &error, finished).await?;
+                        }
+                        Change::RunOutput(output) => {
+                            sqlx::query("UPDATE runs SET output = $1 WHERE id = $2")
+                                .bind(output)
+                                .bind(run_id)
+                                .execute(&mut *conn)
+                                .await?;
+                        }
+                        Change::Event { kind, step_id, detail } => event(conn, run_id, kind, &step_id, &detail, at).await?,
+                        Change::MoveTo { next } => {
+                            sqlx::query(
+                                "UPDATE runs SET status = 'running', current_step = $1, next_attempt_at = $2, updated_at = $2, \
+                                 lease_owner = NULL, lease_expires_at = NULL WHERE id = $3",
+                            )
+                            .bind(next)
+                            .bind(at)
+                            .bind(run_id)
+                            .execute(&mut *conn)
+                            .await?;
+                        }
+                        Change::Succeed { current_step, output } => {
+                            sqlx::query(
+                                "UPDATE runs SET status = 'succeeded', output = $1, current_step = $2, finished_at = $3, \
+                                 updated_at = $3, lease_owner = NULL, lease_expires_at = NULL WHERE id = $4",
+                            )
+                            .bind(output)
+                            .bind(current_step)
+                            .bind(at)
+                            .bind(run_id)
+                            .execute(&mut *conn)
+                            .await?;
+                        }
+                        Change::RequestReview { index, step_id, text } => {
+                            request_review(conn, run, index, &step_id, &text, at).await?
+                        }
+                        Change::RetryLater { delay } => {
+                            sqlx::query(
+                                "UPDATE runs SET next_attempt_at = $1, updated_at = $2, lease_owner = NULL, \
+                                 lease_expires_at = NULL WHERE id = $3",
+                            )
+                            .bind(at + delay)
+                            .bind(at)
+                            .bind(run_id)
+                            .execute(&mut *conn)
+                            .await?;
+                        }
+                        Change::DecideReview { status, edited_output } => {
+                            let review = review.ok_or_else(|| {
+                                ServiceError::internal(anyhow::anyhow!("run {run_id}: a review decision without a review"))
+                            })?;
+                            sqlx::query(
+                                "UPDATE reviews SET status = $1, edited_output = $2, decided_at = $3 WHERE id = $4",
+                            )
+                            .bind(status.as_str())
+                            .bind(edited_output)
                             .bind(at)
                             .bind(review.id.to_string())
                             .execute(&mut *conn)
                             .await?;
-                        let kind = if expired { "review_expired" } else { "review_rejected" };
-                        event(conn, &run_id, kind, step_id, reason, at).await?;
-                        set_step(conn, &run_id, review.step_index, StepStatus::Rejected, None, reason, Some(at)).await?;
-                        end_run(conn, &run_id, RunStatus::Rejected, reason, "run_rejected", at).await
+                        }
+                        Change::End { status, error } => end_run(conn, run_id, status, &error, at).await?,
                     }
                 }
+                Ok(())
+            }
+
+            /// Loads the run's steps and asks the state machine what `happened` changes.
+            async fn transition(
+                conn: &mut Conn,
+                run: &RunRow,
+                lease: Option<&Lease>,
+                happened: RunEventIn<'_>,
+            ) -> ServiceResult<Result<Transition, Refusal>> {
+                let steps = steps(conn, &run.id).await?;
+                let state = run.state(&steps, lease.map(|l| l.token.as_str()))?;
+                Ok(run_machine::decide(&state, happened))
             }
 
             async fn review_by_id(conn: &mut Conn, tenant: &str, id: Uuid) -> ServiceResult<Option<Review>> {
@@ -682,15 +712,10 @@ macro_rules! run_repository {
                         return replayed(&json);
                     }
                     let run = lock_run(&mut tx, id).await?.filter(|r| r.tenant_id == tenant).ok_or_else(|| not_found(id))?;
-                    let status = run.status()?;
-                    if status.is_final() {
-                        return Err(ServiceError::FailedPrecondition(format!(
-                            "run {id} has already ended ({})",
-                            status.as_str()
-                        )));
+                    match transition(&mut tx, &run, None, RunEventIn::Cancel { reason: reason.to_string() }).await? {
+                        Ok(t) => apply(&mut tx, &run, None, t.changes, now()).await?,
+                        Err(refusal) => return Err(refused(id, refusal)),
                     }
-                    let reason = if reason.is_empty() { "cancelled" } else { reason };
-                    end_run(&mut tx, &run.id, RunStatus::Cancelled, reason, "run_cancelled", now()).await?;
                     let cancelled = read_run(&mut tx, tenant, id).await?;
                     complete_idempotency(&mut tx, tenant, key, &cancelled).await?;
                     tx.commit().await?;
@@ -752,17 +777,21 @@ macro_rules! run_repository {
                     }
                     // The run's lock first, as every change of a run takes it; then the review
                     // as it is now.
-                    lock_run(&mut tx, review.run_id).await?.ok_or_else(|| not_found(review.run_id))?;
+                    let run = lock_run(&mut tx, review.run_id).await?.ok_or_else(|| not_found(review.run_id))?;
                     let review = review_by_id(&mut tx, tenant, review_id)
                         .await?
                         .ok_or_else(|| ServiceError::not_found(format!("review {review_id}")))?;
-                    if review.status != ReviewStatus::Pending {
-                        return Err(ServiceError::FailedPrecondition(format!(
-                            "review {review_id} is {}, not pending",
-                            review.status.as_str()
-                        )));
+                    let happened = RunEventIn::ReviewDecided { review: &review, verdict: decision.verdict };
+                    match transition(&mut tx, &run, None, happened).await? {
+                        Ok(t) => apply(&mut tx, &run, Some(&review), t.changes, now()).await?,
+                        Err(Refusal::ReviewNotPending(status)) => {
+                            return Err(ServiceError::FailedPrecondition(format!(
+                                "review {review_id} is {}, not pending",
+                                status.as_str()
+                            )));
+                        }
+                        Err(refusal) => return Err(refused(review.run_id, refusal)),
                     }
-                    apply_verdict(&mut tx, &review, &decision.verdict, false, now()).await?;
                     let run = read_run(&mut tx, tenant, review.run_id).await?;
                     complete_idempotency(&mut tx, tenant, key, &run).await?;
                     tx.commit().await?;
@@ -783,19 +812,14 @@ macro_rules! run_repository {
                         let id = Uuid::parse_str(&id).map_err(ServiceError::internal)?;
                         let mut tx = self.begin().await?;
                         let Some(review) = review_by_id(&mut tx, &tenant, id).await? else { continue };
-                        if lock_run(&mut tx, review.run_id).await?.is_none() {
-                            continue;
-                        }
+                        let Some(run) = lock_run(&mut tx, review.run_id).await? else { continue };
                         // Another process may have decided it meanwhile: read it again under the lock.
                         let Some(review) = review_by_id(&mut tx, &tenant, id).await? else { continue };
-                        if review.status != ReviewStatus::Pending {
+                        let Ok(t) = transition(&mut tx, &run, None, RunEventIn::ReviewExpired { review: &review }).await?
+                        else {
                             continue;
-                        }
-                        let verdict = match review.default_action {
-                            ReviewAction::Approve => Verdict::Approve { edited_output: None },
-                            ReviewAction::Reject => Verdict::Reject { reason: "review deadline passed".into() },
                         };
-                        apply_verdict(&mut tx, &review, &verdict, true, now()).await?;
+                        apply(&mut tx, &run, Some(&review), t.changes, now()).await?;
                         tx.commit().await?;
                         expired += 1;
                     }
@@ -840,97 +864,22 @@ macro_rules! run_repository {
                     let at = now();
                     let mut tx = self.begin().await?;
                     let Some(run) = lock_run(&mut tx, run_id).await? else { return Ok(StepWork::Done) };
-                    // Cancelled, or taken over after our lease expired: hands off.
-                    if !run.holds(&lease.token) {
-                        return Ok(StepWork::Done);
-                    }
-                    match run.status()? {
-                        RunStatus::Queued => {
-                            sqlx::query("UPDATE runs SET status = 'running', updated_at = $1 WHERE id = $2")
-                                .bind(at)
-                                .bind(&run.id)
-                                .execute(&mut *tx)
-                                .await?;
-                            event(&mut tx, &run.id, "run_started", "", "", at).await?;
-                        }
-                        RunStatus::Running => {}
-                        _ => return Ok(StepWork::Done),
-                    }
-                    let steps = steps(&mut tx, &run.id).await?;
-                    let index = run.current_step;
-                    let Some(step) = usize::try_from(index).ok().and_then(|i| steps.get(i)) else {
-                        // Every step is done (a worker died between its last step and the end).
-                        let last = steps.last().map(|s| s.output.clone()).unwrap_or_default();
-                        advance(&mut tx, &run.id, index, &last, at).await?;
-                        tx.commit().await?;
+                    // Cancelled, ended, or taken over after our lease expired: hands off.
+                    let Ok(t) = transition(&mut tx, &run, Some(lease), RunEventIn::Take).await? else {
                         return Ok(StepWork::Done);
                     };
-                    let input = match index {
-                        0 => run.input.clone(),
-                        i => steps.get((i - 1) as usize).map(|s| s.output.clone()).unwrap_or_default(),
-                    };
-                    let rules = run.rules()?;
-                    match step.status {
-                        StepStatus::Pending => {}
-                        StepStatus::Running => {
-                            // Its worker stopped mid-call (a restart, a crash). That is not the
-                            // step's fault: it gets a few attempts beyond the rules' retries, so a
-                            // rolling deploy never fails a run, while a step that keeps killing its
-                            // worker still ends.
-                            let error = "interrupted: the worker running it stopped";
-                            if step.attempts > rules.max_retries + crate::walker::INTERRUPTION_RETRIES {
-                                set_step(&mut tx, &run.id, index, StepStatus::Failed, None, error, Some(at)).await?;
-                                event(&mut tx, &run.id, "step_failed", &step.step_id, error, at).await?;
-                                end_run(&mut tx, &run.id, RunStatus::Failed, &format!("step {}: {error}", step.step_id), "run_failed", at).await?;
-                                tx.commit().await?;
-                                return Ok(StepWork::Done);
-                            }
-                            event(&mut tx, &run.id, "step_retrying", &step.step_id, error, at).await?;
-                        }
-                        StepStatus::Succeeded => {
-                            advance(&mut tx, &run.id, index + 1, &step.output, at).await?;
-                            tx.commit().await?;
-                            return Ok(StepWork::Done);
-                        }
-                        _ => return Ok(StepWork::Done),
-                    }
-                    let work = match step.kind {
-                        StepKind::Llm => {
-                            start(&mut tx, &run.id, step, StepStatus::Running, &input, at).await?;
-                            StepWork::Llm {
-                                tenant_id: run.tenant_id.clone(),
-                                agent_id: Uuid::parse_str(&run.agent_id).map_err(ServiceError::internal)?,
-                                step_index: index,
-                                step_id: step.step_id.clone(),
-                                prompt: step.prompt.clone(),
-                                input,
-                                attempts: step.attempts + 1,
-                            }
-                        }
-                        StepKind::Output => {
-                            // The run's result: what reached this step.
-                            start(&mut tx, &run.id, step, StepStatus::Running, &input, at).await?;
-                            set_step(&mut tx, &run.id, index, StepStatus::Succeeded, Some(&input), "", Some(at)).await?;
-                            sqlx::query("UPDATE runs SET output = $1 WHERE id = $2")
-                                .bind(&input)
-                                .bind(&run.id)
-                                .execute(&mut *tx)
-                                .await?;
-                            event(&mut tx, &run.id, "step_succeeded", &step.step_id, &input, at).await?;
-                            advance(&mut tx, &run.id, index + 1, &input, at).await?;
-                            StepWork::Done
-                        }
-                        StepKind::Review => {
-                            let reviewed = step
-                                .reviews_index
-                                .and_then(|i| usize::try_from(i).ok())
-                                .and_then(|i| steps.get(i))
-                                .map(|s| s.output.clone())
-                                .unwrap_or_else(|| input.clone());
-                            start(&mut tx, &run.id, step, StepStatus::WaitingReview, &input, at).await?;
-                            request_review(&mut tx, &run, step, &reviewed, at).await?;
-                            StepWork::Done
-                        }
+                    apply(&mut tx, &run, None, t.changes, at).await?;
+                    let work = match t.call {
+                        Some(call) => StepWork::Llm {
+                            tenant_id: run.tenant_id.clone(),
+                            agent_id: Uuid::parse_str(&run.agent_id).map_err(ServiceError::internal)?,
+                            step_index: call.step_index,
+                            step_id: call.step_id,
+                            prompt: call.prompt,
+                            input: call.input,
+                            attempts: call.attempts,
+                        },
+                        None => StepWork::Done,
                     };
                     tx.commit().await?;
                     Ok(work)
@@ -940,53 +889,21 @@ macro_rules! run_repository {
                     let at = now();
                     let mut tx = self.begin().await?;
                     let Some(run) = lock_run(&mut tx, run_id).await? else { return Ok(()) };
-                    // Cancelled while Langflow worked, or taken over: the result is not ours to
-                    // record (a cancelled run's steps are SKIPPED already).
-                    if !run.holds(&lease.token) || run.status()? != RunStatus::Running {
-                        tracing::info!(run_id = %run_id, step_index, "step result ignored: the run is no longer this worker's");
-                        return Ok(());
-                    }
-                    let steps = steps(&mut tx, &run.id).await?;
-                    let Some(step) = usize::try_from(step_index).ok().and_then(|i| steps.get(i)) else {
-                        return Ok(());
-                    };
-                    if step.status != StepStatus::Running || run.current_step != step_index {
-                        return Ok(());
-                    }
-                    let rules = run.rules()?;
-                    match outcome {
-                        StepOutcome::Succeeded(text) if rules.approval_required => {
-                            request_review(&mut tx, &run, step, &text, at).await?;
-                        }
-                        StepOutcome::Succeeded(text) => {
-                            set_step(&mut tx, &run.id, step_index, StepStatus::Succeeded, Some(&text), "", Some(at)).await?;
-                            event(&mut tx, &run.id, "step_succeeded", &step.step_id, &text, at).await?;
-                            advance(&mut tx, &run.id, step_index + 1, &text, at).await?;
-                        }
+                    let happened = match outcome {
+                        StepOutcome::Succeeded(output) => RunEventIn::StepSucceeded { index: step_index, output },
                         StepOutcome::Failed { error, retriable } => {
-                            match rules.after_failure(step.attempts).filter(|_| retriable) {
-                                Some(delay) => {
-                                    set_step(&mut tx, &run.id, step_index, StepStatus::Pending, None, &error, None).await?;
-                                    sqlx::query(
-                                        "UPDATE runs SET next_attempt_at = $1, updated_at = $2, lease_owner = NULL, \
-                                         lease_expires_at = NULL WHERE id = $3",
-                                    )
-                                    .bind(at + delay)
-                                    .bind(at)
-                                    .bind(&run.id)
-                                    .execute(&mut *tx)
-                                    .await?;
-                                    let detail = format!("retry in {} s: {error}", delay.as_secs());
-                                    event(&mut tx, &run.id, "step_retrying", &step.step_id, &detail, at).await?;
-                                }
-                                None => {
-                                    set_step(&mut tx, &run.id, step_index, StepStatus::Failed, None, &error, Some(at)).await?;
-                                    event(&mut tx, &run.id, "step_failed", &step.step_id, &error, at).await?;
-                                    let why = format!("step {} failed: {error}", step.step_id);
-                                    end_run(&mut tx, &run.id, RunStatus::Failed, &why, "run_failed", at).await?;
-                                }
-                            }
+                            RunEventIn::StepFailed { index: step_index, error, retriable }
                         }
+                    };
+                    match transition(&mut tx, &run, Some(lease), happened).await? {
+                        Ok(t) => apply(&mut tx, &run, None, t.changes, at).await?,
+                        // Cancelled while Langflow worked, or taken over: the result is not ours to
+                        // record (a cancelled run's steps are SKIPPED already).
+                        Err(Refusal::NotOurs) => {
+                            tracing::info!(run_id = %run_id, step_index, "step result ignored: the run is no longer this worker's");
+                            return Ok(());
+                        }
+                        Err(_) => return Ok(()),
                     }
                     tx.commit().await?;
                     Ok(())

@@ -28,9 +28,7 @@ use model::{NewRun, RunEvent, RunPlan, RunRequestKey, RunTrigger};
 use run_events::RunEvents;
 use watch::{WatchEnd, WatchLimits, WatchRules};
 
-/// Extra attempts a step gets when its worker was interrupted mid-step (beyond the workflow's
-/// `max_retries`, which count the step's own failures).
-pub const INTERRUPTION_RETRIES: i32 = 3;
+pub use crate::domain::run::INTERRUPTION_RETRIES;
 
 /// The walker's settings.
 #[derive(Debug, Clone, clap::Args)]
