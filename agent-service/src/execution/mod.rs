@@ -27,7 +27,7 @@ use crate::langflow::{LangflowClient, LangflowError, flow};
 use crate::storage::executions::Started;
 use crate::storage::{AgentRepository, ExecutionRepository};
 use crate::workflows::Credentials;
-use model::{Execution, FailureKind, Finish, NewExecution, Outcome, langflow_session_id, pick_step};
+use model::{Execution, Finish, NewExecution, Outcome, langflow_session_id, pick_step};
 
 pub use stream::StreamItem;
 
@@ -233,7 +233,7 @@ impl Executor {
             Err(error) => {
                 tracing::warn!(execution_id = %execution.id, agent_id = %execution.agent_id, error = %error, "execution failed");
                 let gone = matches!(error, LangflowError::FlowNotFound(_)).then(|| flow_id.to_owned());
-                (Outcome::Failed { kind: FailureKind::of(&error), error: error.to_string() }, gone)
+                (Outcome::Failed { kind: error.failure_kind(), error: error.to_string() }, gone)
             }
         };
         let finish = Finish { execution_id: execution.id, outcome, latency_ms, finished_at: now(), flow_gone };

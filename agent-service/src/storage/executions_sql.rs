@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use engarde::kit::error::{ServiceError, ServiceResult};
 use uuid::Uuid;
 
-use crate::execution::model::{
-    Execution, ExecutionStatus, FailureKind, Feedback, MessageRole, Outcome, Report, Session, SessionMessage,
+use crate::domain::execution::{
+    Execution, ExecutionStatus, FailureKind, Feedback, Finish, Finished, MessageRole, Report, Session, SessionMessage,
 };
 
 /// The columns of an execution, in [`ExecutionRow`]'s order.
@@ -156,11 +156,99 @@ impl TryFrom<ReportRow> for Report {
     }
 }
 
-/// The columns an outcome writes: (status, output, error, error_code).
-fn outcome_columns(outcome: &Outcome) -> (ExecutionStatus, &str, &str, &'static str) {
-    match outcome {
-        Outcome::Succeeded { output } => (ExecutionStatus::Succeeded, output, "", ""),
-        Outcome::Failed { kind, error } => (ExecutionStatus::Failed, "", error, kind.as_str()),
+/// A finish in one statement, one round trip, where the database can: PostgreSQL's
+/// data-modifying CTEs make it possible; elsewhere the finish takes the transaction in
+/// [`ExecutionRepository::finish`](super::executions::ExecutionRepository::finish).
+#[async_trait::async_trait]
+trait OneStatementFinish: sqlx::Database {
+    /// `None`: this database has no such statement.
+    async fn finish_in_one_statement(
+        pool: &sqlx::Pool<Self>,
+        finish: &Finish,
+    ) -> ServiceResult<Option<Option<Finished>>>;
+}
+
+#[async_trait::async_trait]
+impl OneStatementFinish for sqlx::Sqlite {
+    async fn finish_in_one_statement(_: &sqlx::SqlitePool, _: &Finish) -> ServiceResult<Option<Option<Finished>>> {
+        Ok(None)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct FinishedRow {
+    #[sqlx(flatten)]
+    execution: ExecutionRow,
+    report_workflow_id: Option<String>,
+}
+
+/// The execution's outcome, the agent's statistics, the conversation and the report,
+/// atomically, as the transaction does them (the statistics' running mean is
+/// [`ExecutionStats::record`](crate::domain::execution::ExecutionStats::record) spelled in SQL,
+/// so that concurrent finishes each add their own without locking the agent first). `running`
+/// is the row before the update, for the credentials the update clears; the messages take
+/// their numbers from the session upsert, which locks the session as there. No row: already
+/// finished.
+#[async_trait::async_trait]
+impl OneStatementFinish for sqlx::Postgres {
+    async fn finish_in_one_statement(pool: &sqlx::PgPool, finish: &Finish) -> ServiceResult<Option<Option<Finished>>> {
+        // Built once: it is on every execution's path.
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "WITH finished AS ( \
+                   UPDATE executions AS e SET status = $1, output = $2, error = $3, error_code = $4, \
+                     latency_ms = $5, finished_at = $6, report_credentials = '' \
+                   FROM executions AS running \
+                   WHERE e.id = $7 AND e.status = 'running' AND running.id = e.id \
+                   RETURNING e.*, running.report_credentials AS credentials_to_report), \
+                 counted AS ( \
+                   UPDATE agents SET total_executions = total_executions + 1, \
+                     successful_executions = successful_executions + CASE WHEN $8 THEN 1 ELSE 0 END, \
+                     average_response_time_ms = \
+                       (average_response_time_ms * total_executions + $5) / (total_executions + 1) \
+                   FROM finished WHERE agents.id = finished.agent_id), \
+                 session AS ( \
+                   INSERT INTO sessions (agent_id, session_id, tenant_id, message_count, last_sequence, \
+                     last_message_at) \
+                   SELECT agent_id, session_id, tenant_id, 2, 2, $6 FROM finished WHERE $9 \
+                   ON CONFLICT (agent_id, session_id) DO UPDATE SET \
+                     message_count = sessions.message_count + 2, \
+                     last_sequence = sessions.last_sequence + 2, \
+                     last_message_at = excluded.last_message_at \
+                   RETURNING last_sequence), \
+                 remembered AS ( \
+                   INSERT INTO session_messages (agent_id, session_id, sequence, role, text, execution_id, \
+                     created_at) \
+                   SELECT f.agent_id, f.session_id, s.last_sequence + m.shift, m.role, m.text, f.id, $6 \
+                   FROM finished AS f CROSS JOIN session AS s \
+                   CROSS JOIN LATERAL (VALUES (-1, '{user}', f.input), (0, '{agent}', $2)) AS m (shift, role, text)), \
+                 reported AS ( \
+                   INSERT INTO execution_reports (execution_id, tenant_id, workflow_id, succeeded, credentials, \
+                     attempts, next_attempt_at) \
+                   SELECT id, tenant_id, report_workflow_id, $8, credentials_to_report, 0, $6 FROM finished \
+                   WHERE report_workflow_id IS NOT NULL \
+                   ON CONFLICT (execution_id) DO NOTHING) \
+                 SELECT {EXECUTION_COLUMNS}, report_workflow_id FROM finished",
+                user = MessageRole::User.as_str(),
+                agent = MessageRole::Agent.as_str(),
+            )
+        });
+        let book = finish.bookkeeping();
+        let row: Option<FinishedRow> = sqlx::query_as(sqlx::AssertSqlSafe(SQL.as_str()))
+            .bind(book.status.as_str())
+            .bind(book.output)
+            .bind(book.error)
+            .bind(book.error_code())
+            .bind(finish.latency_ms)
+            .bind(finish.finished_at)
+            .bind(finish.execution_id.to_string())
+            .bind(book.succeeded)
+            .bind(book.remember.is_some())
+            .fetch_optional(pool)
+            .await?;
+        let Some(row) = row else { return Ok(Some(None)) };
+        let reported = row.report_workflow_id.is_some();
+        Ok(Some(Some(Finished { execution: row.execution.try_into()?, reported })))
     }
 }
 
@@ -171,8 +259,7 @@ fn outcome_columns(outcome: &Outcome) -> (ExecutionStatus, &str, &str, &'static 
 /// strings of the JSON array bound as `$1`.
 macro_rules! sql_execution_repository {
     ($module:ident, $name:ident, $db:ty, begin = $begin:literal, lock = $lock:literal, skip_locked = $skip:literal,
-     relaxed_from = $relaxed_from:literal, json_texts = $json_texts:literal,
-     finish_in_one_statement = $one_statement:literal) => {
+     relaxed_from = $relaxed_from:literal, json_texts = $json_texts:literal) => {
         mod $module {
             use std::time::Duration;
 
@@ -184,12 +271,12 @@ macro_rules! sql_execution_repository {
             use uuid::Uuid;
 
             use super::{
-                EXECUTION_COLUMNS, ExecutionRow, FeedbackRow, MessageRow, ReportRow, SessionRow, outcome_columns,
+                EXECUTION_COLUMNS, ExecutionRow, FeedbackRow, MessageRow, ReportRow, SessionRow,
             };
             use crate::domain::{Agent, AgentStatus, lifecycle};
-            use crate::execution::model::{
-                Execution, ExecutionFilter, ExecutionStatus, Feedback, Finish, Finished, MessageRole, NewExecution,
-                Outcome, Report, Session, SessionMessage,
+            use crate::domain::execution::{
+                Execution, ExecutionFilter, ExecutionStats, ExecutionStatus, Feedback, Finish, Finished, MessageRole,
+                NewExecution, Report, Session, SessionMessage,
             };
             use crate::storage::executions::{ExecutionRepository, NewFeedback, Started};
             use crate::storage::{json_strings, replayed};
@@ -339,73 +426,6 @@ macro_rules! sql_execution_repository {
                 Ok(())
             }
 
-            /// A finish in one statement, one round trip (PostgreSQL, whose data-modifying CTEs
-            /// make it possible): the execution's outcome, the agent's statistics, the
-            /// conversation and the report, atomically, as the transaction in
-            /// [`ExecutionRepository::finish`] does them. `running` is the row before the update,
-            /// for the credentials the update clears; the messages take their numbers from the
-            /// session upsert, which locks the session as there. No row: already finished.
-            async fn finish_in_one_statement(pool: &sqlx::Pool<$db>, finish: &Finish) -> ServiceResult<Option<Finished>> {
-                // Built once: it is on every execution's path.
-                static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!(
-                    "WITH finished AS ( \
-                       UPDATE executions AS e SET status = $1, output = $2, error = $3, error_code = $4, \
-                         latency_ms = $5, finished_at = $6, report_credentials = '' \
-                       FROM executions AS running \
-                       WHERE e.id = $7 AND e.status = 'running' AND running.id = e.id \
-                       RETURNING e.*, running.report_credentials AS credentials_to_report), \
-                     counted AS ( \
-                       UPDATE agents SET total_executions = total_executions + 1, \
-                         successful_executions = successful_executions + CASE WHEN $8 THEN 1 ELSE 0 END, \
-                         average_response_time_ms = (average_response_time_ms * total_executions + $5) / (total_executions + 1) \
-                       FROM finished WHERE agents.id = finished.agent_id), \
-                     session AS ( \
-                       INSERT INTO sessions (agent_id, session_id, tenant_id, message_count, last_sequence, last_message_at) \
-                       SELECT agent_id, session_id, tenant_id, 2, 2, $6 FROM finished WHERE $8 \
-                       ON CONFLICT (agent_id, session_id) DO UPDATE SET \
-                         message_count = sessions.message_count + 2, \
-                         last_sequence = sessions.last_sequence + 2, \
-                         last_message_at = excluded.last_message_at \
-                       RETURNING last_sequence), \
-                     remembered AS ( \
-                       INSERT INTO session_messages (agent_id, session_id, sequence, role, text, execution_id, created_at) \
-                       SELECT f.agent_id, f.session_id, s.last_sequence + m.shift, m.role, m.text, f.id, $6 \
-                       FROM finished AS f CROSS JOIN session AS s \
-                       CROSS JOIN LATERAL (VALUES (-1, '{user}', f.input), (0, '{agent}', $2)) AS m (shift, role, text)), \
-                     reported AS ( \
-                       INSERT INTO execution_reports (execution_id, tenant_id, workflow_id, succeeded, credentials, \
-                         attempts, next_attempt_at) \
-                       SELECT id, tenant_id, report_workflow_id, $8, credentials_to_report, 0, $6 FROM finished \
-                       WHERE report_workflow_id IS NOT NULL \
-                       ON CONFLICT (execution_id) DO NOTHING) \
-                     SELECT {EXECUTION_COLUMNS}, report_workflow_id FROM finished",
-                    user = MessageRole::User.as_str(),
-                    agent = MessageRole::Agent.as_str(),
-                ));
-                let (status, output, error, error_code) = outcome_columns(&finish.outcome);
-                let row: Option<FinishedRow> = sqlx::query_as(sqlx::AssertSqlSafe(SQL.as_str()))
-                    .bind(status.as_str())
-                    .bind(output)
-                    .bind(error)
-                    .bind(error_code)
-                    .bind(finish.latency_ms)
-                    .bind(finish.finished_at)
-                    .bind(finish.execution_id.to_string())
-                    .bind(status == ExecutionStatus::Succeeded)
-                    .fetch_optional(pool)
-                    .await?;
-                let Some(row) = row else { return Ok(None) };
-                let reported = row.report_workflow_id.is_some();
-                Ok(Some(Finished { execution: row.execution.try_into()?, reported }))
-            }
-
-            #[derive(sqlx::FromRow)]
-            struct FinishedRow {
-                #[sqlx(flatten)]
-                execution: ExecutionRow,
-                report_workflow_id: Option<String>,
-            }
-
             #[async_trait]
             impl ExecutionRepository for $name {
                 async fn find_by_request(&self, tenant: &str, key: &IdempotencyKey) -> ServiceResult<Option<Execution>> {
@@ -462,43 +482,58 @@ macro_rules! sql_execution_repository {
 
                 async fn finish(&self, finish: &Finish) -> ServiceResult<Option<Finished>> {
                     // The rare finish that also fails the agent takes the transaction below.
-                    if $one_statement && finish.flow_gone.is_none() {
-                        return finish_in_one_statement(&self.pool, finish).await;
+                    if finish.flow_gone.is_none()
+                        && let Some(done) =
+                            <$db as super::OneStatementFinish>::finish_in_one_statement(&self.pool, finish).await?
+                    {
+                        return Ok(done);
                     }
                     let mut tx = self.begin().await?;
-                    let Some((mut execution, report_workflow_id, credentials)) =
+                    let Some((execution, report_workflow_id, credentials)) =
                         running_for_update(&mut tx, finish.execution_id).await?
                     else {
                         return Ok(None);
                     };
-                    let (status, output, error, error_code) = outcome_columns(&finish.outcome);
+                    let book = finish.bookkeeping();
                     sqlx::query(
                         "UPDATE executions SET status = $1, output = $2, error = $3, error_code = $4, latency_ms = $5, \
                          finished_at = $6, report_credentials = '' WHERE id = $7",
                     )
-                    .bind(status.as_str())
-                    .bind(output)
-                    .bind(error)
-                    .bind(error_code)
+                    .bind(book.status.as_str())
+                    .bind(book.output)
+                    .bind(book.error)
+                    .bind(book.error_code())
                     .bind(finish.latency_ms)
                     .bind(finish.finished_at)
                     .bind(execution.id.to_string())
                     .execute(&mut *tx)
                     .await?;
-                    let succeeded = status == ExecutionStatus::Succeeded;
-                    // The statistics, in SQL: concurrent finishes each add their own, none lost.
-                    sqlx::query(
-                        "UPDATE agents SET total_executions = total_executions + 1, \
-                         successful_executions = successful_executions + $1, \
-                         average_response_time_ms = (average_response_time_ms * total_executions + $2) / (total_executions + 1) \
-                         WHERE id = $3",
-                    )
-                    .bind(i64::from(succeeded))
-                    .bind(finish.latency_ms)
-                    .bind(execution.agent_id.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                    if let Outcome::Succeeded { output } = &finish.outcome {
+                    // The agent's row locked (after the execution's, as everywhere), so that
+                    // concurrent finishes each add their own, none lost.
+                    let sql = format!(
+                        "SELECT total_executions, successful_executions, average_response_time_ms FROM agents \
+                         WHERE id = $1{}",
+                        $lock
+                    );
+                    let stats: Option<(i64, i64, f64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                        .bind(execution.agent_id.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let Some((total, successful, average_response_time_ms)) = stats {
+                        let stats = ExecutionStats { total, successful, average_response_time_ms }
+                            .record(book.succeeded, finish.latency_ms);
+                        sqlx::query(
+                            "UPDATE agents SET total_executions = $1, successful_executions = $2, \
+                             average_response_time_ms = $3 WHERE id = $4",
+                        )
+                        .bind(stats.total)
+                        .bind(stats.successful)
+                        .bind(stats.average_response_time_ms)
+                        .bind(execution.agent_id.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    if let Some(output) = book.remember {
                         remember(&mut tx, &execution, output, finish.finished_at).await?;
                     }
                     let reported = match report_workflow_id {
@@ -512,7 +547,7 @@ macro_rules! sql_execution_repository {
                             .bind(execution.id.to_string())
                             .bind(&execution.tenant_id)
                             .bind(workflow_id)
-                            .bind(succeeded)
+                            .bind(book.succeeded)
                             .bind(credentials)
                             .bind(finish.finished_at)
                             .execute(&mut *tx)
@@ -524,16 +559,7 @@ macro_rules! sql_execution_repository {
                         fail_agent(&mut tx, &execution, flow_id, finish.finished_at).await?;
                     }
                     tx.commit().await?;
-                    execution.status = status;
-                    execution.output = output.to_owned();
-                    execution.error = error.to_owned();
-                    execution.failure = match &finish.outcome {
-                        Outcome::Failed { kind, .. } => Some(*kind),
-                        Outcome::Succeeded { .. } => None,
-                    };
-                    execution.latency_ms = finish.latency_ms;
-                    execution.finished_at = Some(finish.finished_at);
-                    Ok(Some(Finished { execution, reported }))
+                    Ok(Some(Finished { execution: execution.finished(finish), reported }))
                 }
 
                 async fn stale(&self, before: DateTime<Utc>, limit: i64) -> ServiceResult<Vec<Execution>> {
@@ -817,8 +843,7 @@ sql_execution_repository!(
     lock = " FOR UPDATE",
     skip_locked = " FOR UPDATE SKIP LOCKED",
     relaxed_from = "(SELECT set_config('synchronous_commit', 'off', true)) AS relaxed",
-    json_texts = "SELECT jsonb_array_elements_text($1::jsonb)",
-    finish_in_one_statement = true
+    json_texts = "SELECT jsonb_array_elements_text($1::jsonb)"
 );
 sql_execution_repository!(
     sqlite,
@@ -828,6 +853,5 @@ sql_execution_repository!(
     lock = "",
     skip_locked = "",
     relaxed_from = "(SELECT 1) AS relaxed",
-    json_texts = "SELECT value FROM json_each($1)",
-    finish_in_one_statement = false
+    json_texts = "SELECT value FROM json_each($1)"
 );
