@@ -22,7 +22,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::domain::{AgentStatus, FlowOrigin, now};
+use crate::domain::now;
 use crate::langflow::{LangflowClient, LangflowError, flow};
 use crate::storage::executions::Started;
 use crate::storage::{AgentRepository, ExecutionRepository};
@@ -144,7 +144,7 @@ impl Executor {
             return Ok(Prepared::Existing(existing));
         }
         let agent = self.agents.get(tenant, request.agent_id).await?;
-        if !matches!(agent.status, AgentStatus::Deployed | AgentStatus::Active) {
+        if !agent.status.runs() {
             return Err(ServiceError::FailedPrecondition(format!(
                 "agent {} is {}; only a deployed or active agent executes",
                 agent.id,
@@ -163,11 +163,7 @@ impl Executor {
             )));
         }
         let (step_id, prompt) = pick_step(agent.snapshot.as_ref(), &request.step_id)?;
-        // Only a flow agent-service generated has the Prompt node the tweaks address.
-        let tweaks = match agent.flow_origin {
-            FlowOrigin::Generated => flow::tweaks(&prompt, &agent.configuration),
-            _ => Value::Object(Default::default()),
-        };
+        let tweaks = flow::tweaks_for(agent.flow_origin, &prompt, &agent.configuration);
         let session_id = if request.session_id.is_empty() { Uuid::new_v4().to_string() } else { request.session_id };
         let new = NewExecution {
             id: Uuid::now_v7(),

@@ -200,7 +200,7 @@ fn plan_for(
     has_flow: bool,
     langflow_configured: bool,
 ) -> Result<RunPlan, String> {
-    if !matches!(status, AgentStatus::Deployed | AgentStatus::Active) {
+    if !status.runs() {
         return Err(format!("it is {}; deploy or activate it first", status.as_str()));
     }
     let config = config.ok_or("it has no workflow to walk (it was not made from a workflow)")?;
