@@ -1,14 +1,15 @@
 //! Where agents live: one repository interface, implemented for PostgreSQL (production) and
 //! SQLite (the embedded default) from one body of portable SQL.
 
+mod agents;
 pub mod deployment;
+mod dialect;
 pub mod executions;
 mod executions_sql;
 mod row;
 pub mod runs;
 mod runs_announced;
 mod runs_sql;
-mod sql;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,9 +25,9 @@ use crate::domain::provisioning::{Candidate, ProvisionOutcome, Skipped};
 use crate::domain::{Agent, AgentFilter, NewAgent};
 use crate::walker::run_events::RunEvents;
 
+pub use agents::{PostgresAgentRepository, SqliteAgentRepository};
 pub use executions::ExecutionRepository;
 pub use executions_sql::{PostgresExecutionRepository, SqliteExecutionRepository};
-pub use sql::{PostgresAgentRepository, SqliteAgentRepository};
 
 /// A change to one agent, decided by the domain on the current row inside the transaction.
 pub type Mutation = Box<dyn FnOnce(&mut Agent) -> ServiceResult<()> + Send>;
