@@ -20,6 +20,12 @@ pub trait Dialect: Send + Sync + 'static {
     /// Appended to a `SELECT` of rows about to change: PostgreSQL locks them; SQLite's
     /// transaction holds the write lock already.
     const LOCK: &'static str;
+    /// Appended to a `SELECT` that claims work: PostgreSQL's claimers skip each other's locked
+    /// rows, so that processes sharing a database never wait on each other's claims; on SQLite
+    /// one process owns the file.
+    const SKIP_LOCKED: &'static str;
+    /// Selects the strings of the JSON array bound as `$1` (one parameter for any number).
+    const JSON_TEXTS: &'static str;
 
     /// How many rows a statement changed (sqlx has no trait for it).
     fn rows_affected(result: &<Self::Db as sqlx::Database>::QueryResult) -> u64;
@@ -32,6 +38,8 @@ impl Dialect for Postgres {
     type Db = sqlx::Postgres;
     const BEGIN: &'static str = "BEGIN";
     const LOCK: &'static str = " FOR UPDATE";
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    const JSON_TEXTS: &'static str = "SELECT jsonb_array_elements_text($1::jsonb)";
 
     fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
         result.rows_affected()
@@ -45,6 +53,8 @@ impl Dialect for Sqlite {
     type Db = sqlx::Sqlite;
     const BEGIN: &'static str = "BEGIN IMMEDIATE";
     const LOCK: &'static str = "";
+    const SKIP_LOCKED: &'static str = "";
+    const JSON_TEXTS: &'static str = "SELECT value FROM json_each($1)";
 
     fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
         result.rows_affected()
