@@ -26,6 +26,11 @@ pub trait Dialect: Send + Sync + 'static {
     const SKIP_LOCKED: &'static str;
     /// Selects the strings of the JSON array bound as `$1` (one parameter for any number).
     const JSON_TEXTS: &'static str;
+    /// A one-row `FROM` (for `INSERT … SELECT`, and inside `EXISTS` for `DELETE`) that lets the
+    /// statement's commit return before its WAL reaches the disk (PostgreSQL's
+    /// `synchronous_commit = off`, for that statement's transaction only): for writes whose loss
+    /// in a crash is harmless. SQLite has no such switch; there it is inert.
+    const RELAXED_FROM: &'static str;
 
     /// How many rows a statement changed (sqlx has no trait for it).
     fn rows_affected(result: &<Self::Db as sqlx::Database>::QueryResult) -> u64;
@@ -40,6 +45,7 @@ impl Dialect for Postgres {
     const LOCK: &'static str = " FOR UPDATE";
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
     const JSON_TEXTS: &'static str = "SELECT jsonb_array_elements_text($1::jsonb)";
+    const RELAXED_FROM: &'static str = "(SELECT set_config('synchronous_commit', 'off', true)) AS relaxed";
 
     fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
         result.rows_affected()
@@ -55,6 +61,7 @@ impl Dialect for Sqlite {
     const LOCK: &'static str = "";
     const SKIP_LOCKED: &'static str = "";
     const JSON_TEXTS: &'static str = "SELECT value FROM json_each($1)";
+    const RELAXED_FROM: &'static str = "(SELECT 1) AS relaxed";
 
     fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
         result.rows_affected()

@@ -27,7 +27,7 @@ use crate::walker::run_events::RunEvents;
 
 pub use agents::{PostgresAgentRepository, SqliteAgentRepository};
 pub use executions::ExecutionRepository;
-pub use executions_sql::{PostgresExecutionRepository, SqliteExecutionRepository};
+use executions_sql::{PostgresExecutionRepository, SqliteExecutionRepository};
 
 /// A change to one agent, decided by the domain on the current row inside the transaction.
 pub type Mutation = Box<dyn FnOnce(&mut Agent) -> ServiceResult<()> + Send>;
