@@ -14,7 +14,7 @@ use engarde::kit::pagination::PageRequest;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::dialect::{self, Dialect};
+use super::dialect::{self, BindKeyset, Dialect};
 use crate::domain::provisioning::{Candidate, ProvisionOutcome, SkipReason, Skipped};
 use crate::domain::{Agent, AgentConfig, AgentFilter, NewAgent, now};
 use crate::storage::row::{AgentRow, COLUMNS, SnapshotColumns};
@@ -222,15 +222,12 @@ where
                AND ($5 = 0 OR (created_at, id) > ($6, $7)) \
              ORDER BY created_at, id LIMIT $8"
         );
-        let (has_after, after_time, after_id) = page.time_id_cursor()?;
         let rows: Vec<AgentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(tenant)
             .bind(filter.agent_type.map(|t| t.as_str()).unwrap_or(""))
             .bind(filter.status.map(|s| s.as_str()).unwrap_or(""))
             .bind(filter.workflow_id.map(|id| id.to_string()).unwrap_or_default())
-            .bind(has_after)
-            .bind(after_time)
-            .bind(after_id)
+            .bind_keyset(page)?
             .bind(i64::from(page.size))
             .fetch_all(&self.pool)
             .await?;

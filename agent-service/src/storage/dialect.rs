@@ -9,6 +9,7 @@
 use chrono::{DateTime, Utc};
 use engarde::kit::error::{ServiceError, ServiceResult};
 use engarde::kit::idempotency::{IdempotencyKey, judge_replay};
+use engarde::kit::pagination::PageRequest;
 
 /// A SQL dialect: its sqlx database and the fragments that differ.
 pub trait Dialect: Send + Sync + 'static {
@@ -129,4 +130,24 @@ where
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Keyset paging, bound in one place: a paged statement takes, in order, `has_after` (0: from
+/// the start), then the time and id of the page's last row (its sort key).
+pub trait BindKeyset: Sized {
+    /// Binds `page`'s cursor as the next three parameters.
+    fn bind_keyset(self, page: &PageRequest) -> ServiceResult<Self>;
+}
+
+impl<'q, DB, O> BindKeyset for sqlx::query::QueryAs<'q, DB, O, DB::Arguments>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    fn bind_keyset(self, page: &PageRequest) -> ServiceResult<Self> {
+        let (has_after, after_time, after_id) = page.time_id_cursor()?;
+        Ok(self.bind(has_after).bind(after_time).bind(after_id))
+    }
 }

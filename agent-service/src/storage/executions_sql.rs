@@ -22,7 +22,7 @@ use crate::domain::execution::{
     NewExecution, Report, Session, SessionMessage,
 };
 use crate::domain::{Agent, AgentStatus, lifecycle};
-use crate::storage::dialect::{self, Dialect};
+use crate::storage::dialect::{self, BindKeyset, Dialect};
 use crate::storage::executions::{ExecutionRepository, NewFeedback, Started};
 use crate::storage::row::{AgentRow, COLUMNS as AGENT_COLUMNS};
 use crate::storage::{json_strings, replayed};
@@ -652,15 +652,12 @@ where
                AND ($5 = 0 OR (started_at, id) < ($6, $7)) \
              ORDER BY started_at DESC, id DESC LIMIT $8"
         );
-        let (has_after, after_time, after_id) = page.time_id_cursor()?;
         let rows: Vec<ExecutionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(tenant)
             .bind(filter.agent_id.map(|id| id.to_string()).unwrap_or_default())
             .bind(filter.session_id.clone().unwrap_or_default())
             .bind(filter.status.map(|s| s.as_str()).unwrap_or(""))
-            .bind(has_after)
-            .bind(after_time)
-            .bind(after_id)
+            .bind_keyset(page)?
             .bind(i64::from(page.size))
             .fetch_all(&self.pool)
             .await?;
@@ -669,7 +666,6 @@ where
 
     async fn sessions(&self, tenant: &str, agent_id: Uuid, page: &PageRequest) -> ServiceResult<Vec<Session>> {
         Self::ensure_agent(&self.pool, tenant, agent_id).await?;
-        let (has_after, after_time, after_id) = page.time_id_cursor()?;
         let rows: Vec<SessionRow> = sqlx::query_as(
             "SELECT session_id, message_count, last_message_at FROM sessions \
              WHERE agent_id = $1 AND tenant_id = $2 \
@@ -678,9 +674,7 @@ where
         )
         .bind(agent_id.to_string())
         .bind(tenant)
-        .bind(has_after)
-        .bind(after_time)
-        .bind(after_id)
+        .bind_keyset(page)?
         .bind(i64::from(page.size))
         .fetch_all(&self.pool)
         .await?;
@@ -801,7 +795,6 @@ where
 
     async fn feedback(&self, tenant: &str, agent_id: Uuid, page: &PageRequest) -> ServiceResult<Vec<Feedback>> {
         Self::ensure_agent(&self.pool, tenant, agent_id).await?;
-        let (has_after, after_time, after_id) = page.time_id_cursor()?;
         let rows: Vec<FeedbackRow> = sqlx::query_as(
             "SELECT id, execution_id, agent_id, score, comment, created_at FROM feedback \
              WHERE agent_id = $1 AND tenant_id = $2 \
@@ -810,9 +803,7 @@ where
         )
         .bind(agent_id.to_string())
         .bind(tenant)
-        .bind(has_after)
-        .bind(after_time)
-        .bind(after_id)
+        .bind_keyset(page)?
         .bind(i64::from(page.size))
         .fetch_all(&self.pool)
         .await?;

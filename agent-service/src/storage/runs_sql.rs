@@ -24,7 +24,7 @@ use crate::domain::run::{
     Review, ReviewAction, ReviewStatus, Run, RunEvent, RunRules, RunStatus, RunStep, RunTrigger, StepKind, StepStatus,
 };
 use crate::domain::run_machine::{self, Change, Refusal, RunEventIn, RunState, Transition};
-use crate::storage::dialect::{self, Dialect};
+use crate::storage::dialect::{self, BindKeyset, Dialect};
 use crate::storage::runs::{Lease, RunRepository, StepOutcome, StepWork};
 use crate::storage::{json_strings, replayed};
 
@@ -722,7 +722,6 @@ where
     }
 
     async fn list(&self, tenant: &str, filter: &RunFilter, page: &PageRequest) -> ServiceResult<Vec<Run>> {
-        let (has_after, after_time, after_id) = page.time_id_cursor()?;
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = $1 AND ($2 = '' OR agent_id = $2) \
              AND ($3 = '' OR status = $3) AND ($4 = 0 OR (created_at, id) < ($5, $6)) \
@@ -733,9 +732,7 @@ where
             .bind(tenant)
             .bind(filter.agent_id.map(|id| id.to_string()).unwrap_or_default())
             .bind(filter.status.map(|s| s.as_str()).unwrap_or(""))
-            .bind(has_after)
-            .bind(after_time)
-            .bind(after_id)
+            .bind_keyset(page)?
             .bind(i64::from(page.size))
             .fetch_all(&mut *conn)
             .await?;
@@ -799,7 +796,6 @@ where
         agent: Option<Uuid>,
         page: &PageRequest,
     ) -> ServiceResult<Vec<Review>> {
-        let (has_after, after_time, after_id) = page.time_id_cursor()?;
         let sql = format!(
             "SELECT {REVIEW_COLUMNS} FROM reviews WHERE tenant_id = $1 AND status = 'pending' \
              AND ($2 = '' OR agent_id = $2) AND ($3 = 0 OR (created_at, id) > ($4, $5)) \
@@ -808,9 +804,7 @@ where
         let rows: Vec<ReviewRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(tenant)
             .bind(agent.map(|id| id.to_string()).unwrap_or_default())
-            .bind(has_after)
-            .bind(after_time)
-            .bind(after_id)
+            .bind_keyset(page)?
             .bind(i64::from(page.size))
             .fetch_all(&self.pool)
             .await?;
