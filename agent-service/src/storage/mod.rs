@@ -23,7 +23,6 @@ use uuid::Uuid;
 
 use crate::domain::provisioning::{Candidate, ProvisionOutcome, Skipped};
 use crate::domain::{Agent, AgentFilter, NewAgent};
-use crate::walker::run_events::RunEvents;
 
 pub use agents::{PostgresAgentRepository, SqliteAgentRepository};
 pub use executions::ExecutionRepository;
@@ -153,7 +152,7 @@ pub fn execution_repository(pool: &DbPool) -> Arc<dyn ExecutionRepository> {
 /// The walker's run repository for a pool. Its committed events are announced to `events`: on
 /// PostgreSQL by the database itself (a trigger's NOTIFY, heard by the walker's event feed), on
 /// SQLite by the repository.
-pub fn run_repository(pool: &DbPool, events: &Arc<RunEvents>) -> Arc<dyn runs::RunRepository> {
+pub fn run_repository<A: runs::RunAnnouncer + 'static>(pool: &DbPool, events: &Arc<A>) -> Arc<dyn runs::RunRepository> {
     match pool {
         DbPool::Postgres(p) => Arc::new(runs_sql::PostgresRunRepository::new(p.clone())),
         DbPool::Sqlite(p) => Arc::new(runs_announced::AnnouncedRunRepository::new(

@@ -51,6 +51,16 @@ pub enum StepOutcome {
     },
 }
 
+/// Hears of runs with new committed events where the database does not tell it itself (on
+/// SQLite; PostgreSQL's trigger notifies every process). The walker's watch hub implements it;
+/// storage knows only this.
+pub trait RunAnnouncer: Send + Sync {
+    /// `run` has new committed events.
+    fn announce(&self, run: Uuid);
+    /// Some runs have new committed events (which ones is not known).
+    fn announce_all(&self);
+}
+
 #[async_trait]
 pub trait RunRepository: Send + Sync {
     /// How many runs there are in each status, and how many reviews are pending (all tenants:
