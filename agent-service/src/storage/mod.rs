@@ -6,6 +6,7 @@ pub mod deployment;
 mod dialect;
 pub mod executions;
 mod executions_sql;
+mod one_statement_finish;
 mod row;
 pub mod runs;
 mod runs_announced;
