@@ -31,8 +31,8 @@ use crate::storage::row::{AgentRow, COLUMNS as AGENT_COLUMNS};
 use crate::storage::{json_strings, replayed};
 
 /// The columns of an execution, in [`ExecutionRow`]'s order.
-pub(super) const EXECUTION_COLUMNS: &str = "id, tenant_id, agent_id, session_id, step_id, input, output, status, error, \
-                                 error_code, latency_ms, started_at, finished_at";
+pub(super) const EXECUTION_COLUMNS: &str = "id, tenant_id, agent_id, session_id, step_id, input, output, status, error, error_code, latency_ms, started_at, \
+     finished_at";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct ExecutionRow {
