@@ -13,6 +13,7 @@ use engarde::kit::error::{ServiceError, ServiceResult};
 use futures::StreamExt;
 
 use crate::domain::mapping::unusable_export;
+use crate::domain::run::is_llm;
 use crate::domain::{Agent, AgentConfig, FlowLink, FlowOrigin, NewAgent, WorkflowSnapshot};
 use crate::flow_mark::{self, DeploymentId, FlowMark, LinkCheck};
 use crate::langflow::{LangflowClient, LangflowError, flow};
@@ -34,12 +35,6 @@ fn first_prompt(snapshot: Option<&WorkflowSnapshot>) -> &str {
     snapshot
         .and_then(|s| s.config.steps.iter().find(|step| is_llm(step.kind)).map(|step| step.prompt.as_str()))
         .unwrap_or("")
-}
-
-/// Whether a step kind (as the workflow contract encodes it) runs through the flow.
-pub fn is_llm(kind: i32) -> bool {
-    use engarde::proto::workflow::v1::StepKind;
-    matches!(StepKind::try_from(kind), Ok(StepKind::Llm | StepKind::Unspecified))
 }
 
 impl FlowLinker {

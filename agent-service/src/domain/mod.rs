@@ -3,10 +3,13 @@
 //! transport or SQL; the snapshot keeps workflow-service's contract type (see [`model`]).
 
 pub mod configuration;
+pub mod execution;
 pub mod lifecycle;
 pub mod mapping;
 pub mod model;
 pub mod provisioning;
+pub mod run;
+pub mod run_machine;
 pub mod upgrade;
 
 pub use model::*;

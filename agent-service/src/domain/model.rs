@@ -33,6 +33,13 @@ named_enum!(
     }
 );
 
+impl AgentStatus {
+    /// Whether an agent in this state runs (executions and walker runs): deployed or active.
+    pub fn runs(self) -> bool {
+        matches!(self, Self::Deployed | Self::Active)
+    }
+}
+
 named_enum!(
     /// The category of an agent's source workflow (owned by workflow-service; mirrored here so
     /// that agent-service stores and filters it without depending on that service's code).
@@ -299,6 +306,16 @@ mod encoded_proto {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_deployed_or_active_agents_run() {
+        let running: Vec<AgentStatus> =
+            [AgentStatus::Draft, AgentStatus::Deployed, AgentStatus::Active, AgentStatus::Paused, AgentStatus::Error]
+                .into_iter()
+                .filter(|s| s.runs())
+                .collect();
+        assert_eq!(running, [AgentStatus::Deployed, AgentStatus::Active]);
+    }
 
     #[test]
     fn a_snapshot_survives_a_json_round_trip() {

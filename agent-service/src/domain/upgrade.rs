@@ -134,7 +134,7 @@ fn enum_name(full: Option<&str>, prefix: &str, value: i32) -> String {
 
 fn step_kind(kind: i32) -> String {
     // Unset is llm, as workflow-service defines it: not a difference worth reporting.
-    let kind = if kind == workflow_pb::StepKind::Unspecified as i32 { workflow_pb::StepKind::Llm as i32 } else { kind };
+    let kind = if super::run::is_llm(kind) { workflow_pb::StepKind::Llm as i32 } else { kind };
     enum_name(workflow_pb::StepKind::try_from(kind).ok().map(|k| k.as_str_name()), "STEP_KIND_", kind)
 }
 

@@ -22,12 +22,12 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::domain::{AgentStatus, FlowOrigin, now};
+use crate::domain::now;
 use crate::langflow::{LangflowClient, LangflowError, flow};
 use crate::storage::executions::Started;
 use crate::storage::{AgentRepository, ExecutionRepository};
 use crate::workflows::Credentials;
-use model::{Execution, FailureKind, Finish, NewExecution, Outcome, langflow_session_id, pick_step};
+use model::{Execution, Finish, NewExecution, Outcome, langflow_session_id, pick_step};
 
 pub use stream::StreamItem;
 
@@ -144,7 +144,7 @@ impl Executor {
             return Ok(Prepared::Existing(existing));
         }
         let agent = self.agents.get(tenant, request.agent_id).await?;
-        if !matches!(agent.status, AgentStatus::Deployed | AgentStatus::Active) {
+        if !agent.status.runs() {
             return Err(ServiceError::FailedPrecondition(format!(
                 "agent {} is {}; only a deployed or active agent executes",
                 agent.id,
@@ -163,11 +163,7 @@ impl Executor {
             )));
         }
         let (step_id, prompt) = pick_step(agent.snapshot.as_ref(), &request.step_id)?;
-        // Only a flow agent-service generated has the Prompt node the tweaks address.
-        let tweaks = match agent.flow_origin {
-            FlowOrigin::Generated => flow::tweaks(&prompt, &agent.configuration),
-            _ => Value::Object(Default::default()),
-        };
+        let tweaks = flow::tweaks_for(agent.flow_origin, &prompt, &agent.configuration);
         let session_id = if request.session_id.is_empty() { Uuid::new_v4().to_string() } else { request.session_id };
         let new = NewExecution {
             id: Uuid::now_v7(),
@@ -233,7 +229,7 @@ impl Executor {
             Err(error) => {
                 tracing::warn!(execution_id = %execution.id, agent_id = %execution.agent_id, error = %error, "execution failed");
                 let gone = matches!(error, LangflowError::FlowNotFound(_)).then(|| flow_id.to_owned());
-                (Outcome::Failed { kind: FailureKind::of(&error), error: error.to_string() }, gone)
+                (Outcome::Failed { kind: error.failure_kind(), error: error.to_string() }, gone)
             }
         };
         let finish = Finish { execution_id: execution.id, outcome, latency_ms, finished_at: now(), flow_gone };

@@ -119,7 +119,7 @@ fn classify(event: &StreamEvent) -> Classified {
         "error" => Classified::Failed(
             text(&event.data["error"])
                 .or_else(|| text(&event.data["text"]))
-                .unwrap_or_else(|| crate::langflow::client::excerpt(&event.data.to_string())),
+                .unwrap_or_else(|| crate::langflow::error::excerpt(&event.data.to_string())),
         ),
         _ => Classified::Other,
     }

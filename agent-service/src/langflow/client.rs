@@ -12,7 +12,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use super::error::LangflowError;
+use super::error::{LangflowError, excerpt};
 
 /// How many times a call that is safe to repeat is tried.
 const ATTEMPTS: u32 = 3;
@@ -384,16 +384,6 @@ pub fn output_text(answer: &Value) -> Option<String> {
 
 fn shorter(configured: Duration, deadline: Option<Duration>) -> Duration {
     deadline.map_or(configured, |d| d.min(configured))
-}
-
-/// The start of a long text, for error messages (which are recorded: NUL is replaced as in
-/// [`make_storable`]).
-pub fn excerpt(text: &str) -> String {
-    let mut out: String = text.chars().take(300).map(|c| if c == '\0' { '\u{FFFD}' } else { c }).collect();
-    if text.chars().nth(300).is_some() {
-        out.push('…');
-    }
-    out
 }
 
 /// Replaces U+0000 with U+FFFD (the replacement character) in every string and key of what

@@ -3,7 +3,7 @@
 use engarde::kit::error::ServiceError;
 use reqwest::StatusCode;
 
-use super::client::excerpt;
+use crate::domain::execution::FailureKind;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum LangflowError {
@@ -27,7 +27,27 @@ pub enum LangflowError {
     NotConfigured,
 }
 
+/// At most 300 characters of `text` (with U+0000 replaced, which PostgreSQL cannot store), for
+/// error messages that quote what Langflow answered.
+pub fn excerpt(text: &str) -> String {
+    let mut out: String = text.chars().take(300).map(|c| if c == '\0' { '\u{FFFD}' } else { c }).collect();
+    if text.chars().nth(300).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 impl LangflowError {
+    /// The kind of failure an execution records for this error (the same codes its
+    /// `ServiceError` mapping answers).
+    pub fn failure_kind(&self) -> FailureKind {
+        match ServiceError::from(self.clone()) {
+            ServiceError::DeadlineExceeded(_) => FailureKind::DeadlineExceeded,
+            ServiceError::FailedPrecondition(_) => FailureKind::FailedPrecondition,
+            _ => FailureKind::Unavailable,
+        }
+    }
+
     pub fn from_transport(what: &str, err: &reqwest::Error) -> Self {
         if err.is_timeout() {
             Self::Timeout(format!("{what}: {err}"))
@@ -60,5 +80,17 @@ impl From<LangflowError> for ServiceError {
             // caller's. Unavailable lets the caller retry once it is fixed.
             LangflowError::Rejected(_) | LangflowError::BadResponse(_) => ServiceError::Unavailable(err.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn langflow_errors_are_recorded_as_the_failure_kind_of_their_status() {
+        assert_eq!(LangflowError::Timeout("t".into()).failure_kind(), FailureKind::DeadlineExceeded);
+        assert_eq!(LangflowError::FlowNotFound("f".into()).failure_kind(), FailureKind::FailedPrecondition);
+        assert_eq!(LangflowError::BadResponse("b".into()).failure_kind(), FailureKind::Unavailable);
     }
 }

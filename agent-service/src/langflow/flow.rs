@@ -13,7 +13,7 @@
 use serde_json::{Value, json};
 
 use super::error::LangflowError;
-use crate::domain::AgentConfig;
+use crate::domain::{AgentConfig, FlowOrigin};
 
 /// Node ids of generated flows: fixed, so that tweaks can name them.
 pub const CHAT_INPUT_ID: &str = "ChatInput-engarde";
@@ -190,6 +190,15 @@ fn escape_foreign_braces(text: &str) -> String {
     out
 }
 
+/// The tweaks of one run of an agent's flow: only a flow agent-service generated has the Prompt
+/// node the tweaks address; any other flow runs as it is.
+pub fn tweaks_for(origin: FlowOrigin, step_prompt: &str, config: &AgentConfig) -> Value {
+    match origin {
+        FlowOrigin::Generated => tweaks(step_prompt, config),
+        _ => Value::Object(Default::default()),
+    }
+}
+
 /// The tweaks of one run of a generated flow: the step's template and the configuration.
 pub fn tweaks(step_prompt: &str, config: &AgentConfig) -> Value {
     let mut prompt = serde_json::Map::new();
@@ -203,6 +212,15 @@ pub fn tweaks(step_prompt: &str, config: &AgentConfig) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_generated_flow_is_given_tweaks() {
+        let config = AgentConfig::default();
+        assert_ne!(tweaks_for(FlowOrigin::Generated, "p", &config), json!({}));
+        for origin in [FlowOrigin::None, FlowOrigin::Uploaded, FlowOrigin::Linked] {
+            assert_eq!(tweaks_for(origin, "p", &config), json!({}), "{origin:?}");
+        }
+    }
 
     fn catalog() -> Value {
         let entry = |fields: Value| json!({"template": fields, "outputs": []});

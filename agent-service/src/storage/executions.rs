@@ -10,7 +10,7 @@ use engarde::kit::idempotency::IdempotencyKey;
 use engarde::kit::pagination::PageRequest;
 use uuid::Uuid;
 
-use crate::execution::model::{
+use crate::domain::execution::{
     Execution, ExecutionFilter, Feedback, Finish, Finished, NewExecution, Report, Session, SessionMessage,
 };
 

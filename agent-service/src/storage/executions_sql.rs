@@ -1,26 +1,41 @@
-//! The execution repository, written once in SQL both databases accept and expanded for each.
+//! The execution repository (executions, sessions, feedback and the report outbox) in SQL both
+//! databases accept, written once over a [`Dialect`].
 //!
-//! Where the databases differ it says so: PostgreSQL locks the rows it is about to change
-//! (`FOR UPDATE`) and lets outbox claimers skip each other's rows (`SKIP LOCKED`); SQLite takes
-//! its single write lock up front (`BEGIN IMMEDIATE`), which serialises writers anyway.
+//! Where the databases differ the dialect says so: PostgreSQL locks the rows it is about to
+//! change (`FOR UPDATE`) and lets outbox claimers skip each other's rows (`SKIP LOCKED`); SQLite
+//! takes its single write lock up front (`BEGIN IMMEDIATE`), which serialises writers anyway.
+//! PostgreSQL's one-statement finish is its own ([`super::one_statement_finish`]).
 //!
 //! Locks are always taken in the same order (execution, agent, session) so that concurrent
 //! finishes, feedback and session clearing cannot deadlock.
 
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use engarde::kit::error::{ServiceError, ServiceResult};
+use engarde::kit::idempotency::IdempotencyKey;
+use engarde::kit::pagination::PageRequest;
 use uuid::Uuid;
 
-use crate::execution::model::{
-    Execution, ExecutionStatus, FailureKind, Feedback, MessageRole, Outcome, Report, Session, SessionMessage,
+use crate::domain::execution::{
+    Execution, ExecutionFilter, ExecutionStats, ExecutionStatus, FailureKind, Feedback, Finish, Finished, MessageRole,
+    NewExecution, Report, Session, SessionMessage,
 };
+use crate::domain::{Agent, AgentStatus, lifecycle};
+use crate::storage::dialect::{self, BindKeyset, Dialect};
+use crate::storage::executions::{ExecutionRepository, NewFeedback, Started};
+use crate::storage::one_statement_finish::OneStatementFinish;
+use crate::storage::row::{AgentRow, COLUMNS as AGENT_COLUMNS};
+use crate::storage::{json_strings, replayed};
 
 /// The columns of an execution, in [`ExecutionRow`]'s order.
-const EXECUTION_COLUMNS: &str = "id, tenant_id, agent_id, session_id, step_id, input, output, status, error, \
-                                 error_code, latency_ms, started_at, finished_at";
+pub(super) const EXECUTION_COLUMNS: &str = "id, tenant_id, agent_id, session_id, step_id, input, output, status, error, error_code, latency_ms, started_at, \
+     finished_at";
 
 #[derive(sqlx::FromRow)]
-struct ExecutionRow {
+pub(super) struct ExecutionRow {
     id: String,
     tenant_id: String,
     agent_id: String,
@@ -71,7 +86,7 @@ impl TryFrom<ExecutionRow> for Execution {
 }
 
 #[derive(sqlx::FromRow)]
-struct SessionRow {
+pub(super) struct SessionRow {
     session_id: String,
     message_count: i64,
     last_message_at: DateTime<Utc>,
@@ -84,7 +99,7 @@ impl From<SessionRow> for Session {
 }
 
 #[derive(sqlx::FromRow)]
-struct MessageRow {
+pub(super) struct MessageRow {
     sequence: i64,
     role: String,
     text: String,
@@ -107,7 +122,7 @@ impl TryFrom<MessageRow> for SessionMessage {
 }
 
 #[derive(sqlx::FromRow)]
-struct FeedbackRow {
+pub(super) struct FeedbackRow {
     id: String,
     execution_id: String,
     agent_id: String,
@@ -132,7 +147,7 @@ impl TryFrom<FeedbackRow> for Feedback {
 }
 
 #[derive(sqlx::FromRow)]
-struct ReportRow {
+pub(super) struct ReportRow {
     execution_id: String,
     tenant_id: String,
     workflow_id: String,
@@ -156,678 +171,604 @@ impl TryFrom<ReportRow> for Report {
     }
 }
 
-/// The columns an outcome writes: (status, output, error, error_code).
-fn outcome_columns(outcome: &Outcome) -> (ExecutionStatus, &str, &str, &'static str) {
-    match outcome {
-        Outcome::Succeeded { output } => (ExecutionStatus::Succeeded, output, "", ""),
-        Outcome::Failed { kind, error } => (ExecutionStatus::Failed, "", error, kind.as_str()),
+/// A connection of the dialect's database.
+type Conn<D> = <<D as Dialect>::Db as sqlx::Database>::Connection;
+/// A row of the dialect's database.
+type Row<D> = <<D as Dialect>::Db as sqlx::Database>::Row;
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ExecutionRowWithFingerprint {
+    #[sqlx(flatten)]
+    execution: ExecutionRow,
+    fingerprint: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct RunningRow {
+    #[sqlx(flatten)]
+    execution: ExecutionRow,
+    report_workflow_id: Option<String>,
+    report_credentials: String,
+}
+
+fn execution_not_found(id: Uuid) -> ServiceError {
+    ServiceError::not_found(format!("execution {id}"))
+}
+
+/// The execution repository of a dialect.
+pub(super) struct SqlExecutionRepository<D: Dialect> {
+    pool: sqlx::Pool<D::Db>,
+    dialect: PhantomData<D>,
+}
+
+pub(super) type PostgresExecutionRepository = SqlExecutionRepository<dialect::Postgres>;
+pub(super) type SqliteExecutionRepository = SqlExecutionRepository<dialect::Sqlite>;
+
+impl<D: Dialect> SqlExecutionRepository<D> {
+    pub fn new(pool: sqlx::Pool<D::Db>) -> Self {
+        Self { pool, dialect: PhantomData }
     }
 }
 
-/// `relaxed_from` is a one-row `FROM` (for `INSERT … SELECT`, and inside `EXISTS` for `DELETE`)
-/// that lets the statement's commit return before its WAL reaches the disk (PostgreSQL's
-/// `synchronous_commit = off`, set for that statement's transaction only): for writes whose loss
-/// in a crash is harmless. SQLite has no such switch; there it is inert. `json_texts` selects the
-/// strings of the JSON array bound as `$1`.
-macro_rules! sql_execution_repository {
-    ($module:ident, $name:ident, $db:ty, begin = $begin:literal, lock = $lock:literal, skip_locked = $skip:literal,
-     relaxed_from = $relaxed_from:literal, json_texts = $json_texts:literal,
-     finish_in_one_statement = $one_statement:literal) => {
-        mod $module {
-            use std::time::Duration;
+impl<D> SqlExecutionRepository<D>
+where
+    D: Dialect,
+    D::Db: OneStatementFinish,
+    for<'c> &'c mut Conn<D>: sqlx::Executor<'c, Database = D::Db>,
+    <D::Db as sqlx::Database>::Arguments: sqlx::IntoArguments<D::Db>,
+    for<'a> &'a str: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> String: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> i32: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> i64: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> f64: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> bool: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> DateTime<Utc>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> Option<String>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'r> AgentRow: sqlx::FromRow<'r, Row<D>>,
+    for<'r> ExecutionRow: sqlx::FromRow<'r, Row<D>>,
+    for<'r> ExecutionRowWithFingerprint: sqlx::FromRow<'r, Row<D>>,
+    for<'r> RunningRow: sqlx::FromRow<'r, Row<D>>,
+    for<'r> SessionRow: sqlx::FromRow<'r, Row<D>>,
+    for<'r> MessageRow: sqlx::FromRow<'r, Row<D>>,
+    for<'r> FeedbackRow: sqlx::FromRow<'r, Row<D>>,
+    for<'r> ReportRow: sqlx::FromRow<'r, Row<D>>,
+    for<'r> (i64,): sqlx::FromRow<'r, Row<D>>,
+    for<'r> (String,): sqlx::FromRow<'r, Row<D>>,
+    for<'r> (String, String): sqlx::FromRow<'r, Row<D>>,
+    for<'r> (String, Option<String>): sqlx::FromRow<'r, Row<D>>,
+    for<'r> (i64, i64, f64): sqlx::FromRow<'r, Row<D>>,
+{
+    /// NOT_FOUND unless the tenant has this agent.
+    async fn ensure_agent<'e, E>(executor: E, tenant: &str, agent_id: Uuid) -> ServiceResult<()>
+    where
+        E: sqlx::Executor<'e, Database = D::Db>,
+    {
+        let found: Option<(String,)> = sqlx::query_as("SELECT id FROM agents WHERE id = $1 AND tenant_id = $2")
+            .bind(agent_id.to_string())
+            .bind(tenant)
+            .fetch_optional(executor)
+            .await?;
+        found.map(drop).ok_or_else(|| ServiceError::not_found(format!("agent {agent_id}")))
+    }
 
-            use async_trait::async_trait;
-            use chrono::{DateTime, Utc};
-            use engarde::kit::error::{ServiceError, ServiceResult};
-            use engarde::kit::idempotency::IdempotencyKey;
-            use engarde::kit::pagination::PageRequest;
-            use uuid::Uuid;
-
-            use super::{
-                EXECUTION_COLUMNS, ExecutionRow, FeedbackRow, MessageRow, ReportRow, SessionRow, outcome_columns,
-            };
-            use crate::domain::{Agent, AgentStatus, lifecycle};
-            use crate::execution::model::{
-                Execution, ExecutionFilter, ExecutionStatus, Feedback, Finish, Finished, MessageRole, NewExecution,
-                Outcome, Report, Session, SessionMessage,
-            };
-            use crate::storage::executions::{ExecutionRepository, NewFeedback, Started};
-            use crate::storage::{json_strings, replayed};
-            use crate::storage::row::{AgentRow, COLUMNS as AGENT_COLUMNS};
-
-            engarde::idempotency_sql!($db);
-
-            engarde::sql_repository_base!($name, $db, $begin);
-
-            fn execution_not_found(id: Uuid) -> ServiceError {
-                ServiceError::not_found(format!("execution {id}"))
-            }
-
-            /// NOT_FOUND unless the tenant has this agent.
-            async fn ensure_agent<'e, E>(executor: E, tenant: &str, agent_id: Uuid) -> ServiceResult<()>
-            where
-                E: sqlx::Executor<'e, Database = $db>,
-            {
-                let found: Option<(String,)> = sqlx::query_as("SELECT id FROM agents WHERE id = $1 AND tenant_id = $2")
-                    .bind(agent_id.to_string())
-                    .bind(tenant)
-                    .fetch_optional(executor)
-                    .await?;
-                found.map(drop).ok_or_else(|| ServiceError::not_found(format!("agent {agent_id}")))
-            }
-
-            async fn by_request<'e, E>(executor: E, tenant: &str, key: &IdempotencyKey) -> ServiceResult<Option<Execution>>
-            where
-                E: sqlx::Executor<'e, Database = $db>,
-            {
-                let sql = format!(
-                    "SELECT {EXECUTION_COLUMNS}, fingerprint FROM executions WHERE tenant_id = $1 AND request_id = $2"
-                );
-                let row: Option<ExecutionRowWithFingerprint> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(tenant)
-                    .bind(&key.request_id)
-                    .fetch_optional(executor)
-                    .await?;
-                let Some(row) = row else { return Ok(None) };
-                if row.fingerprint.as_deref() != Some(key.fingerprint.as_str()) {
-                    return Err(ServiceError::AlreadyExists(format!(
-                        "request_id {:?} was already used for a different request",
-                        key.request_id
-                    )));
-                }
-                Ok(Some(row.execution.try_into()?))
-            }
-
-            #[derive(sqlx::FromRow)]
-            struct ExecutionRowWithFingerprint {
-                #[sqlx(flatten)]
-                execution: ExecutionRow,
-                fingerprint: Option<String>,
-            }
-
-            /// The running execution, locked, with where to report it; `None` once finished.
-            async fn running_for_update(
-                tx: &mut Tx<'_>,
-                id: Uuid,
-            ) -> ServiceResult<Option<(Execution, Option<String>, String)>> {
-                let sql = format!(
-                    "SELECT {EXECUTION_COLUMNS}, report_workflow_id, report_credentials FROM executions \
-                     WHERE id = $1 AND status = 'running'{}",
-                    $lock
-                );
-                let row: Option<RunningRow> =
-                    sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id.to_string()).fetch_optional(&mut **tx).await?;
-                match row {
-                    None => Ok(None),
-                    Some(r) => Ok(Some((r.execution.try_into()?, r.report_workflow_id, r.report_credentials))),
-                }
-            }
-
-            #[derive(sqlx::FromRow)]
-            struct RunningRow {
-                #[sqlx(flatten)]
-                execution: ExecutionRow,
-                report_workflow_id: Option<String>,
-                report_credentials: String,
-            }
-
-            /// Numbers and stores the two messages of a successful execution. The upsert of the
-            /// session row locks it, so concurrent executions of one session take turns here.
-            async fn remember(tx: &mut Tx<'_>, execution: &Execution, output: &str, at: DateTime<Utc>) -> ServiceResult<()> {
-                let (last,): (i64,) = sqlx::query_as(
-                    "INSERT INTO sessions (agent_id, session_id, tenant_id, message_count, last_sequence, last_message_at) \
-                     VALUES ($1, $2, $3, 2, 2, $4) \
-                     ON CONFLICT (agent_id, session_id) DO UPDATE SET \
-                       message_count = sessions.message_count + 2, \
-                       last_sequence = sessions.last_sequence + 2, \
-                       last_message_at = excluded.last_message_at \
-                     RETURNING last_sequence",
-                )
-                .bind(execution.agent_id.to_string())
-                .bind(&execution.session_id)
-                .bind(&execution.tenant_id)
-                .bind(at)
-                .fetch_one(&mut **tx)
-                .await?;
-                for (sequence, role, text) in
-                    [(last - 1, MessageRole::User, execution.input.as_str()), (last, MessageRole::Agent, output)]
-                {
-                    sqlx::query(
-                        "INSERT INTO session_messages (agent_id, session_id, sequence, role, text, execution_id, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    )
-                    .bind(execution.agent_id.to_string())
-                    .bind(&execution.session_id)
-                    .bind(sequence)
-                    .bind(role.as_str())
-                    .bind(text)
-                    .bind(execution.id.to_string())
-                    .bind(at)
-                    .execute(&mut **tx)
-                    .await?;
-                }
-                Ok(())
-            }
-
-            /// Moves the agent to ERROR because its flow `flow_id` is gone, unless it has been
-            /// given another flow since the run started (or is already in ERROR).
-            async fn fail_agent(tx: &mut Tx<'_>, execution: &Execution, flow_id: &str, at: DateTime<Utc>) -> ServiceResult<()> {
-                let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1 AND tenant_id = $2{}", $lock);
-                let row: Option<AgentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(execution.agent_id.to_string())
-                    .bind(&execution.tenant_id)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-                let Some(row) = row else { return Ok(()) };
-                let mut agent = Agent::try_from(row)?;
-                if agent.langflow_workflow_id != flow_id || agent.status == AgentStatus::Error {
-                    return Ok(());
-                }
-                lifecycle::fail(&mut agent, &format!("its Langflow flow {flow_id} no longer exists"));
-                sqlx::query(
-                    "UPDATE agents SET status = $1, status_reason = $2, version = version + 1, updated_at = $3 \
-                     WHERE id = $4 AND tenant_id = $5",
-                )
-                .bind(agent.status.as_str())
-                .bind(&agent.status_reason)
-                .bind(at)
-                .bind(agent.id.to_string())
-                .bind(&agent.tenant_id)
-                .execute(&mut **tx)
-                .await?;
-                tracing::warn!(agent_id = %agent.id, flow_id, "agent moved to error: its flow is gone");
-                Ok(())
-            }
-
-            /// A finish in one statement, one round trip (PostgreSQL, whose data-modifying CTEs
-            /// make it possible): the execution's outcome, the agent's statistics, the
-            /// conversation and the report, atomically, as the transaction in
-            /// [`ExecutionRepository::finish`] does them. `running` is the row before the update,
-            /// for the credentials the update clears; the messages take their numbers from the
-            /// session upsert, which locks the session as there. No row: already finished.
-            async fn finish_in_one_statement(pool: &sqlx::Pool<$db>, finish: &Finish) -> ServiceResult<Option<Finished>> {
-                // Built once: it is on every execution's path.
-                static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| format!(
-                    "WITH finished AS ( \
-                       UPDATE executions AS e SET status = $1, output = $2, error = $3, error_code = $4, \
-                         latency_ms = $5, finished_at = $6, report_credentials = '' \
-                       FROM executions AS running \
-                       WHERE e.id = $7 AND e.status = 'running' AND running.id = e.id \
-                       RETURNING e.*, running.report_credentials AS credentials_to_report), \
-                     counted AS ( \
-                       UPDATE agents SET total_executions = total_executions + 1, \
-                         successful_executions = successful_executions + CASE WHEN $8 THEN 1 ELSE 0 END, \
-                         average_response_time_ms = (average_response_time_ms * total_executions + $5) / (total_executions + 1) \
-                       FROM finished WHERE agents.id = finished.agent_id), \
-                     session AS ( \
-                       INSERT INTO sessions (agent_id, session_id, tenant_id, message_count, last_sequence, last_message_at) \
-                       SELECT agent_id, session_id, tenant_id, 2, 2, $6 FROM finished WHERE $8 \
-                       ON CONFLICT (agent_id, session_id) DO UPDATE SET \
-                         message_count = sessions.message_count + 2, \
-                         last_sequence = sessions.last_sequence + 2, \
-                         last_message_at = excluded.last_message_at \
-                       RETURNING last_sequence), \
-                     remembered AS ( \
-                       INSERT INTO session_messages (agent_id, session_id, sequence, role, text, execution_id, created_at) \
-                       SELECT f.agent_id, f.session_id, s.last_sequence + m.shift, m.role, m.text, f.id, $6 \
-                       FROM finished AS f CROSS JOIN session AS s \
-                       CROSS JOIN LATERAL (VALUES (-1, '{user}', f.input), (0, '{agent}', $2)) AS m (shift, role, text)), \
-                     reported AS ( \
-                       INSERT INTO execution_reports (execution_id, tenant_id, workflow_id, succeeded, credentials, \
-                         attempts, next_attempt_at) \
-                       SELECT id, tenant_id, report_workflow_id, $8, credentials_to_report, 0, $6 FROM finished \
-                       WHERE report_workflow_id IS NOT NULL \
-                       ON CONFLICT (execution_id) DO NOTHING) \
-                     SELECT {EXECUTION_COLUMNS}, report_workflow_id FROM finished",
-                    user = MessageRole::User.as_str(),
-                    agent = MessageRole::Agent.as_str(),
-                ));
-                let (status, output, error, error_code) = outcome_columns(&finish.outcome);
-                let row: Option<FinishedRow> = sqlx::query_as(sqlx::AssertSqlSafe(SQL.as_str()))
-                    .bind(status.as_str())
-                    .bind(output)
-                    .bind(error)
-                    .bind(error_code)
-                    .bind(finish.latency_ms)
-                    .bind(finish.finished_at)
-                    .bind(finish.execution_id.to_string())
-                    .bind(status == ExecutionStatus::Succeeded)
-                    .fetch_optional(pool)
-                    .await?;
-                let Some(row) = row else { return Ok(None) };
-                let reported = row.report_workflow_id.is_some();
-                Ok(Some(Finished { execution: row.execution.try_into()?, reported }))
-            }
-
-            #[derive(sqlx::FromRow)]
-            struct FinishedRow {
-                #[sqlx(flatten)]
-                execution: ExecutionRow,
-                report_workflow_id: Option<String>,
-            }
-
-            #[async_trait]
-            impl ExecutionRepository for $name {
-                async fn find_by_request(&self, tenant: &str, key: &IdempotencyKey) -> ServiceResult<Option<Execution>> {
-                    by_request(&self.pool, tenant, key).await
-                }
-
-                async fn start(&self, new: &NewExecution) -> ServiceResult<Started> {
-                    // The RUNNING row acknowledges nothing: if a crash loses it, the caller got
-                    // no answer and retries. So its commit need not wait for the disk, which
-                    // saves an execution one of its two flushes. One statement, one round trip
-                    // (`WHERE true` keeps SQLite from reading the upsert's ON as a join's).
-                    let inserted = sqlx::query(concat!(
-                        "INSERT INTO executions (id, tenant_id, agent_id, session_id, step_id, input, status, \
-                         request_id, fingerprint, started_at, report_workflow_id, report_credentials) \
-                         SELECT $1, $2, $3, $4, $5, $6, 'running', $7, $8, $9, $10, $11 FROM ",
-                        $relaxed_from,
-                        " WHERE true ON CONFLICT (tenant_id, request_id) DO NOTHING"
-                    ))
-                    .bind(new.id.to_string())
-                    .bind(&new.tenant_id)
-                    .bind(new.agent_id.to_string())
-                    .bind(&new.session_id)
-                    .bind(&new.step_id)
-                    .bind(&new.input)
-                    .bind(new.request.as_ref().map(|k| k.request_id.clone()))
-                    .bind(new.request.as_ref().map(|k| k.fingerprint.clone()))
-                    .bind(new.started_at)
-                    .bind(new.report_workflow_id.map(|id| id.to_string()))
-                    .bind(&new.report_credentials)
-                    .execute(&self.pool)
-                    .await;
-                    let inserted = match inserted {
-                        Ok(done) => done.rows_affected(),
-                        // The agent was deleted since it was read.
-                        Err(sqlx::Error::Database(e)) if e.kind() == sqlx::error::ErrorKind::ForeignKeyViolation => {
-                            return Err(ServiceError::not_found(format!("agent {}", new.agent_id)));
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
-                    if inserted == 1 {
-                        return Ok(Started::New(new.running()));
-                    }
-                    let Some(key) = &new.request else {
-                        return Err(ServiceError::internal(anyhow::anyhow!("execution {} was not stored", new.id)));
-                    };
-                    match by_request(&self.pool, &new.tenant_id, key).await? {
-                        Some(existing) => Ok(Started::Existing(existing)),
-                        None => Err(ServiceError::Aborted(format!(
-                            "request_id {:?} is being used concurrently; retry",
-                            key.request_id
-                        ))),
-                    }
-                }
-
-                async fn finish(&self, finish: &Finish) -> ServiceResult<Option<Finished>> {
-                    // The rare finish that also fails the agent takes the transaction below.
-                    if $one_statement && finish.flow_gone.is_none() {
-                        return finish_in_one_statement(&self.pool, finish).await;
-                    }
-                    let mut tx = self.begin().await?;
-                    let Some((mut execution, report_workflow_id, credentials)) =
-                        running_for_update(&mut tx, finish.execution_id).await?
-                    else {
-                        return Ok(None);
-                    };
-                    let (status, output, error, error_code) = outcome_columns(&finish.outcome);
-                    sqlx::query(
-                        "UPDATE executions SET status = $1, output = $2, error = $3, error_code = $4, latency_ms = $5, \
-                         finished_at = $6, report_credentials = '' WHERE id = $7",
-                    )
-                    .bind(status.as_str())
-                    .bind(output)
-                    .bind(error)
-                    .bind(error_code)
-                    .bind(finish.latency_ms)
-                    .bind(finish.finished_at)
-                    .bind(execution.id.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                    let succeeded = status == ExecutionStatus::Succeeded;
-                    // The statistics, in SQL: concurrent finishes each add their own, none lost.
-                    sqlx::query(
-                        "UPDATE agents SET total_executions = total_executions + 1, \
-                         successful_executions = successful_executions + $1, \
-                         average_response_time_ms = (average_response_time_ms * total_executions + $2) / (total_executions + 1) \
-                         WHERE id = $3",
-                    )
-                    .bind(i64::from(succeeded))
-                    .bind(finish.latency_ms)
-                    .bind(execution.agent_id.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                    if let Outcome::Succeeded { output } = &finish.outcome {
-                        remember(&mut tx, &execution, output, finish.finished_at).await?;
-                    }
-                    let reported = match report_workflow_id {
-                        None => false,
-                        Some(workflow_id) => {
-                            sqlx::query(
-                                "INSERT INTO execution_reports (execution_id, tenant_id, workflow_id, succeeded, \
-                                 credentials, attempts, next_attempt_at) VALUES ($1, $2, $3, $4, $5, 0, $6) \
-                                 ON CONFLICT (execution_id) DO NOTHING",
-                            )
-                            .bind(execution.id.to_string())
-                            .bind(&execution.tenant_id)
-                            .bind(workflow_id)
-                            .bind(succeeded)
-                            .bind(credentials)
-                            .bind(finish.finished_at)
-                            .execute(&mut *tx)
-                            .await?;
-                            true
-                        }
-                    };
-                    if let Some(flow_id) = &finish.flow_gone {
-                        fail_agent(&mut tx, &execution, flow_id, finish.finished_at).await?;
-                    }
-                    tx.commit().await?;
-                    execution.status = status;
-                    execution.output = output.to_owned();
-                    execution.error = error.to_owned();
-                    execution.failure = match &finish.outcome {
-                        Outcome::Failed { kind, .. } => Some(*kind),
-                        Outcome::Succeeded { .. } => None,
-                    };
-                    execution.latency_ms = finish.latency_ms;
-                    execution.finished_at = Some(finish.finished_at);
-                    Ok(Some(Finished { execution, reported }))
-                }
-
-                async fn stale(&self, before: DateTime<Utc>, limit: i64) -> ServiceResult<Vec<Execution>> {
-                    let sql = format!(
-                        "SELECT {EXECUTION_COLUMNS} FROM executions WHERE status = 'running' AND started_at < $1 \
-                         ORDER BY started_at LIMIT $2"
-                    );
-                    let rows: Vec<ExecutionRow> =
-                        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(before).bind(limit).fetch_all(&self.pool).await?;
-                    rows.into_iter().map(Execution::try_from).collect()
-                }
-
-                async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Execution> {
-                    let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1 AND tenant_id = $2");
-                    let row: Option<ExecutionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                        .bind(id.to_string())
-                        .bind(tenant)
-                        .fetch_optional(&self.pool)
-                        .await?;
-                    row.ok_or_else(|| execution_not_found(id))?.try_into()
-                }
-
-                async fn list(
-                    &self,
-                    tenant: &str,
-                    filter: &ExecutionFilter,
-                    page: &PageRequest,
-                ) -> ServiceResult<Vec<Execution>> {
-                    if let Some(agent_id) = filter.agent_id {
-                        ensure_agent(&self.pool, tenant, agent_id).await?;
-                    }
-                    // One static statement: an empty filter parameter matches everything.
-                    let sql = format!(
-                        "SELECT {EXECUTION_COLUMNS} FROM executions \
-                         WHERE tenant_id = $1 \
-                           AND ($2 = '' OR agent_id = $2) \
-                           AND ($3 = '' OR session_id = $3) \
-                           AND ($4 = '' OR status = $4) \
-                           AND ($5 = 0 OR (started_at, id) < ($6, $7)) \
-                         ORDER BY started_at DESC, id DESC LIMIT $8"
-                    );
-                    let (has_after, after_time, after_id) = page.time_id_cursor()?;
-                    let rows: Vec<ExecutionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                        .bind(tenant)
-                        .bind(filter.agent_id.map(|id| id.to_string()).unwrap_or_default())
-                        .bind(filter.session_id.clone().unwrap_or_default())
-                        .bind(filter.status.map(|s| s.as_str()).unwrap_or(""))
-                        .bind(has_after)
-                        .bind(after_time)
-                        .bind(after_id)
-                        .bind(i64::from(page.size))
-                        .fetch_all(&self.pool)
-                        .await?;
-                    rows.into_iter().map(Execution::try_from).collect()
-                }
-
-                async fn sessions(&self, tenant: &str, agent_id: Uuid, page: &PageRequest) -> ServiceResult<Vec<Session>> {
-                    ensure_agent(&self.pool, tenant, agent_id).await?;
-                    let (has_after, after_time, after_id) = page.time_id_cursor()?;
-                    let rows: Vec<SessionRow> = sqlx::query_as(
-                        "SELECT session_id, message_count, last_message_at FROM sessions \
-                         WHERE agent_id = $1 AND tenant_id = $2 \
-                           AND ($3 = 0 OR (last_message_at, session_id) < ($4, $5)) \
-                         ORDER BY last_message_at DESC, session_id DESC LIMIT $6",
-                    )
-                    .bind(agent_id.to_string())
-                    .bind(tenant)
-                    .bind(has_after)
-                    .bind(after_time)
-                    .bind(after_id)
-                    .bind(i64::from(page.size))
-                    .fetch_all(&self.pool)
-                    .await?;
-                    Ok(rows.into_iter().map(Session::from).collect())
-                }
-
-                async fn messages(
-                    &self,
-                    tenant: &str,
-                    agent_id: Uuid,
-                    session_id: &str,
-                    page: &PageRequest,
-                ) -> ServiceResult<Vec<SessionMessage>> {
-                    ensure_agent(&self.pool, tenant, agent_id).await?;
-                    let after = page.number_cursor()?;
-                    let rows: Vec<MessageRow> = sqlx::query_as(
-                        "SELECT sequence, role, text, execution_id, created_at FROM session_messages \
-                         WHERE agent_id = $1 AND session_id = $2 AND sequence > $3 ORDER BY sequence LIMIT $4",
-                    )
-                    .bind(agent_id.to_string())
-                    .bind(session_id)
-                    .bind(after)
-                    .bind(i64::from(page.size))
-                    .fetch_all(&self.pool)
-                    .await?;
-                    rows.into_iter().map(SessionMessage::try_from).collect()
-                }
-
-                async fn clear_session(
-                    &self,
-                    tenant: &str,
-                    agent_id: Uuid,
-                    session_id: &str,
-                    key: Option<&IdempotencyKey>,
-                ) -> ServiceResult<i64> {
-                    let mut tx = self.begin().await?;
-                    if let Some(json) = claim_idempotency(&mut tx, tenant, key).await? {
-                        return replayed(&json);
-                    }
-                    ensure_agent(&mut *tx, tenant, agent_id).await?;
-                    // The session row first: it is the lock a finishing execution holds while it
-                    // numbers its messages, so none is added between the two deletes.
-                    sqlx::query("DELETE FROM sessions WHERE agent_id = $1 AND session_id = $2")
-                        .bind(agent_id.to_string())
-                        .bind(session_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    let cleared = sqlx::query("DELETE FROM session_messages WHERE agent_id = $1 AND session_id = $2")
-                        .bind(agent_id.to_string())
-                        .bind(session_id)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    let cleared = i64::try_from(cleared).map_err(ServiceError::internal)?;
-                    complete_idempotency(&mut tx, tenant, key, &cleared).await?;
-                    tx.commit().await?;
-                    Ok(cleared)
-                }
-
-                async fn add_feedback(
-                    &self,
-                    tenant: &str,
-                    new: NewFeedback,
-                    key: Option<&IdempotencyKey>,
-                ) -> ServiceResult<Feedback> {
-                    let mut tx = self.begin().await?;
-                    if let Some(json) = claim_idempotency(&mut tx, tenant, key).await? {
-                        return replayed(&json);
-                    }
-                    let found: Option<(String, String)> =
-                        sqlx::query_as("SELECT agent_id, status FROM executions WHERE id = $1 AND tenant_id = $2")
-                            .bind(new.execution_id.to_string())
-                            .bind(tenant)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    let Some((agent_id, status)) = found else {
-                        return Err(execution_not_found(new.execution_id));
-                    };
-                    if status == ExecutionStatus::Running.as_str() {
-                        return Err(ServiceError::FailedPrecondition(format!(
-                            "execution {} is still running; give feedback once it has finished",
-                            new.execution_id
-                        )));
-                    }
-                    let agent_id = Uuid::parse_str(&agent_id).map_err(ServiceError::internal)?;
-                    sqlx::query(
-                        "INSERT INTO feedback (id, tenant_id, agent_id, execution_id, score, comment, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    )
-                    .bind(new.id.to_string())
-                    .bind(tenant)
-                    .bind(agent_id.to_string())
-                    .bind(new.execution_id.to_string())
-                    .bind(new.score)
-                    .bind(&new.comment)
-                    .bind(new.created_at)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query(
-                        "UPDATE agents SET feedback_count = feedback_count + 1, \
-                         feedback_score_sum = feedback_score_sum + $1 WHERE id = $2",
-                    )
-                    .bind(i64::from(new.score))
-                    .bind(agent_id.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                    let feedback = Feedback {
-                        id: new.id,
-                        execution_id: new.execution_id,
-                        agent_id,
-                        score: new.score,
-                        comment: new.comment,
-                        created_at: new.created_at,
-                    };
-                    complete_idempotency(&mut tx, tenant, key, &feedback).await?;
-                    tx.commit().await?;
-                    Ok(feedback)
-                }
-
-                async fn feedback(&self, tenant: &str, agent_id: Uuid, page: &PageRequest) -> ServiceResult<Vec<Feedback>> {
-                    ensure_agent(&self.pool, tenant, agent_id).await?;
-                    let (has_after, after_time, after_id) = page.time_id_cursor()?;
-                    let rows: Vec<FeedbackRow> = sqlx::query_as(
-                        "SELECT id, execution_id, agent_id, score, comment, created_at FROM feedback \
-                         WHERE agent_id = $1 AND tenant_id = $2 \
-                           AND ($3 = 0 OR (created_at, id) < ($4, $5)) \
-                         ORDER BY created_at DESC, id DESC LIMIT $6",
-                    )
-                    .bind(agent_id.to_string())
-                    .bind(tenant)
-                    .bind(has_after)
-                    .bind(after_time)
-                    .bind(after_id)
-                    .bind(i64::from(page.size))
-                    .fetch_all(&self.pool)
-                    .await?;
-                    rows.into_iter().map(Feedback::try_from).collect()
-                }
-
-                async fn claim_reports(&self, limit: i64, lease: Duration) -> ServiceResult<Vec<Report>> {
-                    let now = crate::domain::now();
-                    let until = now + chrono::Duration::from_std(lease).map_err(ServiceError::internal)?;
-                    // Pushing next_attempt_at past the lease is the claim: other claimers (other
-                    // replicas) see the rows as not due until the lease runs out. A claim lost in
-                    // a crash only lets the reports be delivered twice, which workflow-service
-                    // counts once: no need to wait for the disk.
-                    let sql = format!(
-                        "UPDATE execution_reports SET next_attempt_at = $1 WHERE execution_id IN \
-                         (SELECT execution_id FROM execution_reports WHERE next_attempt_at <= $2 \
-                          ORDER BY next_attempt_at LIMIT $3{}) AND EXISTS (SELECT 1 FROM {}) \
-                         RETURNING execution_id, tenant_id, workflow_id, succeeded, credentials, attempts",
-                        $skip, $relaxed_from
-                    );
-                    let rows: Vec<ReportRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                        .bind(until)
-                        .bind(now)
-                        .bind(limit)
-                        .fetch_all(&self.pool)
-                        .await?;
-                    rows.into_iter().map(Report::try_from).collect()
-                }
-
-                async fn reports_delivered(&self, execution_ids: &[Uuid]) -> ServiceResult<()> {
-                    if execution_ids.is_empty() {
-                        return Ok(());
-                    }
-                    // Losing this delete in a crash only delivers the reports again, which
-                    // workflow-service counts once: no need to wait for the disk.
-                    sqlx::query(concat!(
-                        "DELETE FROM execution_reports WHERE execution_id IN (",
-                        $json_texts,
-                        ") AND EXISTS (SELECT 1 FROM ",
-                        $relaxed_from,
-                        ")"
-                    ))
-                    .bind(json_strings(execution_ids))
-                    .execute(&self.pool)
-                    .await?;
-                    Ok(())
-                }
-
-                async fn pending_reports(&self) -> ServiceResult<i64> {
-                    let (n,): (i64,) =
-                        sqlx::query_as("SELECT count(*) FROM execution_reports").fetch_one(&self.pool).await?;
-                    Ok(n)
-                }
-
-                async fn report_failed(&self, execution_id: Uuid, error: &str, retry_at: DateTime<Utc>) -> ServiceResult<()> {
-                    sqlx::query(
-                        "UPDATE execution_reports SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2 \
-                         WHERE execution_id = $3",
-                    )
-                    .bind(error)
-                    .bind(retry_at)
-                    .bind(execution_id.to_string())
-                    .execute(&self.pool)
-                    .await?;
-                    Ok(())
-                }
-            }
+    async fn by_request<'e, E>(executor: E, tenant: &str, key: &IdempotencyKey) -> ServiceResult<Option<Execution>>
+    where
+        E: sqlx::Executor<'e, Database = D::Db>,
+    {
+        let sql =
+            format!("SELECT {EXECUTION_COLUMNS}, fingerprint FROM executions WHERE tenant_id = $1 AND request_id = $2");
+        let row: Option<ExecutionRowWithFingerprint> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(&key.request_id)
+            .fetch_optional(executor)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        if row.fingerprint.as_deref() != Some(key.fingerprint.as_str()) {
+            return Err(ServiceError::AlreadyExists(format!(
+                "request_id {:?} was already used for a different request",
+                key.request_id
+            )));
         }
-        pub use $module::$name;
-    };
+        Ok(Some(row.execution.try_into()?))
+    }
+
+    /// The running execution, locked, with where to report it; `None` once finished.
+    async fn running_for_update(
+        tx: &mut Conn<D>,
+        id: Uuid,
+    ) -> ServiceResult<Option<(Execution, Option<String>, String)>> {
+        let sql = format!(
+            "SELECT {EXECUTION_COLUMNS}, report_workflow_id, report_credentials FROM executions \
+             WHERE id = $1 AND status = 'running'{}",
+            D::LOCK
+        );
+        let row: Option<RunningRow> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id.to_string()).fetch_optional(&mut *tx).await?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some((r.execution.try_into()?, r.report_workflow_id, r.report_credentials))),
+        }
+    }
+
+    /// Numbers and stores the two messages of a successful execution. The upsert of the
+    /// session row locks it, so concurrent executions of one session take turns here.
+    async fn remember(tx: &mut Conn<D>, execution: &Execution, output: &str, at: DateTime<Utc>) -> ServiceResult<()> {
+        let (last,): (i64,) = sqlx::query_as(
+            "INSERT INTO sessions (agent_id, session_id, tenant_id, message_count, last_sequence, last_message_at) \
+             VALUES ($1, $2, $3, 2, 2, $4) \
+             ON CONFLICT (agent_id, session_id) DO UPDATE SET \
+               message_count = sessions.message_count + 2, \
+               last_sequence = sessions.last_sequence + 2, \
+               last_message_at = excluded.last_message_at \
+             RETURNING last_sequence",
+        )
+        .bind(execution.agent_id.to_string())
+        .bind(&execution.session_id)
+        .bind(&execution.tenant_id)
+        .bind(at)
+        .fetch_one(&mut *tx)
+        .await?;
+        for (sequence, role, text) in
+            [(last - 1, MessageRole::User, execution.input.as_str()), (last, MessageRole::Agent, output)]
+        {
+            sqlx::query(
+                "INSERT INTO session_messages (agent_id, session_id, sequence, role, text, execution_id, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(execution.agent_id.to_string())
+            .bind(&execution.session_id)
+            .bind(sequence)
+            .bind(role.as_str())
+            .bind(text)
+            .bind(execution.id.to_string())
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Moves the agent to ERROR because its flow `flow_id` is gone, unless it has been
+    /// given another flow since the run started (or is already in ERROR).
+    async fn fail_agent(
+        tx: &mut Conn<D>,
+        execution: &Execution,
+        flow_id: &str,
+        at: DateTime<Utc>,
+    ) -> ServiceResult<()> {
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1 AND tenant_id = $2{}", D::LOCK);
+        let row: Option<AgentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(execution.agent_id.to_string())
+            .bind(&execution.tenant_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else { return Ok(()) };
+        let mut agent = Agent::try_from(row)?;
+        if agent.langflow_workflow_id != flow_id || agent.status == AgentStatus::Error {
+            return Ok(());
+        }
+        lifecycle::fail(&mut agent, &format!("its Langflow flow {flow_id} no longer exists"));
+        sqlx::query(
+            "UPDATE agents SET status = $1, status_reason = $2, version = version + 1, updated_at = $3 \
+             WHERE id = $4 AND tenant_id = $5",
+        )
+        .bind(agent.status.as_str())
+        .bind(&agent.status_reason)
+        .bind(at)
+        .bind(agent.id.to_string())
+        .bind(&agent.tenant_id)
+        .execute(&mut *tx)
+        .await?;
+        tracing::warn!(agent_id = %agent.id, flow_id, "agent moved to error: its flow is gone");
+        Ok(())
+    }
 }
 
-sql_execution_repository!(
-    postgres,
-    PostgresExecutionRepository,
-    sqlx::Postgres,
-    begin = "BEGIN",
-    lock = " FOR UPDATE",
-    skip_locked = " FOR UPDATE SKIP LOCKED",
-    relaxed_from = "(SELECT set_config('synchronous_commit', 'off', true)) AS relaxed",
-    json_texts = "SELECT jsonb_array_elements_text($1::jsonb)",
-    finish_in_one_statement = true
-);
-sql_execution_repository!(
-    sqlite,
-    SqliteExecutionRepository,
-    sqlx::Sqlite,
-    begin = "BEGIN IMMEDIATE",
-    lock = "",
-    skip_locked = "",
-    relaxed_from = "(SELECT 1) AS relaxed",
-    json_texts = "SELECT value FROM json_each($1)",
-    finish_in_one_statement = false
-);
+#[async_trait]
+impl<D> ExecutionRepository for SqlExecutionRepository<D>
+where
+    D: Dialect,
+    D::Db: OneStatementFinish,
+    for<'c> &'c mut Conn<D>: sqlx::Executor<'c, Database = D::Db>,
+    <D::Db as sqlx::Database>::Arguments: sqlx::IntoArguments<D::Db>,
+    for<'a> &'a str: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> String: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> i32: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> i64: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> f64: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> bool: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> DateTime<Utc>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> Option<String>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'r> AgentRow: sqlx::FromRow<'r, Row<D>>,
+    for<'r> ExecutionRow: sqlx::FromRow<'r, Row<D>>,
+    for<'r> ExecutionRowWithFingerprint: sqlx::FromRow<'r, Row<D>>,
+    for<'r> RunningRow: sqlx::FromRow<'r, Row<D>>,
+    for<'r> SessionRow: sqlx::FromRow<'r, Row<D>>,
+    for<'r> MessageRow: sqlx::FromRow<'r, Row<D>>,
+    for<'r> FeedbackRow: sqlx::FromRow<'r, Row<D>>,
+    for<'r> ReportRow: sqlx::FromRow<'r, Row<D>>,
+    for<'r> (i64,): sqlx::FromRow<'r, Row<D>>,
+    for<'r> (String,): sqlx::FromRow<'r, Row<D>>,
+    for<'r> (String, String): sqlx::FromRow<'r, Row<D>>,
+    for<'r> (String, Option<String>): sqlx::FromRow<'r, Row<D>>,
+    for<'r> (i64, i64, f64): sqlx::FromRow<'r, Row<D>>,
+{
+    async fn find_by_request(&self, tenant: &str, key: &IdempotencyKey) -> ServiceResult<Option<Execution>> {
+        Self::by_request(&self.pool, tenant, key).await
+    }
+
+    async fn start(&self, new: &NewExecution) -> ServiceResult<Started> {
+        // The RUNNING row acknowledges nothing: if a crash loses it, the caller got
+        // no answer and retries. So its commit need not wait for the disk, which
+        // saves an execution one of its two flushes. One statement, one round trip
+        // (`WHERE true` keeps SQLite from reading the upsert's ON as a join's).
+        let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO executions (id, tenant_id, agent_id, session_id, step_id, input, status, \
+             request_id, fingerprint, started_at, report_workflow_id, report_credentials) \
+             SELECT $1, $2, $3, $4, $5, $6, 'running', $7, $8, $9, $10, $11 FROM {} \
+             WHERE true ON CONFLICT (tenant_id, request_id) DO NOTHING",
+            D::RELAXED_FROM
+        )))
+        .bind(new.id.to_string())
+        .bind(&new.tenant_id)
+        .bind(new.agent_id.to_string())
+        .bind(&new.session_id)
+        .bind(&new.step_id)
+        .bind(&new.input)
+        .bind(new.request.as_ref().map(|k| k.request_id.clone()))
+        .bind(new.request.as_ref().map(|k| k.fingerprint.clone()))
+        .bind(new.started_at)
+        .bind(new.report_workflow_id.map(|id| id.to_string()))
+        .bind(&new.report_credentials)
+        .execute(&self.pool)
+        .await;
+        let inserted = match inserted {
+            Ok(done) => D::rows_affected(&done),
+            // The agent was deleted since it was read.
+            Err(sqlx::Error::Database(e)) if e.kind() == sqlx::error::ErrorKind::ForeignKeyViolation => {
+                return Err(ServiceError::not_found(format!("agent {}", new.agent_id)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if inserted == 1 {
+            return Ok(Started::New(new.running()));
+        }
+        let Some(key) = &new.request else {
+            return Err(ServiceError::internal(anyhow::anyhow!("execution {} was not stored", new.id)));
+        };
+        match Self::by_request(&self.pool, &new.tenant_id, key).await? {
+            Some(existing) => Ok(Started::Existing(existing)),
+            None => {
+                Err(ServiceError::Aborted(format!("request_id {:?} is being used concurrently; retry", key.request_id)))
+            }
+        }
+    }
+
+    async fn finish(&self, finish: &Finish) -> ServiceResult<Option<Finished>> {
+        // The rare finish that also fails the agent takes the transaction below.
+        if finish.flow_gone.is_none()
+            && let Some(done) = <D::Db as OneStatementFinish>::finish_in_one_statement(&self.pool, finish).await?
+        {
+            return Ok(done);
+        }
+        let mut tx = self.pool.begin_with(D::BEGIN).await?;
+        let Some((execution, report_workflow_id, credentials)) =
+            Self::running_for_update(&mut *tx, finish.execution_id).await?
+        else {
+            return Ok(None);
+        };
+        let book = finish.bookkeeping();
+        sqlx::query(
+            "UPDATE executions SET status = $1, output = $2, error = $3, error_code = $4, latency_ms = $5, \
+             finished_at = $6, report_credentials = '' WHERE id = $7",
+        )
+        .bind(book.status.as_str())
+        .bind(book.output)
+        .bind(book.error)
+        .bind(book.error_code())
+        .bind(finish.latency_ms)
+        .bind(finish.finished_at)
+        .bind(execution.id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        // The agent's row locked (after the execution's, as everywhere), so that
+        // concurrent finishes each add their own, none lost.
+        let sql = format!(
+            "SELECT total_executions, successful_executions, average_response_time_ms FROM agents \
+             WHERE id = $1{}",
+            D::LOCK
+        );
+        let stats: Option<(i64, i64, f64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(execution.agent_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some((total, successful, average_response_time_ms)) = stats {
+            let stats = ExecutionStats { total, successful, average_response_time_ms }
+                .record(book.succeeded, finish.latency_ms);
+            sqlx::query(
+                "UPDATE agents SET total_executions = $1, successful_executions = $2, \
+                 average_response_time_ms = $3 WHERE id = $4",
+            )
+            .bind(stats.total)
+            .bind(stats.successful)
+            .bind(stats.average_response_time_ms)
+            .bind(execution.agent_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(output) = book.remember {
+            Self::remember(&mut *tx, &execution, output, finish.finished_at).await?;
+        }
+        let reported = match report_workflow_id {
+            None => false,
+            Some(workflow_id) => {
+                sqlx::query(
+                    "INSERT INTO execution_reports (execution_id, tenant_id, workflow_id, succeeded, \
+                     credentials, attempts, next_attempt_at) VALUES ($1, $2, $3, $4, $5, 0, $6) \
+                     ON CONFLICT (execution_id) DO NOTHING",
+                )
+                .bind(execution.id.to_string())
+                .bind(&execution.tenant_id)
+                .bind(workflow_id)
+                .bind(book.succeeded)
+                .bind(credentials)
+                .bind(finish.finished_at)
+                .execute(&mut *tx)
+                .await?;
+                true
+            }
+        };
+        if let Some(flow_id) = &finish.flow_gone {
+            Self::fail_agent(&mut *tx, &execution, flow_id, finish.finished_at).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(Finished { execution: execution.finished(finish), reported }))
+    }
+
+    async fn stale(&self, before: DateTime<Utc>, limit: i64) -> ServiceResult<Vec<Execution>> {
+        let sql = format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE status = 'running' AND started_at < $1 \
+             ORDER BY started_at LIMIT $2"
+        );
+        let rows: Vec<ExecutionRow> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(before).bind(limit).fetch_all(&self.pool).await?;
+        rows.into_iter().map(Execution::try_from).collect()
+    }
+
+    async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Execution> {
+        let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1 AND tenant_id = $2");
+        let row: Option<ExecutionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.ok_or_else(|| execution_not_found(id))?.try_into()
+    }
+
+    async fn list(&self, tenant: &str, filter: &ExecutionFilter, page: &PageRequest) -> ServiceResult<Vec<Execution>> {
+        if let Some(agent_id) = filter.agent_id {
+            Self::ensure_agent(&self.pool, tenant, agent_id).await?;
+        }
+        // One static statement: an empty filter parameter matches everything.
+        let sql = format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions \
+             WHERE tenant_id = $1 \
+               AND ($2 = '' OR agent_id = $2) \
+               AND ($3 = '' OR session_id = $3) \
+               AND ($4 = '' OR status = $4) \
+               AND ($5 = 0 OR (started_at, id) < ($6, $7)) \
+             ORDER BY started_at DESC, id DESC LIMIT $8"
+        );
+        let rows: Vec<ExecutionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(filter.agent_id.map(|id| id.to_string()).unwrap_or_default())
+            .bind(filter.session_id.clone().unwrap_or_default())
+            .bind(filter.status.map(|s| s.as_str()).unwrap_or(""))
+            .bind_keyset(page)?
+            .bind(i64::from(page.size))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(Execution::try_from).collect()
+    }
+
+    async fn sessions(&self, tenant: &str, agent_id: Uuid, page: &PageRequest) -> ServiceResult<Vec<Session>> {
+        Self::ensure_agent(&self.pool, tenant, agent_id).await?;
+        let rows: Vec<SessionRow> = sqlx::query_as(
+            "SELECT session_id, message_count, last_message_at FROM sessions \
+             WHERE agent_id = $1 AND tenant_id = $2 \
+               AND ($3 = 0 OR (last_message_at, session_id) < ($4, $5)) \
+             ORDER BY last_message_at DESC, session_id DESC LIMIT $6",
+        )
+        .bind(agent_id.to_string())
+        .bind(tenant)
+        .bind_keyset(page)?
+        .bind(i64::from(page.size))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Session::from).collect())
+    }
+
+    async fn messages(
+        &self,
+        tenant: &str,
+        agent_id: Uuid,
+        session_id: &str,
+        page: &PageRequest,
+    ) -> ServiceResult<Vec<SessionMessage>> {
+        Self::ensure_agent(&self.pool, tenant, agent_id).await?;
+        let after = page.number_cursor()?;
+        let rows: Vec<MessageRow> = sqlx::query_as(
+            "SELECT sequence, role, text, execution_id, created_at FROM session_messages \
+             WHERE agent_id = $1 AND session_id = $2 AND sequence > $3 ORDER BY sequence LIMIT $4",
+        )
+        .bind(agent_id.to_string())
+        .bind(session_id)
+        .bind(after)
+        .bind(i64::from(page.size))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(SessionMessage::try_from).collect()
+    }
+
+    async fn clear_session(
+        &self,
+        tenant: &str,
+        agent_id: Uuid,
+        session_id: &str,
+        key: Option<&IdempotencyKey>,
+    ) -> ServiceResult<i64> {
+        let mut tx = self.pool.begin_with(D::BEGIN).await?;
+        if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, key).await? {
+            return replayed(&json);
+        }
+        Self::ensure_agent(&mut *tx, tenant, agent_id).await?;
+        // The session row first: it is the lock a finishing execution holds while it
+        // numbers its messages, so none is added between the two deletes.
+        sqlx::query("DELETE FROM sessions WHERE agent_id = $1 AND session_id = $2")
+            .bind(agent_id.to_string())
+            .bind(session_id)
+            .execute(&mut *tx)
+            .await?;
+        let cleared = sqlx::query("DELETE FROM session_messages WHERE agent_id = $1 AND session_id = $2")
+            .bind(agent_id.to_string())
+            .bind(session_id)
+            .execute(&mut *tx)
+            .await?;
+        let cleared = i64::try_from(D::rows_affected(&cleared)).map_err(ServiceError::internal)?;
+        dialect::complete_idempotency::<D::Db>(&mut *tx, tenant, key, &cleared).await?;
+        tx.commit().await?;
+        Ok(cleared)
+    }
+
+    async fn add_feedback(
+        &self,
+        tenant: &str,
+        new: NewFeedback,
+        key: Option<&IdempotencyKey>,
+    ) -> ServiceResult<Feedback> {
+        let mut tx = self.pool.begin_with(D::BEGIN).await?;
+        if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, key).await? {
+            return replayed(&json);
+        }
+        let found: Option<(String, String)> =
+            sqlx::query_as("SELECT agent_id, status FROM executions WHERE id = $1 AND tenant_id = $2")
+                .bind(new.execution_id.to_string())
+                .bind(tenant)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((agent_id, status)) = found else {
+            return Err(execution_not_found(new.execution_id));
+        };
+        if status == ExecutionStatus::Running.as_str() {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "execution {} is still running; give feedback once it has finished",
+                new.execution_id
+            )));
+        }
+        let agent_id = Uuid::parse_str(&agent_id).map_err(ServiceError::internal)?;
+        sqlx::query(
+            "INSERT INTO feedback (id, tenant_id, agent_id, execution_id, score, comment, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(new.id.to_string())
+        .bind(tenant)
+        .bind(agent_id.to_string())
+        .bind(new.execution_id.to_string())
+        .bind(new.score)
+        .bind(&new.comment)
+        .bind(new.created_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE agents SET feedback_count = feedback_count + 1, \
+             feedback_score_sum = feedback_score_sum + $1 WHERE id = $2",
+        )
+        .bind(i64::from(new.score))
+        .bind(agent_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        let feedback = Feedback {
+            id: new.id,
+            execution_id: new.execution_id,
+            agent_id,
+            score: new.score,
+            comment: new.comment,
+            created_at: new.created_at,
+        };
+        dialect::complete_idempotency::<D::Db>(&mut *tx, tenant, key, &feedback).await?;
+        tx.commit().await?;
+        Ok(feedback)
+    }
+
+    async fn feedback(&self, tenant: &str, agent_id: Uuid, page: &PageRequest) -> ServiceResult<Vec<Feedback>> {
+        Self::ensure_agent(&self.pool, tenant, agent_id).await?;
+        let rows: Vec<FeedbackRow> = sqlx::query_as(
+            "SELECT id, execution_id, agent_id, score, comment, created_at FROM feedback \
+             WHERE agent_id = $1 AND tenant_id = $2 \
+               AND ($3 = 0 OR (created_at, id) < ($4, $5)) \
+             ORDER BY created_at DESC, id DESC LIMIT $6",
+        )
+        .bind(agent_id.to_string())
+        .bind(tenant)
+        .bind_keyset(page)?
+        .bind(i64::from(page.size))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Feedback::try_from).collect()
+    }
+
+    async fn claim_reports(&self, limit: i64, lease: Duration) -> ServiceResult<Vec<Report>> {
+        let now = crate::domain::now();
+        let until = now + chrono::Duration::from_std(lease).map_err(ServiceError::internal)?;
+        // Pushing next_attempt_at past the lease is the claim: other claimers (other
+        // replicas) see the rows as not due until the lease runs out. A claim lost in
+        // a crash only lets the reports be delivered twice, which workflow-service
+        // counts once: no need to wait for the disk.
+        let sql = format!(
+            "UPDATE execution_reports SET next_attempt_at = $1 WHERE execution_id IN \
+             (SELECT execution_id FROM execution_reports WHERE next_attempt_at <= $2 \
+              ORDER BY next_attempt_at LIMIT $3{}) AND EXISTS (SELECT 1 FROM {}) \
+             RETURNING execution_id, tenant_id, workflow_id, succeeded, credentials, attempts",
+            D::SKIP_LOCKED,
+            D::RELAXED_FROM
+        );
+        let rows: Vec<ReportRow> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(until).bind(now).bind(limit).fetch_all(&self.pool).await?;
+        rows.into_iter().map(Report::try_from).collect()
+    }
+
+    async fn reports_delivered(&self, execution_ids: &[Uuid]) -> ServiceResult<()> {
+        if execution_ids.is_empty() {
+            return Ok(());
+        }
+        // Losing this delete in a crash only delivers the reports again, which
+        // workflow-service counts once: no need to wait for the disk.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM execution_reports WHERE execution_id IN ({}) AND EXISTS (SELECT 1 FROM {})",
+            D::JSON_TEXTS,
+            D::RELAXED_FROM
+        )))
+        .bind(json_strings(execution_ids))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn pending_reports(&self) -> ServiceResult<i64> {
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM execution_reports").fetch_one(&self.pool).await?;
+        Ok(n)
+    }
+
+    async fn report_failed(&self, execution_id: Uuid, error: &str, retry_at: DateTime<Utc>) -> ServiceResult<()> {
+        sqlx::query(
+            "UPDATE execution_reports SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2 \
+             WHERE execution_id = $3",
+        )
+        .bind(error)
+        .bind(retry_at)
+        .bind(execution_id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

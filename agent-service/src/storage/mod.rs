@@ -1,14 +1,16 @@
 //! Where agents live: one repository interface, implemented for PostgreSQL (production) and
 //! SQLite (the embedded default) from one body of portable SQL.
 
+mod agents;
 pub mod deployment;
+mod dialect;
 pub mod executions;
 mod executions_sql;
+mod one_statement_finish;
 mod row;
 pub mod runs;
 mod runs_announced;
 mod runs_sql;
-mod sql;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -22,11 +24,10 @@ use uuid::Uuid;
 
 use crate::domain::provisioning::{Candidate, ProvisionOutcome, Skipped};
 use crate::domain::{Agent, AgentFilter, NewAgent};
-use crate::walker::run_events::RunEvents;
 
+pub use agents::{PostgresAgentRepository, SqliteAgentRepository};
 pub use executions::ExecutionRepository;
-pub use executions_sql::{PostgresExecutionRepository, SqliteExecutionRepository};
-pub use sql::{PostgresAgentRepository, SqliteAgentRepository};
+use executions_sql::{PostgresExecutionRepository, SqliteExecutionRepository};
 
 /// A change to one agent, decided by the domain on the current row inside the transaction.
 pub type Mutation = Box<dyn FnOnce(&mut Agent) -> ServiceResult<()> + Send>;
@@ -152,7 +153,7 @@ pub fn execution_repository(pool: &DbPool) -> Arc<dyn ExecutionRepository> {
 /// The walker's run repository for a pool. Its committed events are announced to `events`: on
 /// PostgreSQL by the database itself (a trigger's NOTIFY, heard by the walker's event feed), on
 /// SQLite by the repository.
-pub fn run_repository(pool: &DbPool, events: &Arc<RunEvents>) -> Arc<dyn runs::RunRepository> {
+pub fn run_repository<A: runs::RunAnnouncer + 'static>(pool: &DbPool, events: &Arc<A>) -> Arc<dyn runs::RunRepository> {
     match pool {
         DbPool::Postgres(p) => Arc::new(runs_sql::PostgresRunRepository::new(p.clone())),
         DbPool::Sqlite(p) => Arc::new(runs_announced::AnnouncedRunRepository::new(

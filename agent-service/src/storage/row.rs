@@ -7,8 +7,8 @@ use prost::Message as _;
 use sqlx::types::Json;
 use uuid::Uuid;
 
+use crate::domain::run::has_scheduled_trigger;
 use crate::domain::{Agent, AgentConfig, AgentStatus, AgentType, FlowOrigin, WorkflowCategory, WorkflowSnapshot};
-use crate::walker::model::has_scheduled_trigger;
 
 /// The columns every query selects and every insert writes, in this order.
 pub const COLUMNS: &str = "id, tenant_id, name, description, agent_type, status, status_reason, \

@@ -11,7 +11,7 @@ use engarde::kit::idempotency::IdempotencyKey;
 use engarde::kit::pagination::PageRequest;
 use uuid::Uuid;
 
-use crate::walker::model::{
+use crate::domain::run::{
     NewRun, Review, ReviewDecision, Run, RunEvent, RunFilter, RunRequestKey, RunStatus, ScheduledAgent, TickOutcome,
 };
 
@@ -49,6 +49,16 @@ pub enum StepOutcome {
         error: String,
         retriable: bool,
     },
+}
+
+/// Hears of runs with new committed events where the database does not tell it itself (on
+/// SQLite; PostgreSQL's trigger notifies every process). The walker's watch hub implements it;
+/// storage knows only this.
+pub trait RunAnnouncer: Send + Sync {
+    /// `run` has new committed events.
+    fn announce(&self, run: Uuid);
+    /// Some runs have new committed events (which ones is not known).
+    fn announce_all(&self);
 }
 
 #[async_trait]

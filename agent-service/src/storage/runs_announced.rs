@@ -1,5 +1,5 @@
 //! On SQLite, the run repository announces its own committed events to the process's
-//! [`RunEvents`] hub (PostgreSQL's trigger does it there, for every process). SQLite is the
+//! [`RunAnnouncer`] (the walker's watch hub) (PostgreSQL's trigger does it there, for every process). SQLite is the
 //! embedded mode of one process: processes sharing one file would not see each other's events
 //! live (a watcher still reads them when woken for another reason, or when it starts).
 //!
@@ -15,20 +15,19 @@ use engarde::kit::idempotency::IdempotencyKey;
 use engarde::kit::pagination::PageRequest;
 use uuid::Uuid;
 
-use super::runs::{Lease, RunRepository, StepOutcome, StepWork};
-use crate::walker::model::{
+use super::runs::{Lease, RunAnnouncer, RunRepository, StepOutcome, StepWork};
+use crate::domain::run::{
     NewRun, Review, ReviewDecision, Run, RunEvent, RunFilter, RunRequestKey, RunStatus, ScheduledAgent, TickOutcome,
 };
-use crate::walker::run_events::RunEvents;
 
 /// A run repository whose writes announce the runs they changed.
 pub struct AnnouncedRunRepository {
     inner: Arc<dyn RunRepository>,
-    events: Arc<RunEvents>,
+    events: Arc<dyn RunAnnouncer>,
 }
 
 impl AnnouncedRunRepository {
-    pub fn new(inner: Arc<dyn RunRepository>, events: Arc<RunEvents>) -> Self {
+    pub fn new(inner: Arc<dyn RunRepository>, events: Arc<dyn RunAnnouncer>) -> Self {
         Self { inner, events }
     }
 }

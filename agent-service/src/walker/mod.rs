@@ -28,9 +28,7 @@ use model::{NewRun, RunEvent, RunPlan, RunRequestKey, RunTrigger};
 use run_events::RunEvents;
 use watch::{WatchEnd, WatchLimits, WatchRules};
 
-/// Extra attempts a step gets when its worker was interrupted mid-step (beyond the workflow's
-/// `max_retries`, which count the step's own failures).
-pub const INTERRUPTION_RETRIES: i32 = 3;
+pub use crate::domain::run::INTERRUPTION_RETRIES;
 
 /// The walker's settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -202,7 +200,7 @@ fn plan_for(
     has_flow: bool,
     langflow_configured: bool,
 ) -> Result<RunPlan, String> {
-    if !matches!(status, AgentStatus::Deployed | AgentStatus::Active) {
+    if !status.runs() {
         return Err(format!("it is {}; deploy or activate it first", status.as_str()));
     }
     let config = config.ok_or("it has no workflow to walk (it was not made from a workflow)")?;

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::storage::runs::RunAnnouncer;
+
 /// The runs being watched in this process, each with a counter of its announcements.
 #[derive(Default)]
 pub struct RunEvents {
@@ -94,6 +96,16 @@ impl Drop for RunSubscription {
         if runs.get(&self.run).is_some_and(|sender| sender.receiver_count() == 0) {
             runs.remove(&self.run);
         }
+    }
+}
+
+impl RunAnnouncer for RunEvents {
+    fn announce(&self, run: Uuid) {
+        RunEvents::announce(self, run);
+    }
+
+    fn announce_all(&self) {
+        RunEvents::announce_all(self);
     }
 }
 

@@ -5,11 +5,9 @@
 use std::time::Duration;
 
 use engarde::kit::error::ServiceError;
-use serde_json::json;
 use uuid::Uuid;
 
 use super::Walker;
-use crate::domain::FlowOrigin;
 use crate::langflow::{LangflowError, flow};
 use crate::storage::runs::{Lease, StepOutcome, StepWork};
 
@@ -103,11 +101,7 @@ impl Walker {
         if agent.langflow_workflow_id.is_empty() {
             return fatal("the agent has no flow".into());
         }
-        // Only a flow agent-service generated has the Prompt node the tweaks address.
-        let tweaks = match agent.flow_origin {
-            FlowOrigin::Generated => flow::tweaks(prompt, &agent.configuration),
-            _ => json!({}),
-        };
+        let tweaks = flow::tweaks_for(agent.flow_origin, prompt, &agent.configuration);
         // A session per step, so that Langflow's own records tell the steps (and their
         // retries' duplicates, if any) apart.
         let session = format!("run-{run_id}-{step_index}");

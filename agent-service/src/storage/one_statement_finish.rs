@@ -1,0 +1,104 @@
+//! A finish of an execution in one statement, one round trip, where the database can: only
+//! PostgreSQL (its data-modifying CTEs). The transaction in [`super::executions_sql`] does the
+//! same on any database, and is what SQLite uses.
+
+use engarde::kit::error::ServiceResult;
+
+use crate::domain::execution::{Finish, Finished, MessageRole};
+use crate::storage::executions_sql::{EXECUTION_COLUMNS, ExecutionRow};
+
+/// A finish in one statement, one round trip, where the database can: PostgreSQL's
+/// data-modifying CTEs make it possible; elsewhere the finish takes the transaction in
+/// [`ExecutionRepository::finish`](crate::storage::ExecutionRepository::finish).
+#[async_trait::async_trait]
+pub(super) trait OneStatementFinish: sqlx::Database {
+    /// `None`: this database has no such statement.
+    async fn finish_in_one_statement(
+        pool: &sqlx::Pool<Self>,
+        finish: &Finish,
+    ) -> ServiceResult<Option<Option<Finished>>>;
+}
+
+#[async_trait::async_trait]
+impl OneStatementFinish for sqlx::Sqlite {
+    async fn finish_in_one_statement(_: &sqlx::SqlitePool, _: &Finish) -> ServiceResult<Option<Option<Finished>>> {
+        Ok(None)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct FinishedRow {
+    #[sqlx(flatten)]
+    execution: ExecutionRow,
+    report_workflow_id: Option<String>,
+}
+
+/// The execution's outcome, the agent's statistics, the conversation and the report,
+/// atomically, as the transaction does them (the statistics' running mean is
+/// [`ExecutionStats::record`](crate::domain::execution::ExecutionStats::record) spelled in SQL,
+/// so that concurrent finishes each add their own without locking the agent first). `running`
+/// is the row before the update, for the credentials the update clears; the messages take
+/// their numbers from the session upsert, which locks the session as there. No row: already
+/// finished.
+#[async_trait::async_trait]
+impl OneStatementFinish for sqlx::Postgres {
+    async fn finish_in_one_statement(pool: &sqlx::PgPool, finish: &Finish) -> ServiceResult<Option<Option<Finished>>> {
+        // Built once: it is on every execution's path.
+        static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "WITH finished AS ( \
+                   UPDATE executions AS e SET status = $1, output = $2, error = $3, error_code = $4, \
+                     latency_ms = $5, finished_at = $6, report_credentials = '' \
+                   FROM executions AS running \
+                   WHERE e.id = $7 AND e.status = 'running' AND running.id = e.id \
+                   RETURNING e.*, running.report_credentials AS credentials_to_report), \
+                 counted AS ( \
+                   UPDATE agents SET total_executions = total_executions + 1, \
+                     successful_executions = successful_executions + CASE WHEN $8 THEN 1 ELSE 0 END, \
+                     average_response_time_ms = \
+                       (average_response_time_ms * total_executions + $5) / (total_executions + 1) \
+                   FROM finished WHERE agents.id = finished.agent_id), \
+                 session AS ( \
+                   INSERT INTO sessions (agent_id, session_id, tenant_id, message_count, last_sequence, \
+                     last_message_at) \
+                   SELECT agent_id, session_id, tenant_id, 2, 2, $6 FROM finished WHERE $9 \
+                   ON CONFLICT (agent_id, session_id) DO UPDATE SET \
+                     message_count = sessions.message_count + 2, \
+                     last_sequence = sessions.last_sequence + 2, \
+                     last_message_at = excluded.last_message_at \
+                   RETURNING last_sequence), \
+                 remembered AS ( \
+                   INSERT INTO session_messages (agent_id, session_id, sequence, role, text, execution_id, \
+                     created_at) \
+                   SELECT f.agent_id, f.session_id, s.last_sequence + m.shift, m.role, m.text, f.id, $6 \
+                   FROM finished AS f CROSS JOIN session AS s \
+                   CROSS JOIN LATERAL (VALUES (-1, '{user}', f.input), (0, '{agent}', $2)) AS m (shift, role, text)), \
+                 reported AS ( \
+                   INSERT INTO execution_reports (execution_id, tenant_id, workflow_id, succeeded, credentials, \
+                     attempts, next_attempt_at) \
+                   SELECT id, tenant_id, report_workflow_id, $8, credentials_to_report, 0, $6 FROM finished \
+                   WHERE report_workflow_id IS NOT NULL \
+                   ON CONFLICT (execution_id) DO NOTHING) \
+                 SELECT {EXECUTION_COLUMNS}, report_workflow_id FROM finished",
+                user = MessageRole::User.as_str(),
+                agent = MessageRole::Agent.as_str(),
+            )
+        });
+        let book = finish.bookkeeping();
+        let row: Option<FinishedRow> = sqlx::query_as(sqlx::AssertSqlSafe(SQL.as_str()))
+            .bind(book.status.as_str())
+            .bind(book.output)
+            .bind(book.error)
+            .bind(book.error_code())
+            .bind(finish.latency_ms)
+            .bind(finish.finished_at)
+            .bind(finish.execution_id.to_string())
+            .bind(book.succeeded)
+            .bind(book.remember.is_some())
+            .fetch_optional(pool)
+            .await?;
+        let Some(row) = row else { return Ok(Some(None)) };
+        let reported = row.report_workflow_id.is_some();
+        Ok(Some(Some(Finished { execution: row.execution.try_into()?, reported })))
+    }
+}
