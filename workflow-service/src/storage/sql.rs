@@ -336,3 +336,60 @@ where
         dialect::expire_idempotency::<D>(&self.pool, before).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::templates;
+    use crate::storage::{POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
+
+    fn new_workflow(name: &str) -> NewWorkflow {
+        let template = &templates::library(Utc::now())[0];
+        NewWorkflow {
+            name: name.into(),
+            description: String::new(),
+            category: template.category,
+            config: template.config.clone(),
+        }
+    }
+
+    /// The kit's idempotency SQL, through this repository: a retry replays the first answer
+    /// until its key expires, then it is a new request.
+    async fn an_expired_key_no_longer_replays(repo: &dyn WorkflowRepository) {
+        let key = IdempotencyKey { request_id: "req-1".into(), fingerprint: "create Once".into() };
+        let first = repo.create("tenant-a", new_workflow("Once"), Some(&key)).await.unwrap();
+        let replay = repo.create("tenant-a", new_workflow("Once"), Some(&key)).await.unwrap();
+        assert_eq!(replay.id, first.id);
+
+        let an_hour_ago = Utc::now() - chrono::Duration::hours(1);
+        assert_eq!(repo.expire_idempotency_keys(an_hour_ago).await.unwrap(), 0, "a young key is kept");
+        let in_an_hour = Utc::now() + chrono::Duration::hours(1);
+        assert_eq!(repo.expire_idempotency_keys(in_an_hour).await.unwrap(), 1);
+
+        let after_expiry = repo.create("tenant-a", new_workflow("Once"), Some(&key)).await.unwrap();
+        assert_ne!(after_expiry.id, first.id);
+    }
+
+    #[tokio::test]
+    async fn an_expired_idempotency_key_no_longer_replays_on_sqlite() {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await.unwrap();
+        SQLITE_MIGRATIONS.run(&pool).await.unwrap();
+        an_expired_key_no_longer_replays(&SqliteWorkflowRepository::new(pool)).await;
+    }
+
+    /// On a database of its own, created on the server `TEST_DATABASE_URL` names (skipped
+    /// without it, as where no PostgreSQL runs) and dropped afterwards.
+    #[tokio::test]
+    async fn an_expired_idempotency_key_no_longer_replays_on_postgres() {
+        let Ok(admin_url) = std::env::var("TEST_DATABASE_URL") else { return };
+        let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
+        let name = format!("engarde_unit_{}", Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
+        let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
+        let pool = sqlx::PgPool::connect(&format!("{base}/{name}")).await.unwrap();
+        POSTGRES_MIGRATIONS.run(&pool).await.unwrap();
+        an_expired_key_no_longer_replays(&PostgresWorkflowRepository::new(pool.clone())).await;
+        pool.close().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}"))).execute(&admin).await.unwrap();
+    }
+}
