@@ -388,8 +388,16 @@ mod tests {
         let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
         let pool = sqlx::PgPool::connect(&format!("{base}/{name}")).await.unwrap();
         POSTGRES_MIGRATIONS.run(&pool).await.unwrap();
-        an_expired_key_no_longer_replays(&PostgresWorkflowRepository::new(pool.clone())).await;
+        // Run apart, so that the database is dropped even when an assertion fails.
+        let outcome = tokio::spawn({
+            let pool = pool.clone();
+            async move { an_expired_key_no_longer_replays(&PostgresWorkflowRepository::new(pool)).await }
+        })
+        .await;
         pool.close().await;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}"))).execute(&admin).await.unwrap();
+        if let Err(failed) = outcome {
+            std::panic::resume_unwind(failed.into_panic());
+        }
     }
 }
