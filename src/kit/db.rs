@@ -224,34 +224,6 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// The skeleton every SQL repository shares, expanded inside its per-database module: the
-/// transaction type `Tx`, the struct `$name` over a pool of `$db`, its `new`, and `begin`, which
-/// opens a write transaction with `$begin` (`"BEGIN"` on PostgreSQL; `"BEGIN IMMEDIATE"` on
-/// SQLite, which takes the single write lock up front instead of failing to upgrade later).
-#[macro_export]
-macro_rules! sql_repository_base {
-    ($name:ident, $db:ty, $begin:literal) => {
-        #[allow(dead_code)]
-        type Tx<'a> = sqlx::Transaction<'a, $db>;
-
-        #[derive(Clone)]
-        pub struct $name {
-            pool: sqlx::Pool<$db>,
-        }
-
-        impl $name {
-            pub fn new(pool: sqlx::Pool<$db>) -> Self {
-                Self { pool }
-            }
-
-            #[allow(dead_code)]
-            async fn begin(&self) -> $crate::kit::error::ServiceResult<Tx<'static>> {
-                Ok(self.pool.begin_with($begin).await?)
-            }
-        }
-    };
-}
-
 #[cfg(test)]
 mod tests {
     use std::io;

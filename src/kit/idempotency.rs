@@ -3,7 +3,8 @@
 //! same id gets that answer back; the same id with a different request is ALREADY_EXISTS.
 //!
 //! Each service keeps the keys in its own `idempotency_keys` table:
-//! `(tenant_id, request_id) PRIMARY KEY, fingerprint, response, created_at`.
+//! `(tenant_id, request_id) PRIMARY KEY, fingerprint, response, created_at`; the SQL that claims,
+//! completes and expires them, once for both databases, is in [`super::dialect`].
 
 use sha2::{Digest, Sha256};
 
@@ -71,76 +72,4 @@ pub fn judge_replay(
     stored_response.ok_or_else(|| {
         ServiceError::Aborted(format!("a request with request_id {:?} is still in progress; retry", key.request_id))
     })
-}
-
-/// Implements `claim` and `complete` on a transaction of one database type. Expanded once per
-/// database by each service's storage module, beside its repository.
-#[macro_export]
-macro_rules! idempotency_sql {
-    ($db:ty) => {
-        /// Claims `key` for `tenant` inside `tx`. `Ok(None)`: the caller does the work and then
-        /// calls `complete`. `Ok(Some(json))`: a replay, answer the stored response.
-        #[allow(dead_code)]
-        pub(crate) async fn claim_idempotency(
-            tx: &mut sqlx::Transaction<'_, $db>,
-            tenant: &str,
-            key: Option<&$crate::kit::idempotency::IdempotencyKey>,
-        ) -> $crate::kit::error::ServiceResult<Option<String>> {
-            let Some(key) = key else { return Ok(None) };
-            let inserted = sqlx::query(
-                "INSERT INTO idempotency_keys (tenant_id, request_id, fingerprint, created_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, request_id) DO NOTHING",
-            )
-            .bind(tenant)
-            .bind(&key.request_id)
-            .bind(&key.fingerprint)
-            .bind(chrono::Utc::now())
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-            if inserted == 1 {
-                return Ok(None);
-            }
-            let (fingerprint, response): (String, Option<String>) = sqlx::query_as(
-                "SELECT fingerprint, response FROM idempotency_keys WHERE tenant_id = $1 AND request_id = $2",
-            )
-            .bind(tenant)
-            .bind(&key.request_id)
-            .fetch_one(&mut **tx)
-            .await?;
-            $crate::kit::idempotency::judge_replay(key, &fingerprint, response).map(Some)
-        }
-
-        /// Stores the answer of a claimed key, in the same transaction as the work.
-        #[allow(dead_code)]
-        pub(crate) async fn complete_idempotency(
-            tx: &mut sqlx::Transaction<'_, $db>,
-            tenant: &str,
-            key: Option<&$crate::kit::idempotency::IdempotencyKey>,
-            response: &impl serde::Serialize,
-        ) -> $crate::kit::error::ServiceResult<()> {
-            let Some(key) = key else { return Ok(()) };
-            let json = serde_json::to_string(response).map_err($crate::kit::error::ServiceError::internal)?;
-            sqlx::query("UPDATE idempotency_keys SET response = $1 WHERE tenant_id = $2 AND request_id = $3")
-                .bind(json)
-                .bind(tenant)
-                .bind(&key.request_id)
-                .execute(&mut **tx)
-                .await?;
-            Ok(())
-        }
-
-        /// Forgets keys older than `before` (answers are kept for replays only so long).
-        #[allow(dead_code)]
-        pub(crate) async fn expire_idempotency(
-            pool: &sqlx::Pool<$db>,
-            before: chrono::DateTime<chrono::Utc>,
-        ) -> $crate::kit::error::ServiceResult<u64> {
-            Ok(sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
-                .bind(before)
-                .execute(pool)
-                .await?
-                .rows_affected())
-        }
-    };
 }

@@ -7,6 +7,7 @@ pub mod concurrency;
 pub mod config;
 pub mod connections;
 pub mod db;
+pub mod dialect;
 pub mod error;
 pub mod health;
 pub mod idempotency;

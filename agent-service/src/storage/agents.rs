@@ -14,11 +14,11 @@ use engarde::kit::pagination::PageRequest;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::dialect::{self, BindKeyset, Dialect};
 use crate::domain::provisioning::{Candidate, ProvisionOutcome, SkipReason, Skipped};
 use crate::domain::{Agent, AgentConfig, AgentFilter, NewAgent, now};
 use crate::storage::row::{AgentRow, COLUMNS, SnapshotColumns};
 use crate::storage::{AgentRepository, Answer, DeleteCheck, Mutated, Mutation, replayed};
+use engarde::kit::dialect::{self, BindKeyset, Dialect};
 
 /// A connection of the dialect's database.
 type Conn<D> = <<D as Dialect>::Db as sqlx::Database>::Connection;
@@ -375,8 +375,6 @@ where
     }
 
     async fn expire_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>) -> ServiceResult<u64> {
-        let expired =
-            sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1").bind(before).execute(&self.pool).await?;
-        Ok(D::rows_affected(&expired))
+        dialect::expire_idempotency::<D>(&self.pool, before).await
     }
 }

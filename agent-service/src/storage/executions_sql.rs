@@ -24,11 +24,11 @@ use crate::domain::execution::{
     NewExecution, Report, Session, SessionMessage,
 };
 use crate::domain::{Agent, AgentStatus, lifecycle};
-use crate::storage::dialect::{self, BindKeyset, Dialect};
 use crate::storage::executions::{ExecutionRepository, NewFeedback, Started};
 use crate::storage::one_statement_finish::OneStatementFinish;
 use crate::storage::row::{AgentRow, COLUMNS as AGENT_COLUMNS};
 use crate::storage::{json_strings, replayed};
+use engarde::kit::dialect::{self, BindKeyset, Dialect};
 
 /// The columns of an execution, in [`ExecutionRow`]'s order.
 pub(super) const EXECUTION_COLUMNS: &str = "id, tenant_id, agent_id, session_id, step_id, input, output, status, error, error_code, latency_ms, started_at, \

@@ -3,7 +3,6 @@
 
 mod agents;
 pub mod deployment;
-mod dialect;
 pub mod executions;
 mod executions_sql;
 mod one_statement_finish;

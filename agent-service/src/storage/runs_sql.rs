@@ -24,9 +24,9 @@ use crate::domain::run::{
     Review, ReviewAction, ReviewStatus, Run, RunEvent, RunRules, RunStatus, RunStep, RunTrigger, StepKind, StepStatus,
 };
 use crate::domain::run_machine::{self, Change, Refusal, RunEventIn, RunState, Transition};
-use crate::storage::dialect::{self, BindKeyset, Dialect};
 use crate::storage::runs::{Lease, RunRepository, StepOutcome, StepWork};
 use crate::storage::{json_strings, replayed};
+use engarde::kit::dialect::{self, BindKeyset, Dialect};
 
 /// The columns of `runs` every query reads, in [`RunRow`]'s order.
 const RUN_COLUMNS: &str = "id, tenant_id, agent_id, status, trigger_kind, input, output, error, current_step, \

@@ -1,283 +1,403 @@
-//! The repository, written once in SQL both databases accept and expanded for each.
+//! [`WorkflowRepository`] in SQL both databases accept, written once over a [`Dialect`].
 //!
-//! Where the databases differ it says so: PostgreSQL locks the row it is about to change
+//! Where the databases differ the dialect says so: PostgreSQL locks the row it is about to change
 //! (`FOR UPDATE`); SQLite takes its single write lock up front (`BEGIN IMMEDIATE`), which also
 //! avoids the deadlock of two readers upgrading to writers at once.
 
-macro_rules! sql_repository {
-    ($module:ident, $name:ident, $db:ty, begin = $begin:literal, lock = $lock:literal) => {
-        mod $module {
-            use async_trait::async_trait;
-            use chrono::{SubsecRound, Utc};
-            use engarde::kit::error::{ServiceError, ServiceResult};
-            use engarde::kit::idempotency::IdempotencyKey;
-            use engarde::kit::pagination::PageRequest;
-            use sqlx::types::Json;
-            use uuid::Uuid;
+use std::marker::PhantomData;
+use std::sync::Arc;
 
-            use crate::domain::name_folding::fold_name;
-            use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
-            use crate::storage::row::{COLUMNS, WorkflowRow};
-            use crate::storage::{DeleteCheck, Mutation, WorkflowRepository};
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, Utc};
+use engarde::kit::dialect::{self, BindKeyset, Dialect};
+use engarde::kit::error::{ServiceError, ServiceResult};
+use engarde::kit::idempotency::IdempotencyKey;
+use engarde::kit::pagination::PageRequest;
+use sqlx::types::Json;
+use uuid::Uuid;
 
-            engarde::idempotency_sql!($db);
+use crate::domain::name_folding::fold_name;
+use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowConfig, WorkflowFilter};
+use crate::storage::row::{COLUMNS, WorkflowRow};
+use crate::storage::{DeleteCheck, Mutation, WorkflowRepository};
 
-            engarde::sql_repository_base!($name, $db, $begin);
+/// A connection of the dialect's database.
+type Conn<D> = <<D as Dialect>::Db as sqlx::Database>::Connection;
 
-            /// Now, to the microsecond: what PostgreSQL stores, so an answer equals a later read.
-            fn now() -> chrono::DateTime<Utc> {
-                Utc::now().trunc_subsecs(6)
-            }
-
-            fn replayed<T: serde::de::DeserializeOwned>(json: &str) -> ServiceResult<T> {
-                serde_json::from_str(json).map_err(ServiceError::internal)
-            }
-
-            fn not_found(id: Uuid) -> ServiceError {
-                ServiceError::not_found(format!("workflow {id}"))
-            }
-
-            /// The workflow if the tenant can see it, locked for the rest of the transaction.
-            async fn load_for_update(tx: &mut Tx<'_>, tenant: &str, id: Uuid) -> ServiceResult<Workflow> {
-                let sql = format!(
-                    "SELECT {COLUMNS} FROM workflows WHERE id = $1 AND (tenant_id = $2 OR is_template){}",
-                    $lock
-                );
-                let row: Option<WorkflowRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(id.to_string())
-                    .bind(tenant)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-                row.ok_or_else(|| not_found(id))?.try_into()
-            }
-
-            async fn insert(tx: &mut Tx<'_>, w: &Workflow, on_conflict: &str) -> ServiceResult<u64> {
-                let sql = format!(
-                    "INSERT INTO workflows ({COLUMNS}, name_folded) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) {on_conflict}"
-                );
-                Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(w.id.to_string())
-                    .bind(&w.tenant_id)
-                    .bind(&w.name)
-                    .bind(&w.description)
-                    .bind(w.category.as_str())
-                    .bind(Json(&w.config))
-                    .bind(w.status.as_str())
-                    .bind(w.is_template)
-                    .bind(w.execution_count)
-                    .bind(w.success_count)
-                    .bind(w.version)
-                    .bind(w.created_at)
-                    .bind(w.updated_at)
-                    .bind(fold_name(&w.name))
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected())
-            }
-
-            #[async_trait]
-            impl WorkflowRepository for $name {
-                async fn seed_templates(&self, templates: &[Workflow]) -> ServiceResult<u64> {
-                    let mut tx = self.begin().await?;
-                    let mut inserted = 0;
-                    for template in templates {
-                        inserted += insert(&mut tx, template, "ON CONFLICT (id) DO NOTHING").await?;
-                    }
-                    tx.commit().await?;
-                    Ok(inserted)
-                }
-
-                async fn fold_names(&self) -> ServiceResult<u64> {
-                    const BATCH: i64 = 500;
-                    let mut folded = 0;
-                    loop {
-                        let rows: Vec<(String, String)> =
-                            sqlx::query_as("SELECT id, name FROM workflows WHERE name_folded IS NULL LIMIT $1")
-                                .bind(BATCH)
-                                .fetch_all(&self.pool)
-                                .await?;
-                        if rows.is_empty() {
-                            return Ok(folded);
-                        }
-                        let mut tx = self.begin().await?;
-                        for (id, name) in rows {
-                            // Only if the name is still the one folded: a rename meanwhile wrote its own.
-                            folded += sqlx::query(
-                                "UPDATE workflows SET name_folded = $1 WHERE id = $2 AND name = $3 AND name_folded IS NULL",
-                            )
-                            .bind(fold_name(&name))
-                            .bind(&id)
-                            .bind(&name)
-                            .execute(&mut *tx)
-                            .await?
-                            .rows_affected();
-                        }
-                        tx.commit().await?;
-                    }
-                }
-
-                async fn create(&self, tenant: &str, new: NewWorkflow, key: Option<&IdempotencyKey>) -> ServiceResult<Workflow> {
-                    let mut tx = self.begin().await?;
-                    if let Some(json) = claim_idempotency(&mut tx, tenant, key).await? {
-                        return replayed(&json);
-                    }
-                    let workflow = new.into_draft(tenant, now());
-                    insert(&mut tx, &workflow, "").await?;
-                    complete_idempotency(&mut tx, tenant, key, &workflow).await?;
-                    tx.commit().await?;
-                    Ok(workflow)
-                }
-
-                async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Workflow> {
-                    let sql = format!("SELECT {COLUMNS} FROM workflows WHERE id = $1 AND (tenant_id = $2 OR is_template)");
-                    let row: Option<WorkflowRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                        .bind(id.to_string())
-                        .bind(tenant)
-                        .fetch_optional(&self.pool)
-                        .await?;
-                    row.ok_or_else(|| not_found(id))?.try_into()
-                }
-
-                async fn list(&self, tenant: &str, filter: &WorkflowFilter, page: &PageRequest) -> ServiceResult<std::sync::Arc<[Workflow]>> {
-                    // One static statement: an empty filter parameter matches everything.
-                    let sql = format!(
-                        "SELECT {COLUMNS} FROM workflows \
-                         WHERE (tenant_id = $1 OR is_template) \
-                           AND ($2 = '' OR category = $2) \
-                           AND ($3 = '' OR status = $3) \
-                           AND ($4 = -1 OR is_template = ($4 = 1)) \
-                           AND ($5 = '' OR name_folded LIKE $5 ESCAPE '\\') \
-                           AND ($6 = 0 OR (name, id) > ($7, $8)) \
-                         ORDER BY name, id LIMIT $9"
-                    );
-                    let pattern = if filter.name_contains.is_empty() {
-                        String::new()
-                    } else {
-                        let escaped = fold_name(&filter.name_contains).replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-                        format!("%{escaped}%")
-                    };
-                    let (has_after, after_name, after_id) = page.text_id_cursor()?;
-                    let rows: Vec<WorkflowRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                        .bind(tenant)
-                        .bind(filter.category.map(|c| c.as_str()).unwrap_or(""))
-                        .bind(filter.status.map(|s| s.as_str()).unwrap_or(""))
-                        .bind(match filter.is_template { None => -1i64, Some(true) => 1, Some(false) => 0 })
-                        .bind(pattern)
-                        .bind(has_after)
-                        .bind(after_name)
-                        .bind(after_id)
-                        .bind(i64::from(page.size))
-                        .fetch_all(&self.pool)
-                        .await?;
-                    rows.into_iter().map(Workflow::try_from).collect::<ServiceResult<Vec<_>>>().map(Into::into)
-                }
-
-                async fn mutate(&self, tenant: &str, id: Uuid, key: Option<&IdempotencyKey>, mutation: Mutation) -> ServiceResult<Workflow> {
-                    let mut tx = self.begin().await?;
-                    if let Some(json) = claim_idempotency(&mut tx, tenant, key).await? {
-                        return replayed(&json);
-                    }
-                    let mut workflow = load_for_update(&mut tx, tenant, id).await?;
-                    let read_version = workflow.version;
-                    mutation(&mut workflow)?;
-                    workflow.version = read_version + 1;
-                    workflow.updated_at = now();
-                    let updated = sqlx::query(
-                        "UPDATE workflows SET name = $1, description = $2, category = $3, config = $4, status = $5, \
-                         version = $6, updated_at = $7, name_folded = $10 WHERE id = $8 AND version = $9",
-                    )
-                    .bind(&workflow.name)
-                    .bind(&workflow.description)
-                    .bind(workflow.category.as_str())
-                    .bind(Json(&workflow.config))
-                    .bind(workflow.status.as_str())
-                    .bind(workflow.version)
-                    .bind(workflow.updated_at)
-                    .bind(id.to_string())
-                    .bind(read_version)
-                    .bind(fold_name(&workflow.name))
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if updated != 1 {
-                        return Err(ServiceError::Aborted(format!("workflow {id} changed concurrently; read it again")));
-                    }
-                    complete_idempotency(&mut tx, tenant, key, &workflow).await?;
-                    tx.commit().await?;
-                    Ok(workflow)
-                }
-
-                async fn delete(&self, tenant: &str, id: Uuid, key: Option<&IdempotencyKey>, check: DeleteCheck) -> ServiceResult<Uuid> {
-                    let mut tx = self.begin().await?;
-                    if let Some(json) = claim_idempotency(&mut tx, tenant, key).await? {
-                        return replayed(&json);
-                    }
-                    let workflow = load_for_update(&mut tx, tenant, id).await?;
-                    check(&workflow)?;
-                    sqlx::query("DELETE FROM workflows WHERE id = $1").bind(id.to_string()).execute(&mut *tx).await?;
-                    complete_idempotency(&mut tx, tenant, key, &id).await?;
-                    tx.commit().await?;
-                    Ok(id)
-                }
-
-                async fn record_execution(
-                    &self,
-                    tenant: &str,
-                    workflow_id: Uuid,
-                    execution_id: &str,
-                    succeeded: bool,
-                ) -> ServiceResult<RecordedExecution> {
-                    let mut tx = self.begin().await?;
-                    // Locking the workflow serialises concurrent reports of one execution.
-                    let mut workflow = load_for_update(&mut tx, tenant, workflow_id).await?;
-                    let seen: Option<(String,)> =
-                        sqlx::query_as("SELECT workflow_id FROM workflow_executions WHERE execution_id = $1")
-                            .bind(execution_id)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    if let Some((recorded_for,)) = seen {
-                        if recorded_for != workflow_id.to_string() {
-                            return Err(ServiceError::AlreadyExists(format!(
-                                "execution {execution_id} was already recorded for another workflow"
-                            )));
-                        }
-                        return Ok(RecordedExecution { counted: false, workflow });
-                    }
-                    sqlx::query(
-                        "INSERT INTO workflow_executions (execution_id, workflow_id, tenant_id, succeeded, recorded_at) \
-                         VALUES ($1, $2, $3, $4, $5)",
-                    )
-                    .bind(execution_id)
-                    .bind(workflow_id.to_string())
-                    .bind(tenant)
-                    .bind(succeeded)
-                    .bind(Utc::now())
-                    .execute(&mut *tx)
-                    .await?;
-                    let success = i64::from(succeeded);
-                    sqlx::query(
-                        "UPDATE workflows SET execution_count = execution_count + 1, success_count = success_count + $1 \
-                         WHERE id = $2",
-                    )
-                    .bind(success)
-                    .bind(workflow_id.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                    tx.commit().await?;
-                    workflow.execution_count += 1;
-                    workflow.success_count += success;
-                    Ok(RecordedExecution { counted: true, workflow })
-                }
-
-                async fn expire_idempotency_keys(&self, before: chrono::DateTime<Utc>) -> ServiceResult<u64> {
-                    expire_idempotency(&self.pool, before).await
-                }
-            }
-        }
-        pub use $module::$name;
-    };
+/// The workflow repository of a dialect.
+pub struct SqlWorkflowRepository<D: Dialect> {
+    pool: sqlx::Pool<D::Db>,
+    dialect: PhantomData<D>,
 }
 
-sql_repository!(postgres, PostgresWorkflowRepository, sqlx::Postgres, begin = "BEGIN", lock = " FOR UPDATE");
-sql_repository!(sqlite, SqliteWorkflowRepository, sqlx::Sqlite, begin = "BEGIN IMMEDIATE", lock = "");
+pub type PostgresWorkflowRepository = SqlWorkflowRepository<dialect::Postgres>;
+pub type SqliteWorkflowRepository = SqlWorkflowRepository<dialect::Sqlite>;
+
+impl<D: Dialect> SqlWorkflowRepository<D> {
+    pub fn new(pool: sqlx::Pool<D::Db>) -> Self {
+        Self { pool, dialect: PhantomData }
+    }
+}
+
+/// Now, to the microsecond: what PostgreSQL stores, so an answer equals a later read.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn replayed<T: serde::de::DeserializeOwned>(json: &str) -> ServiceResult<T> {
+    serde_json::from_str(json).map_err(ServiceError::internal)
+}
+
+fn not_found(id: Uuid) -> ServiceError {
+    ServiceError::not_found(format!("workflow {id}"))
+}
+
+/// The `LIKE` pattern of a name filter, on folded names (`''`: no filter).
+fn name_pattern(name_contains: &str) -> String {
+    if name_contains.is_empty() {
+        return String::new();
+    }
+    let escaped = fold_name(name_contains).replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+impl<D> SqlWorkflowRepository<D>
+where
+    D: Dialect,
+    for<'c> &'c mut Conn<D>: sqlx::Executor<'c, Database = D::Db>,
+    <D::Db as sqlx::Database>::Arguments: sqlx::IntoArguments<D::Db>,
+    for<'a> &'a str: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> &'a String: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> String: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> i64: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> bool: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> DateTime<Utc>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> Json<&'a WorkflowConfig>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'r> WorkflowRow: sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
+{
+    /// The workflow if the tenant can see it, locked for the rest of the transaction.
+    async fn load_for_update(conn: &mut Conn<D>, tenant: &str, id: Uuid) -> ServiceResult<Workflow> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM workflows WHERE id = $1 AND (tenant_id = $2 OR is_template){}", D::LOCK);
+        let row: Option<WorkflowRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .bind(tenant)
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.ok_or_else(|| not_found(id))?.try_into()
+    }
+
+    /// Inserts `w` (and its folded name); answers how many rows were inserted, which
+    /// `on_conflict` may make 0.
+    async fn insert(conn: &mut Conn<D>, w: &Workflow, on_conflict: &str) -> ServiceResult<u64> {
+        let sql = format!(
+            "INSERT INTO workflows ({COLUMNS}, name_folded) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) {on_conflict}"
+        );
+        let inserted = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(w.id.to_string())
+            .bind(&w.tenant_id)
+            .bind(&w.name)
+            .bind(&w.description)
+            .bind(w.category.as_str())
+            .bind(Json(&w.config))
+            .bind(w.status.as_str())
+            .bind(w.is_template)
+            .bind(w.execution_count)
+            .bind(w.success_count)
+            .bind(w.version)
+            .bind(w.created_at)
+            .bind(w.updated_at)
+            .bind(fold_name(&w.name))
+            .execute(&mut *conn)
+            .await?;
+        Ok(D::rows_affected(&inserted))
+    }
+}
+
+#[async_trait]
+impl<D> WorkflowRepository for SqlWorkflowRepository<D>
+where
+    D: Dialect,
+    for<'c> &'c mut Conn<D>: sqlx::Executor<'c, Database = D::Db>,
+    <D::Db as sqlx::Database>::Arguments: sqlx::IntoArguments<D::Db>,
+    for<'a> &'a str: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> &'a String: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> String: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> i64: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> bool: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> DateTime<Utc>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> Json<&'a WorkflowConfig>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'r> WorkflowRow: sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
+    for<'r> (String,): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
+    for<'r> (String, String): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
+    for<'r> (String, Option<String>): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
+{
+    async fn seed_templates(&self, templates: &[Workflow]) -> ServiceResult<u64> {
+        let mut tx = self.pool.begin_with(D::BEGIN).await?;
+        let mut inserted = 0;
+        for template in templates {
+            inserted += Self::insert(&mut *tx, template, "ON CONFLICT (id) DO NOTHING").await?;
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn fold_names(&self) -> ServiceResult<u64> {
+        const BATCH: i64 = 500;
+        let mut folded = 0;
+        loop {
+            let rows: Vec<(String, String)> =
+                sqlx::query_as("SELECT id, name FROM workflows WHERE name_folded IS NULL LIMIT $1")
+                    .bind(BATCH)
+                    .fetch_all(&self.pool)
+                    .await?;
+            if rows.is_empty() {
+                return Ok(folded);
+            }
+            let mut tx = self.pool.begin_with(D::BEGIN).await?;
+            for (id, name) in rows {
+                // Only if the name is still the one folded: a rename meanwhile wrote its own.
+                let updated = sqlx::query(
+                    "UPDATE workflows SET name_folded = $1 WHERE id = $2 AND name = $3 AND name_folded IS NULL",
+                )
+                .bind(fold_name(&name))
+                .bind(&id)
+                .bind(&name)
+                .execute(&mut *tx)
+                .await?;
+                folded += D::rows_affected(&updated);
+            }
+            tx.commit().await?;
+        }
+    }
+
+    async fn create(&self, tenant: &str, new: NewWorkflow, key: Option<&IdempotencyKey>) -> ServiceResult<Workflow> {
+        let mut tx = self.pool.begin_with(D::BEGIN).await?;
+        if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, key).await? {
+            return replayed(&json);
+        }
+        let workflow = new.into_draft(tenant, now());
+        Self::insert(&mut *tx, &workflow, "").await?;
+        dialect::complete_idempotency::<D::Db>(&mut *tx, tenant, key, &workflow).await?;
+        tx.commit().await?;
+        Ok(workflow)
+    }
+
+    async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Workflow> {
+        let sql = format!("SELECT {COLUMNS} FROM workflows WHERE id = $1 AND (tenant_id = $2 OR is_template)");
+        let row: Option<WorkflowRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.ok_or_else(|| not_found(id))?.try_into()
+    }
+
+    async fn list(&self, tenant: &str, filter: &WorkflowFilter, page: &PageRequest) -> ServiceResult<Arc<[Workflow]>> {
+        // One static statement: an empty filter parameter matches everything.
+        let sql = format!(
+            "SELECT {COLUMNS} FROM workflows \
+             WHERE (tenant_id = $1 OR is_template) \
+               AND ($2 = '' OR category = $2) \
+               AND ($3 = '' OR status = $3) \
+               AND ($4 = -1 OR is_template = ($4 = 1)) \
+               AND ($5 = '' OR name_folded LIKE $5 ESCAPE '\\') \
+               AND ($6 = 0 OR (name, id) > ($7, $8)) \
+             ORDER BY name, id LIMIT $9"
+        );
+        let is_template: i64 = match filter.is_template {
+            None => -1,
+            Some(true) => 1,
+            Some(false) => 0,
+        };
+        let rows: Vec<WorkflowRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(filter.category.map(|c| c.as_str()).unwrap_or(""))
+            .bind(filter.status.map(|s| s.as_str()).unwrap_or(""))
+            .bind(is_template)
+            .bind(name_pattern(&filter.name_contains))
+            .bind_text_keyset(page)?
+            .bind(i64::from(page.size))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(Workflow::try_from).collect::<ServiceResult<Vec<_>>>().map(Into::into)
+    }
+
+    async fn mutate(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        key: Option<&IdempotencyKey>,
+        mutation: Mutation,
+    ) -> ServiceResult<Workflow> {
+        let mut tx = self.pool.begin_with(D::BEGIN).await?;
+        if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, key).await? {
+            return replayed(&json);
+        }
+        let mut workflow = Self::load_for_update(&mut *tx, tenant, id).await?;
+        let read_version = workflow.version;
+        mutation(&mut workflow)?;
+        workflow.version = read_version + 1;
+        workflow.updated_at = now();
+        let updated = sqlx::query(
+            "UPDATE workflows SET name = $1, description = $2, category = $3, config = $4, status = $5, \
+             version = $6, updated_at = $7, name_folded = $10 WHERE id = $8 AND version = $9",
+        )
+        .bind(&workflow.name)
+        .bind(&workflow.description)
+        .bind(workflow.category.as_str())
+        .bind(Json(&workflow.config))
+        .bind(workflow.status.as_str())
+        .bind(workflow.version)
+        .bind(workflow.updated_at)
+        .bind(id.to_string())
+        .bind(read_version)
+        .bind(fold_name(&workflow.name))
+        .execute(&mut *tx)
+        .await?;
+        if D::rows_affected(&updated) != 1 {
+            return Err(ServiceError::Aborted(format!("workflow {id} changed concurrently; read it again")));
+        }
+        dialect::complete_idempotency::<D::Db>(&mut *tx, tenant, key, &workflow).await?;
+        tx.commit().await?;
+        Ok(workflow)
+    }
+
+    async fn delete(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        key: Option<&IdempotencyKey>,
+        check: DeleteCheck,
+    ) -> ServiceResult<Uuid> {
+        let mut tx = self.pool.begin_with(D::BEGIN).await?;
+        if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, key).await? {
+            return replayed(&json);
+        }
+        let workflow = Self::load_for_update(&mut *tx, tenant, id).await?;
+        check(&workflow)?;
+        sqlx::query("DELETE FROM workflows WHERE id = $1").bind(id.to_string()).execute(&mut *tx).await?;
+        dialect::complete_idempotency::<D::Db>(&mut *tx, tenant, key, &id).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn record_execution(
+        &self,
+        tenant: &str,
+        workflow_id: Uuid,
+        execution_id: &str,
+        succeeded: bool,
+    ) -> ServiceResult<RecordedExecution> {
+        let mut tx = self.pool.begin_with(D::BEGIN).await?;
+        // Locking the workflow serialises concurrent reports of one execution.
+        let mut workflow = Self::load_for_update(&mut *tx, tenant, workflow_id).await?;
+        let seen: Option<(String,)> =
+            sqlx::query_as("SELECT workflow_id FROM workflow_executions WHERE execution_id = $1")
+                .bind(execution_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some((recorded_for,)) = seen {
+            if recorded_for != workflow_id.to_string() {
+                return Err(ServiceError::AlreadyExists(format!(
+                    "execution {execution_id} was already recorded for another workflow"
+                )));
+            }
+            return Ok(RecordedExecution { counted: false, workflow });
+        }
+        sqlx::query(
+            "INSERT INTO workflow_executions (execution_id, workflow_id, tenant_id, succeeded, recorded_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(execution_id)
+        .bind(workflow_id.to_string())
+        .bind(tenant)
+        .bind(succeeded)
+        .bind(Utc::now())
+        .execute(&mut *tx)
+        .await?;
+        let success = i64::from(succeeded);
+        sqlx::query(
+            "UPDATE workflows SET execution_count = execution_count + 1, success_count = success_count + $1 \
+             WHERE id = $2",
+        )
+        .bind(success)
+        .bind(workflow_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        workflow.execution_count += 1;
+        workflow.success_count += success;
+        Ok(RecordedExecution { counted: true, workflow })
+    }
+
+    async fn expire_idempotency_keys(&self, before: DateTime<Utc>) -> ServiceResult<u64> {
+        dialect::expire_idempotency::<D>(&self.pool, before).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::templates;
+    use crate::storage::{POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
+
+    fn new_workflow(name: &str) -> NewWorkflow {
+        let template = &templates::library(Utc::now())[0];
+        NewWorkflow {
+            name: name.into(),
+            description: String::new(),
+            category: template.category,
+            config: template.config.clone(),
+        }
+    }
+
+    /// The kit's idempotency SQL, through this repository: a retry replays the first answer
+    /// until its key expires, then it is a new request.
+    async fn an_expired_key_no_longer_replays(repo: &dyn WorkflowRepository) {
+        let key = IdempotencyKey { request_id: "req-1".into(), fingerprint: "create Once".into() };
+        let first = repo.create("tenant-a", new_workflow("Once"), Some(&key)).await.unwrap();
+        let replay = repo.create("tenant-a", new_workflow("Once"), Some(&key)).await.unwrap();
+        assert_eq!(replay.id, first.id);
+
+        let an_hour_ago = Utc::now() - chrono::Duration::hours(1);
+        assert_eq!(repo.expire_idempotency_keys(an_hour_ago).await.unwrap(), 0, "a young key is kept");
+        let in_an_hour = Utc::now() + chrono::Duration::hours(1);
+        assert_eq!(repo.expire_idempotency_keys(in_an_hour).await.unwrap(), 1);
+
+        let after_expiry = repo.create("tenant-a", new_workflow("Once"), Some(&key)).await.unwrap();
+        assert_ne!(after_expiry.id, first.id);
+    }
+
+    #[tokio::test]
+    async fn an_expired_idempotency_key_no_longer_replays_on_sqlite() {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await.unwrap();
+        SQLITE_MIGRATIONS.run(&pool).await.unwrap();
+        an_expired_key_no_longer_replays(&SqliteWorkflowRepository::new(pool)).await;
+    }
+
+    /// On a database of its own, created on the server `TEST_DATABASE_URL` names (skipped
+    /// without it, as where no PostgreSQL runs) and dropped afterwards.
+    #[tokio::test]
+    async fn an_expired_idempotency_key_no_longer_replays_on_postgres() {
+        let Ok(admin_url) = std::env::var("TEST_DATABASE_URL") else { return };
+        let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
+        let name = format!("engarde_unit_{}", Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
+        let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
+        let pool = sqlx::PgPool::connect(&format!("{base}/{name}")).await.unwrap();
+        POSTGRES_MIGRATIONS.run(&pool).await.unwrap();
+        // Run apart, so that the database is dropped even when an assertion fails.
+        let outcome = tokio::spawn({
+            let pool = pool.clone();
+            async move { an_expired_key_no_longer_replays(&PostgresWorkflowRepository::new(pool)).await }
+        })
+        .await;
+        pool.close().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}"))).execute(&admin).await.unwrap();
+        if let Err(failed) = outcome {
+            std::panic::resume_unwind(failed.into_panic());
+        }
+    }
+}

@@ -1,15 +1,16 @@
-//! The two SQL dialects agent-service stores in, as types: what differs between PostgreSQL and
+//! The two SQL dialects both services store in, as types: what differs between PostgreSQL and
 //! SQLite is named here once, and repositories written against [`Dialect`] are ordinary Rust
-//! (rustfmt, clippy and rust-analyzer see every line).
+//! (rustfmt, clippy and rust-analyzer see every line). What every repository shares on top of a
+//! dialect lives here too: the idempotency-key table and keyset-page binding.
 //!
 //! Rust does not carry a trait's `where` clauses to its users, so the sqlx bounds a generic
-//! repository needs are stated on its `impl` blocks ([`super::agents`]); everything else a
+//! repository needs are stated on its `impl` blocks (each service's storage); everything else a
 //! dialect decides is here.
 
+use crate::kit::error::{ServiceError, ServiceResult};
+use crate::kit::idempotency::{IdempotencyKey, judge_replay};
+use crate::kit::pagination::PageRequest;
 use chrono::{DateTime, Utc};
-use engarde::kit::error::{ServiceError, ServiceResult};
-use engarde::kit::idempotency::{IdempotencyKey, judge_replay};
-use engarde::kit::pagination::PageRequest;
 
 /// A SQL dialect: its sqlx database and the fragments that differ.
 pub trait Dialect: Send + Sync + 'static {
@@ -132,11 +133,25 @@ where
     Ok(())
 }
 
+/// Forgets idempotency keys older than `before` (answers are kept for replays only so long).
+pub async fn expire_idempotency<D: Dialect>(pool: &sqlx::Pool<D::Db>, before: DateTime<Utc>) -> ServiceResult<u64>
+where
+    for<'c> &'c mut <D::Db as sqlx::Database>::Connection: sqlx::Executor<'c, Database = D::Db>,
+    <D::Db as sqlx::Database>::Arguments: sqlx::IntoArguments<D::Db>,
+    for<'a> DateTime<Utc>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+{
+    let expired =
+        sqlx::query::<D::Db>("DELETE FROM idempotency_keys WHERE created_at < $1").bind(before).execute(pool).await?;
+    Ok(D::rows_affected(&expired))
+}
+
 /// Keyset paging, bound in one place: a paged statement takes, in order, `has_after` (0: from
-/// the start), then the time and id of the page's last row (its sort key).
+/// the start), then the sort key of the page's last row and its id.
 pub trait BindKeyset: Sized {
-    /// Binds `page`'s cursor as the next three parameters.
+    /// Binds `page`'s cursor, for a page ordered by (time, id), as the next three parameters.
     fn bind_keyset(self, page: &PageRequest) -> ServiceResult<Self>;
+    /// Binds `page`'s cursor, for a page ordered by (text, id), as the next three parameters.
+    fn bind_text_keyset(self, page: &PageRequest) -> ServiceResult<Self>;
 }
 
 impl<'q, DB, O> BindKeyset for sqlx::query::QueryAs<'q, DB, O, DB::Arguments>
@@ -149,5 +164,10 @@ where
     fn bind_keyset(self, page: &PageRequest) -> ServiceResult<Self> {
         let (has_after, after_time, after_id) = page.time_id_cursor()?;
         Ok(self.bind(has_after).bind(after_time).bind(after_id))
+    }
+
+    fn bind_text_keyset(self, page: &PageRequest) -> ServiceResult<Self> {
+        let (has_after, after_text, after_id) = page.text_id_cursor()?;
+        Ok(self.bind(has_after).bind(after_text).bind(after_id))
     }
 }
