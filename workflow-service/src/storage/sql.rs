@@ -377,11 +377,12 @@ mod tests {
         an_expired_key_no_longer_replays(&SqliteWorkflowRepository::new(pool)).await;
     }
 
-    /// On a database of its own, created on the server `TEST_DATABASE_URL` names (skipped
-    /// without it, as where no PostgreSQL runs) and dropped afterwards.
+    /// On a database of its own, created on the server `TEST_DATABASE_URL` names (the local
+    /// server by default, as the end-to-end tests use) and dropped afterwards.
     #[tokio::test]
     async fn an_expired_idempotency_key_no_longer_replays_on_postgres() {
-        let Ok(admin_url) = std::env::var("TEST_DATABASE_URL") else { return };
+        let admin_url = std::env::var("TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
         let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
         let name = format!("engarde_unit_{}", Uuid::new_v4().simple());
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
