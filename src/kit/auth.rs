@@ -226,7 +226,7 @@ impl Authenticator {
 
 /// Paths that answer without credentials: health probes and reflection.
 fn is_public(path: &str) -> bool {
-    super::server::is_plumbing(path)
+    super::plumbing::is_plumbing(path)
 }
 
 /// A tower layer that authenticates every RPC but health and reflection, and puts the

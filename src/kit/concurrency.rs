@@ -20,7 +20,7 @@ use tower_service::Service;
 
 /// Paths that never wait behind business calls: health probes and reflection.
 pub fn is_exempt(path: &str) -> bool {
-    super::server::is_plumbing(path)
+    super::plumbing::is_plumbing(path)
 }
 
 /// Serves at most `max` business RPCs at once (more wait for a permit, in arrival order);

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod page_budget;
 pub mod pagination;
 pub mod pg_feed;
+pub mod plumbing;
 pub mod request;
 pub mod rpc_log;
 pub mod server;

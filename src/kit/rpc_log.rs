@@ -48,7 +48,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let method = req.uri().path().to_owned();
-        if super::server::is_plumbing(&method) {
+        if super::plumbing::is_plumbing(&method) {
             return Box::pin(self.inner.call(req));
         }
         let trace = req

@@ -122,12 +122,6 @@ fn reflection(services: &[&'static str]) -> tonic_reflection::server::Builder<'s
     services.iter().chain(ALWAYS_SERVED.iter()).fold(builder, |builder, name| builder.with_service_name(*name))
 }
 
-/// Whether a request path is the server's own plumbing, health probes and reflection: answered
-/// without credentials, never waiting behind business calls, and not logged call by call.
-pub fn is_plumbing(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
-}
-
 /// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is called, not
 /// when the future is first polled: a signal that arrives between "listening" and the first poll
 /// must start a graceful shutdown, not kill the process outright.

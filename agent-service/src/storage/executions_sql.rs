@@ -20,156 +20,16 @@ use engarde::kit::pagination::PageRequest;
 use uuid::Uuid;
 
 use crate::domain::execution::{
-    Execution, ExecutionFilter, ExecutionStats, ExecutionStatus, FailureKind, Feedback, Finish, Finished, MessageRole,
-    NewExecution, Report, Session, SessionMessage,
+    Execution, ExecutionFilter, ExecutionStats, ExecutionStatus, Feedback, Finish, Finished, MessageRole, NewExecution,
+    Report, Session, SessionMessage,
 };
 use crate::domain::{Agent, AgentStatus, lifecycle};
+use crate::storage::execution_rows::{EXECUTION_COLUMNS, ExecutionRow, FeedbackRow, MessageRow, ReportRow, SessionRow};
 use crate::storage::executions::{ExecutionRepository, NewFeedback, Started};
 use crate::storage::one_statement_finish::OneStatementFinish;
 use crate::storage::row::{AgentRow, COLUMNS as AGENT_COLUMNS};
 use crate::storage::{json_strings, replayed};
 use engarde::kit::dialect::{self, BindKeyset, Dialect};
-
-/// The columns of an execution, in [`ExecutionRow`]'s order.
-pub(super) const EXECUTION_COLUMNS: &str = "id, tenant_id, agent_id, session_id, step_id, input, output, status, error, error_code, latency_ms, started_at, \
-     finished_at";
-
-#[derive(sqlx::FromRow)]
-pub(super) struct ExecutionRow {
-    id: String,
-    tenant_id: String,
-    agent_id: String,
-    session_id: String,
-    step_id: String,
-    input: String,
-    output: String,
-    status: String,
-    error: String,
-    error_code: String,
-    latency_ms: f64,
-    started_at: DateTime<Utc>,
-    finished_at: Option<DateTime<Utc>>,
-}
-
-fn corrupt(what: &str, id: &str) -> ServiceError {
-    ServiceError::internal(anyhow::anyhow!("execution {id}: corrupt {what} in database"))
-}
-
-fn parse_uuid(text: &str, what: &str, id: &str) -> ServiceResult<Uuid> {
-    Uuid::parse_str(text).map_err(|_| corrupt(what, id))
-}
-
-impl TryFrom<ExecutionRow> for Execution {
-    type Error = ServiceError;
-
-    fn try_from(row: ExecutionRow) -> ServiceResult<Self> {
-        let failure = match row.error_code.as_str() {
-            "" => None,
-            code => Some(FailureKind::parse(code).ok_or_else(|| corrupt("error_code", &row.id))?),
-        };
-        Ok(Execution {
-            id: parse_uuid(&row.id, "id", &row.id)?,
-            agent_id: parse_uuid(&row.agent_id, "agent_id", &row.id)?,
-            status: ExecutionStatus::parse(&row.status).ok_or_else(|| corrupt("status", &row.id))?,
-            failure,
-            tenant_id: row.tenant_id,
-            session_id: row.session_id,
-            step_id: row.step_id,
-            input: row.input,
-            output: row.output,
-            error: row.error,
-            latency_ms: row.latency_ms,
-            started_at: row.started_at,
-            finished_at: row.finished_at,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(super) struct SessionRow {
-    session_id: String,
-    message_count: i64,
-    last_message_at: DateTime<Utc>,
-}
-
-impl From<SessionRow> for Session {
-    fn from(row: SessionRow) -> Self {
-        Session { session_id: row.session_id, message_count: row.message_count, last_message_at: row.last_message_at }
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(super) struct MessageRow {
-    sequence: i64,
-    role: String,
-    text: String,
-    execution_id: String,
-    created_at: DateTime<Utc>,
-}
-
-impl TryFrom<MessageRow> for SessionMessage {
-    type Error = ServiceError;
-
-    fn try_from(row: MessageRow) -> ServiceResult<Self> {
-        Ok(SessionMessage {
-            sequence: row.sequence,
-            role: MessageRole::parse(&row.role).ok_or_else(|| corrupt("message role", &row.execution_id))?,
-            execution_id: parse_uuid(&row.execution_id, "message execution_id", &row.execution_id)?,
-            text: row.text,
-            created_at: row.created_at,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(super) struct FeedbackRow {
-    id: String,
-    execution_id: String,
-    agent_id: String,
-    score: i32,
-    comment: String,
-    created_at: DateTime<Utc>,
-}
-
-impl TryFrom<FeedbackRow> for Feedback {
-    type Error = ServiceError;
-
-    fn try_from(row: FeedbackRow) -> ServiceResult<Self> {
-        Ok(Feedback {
-            id: parse_uuid(&row.id, "feedback id", &row.execution_id)?,
-            execution_id: parse_uuid(&row.execution_id, "feedback execution_id", &row.execution_id)?,
-            agent_id: parse_uuid(&row.agent_id, "feedback agent_id", &row.execution_id)?,
-            score: row.score,
-            comment: row.comment,
-            created_at: row.created_at,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(super) struct ReportRow {
-    execution_id: String,
-    tenant_id: String,
-    workflow_id: String,
-    succeeded: bool,
-    credentials: String,
-    attempts: i32,
-}
-
-impl TryFrom<ReportRow> for Report {
-    type Error = ServiceError;
-
-    fn try_from(row: ReportRow) -> ServiceResult<Self> {
-        Ok(Report {
-            execution_id: parse_uuid(&row.execution_id, "report id", &row.execution_id)?,
-            workflow_id: parse_uuid(&row.workflow_id, "report workflow_id", &row.execution_id)?,
-            tenant_id: row.tenant_id,
-            succeeded: row.succeeded,
-            credentials: row.credentials,
-            attempts: row.attempts,
-        })
-    }
-}
 
 /// A connection of the dialect's database.
 type Conn<D> = <<D as Dialect>::Db as sqlx::Database>::Connection;

@@ -3,6 +3,7 @@
 
 mod agents;
 pub mod deployment;
+mod execution_rows;
 pub mod executions;
 mod executions_sql;
 mod one_statement_finish;

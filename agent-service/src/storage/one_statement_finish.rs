@@ -5,7 +5,7 @@
 use engarde::kit::error::ServiceResult;
 
 use crate::domain::execution::{Finish, Finished, MessageRole};
-use crate::storage::executions_sql::{EXECUTION_COLUMNS, ExecutionRow};
+use crate::storage::execution_rows::{EXECUTION_COLUMNS, ExecutionRow};
 
 /// A finish in one statement, one round trip, where the database can: PostgreSQL's
 /// data-modifying CTEs make it possible; elsewhere the finish takes the transaction in
