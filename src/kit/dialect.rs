@@ -11,6 +11,10 @@ use crate::kit::error::{ServiceError, ServiceResult};
 use crate::kit::idempotency::{IdempotencyKey, judge_replay};
 use crate::kit::pagination::PageRequest;
 use chrono::{DateTime, Utc};
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use uuid::Uuid;
+use uuid::fmt::Hyphenated;
 
 /// A SQL dialect: its sqlx database and the fragments that differ.
 pub trait Dialect: Send + Sync + 'static {
@@ -28,6 +32,9 @@ pub trait Dialect: Send + Sync + 'static {
     const SKIP_LOCKED: &'static str;
     /// Selects the strings of the JSON array bound as `$1` (one parameter for any number).
     const JSON_TEXTS: &'static str;
+    /// Selects the ids of the JSON array of UUID strings bound as `$1`, as the id columns hold
+    /// them (native `uuid` on PostgreSQL, text on SQLite).
+    const JSON_UUIDS: &'static str;
     /// A one-row `FROM` (for `INSERT … SELECT`, and inside `EXISTS` for `DELETE`) that lets the
     /// statement's commit return before its WAL reaches the disk (PostgreSQL's
     /// `synchronous_commit = off`, for that statement's transaction only): for writes whose loss
@@ -47,6 +54,7 @@ impl Dialect for Postgres {
     const LOCK: &'static str = " FOR UPDATE";
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
     const JSON_TEXTS: &'static str = "SELECT jsonb_array_elements_text($1::jsonb)";
+    const JSON_UUIDS: &'static str = "SELECT jsonb_array_elements_text($1::jsonb)::uuid";
     const RELAXED_FROM: &'static str = "(SELECT set_config('synchronous_commit', 'off', true)) AS relaxed";
 
     fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
@@ -63,10 +71,70 @@ impl Dialect for Sqlite {
     const LOCK: &'static str = "";
     const SKIP_LOCKED: &'static str = "";
     const JSON_TEXTS: &'static str = "SELECT value FROM json_each($1)";
+    const JSON_UUIDS: &'static str = "SELECT value FROM json_each($1)";
     const RELAXED_FROM: &'static str = "(SELECT 1) AS relaxed";
 
     fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
         result.rows_affected()
+    }
+}
+
+/// An id column's value: a native `uuid` on PostgreSQL, its hyphenated text on SQLite (which
+/// has no such type). Bound and read as this, an id never goes through a `String`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SqlUuid(pub Uuid);
+
+impl std::fmt::Display for SqlUuid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<Uuid> for SqlUuid {
+    fn from(id: Uuid) -> Self {
+        Self(id)
+    }
+}
+
+impl From<SqlUuid> for Uuid {
+    fn from(id: SqlUuid) -> Self {
+        id.0
+    }
+}
+
+impl sqlx::Type<sqlx::Postgres> for SqlUuid {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <Uuid as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+}
+
+impl sqlx::Encode<'_, sqlx::Postgres> for SqlUuid {
+    fn encode_by_ref(&self, buf: &mut sqlx::postgres::PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        <Uuid as sqlx::Encode<sqlx::Postgres>>::encode_by_ref(&self.0, buf)
+    }
+}
+
+impl sqlx::Decode<'_, sqlx::Postgres> for SqlUuid {
+    fn decode(value: sqlx::postgres::PgValueRef<'_>) -> Result<Self, BoxDynError> {
+        <Uuid as sqlx::Decode<sqlx::Postgres>>::decode(value).map(Self)
+    }
+}
+
+impl sqlx::Type<sqlx::Sqlite> for SqlUuid {
+    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+        <Hyphenated as sqlx::Type<sqlx::Sqlite>>::type_info()
+    }
+}
+
+impl sqlx::Encode<'_, sqlx::Sqlite> for SqlUuid {
+    fn encode_by_ref(&self, buf: &mut sqlx::sqlite::SqliteArgumentsBuffer) -> Result<IsNull, BoxDynError> {
+        <Hyphenated as sqlx::Encode<sqlx::Sqlite>>::encode_by_ref(&self.0.hyphenated(), buf)
+    }
+}
+
+impl sqlx::Decode<'_, sqlx::Sqlite> for SqlUuid {
+    fn decode(value: sqlx::sqlite::SqliteValueRef<'_>) -> Result<Self, BoxDynError> {
+        <Hyphenated as sqlx::Decode<sqlx::Sqlite>>::decode(value).map(|id| Self(id.into_uuid()))
     }
 }
 
@@ -152,6 +220,17 @@ pub trait BindKeyset: Sized {
     fn bind_keyset(self, page: &PageRequest) -> ServiceResult<Self>;
     /// Binds `page`'s cursor, for a page ordered by (text, id), as the next three parameters.
     fn bind_text_keyset(self, page: &PageRequest) -> ServiceResult<Self>;
+    /// Binds `page`'s cursor, for a page ordered by (time, a caller's text key such as a session
+    /// id), as the next three parameters.
+    fn bind_time_text_keyset(self, page: &PageRequest) -> ServiceResult<Self>;
+}
+
+/// A cursor's id, as the id column holds it; a token whose id is no UUID was not made by us.
+fn cursor_id(id: &str) -> ServiceResult<SqlUuid> {
+    if id.is_empty() {
+        return Ok(SqlUuid(Uuid::nil()));
+    }
+    Uuid::parse_str(id).map(SqlUuid).map_err(|_| crate::kit::pagination::bad_token())
 }
 
 impl<'q, DB, O> BindKeyset for sqlx::query::QueryAs<'q, DB, O, DB::Arguments>
@@ -160,14 +239,20 @@ where
     i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    SqlUuid: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
     fn bind_keyset(self, page: &PageRequest) -> ServiceResult<Self> {
         let (has_after, after_time, after_id) = page.time_id_cursor()?;
-        Ok(self.bind(has_after).bind(after_time).bind(after_id))
+        Ok(self.bind(has_after).bind(after_time).bind(cursor_id(&after_id)?))
     }
 
     fn bind_text_keyset(self, page: &PageRequest) -> ServiceResult<Self> {
         let (has_after, after_text, after_id) = page.text_id_cursor()?;
-        Ok(self.bind(has_after).bind(after_text).bind(after_id))
+        Ok(self.bind(has_after).bind(after_text).bind(cursor_id(&after_id)?))
+    }
+
+    fn bind_time_text_keyset(self, page: &PageRequest) -> ServiceResult<Self> {
+        let (has_after, after_time, after_key) = page.time_id_cursor()?;
+        Ok(self.bind(has_after).bind(after_time).bind(after_key))
     }
 }

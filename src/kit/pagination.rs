@@ -110,7 +110,7 @@ pub fn time_id_key(time: chrono::DateTime<chrono::Utc>, id: impl std::fmt::Displ
     vec![time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), id.to_string()]
 }
 
-fn bad_token() -> ServiceError {
+pub(crate) fn bad_token() -> ServiceError {
     ServiceError::invalid("page_token", "is not a token this service issued")
 }
 

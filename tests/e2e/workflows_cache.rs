@@ -243,7 +243,7 @@ async fn postgres_a_saturated_pool_does_not_hold_back_the_change_feed() {
     // connection while it waits for the lock.
     let mut operator = sqlx::PgConnection::connect(db.url()).await.unwrap();
     sqlx::query("BEGIN").execute(&mut operator).await.unwrap();
-    sqlx::query("SELECT id FROM workflows WHERE id = $1 FOR UPDATE")
+    sqlx::query("SELECT id FROM workflows WHERE id = $1::uuid FOR UPDATE")
         .bind(&locked.id)
         .execute(&mut operator)
         .await

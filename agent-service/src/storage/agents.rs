@@ -18,7 +18,7 @@ use crate::domain::provisioning::{Candidate, ProvisionOutcome, SkipReason, Skipp
 use crate::domain::{Agent, AgentConfig, AgentFilter, NewAgent, now};
 use crate::storage::row::{AgentRow, COLUMNS, SnapshotColumns};
 use crate::storage::{AgentRepository, Answer, DeleteCheck, Mutated, Mutation, replayed};
-use engarde::kit::dialect::{self, BindKeyset, Dialect};
+use engarde::kit::dialect::{self, BindKeyset, Dialect, SqlUuid};
 
 /// A connection of the dialect's database.
 type Conn<D> = <<D as Dialect>::Db as sqlx::Database>::Connection;
@@ -52,6 +52,8 @@ where
     for<'a> i64: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> f64: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> bool: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> SqlUuid: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> Option<SqlUuid>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> Vec<u8>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> DateTime<Utc>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> Option<&'a str>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
@@ -61,17 +63,14 @@ where
     for<'a> Json<&'a AgentConfig>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> Json<&'a Vec<String>>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'r> AgentRow: sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
-    for<'r> (String,): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
+    for<'r> (SqlUuid,): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
     for<'r> (String, Option<String>): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
 {
     /// The tenant's agent, locked for the rest of the transaction.
     async fn load_for_update(conn: &mut Conn<D>, tenant: &str, id: Uuid) -> ServiceResult<Agent> {
         let sql = format!("SELECT {COLUMNS} FROM agents WHERE id = $1 AND tenant_id = $2{}", D::LOCK);
-        let row: Option<AgentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(id.to_string())
-            .bind(tenant)
-            .fetch_optional(&mut *conn)
-            .await?;
+        let row: Option<AgentRow> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(SqlUuid(id)).bind(tenant).fetch_optional(&mut *conn).await?;
         row.ok_or_else(|| not_found(id))?.try_into()
     }
 
@@ -82,7 +81,7 @@ where
              $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
         );
         sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(a.id.to_string())
+            .bind(SqlUuid(a.id))
             .bind(&a.tenant_id)
             .bind(&a.name)
             .bind(&a.description)
@@ -126,8 +125,8 @@ where
              VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, workflow_id) DO NOTHING",
         )
         .bind(tenant)
-        .bind(workflow_id.to_string())
-        .bind(agent_id.to_string())
+        .bind(SqlUuid(workflow_id))
+        .bind(SqlUuid(agent_id))
         .bind(now())
         .execute(&mut *conn)
         .await?;
@@ -146,6 +145,8 @@ where
     for<'a> i64: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> f64: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> bool: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> SqlUuid: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> Option<SqlUuid>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> Vec<u8>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> DateTime<Utc>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> Option<&'a str>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
@@ -155,7 +156,7 @@ where
     for<'a> Json<&'a AgentConfig>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> Json<&'a Vec<String>>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'r> AgentRow: sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
-    for<'r> (String,): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
+    for<'r> (SqlUuid,): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
     for<'r> (String, Option<String>): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
 {
     async fn replay(&self, tenant: &str, key: Option<&IdempotencyKey>) -> ServiceResult<Option<String>> {
@@ -195,19 +196,14 @@ where
 
     async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Agent> {
         let sql = format!("SELECT {COLUMNS} FROM agents WHERE id = $1 AND tenant_id = $2");
-        let row: Option<AgentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(id.to_string())
-            .bind(tenant)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<AgentRow> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(SqlUuid(id)).bind(tenant).fetch_optional(&self.pool).await?;
         row.ok_or_else(|| not_found(id))?.try_into()
     }
 
     async fn agent_exists(&self, id: Uuid) -> ServiceResult<bool> {
-        let found: Option<(String,)> = sqlx::query_as("SELECT id FROM agents WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
+        let found: Option<(SqlUuid,)> =
+            sqlx::query_as("SELECT id FROM agents WHERE id = $1").bind(SqlUuid(id)).fetch_optional(&self.pool).await?;
         Ok(found.is_some())
     }
 
@@ -218,7 +214,7 @@ where
              WHERE tenant_id = $1 \
                AND ($2 = '' OR agent_type = $2) \
                AND ($3 = '' OR status = $3) \
-               AND ($4 = '' OR source_workflow_id = $4) \
+               AND ($4 IS NULL OR source_workflow_id = $4) \
                AND ($5 = 0 OR (created_at, id) > ($6, $7)) \
              ORDER BY created_at, id LIMIT $8"
         );
@@ -226,7 +222,7 @@ where
             .bind(tenant)
             .bind(filter.agent_type.map(|t| t.as_str()).unwrap_or(""))
             .bind(filter.status.map(|s| s.as_str()).unwrap_or(""))
-            .bind(filter.workflow_id.map(|id| id.to_string()).unwrap_or_default())
+            .bind(filter.workflow_id.map(SqlUuid))
             .bind_keyset(page)?
             .bind(i64::from(page.size))
             .fetch_all(&self.pool)
@@ -278,7 +274,7 @@ where
         .bind(agent.updated_at)
         .bind(agent.flow_origin.as_str())
         .bind(snapshot.scheduled)
-        .bind(id.to_string())
+        .bind(SqlUuid(id))
         .bind(tenant)
         .bind(read_version)
         .execute(&mut *tx)
@@ -307,24 +303,23 @@ where
         check(&agent)?;
         // Its claim (if it held one) goes with it, by the foreign key's cascade.
         sqlx::query("DELETE FROM agents WHERE id = $1 AND tenant_id = $2")
-            .bind(id.to_string())
+            .bind(SqlUuid(id))
             .bind(tenant)
             .execute(&mut *tx)
             .await?;
         if let Some(workflow_id) = agent.source_workflow_id() {
             // The workflow still has an agent if another was made from it: it keeps
             // the claim, so that provisioning does not make a duplicate.
-            let heir: Option<(String,)> = sqlx::query_as(
+            let heir: Option<(SqlUuid,)> = sqlx::query_as(
                 "SELECT id FROM agents WHERE tenant_id = $1 AND source_workflow_id = $2 \
                  ORDER BY created_at, id LIMIT 1",
             )
             .bind(tenant)
-            .bind(workflow_id.to_string())
+            .bind(SqlUuid(workflow_id))
             .fetch_optional(&mut *tx)
             .await?;
             if let Some((heir,)) = heir {
-                let heir = Uuid::parse_str(&heir).map_err(ServiceError::internal)?;
-                Self::claim_workflow(&mut *tx, tenant, workflow_id, heir).await?;
+                Self::claim_workflow(&mut *tx, tenant, workflow_id, heir.0).await?;
             }
         }
         dialect::complete_idempotency::<D::Db>(&mut *tx, tenant, key, &id).await?;
@@ -366,12 +361,13 @@ where
     }
 
     async fn provisioned(&self, tenant: &str, workflow_ids: &[Uuid]) -> ServiceResult<HashSet<Uuid>> {
-        let rows: Vec<(String,)> = sqlx::query_as("SELECT workflow_id FROM provisioned_workflows WHERE tenant_id = $1")
-            .bind(tenant)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<(SqlUuid,)> =
+            sqlx::query_as("SELECT workflow_id FROM provisioned_workflows WHERE tenant_id = $1")
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await?;
         let wanted: HashSet<Uuid> = workflow_ids.iter().copied().collect();
-        Ok(rows.into_iter().filter_map(|(id,)| Uuid::parse_str(&id).ok()).filter(|id| wanted.contains(id)).collect())
+        Ok(rows.into_iter().map(|(id,)| id.0).filter(|id| wanted.contains(id)).collect())
     }
 
     async fn expire_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>) -> ServiceResult<u64> {

@@ -3,8 +3,8 @@
 //! the repository written over any dialect and by PostgreSQL's one-statement finish.
 
 use chrono::{DateTime, Utc};
+use engarde::kit::dialect::SqlUuid;
 use engarde::kit::error::{ServiceError, ServiceResult};
-use uuid::Uuid;
 
 use crate::domain::execution::{
     Execution, ExecutionStatus, FailureKind, Feedback, MessageRole, Report, Session, SessionMessage,
@@ -15,9 +15,9 @@ pub(super) const EXECUTION_COLUMNS: &str = "id, tenant_id, agent_id, session_id,
 
 #[derive(sqlx::FromRow)]
 pub(super) struct ExecutionRow {
-    id: String,
+    id: SqlUuid,
     tenant_id: String,
-    agent_id: String,
+    agent_id: SqlUuid,
     session_id: String,
     step_id: String,
     input: String,
@@ -30,12 +30,8 @@ pub(super) struct ExecutionRow {
     finished_at: Option<DateTime<Utc>>,
 }
 
-fn corrupt(what: &str, id: &str) -> ServiceError {
-    ServiceError::internal(anyhow::anyhow!("execution {id}: corrupt {what} in database"))
-}
-
-fn parse_uuid(text: &str, what: &str, id: &str) -> ServiceResult<Uuid> {
-    Uuid::parse_str(text).map_err(|_| corrupt(what, id))
+fn corrupt(what: &str, id: SqlUuid) -> ServiceError {
+    ServiceError::internal(anyhow::anyhow!("execution {}: corrupt {what} in database", id.0))
 }
 
 impl TryFrom<ExecutionRow> for Execution {
@@ -44,12 +40,12 @@ impl TryFrom<ExecutionRow> for Execution {
     fn try_from(row: ExecutionRow) -> ServiceResult<Self> {
         let failure = match row.error_code.as_str() {
             "" => None,
-            code => Some(FailureKind::parse(code).ok_or_else(|| corrupt("error_code", &row.id))?),
+            code => Some(FailureKind::parse(code).ok_or_else(|| corrupt("error_code", row.id))?),
         };
         Ok(Execution {
-            id: parse_uuid(&row.id, "id", &row.id)?,
-            agent_id: parse_uuid(&row.agent_id, "agent_id", &row.id)?,
-            status: ExecutionStatus::parse(&row.status).ok_or_else(|| corrupt("status", &row.id))?,
+            id: row.id.0,
+            agent_id: row.agent_id.0,
+            status: ExecutionStatus::parse(&row.status).ok_or_else(|| corrupt("status", row.id))?,
             failure,
             tenant_id: row.tenant_id,
             session_id: row.session_id,
@@ -82,7 +78,7 @@ pub(super) struct MessageRow {
     sequence: i64,
     role: String,
     text: String,
-    execution_id: String,
+    execution_id: SqlUuid,
     created_at: DateTime<Utc>,
 }
 
@@ -92,8 +88,8 @@ impl TryFrom<MessageRow> for SessionMessage {
     fn try_from(row: MessageRow) -> ServiceResult<Self> {
         Ok(SessionMessage {
             sequence: row.sequence,
-            role: MessageRole::parse(&row.role).ok_or_else(|| corrupt("message role", &row.execution_id))?,
-            execution_id: parse_uuid(&row.execution_id, "message execution_id", &row.execution_id)?,
+            role: MessageRole::parse(&row.role).ok_or_else(|| corrupt("message role", row.execution_id))?,
+            execution_id: row.execution_id.0,
             text: row.text,
             created_at: row.created_at,
         })
@@ -102,9 +98,9 @@ impl TryFrom<MessageRow> for SessionMessage {
 
 #[derive(sqlx::FromRow)]
 pub(super) struct FeedbackRow {
-    id: String,
-    execution_id: String,
-    agent_id: String,
+    id: SqlUuid,
+    execution_id: SqlUuid,
+    agent_id: SqlUuid,
     score: i32,
     comment: String,
     created_at: DateTime<Utc>,
@@ -115,9 +111,9 @@ impl TryFrom<FeedbackRow> for Feedback {
 
     fn try_from(row: FeedbackRow) -> ServiceResult<Self> {
         Ok(Feedback {
-            id: parse_uuid(&row.id, "feedback id", &row.execution_id)?,
-            execution_id: parse_uuid(&row.execution_id, "feedback execution_id", &row.execution_id)?,
-            agent_id: parse_uuid(&row.agent_id, "feedback agent_id", &row.execution_id)?,
+            id: row.id.0,
+            execution_id: row.execution_id.0,
+            agent_id: row.agent_id.0,
             score: row.score,
             comment: row.comment,
             created_at: row.created_at,
@@ -127,9 +123,9 @@ impl TryFrom<FeedbackRow> for Feedback {
 
 #[derive(sqlx::FromRow)]
 pub(super) struct ReportRow {
-    execution_id: String,
+    execution_id: SqlUuid,
     tenant_id: String,
-    workflow_id: String,
+    workflow_id: SqlUuid,
     succeeded: bool,
     credentials: String,
     attempts: i32,
@@ -140,8 +136,8 @@ impl TryFrom<ReportRow> for Report {
 
     fn try_from(row: ReportRow) -> ServiceResult<Self> {
         Ok(Report {
-            execution_id: parse_uuid(&row.execution_id, "report id", &row.execution_id)?,
-            workflow_id: parse_uuid(&row.workflow_id, "report workflow_id", &row.execution_id)?,
+            execution_id: row.execution_id.0,
+            workflow_id: row.workflow_id.0,
             tenant_id: row.tenant_id,
             succeeded: row.succeeded,
             credentials: row.credentials,

@@ -29,7 +29,7 @@ use crate::storage::executions::{ExecutionRepository, NewFeedback, Started};
 use crate::storage::one_statement_finish::OneStatementFinish;
 use crate::storage::row::{AgentRow, COLUMNS as AGENT_COLUMNS};
 use crate::storage::{json_strings, replayed};
-use engarde::kit::dialect::{self, BindKeyset, Dialect};
+use engarde::kit::dialect::{self, BindKeyset, Dialect, SqlUuid};
 
 /// A connection of the dialect's database.
 type Conn<D> = <<D as Dialect>::Db as sqlx::Database>::Connection;
@@ -47,7 +47,7 @@ pub(super) struct ExecutionRowWithFingerprint {
 pub(super) struct RunningRow {
     #[sqlx(flatten)]
     execution: ExecutionRow,
-    report_workflow_id: Option<String>,
+    report_workflow_id: Option<SqlUuid>,
     report_credentials: String,
 }
 
@@ -84,6 +84,8 @@ where
     for<'a> bool: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> DateTime<Utc>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> Option<String>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> SqlUuid: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> Option<SqlUuid>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'r> AgentRow: sqlx::FromRow<'r, Row<D>>,
     for<'r> ExecutionRow: sqlx::FromRow<'r, Row<D>>,
     for<'r> ExecutionRowWithFingerprint: sqlx::FromRow<'r, Row<D>>,
@@ -93,8 +95,8 @@ where
     for<'r> FeedbackRow: sqlx::FromRow<'r, Row<D>>,
     for<'r> ReportRow: sqlx::FromRow<'r, Row<D>>,
     for<'r> (i64,): sqlx::FromRow<'r, Row<D>>,
-    for<'r> (String,): sqlx::FromRow<'r, Row<D>>,
-    for<'r> (String, String): sqlx::FromRow<'r, Row<D>>,
+    for<'r> (SqlUuid,): sqlx::FromRow<'r, Row<D>>,
+    for<'r> (SqlUuid, String): sqlx::FromRow<'r, Row<D>>,
     for<'r> (String, Option<String>): sqlx::FromRow<'r, Row<D>>,
     for<'r> (i64, i64, f64): sqlx::FromRow<'r, Row<D>>,
 {
@@ -103,8 +105,8 @@ where
     where
         E: sqlx::Executor<'e, Database = D::Db>,
     {
-        let found: Option<(String,)> = sqlx::query_as("SELECT id FROM agents WHERE id = $1 AND tenant_id = $2")
-            .bind(agent_id.to_string())
+        let found: Option<(SqlUuid,)> = sqlx::query_as("SELECT id FROM agents WHERE id = $1 AND tenant_id = $2")
+            .bind(SqlUuid(agent_id))
             .bind(tenant)
             .fetch_optional(executor)
             .await?;
@@ -136,14 +138,14 @@ where
     async fn running_for_update(
         tx: &mut Conn<D>,
         id: Uuid,
-    ) -> ServiceResult<Option<(Execution, Option<String>, String)>> {
+    ) -> ServiceResult<Option<(Execution, Option<SqlUuid>, String)>> {
         let sql = format!(
             "SELECT {EXECUTION_COLUMNS}, report_workflow_id, report_credentials FROM executions \
              WHERE id = $1 AND status = 'running'{}",
             D::LOCK
         );
         let row: Option<RunningRow> =
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id.to_string()).fetch_optional(&mut *tx).await?;
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(SqlUuid(id)).fetch_optional(&mut *tx).await?;
         match row {
             None => Ok(None),
             Some(r) => Ok(Some((r.execution.try_into()?, r.report_workflow_id, r.report_credentials))),
@@ -162,7 +164,7 @@ where
                last_message_at = excluded.last_message_at \
              RETURNING last_sequence",
         )
-        .bind(execution.agent_id.to_string())
+        .bind(SqlUuid(execution.agent_id))
         .bind(&execution.session_id)
         .bind(&execution.tenant_id)
         .bind(at)
@@ -175,12 +177,12 @@ where
                 "INSERT INTO session_messages (agent_id, session_id, sequence, role, text, execution_id, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
-            .bind(execution.agent_id.to_string())
+            .bind(SqlUuid(execution.agent_id))
             .bind(&execution.session_id)
             .bind(sequence)
             .bind(role.as_str())
             .bind(text)
-            .bind(execution.id.to_string())
+            .bind(SqlUuid(execution.id))
             .bind(at)
             .execute(&mut *tx)
             .await?;
@@ -198,7 +200,7 @@ where
     ) -> ServiceResult<()> {
         let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1 AND tenant_id = $2{}", D::LOCK);
         let row: Option<AgentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(execution.agent_id.to_string())
+            .bind(SqlUuid(execution.agent_id))
             .bind(&execution.tenant_id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -215,7 +217,7 @@ where
         .bind(agent.status.as_str())
         .bind(&agent.status_reason)
         .bind(at)
-        .bind(agent.id.to_string())
+        .bind(SqlUuid(agent.id))
         .bind(&agent.tenant_id)
         .execute(&mut *tx)
         .await?;
@@ -239,6 +241,8 @@ where
     for<'a> bool: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> DateTime<Utc>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> Option<String>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> SqlUuid: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> Option<SqlUuid>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'r> AgentRow: sqlx::FromRow<'r, Row<D>>,
     for<'r> ExecutionRow: sqlx::FromRow<'r, Row<D>>,
     for<'r> ExecutionRowWithFingerprint: sqlx::FromRow<'r, Row<D>>,
@@ -248,8 +252,8 @@ where
     for<'r> FeedbackRow: sqlx::FromRow<'r, Row<D>>,
     for<'r> ReportRow: sqlx::FromRow<'r, Row<D>>,
     for<'r> (i64,): sqlx::FromRow<'r, Row<D>>,
-    for<'r> (String,): sqlx::FromRow<'r, Row<D>>,
-    for<'r> (String, String): sqlx::FromRow<'r, Row<D>>,
+    for<'r> (SqlUuid,): sqlx::FromRow<'r, Row<D>>,
+    for<'r> (SqlUuid, String): sqlx::FromRow<'r, Row<D>>,
     for<'r> (String, Option<String>): sqlx::FromRow<'r, Row<D>>,
     for<'r> (i64, i64, f64): sqlx::FromRow<'r, Row<D>>,
 {
@@ -269,16 +273,16 @@ where
              WHERE true ON CONFLICT (tenant_id, request_id) DO NOTHING",
             D::RELAXED_FROM
         )))
-        .bind(new.id.to_string())
+        .bind(SqlUuid(new.id))
         .bind(&new.tenant_id)
-        .bind(new.agent_id.to_string())
+        .bind(SqlUuid(new.agent_id))
         .bind(&new.session_id)
         .bind(&new.step_id)
         .bind(&new.input)
         .bind(new.request.as_ref().map(|k| k.request_id.clone()))
         .bind(new.request.as_ref().map(|k| k.fingerprint.clone()))
         .bind(new.started_at)
-        .bind(new.report_workflow_id.map(|id| id.to_string()))
+        .bind(new.report_workflow_id.map(SqlUuid))
         .bind(&new.report_credentials)
         .execute(&self.pool)
         .await;
@@ -328,7 +332,7 @@ where
         .bind(book.error_code())
         .bind(finish.latency_ms)
         .bind(finish.finished_at)
-        .bind(execution.id.to_string())
+        .bind(SqlUuid(execution.id))
         .execute(&mut *tx)
         .await?;
         // The agent's row locked (after the execution's, as everywhere), so that
@@ -338,10 +342,8 @@ where
              WHERE id = $1{}",
             D::LOCK
         );
-        let stats: Option<(i64, i64, f64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(execution.agent_id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
+        let stats: Option<(i64, i64, f64)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(SqlUuid(execution.agent_id)).fetch_optional(&mut *tx).await?;
         if let Some((total, successful, average_response_time_ms)) = stats {
             let stats = ExecutionStats { total, successful, average_response_time_ms }
                 .record(book.succeeded, finish.latency_ms);
@@ -352,7 +354,7 @@ where
             .bind(stats.total)
             .bind(stats.successful)
             .bind(stats.average_response_time_ms)
-            .bind(execution.agent_id.to_string())
+            .bind(SqlUuid(execution.agent_id))
             .execute(&mut *tx)
             .await?;
         }
@@ -367,7 +369,7 @@ where
                      credentials, attempts, next_attempt_at) VALUES ($1, $2, $3, $4, $5, 0, $6) \
                      ON CONFLICT (execution_id) DO NOTHING",
                 )
-                .bind(execution.id.to_string())
+                .bind(SqlUuid(execution.id))
                 .bind(&execution.tenant_id)
                 .bind(workflow_id)
                 .bind(book.succeeded)
@@ -397,11 +399,8 @@ where
 
     async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Execution> {
         let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1 AND tenant_id = $2");
-        let row: Option<ExecutionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(id.to_string())
-            .bind(tenant)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<ExecutionRow> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(SqlUuid(id)).bind(tenant).fetch_optional(&self.pool).await?;
         row.ok_or_else(|| execution_not_found(id))?.try_into()
     }
 
@@ -413,7 +412,7 @@ where
         let sql = format!(
             "SELECT {EXECUTION_COLUMNS} FROM executions \
              WHERE tenant_id = $1 \
-               AND ($2 = '' OR agent_id = $2) \
+               AND ($2 IS NULL OR agent_id = $2) \
                AND ($3 = '' OR session_id = $3) \
                AND ($4 = '' OR status = $4) \
                AND ($5 = 0 OR (started_at, id) < ($6, $7)) \
@@ -421,7 +420,7 @@ where
         );
         let rows: Vec<ExecutionRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(tenant)
-            .bind(filter.agent_id.map(|id| id.to_string()).unwrap_or_default())
+            .bind(filter.agent_id.map(SqlUuid))
             .bind(filter.session_id.clone().unwrap_or_default())
             .bind(filter.status.map(|s| s.as_str()).unwrap_or(""))
             .bind_keyset(page)?
@@ -439,9 +438,9 @@ where
                AND ($3 = 0 OR (last_message_at, session_id) < ($4, $5)) \
              ORDER BY last_message_at DESC, session_id DESC LIMIT $6",
         )
-        .bind(agent_id.to_string())
+        .bind(SqlUuid(agent_id))
         .bind(tenant)
-        .bind_keyset(page)?
+        .bind_time_text_keyset(page)?
         .bind(i64::from(page.size))
         .fetch_all(&self.pool)
         .await?;
@@ -461,7 +460,7 @@ where
             "SELECT sequence, role, text, execution_id, created_at FROM session_messages \
              WHERE agent_id = $1 AND session_id = $2 AND sequence > $3 ORDER BY sequence LIMIT $4",
         )
-        .bind(agent_id.to_string())
+        .bind(SqlUuid(agent_id))
         .bind(session_id)
         .bind(after)
         .bind(i64::from(page.size))
@@ -485,12 +484,12 @@ where
         // The session row first: it is the lock a finishing execution holds while it
         // numbers its messages, so none is added between the two deletes.
         sqlx::query("DELETE FROM sessions WHERE agent_id = $1 AND session_id = $2")
-            .bind(agent_id.to_string())
+            .bind(SqlUuid(agent_id))
             .bind(session_id)
             .execute(&mut *tx)
             .await?;
         let cleared = sqlx::query("DELETE FROM session_messages WHERE agent_id = $1 AND session_id = $2")
-            .bind(agent_id.to_string())
+            .bind(SqlUuid(agent_id))
             .bind(session_id)
             .execute(&mut *tx)
             .await?;
@@ -510,9 +509,9 @@ where
         if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, key).await? {
             return replayed(&json);
         }
-        let found: Option<(String, String)> =
+        let found: Option<(SqlUuid, String)> =
             sqlx::query_as("SELECT agent_id, status FROM executions WHERE id = $1 AND tenant_id = $2")
-                .bind(new.execution_id.to_string())
+                .bind(SqlUuid(new.execution_id))
                 .bind(tenant)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -525,15 +524,15 @@ where
                 new.execution_id
             )));
         }
-        let agent_id = Uuid::parse_str(&agent_id).map_err(ServiceError::internal)?;
+        let agent_id = agent_id.0;
         sqlx::query(
             "INSERT INTO feedback (id, tenant_id, agent_id, execution_id, score, comment, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
-        .bind(new.id.to_string())
+        .bind(SqlUuid(new.id))
         .bind(tenant)
-        .bind(agent_id.to_string())
-        .bind(new.execution_id.to_string())
+        .bind(SqlUuid(agent_id))
+        .bind(SqlUuid(new.execution_id))
         .bind(new.score)
         .bind(&new.comment)
         .bind(new.created_at)
@@ -544,7 +543,7 @@ where
              feedback_score_sum = feedback_score_sum + $1 WHERE id = $2",
         )
         .bind(i64::from(new.score))
-        .bind(agent_id.to_string())
+        .bind(SqlUuid(agent_id))
         .execute(&mut *tx)
         .await?;
         let feedback = Feedback {
@@ -568,7 +567,7 @@ where
                AND ($3 = 0 OR (created_at, id) < ($4, $5)) \
              ORDER BY created_at DESC, id DESC LIMIT $6",
         )
-        .bind(agent_id.to_string())
+        .bind(SqlUuid(agent_id))
         .bind(tenant)
         .bind_keyset(page)?
         .bind(i64::from(page.size))
@@ -605,7 +604,7 @@ where
         // workflow-service counts once: no need to wait for the disk.
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM execution_reports WHERE execution_id IN ({}) AND EXISTS (SELECT 1 FROM {})",
-            D::JSON_TEXTS,
+            D::JSON_UUIDS,
             D::RELAXED_FROM
         )))
         .bind(json_strings(execution_ids))
@@ -626,7 +625,7 @@ where
         )
         .bind(error)
         .bind(retry_at)
-        .bind(execution_id.to_string())
+        .bind(SqlUuid(execution_id))
         .execute(&self.pool)
         .await?;
         Ok(())

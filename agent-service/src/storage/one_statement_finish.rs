@@ -2,6 +2,7 @@
 //! PostgreSQL (its data-modifying CTEs). The transaction in [`super::executions_sql`] does the
 //! same on any database, and is what SQLite uses.
 
+use engarde::kit::dialect::SqlUuid;
 use engarde::kit::error::ServiceResult;
 
 use crate::domain::execution::{Finish, Finished, MessageRole};
@@ -30,7 +31,7 @@ impl OneStatementFinish for sqlx::Sqlite {
 pub(super) struct FinishedRow {
     #[sqlx(flatten)]
     execution: ExecutionRow,
-    report_workflow_id: Option<String>,
+    report_workflow_id: Option<SqlUuid>,
 }
 
 /// The execution's outcome, the agent's statistics, the conversation and the report,
@@ -92,7 +93,7 @@ impl OneStatementFinish for sqlx::Postgres {
             .bind(book.error_code())
             .bind(finish.latency_ms)
             .bind(finish.finished_at)
-            .bind(finish.execution_id.to_string())
+            .bind(SqlUuid(finish.execution_id))
             .bind(book.succeeded)
             .bind(book.remember.is_some())
             .fetch_optional(pool)

@@ -1,11 +1,11 @@
 //! The `agents` row and its conversion to the domain type.
 
 use chrono::{DateTime, Utc};
+use engarde::kit::dialect::SqlUuid;
 use engarde::kit::error::ServiceError;
 use engarde::proto::workflow::v1 as workflow_pb;
 use prost::Message as _;
 use sqlx::types::Json;
-use uuid::Uuid;
 
 use crate::domain::run::has_scheduled_trigger;
 use crate::domain::{Agent, AgentConfig, AgentStatus, AgentType, FlowOrigin, WorkflowCategory, WorkflowSnapshot};
@@ -20,7 +20,7 @@ pub const COLUMNS: &str = "id, tenant_id, name, description, agent_type, status,
 
 #[derive(sqlx::FromRow)]
 pub struct AgentRow {
-    pub id: String,
+    pub id: SqlUuid,
     pub tenant_id: String,
     pub name: String,
     pub description: String,
@@ -29,7 +29,7 @@ pub struct AgentRow {
     pub status_reason: String,
     pub langflow_workflow_id: String,
     pub langflow_deployment_id: String,
-    pub source_workflow_id: Option<String>,
+    pub source_workflow_id: Option<SqlUuid>,
     pub source_workflow_version: Option<i64>,
     pub source_workflow_name: Option<String>,
     pub source_workflow_category: Option<String>,
@@ -49,7 +49,7 @@ pub struct AgentRow {
 
 /// The snapshot columns of an agent, as written.
 pub struct SnapshotColumns {
-    pub workflow_id: Option<String>,
+    pub workflow_id: Option<SqlUuid>,
     pub version: Option<i64>,
     pub name: Option<String>,
     pub category: Option<&'static str>,
@@ -65,7 +65,7 @@ impl SnapshotColumns {
                 Self { workflow_id: None, version: None, name: None, category: None, config: None, scheduled: false }
             }
             Some(s) => Self {
-                workflow_id: Some(s.workflow_id.to_string()),
+                workflow_id: Some(SqlUuid(s.workflow_id)),
                 version: Some(s.workflow_version),
                 name: Some(s.workflow_name.clone()),
                 category: Some(s.category.as_str()),
@@ -81,7 +81,7 @@ impl TryFrom<AgentRow> for Agent {
 
     fn try_from(row: AgentRow) -> Result<Self, Self::Error> {
         let corrupt =
-            |what: &str| ServiceError::internal(anyhow::anyhow!("agent {}: corrupt {what} in database", row.id));
+            |what: &str| ServiceError::internal(anyhow::anyhow!("agent {}: corrupt {what} in database", row.id.0));
         let snapshot = match (
             &row.source_workflow_id,
             row.source_workflow_version,
@@ -91,7 +91,7 @@ impl TryFrom<AgentRow> for Agent {
         ) {
             (None, None, None, None, None) => None,
             (Some(id), Some(version), Some(name), Some(category), Some(config)) => Some(WorkflowSnapshot {
-                workflow_id: Uuid::parse_str(id).map_err(|_| corrupt("source_workflow_id"))?,
+                workflow_id: id.0,
                 workflow_version: version,
                 workflow_name: name.clone(),
                 category: WorkflowCategory::parse(category).ok_or_else(|| corrupt("source_workflow_category"))?,
@@ -101,7 +101,7 @@ impl TryFrom<AgentRow> for Agent {
             _ => return Err(corrupt("snapshot")),
         };
         Ok(Agent {
-            id: Uuid::parse_str(&row.id).map_err(|_| corrupt("id"))?,
+            id: row.id.0,
             agent_type: AgentType::parse(&row.agent_type).ok_or_else(|| corrupt("agent_type"))?,
             status: AgentStatus::parse(&row.status).ok_or_else(|| corrupt("status"))?,
             flow_origin: FlowOrigin::parse(&row.flow_origin).ok_or_else(|| corrupt("flow_origin"))?,

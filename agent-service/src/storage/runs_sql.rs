@@ -26,7 +26,7 @@ use crate::domain::run::{
 use crate::domain::run_machine::{self, Change, Refusal, RunEventIn, RunState, Transition};
 use crate::storage::runs::{Lease, RunRepository, StepOutcome, StepWork};
 use crate::storage::{json_strings, replayed};
-use engarde::kit::dialect::{self, BindKeyset, Dialect};
+use engarde::kit::dialect::{self, BindKeyset, Dialect, SqlUuid};
 
 /// The columns of `runs` every query reads, in [`RunRow`]'s order.
 const RUN_COLUMNS: &str = "id, tenant_id, agent_id, status, trigger_kind, input, output, error, current_step, \
@@ -65,15 +65,15 @@ fn refused(id: Uuid, refusal: Refusal) -> ServiceError {
     }
 }
 
-fn corrupt(what: &str, id: &str) -> ServiceError {
-    ServiceError::internal(anyhow::anyhow!("run {id}: corrupt {what} in database"))
+fn corrupt(what: &str, id: SqlUuid) -> ServiceError {
+    ServiceError::internal(anyhow::anyhow!("run {}: corrupt {what} in database", id.0))
 }
 
 #[derive(sqlx::FromRow)]
 pub(super) struct RunRow {
-    id: String,
+    id: SqlUuid,
     tenant_id: String,
-    agent_id: String,
+    agent_id: SqlUuid,
     status: String,
     trigger_kind: String,
     input: String,
@@ -93,7 +93,7 @@ pub(super) struct RunRow {
 
 impl RunRow {
     fn status(&self) -> Result<RunStatus, ServiceError> {
-        RunStatus::parse(&self.status).ok_or_else(|| corrupt("status", &self.id))
+        RunStatus::parse(&self.status).ok_or_else(|| corrupt("status", self.id))
     }
 
     fn rules(&self) -> Result<RunRules, ServiceError> {
@@ -102,7 +102,7 @@ impl RunRow {
             approval_required: self.approval_required,
             review_timeout_secs: self.review_timeout_secs,
             review_default_action: ReviewAction::parse(&self.review_default_action)
-                .ok_or_else(|| corrupt("review_default_action", &self.id))?,
+                .ok_or_else(|| corrupt("review_default_action", self.id))?,
         })
     }
 
@@ -124,10 +124,10 @@ impl RunRow {
 
     fn into_run(self, steps: Vec<RunStep>) -> Result<Run, ServiceError> {
         Ok(Run {
-            id: Uuid::parse_str(&self.id).map_err(|_| corrupt("id", &self.id))?,
-            agent_id: Uuid::parse_str(&self.agent_id).map_err(|_| corrupt("agent_id", &self.id))?,
+            id: self.id.0,
+            agent_id: self.agent_id.0,
             status: self.status()?,
-            trigger: RunTrigger::parse(&self.trigger_kind).ok_or_else(|| corrupt("trigger_kind", &self.id))?,
+            trigger: RunTrigger::parse(&self.trigger_kind).ok_or_else(|| corrupt("trigger_kind", self.id))?,
             tenant_id: self.tenant_id,
             input: self.input,
             output: self.output,
@@ -159,7 +159,7 @@ pub(super) struct StepRow {
 }
 
 impl StepRow {
-    fn into_step(self, run_id: &str) -> Result<RunStep, ServiceError> {
+    fn into_step(self, run_id: SqlUuid) -> Result<RunStep, ServiceError> {
         Ok(RunStep {
             index: self.step_index,
             kind: StepKind::parse(&self.kind).ok_or_else(|| corrupt("step kind", run_id))?,
@@ -179,7 +179,7 @@ impl StepRow {
 
 #[derive(sqlx::FromRow)]
 pub(super) struct EventRow {
-    run_id: String,
+    run_id: SqlUuid,
     sequence: i64,
     kind: String,
     step_id: String,
@@ -190,7 +190,7 @@ pub(super) struct EventRow {
 impl EventRow {
     fn into_event(self) -> Result<RunEvent, ServiceError> {
         Ok(RunEvent {
-            run_id: Uuid::parse_str(&self.run_id).map_err(|_| corrupt("event run_id", &self.run_id))?,
+            run_id: self.run_id.0,
             sequence: self.sequence,
             kind: self.kind,
             step_id: self.step_id,
@@ -202,10 +202,10 @@ impl EventRow {
 
 #[derive(sqlx::FromRow)]
 pub(super) struct ReviewRow {
-    id: String,
+    id: SqlUuid,
     tenant_id: String,
-    run_id: String,
-    agent_id: String,
+    run_id: SqlUuid,
+    agent_id: SqlUuid,
     step_index: i32,
     step_id: String,
     status: String,
@@ -219,11 +219,11 @@ pub(super) struct ReviewRow {
 
 impl ReviewRow {
     fn into_review(self) -> Result<Review, ServiceError> {
-        let bad = |what: &str| corrupt(what, &self.run_id);
+        let bad = |what: &str| corrupt(what, self.run_id);
         Ok(Review {
-            id: Uuid::parse_str(&self.id).map_err(|_| bad("review id"))?,
-            run_id: Uuid::parse_str(&self.run_id).map_err(|_| bad("review run_id"))?,
-            agent_id: Uuid::parse_str(&self.agent_id).map_err(|_| bad("review agent_id"))?,
+            id: self.id.0,
+            run_id: self.run_id.0,
+            agent_id: self.agent_id.0,
             status: ReviewStatus::parse(&self.status).ok_or_else(|| bad("review status"))?,
             default_action: ReviewAction::parse(&self.default_action).ok_or_else(|| bad("review default_action"))?,
             tenant_id: self.tenant_id,
@@ -246,7 +246,7 @@ type Row<D> = <<D as Dialect>::Db as sqlx::Database>::Row;
 /// A step of a page of runs, with the run it belongs to.
 #[derive(sqlx::FromRow)]
 pub(super) struct PageStepRow {
-    run_id: String,
+    run_id: SqlUuid,
     #[sqlx(flatten)]
     step: StepRow,
 }
@@ -286,6 +286,8 @@ where
     for<'a> DateTime<Utc>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> Option<&'a str>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> Option<String>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> SqlUuid: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> Option<SqlUuid>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> Option<i32>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> Option<DateTime<Utc>>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'r> RunRow: sqlx::FromRow<'r, Row<D>>,
@@ -294,32 +296,33 @@ where
     for<'r> EventRow: sqlx::FromRow<'r, Row<D>>,
     for<'r> ReviewRow: sqlx::FromRow<'r, Row<D>>,
     for<'r> (i64,): sqlx::FromRow<'r, Row<D>>,
-    for<'r> (String,): sqlx::FromRow<'r, Row<D>>,
-    for<'r> (String, String): sqlx::FromRow<'r, Row<D>>,
+    for<'r> (SqlUuid,): sqlx::FromRow<'r, Row<D>>,
+    for<'r> (SqlUuid, String): sqlx::FromRow<'r, Row<D>>,
     for<'r> (String, i64): sqlx::FromRow<'r, Row<D>>,
+    for<'r> (SqlUuid, Option<String>): sqlx::FromRow<'r, Row<D>>,
     for<'r> (String, Option<String>): sqlx::FromRow<'r, Row<D>>,
-    for<'r> (String, String, DateTime<Utc>, i64, Vec<u8>, String): sqlx::FromRow<'r, Row<D>>,
+    for<'r> (String, SqlUuid, DateTime<Utc>, i64, Vec<u8>, String): sqlx::FromRow<'r, Row<D>>,
 {
     /// The run's row, locked for the rest of the transaction (PostgreSQL; SQLite's
     /// transaction holds the write lock already).
     async fn lock_run(conn: &mut Conn<D>, id: Uuid) -> ServiceResult<Option<RunRow>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1{}", D::LOCK);
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id.to_string()).fetch_optional(conn).await?)
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(SqlUuid(id)).fetch_optional(conn).await?)
     }
 
     async fn read_run_row(conn: &mut Conn<D>, tenant: &str, id: Uuid) -> ServiceResult<Option<RunRow>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 AND tenant_id = $2");
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id.to_string()).bind(tenant).fetch_optional(conn).await?)
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(SqlUuid(id)).bind(tenant).fetch_optional(conn).await?)
     }
 
-    async fn steps(conn: &mut Conn<D>, run_id: &str) -> ServiceResult<Vec<RunStep>> {
+    async fn steps(conn: &mut Conn<D>, run_id: SqlUuid) -> ServiceResult<Vec<RunStep>> {
         let sql = format!("SELECT {STEP_COLUMNS} FROM run_steps WHERE run_id = $1 ORDER BY step_index");
         let rows: Vec<StepRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(run_id).fetch_all(conn).await?;
         rows.into_iter().map(|r| r.into_step(run_id)).collect()
     }
 
     async fn with_steps(conn: &mut Conn<D>, row: RunRow) -> ServiceResult<Run> {
-        let steps = Self::steps(conn, &row.id).await?;
+        let steps = Self::steps(conn, row.id).await?;
         row.into_run(steps)
     }
 
@@ -331,7 +334,7 @@ where
     /// Appends an event: number 1 + the run's last. Callers hold the run's lock.
     async fn event(
         conn: &mut Conn<D>,
-        run_id: &str,
+        run_id: SqlUuid,
         kind: &str,
         step_id: &str,
         detail: &str,
@@ -353,7 +356,7 @@ where
 
     async fn set_step(
         conn: &mut Conn<D>,
-        run_id: &str,
+        run_id: SqlUuid,
         index: i32,
         status: StepStatus,
         output: Option<&str>,
@@ -379,7 +382,7 @@ where
     /// done are SKIPPED and its pending reviews EXPIRED.
     async fn end_run(
         conn: &mut Conn<D>,
-        run_id: &str,
+        run_id: SqlUuid,
         status: RunStatus,
         error: &str,
         at: DateTime<Utc>,
@@ -420,16 +423,16 @@ where
         at: DateTime<Utc>,
     ) -> ServiceResult<()> {
         let rules = run.rules()?;
-        Self::set_step(conn, &run.id, index, StepStatus::WaitingReview, Some(text), "", None).await?;
+        Self::set_step(conn, run.id, index, StepStatus::WaitingReview, Some(text), "", None).await?;
         let review_id = Uuid::now_v7();
         sqlx::query(
             "INSERT INTO reviews (id, tenant_id, run_id, agent_id, step_index, step_id, status, output, \
              deadline, default_action, created_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10)",
         )
-        .bind(review_id.to_string())
+        .bind(SqlUuid(review_id))
         .bind(&run.tenant_id)
-        .bind(&run.id)
-        .bind(&run.agent_id)
+        .bind(run.id)
+        .bind(run.agent_id)
         .bind(index)
         .bind(step_id)
         .bind(text)
@@ -443,10 +446,10 @@ where
              lease_expires_at = NULL WHERE id = $2",
         )
         .bind(at)
-        .bind(&run.id)
+        .bind(run.id)
         .execute(&mut *conn)
         .await?;
-        Self::event(conn, &run.id, "review_requested", step_id, &format!("review {review_id}"), at).await
+        Self::event(conn, run.id, "review_requested", step_id, &format!("review {review_id}"), at).await
     }
 
     /// Writes what the state machine decided, in its order. Callers hold the run's lock;
@@ -458,7 +461,7 @@ where
         changes: Vec<Change>,
         at: DateTime<Utc>,
     ) -> ServiceResult<()> {
-        let run_id = run.id.as_str();
+        let run_id = run.id;
         for change in changes {
             match change {
                 Change::RunStarted => {
@@ -540,7 +543,7 @@ where
                         .bind(status.as_str())
                         .bind(edited_output)
                         .bind(at)
-                        .bind(review.id.to_string())
+                        .bind(SqlUuid(review.id))
                         .execute(&mut *conn)
                         .await?;
                 }
@@ -557,7 +560,7 @@ where
         lease: Option<&Lease>,
         happened: RunEventIn<'_>,
     ) -> ServiceResult<Result<Transition, Refusal>> {
-        let steps = Self::steps(conn, &run.id).await?;
+        let steps = Self::steps(conn, run.id).await?;
         let state = run.state(&steps, lease.map(|l| l.token.as_str()))?;
         Ok(run_machine::decide(&state, happened))
     }
@@ -565,7 +568,7 @@ where
     async fn review_by_id(conn: &mut Conn<D>, tenant: &str, id: Uuid) -> ServiceResult<Option<Review>> {
         let sql = format!("SELECT {REVIEW_COLUMNS} FROM reviews WHERE id = $1 AND tenant_id = $2");
         let row: Option<ReviewRow> =
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id.to_string()).bind(tenant).fetch_optional(conn).await?;
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(SqlUuid(id)).bind(tenant).fetch_optional(conn).await?;
         row.map(ReviewRow::into_review).transpose()
     }
 
@@ -583,9 +586,9 @@ where
              scheduled_for, next_attempt_at, created_at, updated_at) \
              VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $13)",
         )
-        .bind(run.id.to_string())
+        .bind(SqlUuid(run.id))
         .bind(&run.tenant_id)
-        .bind(run.agent_id.to_string())
+        .bind(SqlUuid(run.agent_id))
         .bind(run.trigger.as_str())
         .bind(&run.input)
         .bind(rules.max_retries)
@@ -603,7 +606,7 @@ where
                 "INSERT INTO run_steps (run_id, step_index, step_id, kind, prompt, reviews_index, status) \
                  VALUES ($1, $2, $3, $4, $5, $6, 'pending')",
             )
-            .bind(run.id.to_string())
+            .bind(SqlUuid(run.id))
             .bind(i as i32)
             .bind(&step.step_id)
             .bind(step.kind.as_str())
@@ -620,7 +623,7 @@ where
             "INSERT INTO run_events (run_id, sequence, kind, step_id, detail, created_at) \
              VALUES ($1, 1, 'run_queued', '', $2, $3)",
         )
-        .bind(run.id.to_string())
+        .bind(SqlUuid(run.id))
         .bind(detail)
         .bind(at)
         .execute(conn)
@@ -630,7 +633,7 @@ where
 
     /// The run a request key started, or ALREADY_EXISTS when it was another request's.
     async fn run_of_key(conn: &mut Conn<D>, tenant: &str, key: &RunRequestKey) -> ServiceResult<Option<Run>> {
-        let found: Option<(String, Option<String>)> =
+        let found: Option<(SqlUuid, Option<String>)> =
             sqlx::query_as("SELECT id, fingerprint FROM runs WHERE tenant_id = $1 AND request_id = $2")
                 .bind(tenant)
                 .bind(&key.request_id)
@@ -643,8 +646,7 @@ where
                 key.request_id
             )));
         }
-        let id = Uuid::parse_str(&id).map_err(ServiceError::internal)?;
-        Self::read_run(conn, tenant, id).await.map(Some)
+        Self::read_run(conn, tenant, id.0).await.map(Some)
     }
 }
 
@@ -662,6 +664,8 @@ where
     for<'a> DateTime<Utc>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> Option<&'a str>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> Option<String>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> SqlUuid: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> Option<SqlUuid>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> Option<i32>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> Option<DateTime<Utc>>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'r> RunRow: sqlx::FromRow<'r, Row<D>>,
@@ -670,11 +674,12 @@ where
     for<'r> EventRow: sqlx::FromRow<'r, Row<D>>,
     for<'r> ReviewRow: sqlx::FromRow<'r, Row<D>>,
     for<'r> (i64,): sqlx::FromRow<'r, Row<D>>,
-    for<'r> (String,): sqlx::FromRow<'r, Row<D>>,
-    for<'r> (String, String): sqlx::FromRow<'r, Row<D>>,
+    for<'r> (SqlUuid,): sqlx::FromRow<'r, Row<D>>,
+    for<'r> (SqlUuid, String): sqlx::FromRow<'r, Row<D>>,
     for<'r> (String, i64): sqlx::FromRow<'r, Row<D>>,
+    for<'r> (SqlUuid, Option<String>): sqlx::FromRow<'r, Row<D>>,
     for<'r> (String, Option<String>): sqlx::FromRow<'r, Row<D>>,
-    for<'r> (String, String, DateTime<Utc>, i64, Vec<u8>, String): sqlx::FromRow<'r, Row<D>>,
+    for<'r> (String, SqlUuid, DateTime<Utc>, i64, Vec<u8>, String): sqlx::FromRow<'r, Row<D>>,
 {
     async fn counts(&self) -> ServiceResult<(Vec<(String, i64)>, i64)> {
         let runs: Vec<(String, i64)> =
@@ -723,14 +728,14 @@ where
 
     async fn list(&self, tenant: &str, filter: &RunFilter, page: &PageRequest) -> ServiceResult<Vec<Run>> {
         let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = $1 AND ($2 = '' OR agent_id = $2) \
+            "SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = $1 AND ($2 IS NULL OR agent_id = $2) \
              AND ($3 = '' OR status = $3) AND ($4 = 0 OR (created_at, id) < ($5, $6)) \
              ORDER BY created_at DESC, id DESC LIMIT $7"
         );
         let mut conn = self.pool.acquire().await?;
         let rows: Vec<RunRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(tenant)
-            .bind(filter.agent_id.map(|id| id.to_string()).unwrap_or_default())
+            .bind(filter.agent_id.map(SqlUuid))
             .bind(filter.status.map(|s| s.as_str()).unwrap_or(""))
             .bind_keyset(page)?
             .bind(i64::from(page.size))
@@ -742,15 +747,15 @@ where
         // The page's steps in one query, not one per run.
         let sql = format!(
             "SELECT run_id, {STEP_COLUMNS} FROM run_steps WHERE run_id IN ({}) ORDER BY run_id, step_index",
-            D::JSON_TEXTS
+            D::JSON_UUIDS
         );
         let steps: Vec<PageStepRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(json_strings(rows.iter().map(|r| &r.id)))
+            .bind(json_strings(rows.iter().map(|r| r.id.0)))
             .fetch_all(&mut *conn)
             .await?;
-        let mut steps_of: HashMap<String, Vec<RunStep>> = HashMap::with_capacity(rows.len());
+        let mut steps_of: HashMap<SqlUuid, Vec<RunStep>> = HashMap::with_capacity(rows.len());
         for PageStepRow { run_id, step } in steps {
-            let step = step.into_step(&run_id)?;
+            let step = step.into_step(run_id)?;
             steps_of.entry(run_id).or_default().push(step);
         }
         rows.into_iter()
@@ -782,7 +787,7 @@ where
             "SELECT run_id, sequence, kind, step_id, detail, created_at FROM run_events \
              WHERE run_id = $1 AND sequence >= $2 ORDER BY sequence LIMIT $3",
         )
-        .bind(run_id.to_string())
+        .bind(SqlUuid(run_id))
         .bind(from)
         .bind(limit)
         .fetch_all(&self.pool)
@@ -798,12 +803,12 @@ where
     ) -> ServiceResult<Vec<Review>> {
         let sql = format!(
             "SELECT {REVIEW_COLUMNS} FROM reviews WHERE tenant_id = $1 AND status = 'pending' \
-             AND ($2 = '' OR agent_id = $2) AND ($3 = 0 OR (created_at, id) > ($4, $5)) \
+             AND ($2 IS NULL OR agent_id = $2) AND ($3 = 0 OR (created_at, id) > ($4, $5)) \
              ORDER BY created_at, id LIMIT $6"
         );
         let rows: Vec<ReviewRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(tenant)
-            .bind(agent.map(|id| id.to_string()).unwrap_or_default())
+            .bind(agent.map(SqlUuid))
             .bind_keyset(page)?
             .bind(i64::from(page.size))
             .fetch_all(&self.pool)
@@ -856,7 +861,7 @@ where
     }
 
     async fn expire_reviews(&self, at: DateTime<Utc>, limit: i64) -> ServiceResult<usize> {
-        let due: Vec<(String, String)> = sqlx::query_as(
+        let due: Vec<(SqlUuid, String)> = sqlx::query_as(
             "SELECT id, tenant_id FROM reviews WHERE status = 'pending' AND deadline <= $1 \
              ORDER BY deadline LIMIT $2",
         )
@@ -865,8 +870,7 @@ where
         .fetch_all(&self.pool)
         .await?;
         let mut expired = 0;
-        for (id, tenant) in due {
-            let id = Uuid::parse_str(&id).map_err(ServiceError::internal)?;
+        for (SqlUuid(id), tenant) in due {
             let mut tx = self.pool.begin_with(D::BEGIN).await?;
             let Some(review) = Self::review_by_id(&mut *tx, &tenant, id).await? else { continue };
             let Some(run) = Self::lock_run(&mut *tx, review.run_id).await? else { continue };
@@ -891,17 +895,17 @@ where
              AND (lease_expires_at IS NULL OR lease_expires_at < $1) ORDER BY created_at LIMIT 1{}",
             D::SKIP_LOCKED
         );
-        let found: Option<(String,)> =
+        let found: Option<(SqlUuid,)> =
             sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(at).fetch_optional(&mut *tx).await?;
         let Some((id,)) = found else { return Ok(None) };
         sqlx::query("UPDATE runs SET lease_owner = $1, lease_expires_at = $2 WHERE id = $3")
             .bind(&lease.token)
             .bind(at + lease.duration)
-            .bind(&id)
+            .bind(id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Some(Uuid::parse_str(&id).map_err(ServiceError::internal)?))
+        Ok(Some(id.0))
     }
 
     async fn renew(&self, run_id: Uuid, lease: &Lease) -> ServiceResult<bool> {
@@ -909,7 +913,7 @@ where
             "UPDATE runs SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3 AND status = 'running'",
         )
         .bind(now() + lease.duration)
-        .bind(run_id.to_string())
+        .bind(SqlUuid(run_id))
         .bind(&lease.token)
         .execute(&self.pool)
         .await?;
@@ -928,7 +932,7 @@ where
         let work = match t.call {
             Some(call) => StepWork::Llm {
                 tenant_id: run.tenant_id.clone(),
-                agent_id: Uuid::parse_str(&run.agent_id).map_err(ServiceError::internal)?,
+                agent_id: run.agent_id.0,
                 step_index: call.step_index,
                 step_id: call.step_id,
                 prompt: call.prompt,
@@ -972,18 +976,16 @@ where
     async fn scheduled_agents(&self) -> ServiceResult<Vec<ScheduledAgent>> {
         use engarde::proto::workflow::v1 as workflow_pb;
         use prost::Message as _;
-        let rows: Vec<(String, String, DateTime<Utc>, i64, Vec<u8>, String)> = sqlx::query_as(
+        let rows: Vec<(String, SqlUuid, DateTime<Utc>, i64, Vec<u8>, String)> = sqlx::query_as(
             "SELECT tenant_id, id, updated_at, version, source_workflow_config, langflow_workflow_id \
              FROM agents WHERE status = 'active' AND scheduled = TRUE AND source_workflow_config IS NOT NULL",
         )
         .fetch_all(&self.pool)
         .await?;
         let mut agents = Vec::new();
-        for (tenant_id, id, updated_at, version, config, flow) in rows {
-            let (Ok(agent_id), Ok(config)) =
-                (Uuid::parse_str(&id), workflow_pb::WorkflowConfig::decode(config.as_slice()))
-            else {
-                tracing::warn!(agent_id = id, "agent with a corrupt snapshot: its schedules are ignored");
+        for (tenant_id, SqlUuid(agent_id), updated_at, version, config, flow) in rows {
+            let Ok(config) = workflow_pb::WorkflowConfig::decode(config.as_slice()) else {
+                tracing::warn!(%agent_id, "agent with a corrupt snapshot: its schedules are ignored");
                 continue;
             };
             if has_scheduled_trigger(&config) {
@@ -992,7 +994,7 @@ where
                 // A row from before the column was written: set it right once, unless
                 // the agent has changed since it was read (that change wrote it).
                 sqlx::query("UPDATE agents SET scheduled = FALSE WHERE id = $1 AND version = $2")
-                    .bind(&id)
+                    .bind(SqlUuid(agent_id))
                     .bind(version)
                     .execute(&self.pool)
                     .await?;
@@ -1006,16 +1008,16 @@ where
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
         let sql = format!("SELECT COUNT(*) FROM runs WHERE agent_id = $1 AND status NOT IN {FINAL}");
         let (going,): (i64,) =
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(agent_id.to_string()).fetch_one(&mut *tx).await?;
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(SqlUuid(agent_id)).fetch_one(&mut *tx).await?;
         let run_id = (going == 0).then_some(run.id);
         // The claim: the first process to insert (agent, tick) fires it.
         let claimed = sqlx::query(
             "INSERT INTO schedule_ticks (agent_id, tick_at, run_id, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (agent_id, tick_at) DO NOTHING",
         )
-        .bind(agent_id.to_string())
+        .bind(SqlUuid(agent_id))
         .bind(tick)
-        .bind(run_id.map(|id| id.to_string()))
+        .bind(run_id.map(SqlUuid))
         .bind(at)
         .execute(&mut *tx)
         .await?;

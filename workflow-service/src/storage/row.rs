@@ -1,9 +1,9 @@
 //! The `workflows` row and its conversion to the domain type.
 
 use chrono::{DateTime, Utc};
+use engarde::kit::dialect::SqlUuid;
 use engarde::kit::error::ServiceError;
 use sqlx::types::Json;
-use uuid::Uuid;
 
 use crate::domain::{Category, Status, Workflow, WorkflowConfig};
 
@@ -13,7 +13,7 @@ pub const COLUMNS: &str = "id, tenant_id, name, description, category, config, s
 
 #[derive(sqlx::FromRow)]
 pub struct WorkflowRow {
-    pub id: String,
+    pub id: SqlUuid,
     pub tenant_id: String,
     pub name: String,
     pub description: String,
@@ -33,9 +33,9 @@ impl TryFrom<WorkflowRow> for Workflow {
 
     fn try_from(row: WorkflowRow) -> Result<Self, Self::Error> {
         let corrupt =
-            |what: &str| ServiceError::internal(anyhow::anyhow!("workflow {}: corrupt {what} in database", row.id));
+            |what: &str| ServiceError::internal(anyhow::anyhow!("workflow {}: corrupt {what} in database", row.id.0));
         Ok(Workflow {
-            id: Uuid::parse_str(&row.id).map_err(|_| corrupt("id"))?,
+            id: row.id.0,
             category: Category::parse(&row.category).ok_or_else(|| corrupt("category"))?,
             status: Status::parse(&row.status).ok_or_else(|| corrupt("status"))?,
             tenant_id: row.tenant_id,

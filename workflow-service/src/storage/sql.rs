@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
-use engarde::kit::dialect::{self, BindKeyset, Dialect};
+use engarde::kit::dialect::{self, BindKeyset, Dialect, SqlUuid};
 use engarde::kit::error::{ServiceError, ServiceResult};
 use engarde::kit::idempotency::IdempotencyKey;
 use engarde::kit::pagination::PageRequest;
@@ -71,6 +71,7 @@ where
     for<'a> String: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> i64: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> bool: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> SqlUuid: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> DateTime<Utc>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> Json<&'a WorkflowConfig>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'r> WorkflowRow: sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
@@ -79,11 +80,8 @@ where
     async fn load_for_update(conn: &mut Conn<D>, tenant: &str, id: Uuid) -> ServiceResult<Workflow> {
         let sql =
             format!("SELECT {COLUMNS} FROM workflows WHERE id = $1 AND (tenant_id = $2 OR is_template){}", D::LOCK);
-        let row: Option<WorkflowRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(id.to_string())
-            .bind(tenant)
-            .fetch_optional(&mut *conn)
-            .await?;
+        let row: Option<WorkflowRow> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(SqlUuid(id)).bind(tenant).fetch_optional(&mut *conn).await?;
         row.ok_or_else(|| not_found(id))?.try_into()
     }
 
@@ -95,7 +93,7 @@ where
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) {on_conflict}"
         );
         let inserted = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(w.id.to_string())
+            .bind(SqlUuid(w.id))
             .bind(&w.tenant_id)
             .bind(&w.name)
             .bind(&w.description)
@@ -126,11 +124,12 @@ where
     for<'a> String: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> i64: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> bool: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
+    for<'a> SqlUuid: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> DateTime<Utc>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'a> Json<&'a WorkflowConfig>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
     for<'r> WorkflowRow: sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
-    for<'r> (String,): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
-    for<'r> (String, String): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
+    for<'r> (SqlUuid,): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
+    for<'r> (SqlUuid, String): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
     for<'r> (String, Option<String>): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
 {
     async fn seed_templates(&self, templates: &[Workflow]) -> ServiceResult<u64> {
@@ -147,7 +146,7 @@ where
         const BATCH: i64 = 500;
         let mut folded = 0;
         loop {
-            let rows: Vec<(String, String)> =
+            let rows: Vec<(SqlUuid, String)> =
                 sqlx::query_as("SELECT id, name FROM workflows WHERE name_folded IS NULL LIMIT $1")
                     .bind(BATCH)
                     .fetch_all(&self.pool)
@@ -162,7 +161,7 @@ where
                     "UPDATE workflows SET name_folded = $1 WHERE id = $2 AND name = $3 AND name_folded IS NULL",
                 )
                 .bind(fold_name(&name))
-                .bind(&id)
+                .bind(id)
                 .bind(&name)
                 .execute(&mut *tx)
                 .await?;
@@ -186,11 +185,8 @@ where
 
     async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Workflow> {
         let sql = format!("SELECT {COLUMNS} FROM workflows WHERE id = $1 AND (tenant_id = $2 OR is_template)");
-        let row: Option<WorkflowRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(id.to_string())
-            .bind(tenant)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<WorkflowRow> =
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(SqlUuid(id)).bind(tenant).fetch_optional(&self.pool).await?;
         row.ok_or_else(|| not_found(id))?.try_into()
     }
 
@@ -251,7 +247,7 @@ where
         .bind(workflow.status.as_str())
         .bind(workflow.version)
         .bind(workflow.updated_at)
-        .bind(id.to_string())
+        .bind(SqlUuid(id))
         .bind(read_version)
         .bind(fold_name(&workflow.name))
         .execute(&mut *tx)
@@ -277,7 +273,7 @@ where
         }
         let workflow = Self::load_for_update(&mut *tx, tenant, id).await?;
         check(&workflow)?;
-        sqlx::query("DELETE FROM workflows WHERE id = $1").bind(id.to_string()).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM workflows WHERE id = $1").bind(SqlUuid(id)).execute(&mut *tx).await?;
         dialect::complete_idempotency::<D::Db>(&mut *tx, tenant, key, &id).await?;
         tx.commit().await?;
         Ok(id)
@@ -293,13 +289,13 @@ where
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
         // Locking the workflow serialises concurrent reports of one execution.
         let mut workflow = Self::load_for_update(&mut *tx, tenant, workflow_id).await?;
-        let seen: Option<(String,)> =
+        let seen: Option<(SqlUuid,)> =
             sqlx::query_as("SELECT workflow_id FROM workflow_executions WHERE execution_id = $1")
                 .bind(execution_id)
                 .fetch_optional(&mut *tx)
                 .await?;
         if let Some((recorded_for,)) = seen {
-            if recorded_for != workflow_id.to_string() {
+            if recorded_for.0 != workflow_id {
                 return Err(ServiceError::AlreadyExists(format!(
                     "execution {execution_id} was already recorded for another workflow"
                 )));
@@ -311,7 +307,7 @@ where
              VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(execution_id)
-        .bind(workflow_id.to_string())
+        .bind(SqlUuid(workflow_id))
         .bind(tenant)
         .bind(succeeded)
         .bind(Utc::now())
@@ -323,7 +319,7 @@ where
              WHERE id = $2",
         )
         .bind(success)
-        .bind(workflow_id.to_string())
+        .bind(SqlUuid(workflow_id))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
