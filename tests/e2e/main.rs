@@ -12,6 +12,8 @@ mod langflow_support;
 mod observability;
 mod server_limits;
 mod server_reflection;
+mod storage_schema;
+mod storage_upgrade;
 
 mod agents_crud;
 mod agents_execution;
