@@ -3,9 +3,12 @@
 //! (rustfmt, clippy and rust-analyzer see every line). What every repository shares on top of a
 //! dialect lives here too: the idempotency-key table and keyset-page binding.
 //!
-//! Rust does not carry a trait's `where` clauses to its users, so the sqlx bounds a generic
-//! repository needs are stated on its `impl` blocks (each service's storage); everything else a
-//! dialect decides is here.
+//! Storage code generic over a dialect states no sqlx bounds: Rust does not carry a trait's
+//! `where` clauses to its users, but it does carry supertraits and bounds on associated types.
+//! So what sqlx asks of a database (executors, argument lists, encodable parameter types) is
+//! stated once, on [`SqlDb`]'s blanket impl, and storage runs its statements through
+//! [`Statement`]: `.arg(value)` binds, `.run(conn)` executes, `.fetch_*_as(conn)` fetch rows and
+//! decode them through [`Decodes`].
 
 use crate::kit::error::{ServiceError, ServiceResult};
 use crate::kit::idempotency::{IdempotencyKey, judge_replay};
@@ -18,7 +21,7 @@ use uuid::fmt::Hyphenated;
 
 /// A SQL dialect: its sqlx database and the fragments that differ.
 pub trait Dialect: Send + Sync + 'static {
-    type Db: sqlx::Database;
+    type Db: SqlDb;
 
     /// How a writing transaction starts. SQLite takes its single write lock up front
     /// (`BEGIN IMMEDIATE`), which avoids the deadlock of two readers upgrading to writers.
@@ -44,6 +47,9 @@ pub trait Dialect: Send + Sync + 'static {
     /// How many rows a statement changed (sqlx has no trait for it).
     fn rows_affected(result: &<Self::Db as sqlx::Database>::QueryResult) -> u64;
 }
+
+/// A connection (or a transaction, through `&mut *tx`) of a dialect's database.
+pub type Conn<D> = <<D as Dialect>::Db as sqlx::Database>::Connection;
 
 /// PostgreSQL (production).
 pub struct Postgres;
@@ -138,6 +144,287 @@ impl sqlx::Decode<'_, sqlx::Sqlite> for SqlUuid {
     }
 }
 
+/// A parameter type `Self` can bind (any type sqlx encodes for it).
+pub trait Binds<T> {
+    fn bind_value(query: SqlQuery<'_, Self>, value: T) -> SqlQuery<'_, Self>
+    where
+        Self: sqlx::Database;
+}
+
+impl<DB: sqlx::Database, T> Binds<T> for DB
+where
+    T: for<'a> sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    fn bind_value(query: SqlQuery<'_, Self>, value: T) -> SqlQuery<'_, Self> {
+        query.bind(value)
+    }
+}
+
+/// Text `Self` binds by reference. Its own trait, with no lifetime in its name: a
+/// higher-ranked `Binds<&'a str>` supertrait cannot be proven for a dialect's database.
+pub trait BindsText {
+    fn bind_str<'q>(query: SqlQuery<'q, Self>, value: &str) -> SqlQuery<'q, Self>
+    where
+        Self: sqlx::Database;
+    fn bind_opt_str<'q>(query: SqlQuery<'q, Self>, value: Option<&str>) -> SqlQuery<'q, Self>
+    where
+        Self: sqlx::Database;
+}
+
+impl<DB: sqlx::Database> BindsText for DB
+where
+    for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    fn bind_str<'q>(query: SqlQuery<'q, Self>, value: &str) -> SqlQuery<'q, Self> {
+        query.bind(value)
+    }
+
+    fn bind_opt_str<'q>(query: SqlQuery<'q, Self>, value: Option<&str>) -> SqlQuery<'q, Self> {
+        query.bind(value)
+    }
+}
+
+/// A value storage binds as a statement's next parameter: one of the types every [`SqlDb`]
+/// binds, owned or (text) borrowed.
+pub trait Param<DB: sqlx::Database> {
+    fn bind_to(self, query: SqlQuery<'_, DB>) -> SqlQuery<'_, DB>;
+}
+
+impl<DB: sqlx::Database + BindsText> Param<DB> for &str {
+    fn bind_to(self, query: SqlQuery<'_, DB>) -> SqlQuery<'_, DB> {
+        DB::bind_str(query, self)
+    }
+}
+
+impl<DB: sqlx::Database + BindsText> Param<DB> for &String {
+    fn bind_to(self, query: SqlQuery<'_, DB>) -> SqlQuery<'_, DB> {
+        DB::bind_str(query, self)
+    }
+}
+
+impl<DB: sqlx::Database + BindsText> Param<DB> for Option<&str> {
+    fn bind_to(self, query: SqlQuery<'_, DB>) -> SqlQuery<'_, DB> {
+        DB::bind_opt_str(query, self)
+    }
+}
+
+/// Owned parameter types: each binds as itself.
+macro_rules! owned_params {
+    ($($owned:ty),* $(,)?) => {$(
+        impl<DB: sqlx::Database + Binds<$owned>> Param<DB> for $owned {
+            fn bind_to(self, query: SqlQuery<'_, DB>) -> SqlQuery<'_, DB> {
+                DB::bind_value(query, self)
+            }
+        }
+    )*};
+}
+
+owned_params!(
+    String,
+    i32,
+    i64,
+    f64,
+    bool,
+    Vec<u8>,
+    DateTime<Utc>,
+    SqlUuid,
+    Option<String>,
+    Option<i32>,
+    Option<i64>,
+    Option<Vec<u8>>,
+    Option<DateTime<Utc>>,
+    Option<SqlUuid>,
+);
+
+/// A row type `Self`'s rows decode into.
+pub trait Decodes<R>: sqlx::Database {
+    fn decode_row(row: &Self::Row) -> sqlx::Result<R>;
+}
+
+impl<DB: sqlx::Database, R> Decodes<R> for DB
+where
+    R: for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    fn decode_row(row: &Self::Row) -> sqlx::Result<R> {
+        R::from_row(row)
+    }
+}
+
+/// A statement of `DB`, before its parameters are bound.
+pub type SqlQuery<'q, DB> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>;
+
+/// Where a statement runs: a connection (or transaction) of the database, or its pool.
+pub enum Via<'c, DB: sqlx::Database> {
+    Conn(&'c mut DB::Connection),
+    Pool(&'c sqlx::Pool<DB>),
+}
+
+impl<'c, DB: sqlx::Database> From<&'c mut DB::Connection> for Via<'c, DB> {
+    fn from(conn: &'c mut DB::Connection) -> Self {
+        Self::Conn(conn)
+    }
+}
+
+impl<'c, DB: sqlx::Database> From<&'c sqlx::Pool<DB>> for Via<'c, DB> {
+    fn from(pool: &'c sqlx::Pool<DB>) -> Self {
+        Self::Pool(pool)
+    }
+}
+
+/// Runs statements of `Self` on a connection or the pool: sqlx's bounds for that are stated
+/// here, once, on the blanket impl.
+pub trait SqlRun: sqlx::Database {
+    /// Binds `value` as JSON.
+    fn bind_json<'q, T: serde::Serialize + ?Sized>(query: SqlQuery<'q, Self>, value: &T) -> SqlQuery<'q, Self>;
+
+    fn execute<'q, 'c>(
+        query: SqlQuery<'q, Self>,
+        via: Via<'c, Self>,
+    ) -> impl Future<Output = sqlx::Result<Self::QueryResult>> + Send + use<'q, 'c, Self>;
+
+    fn fetch_all<'q, 'c>(
+        query: SqlQuery<'q, Self>,
+        via: Via<'c, Self>,
+    ) -> impl Future<Output = sqlx::Result<Vec<Self::Row>>> + Send + use<'q, 'c, Self>;
+
+    fn fetch_optional<'q, 'c>(
+        query: SqlQuery<'q, Self>,
+        via: Via<'c, Self>,
+    ) -> impl Future<Output = sqlx::Result<Option<Self::Row>>> + Send + use<'q, 'c, Self>;
+}
+
+impl<DB> SqlRun for DB
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments: sqlx::IntoArguments<DB> + 'q,
+    for<'a> Option<sqlx::types::Json<&'a serde_json::value::RawValue>>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    fn bind_json<'q, T: serde::Serialize + ?Sized>(query: SqlQuery<'q, Self>, value: &T) -> SqlQuery<'q, Self> {
+        // Serialised here and bound as raw JSON, so that one encoding serves every type. The
+        // types storage binds always serialise; were one not to, NULL would be bound and the
+        // statement refused (every JSON column is NOT NULL), rather than something else stored.
+        let raw = serde_json::value::to_raw_value(value).ok();
+        query.bind(raw.as_deref().map(sqlx::types::Json))
+    }
+
+    async fn execute<'q, 'c>(query: SqlQuery<'q, Self>, via: Via<'c, Self>) -> sqlx::Result<Self::QueryResult> {
+        match via {
+            Via::Conn(conn) => query.execute(conn).await,
+            Via::Pool(pool) => query.execute(&mut *pool.acquire().await?).await,
+        }
+    }
+
+    async fn fetch_all<'q, 'c>(query: SqlQuery<'q, Self>, via: Via<'c, Self>) -> sqlx::Result<Vec<Self::Row>> {
+        match via {
+            Via::Conn(conn) => query.fetch_all(conn).await,
+            Via::Pool(pool) => query.fetch_all(&mut *pool.acquire().await?).await,
+        }
+    }
+
+    async fn fetch_optional<'q, 'c>(query: SqlQuery<'q, Self>, via: Via<'c, Self>) -> sqlx::Result<Option<Self::Row>> {
+        match via {
+            Via::Conn(conn) => query.fetch_optional(conn).await,
+            Via::Pool(pool) => query.fetch_optional(&mut *pool.acquire().await?).await,
+        }
+    }
+}
+
+/// A database as storage uses it: it runs statements, and binds every parameter type storage
+/// binds. Implemented for the two databases below; for each, the compiler checks that sqlx
+/// encodes every one of these types.
+pub trait SqlDb:
+    SqlRun
+    + BindsText
+    + Binds<String>
+    + Binds<i32>
+    + Binds<i64>
+    + Binds<f64>
+    + Binds<bool>
+    + Binds<Vec<u8>>
+    + Binds<DateTime<Utc>>
+    + Binds<SqlUuid>
+    + Binds<Option<String>>
+    + Binds<Option<i32>>
+    + Binds<Option<i64>>
+    + Binds<Option<Vec<u8>>>
+    + Binds<Option<DateTime<Utc>>>
+    + Binds<Option<SqlUuid>>
+{
+}
+
+impl SqlDb for sqlx::Postgres {}
+impl SqlDb for sqlx::Sqlite {}
+
+/// How storage builds and runs a statement over any [`SqlDb`]: `sqlx::query::<D::Db>(sql)`,
+/// then `.arg(value)` per parameter, then one of the runs.
+pub trait Statement<DB: SqlDb>: Sized {
+    /// Binds the next parameter.
+    fn arg(self, value: impl Param<DB>) -> Self;
+
+    /// Binds the next parameter as JSON.
+    fn json<T: serde::Serialize + ?Sized>(self, value: &T) -> Self;
+
+    /// Runs it; answers what it did (see [`Dialect::rows_affected`]).
+    fn run<'c>(self, via: impl Into<Via<'c, DB>>) -> impl Future<Output = sqlx::Result<DB::QueryResult>> + Send;
+
+    /// Its rows, decoded.
+    fn fetch_all_as<'c, R>(self, via: impl Into<Via<'c, DB>>) -> impl Future<Output = sqlx::Result<Vec<R>>> + Send
+    where
+        DB: Decodes<R>;
+
+    /// Its first row, decoded, if any.
+    fn fetch_optional_as<'c, R>(
+        self,
+        via: impl Into<Via<'c, DB>>,
+    ) -> impl Future<Output = sqlx::Result<Option<R>>> + Send
+    where
+        DB: Decodes<R>;
+
+    /// Its first row, decoded; `RowNotFound` when there is none.
+    fn fetch_one_as<'c, R>(self, via: impl Into<Via<'c, DB>>) -> impl Future<Output = sqlx::Result<R>> + Send
+    where
+        DB: Decodes<R>,
+    {
+        let rows = self.fetch_optional_as(via);
+        async move { rows.await?.ok_or(sqlx::Error::RowNotFound) }
+    }
+}
+
+impl<'q, DB: SqlDb> Statement<DB> for SqlQuery<'q, DB> {
+    fn arg(self, value: impl Param<DB>) -> Self {
+        value.bind_to(self)
+    }
+
+    fn json<T: serde::Serialize + ?Sized>(self, value: &T) -> Self {
+        DB::bind_json(self, value)
+    }
+
+    fn run<'c>(self, via: impl Into<Via<'c, DB>>) -> impl Future<Output = sqlx::Result<DB::QueryResult>> + Send {
+        DB::execute(self, via.into())
+    }
+
+    fn fetch_all_as<'c, R>(self, via: impl Into<Via<'c, DB>>) -> impl Future<Output = sqlx::Result<Vec<R>>> + Send
+    where
+        DB: Decodes<R>,
+    {
+        let rows = DB::fetch_all(self, via.into());
+        async move { rows.await?.iter().map(DB::decode_row).collect() }
+    }
+
+    fn fetch_optional_as<'c, R>(
+        self,
+        via: impl Into<Via<'c, DB>>,
+    ) -> impl Future<Output = sqlx::Result<Option<R>>> + Send
+    where
+        DB: Decodes<R>,
+    {
+        let row = DB::fetch_optional(self, via.into());
+        async move { row.await?.as_ref().map(DB::decode_row).transpose() }
+    }
+}
+
 /// Claims `key` for `tenant` on the transaction's connection. `Ok(None)`: the caller does the
 /// work and then calls [`complete_idempotency`]. `Ok(Some(json))`: a replay, answer the stored
 /// response.
@@ -147,69 +434,54 @@ pub async fn claim_idempotency<D: Dialect>(
     key: Option<&IdempotencyKey>,
 ) -> ServiceResult<Option<String>>
 where
-    for<'c> &'c mut <D::Db as sqlx::Database>::Connection: sqlx::Executor<'c, Database = D::Db>,
-    <D::Db as sqlx::Database>::Arguments: sqlx::IntoArguments<D::Db>,
-    for<'a> &'a str: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> DateTime<Utc>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'r> (String, Option<String>): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
+    D::Db: Decodes<(String, Option<String>)>,
 {
     let Some(key) = key else { return Ok(None) };
     let inserted = sqlx::query::<D::Db>(
         "INSERT INTO idempotency_keys (tenant_id, request_id, fingerprint, created_at) \
          VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, request_id) DO NOTHING",
     )
-    .bind(tenant)
-    .bind(key.request_id.as_str())
-    .bind(key.fingerprint.as_str())
-    .bind(Utc::now())
-    .execute(&mut *conn)
+    .arg(tenant)
+    .arg(key.request_id.as_str())
+    .arg(key.fingerprint.as_str())
+    .arg(Utc::now())
+    .run(&mut *conn)
     .await?;
     if D::rows_affected(&inserted) == 1 {
         return Ok(None);
     }
-    let (fingerprint, response): (String, Option<String>) =
-        sqlx::query_as("SELECT fingerprint, response FROM idempotency_keys WHERE tenant_id = $1 AND request_id = $2")
-            .bind(tenant)
-            .bind(key.request_id.as_str())
-            .fetch_one(&mut *conn)
-            .await?;
+    let (fingerprint, response): (String, Option<String>) = sqlx::query::<D::Db>(
+        "SELECT fingerprint, response FROM idempotency_keys WHERE tenant_id = $1 AND request_id = $2",
+    )
+    .arg(tenant)
+    .arg(key.request_id.as_str())
+    .fetch_one_as(&mut *conn)
+    .await?;
     judge_replay(key, &fingerprint, response).map(Some)
 }
 
 /// Stores the answer of a claimed key, in the same transaction as the work.
-pub async fn complete_idempotency<DB>(
+pub async fn complete_idempotency<DB: SqlDb>(
     conn: &mut DB::Connection,
     tenant: &str,
     key: Option<&IdempotencyKey>,
     response: &impl serde::Serialize,
-) -> ServiceResult<()>
-where
-    DB: sqlx::Database,
-    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
-    DB::Arguments: sqlx::IntoArguments<DB>,
-    for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    String: for<'a> sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-{
+) -> ServiceResult<()> {
     let Some(key) = key else { return Ok(()) };
     let json = serde_json::to_string(response).map_err(ServiceError::internal)?;
     sqlx::query::<DB>("UPDATE idempotency_keys SET response = $1 WHERE tenant_id = $2 AND request_id = $3")
-        .bind(json)
-        .bind(tenant)
-        .bind(key.request_id.as_str())
-        .execute(conn)
+        .arg(json)
+        .arg(tenant)
+        .arg(key.request_id.as_str())
+        .run(conn)
         .await?;
     Ok(())
 }
 
-/// Forgets idempotency keys older than `before` (answers are kept for replays only so long).
-pub async fn expire_idempotency<D: Dialect>(pool: &sqlx::Pool<D::Db>, before: DateTime<Utc>) -> ServiceResult<u64>
-where
-    for<'c> &'c mut <D::Db as sqlx::Database>::Connection: sqlx::Executor<'c, Database = D::Db>,
-    <D::Db as sqlx::Database>::Arguments: sqlx::IntoArguments<D::Db>,
-    for<'a> DateTime<Utc>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-{
+/// Forgets idempotency keys older than `before`.
+pub async fn expire_idempotency<D: Dialect>(pool: &sqlx::Pool<D::Db>, before: DateTime<Utc>) -> ServiceResult<u64> {
     let expired =
-        sqlx::query::<D::Db>("DELETE FROM idempotency_keys WHERE created_at < $1").bind(before).execute(pool).await?;
+        sqlx::query::<D::Db>("DELETE FROM idempotency_keys WHERE created_at < $1").arg(before).run(pool).await?;
     Ok(D::rows_affected(&expired))
 }
 
@@ -233,26 +505,19 @@ fn cursor_id(id: &str) -> ServiceResult<SqlUuid> {
     Uuid::parse_str(id).map(SqlUuid).map_err(|_| crate::kit::pagination::bad_token())
 }
 
-impl<'q, DB, O> BindKeyset for sqlx::query::QueryAs<'q, DB, O, DB::Arguments>
-where
-    DB: sqlx::Database,
-    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    SqlUuid: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
+impl<'q, DB: SqlDb> BindKeyset for SqlQuery<'q, DB> {
     fn bind_keyset(self, page: &PageRequest) -> ServiceResult<Self> {
         let (has_after, after_time, after_id) = page.time_id_cursor()?;
-        Ok(self.bind(has_after).bind(after_time).bind(cursor_id(&after_id)?))
+        Ok(self.arg(has_after).arg(after_time).arg(cursor_id(&after_id)?))
     }
 
     fn bind_text_keyset(self, page: &PageRequest) -> ServiceResult<Self> {
         let (has_after, after_text, after_id) = page.text_id_cursor()?;
-        Ok(self.bind(has_after).bind(after_text).bind(cursor_id(&after_id)?))
+        Ok(self.arg(has_after).arg(after_text).arg(cursor_id(&after_id)?))
     }
 
     fn bind_time_text_keyset(self, page: &PageRequest) -> ServiceResult<Self> {
         let (has_after, after_time, after_key) = page.time_id_cursor()?;
-        Ok(self.bind(has_after).bind(after_time).bind(after_key))
+        Ok(self.arg(has_after).arg(after_time).arg(after_key))
     }
 }

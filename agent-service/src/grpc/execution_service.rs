@@ -21,7 +21,7 @@ use super::execution_convert::{
 };
 use crate::execution::model::{ExecutionFilter, check_feedback, check_input, check_session_id, valid_session_id};
 use crate::execution::{ExecuteRequest, Executor, parse_grpc_timeout};
-use crate::storage::executions::NewFeedback;
+use crate::storage::feedback::NewFeedback;
 
 /// The service's handlers, over the executor (which owns the execution repository).
 #[derive(Clone)]

@@ -1,4 +1,5 @@
-//! [`AgentRepository`] in SQL both databases accept, written once over a [`Dialect`].
+//! Agents: [`AgentRepository`], and its implementation in SQL both databases accept, written once
+//! over a [`Dialect`].
 //!
 //! Where the databases differ the dialect says so: PostgreSQL locks the row it is about to change
 //! (`FOR UPDATE`); SQLite takes its single write lock up front (`BEGIN IMMEDIATE`).
@@ -7,30 +8,118 @@ use std::collections::HashSet;
 use std::marker::PhantomData;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use engarde::kit::error::{ServiceError, ServiceResult};
 use engarde::kit::idempotency::{IdempotencyKey, judge_replay};
 use engarde::kit::pagination::PageRequest;
-use sqlx::types::Json;
 use uuid::Uuid;
 
+use super::{AgentDialect, replayed};
 use crate::domain::provisioning::{Candidate, ProvisionOutcome, SkipReason, Skipped};
-use crate::domain::{Agent, AgentConfig, AgentFilter, NewAgent, now};
+use crate::domain::{Agent, AgentFilter, NewAgent, now};
 use crate::storage::row::{AgentRow, COLUMNS, SnapshotColumns};
-use crate::storage::{AgentRepository, Answer, DeleteCheck, Mutated, Mutation, replayed};
-use engarde::kit::dialect::{self, BindKeyset, Dialect, SqlUuid};
+use engarde::kit::dialect::{self, BindKeyset, Conn, Dialect, SqlUuid, Statement};
 
-/// A connection of the dialect's database.
-type Conn<D> = <<D as Dialect>::Db as sqlx::Database>::Connection;
+/// A change to one agent, decided by the domain on the current row inside the transaction.
+pub type Mutation = Box<dyn FnOnce(&mut Agent) -> ServiceResult<()> + Send>;
+/// The answer to store for a request id, made from the changed agent (most calls answer the
+/// agent itself; UpgradeAgent answers more).
+pub type Answer = Box<dyn FnOnce(&Agent) -> ServiceResult<serde_json::Value> + Send>;
+/// A check that an agent may be deleted, run on the current row inside the transaction.
+pub type DeleteCheck = Box<dyn FnOnce(&Agent) -> ServiceResult<()> + Send>;
+
+/// What a mutation did.
+#[derive(Debug)]
+pub enum Mutated {
+    /// The agent after the change.
+    Done(Box<Agent>),
+    /// A replay: the stored answer of the first request with this id.
+    Replayed(String),
+}
+
+/// Storage of agents. Every read and write is scoped to a tenant: another tenant's agent is
+/// NOT_FOUND.
+#[async_trait]
+pub trait AgentRepository: Send + Sync {
+    /// The stored answer of a completed request with this key, read before any slow work (such
+    /// as a call to workflow-service) is done for a retry. ALREADY_EXISTS when the key was used
+    /// for another request. `None`: no answer yet; the writing call claims the key itself.
+    async fn replay(&self, tenant: &str, key: Option<&IdempotencyKey>) -> ServiceResult<Option<String>>;
+
+    /// Stores a new draft. An agent made from a workflow also claims that workflow as
+    /// provisioned (if no agent claimed it before).
+    async fn create(&self, tenant: &str, new: NewAgent, key: Option<&IdempotencyKey>) -> ServiceResult<Agent>;
+
+    /// One agent of the tenant.
+    async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Agent>;
+
+    /// Whether any tenant has an agent with this id (for housekeeping, never for answers).
+    async fn agent_exists(&self, id: Uuid) -> ServiceResult<bool>;
+
+    /// One page of the tenant's agents, ordered by (created_at, id).
+    async fn list(&self, tenant: &str, filter: &AgentFilter, page: &PageRequest) -> ServiceResult<Vec<Agent>>;
+
+    /// Loads the agent, applies `mutation`, bumps the version and saves, atomically; stores
+    /// `answer` of the result for the request id.
+    async fn mutate(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        key: Option<&IdempotencyKey>,
+        mutation: Mutation,
+        answer: Answer,
+    ) -> ServiceResult<Mutated>;
+
+    /// Deletes the agent when `check` allows it. Its workflow's claim passes to another agent of
+    /// that workflow, or goes, so that the next provisioning gives the workflow an agent again.
+    async fn delete(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        key: Option<&IdempotencyKey>,
+        check: DeleteCheck,
+    ) -> ServiceResult<Uuid>;
+
+    /// In one transaction: for each candidate (sorted by workflow id), claims its workflow and,
+    /// when the claim is new, stores its agent; a workflow claimed before is skipped as
+    /// ALREADY_HAS_AGENT. `skipped` are the workflows skipped before, answered alongside.
+    async fn provision(
+        &self,
+        tenant: &str,
+        candidates: Vec<Candidate>,
+        skipped: Vec<Skipped>,
+        key: Option<&IdempotencyKey>,
+    ) -> ServiceResult<ProvisionOutcome>;
+
+    /// Which of `workflow_ids` the tenant has provisioned (for dry runs).
+    async fn provisioned(&self, tenant: &str, workflow_ids: &[Uuid]) -> ServiceResult<HashSet<Uuid>>;
+
+    /// Forgets idempotency keys older than `before`.
+    async fn expire_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>) -> ServiceResult<u64>;
+}
+
+/// Applies `mutation` and answers the agent (or, for a replay, the agent first answered).
+pub async fn mutate_agent(
+    repo: &dyn AgentRepository,
+    tenant: &str,
+    id: Uuid,
+    key: Option<&IdempotencyKey>,
+    mutation: Mutation,
+) -> ServiceResult<Agent> {
+    let answer: Answer = Box::new(|agent| serde_json::to_value(agent).map_err(ServiceError::internal));
+    match repo.mutate(tenant, id, key, mutation, answer).await? {
+        Mutated::Done(agent) => Ok(*agent),
+        Mutated::Replayed(json) => replayed(&json),
+    }
+}
 
 /// The agent repository of a dialect.
-pub struct SqlAgentRepository<D: Dialect> {
+pub(super) struct SqlAgentRepository<D: Dialect> {
     pool: sqlx::Pool<D::Db>,
     dialect: PhantomData<D>,
 }
 
-pub type PostgresAgentRepository = SqlAgentRepository<dialect::Postgres>;
-pub type SqliteAgentRepository = SqlAgentRepository<dialect::Sqlite>;
+pub(super) type PostgresAgentRepository = SqlAgentRepository<dialect::Postgres>;
+pub(super) type SqliteAgentRepository = SqlAgentRepository<dialect::Sqlite>;
 
 impl<D: Dialect> SqlAgentRepository<D> {
     pub fn new(pool: sqlx::Pool<D::Db>) -> Self {
@@ -42,35 +131,15 @@ fn not_found(id: Uuid) -> ServiceError {
     ServiceError::not_found(format!("agent {id}"))
 }
 
-impl<D> SqlAgentRepository<D>
-where
-    D: Dialect,
-    for<'c> &'c mut Conn<D>: sqlx::Executor<'c, Database = D::Db>,
-    <D::Db as sqlx::Database>::Arguments: sqlx::IntoArguments<D::Db>,
-    for<'a> &'a str: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> String: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> i64: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> f64: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> bool: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> SqlUuid: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> Option<SqlUuid>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> Vec<u8>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> DateTime<Utc>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> Option<&'a str>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> Option<String>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> Option<i64>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> Option<Vec<u8>>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> Json<&'a AgentConfig>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> Json<&'a Vec<String>>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'r> AgentRow: sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
-    for<'r> (SqlUuid,): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
-    for<'r> (String, Option<String>): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
-{
+impl<D: AgentDialect> SqlAgentRepository<D> {
     /// The tenant's agent, locked for the rest of the transaction.
     async fn load_for_update(conn: &mut Conn<D>, tenant: &str, id: Uuid) -> ServiceResult<Agent> {
         let sql = format!("SELECT {COLUMNS} FROM agents WHERE id = $1 AND tenant_id = $2{}", D::LOCK);
-        let row: Option<AgentRow> =
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(SqlUuid(id)).bind(tenant).fetch_optional(&mut *conn).await?;
+        let row: Option<AgentRow> = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
+            .arg(SqlUuid(id))
+            .arg(tenant)
+            .fetch_optional_as(&mut *conn)
+            .await?;
         row.ok_or_else(|| not_found(id))?.try_into()
     }
 
@@ -80,34 +149,34 @@ where
             "INSERT INTO agents ({COLUMNS}, scheduled) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
              $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(SqlUuid(a.id))
-            .bind(&a.tenant_id)
-            .bind(&a.name)
-            .bind(&a.description)
-            .bind(a.agent_type.as_str())
-            .bind(a.status.as_str())
-            .bind(&a.status_reason)
-            .bind(&a.langflow_workflow_id)
-            .bind(&a.langflow_deployment_id)
-            .bind(snapshot.workflow_id)
-            .bind(snapshot.version)
-            .bind(snapshot.name)
-            .bind(snapshot.category)
-            .bind(snapshot.config)
-            .bind(Json(&a.configuration))
-            .bind(Json(&a.capabilities))
-            .bind(a.total_executions)
-            .bind(a.successful_executions)
-            .bind(a.average_response_time_ms)
-            .bind(a.version)
-            .bind(a.created_at)
-            .bind(a.updated_at)
-            .bind(a.flow_origin.as_str())
-            .bind(a.feedback_count)
-            .bind(a.feedback_score_sum)
-            .bind(snapshot.scheduled)
-            .execute(&mut *conn)
+        sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
+            .arg(SqlUuid(a.id))
+            .arg(&a.tenant_id)
+            .arg(&a.name)
+            .arg(&a.description)
+            .arg(a.agent_type.as_str())
+            .arg(a.status.as_str())
+            .arg(&a.status_reason)
+            .arg(&a.langflow_workflow_id)
+            .arg(&a.langflow_deployment_id)
+            .arg(snapshot.workflow_id)
+            .arg(snapshot.version)
+            .arg(snapshot.name)
+            .arg(snapshot.category)
+            .arg(snapshot.config)
+            .json(&a.configuration)
+            .json(&a.capabilities)
+            .arg(a.total_executions)
+            .arg(a.successful_executions)
+            .arg(a.average_response_time_ms)
+            .arg(a.version)
+            .arg(a.created_at)
+            .arg(a.updated_at)
+            .arg(a.flow_origin.as_str())
+            .arg(a.feedback_count)
+            .arg(a.feedback_score_sum)
+            .arg(snapshot.scheduled)
+            .run(&mut *conn)
             .await?;
         Ok(())
     }
@@ -120,53 +189,30 @@ where
         workflow_id: Uuid,
         agent_id: Uuid,
     ) -> ServiceResult<bool> {
-        let inserted = sqlx::query(
+        let inserted = sqlx::query::<D::Db>(
             "INSERT INTO provisioned_workflows (tenant_id, workflow_id, agent_id, created_at) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, workflow_id) DO NOTHING",
         )
-        .bind(tenant)
-        .bind(SqlUuid(workflow_id))
-        .bind(SqlUuid(agent_id))
-        .bind(now())
-        .execute(&mut *conn)
+        .arg(tenant)
+        .arg(SqlUuid(workflow_id))
+        .arg(SqlUuid(agent_id))
+        .arg(now())
+        .run(&mut *conn)
         .await?;
         Ok(D::rows_affected(&inserted) == 1)
     }
 }
 
 #[async_trait]
-impl<D> AgentRepository for SqlAgentRepository<D>
-where
-    D: Dialect,
-    for<'c> &'c mut Conn<D>: sqlx::Executor<'c, Database = D::Db>,
-    <D::Db as sqlx::Database>::Arguments: sqlx::IntoArguments<D::Db>,
-    for<'a> &'a str: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> String: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> i64: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> f64: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> bool: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> SqlUuid: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> Option<SqlUuid>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> Vec<u8>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> DateTime<Utc>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> Option<&'a str>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> Option<String>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> Option<i64>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> Option<Vec<u8>>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> Json<&'a AgentConfig>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> Json<&'a Vec<String>>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'r> AgentRow: sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
-    for<'r> (SqlUuid,): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
-    for<'r> (String, Option<String>): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
-{
+impl<D: AgentDialect> AgentRepository for SqlAgentRepository<D> {
     async fn replay(&self, tenant: &str, key: Option<&IdempotencyKey>) -> ServiceResult<Option<String>> {
         let Some(key) = key else { return Ok(None) };
-        let stored: Option<(String, Option<String>)> = sqlx::query_as(
+        let stored: Option<(String, Option<String>)> = sqlx::query::<D::Db>(
             "SELECT fingerprint, response FROM idempotency_keys WHERE tenant_id = $1 AND request_id = $2",
         )
-        .bind(tenant)
-        .bind(&key.request_id)
-        .fetch_optional(&self.pool)
+        .arg(tenant)
+        .arg(&key.request_id)
+        .fetch_optional_as(&self.pool)
         .await?;
         match stored {
             // A conflict, or a finished request: what the writing call would answer.
@@ -196,14 +242,19 @@ where
 
     async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Agent> {
         let sql = format!("SELECT {COLUMNS} FROM agents WHERE id = $1 AND tenant_id = $2");
-        let row: Option<AgentRow> =
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(SqlUuid(id)).bind(tenant).fetch_optional(&self.pool).await?;
+        let row: Option<AgentRow> = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
+            .arg(SqlUuid(id))
+            .arg(tenant)
+            .fetch_optional_as(&self.pool)
+            .await?;
         row.ok_or_else(|| not_found(id))?.try_into()
     }
 
     async fn agent_exists(&self, id: Uuid) -> ServiceResult<bool> {
-        let found: Option<(SqlUuid,)> =
-            sqlx::query_as("SELECT id FROM agents WHERE id = $1").bind(SqlUuid(id)).fetch_optional(&self.pool).await?;
+        let found: Option<(SqlUuid,)> = sqlx::query::<D::Db>("SELECT id FROM agents WHERE id = $1")
+            .arg(SqlUuid(id))
+            .fetch_optional_as(&self.pool)
+            .await?;
         Ok(found.is_some())
     }
 
@@ -218,14 +269,14 @@ where
                AND ($5 = 0 OR (created_at, id) > ($6, $7)) \
              ORDER BY created_at, id LIMIT $8"
         );
-        let rows: Vec<AgentRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(tenant)
-            .bind(filter.agent_type.map(|t| t.as_str()).unwrap_or(""))
-            .bind(filter.status.map(|s| s.as_str()).unwrap_or(""))
-            .bind(filter.workflow_id.map(SqlUuid))
+        let rows: Vec<AgentRow> = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
+            .arg(tenant)
+            .arg(filter.agent_type.map(|t| t.as_str()).unwrap_or(""))
+            .arg(filter.status.map(|s| s.as_str()).unwrap_or(""))
+            .arg(filter.workflow_id.map(SqlUuid))
             .bind_keyset(page)?
-            .bind(i64::from(page.size))
-            .fetch_all(&self.pool)
+            .arg(i64::from(page.size))
+            .fetch_all_as(&self.pool)
             .await?;
         rows.into_iter().map(Agent::try_from).collect()
     }
@@ -248,7 +299,7 @@ where
         agent.version = read_version + 1;
         agent.updated_at = now();
         let snapshot = SnapshotColumns::of(agent.snapshot.as_ref());
-        let updated = sqlx::query(
+        let updated = sqlx::query::<D::Db>(
             "UPDATE agents SET name = $1, description = $2, agent_type = $3, status = $4, status_reason = $5, \
              langflow_workflow_id = $6, langflow_deployment_id = $7, source_workflow_id = $8, \
              source_workflow_version = $9, source_workflow_name = $10, source_workflow_category = $11, \
@@ -256,28 +307,28 @@ where
              updated_at = $16, flow_origin = $17, scheduled = $18 \
              WHERE id = $19 AND tenant_id = $20 AND version = $21",
         )
-        .bind(&agent.name)
-        .bind(&agent.description)
-        .bind(agent.agent_type.as_str())
-        .bind(agent.status.as_str())
-        .bind(&agent.status_reason)
-        .bind(&agent.langflow_workflow_id)
-        .bind(&agent.langflow_deployment_id)
-        .bind(snapshot.workflow_id)
-        .bind(snapshot.version)
-        .bind(snapshot.name)
-        .bind(snapshot.category)
-        .bind(snapshot.config)
-        .bind(Json(&agent.configuration))
-        .bind(Json(&agent.capabilities))
-        .bind(agent.version)
-        .bind(agent.updated_at)
-        .bind(agent.flow_origin.as_str())
-        .bind(snapshot.scheduled)
-        .bind(SqlUuid(id))
-        .bind(tenant)
-        .bind(read_version)
-        .execute(&mut *tx)
+        .arg(&agent.name)
+        .arg(&agent.description)
+        .arg(agent.agent_type.as_str())
+        .arg(agent.status.as_str())
+        .arg(&agent.status_reason)
+        .arg(&agent.langflow_workflow_id)
+        .arg(&agent.langflow_deployment_id)
+        .arg(snapshot.workflow_id)
+        .arg(snapshot.version)
+        .arg(snapshot.name)
+        .arg(snapshot.category)
+        .arg(snapshot.config)
+        .json(&agent.configuration)
+        .json(&agent.capabilities)
+        .arg(agent.version)
+        .arg(agent.updated_at)
+        .arg(agent.flow_origin.as_str())
+        .arg(snapshot.scheduled)
+        .arg(SqlUuid(id))
+        .arg(tenant)
+        .arg(read_version)
+        .run(&mut *tx)
         .await?;
         if D::rows_affected(&updated) != 1 {
             return Err(ServiceError::Aborted(format!("agent {id} changed concurrently; read it again")));
@@ -302,21 +353,21 @@ where
         let agent = Self::load_for_update(&mut *tx, tenant, id).await?;
         check(&agent)?;
         // Its claim (if it held one) goes with it, by the foreign key's cascade.
-        sqlx::query("DELETE FROM agents WHERE id = $1 AND tenant_id = $2")
-            .bind(SqlUuid(id))
-            .bind(tenant)
-            .execute(&mut *tx)
+        sqlx::query::<D::Db>("DELETE FROM agents WHERE id = $1 AND tenant_id = $2")
+            .arg(SqlUuid(id))
+            .arg(tenant)
+            .run(&mut *tx)
             .await?;
         if let Some(workflow_id) = agent.source_workflow_id() {
             // The workflow still has an agent if another was made from it: it keeps
             // the claim, so that provisioning does not make a duplicate.
-            let heir: Option<(SqlUuid,)> = sqlx::query_as(
+            let heir: Option<(SqlUuid,)> = sqlx::query::<D::Db>(
                 "SELECT id FROM agents WHERE tenant_id = $1 AND source_workflow_id = $2 \
                  ORDER BY created_at, id LIMIT 1",
             )
-            .bind(tenant)
-            .bind(SqlUuid(workflow_id))
-            .fetch_optional(&mut *tx)
+            .arg(tenant)
+            .arg(SqlUuid(workflow_id))
+            .fetch_optional_as(&mut *tx)
             .await?;
             if let Some((heir,)) = heir {
                 Self::claim_workflow(&mut *tx, tenant, workflow_id, heir.0).await?;
@@ -362,9 +413,9 @@ where
 
     async fn provisioned(&self, tenant: &str, workflow_ids: &[Uuid]) -> ServiceResult<HashSet<Uuid>> {
         let rows: Vec<(SqlUuid,)> =
-            sqlx::query_as("SELECT workflow_id FROM provisioned_workflows WHERE tenant_id = $1")
-                .bind(tenant)
-                .fetch_all(&self.pool)
+            sqlx::query::<D::Db>("SELECT workflow_id FROM provisioned_workflows WHERE tenant_id = $1")
+                .arg(tenant)
+                .fetch_all_as(&self.pool)
                 .await?;
         let wanted: HashSet<Uuid> = workflow_ids.iter().copied().collect();
         Ok(rows.into_iter().map(|(id,)| id.0).filter(|id| wanted.contains(id)).collect())

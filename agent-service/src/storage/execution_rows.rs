@@ -6,9 +6,7 @@ use chrono::{DateTime, Utc};
 use engarde::kit::dialect::SqlUuid;
 use engarde::kit::error::{ServiceError, ServiceResult};
 
-use crate::domain::execution::{
-    Execution, ExecutionStatus, FailureKind, Feedback, MessageRole, Report, Session, SessionMessage,
-};
+use crate::domain::execution::{Execution, ExecutionStatus, FailureKind};
 /// The columns of an execution, in [`ExecutionRow`]'s order.
 pub(super) const EXECUTION_COLUMNS: &str = "id, tenant_id, agent_id, session_id, step_id, input, output, status, error, error_code, latency_ms, started_at, \
      finished_at";
@@ -30,7 +28,7 @@ pub(super) struct ExecutionRow {
     finished_at: Option<DateTime<Utc>>,
 }
 
-fn corrupt(what: &str, id: SqlUuid) -> ServiceError {
+pub(super) fn corrupt(what: &str, id: SqlUuid) -> ServiceError {
     ServiceError::internal(anyhow::anyhow!("execution {}: corrupt {what} in database", id.0))
 }
 
@@ -56,92 +54,6 @@ impl TryFrom<ExecutionRow> for Execution {
             latency_ms: row.latency_ms,
             started_at: row.started_at,
             finished_at: row.finished_at,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(super) struct SessionRow {
-    session_id: String,
-    message_count: i64,
-    last_message_at: DateTime<Utc>,
-}
-
-impl From<SessionRow> for Session {
-    fn from(row: SessionRow) -> Self {
-        Session { session_id: row.session_id, message_count: row.message_count, last_message_at: row.last_message_at }
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(super) struct MessageRow {
-    sequence: i64,
-    role: String,
-    text: String,
-    execution_id: SqlUuid,
-    created_at: DateTime<Utc>,
-}
-
-impl TryFrom<MessageRow> for SessionMessage {
-    type Error = ServiceError;
-
-    fn try_from(row: MessageRow) -> ServiceResult<Self> {
-        Ok(SessionMessage {
-            sequence: row.sequence,
-            role: MessageRole::parse(&row.role).ok_or_else(|| corrupt("message role", row.execution_id))?,
-            execution_id: row.execution_id.0,
-            text: row.text,
-            created_at: row.created_at,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(super) struct FeedbackRow {
-    id: SqlUuid,
-    execution_id: SqlUuid,
-    agent_id: SqlUuid,
-    score: i32,
-    comment: String,
-    created_at: DateTime<Utc>,
-}
-
-impl TryFrom<FeedbackRow> for Feedback {
-    type Error = ServiceError;
-
-    fn try_from(row: FeedbackRow) -> ServiceResult<Self> {
-        Ok(Feedback {
-            id: row.id.0,
-            execution_id: row.execution_id.0,
-            agent_id: row.agent_id.0,
-            score: row.score,
-            comment: row.comment,
-            created_at: row.created_at,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-pub(super) struct ReportRow {
-    execution_id: SqlUuid,
-    tenant_id: String,
-    workflow_id: SqlUuid,
-    succeeded: bool,
-    credentials: String,
-    attempts: i32,
-}
-
-impl TryFrom<ReportRow> for Report {
-    type Error = ServiceError;
-
-    fn try_from(row: ReportRow) -> ServiceResult<Self> {
-        Ok(Report {
-            execution_id: row.execution_id.0,
-            workflow_id: row.workflow_id.0,
-            tenant_id: row.tenant_id,
-            succeeded: row.succeeded,
-            credentials: row.credentials,
-            attempts: row.attempts,
         })
     }
 }

@@ -1,18 +1,37 @@
-//! Where executions, conversation memory, feedback and the outbox of execution reports live:
-//! one interface, implemented for PostgreSQL and SQLite in [`super::executions_sql`].
+//! Executions of agents: one interface, and its implementation in SQL both databases accept,
+//! written once over a [`Dialect`]. What hangs off an execution has a file of its own:
+//! conversation memory ([`super::sessions`]), feedback ([`super::feedback`]) and the outbox of
+//! reports to workflow-service ([`super::outbox`]); the one struct below implements them all.
+//!
+//! Where the databases differ the dialect says so: PostgreSQL locks the rows it is about to
+//! change (`FOR UPDATE`); SQLite takes its single write lock up front (`BEGIN IMMEDIATE`), which
+//! serialises writers anyway. PostgreSQL's one-statement finish is its own
+//! ([`super::one_statement_finish`]).
+//!
+//! Locks are always taken in the same order (execution, agent, session) so that concurrent
+//! finishes, feedback and session clearing cannot deadlock.
 
-use std::time::Duration;
+use std::marker::PhantomData;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use engarde::kit::error::ServiceResult;
+use engarde::kit::dialect::{self, BindKeyset, Conn, Dialect, SqlUuid, Statement, Via};
+use engarde::kit::error::{ServiceError, ServiceResult};
 use engarde::kit::idempotency::IdempotencyKey;
 use engarde::kit::pagination::PageRequest;
 use uuid::Uuid;
 
+use super::AgentDialect;
+use super::execution_rows::{EXECUTION_COLUMNS, ExecutionRow};
+use super::feedback::FeedbackRepository;
+use super::one_statement_finish::OneStatementFinish;
+use super::outbox::OutboxRepository;
+use super::row::{AgentRow, COLUMNS as AGENT_COLUMNS};
+use super::sessions::SessionRepository;
 use crate::domain::execution::{
-    Execution, ExecutionFilter, Feedback, Finish, Finished, NewExecution, Report, Session, SessionMessage,
+    Execution, ExecutionFilter, ExecutionStats, Finish, Finished, MessageRole, NewExecution,
 };
+use crate::domain::{Agent, AgentStatus, lifecycle};
 
 /// What storing a new execution found.
 #[derive(Debug, Clone)]
@@ -24,20 +43,11 @@ pub enum Started {
     Existing(Execution),
 }
 
-/// A new feedback entry.
-#[derive(Debug, Clone)]
-pub struct NewFeedback {
-    pub id: Uuid,
-    pub execution_id: Uuid,
-    pub score: i32,
-    pub comment: String,
-    pub created_at: DateTime<Utc>,
-}
-
-/// Storage of executions and what hangs off them. Every read and write of a caller is scoped to
+/// Storage of executions; what hangs off them (sessions, feedback, the report outbox) is in its
+/// supertraits, one file each. Every read and write of a caller is scoped to
 /// its tenant: another tenant's execution, agent or session is NOT_FOUND.
 #[async_trait]
-pub trait ExecutionRepository: Send + Sync {
+pub trait ExecutionRepository: SessionRepository + FeedbackRepository + OutboxRepository {
     /// The execution a request id started, if any. ALREADY_EXISTS when the id was used for a
     /// different request.
     async fn find_by_request(&self, tenant: &str, key: &IdempotencyKey) -> ServiceResult<Option<Execution>>;
@@ -60,49 +70,348 @@ pub trait ExecutionRepository: Send + Sync {
 
     /// A page of the tenant's executions, newest first (by start time, then id).
     async fn list(&self, tenant: &str, filter: &ExecutionFilter, page: &PageRequest) -> ServiceResult<Vec<Execution>>;
+}
 
-    /// A page of an agent's sessions, most recently active first.
-    async fn sessions(&self, tenant: &str, agent_id: Uuid, page: &PageRequest) -> ServiceResult<Vec<Session>>;
+#[derive(sqlx::FromRow)]
+pub(super) struct ExecutionRowWithFingerprint {
+    #[sqlx(flatten)]
+    execution: ExecutionRow,
+    fingerprint: Option<String>,
+}
 
-    /// A page of a session's messages, oldest first.
-    async fn messages(
-        &self,
+#[derive(sqlx::FromRow)]
+pub(super) struct RunningRow {
+    #[sqlx(flatten)]
+    execution: ExecutionRow,
+    report_workflow_id: Option<SqlUuid>,
+    report_credentials: String,
+}
+
+pub(super) fn execution_not_found(id: Uuid) -> ServiceError {
+    ServiceError::not_found(format!("execution {id}"))
+}
+
+/// The execution repository of a dialect.
+pub(super) struct SqlExecutionRepository<D: Dialect> {
+    pub(super) pool: sqlx::Pool<D::Db>,
+    dialect: PhantomData<D>,
+}
+
+pub(super) type PostgresExecutionRepository = SqlExecutionRepository<dialect::Postgres>;
+pub(super) type SqliteExecutionRepository = SqlExecutionRepository<dialect::Sqlite>;
+
+impl<D: Dialect> SqlExecutionRepository<D> {
+    pub fn new(pool: sqlx::Pool<D::Db>) -> Self {
+        Self { pool, dialect: PhantomData }
+    }
+}
+
+impl<D: AgentDialect> SqlExecutionRepository<D> {
+    /// NOT_FOUND unless the tenant has this agent.
+    pub(super) async fn ensure_agent(
+        executor: impl Into<Via<'_, D::Db>>,
         tenant: &str,
         agent_id: Uuid,
-        session_id: &str,
-        page: &PageRequest,
-    ) -> ServiceResult<Vec<SessionMessage>>;
+    ) -> ServiceResult<()> {
+        let found: Option<(SqlUuid,)> = sqlx::query::<D::Db>("SELECT id FROM agents WHERE id = $1 AND tenant_id = $2")
+            .arg(SqlUuid(agent_id))
+            .arg(tenant)
+            .fetch_optional_as(executor)
+            .await?;
+        found.map(drop).ok_or_else(|| ServiceError::not_found(format!("agent {agent_id}")))
+    }
 
-    /// Forgets a session's messages; answers how many there were. The executions stay.
-    async fn clear_session(
-        &self,
+    async fn by_request(
+        executor: impl Into<Via<'_, D::Db>>,
         tenant: &str,
-        agent_id: Uuid,
-        session_id: &str,
-        key: Option<&IdempotencyKey>,
-    ) -> ServiceResult<i64>;
+        key: &IdempotencyKey,
+    ) -> ServiceResult<Option<Execution>> {
+        let sql =
+            format!("SELECT {EXECUTION_COLUMNS}, fingerprint FROM executions WHERE tenant_id = $1 AND request_id = $2");
+        let row: Option<ExecutionRowWithFingerprint> = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
+            .arg(tenant)
+            .arg(&key.request_id)
+            .fetch_optional_as(executor)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        if row.fingerprint.as_deref() != Some(key.fingerprint.as_str()) {
+            return Err(ServiceError::AlreadyExists(format!(
+                "request_id {:?} was already used for a different request",
+                key.request_id
+            )));
+        }
+        Ok(Some(row.execution.try_into()?))
+    }
 
-    /// Stores feedback on a finished execution of the tenant and adds it to the agent's summary.
-    async fn add_feedback(
-        &self,
-        tenant: &str,
-        feedback: NewFeedback,
-        key: Option<&IdempotencyKey>,
-    ) -> ServiceResult<Feedback>;
+    /// The running execution, locked, with where to report it; `None` once finished.
+    async fn running_for_update(
+        tx: &mut Conn<D>,
+        id: Uuid,
+    ) -> ServiceResult<Option<(Execution, Option<SqlUuid>, String)>> {
+        let sql = format!(
+            "SELECT {EXECUTION_COLUMNS}, report_workflow_id, report_credentials FROM executions \
+             WHERE id = $1 AND status = 'running'{}",
+            D::LOCK
+        );
+        let row: Option<RunningRow> =
+            sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql)).arg(SqlUuid(id)).fetch_optional_as(&mut *tx).await?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some((r.execution.try_into()?, r.report_workflow_id, r.report_credentials))),
+        }
+    }
 
-    /// A page of the feedback on an agent's executions, newest first.
-    async fn feedback(&self, tenant: &str, agent_id: Uuid, page: &PageRequest) -> ServiceResult<Vec<Feedback>>;
+    /// Numbers and stores the two messages of a successful execution. The upsert of the
+    /// session row locks it, so concurrent executions of one session take turns here.
+    async fn remember(tx: &mut Conn<D>, execution: &Execution, output: &str, at: DateTime<Utc>) -> ServiceResult<()> {
+        let (last,): (i64,) = sqlx::query::<D::Db>(
+            "INSERT INTO sessions (agent_id, session_id, tenant_id, message_count, last_sequence, last_message_at) \
+             VALUES ($1, $2, $3, 2, 2, $4) \
+             ON CONFLICT (agent_id, session_id) DO UPDATE SET \
+               message_count = sessions.message_count + 2, \
+               last_sequence = sessions.last_sequence + 2, \
+               last_message_at = excluded.last_message_at \
+             RETURNING last_sequence",
+        )
+        .arg(SqlUuid(execution.agent_id))
+        .arg(&execution.session_id)
+        .arg(&execution.tenant_id)
+        .arg(at)
+        .fetch_one_as(&mut *tx)
+        .await?;
+        for (sequence, role, text) in
+            [(last - 1, MessageRole::User, execution.input.as_str()), (last, MessageRole::Agent, output)]
+        {
+            sqlx::query::<D::Db>(
+                "INSERT INTO session_messages (agent_id, session_id, sequence, role, text, execution_id, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .arg(SqlUuid(execution.agent_id))
+            .arg(&execution.session_id)
+            .arg(sequence)
+            .arg(role.as_str())
+            .arg(text)
+            .arg(SqlUuid(execution.id))
+            .arg(at)
+            .run(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
 
-    /// Claims up to `limit` reports that are due, hiding them from other claimers for `lease`
-    /// (the time a delivery may take; a claimer that dies mid-delivery leaves them due again).
-    async fn claim_reports(&self, limit: i64, lease: Duration) -> ServiceResult<Vec<Report>>;
+    /// Moves the agent to ERROR because its flow `flow_id` is gone, unless it has been
+    /// given another flow since the run started (or is already in ERROR).
+    async fn fail_agent(
+        tx: &mut Conn<D>,
+        execution: &Execution,
+        flow_id: &str,
+        at: DateTime<Utc>,
+    ) -> ServiceResult<()> {
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = $1 AND tenant_id = $2{}", D::LOCK);
+        let row: Option<AgentRow> = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
+            .arg(SqlUuid(execution.agent_id))
+            .arg(&execution.tenant_id)
+            .fetch_optional_as(&mut *tx)
+            .await?;
+        let Some(row) = row else { return Ok(()) };
+        let mut agent = Agent::try_from(row)?;
+        if agent.langflow_workflow_id != flow_id || agent.status == AgentStatus::Error {
+            return Ok(());
+        }
+        lifecycle::fail(&mut agent, &format!("its Langflow flow {flow_id} no longer exists"));
+        sqlx::query::<D::Db>(
+            "UPDATE agents SET status = $1, status_reason = $2, version = version + 1, updated_at = $3 \
+             WHERE id = $4 AND tenant_id = $5",
+        )
+        .arg(agent.status.as_str())
+        .arg(&agent.status_reason)
+        .arg(at)
+        .arg(SqlUuid(agent.id))
+        .arg(&agent.tenant_id)
+        .run(&mut *tx)
+        .await?;
+        tracing::warn!(agent_id = %agent.id, flow_id, "agent moved to error: its flow is gone");
+        Ok(())
+    }
+}
 
-    /// Forgets delivered reports (a batch's, in one statement).
-    async fn reports_delivered(&self, execution_ids: &[Uuid]) -> ServiceResult<()>;
+#[async_trait]
+impl<D: AgentDialect> ExecutionRepository for SqlExecutionRepository<D> {
+    async fn find_by_request(&self, tenant: &str, key: &IdempotencyKey) -> ServiceResult<Option<Execution>> {
+        Self::by_request(&self.pool, tenant, key).await
+    }
 
-    /// How many reports the outbox holds (due or not).
-    async fn pending_reports(&self) -> ServiceResult<i64>;
+    async fn start(&self, new: &NewExecution) -> ServiceResult<Started> {
+        // The RUNNING row acknowledges nothing: if a crash loses it, the caller got
+        // no answer and retries. So its commit need not wait for the disk, which
+        // saves an execution one of its two flushes. One statement, one round trip
+        // (`WHERE true` keeps SQLite from reading the upsert's ON as a join's).
+        let inserted = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO executions (id, tenant_id, agent_id, session_id, step_id, input, status, \
+             request_id, fingerprint, started_at, report_workflow_id, report_credentials) \
+             SELECT $1, $2, $3, $4, $5, $6, 'running', $7, $8, $9, $10, $11 FROM {} \
+             WHERE true ON CONFLICT (tenant_id, request_id) DO NOTHING",
+            D::RELAXED_FROM
+        )))
+        .arg(SqlUuid(new.id))
+        .arg(&new.tenant_id)
+        .arg(SqlUuid(new.agent_id))
+        .arg(&new.session_id)
+        .arg(&new.step_id)
+        .arg(&new.input)
+        .arg(new.request.as_ref().map(|k| k.request_id.clone()))
+        .arg(new.request.as_ref().map(|k| k.fingerprint.clone()))
+        .arg(new.started_at)
+        .arg(new.report_workflow_id.map(SqlUuid))
+        .arg(&new.report_credentials)
+        .run(&self.pool)
+        .await;
+        let inserted = match inserted {
+            Ok(done) => D::rows_affected(&done),
+            // The agent was deleted since it was read.
+            Err(sqlx::Error::Database(e)) if e.kind() == sqlx::error::ErrorKind::ForeignKeyViolation => {
+                return Err(ServiceError::not_found(format!("agent {}", new.agent_id)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if inserted == 1 {
+            return Ok(Started::New(new.running()));
+        }
+        let Some(key) = &new.request else {
+            return Err(ServiceError::internal(anyhow::anyhow!("execution {} was not stored", new.id)));
+        };
+        match Self::by_request(&self.pool, &new.tenant_id, key).await? {
+            Some(existing) => Ok(Started::Existing(existing)),
+            None => {
+                Err(ServiceError::Aborted(format!("request_id {:?} is being used concurrently; retry", key.request_id)))
+            }
+        }
+    }
 
-    /// Records a failed delivery; the report is due again at `retry_at`.
-    async fn report_failed(&self, execution_id: Uuid, error: &str, retry_at: DateTime<Utc>) -> ServiceResult<()>;
+    async fn finish(&self, finish: &Finish) -> ServiceResult<Option<Finished>> {
+        // The rare finish that also fails the agent takes the transaction below.
+        if finish.flow_gone.is_none()
+            && let Some(done) = <D::Db as OneStatementFinish>::finish_in_one_statement(&self.pool, finish).await?
+        {
+            return Ok(done);
+        }
+        let mut tx = self.pool.begin_with(D::BEGIN).await?;
+        let Some((execution, report_workflow_id, credentials)) =
+            Self::running_for_update(&mut *tx, finish.execution_id).await?
+        else {
+            return Ok(None);
+        };
+        let book = finish.bookkeeping();
+        sqlx::query::<D::Db>(
+            "UPDATE executions SET status = $1, output = $2, error = $3, error_code = $4, latency_ms = $5, \
+             finished_at = $6, report_credentials = '' WHERE id = $7",
+        )
+        .arg(book.status.as_str())
+        .arg(book.output)
+        .arg(book.error)
+        .arg(book.error_code())
+        .arg(finish.latency_ms)
+        .arg(finish.finished_at)
+        .arg(SqlUuid(execution.id))
+        .run(&mut *tx)
+        .await?;
+        // The agent's row locked (after the execution's, as everywhere), so that
+        // concurrent finishes each add their own, none lost.
+        let sql = format!(
+            "SELECT total_executions, successful_executions, average_response_time_ms FROM agents \
+             WHERE id = $1{}",
+            D::LOCK
+        );
+        let stats: Option<(i64, i64, f64)> = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
+            .arg(SqlUuid(execution.agent_id))
+            .fetch_optional_as(&mut *tx)
+            .await?;
+        if let Some((total, successful, average_response_time_ms)) = stats {
+            let stats = ExecutionStats { total, successful, average_response_time_ms }
+                .record(book.succeeded, finish.latency_ms);
+            sqlx::query::<D::Db>(
+                "UPDATE agents SET total_executions = $1, successful_executions = $2, \
+                 average_response_time_ms = $3 WHERE id = $4",
+            )
+            .arg(stats.total)
+            .arg(stats.successful)
+            .arg(stats.average_response_time_ms)
+            .arg(SqlUuid(execution.agent_id))
+            .run(&mut *tx)
+            .await?;
+        }
+        if let Some(output) = book.remember {
+            Self::remember(&mut *tx, &execution, output, finish.finished_at).await?;
+        }
+        let reported = match report_workflow_id {
+            None => false,
+            Some(workflow_id) => {
+                sqlx::query::<D::Db>(
+                    "INSERT INTO execution_reports (execution_id, tenant_id, workflow_id, succeeded, \
+                     credentials, attempts, next_attempt_at) VALUES ($1, $2, $3, $4, $5, 0, $6) \
+                     ON CONFLICT (execution_id) DO NOTHING",
+                )
+                .arg(SqlUuid(execution.id))
+                .arg(&execution.tenant_id)
+                .arg(workflow_id)
+                .arg(book.succeeded)
+                .arg(credentials)
+                .arg(finish.finished_at)
+                .run(&mut *tx)
+                .await?;
+                true
+            }
+        };
+        if let Some(flow_id) = &finish.flow_gone {
+            Self::fail_agent(&mut *tx, &execution, flow_id, finish.finished_at).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(Finished { execution: execution.finished(finish), reported }))
+    }
+
+    async fn stale(&self, before: DateTime<Utc>, limit: i64) -> ServiceResult<Vec<Execution>> {
+        let sql = format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions WHERE status = 'running' AND started_at < $1 \
+             ORDER BY started_at LIMIT $2"
+        );
+        let rows: Vec<ExecutionRow> =
+            sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql)).arg(before).arg(limit).fetch_all_as(&self.pool).await?;
+        rows.into_iter().map(Execution::try_from).collect()
+    }
+
+    async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Execution> {
+        let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1 AND tenant_id = $2");
+        let row: Option<ExecutionRow> = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
+            .arg(SqlUuid(id))
+            .arg(tenant)
+            .fetch_optional_as(&self.pool)
+            .await?;
+        row.ok_or_else(|| execution_not_found(id))?.try_into()
+    }
+
+    async fn list(&self, tenant: &str, filter: &ExecutionFilter, page: &PageRequest) -> ServiceResult<Vec<Execution>> {
+        if let Some(agent_id) = filter.agent_id {
+            Self::ensure_agent(&self.pool, tenant, agent_id).await?;
+        }
+        // One static statement: an empty filter parameter matches everything.
+        let sql = format!(
+            "SELECT {EXECUTION_COLUMNS} FROM executions \
+             WHERE tenant_id = $1 \
+               AND ($2 IS NULL OR agent_id = $2) \
+               AND ($3 = '' OR session_id = $3) \
+               AND ($4 = '' OR status = $4) \
+               AND ($5 = 0 OR (started_at, id) < ($6, $7)) \
+             ORDER BY started_at DESC, id DESC LIMIT $8"
+        );
+        let rows: Vec<ExecutionRow> = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
+            .arg(tenant)
+            .arg(filter.agent_id.map(SqlUuid))
+            .arg(filter.session_id.clone().unwrap_or_default())
+            .arg(filter.status.map(|s| s.as_str()).unwrap_or(""))
+            .bind_keyset(page)?
+            .arg(i64::from(page.size))
+            .fetch_all_as(&self.pool)
+            .await?;
+        rows.into_iter().map(Execution::try_from).collect()
+    }
 }

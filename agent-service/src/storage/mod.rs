@@ -5,122 +5,75 @@ mod agents;
 pub mod deployment;
 mod execution_rows;
 pub mod executions;
-mod executions_sql;
+pub mod feedback;
 mod one_statement_finish;
+pub mod outbox;
+pub mod reviews;
 mod row;
 pub mod runs;
-mod runs_announced;
-mod runs_sql;
+pub mod schedules;
+pub mod sessions;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
-use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use engarde::kit::db::DbPool;
+use engarde::kit::dialect::{self, Decodes, Dialect, SqlDb, SqlUuid};
 use engarde::kit::error::{ServiceError, ServiceResult};
-use engarde::kit::idempotency::IdempotencyKey;
-use engarde::kit::pagination::PageRequest;
-use uuid::Uuid;
 
-use crate::domain::provisioning::{Candidate, ProvisionOutcome, Skipped};
-use crate::domain::{Agent, AgentFilter, NewAgent};
+use execution_rows::ExecutionRow;
+use executions::{ExecutionRowWithFingerprint, RunningRow};
+use feedback::FeedbackRow;
+use one_statement_finish::OneStatementFinish;
+use outbox::ReportRow;
+use reviews::ReviewRow;
+use row::AgentRow;
+use runs::{EventRow, PageStepRow, RunRow, StepRow};
+use sessions::{MessageRow, SessionRow};
 
-pub use agents::{PostgresAgentRepository, SqliteAgentRepository};
+pub use agents::{AgentRepository, Answer, DeleteCheck, Mutated, Mutation, mutate_agent};
+use agents::{PostgresAgentRepository, SqliteAgentRepository};
 pub use executions::ExecutionRepository;
-use executions_sql::{PostgresExecutionRepository, SqliteExecutionRepository};
+use executions::{PostgresExecutionRepository, SqliteExecutionRepository};
 
-/// A change to one agent, decided by the domain on the current row inside the transaction.
-pub type Mutation = Box<dyn FnOnce(&mut Agent) -> ServiceResult<()> + Send>;
-/// The answer to store for a request id, made from the changed agent (most calls answer the
-/// agent itself; UpgradeAgent answers more).
-pub type Answer = Box<dyn FnOnce(&Agent) -> ServiceResult<serde_json::Value> + Send>;
-/// A check that an agent may be deleted, run on the current row inside the transaction.
-pub type DeleteCheck = Box<dyn FnOnce(&Agent) -> ServiceResult<()> + Send>;
+/// A dialect agent-service's storage runs on: its database decodes every row type storage
+/// reads. Stated once here, so that the repositories written over any dialect need no bounds
+/// of their own; the compiler checks every row type against both databases.
+trait AgentDialect: Dialect<Db: AgentRows> {}
 
-/// What a mutation did.
-#[derive(Debug)]
-pub enum Mutated {
-    /// The agent after the change.
-    Done(Box<Agent>),
-    /// A replay: the stored answer of the first request with this id.
-    Replayed(String),
+impl AgentDialect for dialect::Postgres {}
+impl AgentDialect for dialect::Sqlite {}
+
+/// The row types agent-service's storage reads, and the one-statement finish where there is one.
+trait AgentRows:
+    SqlDb
+    + OneStatementFinish
+    + Decodes<AgentRow>
+    + Decodes<ExecutionRow>
+    + Decodes<ExecutionRowWithFingerprint>
+    + Decodes<RunningRow>
+    + Decodes<SessionRow>
+    + Decodes<MessageRow>
+    + Decodes<FeedbackRow>
+    + Decodes<ReportRow>
+    + Decodes<RunRow>
+    + Decodes<StepRow>
+    + Decodes<PageStepRow>
+    + Decodes<EventRow>
+    + Decodes<ReviewRow>
+    + Decodes<(i64,)>
+    + Decodes<(i64, i64, f64)>
+    + Decodes<(SqlUuid,)>
+    + Decodes<(SqlUuid, String)>
+    + Decodes<(SqlUuid, Option<String>)>
+    + Decodes<(String, i64)>
+    + Decodes<(String, Option<String>)>
+    + Decodes<(String, SqlUuid, DateTime<Utc>, i64, Vec<u8>, String)>
+{
 }
 
-/// Storage of agents. Every read and write is scoped to a tenant: another tenant's agent is
-/// NOT_FOUND.
-#[async_trait]
-pub trait AgentRepository: Send + Sync {
-    /// The stored answer of a completed request with this key, read before any slow work (such
-    /// as a call to workflow-service) is done for a retry. ALREADY_EXISTS when the key was used
-    /// for another request. `None`: no answer yet; the writing call claims the key itself.
-    async fn replay(&self, tenant: &str, key: Option<&IdempotencyKey>) -> ServiceResult<Option<String>>;
-
-    /// Stores a new draft. An agent made from a workflow also claims that workflow as
-    /// provisioned (if no agent claimed it before).
-    async fn create(&self, tenant: &str, new: NewAgent, key: Option<&IdempotencyKey>) -> ServiceResult<Agent>;
-
-    /// One agent of the tenant.
-    async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Agent>;
-
-    /// Whether any tenant has an agent with this id (for housekeeping, never for answers).
-    async fn agent_exists(&self, id: Uuid) -> ServiceResult<bool>;
-
-    /// One page of the tenant's agents, ordered by (created_at, id).
-    async fn list(&self, tenant: &str, filter: &AgentFilter, page: &PageRequest) -> ServiceResult<Vec<Agent>>;
-
-    /// Loads the agent, applies `mutation`, bumps the version and saves, atomically; stores
-    /// `answer` of the result for the request id.
-    async fn mutate(
-        &self,
-        tenant: &str,
-        id: Uuid,
-        key: Option<&IdempotencyKey>,
-        mutation: Mutation,
-        answer: Answer,
-    ) -> ServiceResult<Mutated>;
-
-    /// Deletes the agent when `check` allows it. Its workflow's claim passes to another agent of
-    /// that workflow, or goes, so that the next provisioning gives the workflow an agent again.
-    async fn delete(
-        &self,
-        tenant: &str,
-        id: Uuid,
-        key: Option<&IdempotencyKey>,
-        check: DeleteCheck,
-    ) -> ServiceResult<Uuid>;
-
-    /// In one transaction: for each candidate (sorted by workflow id), claims its workflow and,
-    /// when the claim is new, stores its agent; a workflow claimed before is skipped as
-    /// ALREADY_HAS_AGENT. `skipped` are the workflows skipped before, answered alongside.
-    async fn provision(
-        &self,
-        tenant: &str,
-        candidates: Vec<Candidate>,
-        skipped: Vec<Skipped>,
-        key: Option<&IdempotencyKey>,
-    ) -> ServiceResult<ProvisionOutcome>;
-
-    /// Which of `workflow_ids` the tenant has provisioned (for dry runs).
-    async fn provisioned(&self, tenant: &str, workflow_ids: &[Uuid]) -> ServiceResult<HashSet<Uuid>>;
-
-    /// Forgets idempotency keys older than `before`.
-    async fn expire_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>) -> ServiceResult<u64>;
-}
-
-/// Applies `mutation` and answers the agent (or, for a replay, the agent first answered).
-pub async fn mutate_agent(
-    repo: &dyn AgentRepository,
-    tenant: &str,
-    id: Uuid,
-    key: Option<&IdempotencyKey>,
-    mutation: Mutation,
-) -> ServiceResult<Agent> {
-    let answer: Answer = Box::new(|agent| serde_json::to_value(agent).map_err(ServiceError::internal));
-    match repo.mutate(tenant, id, key, mutation, answer).await? {
-        Mutated::Done(agent) => Ok(*agent),
-        Mutated::Replayed(json) => replayed(&json),
-    }
-}
+impl AgentRows for sqlx::Postgres {}
+impl AgentRows for sqlx::Sqlite {}
 
 /// A stored answer, read back.
 pub fn replayed<T: serde::de::DeserializeOwned>(json: &str) -> ServiceResult<T> {
@@ -155,11 +108,8 @@ pub fn execution_repository(pool: &DbPool) -> Arc<dyn ExecutionRepository> {
 /// SQLite by the repository.
 pub fn run_repository<A: runs::RunAnnouncer + 'static>(pool: &DbPool, events: &Arc<A>) -> Arc<dyn runs::RunRepository> {
     match pool {
-        DbPool::Postgres(p) => Arc::new(runs_sql::PostgresRunRepository::new(p.clone())),
-        DbPool::Sqlite(p) => Arc::new(runs_announced::AnnouncedRunRepository::new(
-            Arc::new(runs_sql::SqliteRunRepository::new(p.clone())),
-            events.clone(),
-        )),
+        DbPool::Postgres(p) => Arc::new(runs::PostgresRunRepository::new(p.clone(), None)),
+        DbPool::Sqlite(p) => Arc::new(runs::SqliteRunRepository::new(p.clone(), Some(events.clone()))),
     }
 }
 

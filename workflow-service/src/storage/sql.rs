@@ -9,20 +9,16 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
-use engarde::kit::dialect::{self, BindKeyset, Dialect, SqlUuid};
+use engarde::kit::dialect::{self, BindKeyset, Conn, Decodes, Dialect, SqlUuid, Statement};
 use engarde::kit::error::{ServiceError, ServiceResult};
 use engarde::kit::idempotency::IdempotencyKey;
 use engarde::kit::pagination::PageRequest;
-use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::domain::name_folding::fold_name;
-use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowConfig, WorkflowFilter};
+use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
 use crate::storage::row::{COLUMNS, WorkflowRow};
 use crate::storage::{DeleteCheck, Mutation, WorkflowRepository};
-
-/// A connection of the dialect's database.
-type Conn<D> = <<D as Dialect>::Db as sqlx::Database>::Connection;
 
 /// The workflow repository of a dialect.
 pub struct SqlWorkflowRepository<D: Dialect> {
@@ -64,24 +60,17 @@ fn name_pattern(name_contains: &str) -> String {
 impl<D> SqlWorkflowRepository<D>
 where
     D: Dialect,
-    for<'c> &'c mut Conn<D>: sqlx::Executor<'c, Database = D::Db>,
-    <D::Db as sqlx::Database>::Arguments: sqlx::IntoArguments<D::Db>,
-    for<'a> &'a str: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> &'a String: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> String: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> i64: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> bool: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> SqlUuid: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> DateTime<Utc>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> Json<&'a WorkflowConfig>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'r> WorkflowRow: sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
+    D::Db: Decodes<WorkflowRow>,
 {
     /// The workflow if the tenant can see it, locked for the rest of the transaction.
     async fn load_for_update(conn: &mut Conn<D>, tenant: &str, id: Uuid) -> ServiceResult<Workflow> {
         let sql =
             format!("SELECT {COLUMNS} FROM workflows WHERE id = $1 AND (tenant_id = $2 OR is_template){}", D::LOCK);
-        let row: Option<WorkflowRow> =
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(SqlUuid(id)).bind(tenant).fetch_optional(&mut *conn).await?;
+        let row: Option<WorkflowRow> = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
+            .arg(SqlUuid(id))
+            .arg(tenant)
+            .fetch_optional_as(&mut *conn)
+            .await?;
         row.ok_or_else(|| not_found(id))?.try_into()
     }
 
@@ -92,22 +81,22 @@ where
             "INSERT INTO workflows ({COLUMNS}, name_folded) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) {on_conflict}"
         );
-        let inserted = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(SqlUuid(w.id))
-            .bind(&w.tenant_id)
-            .bind(&w.name)
-            .bind(&w.description)
-            .bind(w.category.as_str())
-            .bind(Json(&w.config))
-            .bind(w.status.as_str())
-            .bind(w.is_template)
-            .bind(w.execution_count)
-            .bind(w.success_count)
-            .bind(w.version)
-            .bind(w.created_at)
-            .bind(w.updated_at)
-            .bind(fold_name(&w.name))
-            .execute(&mut *conn)
+        let inserted = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
+            .arg(SqlUuid(w.id))
+            .arg(&w.tenant_id)
+            .arg(&w.name)
+            .arg(&w.description)
+            .arg(w.category.as_str())
+            .json(&w.config)
+            .arg(w.status.as_str())
+            .arg(w.is_template)
+            .arg(w.execution_count)
+            .arg(w.success_count)
+            .arg(w.version)
+            .arg(w.created_at)
+            .arg(w.updated_at)
+            .arg(fold_name(&w.name))
+            .run(&mut *conn)
             .await?;
         Ok(D::rows_affected(&inserted))
     }
@@ -117,20 +106,7 @@ where
 impl<D> WorkflowRepository for SqlWorkflowRepository<D>
 where
     D: Dialect,
-    for<'c> &'c mut Conn<D>: sqlx::Executor<'c, Database = D::Db>,
-    <D::Db as sqlx::Database>::Arguments: sqlx::IntoArguments<D::Db>,
-    for<'a> &'a str: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> &'a String: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> String: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> i64: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> bool: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> SqlUuid: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> DateTime<Utc>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'a> Json<&'a WorkflowConfig>: sqlx::Encode<'a, D::Db> + sqlx::Type<D::Db>,
-    for<'r> WorkflowRow: sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
-    for<'r> (SqlUuid,): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
-    for<'r> (SqlUuid, String): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
-    for<'r> (String, Option<String>): sqlx::FromRow<'r, <D::Db as sqlx::Database>::Row>,
+    D::Db: Decodes<WorkflowRow> + Decodes<(SqlUuid,)> + Decodes<(SqlUuid, String)> + Decodes<(String, Option<String>)>,
 {
     async fn seed_templates(&self, templates: &[Workflow]) -> ServiceResult<u64> {
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
@@ -147,9 +123,9 @@ where
         let mut folded = 0;
         loop {
             let rows: Vec<(SqlUuid, String)> =
-                sqlx::query_as("SELECT id, name FROM workflows WHERE name_folded IS NULL LIMIT $1")
-                    .bind(BATCH)
-                    .fetch_all(&self.pool)
+                sqlx::query::<D::Db>("SELECT id, name FROM workflows WHERE name_folded IS NULL LIMIT $1")
+                    .arg(BATCH)
+                    .fetch_all_as(&self.pool)
                     .await?;
             if rows.is_empty() {
                 return Ok(folded);
@@ -157,13 +133,13 @@ where
             let mut tx = self.pool.begin_with(D::BEGIN).await?;
             for (id, name) in rows {
                 // Only if the name is still the one folded: a rename meanwhile wrote its own.
-                let updated = sqlx::query(
+                let updated = sqlx::query::<D::Db>(
                     "UPDATE workflows SET name_folded = $1 WHERE id = $2 AND name = $3 AND name_folded IS NULL",
                 )
-                .bind(fold_name(&name))
-                .bind(id)
-                .bind(&name)
-                .execute(&mut *tx)
+                .arg(fold_name(&name))
+                .arg(id)
+                .arg(&name)
+                .run(&mut *tx)
                 .await?;
                 folded += D::rows_affected(&updated);
             }
@@ -185,8 +161,11 @@ where
 
     async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Workflow> {
         let sql = format!("SELECT {COLUMNS} FROM workflows WHERE id = $1 AND (tenant_id = $2 OR is_template)");
-        let row: Option<WorkflowRow> =
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(SqlUuid(id)).bind(tenant).fetch_optional(&self.pool).await?;
+        let row: Option<WorkflowRow> = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
+            .arg(SqlUuid(id))
+            .arg(tenant)
+            .fetch_optional_as(&self.pool)
+            .await?;
         row.ok_or_else(|| not_found(id))?.try_into()
     }
 
@@ -207,15 +186,15 @@ where
             Some(true) => 1,
             Some(false) => 0,
         };
-        let rows: Vec<WorkflowRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(tenant)
-            .bind(filter.category.map(|c| c.as_str()).unwrap_or(""))
-            .bind(filter.status.map(|s| s.as_str()).unwrap_or(""))
-            .bind(is_template)
-            .bind(name_pattern(&filter.name_contains))
+        let rows: Vec<WorkflowRow> = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
+            .arg(tenant)
+            .arg(filter.category.map(|c| c.as_str()).unwrap_or(""))
+            .arg(filter.status.map(|s| s.as_str()).unwrap_or(""))
+            .arg(is_template)
+            .arg(name_pattern(&filter.name_contains))
             .bind_text_keyset(page)?
-            .bind(i64::from(page.size))
-            .fetch_all(&self.pool)
+            .arg(i64::from(page.size))
+            .fetch_all_as(&self.pool)
             .await?;
         rows.into_iter().map(Workflow::try_from).collect::<ServiceResult<Vec<_>>>().map(Into::into)
     }
@@ -236,21 +215,21 @@ where
         mutation(&mut workflow)?;
         workflow.version = read_version + 1;
         workflow.updated_at = now();
-        let updated = sqlx::query(
+        let updated = sqlx::query::<D::Db>(
             "UPDATE workflows SET name = $1, description = $2, category = $3, config = $4, status = $5, \
              version = $6, updated_at = $7, name_folded = $10 WHERE id = $8 AND version = $9",
         )
-        .bind(&workflow.name)
-        .bind(&workflow.description)
-        .bind(workflow.category.as_str())
-        .bind(Json(&workflow.config))
-        .bind(workflow.status.as_str())
-        .bind(workflow.version)
-        .bind(workflow.updated_at)
-        .bind(SqlUuid(id))
-        .bind(read_version)
-        .bind(fold_name(&workflow.name))
-        .execute(&mut *tx)
+        .arg(&workflow.name)
+        .arg(&workflow.description)
+        .arg(workflow.category.as_str())
+        .json(&workflow.config)
+        .arg(workflow.status.as_str())
+        .arg(workflow.version)
+        .arg(workflow.updated_at)
+        .arg(SqlUuid(id))
+        .arg(read_version)
+        .arg(fold_name(&workflow.name))
+        .run(&mut *tx)
         .await?;
         if D::rows_affected(&updated) != 1 {
             return Err(ServiceError::Aborted(format!("workflow {id} changed concurrently; read it again")));
@@ -273,7 +252,7 @@ where
         }
         let workflow = Self::load_for_update(&mut *tx, tenant, id).await?;
         check(&workflow)?;
-        sqlx::query("DELETE FROM workflows WHERE id = $1").bind(SqlUuid(id)).execute(&mut *tx).await?;
+        sqlx::query::<D::Db>("DELETE FROM workflows WHERE id = $1").arg(SqlUuid(id)).run(&mut *tx).await?;
         dialect::complete_idempotency::<D::Db>(&mut *tx, tenant, key, &id).await?;
         tx.commit().await?;
         Ok(id)
@@ -290,9 +269,9 @@ where
         // Locking the workflow serialises concurrent reports of one execution.
         let mut workflow = Self::load_for_update(&mut *tx, tenant, workflow_id).await?;
         let seen: Option<(SqlUuid,)> =
-            sqlx::query_as("SELECT workflow_id FROM workflow_executions WHERE execution_id = $1")
-                .bind(execution_id)
-                .fetch_optional(&mut *tx)
+            sqlx::query::<D::Db>("SELECT workflow_id FROM workflow_executions WHERE execution_id = $1")
+                .arg(execution_id)
+                .fetch_optional_as(&mut *tx)
                 .await?;
         if let Some((recorded_for,)) = seen {
             if recorded_for.0 != workflow_id {
@@ -302,25 +281,25 @@ where
             }
             return Ok(RecordedExecution { counted: false, workflow });
         }
-        sqlx::query(
+        sqlx::query::<D::Db>(
             "INSERT INTO workflow_executions (execution_id, workflow_id, tenant_id, succeeded, recorded_at) \
              VALUES ($1, $2, $3, $4, $5)",
         )
-        .bind(execution_id)
-        .bind(SqlUuid(workflow_id))
-        .bind(tenant)
-        .bind(succeeded)
-        .bind(Utc::now())
-        .execute(&mut *tx)
+        .arg(execution_id)
+        .arg(SqlUuid(workflow_id))
+        .arg(tenant)
+        .arg(succeeded)
+        .arg(Utc::now())
+        .run(&mut *tx)
         .await?;
         let success = i64::from(succeeded);
-        sqlx::query(
+        sqlx::query::<D::Db>(
             "UPDATE workflows SET execution_count = execution_count + 1, success_count = success_count + $1 \
              WHERE id = $2",
         )
-        .bind(success)
-        .bind(SqlUuid(workflow_id))
-        .execute(&mut *tx)
+        .arg(success)
+        .arg(SqlUuid(workflow_id))
+        .run(&mut *tx)
         .await?;
         tx.commit().await?;
         workflow.execution_count += 1;
