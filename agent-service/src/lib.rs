@@ -3,6 +3,7 @@
 //! versions, and walker runs through workflows (durable, reviewed, scheduled). It reads workflows
 //! from workflow-service over gRPC and never touches its tables.
 
+pub mod agent_flows;
 pub mod config;
 pub mod domain;
 pub mod execution;

@@ -13,6 +13,18 @@ pub fn parse_id(field: &str, id: &str) -> ServiceResult<Uuid> {
     Uuid::parse_str(id).map_err(|_| ServiceError::invalid(field, "must be a UUID"))
 }
 
+/// An id that is part of a request with other fields: its violation is collected with theirs.
+pub fn collect_id(field: &str, id: &str, violations: &mut Vec<FieldViolation>) -> Option<Uuid> {
+    match parse_id(field, id) {
+        Ok(id) => Some(id),
+        Err(ServiceError::InvalidArgument(v)) => {
+            violations.extend(v);
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 /// INVALID_ARGUMENT with every violation found, or nothing when there is none.
 pub fn invalid_if_any(violations: Vec<FieldViolation>) -> ServiceResult<()> {
     if violations.is_empty() { Ok(()) } else { Err(ServiceError::InvalidArgument(violations)) }

@@ -18,11 +18,12 @@ use super::convert::{
     agent_config_to_pb, agent_to_pb, agent_type_from_pb, category_from_pb, config_from_pb, installed_to_pb,
     parse_config, parse_id, provision_to_pb, status_from_pb, upgrade_to_pb,
 };
+use crate::agent_flows::AgentFlows;
 use crate::domain::configuration::{self, ConfigField, apply_config_update};
 use crate::domain::lifecycle::{self, Transition};
 use crate::domain::mapping::Overrides;
 use crate::domain::provisioning::{MAX_FILTER_WORKFLOW_IDS, ProvisionFilter};
-use crate::domain::{Agent, AgentFilter, AgentType, FlowLink, FlowOrigin, NewAgent};
+use crate::domain::{Agent, AgentFilter, AgentType, NewAgent};
 use crate::linkage::{FlowLinker, check_flow_id};
 use crate::provisioner::Provisioner;
 use crate::storage::{AgentRepository, mutate_agent, replayed};
@@ -33,7 +34,8 @@ use crate::storage::{AgentRepository, mutate_agent, replayed};
 pub struct AgentApi {
     pub(super) repo: Arc<dyn AgentRepository>,
     pub(super) provisioner: Provisioner,
-    pub(super) linker: FlowLinker,
+    /// Changes of an agent together with its Langflow flow.
+    pub(super) flows: AgentFlows,
     /// How many bytes of items one page of a List answer may carry.
     pub(super) pages: PageBudget,
 }
@@ -45,12 +47,17 @@ impl AgentApi {
         linker: FlowLinker,
         pages: PageBudget,
     ) -> Self {
-        Self { repo, provisioner, linker, pages }
+        Self { flows: AgentFlows::new(repo.clone(), linker), repo, provisioner, pages }
+    }
+
+    /// The stored answer of a request id already used, if any (before any Langflow call).
+    async fn replay_agent(&self, caller: &Caller, key: Option<&IdempotencyKey>) -> ServiceResult<Option<pb::Agent>> {
+        match self.repo.replay(caller.tenant.as_str(), key).await? {
+            Some(json) => Ok(Some(agent_to_pb(&replayed::<Agent>(&json)?))),
+            None => Ok(None),
+        }
     }
 }
-
-/// Agents read per page by CheckAgentLinks.
-const CHECK_PAGE: i32 = 200;
 
 /// The fields of UpdateAgent's mask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,8 +312,7 @@ impl AgentService for AgentApi {
         .await
     }
 
-    /// Deletes an agent and the flow it made (a linked flow stays). The flow goes first: if
-    /// Langflow cannot be reached, nothing is deleted and the caller may retry.
+    /// Deletes an agent and the flow it made (a linked flow stays).
     #[tracing::instrument(skip_all)]
     async fn delete_agent(
         &self,
@@ -315,78 +321,26 @@ impl AgentService for AgentApi {
         handle(request, |caller, req| async move {
             let key = IdempotencyKey::from_request("DeleteAgent", &req.request_id, &req)?;
             let id = parse_id("id", &req.id)?;
-            if let Some(json) = self.repo.replay(caller.tenant.as_str(), key.as_ref()).await? {
-                let deleted: Uuid = replayed(&json)?;
-                return Ok(pb::DeleteAgentResponse { id: deleted.to_string() });
-            }
-            let agent = self.repo.get(caller.tenant.as_str(), id).await?;
-            lifecycle::ensure_fresh(&agent, &req.etag)?;
-            lifecycle::ensure_deletable(&agent)?;
-            self.linker.delete_owned_flow(&agent).await?;
-            let etag = req.etag;
-            let deleted = self
-                .repo
-                .delete(
-                    caller.tenant.as_str(),
-                    id,
-                    key.as_ref(),
-                    Box::new(move |a| {
-                        lifecycle::ensure_fresh(a, &etag)?;
-                        lifecycle::ensure_deletable(a)
-                    }),
-                )
-                .await?;
-            tracing::info!(agent_id = %deleted, flow_deleted = agent.flow_origin.owned(), "agent deleted");
+            // A replay answers before Langflow is called for a flow already gone.
+            let deleted = match self.repo.replay(caller.tenant.as_str(), key.as_ref()).await? {
+                Some(json) => replayed::<Uuid>(&json)?,
+                None => self.flows.delete(caller.tenant.as_str(), id, req.etag, key.as_ref()).await?,
+            };
             Ok(pb::DeleteAgentResponse { id: deleted.to_string() })
         })
         .await
     }
 
-    /// DRAFT -> DEPLOYED. With a Langflow, the agent's flow must exist: a deployment records
-    /// a new deployment id; a missing flow moves the agent to ERROR.
+    /// DRAFT -> DEPLOYED; with a Langflow, the agent's flow must exist.
     #[tracing::instrument(skip_all)]
     async fn deploy_agent(&self, request: Request<pb::DeployAgentRequest>) -> Result<Response<pb::Agent>, Status> {
         handle(request, |caller, req| async move {
-                let key = IdempotencyKey::from_request("DeployAgent", &req.request_id, &req)?;
-                let id = parse_id("id", &req.id)?;
-                if let Some(answer) = self.replay_agent(&caller, key.as_ref()).await? {
-                    return Ok(answer);
-                }
-                let agent = self.repo.get(caller.tenant.as_str(), id).await?;
-                lifecycle::ensure_fresh(&agent, &req.etag)?;
-                let deployment_id = if self.linker.configured() {
-                    if agent.langflow_workflow_id.is_empty() {
-                        return Err(ServiceError::FailedPrecondition(format!(
-                            "agent {id} has no Langflow flow: make one with RegenerateAgentFlow or link one with LinkAgentFlow"
-                        )));
-                    }
-                    if !self.linker.flow_exists(&agent.langflow_workflow_id).await? {
-                        return Err(self.mark_flow_missing(&caller, &agent).await?);
-                    }
-                    Uuid::now_v7().to_string()
-                } else {
-                    String::new()
-                };
-                let checked_flow = agent.langflow_workflow_id.clone();
-                let etag = req.etag;
-                let deployed = mutate_agent(
-                    self.repo.as_ref(),
-                    caller.tenant.as_str(),
-                    id,
-                    key.as_ref(),
-                    Box::new(move |a| {
-                        lifecycle::ensure_fresh(a, &etag)?;
-                        if a.langflow_workflow_id != checked_flow {
-                            return Err(ServiceError::Aborted(format!("agent {id}'s flow changed during deployment; retry")));
-                        }
-                        lifecycle::apply(a, Transition::Deploy)?;
-                        a.langflow_deployment_id = deployment_id;
-                        Ok(())
-                    }),
-                )
-                .await?;
-                tracing::info!(agent_id = %id, deployment_id = deployed.langflow_deployment_id, "agent deployed");
-                Ok(agent_to_pb(&deployed))
+            let key = IdempotencyKey::from_request("DeployAgent", &req.request_id, &req)?;
+            let id = parse_id("id", &req.id)?;
+            if let Some(answer) = self.replay_agent(&caller, key.as_ref()).await? {
+                return Ok(answer);
+            }
+            Ok(agent_to_pb(&self.flows.deploy(caller.tenant.as_str(), id, req.etag, key.as_ref()).await?))
         })
         .await
     }
@@ -569,7 +523,8 @@ impl AgentService for AgentApi {
         .await
     }
 
-    // Langflow linkage (the steps they share: linkage.rs).
+    // Langflow linkage: each handler answers a replay before any Langflow call, then leaves the
+    // work to `AgentFlows` (crate::agent_flows).
 
     #[tracing::instrument(skip_all)]
     async fn link_agent_flow(&self, request: Request<pb::LinkAgentFlowRequest>) -> Result<Response<pb::Agent>, Status> {
@@ -580,12 +535,8 @@ impl AgentService for AgentApi {
             if let Some(answer) = self.replay_agent(&caller, key.as_ref()).await? {
                 return Ok(answer);
             }
-            self.repo.get(caller.tenant.as_str(), id).await?;
-            self.linker.claim_for_link(&req.flow_id, caller.tenant.as_str(), req.adopt).await?;
-            let link = FlowLink { flow_id: req.flow_id.clone(), origin: FlowOrigin::Linked };
-            let agent = self.relink(&caller, id, key.as_ref(), req.etag, Some(link)).await?;
-            tracing::info!(agent_id = %id, flow_id = req.flow_id, adopt = req.adopt, "agent linked to an existing flow");
-            Ok(agent_to_pb(&agent))
+            let tenant = caller.tenant.as_str();
+            Ok(agent_to_pb(&self.flows.link(tenant, id, &req.flow_id, req.adopt, req.etag, key.as_ref()).await?))
         })
         .await
     }
@@ -601,9 +552,7 @@ impl AgentService for AgentApi {
             if let Some(answer) = self.replay_agent(&caller, key.as_ref()).await? {
                 return Ok(answer);
             }
-            let agent = self.relink(&caller, id, key.as_ref(), req.etag, None).await?;
-            tracing::info!(agent_id = %id, "agent unlinked from its flow");
-            Ok(agent_to_pb(&agent))
+            Ok(agent_to_pb(&self.flows.unlink(caller.tenant.as_str(), id, req.etag, key.as_ref()).await?))
         })
         .await
     }
@@ -619,15 +568,7 @@ impl AgentService for AgentApi {
             if let Some(answer) = self.replay_agent(&caller, key.as_ref()).await? {
                 return Ok(answer);
             }
-            let agent = self.repo.get(caller.tenant.as_str(), id).await?;
-            lifecycle::ensure_fresh(&agent, &req.etag)?;
-            let link = self
-                .linker
-                .create_flow(caller.tenant.as_str(), id, &agent.name, agent.snapshot.as_ref(), &agent.configuration)
-                .await?;
-            let agent = self.relink(&caller, id, key.as_ref(), req.etag, Some(link)).await?;
-            tracing::info!(agent_id = %id, flow_id = agent.langflow_workflow_id, "agent flow regenerated");
-            Ok(agent_to_pb(&agent))
+            Ok(agent_to_pb(&self.flows.regenerate(caller.tenant.as_str(), id, req.etag, key.as_ref()).await?))
         })
         .await
     }
@@ -638,32 +579,13 @@ impl AgentService for AgentApi {
         request: Request<pb::CheckAgentLinksRequest>,
     ) -> Result<Response<pb::CheckAgentLinksResponse>, Status> {
         handle(request, |caller, _req| async move {
-            self.linker.client()?;
-            let mut linked = Vec::new();
-            let mut page = PageRequest::parse(CHECK_PAGE, "", String::new())?;
-            loop {
-                let agents = self.repo.list(caller.tenant.as_str(), &AgentFilter::default(), &page).await?;
-                let served = agents.len();
-                let last = agents.last().map(sort_key);
-                linked.extend(agents.into_iter().filter(|a| !a.langflow_workflow_id.is_empty()));
-                let token = page.next_token(served, last);
-                if token.is_empty() {
-                    break;
-                }
-                page = PageRequest::parse(CHECK_PAGE, &token, String::new())?;
-            }
-            let checked = linked.len() as i64;
-            let missing = self.linker.missing_flows(linked).await?;
-            let mut broken = Vec::with_capacity(missing.len());
-            for agent in &missing {
-                self.mark_flow_missing(&caller, agent).await?;
-                broken.push(pb::BrokenLink {
-                    agent_id: agent.id.to_string(),
-                    flow_id: agent.langflow_workflow_id.clone(),
-                });
-            }
-            tracing::info!(checked, broken = broken.len(), "agent links checked");
-            Ok(pb::CheckAgentLinksResponse { checked, broken })
+            let check = self.flows.check_links(caller.tenant.as_str()).await?;
+            let broken = check
+                .broken
+                .iter()
+                .map(|a| pb::BrokenLink { agent_id: a.id.to_string(), flow_id: a.langflow_workflow_id.clone() })
+                .collect();
+            Ok(pb::CheckAgentLinksResponse { checked: check.checked, broken })
         })
         .await
     }

@@ -8,7 +8,7 @@ use engarde::kit::error::{FieldViolation, ServiceError, ServiceResult};
 use engarde::kit::idempotency::IdempotencyKey;
 use engarde::kit::page_budget::PageBudget;
 use engarde::kit::pagination::{PageRequest, filter_fingerprint, time_id_key};
-use engarde::kit::request::{invalid_if_any, parse_id};
+use engarde::kit::request::{collect_id, invalid_if_any, parse_id};
 use engarde::proto::agent::v1 as pb;
 use engarde::proto::agent::v1::execution_service_server::ExecutionService;
 use futures::Stream;
@@ -43,18 +43,6 @@ pub type ExecutionEventStream = Pin<Box<dyn Stream<Item = Result<pb::ExecutionEv
 /// The caller's deadline, from its `grpc-timeout` header.
 fn caller_deadline<T>(request: &Request<T>) -> Option<Duration> {
     request.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout)
-}
-
-/// An id that is part of a request with other fields: its violation is collected with theirs.
-fn collect_id(field: &str, id: &str, violations: &mut Vec<FieldViolation>) -> Option<Uuid> {
-    match parse_id(field, id) {
-        Ok(id) => Some(id),
-        Err(ServiceError::InvalidArgument(v)) => {
-            violations.extend(v);
-            None
-        }
-        Err(_) => None,
-    }
 }
 
 /// ExecuteAgent's request (or StreamExecuteAgent's), checked field by field.

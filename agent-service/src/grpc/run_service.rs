@@ -8,7 +8,7 @@ use engarde::kit::idempotency::IdempotencyKey;
 use engarde::kit::page_budget::PageBudget;
 use engarde::kit::pagination::time_id_key;
 use engarde::kit::pagination::{PageRequest, filter_fingerprint};
-use engarde::kit::request::{invalid_if_any, parse_id};
+use engarde::kit::request::{collect_id, invalid_if_any, parse_id};
 use engarde::proto::agent::v1 as pb;
 use engarde::proto::agent::v1::run_service_server::RunService;
 use futures::{Stream, StreamExt};
@@ -56,18 +56,6 @@ fn check_text(field: &str, text: &str, required: bool, max: usize, violations: &
     }
 }
 
-/// An id field, its violation collected with the others.
-fn id_field(field: &str, value: &str, violations: &mut Vec<FieldViolation>) -> Option<Uuid> {
-    match parse_id(field, value) {
-        Ok(id) => Some(id),
-        Err(ServiceError::InvalidArgument(v)) => {
-            violations.extend(v);
-            None
-        }
-        Err(_) => None,
-    }
-}
-
 fn optional_id(field: &str, value: &str) -> ServiceResult<Option<Uuid>> {
     if value.is_empty() { Ok(None) } else { parse_id(field, value).map(Some) }
 }
@@ -96,8 +84,8 @@ fn decision(
     mut violations: Vec<FieldViolation>,
     verdict: Verdict,
 ) -> ServiceResult<ReviewDecision> {
-    let run = id_field("run_id", run_id, &mut violations);
-    let review = id_field("review_id", review_id, &mut violations);
+    let run = collect_id("run_id", run_id, &mut violations);
+    let review = collect_id("review_id", review_id, &mut violations);
     if step_id.is_empty() {
         violations.push(FieldViolation::new("step_id", "is required"));
     }
@@ -114,7 +102,7 @@ impl RunService for RunApi {
             let key = IdempotencyKey::from_request("StartRun", &req.request_id, &req)?
                 .map(|k| RunRequestKey { request_id: k.request_id, fingerprint: k.fingerprint });
             let mut violations = Vec::new();
-            let agent_id = id_field("agent_id", &req.agent_id, &mut violations);
+            let agent_id = collect_id("agent_id", &req.agent_id, &mut violations);
             check_text("input", &req.input, true, MAX_TEXT_CHARS, &mut violations);
             invalid_if_any(violations)?;
             let agent_id = agent_id.ok_or_else(lost_field)?;
@@ -164,7 +152,7 @@ impl RunService for RunApi {
         handle(request, |caller, req| async move {
             let key = IdempotencyKey::from_request("CancelRun", &req.request_id, &req)?;
             let mut violations = Vec::new();
-            let id = id_field("id", &req.id, &mut violations);
+            let id = collect_id("id", &req.id, &mut violations);
             check_text("reason", &req.reason, false, MAX_REASON_CHARS, &mut violations);
             invalid_if_any(violations)?;
             let id = id.ok_or_else(lost_field)?;
@@ -264,7 +252,7 @@ impl RunService for RunApi {
     ) -> Result<Response<pb::PreviewScheduleResponse>, Status> {
         handle(request, |caller, req| async move {
             let mut violations = Vec::new();
-            let agent_id = id_field("agent_id", &req.agent_id, &mut violations);
+            let agent_id = collect_id("agent_id", &req.agent_id, &mut violations);
             let count = match req.count {
                 0 => DEFAULT_PREVIEW,
                 n if (1..=MAX_PREVIEW).contains(&n) => n,

@@ -17,7 +17,7 @@ use super::{AgentDialect, replayed};
 use crate::domain::provisioning::{Candidate, ProvisionOutcome, SkipReason, Skipped};
 use crate::domain::{Agent, AgentFilter, NewAgent, now};
 use crate::storage::row::{AgentRow, COLUMNS, SnapshotColumns};
-use engarde::kit::dialect::{self, BindKeyset, Conn, Dialect, SqlUuid, Statement};
+use engarde::kit::dialect::{self, BindKeyset, Conn, Dialect, SqlDb, SqlQuery, SqlUuid, Statement};
 
 /// A change to one agent, decided by the domain on the current row inside the transaction.
 pub type Mutation = Box<dyn FnOnce(&mut Agent) -> ServiceResult<()> + Send>;
@@ -131,6 +131,27 @@ fn not_found(id: Uuid) -> ServiceError {
     ServiceError::not_found(format!("agent {id}"))
 }
 
+/// Binds what an agent says of itself, from `name` to `capabilities` in [`COLUMNS`]' order, as
+/// the next fourteen parameters: an insert and an update write them alike.
+fn bind_content<'q, DB: SqlDb>(query: SqlQuery<'q, DB>, a: &Agent) -> SqlQuery<'q, DB> {
+    let snapshot = SnapshotColumns::of(a.snapshot.as_ref());
+    query
+        .arg(&a.name)
+        .arg(&a.description)
+        .arg(a.agent_type.as_str())
+        .arg(a.status.as_str())
+        .arg(&a.status_reason)
+        .arg(&a.langflow_workflow_id)
+        .arg(&a.langflow_deployment_id)
+        .arg(snapshot.workflow_id)
+        .arg(snapshot.version)
+        .arg(snapshot.name)
+        .arg(snapshot.category)
+        .arg(snapshot.config)
+        .json(&a.configuration)
+        .json(&a.capabilities)
+}
+
 impl<D: AgentDialect> SqlAgentRepository<D> {
     /// The tenant's agent, locked for the rest of the transaction.
     async fn load_for_update(conn: &mut Conn<D>, tenant: &str, id: Uuid) -> ServiceResult<Agent> {
@@ -144,28 +165,12 @@ impl<D: AgentDialect> SqlAgentRepository<D> {
     }
 
     async fn insert_agent(conn: &mut Conn<D>, a: &Agent) -> ServiceResult<()> {
-        let snapshot = SnapshotColumns::of(a.snapshot.as_ref());
         let sql = format!(
             "INSERT INTO agents ({COLUMNS}, scheduled) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
              $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
         );
-        sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
-            .arg(SqlUuid(a.id))
-            .arg(&a.tenant_id)
-            .arg(&a.name)
-            .arg(&a.description)
-            .arg(a.agent_type.as_str())
-            .arg(a.status.as_str())
-            .arg(&a.status_reason)
-            .arg(&a.langflow_workflow_id)
-            .arg(&a.langflow_deployment_id)
-            .arg(snapshot.workflow_id)
-            .arg(snapshot.version)
-            .arg(snapshot.name)
-            .arg(snapshot.category)
-            .arg(snapshot.config)
-            .json(&a.configuration)
-            .json(&a.capabilities)
+        let insert = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql)).arg(SqlUuid(a.id)).arg(&a.tenant_id);
+        bind_content(insert, a)
             .arg(a.total_executions)
             .arg(a.successful_executions)
             .arg(a.average_response_time_ms)
@@ -175,7 +180,7 @@ impl<D: AgentDialect> SqlAgentRepository<D> {
             .arg(a.flow_origin.as_str())
             .arg(a.feedback_count)
             .arg(a.feedback_score_sum)
-            .arg(snapshot.scheduled)
+            .arg(SnapshotColumns::scheduled(a.snapshot.as_ref()))
             .run(&mut *conn)
             .await?;
         Ok(())
@@ -298,38 +303,25 @@ impl<D: AgentDialect> AgentRepository for SqlAgentRepository<D> {
         mutation(&mut agent)?;
         agent.version = read_version + 1;
         agent.updated_at = now();
-        let snapshot = SnapshotColumns::of(agent.snapshot.as_ref());
-        let updated = sqlx::query::<D::Db>(
+        let scheduled = SnapshotColumns::scheduled(agent.snapshot.as_ref());
+        let update = sqlx::query::<D::Db>(
             "UPDATE agents SET name = $1, description = $2, agent_type = $3, status = $4, status_reason = $5, \
              langflow_workflow_id = $6, langflow_deployment_id = $7, source_workflow_id = $8, \
              source_workflow_version = $9, source_workflow_name = $10, source_workflow_category = $11, \
              source_workflow_config = $12, configuration = $13, capabilities = $14, version = $15, \
              updated_at = $16, flow_origin = $17, scheduled = $18 \
              WHERE id = $19 AND tenant_id = $20 AND version = $21",
-        )
-        .arg(&agent.name)
-        .arg(&agent.description)
-        .arg(agent.agent_type.as_str())
-        .arg(agent.status.as_str())
-        .arg(&agent.status_reason)
-        .arg(&agent.langflow_workflow_id)
-        .arg(&agent.langflow_deployment_id)
-        .arg(snapshot.workflow_id)
-        .arg(snapshot.version)
-        .arg(snapshot.name)
-        .arg(snapshot.category)
-        .arg(snapshot.config)
-        .json(&agent.configuration)
-        .json(&agent.capabilities)
-        .arg(agent.version)
-        .arg(agent.updated_at)
-        .arg(agent.flow_origin.as_str())
-        .arg(snapshot.scheduled)
-        .arg(SqlUuid(id))
-        .arg(tenant)
-        .arg(read_version)
-        .run(&mut *tx)
-        .await?;
+        );
+        let updated = bind_content(update, &agent)
+            .arg(agent.version)
+            .arg(agent.updated_at)
+            .arg(agent.flow_origin.as_str())
+            .arg(scheduled)
+            .arg(SqlUuid(id))
+            .arg(tenant)
+            .arg(read_version)
+            .run(&mut *tx)
+            .await?;
         if D::rows_affected(&updated) != 1 {
             return Err(ServiceError::Aborted(format!("agent {id} changed concurrently; read it again")));
         }

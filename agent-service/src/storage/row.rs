@@ -54,23 +54,23 @@ pub struct SnapshotColumns {
     pub name: Option<String>,
     pub category: Option<&'static str>,
     pub config: Option<Vec<u8>>,
-    /// Whether the snapshot has a scheduled trigger (the `scheduled` column).
-    pub scheduled: bool,
 }
 
 impl SnapshotColumns {
+    /// Whether an agent with this snapshot has a scheduled trigger (the `scheduled` column).
+    pub fn scheduled(snapshot: Option<&WorkflowSnapshot>) -> bool {
+        snapshot.is_some_and(|s| has_scheduled_trigger(&s.config))
+    }
+
     pub fn of(snapshot: Option<&WorkflowSnapshot>) -> Self {
         match snapshot {
-            None => {
-                Self { workflow_id: None, version: None, name: None, category: None, config: None, scheduled: false }
-            }
+            None => Self { workflow_id: None, version: None, name: None, category: None, config: None },
             Some(s) => Self {
                 workflow_id: Some(SqlUuid(s.workflow_id)),
                 version: Some(s.workflow_version),
                 name: Some(s.workflow_name.clone()),
                 category: Some(s.category.as_str()),
                 config: Some(s.config.encode_to_vec()),
-                scheduled: has_scheduled_trigger(&s.config),
             },
         }
     }
