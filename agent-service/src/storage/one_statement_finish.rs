@@ -1,5 +1,5 @@
 //! A finish of an execution in one statement, one round trip, where the database can: only
-//! PostgreSQL (its data-modifying CTEs). The transaction in [`super::executions_sql`] does the
+//! PostgreSQL (its data-modifying CTEs). The transaction in [`super::executions`] does the
 //! same on any database, and is what SQLite uses.
 
 use engarde::kit::dialect::SqlUuid;
