@@ -213,8 +213,17 @@ both_backends!(
         let request = execute(&agent.id, "doomed", "");
         let pending = tokio::spawn(async move { caller.execute_agent(request).await });
         eventually(Duration::from_secs(10), "Langflow is asked", || async { fake.runs() == 1 }).await;
+        // The RUNNING record is written while Langflow is called, not before: wait for its commit.
+        let lister = executions.clone();
+        eventually(Duration::from_secs(10), "the RUNNING record", move || {
+            let mut lister = lister.clone();
+            async move {
+                let running = recorded_executions(&mut lister, pb::ListExecutionsRequest::default()).await;
+                running.first().is_some_and(|e| e.status == pb::ExecutionStatus::Running as i32)
+            }
+        })
+        .await;
         let running = recorded_executions(&mut executions, pb::ListExecutionsRequest::default()).await;
-        assert_eq!(running[0].status, pb::ExecutionStatus::Running as i32);
 
         app.agent.kill().await;
         assert!(pending.await.unwrap().is_err());

@@ -11,11 +11,9 @@
 //! Locks are always taken in the same order (execution, agent, session) so that concurrent
 //! finishes, feedback and session clearing cannot deadlock.
 
-use std::marker::PhantomData;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use engarde::kit::dialect::{self, BindKeyset, Conn, Dialect, SqlUuid, Statement, Via};
+use engarde::kit::dialect::{BindKeyset, Conn, SqlUuid, Statement, Via};
 use engarde::kit::error::{ServiceError, ServiceResult};
 use engarde::kit::idempotency::IdempotencyKey;
 use engarde::kit::pagination::PageRequest;
@@ -23,6 +21,7 @@ use uuid::Uuid;
 
 use super::AgentDialect;
 use super::execution_rows::{EXECUTION_COLUMNS, ExecutionRow};
+use super::execution_store::{SqlExecutionRepository, execution_not_found};
 use super::feedback::FeedbackRepository;
 use super::one_statement_finish::OneStatementFinish;
 use super::outbox::OutboxRepository;
@@ -87,40 +86,7 @@ pub(super) struct RunningRow {
     report_credentials: String,
 }
 
-pub(super) fn execution_not_found(id: Uuid) -> ServiceError {
-    ServiceError::not_found(format!("execution {id}"))
-}
-
-/// The execution repository of a dialect.
-pub(super) struct SqlExecutionRepository<D: Dialect> {
-    pub(super) pool: sqlx::Pool<D::Db>,
-    dialect: PhantomData<D>,
-}
-
-pub(super) type PostgresExecutionRepository = SqlExecutionRepository<dialect::Postgres>;
-pub(super) type SqliteExecutionRepository = SqlExecutionRepository<dialect::Sqlite>;
-
-impl<D: Dialect> SqlExecutionRepository<D> {
-    pub fn new(pool: sqlx::Pool<D::Db>) -> Self {
-        Self { pool, dialect: PhantomData }
-    }
-}
-
 impl<D: AgentDialect> SqlExecutionRepository<D> {
-    /// NOT_FOUND unless the tenant has this agent.
-    pub(super) async fn ensure_agent(
-        executor: impl Into<Via<'_, D::Db>>,
-        tenant: &str,
-        agent_id: Uuid,
-    ) -> ServiceResult<()> {
-        let found: Option<(SqlUuid,)> = sqlx::query::<D::Db>("SELECT id FROM agents WHERE id = $1 AND tenant_id = $2")
-            .arg(SqlUuid(agent_id))
-            .arg(tenant)
-            .fetch_optional_as(executor)
-            .await?;
-        found.map(drop).ok_or_else(|| ServiceError::not_found(format!("agent {agent_id}")))
-    }
-
     async fn by_request(
         executor: impl Into<Via<'_, D::Db>>,
         tenant: &str,

@@ -8,7 +8,7 @@ use engarde::kit::idempotency::IdempotencyKey;
 use engarde::kit::pagination::PageRequest;
 use uuid::Uuid;
 
-use super::executions::{SqlExecutionRepository, execution_not_found};
+use super::execution_store::{SqlExecutionRepository, execution_not_found};
 use super::{AgentDialect, replayed};
 use crate::domain::execution::{ExecutionStatus, Feedback};
 

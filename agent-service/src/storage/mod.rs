@@ -4,12 +4,14 @@
 mod agents;
 pub mod deployment;
 mod execution_rows;
+mod execution_store;
 pub mod executions;
 pub mod feedback;
 mod one_statement_finish;
 pub mod outbox;
 pub mod reviews;
 mod row;
+mod run_store;
 pub mod runs;
 pub mod schedules;
 pub mod sessions;
@@ -28,13 +30,13 @@ use one_statement_finish::OneStatementFinish;
 use outbox::ReportRow;
 use reviews::ReviewRow;
 use row::AgentRow;
-use runs::{EventRow, PageStepRow, RunRow, StepRow};
+use run_store::{EventRow, PageStepRow, RunRow, StepRow};
 use sessions::{MessageRow, SessionRow};
 
 pub use agents::{AgentRepository, Answer, DeleteCheck, Mutated, Mutation, mutate_agent};
 use agents::{PostgresAgentRepository, SqliteAgentRepository};
+use execution_store::{PostgresExecutionRepository, SqliteExecutionRepository};
 pub use executions::ExecutionRepository;
-use executions::{PostgresExecutionRepository, SqliteExecutionRepository};
 
 /// A dialect agent-service's storage runs on: its database decodes every row type storage
 /// reads. Stated once here, so that the repositories written over any dialect need no bounds
@@ -108,8 +110,8 @@ pub fn execution_repository(pool: &DbPool) -> Arc<dyn ExecutionRepository> {
 /// SQLite by the repository.
 pub fn run_repository<A: runs::RunAnnouncer + 'static>(pool: &DbPool, events: &Arc<A>) -> Arc<dyn runs::RunRepository> {
     match pool {
-        DbPool::Postgres(p) => Arc::new(runs::PostgresRunRepository::new(p.clone(), None)),
-        DbPool::Sqlite(p) => Arc::new(runs::SqliteRunRepository::new(p.clone(), Some(events.clone()))),
+        DbPool::Postgres(p) => Arc::new(run_store::PostgresRunRepository::new(p.clone(), None)),
+        DbPool::Sqlite(p) => Arc::new(run_store::SqliteRunRepository::new(p.clone(), Some(events.clone()))),
     }
 }
 

@@ -9,7 +9,7 @@ use engarde::kit::dialect::{SqlUuid, Statement};
 use engarde::kit::error::{ServiceError, ServiceResult};
 use uuid::Uuid;
 
-use super::executions::SqlExecutionRepository;
+use super::execution_store::SqlExecutionRepository;
 use super::{AgentDialect, json_strings};
 use crate::domain::execution::Report;
 

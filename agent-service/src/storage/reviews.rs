@@ -9,7 +9,7 @@ use engarde::kit::idempotency::IdempotencyKey;
 use engarde::kit::pagination::PageRequest;
 use uuid::Uuid;
 
-use super::runs::{SqlRunRepository, corrupt, not_found, refused};
+use super::run_store::{SqlRunRepository, corrupt, not_found, refused};
 use super::{AgentDialect, replayed};
 use crate::domain::now;
 use crate::domain::run::ReviewDecision;

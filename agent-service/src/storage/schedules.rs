@@ -8,7 +8,7 @@ use engarde::kit::error::ServiceResult;
 use uuid::Uuid;
 
 use super::AgentDialect;
-use super::runs::{FINAL, SqlRunRepository};
+use super::run_store::{FINAL, SqlRunRepository};
 use crate::domain::now;
 use crate::domain::run::{NewRun, ScheduledAgent, TickOutcome, has_scheduled_trigger};
 

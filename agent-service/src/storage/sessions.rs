@@ -10,7 +10,7 @@ use engarde::kit::pagination::PageRequest;
 use uuid::Uuid;
 
 use super::execution_rows::corrupt;
-use super::executions::SqlExecutionRepository;
+use super::execution_store::SqlExecutionRepository;
 use super::{AgentDialect, replayed};
 use crate::domain::execution::{MessageRole, Session, SessionMessage};
 
