@@ -101,26 +101,37 @@ impl Provisioner {
         }
         let (found, not_found) = self.read_workflows(credentials, &filter).await?;
         let (candidates, mut skipped) = select_candidates(&filter, found, not_found)?;
+        // Workflows that already have an agent are set apart before any flow is made for them:
+        // a re-run makes no flow. The claim in the provisioning transaction still decides a
+        // race with a concurrent provisioning (whose loser discards the flows it made).
+        let candidates = self.set_apart_provisioned(tenant, candidates, &mut skipped).await?;
         if !dry_run {
             return self.provision_with_flows(tenant, candidates, skipped, key).await;
         }
+        let created_at = now();
+        let created = candidates.into_iter().map(|c| c.agent.into_draft(tenant, created_at)).collect();
+        Ok(ProvisionOutcome::new(created, skipped, true))
+    }
+
+    /// The candidates whose workflow has no agent yet; the others are skipped as
+    /// ALREADY_HAS_AGENT.
+    async fn set_apart_provisioned(
+        &self,
+        tenant: &str,
+        candidates: Vec<Candidate>,
+        skipped: &mut Vec<Skipped>,
+    ) -> ServiceResult<Vec<Candidate>> {
         let ids: Vec<Uuid> = candidates.iter().map(|c| c.workflow_id).collect();
         let provisioned = self.repo.provisioned(tenant, &ids).await?;
-        let created_at = now();
-        let mut created = Vec::new();
-        for candidate in candidates {
-            if provisioned.contains(&candidate.workflow_id) {
-                skipped.push(Skipped {
-                    workflow_id: candidate.workflow_id,
-                    workflow_name: candidate.workflow_name,
-                    reason: SkipReason::AlreadyHasAgent,
-                    detail: String::new(),
-                });
-            } else {
-                created.push(candidate.agent.into_draft(tenant, created_at));
-            }
-        }
-        Ok(ProvisionOutcome::new(created, skipped, true))
+        let (claimed, unclaimed): (Vec<Candidate>, Vec<Candidate>) =
+            candidates.into_iter().partition(|c| provisioned.contains(&c.workflow_id));
+        skipped.extend(claimed.into_iter().map(|c| Skipped {
+            workflow_id: c.workflow_id,
+            workflow_name: c.workflow_name,
+            reason: SkipReason::AlreadyHasAgent,
+            detail: String::new(),
+        }));
+        Ok(unclaimed)
     }
 
     /// Gives each candidate its flow, stores those whose workflow is still unclaimed, and

@@ -427,6 +427,25 @@ both_backends!(
 );
 
 both_backends!(
+    async fn a_re_run_with_langflow_makes_no_flow_for_workflows_that_have_agents(backend) {
+        let fake = crate::langflow_support::FakeLangflow::start().await;
+        let app = crate::agents_execution::spawn_with_langflow(backend, &fake.url(), &[]).await;
+        let mut agents = app.agents("rerun-tenant").await;
+
+        let first = agents.provision_agents(pb::ProvisionAgentsRequest::default()).await.unwrap().into_inner();
+        assert_eq!(first.created.len(), 11, "the templates are provisioned");
+        assert_eq!(fake.flows_created(), 11);
+
+        let again = agents.provision_agents(pb::ProvisionAgentsRequest::default()).await.unwrap().into_inner();
+        assert!(again.created.is_empty(), "{:?}", again.created);
+        assert_eq!(again.skipped.len(), 11);
+        assert!(again.skipped.iter().all(|s| s.reason == pb::SkipReason::AlreadyHasAgent as i32), "{:?}", again.skipped);
+        assert_eq!(fake.flows_created(), 11, "a re-run creates no flow (and so deletes none)");
+        assert_eq!(fake.flows().len(), 11);
+    }
+);
+
+both_backends!(
     async fn a_flow_export_langflow_refuses_is_that_workflows_skip_reason(backend) {
         let fake = crate::langflow_support::FakeLangflow::start().await;
         let app = crate::agents_execution::spawn_with_langflow(backend, &fake.url(), &[]).await;

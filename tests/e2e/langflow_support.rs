@@ -321,6 +321,8 @@ struct Shared {
 struct FakeState {
     /// Flows in creation order.
     flows: Vec<Value>,
+    /// Flows ever created (deleted ones too).
+    flows_created: usize,
     messages: Vec<Value>,
     delay: Duration,
     event_gap: Duration,
@@ -352,6 +354,7 @@ impl FakeLangflow {
             catalog: catalog_fixture(),
             state: Mutex::new(FakeState {
                 flows: Vec::new(),
+                flows_created: 0,
                 messages: Vec::new(),
                 delay: Duration::ZERO,
                 event_gap: Duration::from_millis(100),
@@ -478,6 +481,11 @@ impl FakeLangflow {
     }
 
     /// Ids of the flows present, in creation order.
+    /// How many flows were ever created here, deleted ones included.
+    pub fn flows_created(&self) -> usize {
+        self.state().flows_created
+    }
+
     pub fn flows(&self) -> Vec<String> {
         self.state().flows.iter().filter_map(|f| f["id"].as_str().map(String::from)).collect()
     }
@@ -626,6 +634,7 @@ async fn create_flow(State(shared): SharedState, headers: HeaderMap, body: Bytes
     flow["folder_id"] = json!("00000000-0000-4000-8000-0000000f01de");
     flow["updated_at"] = json!(chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S+00:00").to_string());
     state.flows.push(flow.clone());
+    state.flows_created += 1;
     (StatusCode::CREATED, axum::Json(flow)).into_response()
 }
 
