@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use engarde::proto::agent::v1 as pb;
+use engarde::proto::workflow::v1 as wpb;
 use futures::StreamExt;
 use tonic::Code;
 
@@ -144,5 +145,52 @@ both_backends!(
         assert_eq!(events.last().map(|e| e.kind.as_str()), Some("run_rejected"));
 
         langflow.delete_flow(&agent.langflow_workflow_id).await;
+    }
+);
+
+/// A walker agent whose reviews wait `timeout_seconds` and then take `default_action`.
+async fn walker_with_review_deadline(
+    app: &TestApp,
+    tenant: &str,
+    default_action: wpb::ReviewDefaultAction,
+) -> pb::Agent {
+    let steps = vec![llm("draft", "Draft a post about {input}"), review("check"), output("publish")];
+    let mut config = config(steps, 0, vec![]);
+    let rules = config.rules.as_mut().expect("rules");
+    rules.review_timeout_seconds = 1;
+    rules.review_default_action = default_action as i32;
+    active_walker(app, tenant, config).await
+}
+
+both_backends!(
+    async fn a_review_nobody_answers_takes_its_default_action_at_the_deadline(backend) {
+        let app = spawn_walker_app(backend, &real_langflow_url(), &[]).await;
+        let mut runs = app.runs("tenant-deadline").await;
+
+        // Approve by default: the run goes on past the review and succeeds, with no one acting.
+        let approving = walker_with_review_deadline(&app, "tenant-deadline", wpb::ReviewDefaultAction::Approve).await;
+        let run = start_run(&mut runs, &approving.id, "autumn launch").await;
+        let pending = review_of(&mut runs, &approving.id, &run.id).await;
+        assert_eq!(pending.default_action, "APPROVE");
+        let deadline = pending.deadline.as_ref().expect("a deadline");
+        let created = pending.create_time.as_ref().expect("a creation time");
+        assert_eq!(deadline.seconds - created.seconds, 1, "the workflow's review_timeout_seconds");
+        let done = wait_run(&mut runs, &run.id, Duration::from_secs(60), |r| r.status != pb::RunStatus::WaitingReview as i32 && r.status != pb::RunStatus::Running as i32).await;
+        assert_eq!(done.status, pb::RunStatus::Succeeded as i32, "{done:#?}");
+        assert_eq!(step_status(&done, 1), pb::StepStatus::Succeeded);
+        assert_eq!(done.output, done.steps[0].output, "the draft is published as it was");
+        let events = watch_all(&mut runs, &run.id, 1).await;
+        let expired = events.iter().find(|e| e.kind == "review_expired").expect("a review_expired event");
+        assert!(expired.detail.contains("approved by default"), "{}", expired.detail);
+        assert!(pending_reviews(&mut runs, &approving.id).await.is_empty());
+
+        // Reject by default: the run ends rejected at the deadline.
+        let rejecting = walker_with_review_deadline(&app, "tenant-deadline", wpb::ReviewDefaultAction::Reject).await;
+        let run = start_run(&mut runs, &rejecting.id, "winter sale").await;
+        review_of(&mut runs, &rejecting.id, &run.id).await;
+        let done = wait_run(&mut runs, &run.id, Duration::from_secs(60), |r| r.status != pb::RunStatus::WaitingReview as i32 && r.status != pb::RunStatus::Running as i32).await;
+        assert_eq!(done.status, pb::RunStatus::Rejected as i32, "{done:#?}");
+        assert!(done.error.contains("review deadline passed"), "{}", done.error);
+        assert_eq!(step_status(&done, 2), pb::StepStatus::Skipped);
     }
 );
