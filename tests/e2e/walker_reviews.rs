@@ -165,6 +165,8 @@ async fn walker_with_review_deadline(
 both_backends!(
     async fn a_review_nobody_answers_takes_its_default_action_at_the_deadline(backend) {
         let app = spawn_walker_app(backend, &real_langflow_url(), &[]).await;
+        // A second replica on the same database: its review janitor races the first one's.
+        let _replica = spawn_agent_service(&app.agent_db, &app.workflow.url(), &walker_env(&real_langflow_url(), &[])).await;
         let mut runs = app.runs("tenant-deadline").await;
 
         // Approve by default: the run goes on past the review and succeeds, with no one acting.
@@ -180,8 +182,9 @@ both_backends!(
         assert_eq!(step_status(&done, 1), pb::StepStatus::Succeeded);
         assert_eq!(done.output, done.steps[0].output, "the draft is published as it was");
         let events = watch_all(&mut runs, &run.id, 1).await;
-        let expired = events.iter().find(|e| e.kind == "review_expired").expect("a review_expired event");
-        assert!(expired.detail.contains("approved by default"), "{}", expired.detail);
+        let expired: Vec<_> = events.iter().filter(|e| e.kind == "review_expired").collect();
+        assert_eq!(expired.len(), 1, "the default action is taken once, by one of the two processes: {events:#?}");
+        assert!(expired[0].detail.contains("approved by default"), "{}", expired[0].detail);
         assert!(pending_reviews(&mut runs, &approving.id).await.is_empty());
 
         // Reject by default: the run ends rejected at the deadline.
@@ -192,5 +195,7 @@ both_backends!(
         assert_eq!(done.status, pb::RunStatus::Rejected as i32, "{done:#?}");
         assert!(done.error.contains("review deadline passed"), "{}", done.error);
         assert_eq!(step_status(&done, 2), pb::StepStatus::Skipped);
+        let events = watch_all(&mut runs, &run.id, 1).await;
+        assert_eq!(events.iter().filter(|e| e.kind == "review_expired").count(), 1, "{events:#?}");
     }
 );
