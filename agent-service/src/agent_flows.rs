@@ -17,18 +17,25 @@ use uuid::Uuid;
 use crate::domain::lifecycle::{self, Transition};
 use crate::domain::{Agent, AgentFilter, FlowLink, FlowOrigin};
 use crate::linkage::FlowLinker;
-use crate::storage::{AgentRepository, mutate_agent};
+use crate::storage::{AgentRepository, mutate_agent, replayed};
 
 /// Agents read per page by [`AgentFlows::check_links`].
 const CHECK_PAGE: i32 = 200;
 
 /// What CheckAgentLinks found.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LinkCheck {
     /// How many agents with a flow were checked.
     pub checked: i64,
-    /// The agents whose flow is gone (each now in ERROR), as they were before.
-    pub broken: Vec<Agent>,
+    /// The agents whose flow is gone (each now in ERROR), and the flow each pointed to.
+    pub broken: Vec<BrokenLink>,
+}
+
+/// An agent whose flow is gone.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BrokenLink {
+    pub agent_id: Uuid,
+    pub flow_id: String,
 }
 
 /// The agent repository and the flow linker, for changes that need both.
@@ -166,8 +173,23 @@ impl AgentFlows {
         Ok(agent)
     }
 
-    /// Checks every linked agent of the tenant; those whose flow is gone move to ERROR.
-    pub async fn check_links(&self, tenant: &str) -> ServiceResult<LinkCheck> {
+    /// Checks every linked agent of the tenant; those whose flow is gone move to ERROR. With a
+    /// key, a retry answers the first check's report.
+    pub async fn check_links(&self, tenant: &str, key: Option<&IdempotencyKey>) -> ServiceResult<LinkCheck> {
+        if let Some(json) = self.repo.replay(tenant, key).await? {
+            return replayed(&json);
+        }
+        let check = self.check_links_now(tenant).await?;
+        let Some(key) = key else { return Ok(check) };
+        let answer = serde_json::to_value(&check).map_err(ServiceError::internal)?;
+        match self.repo.remember(tenant, key, answer).await? {
+            // A concurrent retry answered first: one answer per key.
+            Some(json) => replayed(&json),
+            None => Ok(check),
+        }
+    }
+
+    async fn check_links_now(&self, tenant: &str) -> ServiceResult<LinkCheck> {
         self.linker.client()?;
         let mut linked = Vec::new();
         let mut page = PageRequest::parse(CHECK_PAGE, "", String::new())?;
@@ -188,6 +210,8 @@ impl AgentFlows {
             self.mark_flow_missing(tenant, agent).await?;
         }
         tracing::info!(checked, broken = broken.len(), "agent links checked");
+        let broken =
+            broken.into_iter().map(|a| BrokenLink { agent_id: a.id, flow_id: a.langflow_workflow_id }).collect();
         Ok(LinkCheck { checked, broken })
     }
 

@@ -87,7 +87,7 @@ both_backends!(
                 .await,
             Code::NotFound,
         );
-        let checked = stranger.check_agent_links(pb::CheckAgentLinksRequest {}).await.unwrap().into_inner();
+        let checked = stranger.check_agent_links(pb::CheckAgentLinksRequest::default()).await.unwrap().into_inner();
         assert_eq!(checked.checked, 0);
 
         for agent in all_agents(&mut agents).await {
@@ -95,6 +95,51 @@ both_backends!(
         }
     }
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_check_retried_with_its_request_id_answers_the_first_report_and_checks_nothing_again() {
+    let langflow = RealLangflow::from_env();
+    let app = spawn_app_with_langflow(Backend::Postgres, &real_langflow_url()).await;
+    let mut workflows = app.workflows("tenant-recheck").await;
+    let mut agents = app.agents("tenant-recheck").await;
+    let template = workflows
+        .list_workflows(wpb::ListWorkflowsRequest { name_contains: "Blog".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .workflows
+        .remove(0);
+    let agent = agents
+        .create_agent_from_workflow(pb::CreateAgentFromWorkflowRequest {
+            workflow_id: template.id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(langflow.delete_flow(&agent.langflow_workflow_id).await);
+    let check = |request_id: &str| pb::CheckAgentLinksRequest { request_id: request_id.into() };
+
+    let first = agents.check_agent_links(check("check-1")).await.unwrap().into_inner();
+    assert_eq!((first.checked, first.broken.len()), (1, 1));
+    // Repaired: a new check finds nothing broken.
+    let repaired = agents
+        .regenerate_agent_flow(pb::RegenerateAgentFlowRequest { agent_id: agent.id.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(repaired.status, pb::AgentStatus::Draft as i32);
+    let fresh = agents.check_agent_links(check("check-2")).await.unwrap().into_inner();
+    assert_eq!((fresh.checked, fresh.broken.len()), (1, 0));
+
+    // The first request's retry answers its report, and changes nothing: the agent stays DRAFT.
+    let retried = agents.check_agent_links(check("check-1")).await.unwrap().into_inner();
+    assert_eq!(retried, first);
+    let agent = agents.get_agent(pb::GetAgentRequest { id: agent.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(agent.status, pb::AgentStatus::Draft as i32);
+    // A bad key is refused like any other.
+    expect_code(agents.check_agent_links(check("has space")).await, Code::InvalidArgument);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_deleted_behind_the_agents_back_is_found_and_the_agent_errs() {
@@ -119,7 +164,7 @@ async fn a_flow_deleted_behind_the_agents_back_is_found_and_the_agent_errs() {
         .into_inner();
     assert!(langflow.delete_flow(&agent.langflow_workflow_id).await);
 
-    let report = agents.check_agent_links(pb::CheckAgentLinksRequest {}).await.unwrap().into_inner();
+    let report = agents.check_agent_links(pb::CheckAgentLinksRequest::default()).await.unwrap().into_inner();
     assert_eq!(report.checked, 1);
     assert_eq!(report.broken.len(), 1);
     assert_eq!(report.broken[0].agent_id, agent.id);
@@ -331,7 +376,7 @@ async fn without_langflow_agents_work_but_flows_are_refused() {
             })
             .await
             .map(drop),
-        agents.check_agent_links(pb::CheckAgentLinksRequest {}).await.map(drop),
+        agents.check_agent_links(pb::CheckAgentLinksRequest::default()).await.map(drop),
     ] {
         let status = expect_code(status, Code::FailedPrecondition);
         assert!(status.message().contains("LANGFLOW_URL"), "{}", status.message());

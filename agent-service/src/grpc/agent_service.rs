@@ -578,12 +578,13 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::CheckAgentLinksRequest>,
     ) -> Result<Response<pb::CheckAgentLinksResponse>, Status> {
-        handle(request, |caller, _req| async move {
-            let check = self.flows.check_links(caller.tenant.as_str()).await?;
+        handle(request, |caller, req| async move {
+            let key = IdempotencyKey::from_request("CheckAgentLinks", &req.request_id, &req)?;
+            let check = self.flows.check_links(caller.tenant.as_str(), key.as_ref()).await?;
             let broken = check
                 .broken
-                .iter()
-                .map(|a| pb::BrokenLink { agent_id: a.id.to_string(), flow_id: a.langflow_workflow_id.clone() })
+                .into_iter()
+                .map(|b| pb::BrokenLink { agent_id: b.agent_id.to_string(), flow_id: b.flow_id })
                 .collect();
             Ok(pb::CheckAgentLinksResponse { checked: check.checked, broken })
         })

@@ -90,6 +90,16 @@ pub trait AgentRepository: Send + Sync {
         key: Option<&IdempotencyKey>,
     ) -> ServiceResult<ProvisionOutcome>;
 
+    /// Stores `answer` as the answer of `key`, for a call whose work is not one transaction (it
+    /// spans Langflow). `Some(json)`: the key was answered before (a concurrent retry): that
+    /// answer stands. ALREADY_EXISTS when the key was used for another request.
+    async fn remember(
+        &self,
+        tenant: &str,
+        key: &IdempotencyKey,
+        answer: serde_json::Value,
+    ) -> ServiceResult<Option<String>>;
+
     /// Which of `workflow_ids` the tenant has provisioned (for dry runs).
     async fn provisioned(&self, tenant: &str, workflow_ids: &[Uuid]) -> ServiceResult<HashSet<Uuid>>;
 
@@ -401,6 +411,21 @@ impl<D: AgentDialect> AgentRepository for SqlAgentRepository<D> {
         dialect::complete_idempotency::<D::Db>(&mut *tx, tenant, key, &outcome).await?;
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    async fn remember(
+        &self,
+        tenant: &str,
+        key: &IdempotencyKey,
+        answer: serde_json::Value,
+    ) -> ServiceResult<Option<String>> {
+        let mut tx = self.pool.begin_with(D::BEGIN).await?;
+        if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, Some(key)).await? {
+            return Ok(Some(json));
+        }
+        dialect::complete_idempotency::<D::Db>(&mut *tx, tenant, Some(key), &answer).await?;
+        tx.commit().await?;
+        Ok(None)
     }
 
     async fn provisioned(&self, tenant: &str, workflow_ids: &[Uuid]) -> ServiceResult<HashSet<Uuid>> {
