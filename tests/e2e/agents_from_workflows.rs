@@ -231,6 +231,28 @@ both_backends!(
 );
 
 both_backends!(
+    async fn archiving_a_workflow_offers_no_upgrade_with_nothing_in_it(backend) {
+        let app = spawn_app(backend).await;
+        let mut workflows = app.workflows("tenant-a").await;
+        let mut agents = app.agents("tenant-a").await;
+        let workflow = workflows.create_workflow(create_request("Posts")).await.unwrap().into_inner();
+        agents.create_agent_from_workflow(from_workflow(&workflow.id)).await.unwrap();
+        let archived = workflows
+            .archive_workflow(wpb::ArchiveWorkflowRequest { id: workflow.id.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(archived.version > workflow.version, "archiving is a change: a new etag");
+
+        let installed = agents.list_installed_agents(pb::ListInstalledAgentsRequest::default()).await.unwrap().into_inner();
+        let item = &installed.installed_agents[0];
+        assert_eq!(item.workflow_current_version, archived.version);
+        assert_eq!(item.workflow_status, wpb::WorkflowStatus::Archived as i32);
+        assert!(!item.upgrade_available, "an upgrade would change nothing: {item:?}");
+    }
+);
+
+both_backends!(
     async fn workflow_service_down_means_unavailable_and_nothing_made(backend) {
         let mut app = spawn_app(backend).await;
         let mut workflows = app.workflows("tenant-a").await;

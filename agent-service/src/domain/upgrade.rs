@@ -67,6 +67,16 @@ impl UpgradePlan {
     }
 }
 
+/// Whether upgrading would change the agent: its workflow is at a newer version *and* the
+/// workflow's name, category or config differ from the snapshot. Archiving a workflow bumps its
+/// version (every change does: it is the etag) and changes none of them.
+pub fn upgrade_available(snapshot: &WorkflowSnapshot, workflow: &SourceWorkflow) -> bool {
+    workflow.version > snapshot.workflow_version
+        && (workflow.name != snapshot.workflow_name
+            || workflow.category != snapshot.category
+            || workflow.config != snapshot.config)
+}
+
 /// Compares the agent's snapshot with `workflow` (its source, read now).
 pub fn plan_upgrade(agent: &Agent, workflow: &SourceWorkflow) -> ServiceResult<UpgradePlan> {
     let Some(snapshot) = &agent.snapshot else {
@@ -272,6 +282,29 @@ mod tests {
 
     fn agent_from(source: &SourceWorkflow) -> Agent {
         agent_from_workflow(source, Overrides::default()).unwrap().into_draft("t1", crate::domain::model::now())
+    }
+
+    #[test]
+    fn an_upgrade_is_available_only_when_a_newer_version_changes_what_the_snapshot_holds() {
+        let source = workflow(
+            WorkflowCategory::ContentGeneration,
+            workflow_pb::WorkflowConfig { steps: vec![step("a", StepKind::Llm, "p")], ..Default::default() },
+        );
+        let agent = agent_from(&source);
+        let snapshot = agent.snapshot.as_ref().unwrap();
+        assert!(!upgrade_available(snapshot, &source), "the same version");
+        let archived =
+            SourceWorkflow { version: 2, status: crate::domain::model::WorkflowStatus::Archived, ..source.clone() };
+        assert!(!upgrade_available(snapshot, &archived), "a newer version that only changed the status");
+        let renamed = SourceWorkflow { version: 2, name: "Renamed".into(), ..source.clone() };
+        assert!(upgrade_available(snapshot, &renamed));
+        let recategorised = SourceWorkflow { version: 2, category: WorkflowCategory::AbTesting, ..source.clone() };
+        assert!(upgrade_available(snapshot, &recategorised));
+        let mut reconfigured = SourceWorkflow { version: 2, ..source.clone() };
+        reconfigured.config.steps[0].prompt = "q".into();
+        assert!(upgrade_available(snapshot, &reconfigured));
+        let older = SourceWorkflow { version: 0, name: "Renamed".into(), ..source };
+        assert!(!upgrade_available(snapshot, &older), "never back to an older version");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use engarde::proto::workflow::v1 as workflow_pb;
 
 use crate::domain::configuration;
 use crate::domain::provisioning::{ProvisionOutcome, SkipReason, Skipped};
-use crate::domain::upgrade::{Change, ChangeKind, UpgradeOutcome};
+use crate::domain::upgrade::{Change, ChangeKind, UpgradeOutcome, upgrade_available};
 use crate::domain::{
     Agent, AgentConfig, AgentStatus, AgentType, FlowOrigin, ModelSettings, WorkflowCategory, WorkflowStatus,
 };
@@ -202,7 +202,7 @@ pub fn installed_to_pb(installed: &InstalledAgent) -> pb::InstalledAgent {
         workflow_current_version: current.map(|w| w.version).unwrap_or(0),
         workflow_deleted: installed.workflow_deleted(),
         upgrade_available: match (current, snapshot) {
-            (Some(w), Some(s)) => w.version > s.workflow_version,
+            (Some(w), Some(s)) => upgrade_available(s, w),
             _ => false,
         },
         is_template: current.is_some_and(|w| w.is_template),
