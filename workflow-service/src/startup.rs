@@ -32,7 +32,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     let seeded =
         repo.seed_templates(&templates::library(chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6))).await?;
-    tracing::info!(inserted = seeded, "template library seeded");
+    tracing::info!(inserted = seeded.inserted, updated = seeded.updated, "template library seeded");
 
     let server = BoundServer::bind(listen).await?;
     let (health, health_service) = Health::new(vec![SERVICE_NAME]).await;

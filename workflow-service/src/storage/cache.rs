@@ -24,7 +24,7 @@ use engarde::kit::pagination::PageRequest;
 use quick_cache::sync::Cache;
 use uuid::Uuid;
 
-use super::{DeleteCheck, Mutation, WorkflowRepository};
+use super::{DeleteCheck, Mutation, SeedOutcome, WorkflowRepository};
 use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
 
 /// Tenants share this many generation counters: two tenants in one bucket only invalidate each
@@ -185,7 +185,7 @@ impl CachedWorkflowRepository {
 
 #[async_trait]
 impl WorkflowRepository for CachedWorkflowRepository {
-    async fn seed_templates(&self, templates: &[Workflow]) -> ServiceResult<u64> {
+    async fn seed_templates(&self, templates: &[Workflow]) -> ServiceResult<SeedOutcome> {
         let result = self.inner.seed_templates(templates).await;
         self.cache.changed("");
         result

@@ -25,12 +25,21 @@ pub type Mutation = Box<dyn FnOnce(&mut Workflow) -> ServiceResult<()> + Send>;
 /// A check that a workflow may be deleted, run on the current row inside the transaction.
 pub type DeleteCheck = Box<dyn FnOnce(&Workflow) -> ServiceResult<()> + Send>;
 
+/// What seeding the template library did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeedOutcome {
+    pub inserted: u64,
+    pub updated: u64,
+}
+
 /// Storage of workflow definitions. Every read and write is scoped to a tenant: a workflow of
 /// another tenant is NOT_FOUND. Templates (tenant '') are visible to every tenant.
 #[async_trait]
 pub trait WorkflowRepository: Send + Sync {
-    /// Inserts the templates that are not there yet; answers how many were inserted.
-    async fn seed_templates(&self, templates: &[Workflow]) -> ServiceResult<u64>;
+    /// Inserts the templates that are not there yet, and brings those whose name, description,
+    /// category or config differ from `templates` up to date (a new version; statistics and
+    /// status stay), so that a release's template changes reach an existing database.
+    async fn seed_templates(&self, templates: &[Workflow]) -> ServiceResult<SeedOutcome>;
 
     /// Fills in the folded name (see `domain::name_folding`) of the rows written before the
     /// service kept one; answers how many it filled.

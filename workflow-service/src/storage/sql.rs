@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::domain::name_folding::fold_name;
 use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
 use crate::storage::row::{COLUMNS, WorkflowRow};
-use crate::storage::{DeleteCheck, Mutation, WorkflowRepository};
+use crate::storage::{DeleteCheck, Mutation, SeedOutcome, WorkflowRepository};
 
 /// The workflow repository of a dialect.
 pub struct SqlWorkflowRepository<D: Dialect> {
@@ -74,6 +74,30 @@ where
         row.ok_or_else(|| not_found(id))?.try_into()
     }
 
+    /// Writes `w` over the row at `read_version` (ABORTED when it changed meanwhile).
+    async fn update(conn: &mut Conn<D>, w: &Workflow, read_version: i64) -> ServiceResult<()> {
+        let updated = sqlx::query::<D::Db>(
+            "UPDATE workflows SET name = $1, description = $2, category = $3, config = $4, status = $5, \
+             version = $6, updated_at = $7, name_folded = $10 WHERE id = $8 AND version = $9",
+        )
+        .arg(&w.name)
+        .arg(&w.description)
+        .arg(w.category.as_str())
+        .json(&w.config)
+        .arg(w.status.as_str())
+        .arg(w.version)
+        .arg(w.updated_at)
+        .arg(SqlUuid(w.id))
+        .arg(read_version)
+        .arg(fold_name(&w.name))
+        .run(&mut *conn)
+        .await?;
+        if D::rows_affected(&updated) != 1 {
+            return Err(ServiceError::Aborted(format!("workflow {} changed concurrently; read it again", w.id)));
+        }
+        Ok(())
+    }
+
     /// Inserts `w` (and its folded name); answers how many rows were inserted, which
     /// `on_conflict` may make 0.
     async fn insert(conn: &mut Conn<D>, w: &Workflow, on_conflict: &str) -> ServiceResult<u64> {
@@ -108,14 +132,31 @@ where
     D: Dialect,
     D::Db: Decodes<WorkflowRow> + Decodes<(SqlUuid,)> + Decodes<(SqlUuid, String)> + Decodes<(String, Option<String>)>,
 {
-    async fn seed_templates(&self, templates: &[Workflow]) -> ServiceResult<u64> {
+    async fn seed_templates(&self, templates: &[Workflow]) -> ServiceResult<SeedOutcome> {
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
-        let mut inserted = 0;
+        let mut outcome = SeedOutcome::default();
         for template in templates {
-            inserted += Self::insert(&mut *tx, template, "ON CONFLICT (id) DO NOTHING").await?;
+            if Self::insert(&mut *tx, template, "ON CONFLICT (id) DO NOTHING").await? == 1 {
+                outcome.inserted += 1;
+                continue;
+            }
+            // There already: brought up to date when the library's text differs from it.
+            let mut stored = Self::load_for_update(&mut *tx, "", template.id).await?;
+            let current = (&stored.name, &stored.description, stored.category, &stored.config);
+            if current == (&template.name, &template.description, template.category, &template.config) {
+                continue;
+            }
+            stored.name = template.name.clone();
+            stored.description = template.description.clone();
+            stored.category = template.category;
+            stored.config = template.config.clone();
+            stored.version += 1;
+            stored.updated_at = now();
+            Self::update(&mut *tx, &stored, stored.version - 1).await?;
+            outcome.updated += 1;
         }
         tx.commit().await?;
-        Ok(inserted)
+        Ok(outcome)
     }
 
     async fn fold_names(&self) -> ServiceResult<u64> {
@@ -215,25 +256,7 @@ where
         mutation(&mut workflow)?;
         workflow.version = read_version + 1;
         workflow.updated_at = now();
-        let updated = sqlx::query::<D::Db>(
-            "UPDATE workflows SET name = $1, description = $2, category = $3, config = $4, status = $5, \
-             version = $6, updated_at = $7, name_folded = $10 WHERE id = $8 AND version = $9",
-        )
-        .arg(&workflow.name)
-        .arg(&workflow.description)
-        .arg(workflow.category.as_str())
-        .json(&workflow.config)
-        .arg(workflow.status.as_str())
-        .arg(workflow.version)
-        .arg(workflow.updated_at)
-        .arg(SqlUuid(id))
-        .arg(read_version)
-        .arg(fold_name(&workflow.name))
-        .run(&mut *tx)
-        .await?;
-        if D::rows_affected(&updated) != 1 {
-            return Err(ServiceError::Aborted(format!("workflow {id} changed concurrently; read it again")));
-        }
+        Self::update(&mut *tx, &workflow, read_version).await?;
         dialect::complete_idempotency::<D::Db>(&mut *tx, tenant, key, &workflow).await?;
         tx.commit().await?;
         Ok(workflow)
@@ -345,17 +368,40 @@ mod tests {
         assert_ne!(after_expiry.id, first.id);
     }
 
-    #[tokio::test]
-    async fn an_expired_idempotency_key_no_longer_replays_on_sqlite() {
+    /// A release's template changes reach an existing database: changed templates get a new
+    /// version and keep their statistics; an unchanged library changes nothing.
+    async fn template_changes_reach_an_existing_database(repo: &dyn WorkflowRepository) {
+        let library = templates::library(now());
+        assert_eq!(repo.seed_templates(&library).await.unwrap(), SeedOutcome { inserted: 11, updated: 0 });
+        assert_eq!(repo.seed_templates(&library).await.unwrap(), SeedOutcome::default(), "a restart changes nothing");
+        let counted = repo.record_execution("tenant-a", library[0].id, "exec-1", true).await.unwrap();
+        assert!(counted.counted);
+
+        let mut next_release = templates::library(now());
+        next_release[0].description = "A better description".into();
+        next_release[0].config.steps[0].prompt = "A better prompt for {input}".into();
+        assert_eq!(repo.seed_templates(&next_release).await.unwrap(), SeedOutcome { inserted: 0, updated: 1 });
+        let updated = repo.get("tenant-a", library[0].id).await.unwrap();
+        assert_eq!(updated.description, "A better description");
+        assert_eq!(updated.config, next_release[0].config);
+        assert_eq!(updated.version, 2);
+        assert_eq!((updated.execution_count, updated.success_count), (1, 1), "statistics stay");
+        assert_eq!(repo.get("tenant-a", library[1].id).await.unwrap().version, 1, "the others are untouched");
+        assert_eq!(repo.seed_templates(&next_release).await.unwrap(), SeedOutcome::default());
+    }
+
+    type Scenario =
+        for<'a> fn(&'a dyn WorkflowRepository) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+    async fn on_sqlite(scenario: Scenario) {
         let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await.unwrap();
         SQLITE_MIGRATIONS.run(&pool).await.unwrap();
-        an_expired_key_no_longer_replays(&SqliteWorkflowRepository::new(pool)).await;
+        scenario(&SqliteWorkflowRepository::new(pool)).await;
     }
 
     /// On a database of its own, created on the server `TEST_DATABASE_URL` names (the local
     /// server by default, as the end-to-end tests use) and dropped afterwards.
-    #[tokio::test]
-    async fn an_expired_idempotency_key_no_longer_replays_on_postgres() {
+    async fn on_postgres(scenario: Scenario) {
         let admin_url = std::env::var("TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
         let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
@@ -367,7 +413,7 @@ mod tests {
         // Run apart, so that the database is dropped even when an assertion fails.
         let outcome = tokio::spawn({
             let pool = pool.clone();
-            async move { an_expired_key_no_longer_replays(&PostgresWorkflowRepository::new(pool)).await }
+            async move { scenario(&PostgresWorkflowRepository::new(pool)).await }
         })
         .await;
         pool.close().await;
@@ -375,5 +421,25 @@ mod tests {
         if let Err(failed) = outcome {
             std::panic::resume_unwind(failed.into_panic());
         }
+    }
+
+    #[tokio::test]
+    async fn an_expired_idempotency_key_no_longer_replays_on_sqlite() {
+        on_sqlite(|repo| Box::pin(an_expired_key_no_longer_replays(repo))).await;
+    }
+
+    #[tokio::test]
+    async fn an_expired_idempotency_key_no_longer_replays_on_postgres() {
+        on_postgres(|repo| Box::pin(an_expired_key_no_longer_replays(repo))).await;
+    }
+
+    #[tokio::test]
+    async fn template_changes_reach_an_existing_database_on_sqlite() {
+        on_sqlite(|repo| Box::pin(template_changes_reach_an_existing_database(repo))).await;
+    }
+
+    #[tokio::test]
+    async fn template_changes_reach_an_existing_database_on_postgres() {
+        on_postgres(|repo| Box::pin(template_changes_reach_an_existing_database(repo))).await;
     }
 }
