@@ -96,27 +96,34 @@ both_backends!(
     }
 );
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_link_check_retried_with_its_request_id_answers_the_first_report_and_checks_nothing_again() {
-    let langflow = RealLangflow::from_env();
-    let app = spawn_app_with_langflow(Backend::Postgres, &real_langflow_url()).await;
-    let mut workflows = app.workflows("tenant-recheck").await;
-    let mut agents = app.agents("tenant-recheck").await;
-    let template = workflows
+/// An agent of `tenant` made from the blog template, with its generated flow.
+async fn agent_of_the_blog_template(app: &TestApp, tenant: &str) -> pb::Agent {
+    let template = app
+        .workflows(tenant)
+        .await
         .list_workflows(wpb::ListWorkflowsRequest { name_contains: "Blog".into(), ..Default::default() })
         .await
         .unwrap()
         .into_inner()
         .workflows
         .remove(0);
-    let agent = agents
+    app.agents(tenant)
+        .await
         .create_agent_from_workflow(pb::CreateAgentFromWorkflowRequest {
             workflow_id: template.id,
             ..Default::default()
         })
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_check_retried_with_its_request_id_answers_the_first_report_and_checks_nothing_again() {
+    let langflow = RealLangflow::from_env();
+    let app = spawn_app_with_langflow(Backend::Postgres, &real_langflow_url()).await;
+    let mut agents = app.agents("tenant-recheck").await;
+    let agent = agent_of_the_blog_template(&app, "tenant-recheck").await;
     assert!(langflow.delete_flow(&agent.langflow_workflow_id).await);
     let check = |request_id: &str| pb::CheckAgentLinksRequest { request_id: request_id.into() };
 
@@ -145,23 +152,8 @@ async fn a_link_check_retried_with_its_request_id_answers_the_first_report_and_c
 async fn a_flow_deleted_behind_the_agents_back_is_found_and_the_agent_errs() {
     let langflow = RealLangflow::from_env();
     let app = spawn_app_with_langflow(Backend::Sqlite, &real_langflow_url()).await;
-    let mut workflows = app.workflows("tenant-gone").await;
     let mut agents = app.agents("tenant-gone").await;
-    let template = workflows
-        .list_workflows(wpb::ListWorkflowsRequest { name_contains: "Blog".into(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .workflows
-        .remove(0);
-    let agent = agents
-        .create_agent_from_workflow(pb::CreateAgentFromWorkflowRequest {
-            workflow_id: template.id,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let agent = agent_of_the_blog_template(&app, "tenant-gone").await;
     assert!(langflow.delete_flow(&agent.langflow_workflow_id).await);
 
     let report = agents.check_agent_links(pb::CheckAgentLinksRequest::default()).await.unwrap().into_inner();
