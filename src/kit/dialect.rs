@@ -5,8 +5,9 @@
 //!
 //! Storage code generic over a dialect states no sqlx bounds: Rust does not carry a trait's
 //! `where` clauses to its users, but it does carry supertraits and bounds on associated types.
-//! So what sqlx asks of a database (executors, argument lists, encodable parameter types) is
-//! stated once, on [`SqlDb`]'s blanket impl, and storage runs its statements through
+//! So what sqlx asks of a database to run statements (executors, argument lists) is stated once,
+//! on [`SqlRun`]'s blanket impl; the parameter types storage binds are [`SqlDb`]'s supertraits,
+//! checked once per database by its impl; and storage runs its statements through
 //! [`Statement`]: `.arg(value)` binds, `.run(conn)` executes, `.fetch_*_as(conn)` fetch rows and
 //! decode them through [`Decodes`].
 
@@ -33,10 +34,8 @@ pub trait Dialect: Send + Sync + 'static {
     /// rows, so that processes sharing a database never wait on each other's claims; on SQLite
     /// one process owns the file.
     const SKIP_LOCKED: &'static str;
-    /// Selects the strings of the JSON array bound as `$1` (one parameter for any number).
-    const JSON_TEXTS: &'static str;
-    /// Selects the ids of the JSON array of UUID strings bound as `$1`, as the id columns hold
-    /// them (native `uuid` on PostgreSQL, text on SQLite).
+    /// Selects the ids of the JSON array of UUID strings bound as `$1` (one parameter for any
+    /// number), as the id columns hold them (native `uuid` on PostgreSQL, text on SQLite).
     const JSON_UUIDS: &'static str;
     /// A one-row `FROM` (for `INSERT … SELECT`, and inside `EXISTS` for `DELETE`) that lets the
     /// statement's commit return before its WAL reaches the disk (PostgreSQL's
@@ -59,7 +58,6 @@ impl Dialect for Postgres {
     const BEGIN: &'static str = "BEGIN";
     const LOCK: &'static str = " FOR UPDATE";
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
-    const JSON_TEXTS: &'static str = "SELECT jsonb_array_elements_text($1::jsonb)";
     const JSON_UUIDS: &'static str = "SELECT jsonb_array_elements_text($1::jsonb)::uuid";
     const RELAXED_FROM: &'static str = "(SELECT set_config('synchronous_commit', 'off', true)) AS relaxed";
 
@@ -76,7 +74,6 @@ impl Dialect for Sqlite {
     const BEGIN: &'static str = "BEGIN IMMEDIATE";
     const LOCK: &'static str = "";
     const SKIP_LOCKED: &'static str = "";
-    const JSON_TEXTS: &'static str = "SELECT value FROM json_each($1)";
     const JSON_UUIDS: &'static str = "SELECT value FROM json_each($1)";
     const RELAXED_FROM: &'static str = "(SELECT 1) AS relaxed";
 
