@@ -97,7 +97,7 @@ where
             Ok(permit) => Start::Called(self.inner.call(req), Some(permit)),
             Err(_) => {
                 let ready = self.inner.clone();
-                Start::Waiting(std::mem::replace(&mut self.inner, ready), req, self.permits.clone())
+                Start::Waiting(Box::new((std::mem::replace(&mut self.inner, ready), req, self.permits.clone())))
             }
         };
         Box::pin(async move {
@@ -105,7 +105,8 @@ where
             let response = super::trace::scope(trace, async move {
                 let (response, permit) = match start {
                     Start::Called(response, permit) => (response, permit),
-                    Start::Waiting(mut inner, req, permits) => {
+                    Start::Waiting(waiting) => {
+                        let (mut inner, req, permits) = *waiting;
                         // The semaphore is never closed, so acquiring only fails if it were;
                         // then serve rather than fail the call.
                         let permit = permits.acquire_owned().await.ok();
@@ -126,8 +127,9 @@ where
     }
 }
 
-/// How a business call starts: called at once with its permit, or waiting for one.
+/// How a business call starts: called at once with its permit, or waiting for one (boxed, so
+/// that the future of every call stays small for the rare one that waits).
 enum Start<S: Service<http::Request<B>>, B> {
     Called(S::Future, Option<OwnedSemaphorePermit>),
-    Waiting(S, http::Request<B>, Arc<Semaphore>),
+    Waiting(Box<(S, http::Request<B>, Arc<Semaphore>)>),
 }
