@@ -85,7 +85,8 @@ where
         let tenant = match self.authenticator.authenticate(req.headers()) {
             Ok(tenant) => tenant,
             Err(status) => {
-                tracing::info!(rpc = req.uri().path(), code = ?status.code(), reason = status.message(), "rejected unauthenticated call");
+                // Logged under auth's target, as it always was.
+                tracing::info!(target: "engarde::kit::auth", rpc = req.uri().path(), code = ?status.code(), reason = status.message(), "rejected unauthenticated call");
                 return Box::pin(async move { Ok(status.into_http()) });
             }
         };
