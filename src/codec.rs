@@ -64,17 +64,38 @@ impl<U: Message + Default + CheckOnReceipt> Decoder for CheckedDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        let message: U = decode_message(buf)?;
-        let violations = message.violations();
-        if !violations.is_empty() {
-            return Err(invalid_argument(&violations));
-        }
-        Ok(Some(message))
+        decode_checked(buf).map(Some)
     }
 
     fn buffer_settings(&self) -> BufferSettings {
         BufferSettings::default()
     }
+}
+
+/// Decodes `U` from all of `buf` (a decode error is INVALID_ARGUMENT), then refuses it when it
+/// fails its receipt check.
+fn decode_checked<U: Message + Default + CheckOnReceipt>(buf: impl prost::bytes::Buf) -> Result<U, Status> {
+    let may_hold_nul = may_hold_nul(&buf);
+    let message: U = decode_message(buf)?;
+    if may_hold_nul {
+        let violations = message.violations();
+        if !violations.is_empty() {
+            return Err(invalid_argument(&violations));
+        }
+    }
+    Ok(message)
+}
+
+/// Whether the message in `buf` may hold a string with U+0000: false only when none of its
+/// bytes is 0. A NUL in a string is a 0 byte on the wire (strings are their UTF-8 bytes, and no
+/// other character's UTF-8 has one), so a message without any 0 byte has no NUL, and the walk
+/// over its strings is skipped (one `memchr` over the bytes instead). A 0 byte is also a
+/// varint 0, a length 0 or part of a fixed-width number, so its presence only means the strings
+/// must be walked. The message's bytes are one slice (tonic gathers them in one buffer); were
+/// they not, the walk is never skipped.
+fn may_hold_nul(buf: &impl prost::bytes::Buf) -> bool {
+    let bytes = buf.chunk();
+    bytes.len() != buf.remaining() || bytes.contains(&0)
 }
 
 /// Decodes one message; bytes that are not one are INVALID_ARGUMENT with prost's reason
@@ -120,5 +141,42 @@ mod tests {
             assert!(status.message().contains("failed to decode Protobuf message"), "{status:?}");
         }
         assert_eq!(decode(&[0x0a, 0x02, b'o', b'k']).unwrap(), Named { name: "ok".into() });
+    }
+
+    #[test]
+    fn only_a_message_without_any_zero_byte_skips_the_walk() {
+        let bytes = |b: &'static [u8]| prost::bytes::Bytes::from_static(b);
+        assert!(!may_hold_nul(&bytes(&[0x0a, 0x02, b'o', b'k'])));
+        assert!(may_hold_nul(&bytes(&[0x0a, 0x02, b'o', 0])));
+        // A 0 byte that is not in a string (here the varint 0 of field 2) still walks.
+        assert!(may_hold_nul(&bytes(&[0x10, 0x00])));
+        assert!(!may_hold_nul(&bytes(&[])));
+        // Bytes in more than one slice are always walked.
+        let split = prost::bytes::Buf::chain(&b"\x0a\x01"[..], &b"a"[..]);
+        assert!(may_hold_nul(&split));
+    }
+
+    /// As a server receives requests: NUL refused naming the field, whether or not the rest of
+    /// the message has 0 bytes; text without NUL accepted, with 0 bytes elsewhere or without.
+    #[test]
+    fn a_request_with_nul_is_refused_naming_the_field_and_others_accepted() {
+        use crate::proto::workflow::v1 as wpb;
+        fn decode_request(request: &wpb::ListWorkflowsRequest) -> Result<wpb::ListWorkflowsRequest, Status> {
+            decode_checked(prost::bytes::Bytes::from(prost::Message::encode_to_vec(request)))
+        }
+        let clean = wpb::ListWorkflowsRequest { name_contains: "social".into(), page_size: 5, ..Default::default() };
+        // is_template false is a varint 0 on the wire: a 0 byte, but no NUL.
+        let zero_byte = wpb::ListWorkflowsRequest { is_template: Some(false), ..clean.clone() };
+        for request in [clean, zero_byte] {
+            assert_eq!(decode_request(&request).unwrap(), request);
+        }
+        for request in [
+            wpb::ListWorkflowsRequest { name_contains: "so\0cial".into(), ..Default::default() },
+            wpb::ListWorkflowsRequest { name_contains: "\0".into(), is_template: Some(false), ..Default::default() },
+        ] {
+            let status = decode_request(&request).unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(status.message().contains("name_contains"), "{}", status.message());
+        }
     }
 }

@@ -5,20 +5,18 @@
 //! header (defaulting to the development tenant) so that grpcurl stays easy to use.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures::future::BoxFuture;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use tonic::Status;
-use tower_layer::Layer;
-use tower_service::Service;
 
 /// The development tenant used when dev mode gets no `x-tenant-id`.
 pub const DEFAULT_DEV_TENANT: &str = "default-tenant-001";
 /// The metadata header that carries the tenant in development mode.
 pub const TENANT_HEADER: &str = "x-tenant-id";
 
-/// The authenticated tenant of a request, put in the request's extensions by [`AuthLayer`].
+/// The authenticated tenant of a request, put in the request's extensions by the kit's layer
+/// around every call ([`super::calls::CallLayer`]), which authenticates every RPC but health
+/// and reflection.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Tenant(String);
 
@@ -38,7 +36,7 @@ impl Tenant {
         &self.0
     }
 
-    /// The tenant of a request that went through [`AuthLayer`].
+    /// The tenant of a request that went through [`super::calls::CallLayer`].
     pub fn of<T>(request: &tonic::Request<T>) -> Result<Tenant, Status> {
         request.extensions().get::<Tenant>().cloned().ok_or_else(|| Status::unauthenticated("no authenticated tenant"))
     }
@@ -221,66 +219,6 @@ impl Authenticator {
                     .map_err(|e| Status::unauthenticated(format!("invalid tenant_id claim: {e}")))
             }
         }
-    }
-}
-
-/// Paths that answer without credentials: health probes and reflection.
-fn is_public(path: &str) -> bool {
-    super::plumbing::is_plumbing(path)
-}
-
-/// A tower layer that authenticates every RPC but health and reflection, and puts the
-/// [`Tenant`] in the request's extensions.
-#[derive(Clone)]
-pub struct AuthLayer {
-    authenticator: Arc<Authenticator>,
-}
-
-impl AuthLayer {
-    pub fn new(authenticator: Authenticator) -> Self {
-        Self { authenticator: Arc::new(authenticator) }
-    }
-}
-
-impl<S> Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        AuthService { inner, authenticator: self.authenticator.clone() }
-    }
-}
-
-#[derive(Clone)]
-pub struct AuthService<S> {
-    inner: S,
-    authenticator: Arc<Authenticator>,
-}
-
-impl<S, B> Service<http::Request<B>> for AuthService<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        if !is_public(req.uri().path()) {
-            match self.authenticator.authenticate(req.headers()) {
-                Ok(tenant) => {
-                    req.extensions_mut().insert(tenant);
-                }
-                Err(status) => {
-                    tracing::info!(rpc = req.uri().path(), code = ?status.code(), reason = status.message(), "rejected unauthenticated call");
-                    return Box::pin(async move { Ok(status.into_http()) });
-                }
-            }
-        }
-        Box::pin(self.inner.call(req))
     }
 }
 

@@ -4,16 +4,13 @@
 //! Protobuf that does not decode is answered by our codec (`crate::codec`); the gRPC frame
 //! around it is read by tonic, which answers INTERNAL, before any handler runs, when a unary or
 //! server-streaming request carries no message at all, a message cut short (its length prefix
-//! promises more bytes than the request has), or a compression flag other than 0 and 1. This
-//! layer turns exactly those answers (trailers-only, their text is tonic's) into
+//! promises more bytes than the request has), or a compression flag other than 0 and 1.
+//! [`reclassify`] turns exactly those answers (trailers-only, their text is tonic's) into
 //! INVALID_ARGUMENT; every other INTERNAL is left alone. (A compressed flag without a
-//! `grpc-encoding` stays INTERNAL: the gRPC specification requires it.)
-
-use std::task::{Context, Poll};
-
-use futures::future::BoxFuture;
-use tower_layer::Layer;
-use tower_service::Service;
+//! `grpc-encoding` stays INTERNAL: the gRPC specification requires it.) It is applied to every
+//! answer, health and reflection included, by the kit's one layer around every call
+//! ([`super::calls`]), before the call is logged, so that the log line and metrics carry the
+//! code the caller gets.
 
 /// What tonic answers, with INTERNAL, to a request whose framing is broken.
 fn is_malformed_request(message: &str) -> bool {
@@ -22,46 +19,8 @@ fn is_malformed_request(message: &str) -> bool {
         || message.starts_with("protocol error: received message with invalid compression flag")
 }
 
-#[derive(Clone, Default)]
-pub struct MalformedRequestLayer;
-
-impl<S> Layer<S> for MalformedRequestLayer {
-    type Service = MalformedRequest<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        MalformedRequest { inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct MalformedRequest<S> {
-    inner: S,
-}
-
-impl<S, B, R> Service<http::Request<B>> for MalformedRequest<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<R>> + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let response = self.inner.call(req);
-        Box::pin(async move {
-            let mut response = response.await?;
-            reclassify(response.headers_mut());
-            Ok(response)
-        })
-    }
-}
-
 /// Rewrites a trailers-only INTERNAL answer to a malformed request as INVALID_ARGUMENT.
-fn reclassify(headers: &mut http::HeaderMap) {
+pub(super) fn reclassify(headers: &mut http::HeaderMap) {
     let internal = headers.get("grpc-status").is_some_and(|code| code == "13");
     let malformed = || {
         let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or_default();

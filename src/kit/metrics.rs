@@ -7,6 +7,7 @@
 //! (Langflow calls, runs, reviews) with the `metrics` macros.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -14,6 +15,10 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 /// Latency buckets, in seconds: sub-millisecond RPCs to minute-long Langflow runs.
 const BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Whether [`install`] installed the recorder: without one, [`record_rpc`] does not build the
+/// labels of a sample that nothing would keep.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
 
 /// Installs the global recorder and serves `/metrics` on `addr`.
 pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
@@ -23,15 +28,19 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
         .context("metrics buckets")?
         .install()
         .with_context(|| format!("serving metrics on {addr}"))?;
+    INSTALLED.store(true, Ordering::Relaxed);
     tracing::info!(%addr, "Prometheus metrics on http://{addr}/metrics");
     Ok(())
 }
 
-/// Records one finished RPC.
-pub fn record_rpc(method: &str, code: tonic::Code, seconds: f64) {
-    let labels = [("method", method.to_owned()), ("code", format!("{code:?}"))];
-    metrics::counter!("grpc_server_requests_total", &labels).increment(1);
-    metrics::histogram!("grpc_server_request_duration_seconds", &labels).record(seconds);
+/// Records one finished RPC; `code` is the code's name (`NotFound`).
+pub fn record_rpc(method: &str, code: &'static str, seconds: f64) {
+    if !INSTALLED.load(Ordering::Relaxed) {
+        return;
+    }
+    let labels = [metrics::Label::new("method", method.to_owned()), metrics::Label::from_static_parts("code", code)];
+    metrics::counter!("grpc_server_requests_total", labels.iter()).increment(1);
+    metrics::histogram!("grpc_server_request_duration_seconds", labels.iter()).record(seconds);
 }
 
 /// Records the state of a connection pool.

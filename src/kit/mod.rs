@@ -3,6 +3,7 @@
 //! page budgets.
 
 pub mod auth;
+pub mod calls;
 pub mod concurrency;
 pub mod config;
 pub mod connections;

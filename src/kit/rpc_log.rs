@@ -5,52 +5,38 @@
 //! A gRPC call's status is either in the response headers (a "trailers-only" error answer) or in
 //! the trailers at the end of the body, so the line is written when one of them is seen, or when
 //! the body is dropped unfinished (the client went away).
+//!
+//! The record is started and finished by the kit's one layer around every call
+//! ([`super::calls`]), after authentication and around the business concurrency limit, so that
+//! its latency counts the wait for a permit and its code is the one the caller gets.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use futures::future::BoxFuture;
 use http_body::{Body, Frame, SizeHint};
-use tower_layer::Layer;
-use tower_service::Service;
 
 use super::auth::Tenant;
-use super::trace::TraceContext;
+use super::trace::{TraceContext, TraceIdHex};
 
-#[derive(Clone, Default)]
-pub struct RpcLogLayer;
-
-impl<S> Layer<S> for RpcLogLayer {
-    type Service = RpcLogService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RpcLogService { inner }
-    }
+fn status_of(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok()).map(tonic::Code::from)
 }
 
-#[derive(Clone)]
-pub struct RpcLogService<S> {
-    inner: S,
+/// The log line and metric sample of one business call (health and reflection have none),
+/// started when the call arrives (see [`super::calls`]) and written once its code is known.
+pub(super) struct CallRecord {
+    method: String,
+    tenant: Tenant,
+    trace_id: TraceIdHex,
+    start: Instant,
+    done: bool,
 }
 
-impl<S, B> Service<http::Request<B>> for RpcLogService<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req.uri().path().to_owned();
-        if super::plumbing::is_plumbing(&method) {
-            return Box::pin(self.inner.call(req));
-        }
+impl CallRecord {
+    /// Starts the record of `req`, the call of `tenant`, and answers the trace the call runs
+    /// in: a child of the caller's `traceparent`, or a new trace.
+    pub(super) fn start<B>(req: &http::Request<B>, tenant: &Tenant) -> (Self, TraceContext) {
         let trace = req
             .headers()
             .get("traceparent")
@@ -59,47 +45,34 @@ where
             .map(|parent| parent.child())
             .unwrap_or_else(TraceContext::new_root);
         let record = CallRecord {
-            tenant: req.extensions().get::<Tenant>().map(|t| t.to_string()).unwrap_or_default(),
-            method,
-            trace_id: trace.trace_id_hex(),
+            method: req.uri().path().to_owned(),
+            tenant: tenant.clone(),
+            trace_id: trace.trace_id_display(),
             start: Instant::now(),
             done: false,
         };
-        let fut = super::trace::scope(trace, self.inner.call(req));
-        Box::pin(async move {
-            let mut record = record;
-            let response = fut.await?;
-            if let Some(code) = status_of(response.headers()) {
-                record.finish(code);
-                return Ok(response);
-            }
-            Ok(response.map(|body| tonic::body::Body::new(LoggedBody { inner: body, record })))
-        })
+        (record, trace)
     }
-}
 
-fn status_of(headers: &http::HeaderMap) -> Option<tonic::Code> {
-    headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok()).map(tonic::Code::from)
-}
+    /// The call's response, its record written now when the headers carry the code (a
+    /// trailers-only answer), else when the body's trailers go out or the body is dropped.
+    pub(super) fn respond(mut self, response: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+        if let Some(code) = status_of(response.headers()) {
+            self.finish(code);
+            return response;
+        }
+        response.map(|body| tonic::body::Body::new(LoggedBody { inner: body, record: self }))
+    }
 
-struct CallRecord {
-    method: String,
-    tenant: String,
-    trace_id: String,
-    start: Instant,
-    done: bool,
-}
-
-impl CallRecord {
     fn finish(&mut self, code: tonic::Code) {
         if self.done {
             return;
         }
         self.done = true;
         let elapsed = self.start.elapsed().as_secs_f64();
-        super::metrics::record_rpc(&self.method, code, elapsed);
+        let code_name = code_name(code);
+        super::metrics::record_rpc(&self.method, code_name, elapsed);
         let latency_ms = (elapsed * 1_000_000.0).round() / 1000.0;
-        let code_name = format!("{code:?}");
         match code {
             tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss => {
                 tracing::error!(rpc = %self.method, tenant = %self.tenant, trace_id = %self.trace_id, code = %code_name, latency_ms, "rpc")
@@ -111,6 +84,30 @@ impl CallRecord {
                 tracing::info!(rpc = %self.method, tenant = %self.tenant, trace_id = %self.trace_id, code = %code_name, latency_ms, "rpc")
             }
         }
+    }
+}
+
+/// A code's name as its `Debug` writes it (`NotFound`), without formatting a string per call.
+pub(super) fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "Ok",
+        Code::Cancelled => "Cancelled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
     }
 }
 
@@ -150,5 +147,18 @@ impl Body for LoggedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_names_are_the_debug_names() {
+        for value in 0..=16 {
+            let code = tonic::Code::from(value);
+            assert_eq!(code_name(code), format!("{code:?}"));
+        }
     }
 }

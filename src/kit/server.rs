@@ -13,15 +13,11 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::transport::Server;
-use tower::ServiceBuilder;
 
-use super::auth::AuthLayer;
-use super::concurrency::BusinessConcurrencyLimitLayer;
+use super::calls::CallLayer;
 use super::config::CommonConfig;
 use super::connections::guarded_incoming;
 use super::health::Health;
-use super::malformed_request::MalformedRequestLayer;
-use super::rpc_log::RpcLogLayer;
 
 /// A bound, not yet serving gRPC server.
 pub struct BoundServer {
@@ -55,13 +51,9 @@ impl BoundServer {
         let reflection_v1alpha = reflection(health.services()).build_v1alpha()?;
         let routes = routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
 
-        let layers = ServiceBuilder::new()
-            .layer(AuthLayer::new(config.authenticator()?))
-            .layer(RpcLogLayer)
-            .layer(BusinessConcurrencyLimitLayer::new(config.max_concurrent_rpcs))
-            // Innermost, so that the log line and metrics carry the code the caller gets.
-            .layer(MalformedRequestLayer)
-            .into_inner();
+        // Authentication, the call's trace, log line and metrics, the business concurrency
+        // limit and the reclassification of broken framing: one layer, one future per call.
+        let layers = CallLayer::new(config.authenticator()?, config.max_concurrent_rpcs);
 
         let incoming = guarded_incoming(self.listener, config.connection_limits());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

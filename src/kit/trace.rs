@@ -47,7 +47,22 @@ impl TraceContext {
     }
 
     pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+        self.trace_id_display().to_string()
+    }
+
+    /// The trace id as [`Self::trace_id_hex`] writes it, without making a string of it first.
+    pub fn trace_id_display(&self) -> TraceIdHex {
+        TraceIdHex(self.trace_id)
+    }
+}
+
+/// A trace id, displayed as 32 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceIdHex(pub u128);
+
+impl fmt::Display for TraceIdHex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
     }
 }
 
@@ -57,14 +72,36 @@ impl fmt::Display for TraceContext {
     }
 }
 
+/// A random non-zero id. Ids only have to be unique, not secret, so each thread draws them from
+/// a SplitMix64 sequence seeded once from the operating system's random source (a UUIDv4),
+/// instead of asking the kernel (a `getrandom` system call) twice for every call served: that
+/// was 2.7 % of workflow-service's CPU under GetWorkflow load.
 fn nonzero_random() -> u128 {
-    // UUIDv4 bits are random enough for ids that only have to be unique.
-    uuid::Uuid::new_v4().as_u128().max(1)
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let (high, low) = uuid::Uuid::new_v4().as_u64_pair();
+            high ^ low
+        });
+    }
+    STATE.with(|state| {
+        let next = || {
+            // SplitMix64 (Steele, Lea, Flood 2014): a bijection of a Weyl sequence, so one
+            // thread's draws repeat only after 2^64 of them.
+            let s = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+            state.set(s);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        ((u128::from(next()) << 64) | u128::from(next())).max(1)
+    })
 }
 
 /// Runs `future` with `context` as the current trace.
-pub async fn scope<F: Future>(context: TraceContext, future: F) -> F::Output {
-    CURRENT.scope(context, future).await
+pub fn scope<F: Future>(context: TraceContext, future: F) -> tokio::task::futures::TaskLocalFuture<TraceContext, F> {
+    CURRENT.scope(context, future)
 }
 
 /// The current trace context, if the code runs inside an RPC.
@@ -91,6 +128,20 @@ mod tests {
         assert_ne!(child.span_id, root.span_id);
         assert!(TraceContext::parse("garbage").is_none());
         assert!(TraceContext::parse("00-00000000000000000000000000000000-0000000000000001-01").is_none());
+        assert_eq!(root.trace_id_display().to_string(), format!("{:032x}", root.trace_id));
+        assert_eq!(root.trace_id_hex().len(), 32);
+    }
+
+    #[test]
+    fn new_traces_differ_within_and_across_threads() {
+        let mut ids: Vec<u128> = (0..1000).map(|_| TraceContext::new_root().trace_id).collect();
+        let other: Vec<u128> =
+            std::thread::spawn(|| (0..1000).map(|_| TraceContext::new_root().trace_id).collect()).join().unwrap();
+        ids.extend(other);
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 2000);
+        assert!(ids.iter().all(|id| *id != 0));
     }
 
     #[tokio::test]
