@@ -61,6 +61,11 @@ pub struct CommonConfig {
     /// `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Log lines held for the thread that writes them to stderr. A call never waits for stderr;
+    /// when this many lines wait already, further lines are dropped and counted
+    /// (`log_lines_dropped_total`).
+    #[arg(long, env = "LOG_BUFFER_LINES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub log_buffer_lines: u32,
     /// How long in-flight RPCs may take to finish after SIGTERM.
     #[arg(long, env = "DRAIN_TIMEOUT_SECS", default_value_t = 20)]
     pub drain_timeout_secs: u64,

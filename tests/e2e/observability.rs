@@ -1,6 +1,8 @@
 //! What operators watch: Prometheus metrics on their own port, and one trace id followed from
 //! agent-service to workflow-service in the JSON logs.
 
+use std::time::Duration;
+
 use engarde::proto::agent::v1 as pb;
 use engarde::proto::workflow::v1 as wpb;
 
@@ -76,8 +78,66 @@ async fn metrics_count_calls_by_method_and_code_and_traces_cross_services() {
     let find = |logs: &str, rpc: &str| {
         logs.lines().any(|l| l.contains(&format!("\"trace_id\":\"{trace_id}\"")) && l.contains(rpc))
     };
-    assert!(find(&agent.logs(), "CreateAgentFromWorkflow"), "{}", agent.logs());
-    assert!(find(&workflow.logs(), "WorkflowService/GetWorkflow"), "{}", workflow.logs());
+    // Lines are written by a thread of their own, a moment after the call.
+    eventually(Duration::from_secs(10), "the trace id in both services' logs", || async {
+        find(&agent.logs(), "CreateAgentFromWorkflow") && find(&workflow.logs(), "WorkflowService/GetWorkflow")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_calls_log_line_is_written_and_none_is_dropped_under_load() {
+    let metrics_port = free_port();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let workflow = spawn_workflow_service(
+        &db,
+        &[
+            ("METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
+            ("LOG_FORMAT", "json".into()),
+            ("LOG_BUFFER_LINES", "4096".into()),
+        ],
+    )
+    .await;
+    let channel = workflow.channel().await;
+    let id = engarde::proto::workflow::v1::workflow_service_client::WorkflowServiceClient::new(channel.clone())
+        .list_workflows(with_trace(
+            wpb::ListWorkflowsRequest { page_size: 1, ..Default::default() },
+            "t-log",
+            &trace(9),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .workflows[0]
+        .id
+        .clone();
+    // 2,000 calls, 32 at a time: the lines arrive faster than one call at a time would write them.
+    let calls: Vec<_> = (0..32)
+        .map(|_| {
+            let mut client =
+                engarde::proto::workflow::v1::workflow_service_client::WorkflowServiceClient::new(channel.clone());
+            let id = id.clone();
+            tokio::spawn(async move {
+                for _ in 0..(2_000 / 32) {
+                    client
+                        .get_workflow(with_trace(wpb::GetWorkflowRequest { id: id.clone() }, "t-log", &trace(10)))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap();
+    }
+    let sent = (2_000 / 32) * 32;
+    let logged = || workflow.logs().lines().filter(|l| l.contains("WorkflowService/GetWorkflow")).count();
+    eventually(Duration::from_secs(20), "one access line per call", || async { logged() >= sent }).await;
+    assert_eq!(logged(), sent, "one line per call, no more");
+    // Published every few seconds: read it once it has been.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let body = scrape(metrics_port).await;
+    assert!(body.contains("log_lines_dropped_total 0"), "{body}");
 }
 
 /// A traceparent whose trace id is `n`.

@@ -138,8 +138,9 @@ async fn connections_beyond_max_connections_are_refused_while_open_ones_keep_wor
     }
 
     // A fourth is closed (reset) at once: the call fails at once, it does not hang until its
-    // deadline. The client reports the reset as UNAVAILABLE, or as UNKNOWN "transport error"
-    // when its request was already on the way.
+    // deadline. The client reports the reset as UNAVAILABLE, as UNKNOWN "transport error" when
+    // its request was already on the way, or as CANCELLED "connection closed" when the close
+    // reached it while it was sending (seen once under load).
     let refused = async {
         let channel = Channel::from_shared(service.url())
             .expect("url")
@@ -150,7 +151,10 @@ async fn connections_beyond_max_connections_are_refused_while_open_ones_keep_wor
     }
     .await;
     let status = refused.expect_err("a connection beyond MAX_CONNECTIONS is refused");
-    assert!(matches!(status.code(), Code::Unavailable | Code::Unknown), "refused, not left waiting: {status:?}");
+    assert!(
+        matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled),
+        "refused, not left waiting: {status:?}"
+    );
 
     let metrics = scrape(metrics_port).await;
     assert!(metric_sum(&metrics, "grpc_server_connections_refused_total", &[]) >= 1.0, "{metrics}");

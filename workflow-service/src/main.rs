@@ -4,7 +4,7 @@ use workflow_service::config::Config;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
-    engarde::kit::telemetry::init(config.common.log_format);
+    let _logs = engarde::kit::telemetry::init(config.common.log_format, config.common.log_buffer_lines);
     match workflow_service::startup::run(config, engarde::kit::server::shutdown_signal()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
