@@ -2,7 +2,8 @@
 //! so that stdout carries only the "listening on" line scripts wait for.
 //!
 //! Lines are written by a thread of their own: a call formats its line and hands it over, and
-//! never waits for stderr (a slow terminal, a full pipe, a log shipper behind). The hand-over
+//! never waits for stderr (a slow terminal, a full pipe, a log shipper behind). The thread
+//! writes the lines waiting together, in as few writes as fit its buffer. The hand-over
 //! holds at most `LOG_BUFFER_LINES` lines; beyond that, lines are dropped rather than calls
 //! slowed, and counted in `log_lines_dropped_total`. What is handed over is written before the
 //! process exits normally; a crash loses what was still waiting.
@@ -26,6 +27,9 @@ pub struct Logs {
     _writer: Option<WorkerGuard>,
 }
 
+/// The most bytes of lines written to stderr at once.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
 /// How often the count of dropped lines is published as a metric.
 const DROPPED_EVERY: Duration = Duration::from_secs(5);
 
@@ -39,7 +43,9 @@ pub fn init(format: LogFormat, buffer_lines: u32) -> Logs {
         .lossy(true)
         .buffered_lines_limit(buffer_lines as usize)
         .thread_name("log-writer")
-        .finish(std::io::stderr());
+        // The writer drains every line waiting, then flushes: lines that arrive together leave
+        // in one write, and a lone line leaves at once.
+        .finish(std::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, std::io::stderr()));
     let dropped = writer.error_counter();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(colour);
     let result = match format {
