@@ -13,7 +13,7 @@ use engarde::kit::idempotency::{IdempotencyKey, judge_replay};
 use engarde::kit::pagination::PageRequest;
 use uuid::Uuid;
 
-use super::{AgentDialect, replayed};
+use super::{AgentDialect, json_strings, replayed};
 use crate::domain::provisioning::{Candidate, ProvisionOutcome, SkipReason, Skipped};
 use crate::domain::{Agent, AgentFilter, NewAgent, now};
 use crate::storage::row::{AgentRow, COLUMNS, SnapshotColumns};
@@ -429,13 +429,21 @@ impl<D: AgentDialect> AgentRepository for SqlAgentRepository<D> {
     }
 
     async fn provisioned(&self, tenant: &str, workflow_ids: &[Uuid]) -> ServiceResult<HashSet<Uuid>> {
-        let rows: Vec<(SqlUuid,)> =
-            sqlx::query::<D::Db>("SELECT workflow_id FROM provisioned_workflows WHERE tenant_id = $1")
-                .arg(tenant)
-                .fetch_all_as(&self.pool)
-                .await?;
-        let wanted: HashSet<Uuid> = workflow_ids.iter().copied().collect();
-        Ok(rows.into_iter().map(|(id,)| id.0).filter(|id| wanted.contains(id)).collect())
+        if workflow_ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        // Only the claims asked about (by the claims' primary key), not every claim of the tenant:
+        // every ProvisionAgents asks, before it makes any flow.
+        let sql = format!(
+            "SELECT workflow_id FROM provisioned_workflows WHERE workflow_id IN ({}) AND tenant_id = $2",
+            D::JSON_UUIDS
+        );
+        let rows: Vec<(SqlUuid,)> = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
+            .arg(json_strings(workflow_ids))
+            .arg(tenant)
+            .fetch_all_as(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|(id,)| id.0).collect())
     }
 
     async fn expire_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>) -> ServiceResult<u64> {
