@@ -46,6 +46,11 @@ pub struct AgentFlows {
 }
 
 impl AgentFlows {
+    /// The flow linker (which also knows the Langflow's model providers).
+    pub fn linker(&self) -> &FlowLinker {
+        &self.linker
+    }
+
     pub fn new(repo: Arc<dyn AgentRepository>, linker: FlowLinker) -> Self {
         Self { repo, linker }
     }

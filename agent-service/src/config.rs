@@ -49,6 +49,8 @@ pub struct Config {
     pub report_batch_delay_ms: u64,
     #[command(flatten)]
     pub walker: crate::walker::WalkerSettings,
+    #[command(flatten)]
+    pub memory: crate::execution::MemoryWindow,
     /// How often orphan Langflow flows (made for agents that were never stored) are looked for,
     /// in seconds; 0 turns it off.
     #[arg(long, env = "LANGFLOW_RECONCILE_INTERVAL_SECS", default_value_t = 300)]

@@ -9,14 +9,14 @@
 
 use std::sync::Arc;
 
-use engarde::kit::error::{ServiceError, ServiceResult};
+use engarde::kit::error::{FieldViolation, ServiceError, ServiceResult};
 use futures::StreamExt;
 
 use crate::domain::mapping::unusable_export;
 use crate::domain::run::is_llm;
-use crate::domain::{Agent, AgentConfig, FlowLink, FlowOrigin, NewAgent, WorkflowSnapshot};
+use crate::domain::{Agent, AgentConfig, FlowLink, FlowOrigin, ModelSettings, NewAgent, WorkflowSnapshot};
 use crate::flow_mark::{self, DeploymentId, FlowMark, LinkCheck};
-use crate::langflow::{LangflowClient, LangflowError, flow};
+use crate::langflow::{LangflowClient, LangflowError, flow, models};
 
 /// How many flows are checked at once by [`FlowLinker::missing_flows`].
 const CHECK_CONCURRENCY: usize = 8;
@@ -38,6 +38,51 @@ fn first_prompt(snapshot: Option<&WorkflowSnapshot>) -> &str {
 }
 
 impl FlowLinker {
+    /// Checks `model` against the providers this Langflow's catalog offers, and spells its
+    /// provider as the catalog does (a provider is matched without regard to case). Problems go
+    /// to `out`, naming the field and what the catalog allows; UNAVAILABLE when the catalog
+    /// cannot be read. Without a Langflow nothing can be checked (nor run): the settings are
+    /// kept as given.
+    pub async fn check_offered(
+        &self,
+        prefix: &str,
+        model: &mut ModelSettings,
+        out: &mut Vec<FieldViolation>,
+    ) -> ServiceResult<()> {
+        let Some(client) = self.langflow.as_deref() else { return Ok(()) };
+        if !model.is_set() {
+            return Ok(());
+        }
+        let offered = client.model_providers().await?;
+        let Some(provider) = models::find(offered, &model.provider) else {
+            out.push(FieldViolation::new(
+                format!("{prefix}.provider"),
+                format!(
+                    "{:?} is not a model provider of this Langflow; use one of {}",
+                    model.provider,
+                    models::names(offered)
+                ),
+            ));
+            return Ok(());
+        };
+        model.provider = provider.name.clone();
+        let other = |what: &str| format!("the {} component of this Langflow takes no {what}", provider.name);
+        if !model.base_url.is_empty() && !provider.takes_base_url() {
+            let with: Vec<&str> = offered.iter().filter(|p| p.takes_base_url()).map(|p| p.name.as_str()).collect();
+            out.push(FieldViolation::new(
+                format!("{prefix}.base_url"),
+                format!("{} (providers that do: {})", other("base URL"), with.join(", ")),
+            ));
+        }
+        if model.max_tokens.is_some() && !provider.takes_max_tokens() {
+            out.push(FieldViolation::new(format!("{prefix}.max_tokens"), other("token limit")));
+        }
+        if !model.api_key_ref.is_empty() && !provider.takes_api_key() {
+            out.push(FieldViolation::new(format!("{prefix}.api_key_ref"), other("API key")));
+        }
+        Ok(())
+    }
+
     /// Whether a Langflow is configured.
     pub fn configured(&self) -> bool {
         self.langflow.is_some()

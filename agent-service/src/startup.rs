@@ -106,7 +106,8 @@ fn start_execution(
 ) -> Executor {
     let executions = storage::execution_repository(db);
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
-    let executor = Executor::new(agents, executions.clone(), langflow, wake.clone(), config.common.rpc_timeout());
+    let executor =
+        Executor::new(agents, executions.clone(), langflow, wake.clone(), config.common.rpc_timeout(), config.memory);
     janitor::spawn(executor.clone(), config.execution_stale_after());
     Reporter {
         executions,

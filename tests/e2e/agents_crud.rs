@@ -150,7 +150,7 @@ both_backends!(
         request.capabilities = vec!["Not OK".into()];
         request.configuration = Some(pb::AgentConfig {
             tone: "t".repeat(500),
-            model: Some(pb::ModelSettings { provider: "Open AI".into(), temperature: Some(3.0), max_tokens: Some(40_000), ..Default::default() }),
+            model: Some(pb::ModelSettings { provider: "Open{AI}".into(), temperature: Some(3.0), max_tokens: Some(40_000), ..Default::default() }),
             extra: [("Bad Key".to_string(), "v".to_string())].into(),
             ..Default::default()
         });
@@ -162,6 +162,7 @@ both_backends!(
                 "agent_type",
                 "configuration.tone",
                 "configuration.model.provider",
+                "configuration.model.model_name",
                 "configuration.model.temperature",
                 "configuration.model.max_tokens",
                 "configuration.extra[\"Bad Key\"]",

@@ -68,6 +68,7 @@ fn a_configuration() -> pb::AgentConfig {
             model_name: "gpt-4o-mini".into(),
             temperature: Some(0.4),
             max_tokens: Some(800),
+            ..Default::default()
         }),
         extra: BTreeMap::from([("cta.style".to_string(), "soft".to_string())]),
     }

@@ -28,7 +28,8 @@ use serde_json::{Value, json};
 
 /// `GET /api/v1/all` of Langflow 1.13.0 cut down to what a generated flow needs:
 /// `input_output.ChatInput`, `input_output.ChatOutput`, `models_and_agents."Prompt Template"`,
-/// complete (with their `code`, which a real server needs to run a flow built from them).
+/// and two model providers (`openai`'s OpenAI and `ollama`'s Ollama components), complete
+/// (with their `code`, which a real server needs to run a flow built from them).
 pub const CATALOG_FIXTURE: &str = include_str!("fixtures/langflow_catalog.json");
 
 /// Node ids of the flows built by [`prompt_flow`]; tweaks address the Prompt node by its id.

@@ -4,6 +4,7 @@
 
 mod bounded_pages;
 mod chaos;
+mod fake_model;
 mod faults;
 mod fuzz;
 mod helpers;
@@ -21,6 +22,7 @@ mod agents_execution_faults;
 mod agents_from_workflows;
 mod agents_health;
 mod agents_linkage;
+mod agents_models;
 mod agents_provisioning;
 mod walker_faults;
 mod walker_reviews;

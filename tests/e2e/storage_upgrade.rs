@@ -291,6 +291,7 @@ fn agent_config(tone: &str, model: Option<(&str, &str, f64, i32)>, extra: &[(&st
                 model_name: model_name.into(),
                 temperature: Some(temperature),
                 max_tokens: Some(max_tokens),
+                ..Default::default()
             },
             None => pb::ModelSettings::default(),
         }),
@@ -700,6 +701,7 @@ async fn an_existing_postgres_database_upgrades_to_uuid_ids_with_nothing_lost() 
         flow_origin: pb::FlowOrigin::Generated as i32,
         feedback_count: 1,
         feedback_mean_score: 4.0,
+        token_usage: Some(pb::TokenUsage::default()),
     };
     let standalone = pb::Agent {
         id: b_id.clone(),
@@ -724,6 +726,7 @@ async fn an_existing_postgres_database_upgrades_to_uuid_ids_with_nothing_lost() 
         flow_origin: pb::FlowOrigin::Unspecified as i32,
         feedback_count: 0,
         feedback_mean_score: 0.0,
+        token_usage: Some(pb::TokenUsage::default()),
     };
     let not_ours =
         pb::Agent { id: c_id.clone(), tenant_id: OTHER_TENANT.into(), name: "Not yours".into(), ..standalone.clone() };
@@ -741,6 +744,7 @@ async fn an_existing_postgres_database_upgrades_to_uuid_ids_with_nothing_lost() 
             step_id: String::new(),
             start_time: Some(ts(at(minute))),
             finish_time: Some(ts(at(minute) + chrono::Duration::milliseconds(latency as i64))),
+            token_usage: None,
         };
     let exec1 = execution(&e1, "launch-chat", "spring sale", "Post: spring sale", "", 120.5, 21);
     let exec2 = execution(&e2, "launch-chat", "summer sale", "", "Langflow is unavailable", 80.25, 22);

@@ -32,6 +32,7 @@ named_enum!(
         Unavailable => "unavailable",
         DeadlineExceeded => "deadline_exceeded",
         FailedPrecondition => "failed_precondition",
+        ResourceExhausted => "resource_exhausted",
     }
 );
 
@@ -51,8 +52,16 @@ impl FailureKind {
             Self::Unavailable => ServiceError::Unavailable(message),
             Self::DeadlineExceeded => ServiceError::DeadlineExceeded(message),
             Self::FailedPrecondition => ServiceError::FailedPrecondition(message),
+            Self::ResourceExhausted => ServiceError::ResourceExhausted(message),
         }
     }
+}
+
+/// The tokens a model reported for one execution (or, summed, for an agent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct TokenUsage {
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
 }
 
 /// One run of an agent's flow.
@@ -72,6 +81,8 @@ pub struct Execution {
     /// Set when failed.
     pub failure: Option<FailureKind>,
     pub latency_ms: f64,
+    /// The tokens the model reported, when it reported any.
+    pub usage: Option<TokenUsage>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
 }
@@ -125,6 +136,7 @@ impl NewExecution {
             error: String::new(),
             failure: None,
             latency_ms: 0.0,
+            usage: None,
             started_at: self.started_at,
             finished_at: None,
         }
@@ -134,7 +146,7 @@ impl NewExecution {
 /// How an execution ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Succeeded { output: String },
+    Succeeded { output: String, usage: Option<TokenUsage> },
     Failed { kind: FailureKind, error: String },
 }
 
@@ -155,13 +167,14 @@ impl Finish {
     /// what the session remembers.
     pub fn bookkeeping(&self) -> Bookkeeping<'_> {
         match &self.outcome {
-            Outcome::Succeeded { output } => Bookkeeping {
+            Outcome::Succeeded { output, usage } => Bookkeeping {
                 status: ExecutionStatus::Succeeded,
                 output,
                 error: "",
                 failure: None,
                 succeeded: true,
                 remember: Some(output),
+                usage: *usage,
             },
             Outcome::Failed { kind, error } => Bookkeeping {
                 status: ExecutionStatus::Failed,
@@ -170,6 +183,7 @@ impl Finish {
                 failure: Some(*kind),
                 succeeded: false,
                 remember: None,
+                usage: None,
             },
         }
     }
@@ -188,6 +202,8 @@ pub struct Bookkeeping<'a> {
     /// The agent's answer the session remembers (after the input): successes only, so that a
     /// failed call leaves no half conversation.
     pub remember: Option<&'a str>,
+    /// The tokens the model reported.
+    pub usage: Option<TokenUsage>,
 }
 
 impl Bookkeeping<'_> {
@@ -227,6 +243,7 @@ impl Execution {
         self.error = book.error.to_owned();
         self.failure = book.failure;
         self.latency_ms = finish.latency_ms;
+        self.usage = book.usage;
         self.finished_at = Some(finish.finished_at);
         self
     }
@@ -438,8 +455,10 @@ mod tests {
 
     #[test]
     fn a_success_is_counted_remembered_and_recorded_with_its_output() {
-        let done = finish(Outcome::Succeeded { output: "hi".into() });
+        let usage = TokenUsage { prompt_tokens: 11, completion_tokens: 9 };
+        let done = finish(Outcome::Succeeded { output: "hi".into(), usage: Some(usage) });
         let book = done.bookkeeping();
+        assert_eq!(book.usage, Some(usage));
         assert_eq!(book.status, ExecutionStatus::Succeeded);
         assert_eq!((book.output, book.error, book.error_code()), ("hi", "", ""));
         assert!(book.succeeded);
@@ -448,7 +467,12 @@ mod tests {
 
     #[test]
     fn a_failure_is_counted_unsuccessful_recorded_with_its_code_and_not_remembered() {
-        for kind in [FailureKind::Unavailable, FailureKind::DeadlineExceeded, FailureKind::FailedPrecondition] {
+        for kind in [
+            FailureKind::Unavailable,
+            FailureKind::DeadlineExceeded,
+            FailureKind::FailedPrecondition,
+            FailureKind::ResourceExhausted,
+        ] {
             let done = finish(Outcome::Failed { kind, error: "boom".into() });
             let book = done.bookkeeping();
             assert_eq!(book.status, ExecutionStatus::Failed);

@@ -102,14 +102,28 @@ impl FlowOrigin {
     }
 }
 
-/// Which model an agent's flow runs on; empty or unset means the flow's default.
+/// Which model an agent's flow runs on; no provider means no model (see the proto's
+/// `ModelSettings`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ModelSettings {
+    /// As Langflow's catalog spells it (normalised at the edge).
     pub provider: String,
     pub model_name: String,
     pub temperature: Option<f64>,
     pub max_tokens: Option<i32>,
+    pub base_url: String,
+    pub system_message: String,
+    /// The name of the Langflow global variable (or environment variable) holding the API key:
+    /// never the key.
+    pub api_key_ref: String,
+}
+
+impl ModelSettings {
+    /// Whether these settings name a model (otherwise the flow runs without one).
+    pub fn is_set(&self) -> bool {
+        !self.provider.is_empty()
+    }
 }
 
 /// How an agent speaks and which model it uses. Valid by construction once parsed at the edge
@@ -181,6 +195,9 @@ pub struct Agent {
     pub feedback_count: i64,
     #[serde(default)]
     pub feedback_score_sum: i64,
+    /// The tokens its executions' models reported, summed.
+    #[serde(default)]
+    pub usage: super::execution::TokenUsage,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -251,6 +268,7 @@ impl NewAgent {
             average_response_time_ms: 0.0,
             feedback_count: 0,
             feedback_score_sum: 0,
+            usage: Default::default(),
             version: 1,
             created_at: now,
             updated_at: now,

@@ -8,6 +8,7 @@
 //! cut it short; a process that dies mid-run leaves a RUNNING row that [`janitor`] finishes.
 
 pub mod janitor;
+pub mod memory;
 pub mod model;
 pub mod reporter;
 mod stream;
@@ -22,13 +23,15 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::domain::now;
+use crate::domain::execution::TokenUsage;
+use crate::domain::{Agent, FlowOrigin, now};
 use crate::langflow::{LangflowClient, LangflowError, flow};
 use crate::storage::executions::Started;
 use crate::storage::{AgentRepository, ExecutionRepository};
 use crate::workflows::Credentials;
 use model::{Execution, Finish, NewExecution, Outcome, langflow_session_id, pick_step};
 
+pub use memory::MemoryWindow;
 pub use stream::StreamItem;
 
 /// How many times recording an outcome is tried when the database is briefly unavailable.
@@ -58,6 +61,8 @@ pub struct Executor {
     reports: Arc<Notify>,
     /// The deadline of a unary call whose caller set none (the server's own RPC timeout).
     default_deadline: Duration,
+    /// How much of a session's memory each execution gives the model.
+    memory: MemoryWindow,
 }
 
 /// An execution ready to run: stored nowhere yet.
@@ -67,6 +72,10 @@ struct Run {
     flow_id: String,
     tweaks: Value,
     deadline: Option<Duration>,
+    /// The model's credential reference, to name in an error about the credential.
+    api_key_ref: String,
+    /// Whether the flow runs a model (a timeout is then the model's).
+    has_model: bool,
 }
 
 enum Prepared {
@@ -82,8 +91,9 @@ impl Executor {
         langflow: Option<Arc<LangflowClient>>,
         reports: Arc<Notify>,
         default_deadline: Duration,
+        memory: MemoryWindow,
     ) -> Self {
-        Self { agents, executions, langflow, reports, default_deadline }
+        Self { agents, executions, langflow, reports, default_deadline, memory }
     }
 
     pub fn executions(&self) -> &Arc<dyn ExecutionRepository> {
@@ -163,8 +173,14 @@ impl Executor {
             )));
         }
         let (step_id, prompt) = pick_step(agent.snapshot.as_ref(), &request.step_id)?;
-        let tweaks = flow::tweaks_for(agent.flow_origin, &prompt, &agent.configuration);
-        let session_id = if request.session_id.is_empty() { Uuid::new_v4().to_string() } else { request.session_id };
+        let (session_id, history) = if request.session_id.is_empty() {
+            (Uuid::new_v4().to_string(), String::new())
+        } else {
+            let earlier =
+                self.executions.recent_messages(agent.id, &request.session_id, self.memory.max_messages).await?;
+            (request.session_id, self.memory.render(&earlier))
+        };
+        let tweaks = run_tweaks(langflow, &agent, &prompt, &history).await?;
         let new = NewExecution {
             id: Uuid::now_v7(),
             tenant_id: tenant.to_owned(),
@@ -183,6 +199,8 @@ impl Executor {
             flow_id: agent.langflow_workflow_id,
             tweaks,
             deadline: deadline.map(leave_time_to_record),
+            has_model: agent.configuration.model.is_set(),
+            api_key_ref: agent.configuration.model.api_key_ref,
         }))
     }
 
@@ -191,7 +209,7 @@ impl Executor {
         let call = async {
             let clock = Instant::now();
             let result = run.langflow.run(&run.flow_id, &run.new.input, &session, &run.tweaks, run.deadline).await;
-            (result.map(|o| o.text), clock)
+            (result.map(|o| (o.text, o.usage)), clock)
         };
         let (execution, (result, clock)) = if run.new.request.is_some() {
             // The RUNNING row is what keeps a retry from running the flow again: it comes first,
@@ -212,24 +230,32 @@ impl Executor {
                 Started::Existing(existing) => return existing.into_answer(),
             }
         };
-        self.record(&execution, &run.flow_id, result, clock).await?.into_answer()
+        self.record(&execution, &run, result, clock).await?.into_answer()
     }
 
     /// Records how a run ended; answers the execution as recorded.
     async fn record(
         &self,
         execution: &Execution,
-        flow_id: &str,
-        result: Result<String, LangflowError>,
+        run: &Run,
+        result: Result<(String, Option<TokenUsage>), LangflowError>,
         clock: Instant,
     ) -> ServiceResult<Execution> {
         let latency_ms = clock.elapsed().as_secs_f64() * 1000.0;
         let (outcome, flow_gone) = match result {
-            Ok(output) => (Outcome::Succeeded { output }, None),
+            Ok((output, usage)) => (Outcome::Succeeded { output, usage }, None),
             Err(error) => {
-                tracing::warn!(execution_id = %execution.id, agent_id = %execution.agent_id, error = %error, "execution failed");
-                let gone = matches!(error, LangflowError::FlowNotFound(_)).then(|| flow_id.to_owned());
-                (Outcome::Failed { kind: error.failure_kind(), error: error.to_string() }, gone)
+                let kind = error.failure_kind();
+                // Only a missing flow needs a person; a model's faults pass, or are its
+                // configuration's, which the caller is told of: the agent stays as it is.
+                let gone = matches!(error, LangflowError::FlowNotFound(_)).then(|| run.flow_id.clone());
+                let error = match &error {
+                    LangflowError::ModelCredentials(_) => credential_error(&error, &run.api_key_ref),
+                    LangflowError::Timeout(_) if run.has_model => format!("the model did not answer in time: {error}"),
+                    _ => error.to_string(),
+                };
+                tracing::warn!(execution_id = %execution.id, agent_id = %execution.agent_id, error, "execution failed");
+                (Outcome::Failed { kind, error }, gone)
             }
         };
         let finish = Finish { execution_id: execution.id, outcome, latency_ms, finished_at: now(), flow_gone };
@@ -264,6 +290,37 @@ impl Executor {
             }
             None => self.executions.get(tenant, finish.execution_id).await,
         }
+    }
+}
+
+/// The tweaks of one run of `agent`'s flow: its step's prompt, its configuration, the
+/// conversation so far and, for a generated flow with a model, the model's settings as they are
+/// now (FAILED_PRECONDITION when this Langflow no longer offers the provider).
+pub(crate) async fn run_tweaks(
+    langflow: &LangflowClient,
+    agent: &Agent,
+    step_prompt: &str,
+    history: &str,
+) -> Result<Value, LangflowError> {
+    let model = &agent.configuration.model;
+    let provider = if agent.flow_origin == FlowOrigin::Generated && model.is_set() {
+        Some(langflow.model_provider(&model.provider).await?)
+    } else {
+        None
+    };
+    let context = flow::RunContext { step_prompt, config: &agent.configuration, history, provider };
+    Ok(flow::tweaks_for(agent.flow_origin, &context))
+}
+
+/// The error of a model that refused its credential, naming the reference (never the key).
+fn credential_error(error: &LangflowError, api_key_ref: &str) -> String {
+    if api_key_ref.is_empty() {
+        format!("{error}; the agent names no credential (set configuration.model.api_key_ref)")
+    } else {
+        format!(
+            "{error}; check the key held by the Langflow global variable or environment variable {api_key_ref:?} \
+             (configuration.model.api_key_ref)"
+        )
     }
 }
 

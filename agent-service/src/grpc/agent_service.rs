@@ -23,7 +23,7 @@ use crate::domain::configuration::{self, ConfigField, apply_config_update};
 use crate::domain::lifecycle::{self, Transition};
 use crate::domain::mapping::Overrides;
 use crate::domain::provisioning::{MAX_FILTER_WORKFLOW_IDS, ProvisionFilter};
-use crate::domain::{Agent, AgentFilter, AgentType, NewAgent};
+use crate::domain::{Agent, AgentFilter, AgentType, FlowOrigin, NewAgent};
 use crate::linkage::{FlowLinker, check_flow_id};
 use crate::provisioner::Provisioner;
 use crate::storage::{AgentRepository, mutate_agent, replayed};
@@ -108,6 +108,20 @@ impl AgentApi {
     }
 }
 
+impl AgentApi {
+    /// A generated flow holds its model's node, whose component is the provider's: a new
+    /// provider (or a model where there was none, or none where there was one) needs a new
+    /// flow. The agent then goes back to DRAFT, to be deployed again, as after any change of
+    /// flow. The other model settings reach the flow with each run.
+    async fn follow_provider(&self, tenant: &str, before: &str, updated: Agent) -> ServiceResult<Agent> {
+        if updated.flow_origin != FlowOrigin::Generated || updated.configuration.model.provider == before {
+            return Ok(updated);
+        }
+        tracing::info!(agent_id = %updated.id, before, after = updated.configuration.model.provider, "model provider changed: regenerating the agent's flow");
+        self.flows.regenerate(tenant, updated.id, updated.etag(), None).await
+    }
+}
+
 fn overrides_from_pb(overrides: Option<pb::AgentOverrides>) -> ServiceResult<Overrides> {
     let Some(o) = overrides else { return Ok(Overrides::default()) };
     let mut violations = Vec::new();
@@ -186,8 +200,11 @@ impl AgentService for AgentApi {
                 }
                 Err(e) => return Err(e),
             };
-            let config =
+            let mut config =
                 config_from_pb("configuration", req.configuration.clone()).map_err(|v| violations.extend(v)).ok();
+            if let Some(c) = &mut config {
+                self.flows.linker().check_offered("configuration.model", &mut c.model, &mut violations).await?;
+            }
             let capabilities = configuration::check_capabilities("capabilities", &req.capabilities, &mut violations);
             invalid_if_any(violations)?;
             let (Some(agent_type), Some(configuration)) = (agent_type, config) else {
@@ -268,7 +285,13 @@ impl AgentService for AgentApi {
                     }
                     AgentField::Configuration => {
                         match config_from_pb("agent.configuration", patch.configuration.clone()) {
-                            Ok(c) => config = Some(c),
+                            Ok(mut c) => {
+                                let linker = self.flows.linker();
+                                linker
+                                    .check_offered("agent.configuration.model", &mut c.model, &mut violations)
+                                    .await?;
+                                config = Some(c)
+                            }
                             Err(v) => violations.extend(v),
                         }
                     }
@@ -282,6 +305,10 @@ impl AgentService for AgentApi {
                 }
             }
             invalid_if_any(violations)?;
+            let provider_before = match &config {
+                Some(_) => Some(self.repo.get(caller.tenant.as_str(), id).await?.configuration.model.provider),
+                None => None,
+            };
             let etag = patch.etag.clone();
             let updated = mutate_agent(
                 self.repo.as_ref(),
@@ -307,6 +334,10 @@ impl AgentService for AgentApi {
             )
             .await?;
             tracing::info!(agent_id = %id, version = updated.version, "agent updated");
+            let updated = match provider_before {
+                Some(before) => self.follow_provider(caller.tenant.as_str(), &before, updated).await?,
+                None => updated,
+            };
             Ok(agent_to_pb(&updated))
         })
         .await
@@ -380,7 +411,13 @@ impl AgentService for AgentApi {
         handle(request, |caller, req| async move {
             let key = IdempotencyKey::from_request("CreateAgentFromWorkflow", &req.request_id, &req)?;
             let workflow_id = parse_id("workflow_id", &req.workflow_id)?;
-            let overrides = overrides_from_pb(req.overrides)?;
+            let mut overrides = overrides_from_pb(req.overrides)?;
+            if let Some(c) = &mut overrides.configuration {
+                let mut violations = Vec::new();
+                let linker = self.flows.linker();
+                linker.check_offered("overrides.configuration.model", &mut c.model, &mut violations).await?;
+                invalid_if_any(violations)?;
+            }
             let agent = self
                 .provisioner
                 .create_from_workflow(caller.tenant.as_str(), &caller.credentials, workflow_id, overrides, key.as_ref())
@@ -470,8 +507,8 @@ impl AgentService for AgentApi {
                         format!("update_mask.paths[{i}]"),
                         format!(
                             "{path:?} is not a configuration field; use brand_voice, tone, target_audience, model, \
-                             model.provider, model.model_name, model.temperature, model.max_tokens, extra or \
-                             extra.<key>"
+                             model.provider, model.model_name, model.temperature, model.max_tokens, \
+                             model.base_url, model.system_message, model.api_key_ref, extra or extra.<key>"
                         ),
                     )),
                 }
@@ -483,6 +520,14 @@ impl AgentService for AgentApi {
                 configuration::check_config("configuration", &patch, &mut violations);
             }
             invalid_if_any(violations)?;
+            // The model as it will be, against this Langflow's catalog (which only an await can
+            // read: before the update, on the agent as it is now).
+            let current = self.repo.get(caller.tenant.as_str(), id).await?;
+            let mut model = apply_config_update(&current.configuration, &patch, &fields).model;
+            let mut violations = Vec::new();
+            self.flows.linker().check_offered("configuration.model", &mut model, &mut violations).await?;
+            invalid_if_any(violations)?;
+            let provider = model.provider;
             let etag = req.etag;
             let updated = mutate_agent(
                 self.repo.as_ref(),
@@ -491,16 +536,22 @@ impl AgentService for AgentApi {
                 key.as_ref(),
                 Box::new(move |a: &mut Agent| {
                     lifecycle::ensure_fresh(a, &etag)?;
-                    let merged = apply_config_update(&a.configuration, &patch, &fields);
+                    let mut merged = apply_config_update(&a.configuration, &patch, &fields);
                     let mut violations = Vec::new();
                     configuration::check_config("configuration", &merged, &mut violations);
                     invalid_if_any(violations)?;
+                    // Spelled as the catalog spells it (checked above).
+                    if merged.model.provider.eq_ignore_ascii_case(&provider) {
+                        merged.model.provider = provider.clone();
+                    }
                     a.configuration = merged;
                     Ok(())
                 }),
             )
             .await?;
             tracing::info!(agent_id = %id, version = updated.version, "agent configuration updated");
+            let updated =
+                self.follow_provider(caller.tenant.as_str(), &current.configuration.model.provider, updated).await?;
             Ok(agent_config_to_pb(&updated))
         })
         .await

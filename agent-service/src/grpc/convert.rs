@@ -105,6 +105,9 @@ pub fn config_to_pb(c: &AgentConfig) -> pb::AgentConfig {
             model_name: c.model.model_name.clone(),
             temperature: c.model.temperature,
             max_tokens: c.model.max_tokens,
+            base_url: c.model.base_url.clone(),
+            system_message: c.model.system_message.clone(),
+            api_key_ref: c.model.api_key_ref.clone(),
         }),
         extra: c.extra.clone(),
     }
@@ -123,6 +126,9 @@ pub fn parse_config(config: Option<pb::AgentConfig>) -> AgentConfig {
             model_name: model.model_name,
             temperature: model.temperature,
             max_tokens: model.max_tokens,
+            base_url: model.base_url,
+            system_message: model.system_message,
+            api_key_ref: model.api_key_ref,
         },
         extra: config.extra,
     }
@@ -167,7 +173,12 @@ pub fn agent_to_pb(a: &Agent) -> pb::Agent {
         flow_origin: flow_origin_to_pb(a.flow_origin) as i32,
         feedback_count: a.feedback_count,
         feedback_mean_score: a.feedback_mean_score(),
+        token_usage: Some(usage_to_pb(a.usage)),
     }
+}
+
+pub fn usage_to_pb(u: crate::domain::execution::TokenUsage) -> pb::TokenUsage {
+    pb::TokenUsage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
 }
 
 pub fn agent_config_to_pb(a: &Agent) -> pb::AgentConfiguration {

@@ -39,6 +39,7 @@ pub fn execution_to_pb(e: &Execution) -> pb::Execution {
         step_id: e.step_id.clone(),
         start_time: Some(timestamp(e.started_at)),
         finish_time: e.finished_at.map(timestamp),
+        token_usage: e.usage.map(super::convert::usage_to_pb),
     }
 }
 

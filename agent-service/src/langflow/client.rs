@@ -13,6 +13,8 @@ use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use super::error::{LangflowError, excerpt};
+use super::models::{self, ModelProvider};
+use crate::domain::execution::TokenUsage;
 
 /// How many times a call that is safe to repeat is tried.
 const ATTEMPTS: u32 = 3;
@@ -36,6 +38,7 @@ pub struct LangflowClient {
     http: reqwest::Client,
     settings: LangflowSettings,
     catalog: OnceCell<Value>,
+    providers: OnceCell<Vec<ModelProvider>>,
 }
 
 /// What one run answered.
@@ -45,6 +48,8 @@ pub struct RunOutput {
     pub text: String,
     /// Langflow's session id (the one sent).
     pub session_id: String,
+    /// The tokens the model reported, when the flow ran one that did.
+    pub usage: Option<TokenUsage>,
 }
 
 /// A flow as Langflow lists it, without its graph.
@@ -87,7 +92,7 @@ impl LangflowClient {
             .map_err(|e| LangflowError::Unavailable(format!("building the HTTP client: {e}")))?;
         let mut settings = settings;
         settings.base_url = settings.base_url.trim_end_matches('/').to_owned();
-        Ok(Self { http, settings, catalog: OnceCell::new() })
+        Ok(Self { http, settings, catalog: OnceCell::new(), providers: OnceCell::new() })
     }
 
     pub fn base_url(&self) -> &str {
@@ -165,6 +170,23 @@ impl LangflowClient {
                 Self::json("component catalog", response).await
             })
             .await
+    }
+
+    /// The model providers the catalog offers (see [`models`]), read once and kept.
+    pub async fn model_providers(&self) -> Result<&[ModelProvider], LangflowError> {
+        let catalog = self.catalog().await?;
+        Ok(self.providers.get_or_init(|| async { models::providers(catalog) }).await)
+    }
+
+    /// The provider named `name` (without regard to case), or an error listing those offered.
+    pub async fn model_provider(&self, name: &str) -> Result<&ModelProvider, LangflowError> {
+        let offered = self.model_providers().await?;
+        models::find(offered, name).ok_or_else(|| {
+            LangflowError::ModelNotOffered(format!(
+                "this Langflow offers no model provider {name:?}; it offers {}",
+                models::names(offered)
+            ))
+        })
     }
 
     /// Creates a flow; answers its id.
@@ -274,7 +296,11 @@ impl LangflowClient {
         let text = output_text(&answer).ok_or_else(|| {
             LangflowError::BadResponse(format!("run flow: no chat output in {}", excerpt(&answer.to_string())))
         })?;
-        Ok(RunOutput { text, session_id: answer["session_id"].as_str().unwrap_or(session_id).to_owned() })
+        Ok(RunOutput {
+            text,
+            session_id: answer["session_id"].as_str().unwrap_or(session_id).to_owned(),
+            usage: output_usage(&answer),
+        })
     }
 
     /// Runs a flow with `?stream=true`, yielding Langflow's events as they arrive.
@@ -380,6 +406,19 @@ pub fn output_text(answer: &Value) -> Option<String> {
     ]
     .into_iter()
     .find_map(|v| v.as_str().map(str::to_owned))
+}
+
+/// The tokens the chat output's message reports (`properties.usage`, Langflow 1.13's
+/// `input_tokens` / `output_tokens`), if any.
+pub fn output_usage(answer: &Value) -> Option<TokenUsage> {
+    let message = &answer["outputs"][0]["outputs"][0]["results"]["message"];
+    [&message["properties"]["usage"], &message["data"]["properties"]["usage"]].into_iter().find_map(|usage| {
+        let count = |names: [&str; 2]| names.iter().find_map(|n| usage[*n].as_i64()).filter(|n| *n >= 0);
+        let prompt = count(["input_tokens", "prompt_tokens"]);
+        let completion = count(["output_tokens", "completion_tokens"]);
+        (prompt.is_some() || completion.is_some())
+            .then(|| TokenUsage { prompt_tokens: prompt.unwrap_or(0), completion_tokens: completion.unwrap_or(0) })
+    })
 }
 
 fn shorter(configured: Duration, deadline: Option<Duration>) -> Duration {

@@ -13,6 +13,7 @@
 use serde_json::{Value, json};
 
 use super::error::LangflowError;
+use super::models::{self, ModelProvider};
 use crate::domain::{AgentConfig, FlowOrigin};
 
 /// Node ids of generated flows: fixed, so that tweaks can name them.
@@ -82,7 +83,7 @@ pub fn generate(catalog: &Value, prompt: &str, config: &AgentConfig) -> Result<V
         .and_then(Value::as_object_mut)
         .ok_or_else(|| LangflowError::BadResponse("the Prompt Template component has no template".into()))?;
     if let Some(field) = template.get_mut("template") {
-        field["value"] = json!(compose_template(prompt, config));
+        field["value"] = json!(compose_template(prompt, config, ""));
     }
     // Every variable needs a field of its own; `input` is fed by the edge from Chat Input.
     template.insert("input".to_owned(), variable_field("input", ""));
@@ -97,23 +98,22 @@ pub fn generate(catalog: &Value, prompt: &str, config: &AgentConfig) -> Result<V
     let mut edges = vec![edge(CHAT_INPUT_ID, "ChatInput", "message", PROMPT_ID, "input", &json!(["Message"]), "str")];
 
     let model = &config.model;
-    if !model.provider.is_empty() && !model.model_name.is_empty() {
-        let mut model_node = component(catalog, "models_and_agents", "LanguageModelComponent")?.clone();
-        let fields = &mut model_node["template"];
-        fields["provider"]["value"] = json!(model.provider);
-        fields["model_name"]["value"] = json!(model.model_name);
-        if let Some(t) = model.temperature {
-            fields["temperature"]["value"] = json!(t);
-        }
-        if let Some(m) = model.max_tokens {
-            fields["max_tokens"]["value"] = json!(m);
-        }
+    if model.is_set() {
+        let offered = models::providers(catalog);
+        let provider = models::find(&offered, &model.provider).ok_or_else(|| {
+            LangflowError::ModelNotOffered(format!(
+                "this Langflow offers no model provider {:?}; it offers {}",
+                model.provider,
+                models::names(&offered)
+            ))
+        })?;
+        let model_node = provider.node_entry(model);
         let model_input_types = model_node["template"]["input_value"]["input_types"].clone();
-        nodes.push(node(MODEL_ID, "LanguageModelComponent", model_node, 800));
+        nodes.push(node(MODEL_ID, provider.node_type(), model_node, 800));
         edges.push(edge(PROMPT_ID, "Prompt Template", "prompt", MODEL_ID, "input_value", &model_input_types, "str"));
         edges.push(edge(
             MODEL_ID,
-            "LanguageModelComponent",
+            provider.node_type(),
             "text_output",
             CHAT_OUTPUT_ID,
             "input_value",
@@ -141,15 +141,26 @@ fn variable_values(config: &AgentConfig) -> [(&'static str, String); 3] {
     ]
 }
 
-/// The Prompt template for a step: the step's prompt with its `{input}` (appended when the
-/// prompt has none), then the agent's voice, tone and audience when they are set. Braces that
-/// are not one of [`VARIABLES`] are escaped, so a prompt cannot break the template.
-pub fn compose_template(step_prompt: &str, config: &AgentConfig) -> String {
-    let mut template = escape_foreign_braces(step_prompt.trim());
-    if template.is_empty() {
+/// The Prompt template for a step: the conversation so far (`history`, when there is one), the
+/// step's prompt with its `{input}` (appended when the prompt has none), then the agent's voice,
+/// tone and audience when they are set. Braces that are not one of [`VARIABLES`] are escaped,
+/// so a prompt cannot break the template; the history's braces are all escaped, so nothing a
+/// caller said earlier becomes a variable.
+pub fn compose_template(step_prompt: &str, config: &AgentConfig, history: &str) -> String {
+    let mut template = String::new();
+    if !history.is_empty() {
+        template.push_str("Conversation so far:\n");
+        template.push_str(&history.replace('{', "{{").replace('}', "}}"));
+        template.push_str("\n\n");
+    }
+    let prompt = escape_foreign_braces(step_prompt.trim());
+    if prompt.is_empty() {
         template.push_str("{input}");
-    } else if !template.contains("{input}") {
-        template.push_str("\n\n{input}");
+    } else {
+        template.push_str(&prompt);
+        if !prompt.contains("{input}") {
+            template.push_str("\n\n{input}");
+        }
     }
     let context: Vec<&str> = [
         (!config.brand_voice.is_empty()).then_some("Brand voice: {brand_voice}"),
@@ -190,53 +201,68 @@ fn escape_foreign_braces(text: &str) -> String {
     out
 }
 
-/// The tweaks of one run of an agent's flow: only a flow agent-service generated has the Prompt
-/// node the tweaks address; any other flow runs as it is.
-pub fn tweaks_for(origin: FlowOrigin, step_prompt: &str, config: &AgentConfig) -> Value {
+/// What one run of an agent's flow is given besides its input.
+#[derive(Debug, Clone, Copy)]
+pub struct RunContext<'a> {
+    pub step_prompt: &'a str,
+    pub config: &'a AgentConfig,
+    /// The conversation so far, as text (empty for none).
+    pub history: &'a str,
+    /// The provider of the configured model, as the catalog has it (`None`: no model).
+    pub provider: Option<&'a ModelProvider>,
+}
+
+/// The tweaks of one run of an agent's flow: only a flow agent-service generated has the nodes
+/// the tweaks address; any other flow runs as it is.
+pub fn tweaks_for(origin: FlowOrigin, run: &RunContext<'_>) -> Value {
     match origin {
-        FlowOrigin::Generated => tweaks(step_prompt, config),
+        FlowOrigin::Generated => tweaks(run),
         _ => Value::Object(Default::default()),
     }
 }
 
-/// The tweaks of one run of a generated flow: the step's template and the configuration.
-pub fn tweaks(step_prompt: &str, config: &AgentConfig) -> Value {
+/// The tweaks of one run of a generated flow: the step's template, the configuration, and the
+/// model's settings as they are now.
+pub fn tweaks(run: &RunContext<'_>) -> Value {
     let mut prompt = serde_json::Map::new();
-    prompt.insert("template".into(), json!(compose_template(step_prompt, config)));
-    for (name, value) in variable_values(config) {
+    prompt.insert("template".into(), json!(compose_template(run.step_prompt, run.config, run.history)));
+    for (name, value) in variable_values(run.config) {
         prompt.insert(name.into(), json!(value));
     }
-    json!({ PROMPT_ID: prompt })
+    let mut tweaks = serde_json::Map::new();
+    tweaks.insert(PROMPT_ID.into(), Value::Object(prompt));
+    if let Some(provider) = run.provider {
+        tweaks.insert(MODEL_ID.into(), provider.tweaks(&run.config.model));
+    }
+    Value::Object(tweaks)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn run<'a>(config: &'a AgentConfig, history: &'a str) -> RunContext<'a> {
+        RunContext { step_prompt: "p", config, history, provider: None }
+    }
+
     #[test]
     fn only_a_generated_flow_is_given_tweaks() {
         let config = AgentConfig::default();
-        assert_ne!(tweaks_for(FlowOrigin::Generated, "p", &config), json!({}));
+        assert_ne!(tweaks_for(FlowOrigin::Generated, &run(&config, "")), json!({}));
         for origin in [FlowOrigin::None, FlowOrigin::Uploaded, FlowOrigin::Linked] {
-            assert_eq!(tweaks_for(origin, "p", &config), json!({}), "{origin:?}");
+            assert_eq!(tweaks_for(origin, &run(&config, "")), json!({}), "{origin:?}");
         }
     }
 
     fn catalog() -> Value {
         let entry = |fields: Value| json!({"template": fields, "outputs": []});
-        json!({
-            "input_output": {
-                "ChatInput": entry(json!({"input_value": {"value": ""}})),
-                "ChatOutput": entry(json!({"input_value": {"input_types": ["Data", "Message"], "value": ""}})),
-            },
-            "models_and_agents": {
-                "Prompt Template": entry(json!({"template": {"type": "prompt", "value": ""}})),
-                "LanguageModelComponent": entry(json!({
-                    "input_value": {"input_types": ["Message"]}, "provider": {}, "model_name": {},
-                    "temperature": {}, "max_tokens": {},
-                })),
-            }
-        })
+        let mut catalog = models::tests::catalog();
+        catalog["input_output"] = json!({
+            "ChatInput": entry(json!({"input_value": {"value": ""}})),
+            "ChatOutput": entry(json!({"input_value": {"input_types": ["Data", "Message"], "value": ""}})),
+        });
+        catalog["models_and_agents"]["Prompt Template"] = entry(json!({"template": {"type": "prompt", "value": ""}}));
+        catalog
     }
 
     #[test]
@@ -263,21 +289,42 @@ mod tests {
     #[test]
     fn a_configured_model_sits_between_prompt_and_output() {
         let mut config = AgentConfig::default();
-        config.model.provider = "OpenAI".into();
+        config.model.provider = "openai".into();
         config.model.model_name = "gpt-4o-mini".into();
         let flow = generate(&catalog(), "Hi {input}", &config).unwrap();
         let ids: Vec<&str> = flow["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
         assert_eq!(ids, [CHAT_INPUT_ID, PROMPT_ID, MODEL_ID, CHAT_OUTPUT_ID]);
+        assert_eq!(flow["nodes"][2]["data"]["type"], "OpenAIModel");
         assert_eq!(flow["nodes"][2]["data"]["node"]["template"]["model_name"]["value"], "gpt-4o-mini");
+        // Langflow streams a model's tokens only when its node feeds a node whose id starts
+        // with "ChatOutput-".
+        assert!(CHAT_OUTPUT_ID.starts_with("ChatOutput-"));
+        assert_eq!(flow["edges"][2]["target"], CHAT_OUTPUT_ID);
+
+        config.model.provider = "Mistral".into();
+        let err = generate(&catalog(), "Hi", &config).unwrap_err();
+        assert!(err.to_string().contains("\"Ollama\", \"OpenAI\""), "{err}");
+    }
+
+    #[test]
+    fn the_history_comes_first_with_every_brace_escaped() {
+        let config = AgentConfig::default();
+        assert_eq!(
+            compose_template("Answer {input}", &config, "User: {input}?\nAssistant: ok"),
+            "Conversation so far:\nUser: {{input}}?\nAssistant: ok\n\nAnswer {input}"
+        );
+        let tweaks = tweaks(&run(&config, "User: hi"));
+        assert!(tweaks[PROMPT_ID]["template"].as_str().unwrap().starts_with("Conversation so far:\nUser: hi"));
+        assert!(tweaks.get(MODEL_ID).is_none(), "no model, no model tweaks");
     }
 
     #[test]
     fn templates_keep_known_variables_and_escape_the_rest() {
         let config = AgentConfig::default();
-        assert_eq!(compose_template("Use {input} and {json}", &config), "Use {input} and {{json}}");
-        assert_eq!(compose_template("No placeholder", &config), "No placeholder\n\n{input}");
-        assert_eq!(compose_template("", &config), "{input}");
-        assert_eq!(compose_template("a } b {", &config), "a }} b {{\n\n{input}");
+        assert_eq!(compose_template("Use {input} and {json}", &config, ""), "Use {input} and {{json}}");
+        assert_eq!(compose_template("No placeholder", &config, ""), "No placeholder\n\n{input}");
+        assert_eq!(compose_template("", &config, ""), "{input}");
+        assert_eq!(compose_template("a } b {", &config, ""), "a }} b {{\n\n{input}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod client;
 pub mod error;
 pub mod flow;
+pub mod models;
 
 pub use client::{LangflowClient, LangflowSettings, RunOutput, StreamEvent};
 pub use error::LangflowError;

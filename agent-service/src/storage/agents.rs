@@ -177,7 +177,7 @@ impl<D: AgentDialect> SqlAgentRepository<D> {
     async fn insert_agent(conn: &mut Conn<D>, a: &Agent) -> ServiceResult<()> {
         let sql = format!(
             "INSERT INTO agents ({COLUMNS}, scheduled) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-             $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
+             $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)"
         );
         let insert = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql)).arg(SqlUuid(a.id)).arg(&a.tenant_id);
         bind_content(insert, a)
@@ -190,6 +190,8 @@ impl<D: AgentDialect> SqlAgentRepository<D> {
             .arg(a.flow_origin.as_str())
             .arg(a.feedback_count)
             .arg(a.feedback_score_sum)
+            .arg(a.usage.prompt_tokens)
+            .arg(a.usage.completion_tokens)
             .arg(SnapshotColumns::scheduled(a.snapshot.as_ref()))
             .run(&mut *conn)
             .await?;

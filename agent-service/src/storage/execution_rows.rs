@@ -6,10 +6,11 @@ use chrono::{DateTime, Utc};
 use engarde::kit::dialect::SqlUuid;
 use engarde::kit::error::{ServiceError, ServiceResult};
 
-use crate::domain::execution::{Execution, ExecutionStatus, FailureKind};
+use crate::domain::execution::{Execution, ExecutionStatus, FailureKind, TokenUsage};
+
 /// The columns of an execution, in [`ExecutionRow`]'s order.
 pub(super) const EXECUTION_COLUMNS: &str = "id, tenant_id, agent_id, session_id, step_id, input, output, status, error, error_code, latency_ms, started_at, \
-     finished_at";
+     finished_at, prompt_tokens, completion_tokens";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct ExecutionRow {
@@ -26,6 +27,8 @@ pub(super) struct ExecutionRow {
     latency_ms: f64,
     started_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
+    prompt_tokens: Option<i64>,
+    completion_tokens: Option<i64>,
 }
 
 pub(super) fn corrupt(what: &str, id: SqlUuid) -> ServiceError {
@@ -52,6 +55,12 @@ impl TryFrom<ExecutionRow> for Execution {
             output: row.output,
             error: row.error,
             latency_ms: row.latency_ms,
+            usage: match (row.prompt_tokens, row.completion_tokens) {
+                (None, None) => None,
+                (prompt, completion) => {
+                    Some(TokenUsage { prompt_tokens: prompt.unwrap_or(0), completion_tokens: completion.unwrap_or(0) })
+                }
+            },
             started_at: row.started_at,
             finished_at: row.finished_at,
         })

@@ -270,7 +270,7 @@ impl<D: AgentDialect> ExecutionRepository for SqlExecutionRepository<D> {
         let book = finish.bookkeeping();
         sqlx::query::<D::Db>(
             "UPDATE executions SET status = $1, output = $2, error = $3, error_code = $4, latency_ms = $5, \
-             finished_at = $6, report_credentials = '' WHERE id = $7",
+             finished_at = $6, report_credentials = '', prompt_tokens = $7, completion_tokens = $8 WHERE id = $9",
         )
         .arg(book.status.as_str())
         .arg(book.output)
@@ -278,6 +278,8 @@ impl<D: AgentDialect> ExecutionRepository for SqlExecutionRepository<D> {
         .arg(book.error_code())
         .arg(finish.latency_ms)
         .arg(finish.finished_at)
+        .arg(book.usage.map(|u| u.prompt_tokens))
+        .arg(book.usage.map(|u| u.completion_tokens))
         .arg(SqlUuid(execution.id))
         .run(&mut *tx)
         .await?;
@@ -295,13 +297,17 @@ impl<D: AgentDialect> ExecutionRepository for SqlExecutionRepository<D> {
         if let Some((total, successful, average_response_time_ms)) = stats {
             let stats = ExecutionStats { total, successful, average_response_time_ms }
                 .record(book.succeeded, finish.latency_ms);
+            let usage = book.usage.unwrap_or_default();
             sqlx::query::<D::Db>(
                 "UPDATE agents SET total_executions = $1, successful_executions = $2, \
-                 average_response_time_ms = $3 WHERE id = $4",
+                 average_response_time_ms = $3, prompt_tokens = prompt_tokens + $4, \
+                 completion_tokens = completion_tokens + $5 WHERE id = $6",
             )
             .arg(stats.total)
             .arg(stats.successful)
             .arg(stats.average_response_time_ms)
+            .arg(usage.prompt_tokens)
+            .arg(usage.completion_tokens)
             .arg(SqlUuid(execution.agent_id))
             .run(&mut *tx)
             .await?;

@@ -49,7 +49,8 @@ impl OneStatementFinish for sqlx::Postgres {
             format!(
                 "WITH finished AS ( \
                    UPDATE executions AS e SET status = $1, output = $2, error = $3, error_code = $4, \
-                     latency_ms = $5, finished_at = $6, report_credentials = '' \
+                     latency_ms = $5, finished_at = $6, report_credentials = '', \
+                     prompt_tokens = $10, completion_tokens = $11 \
                    FROM executions AS running \
                    WHERE e.id = $7 AND e.status = 'running' AND running.id = e.id \
                    RETURNING e.*, running.report_credentials AS credentials_to_report), \
@@ -57,7 +58,9 @@ impl OneStatementFinish for sqlx::Postgres {
                    UPDATE agents SET total_executions = total_executions + 1, \
                      successful_executions = successful_executions + CASE WHEN $8 THEN 1 ELSE 0 END, \
                      average_response_time_ms = \
-                       (average_response_time_ms * total_executions + $5) / (total_executions + 1) \
+                       (average_response_time_ms * total_executions + $5) / (total_executions + 1), \
+                     prompt_tokens = agents.prompt_tokens + COALESCE($10, 0), \
+                     completion_tokens = agents.completion_tokens + COALESCE($11, 0) \
                    FROM finished WHERE agents.id = finished.agent_id), \
                  session AS ( \
                    INSERT INTO sessions (agent_id, session_id, tenant_id, message_count, last_sequence, \
@@ -96,6 +99,8 @@ impl OneStatementFinish for sqlx::Postgres {
             .bind(SqlUuid(finish.execution_id))
             .bind(book.succeeded)
             .bind(book.remember.is_some())
+            .bind(book.usage.map(|u| u.prompt_tokens))
+            .bind(book.usage.map(|u| u.completion_tokens))
             .fetch_optional(pool)
             .await?;
         let Some(row) = row else { return Ok(Some(None)) };

@@ -7,6 +7,7 @@ use engarde::proto::workflow::v1 as workflow_pb;
 use prost::Message as _;
 use sqlx::types::Json;
 
+use crate::domain::execution::TokenUsage;
 use crate::domain::run::has_scheduled_trigger;
 use crate::domain::{Agent, AgentConfig, AgentStatus, AgentType, FlowOrigin, WorkflowCategory, WorkflowSnapshot};
 
@@ -16,7 +17,7 @@ pub const COLUMNS: &str = "id, tenant_id, name, description, agent_type, status,
                            source_workflow_version, source_workflow_name, source_workflow_category, \
                            source_workflow_config, configuration, capabilities, total_executions, \
                            successful_executions, average_response_time_ms, version, created_at, updated_at, \
-                           flow_origin, feedback_count, feedback_score_sum";
+                           flow_origin, feedback_count, feedback_score_sum, prompt_tokens, completion_tokens";
 
 #[derive(sqlx::FromRow)]
 pub struct AgentRow {
@@ -45,6 +46,8 @@ pub struct AgentRow {
     pub flow_origin: String,
     pub feedback_count: i64,
     pub feedback_score_sum: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
 }
 
 /// The snapshot columns of an agent, as written.
@@ -119,6 +122,7 @@ impl TryFrom<AgentRow> for Agent {
             average_response_time_ms: row.average_response_time_ms,
             feedback_count: row.feedback_count,
             feedback_score_sum: row.feedback_score_sum,
+            usage: TokenUsage { prompt_tokens: row.prompt_tokens, completion_tokens: row.completion_tokens },
             version: row.version,
             created_at: row.created_at,
             updated_at: row.updated_at,

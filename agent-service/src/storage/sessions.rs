@@ -28,6 +28,12 @@ pub trait SessionRepository: Send + Sync {
         page: &PageRequest,
     ) -> ServiceResult<Vec<SessionMessage>>;
 
+    /// The last `limit` messages of a session, oldest first: the memory an execution gives its
+    /// model. Empty for a session that has none (or was cleared). The caller has checked the
+    /// agent is the tenant's.
+    async fn recent_messages(&self, agent_id: Uuid, session_id: &str, limit: u32)
+    -> ServiceResult<Vec<SessionMessage>>;
+
     /// Forgets a session's messages; answers how many there were. The executions stay.
     async fn clear_session(
         &self,
@@ -113,6 +119,30 @@ impl<D: AgentDialect> SessionRepository for SqlExecutionRepository<D> {
         .fetch_all_as(&self.pool)
         .await?;
         rows.into_iter().map(SessionMessage::try_from).collect()
+    }
+
+    async fn recent_messages(
+        &self,
+        agent_id: Uuid,
+        session_id: &str,
+        limit: u32,
+    ) -> ServiceResult<Vec<SessionMessage>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Newest first by the primary key (agent, session, sequence), then put back in order.
+        let rows: Vec<MessageRow> = sqlx::query::<D::Db>(
+            "SELECT sequence, role, text, execution_id, created_at FROM session_messages \
+             WHERE agent_id = $1 AND session_id = $2 ORDER BY sequence DESC LIMIT $3",
+        )
+        .arg(SqlUuid(agent_id))
+        .arg(session_id)
+        .arg(i64::from(limit))
+        .fetch_all_as(&self.pool)
+        .await?;
+        let mut messages = rows.into_iter().map(SessionMessage::try_from).collect::<ServiceResult<Vec<_>>>()?;
+        messages.reverse();
+        Ok(messages)
     }
 
     async fn clear_session(

@@ -8,7 +8,7 @@ use engarde::kit::error::ServiceError;
 use uuid::Uuid;
 
 use super::Walker;
-use crate::langflow::{LangflowError, flow};
+use crate::langflow::LangflowError;
 use crate::storage::runs::{Lease, StepOutcome, StepWork};
 
 /// How often an idle worker looks for work when nothing wakes it (another process may have
@@ -101,7 +101,15 @@ impl Walker {
         if agent.langflow_workflow_id.is_empty() {
             return fatal("the agent has no flow".into());
         }
-        let tweaks = flow::tweaks_for(agent.flow_origin, prompt, &agent.configuration);
+        let tweaks = match crate::execution::run_tweaks(langflow, &agent, prompt, "").await {
+            Ok(tweaks) => tweaks,
+            Err(e) => {
+                return StepOutcome::Failed {
+                    retriable: !matches!(e, LangflowError::ModelNotOffered(_)),
+                    error: e.to_string(),
+                };
+            }
+        };
         // A session per step, so that Langflow's own records tell the steps (and their
         // retries' duplicates, if any) apart.
         let session = format!("run-{run_id}-{step_index}");

@@ -1,0 +1,213 @@
+//! A fake language model for the tests (never the product): an OpenAI-compatible chat
+//! completions server on loopback that the real Langflow calls. It records every request it
+//! gets, answers in chunks over SSE when asked to stream (with usage in its last chunk, as
+//! OpenAI does with `stream_options.include_usage`), and can be told to fail: 401 for a key it
+//! does not know, 429 with a retry hint, 500, or to answer slowly.
+//!
+//! Langflow refuses loopback model servers and cleartext credentials unless allowed:
+//! `scripts/langflow` starts the test Langflow with 127.0.0.1 allowlisted, and with
+//! [`TEST_MODEL_KEY`] in its environment as `ENGARDE_TEST_MODEL_KEY`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+/// The only key the fake accepts; `scripts/langflow` gives it to Langflow as
+/// `ENGARDE_TEST_MODEL_KEY`.
+pub const TEST_MODEL_KEY: &str = "sk-engarde-test-0123456789abcdef";
+/// The environment variable of the test Langflow that holds [`TEST_MODEL_KEY`].
+pub const TEST_MODEL_KEY_VAR: &str = "ENGARDE_TEST_MODEL_KEY";
+
+/// The fake's answer, word by word (one SSE chunk per word).
+pub const ANSWER_WORDS: &[&str] = &["Fresh", " ideas", " for", " your", " brand", ",", " ready", " to", " post", "."];
+
+/// How the fake answers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Behaviour {
+    /// Answers, `chunk_delay` apart when streaming.
+    Answer { chunk_delay: Duration },
+    /// Answers this status with an OpenAI-style error body.
+    Fail(u16),
+    /// Waits this long, then answers.
+    Slow(Duration),
+}
+
+/// A request the fake received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub authorization: String,
+    pub body: Value,
+}
+
+impl Received {
+    /// The messages' `role: content` lines.
+    pub fn messages(&self) -> Vec<(String, String)> {
+        self.body["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| (m["role"].as_str().unwrap_or("").to_owned(), m["content"].as_str().unwrap_or("").to_owned()))
+            .collect()
+    }
+
+    /// Everything the model was told, as one text.
+    pub fn text(&self) -> String {
+        self.messages().into_iter().map(|(role, content)| format!("{role}: {content}")).collect::<Vec<_>>().join("\n")
+    }
+}
+
+struct Shared {
+    behaviour: Behaviour,
+    received: Vec<Received>,
+    /// When the last chunk of the last streamed answer was sent.
+    finished_at: Option<Instant>,
+}
+
+pub struct FakeModel {
+    addr: SocketAddr,
+    shared: Arc<Mutex<Shared>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeModel {
+    pub async fn start() -> Self {
+        let shared = Arc::new(Mutex::new(Shared {
+            behaviour: Behaviour::Answer { chunk_delay: Duration::from_millis(100) },
+            received: Vec::new(),
+            finished_at: None,
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        let app = Router::new().route("/v1/chat/completions", post(chat)).with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, shared, task }
+    }
+
+    /// The base URL an agent's `model.base_url` names: `http://127.0.0.1:<port>/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn set(&self, behaviour: Behaviour) {
+        self.shared.lock().unwrap().behaviour = behaviour;
+    }
+
+    /// Every request so far, oldest first.
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.lock().unwrap().received.clone()
+    }
+
+    pub fn last(&self) -> Received {
+        self.received().pop().expect("the model was called")
+    }
+
+    pub fn finished_at(&self) -> Option<Instant> {
+        self.shared.lock().unwrap().finished_at
+    }
+}
+
+impl Drop for FakeModel {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The usage the fake reports for a request: one prompt token per word it was given, one
+/// completion token per chunk.
+pub fn usage_of(body: &Value) -> (i64, i64) {
+    let words: usize = body["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| m["content"].as_str().unwrap_or("").split_whitespace().count())
+        .sum();
+    (words as i64, ANSWER_WORDS.len() as i64)
+}
+
+fn error(status: u16, message: &str, kind: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": kind, "code": kind}});
+    let mut response = (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
+    if status == 429 {
+        response.headers_mut().insert("retry-after", "7".parse().unwrap());
+    }
+    response
+}
+
+async fn chat(State(shared): State<Arc<Mutex<Shared>>>, headers: HeaderMap, body: axum::Json<Value>) -> Response {
+    let body = body.0;
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let behaviour = {
+        let mut s = shared.lock().unwrap();
+        s.received.push(Received { authorization: authorization.clone(), body: body.clone() });
+        s.behaviour
+    };
+    if authorization != format!("Bearer {TEST_MODEL_KEY}") {
+        return error(
+            401,
+            "Incorrect API key provided: sk-****. You can find your API key in your settings.",
+            "invalid_api_key",
+        );
+    }
+    let chunk_delay = match behaviour {
+        Behaviour::Fail(429) => {
+            return error(429, "Rate limit reached for fake-model. Please try again in 7s.", "rate_limit_exceeded");
+        }
+        Behaviour::Fail(status) => return error(status, "The fake model failed.", "server_error"),
+        Behaviour::Slow(wait) => {
+            tokio::time::sleep(wait).await;
+            Duration::ZERO
+        }
+        Behaviour::Answer { chunk_delay } => chunk_delay,
+    };
+    let model = body["model"].as_str().unwrap_or("fake").to_owned();
+    let (prompt_tokens, completion_tokens) = usage_of(&body);
+    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                       "total_tokens": prompt_tokens + completion_tokens});
+    if body["stream"] != true {
+        shared.lock().unwrap().finished_at = Some(Instant::now());
+        return axum::Json(json!({
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": ANSWER_WORDS.concat()},
+                         "finish_reason": "stop"}],
+            "usage": usage,
+        }))
+        .into_response();
+    }
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let chunk = |delta: Value, finish: Value, usage: Value| {
+            let mut c = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+                               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+            if !usage.is_null() {
+                c["usage"] = usage;
+            }
+            format!("data: {c}\n\n")
+        };
+        let _ = sender.send(Ok(chunk(json!({"role": "assistant", "content": ""}), Value::Null, Value::Null))).await;
+        for word in ANSWER_WORDS {
+            tokio::time::sleep(chunk_delay).await;
+            if sender.send(Ok(chunk(json!({"content": word}), Value::Null, Value::Null))).await.is_err() {
+                return;
+            }
+        }
+        let _ = sender.send(Ok(chunk(json!({}), json!("stop"), usage))).await;
+        let _ = sender.send(Ok("data: [DONE]\n\n".to_owned())).await;
+        shared.lock().unwrap().finished_at = Some(Instant::now());
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(axum::body::Body::from_stream(stream))
+        .unwrap()
+}
