@@ -369,3 +369,46 @@ async fn model_settings_are_checked_against_the_catalog_of_langflow() {
     let mut agents = app.agents("tenant-a").await;
     expect_code(agents.create_agent(create(model(&fake))).await, Code::Unavailable);
 }
+
+/// The README's model session, as written, run with grpcurl against the services, the real
+/// Langflow and the fake model in place of a local one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_model_session_runs_as_written() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    let marker = readme.find("<!-- model-session").expect("the README marks its model session");
+    let block = &readme[marker..];
+    let start = block.find("```sh\n").expect("a sh block") + "```sh\n".len();
+    let script = &block[start..start + block[start..].find("```").expect("the block ends")];
+
+    let fake = FakeModel::start().await;
+    fake.set(Behaviour::Answer { chunk_delay: Duration::from_millis(20) });
+    let app = spawn_with_langflow(Backend::Sqlite, &real_langflow_url(), &[]).await;
+    let grpcurl = std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".into());
+    let grpcurl_dir = std::path::Path::new(&grpcurl).parent().map(|d| d.display().to_string()).unwrap_or_default();
+    let script = script.to_owned();
+    let agent_addr = app.agent.url().trim_start_matches("http://").to_owned();
+    let model_url = fake.base_url();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .env("AG", agent_addr)
+            .env("MODEL_URL", model_url)
+            .env("MODEL_NAME", "fake-gpt")
+            .env("PATH", format!("{grpcurl_dir}:{}", std::env::var("PATH").unwrap_or_default()))
+            .output()
+            .expect("bash runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the session failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("AGENT_STATUS_ACTIVE"), "{stdout}");
+    assert!(stdout.contains(&ANSWER_WORDS.concat()), "the model answered: {stdout}");
+    assert!(stdout.matches("outputText").count() >= 5, "streamed in chunks: {stdout}");
+    assert!(stdout.contains("promptTokens"), "usage summed: {stdout}");
+    let calls = fake.received();
+    assert_eq!(calls.len(), 2, "one model call per execution");
+    assert_eq!(calls[1].messages()[0], ("system".to_owned(), "You write for our brand. Be brief.".to_owned()));
+    assert!(calls[1].text().contains("User: our spring sale"), "the second turn remembers the first");
+}
