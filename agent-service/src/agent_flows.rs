@@ -15,7 +15,7 @@ use engarde::kit::pagination::{PageRequest, time_id_key};
 use uuid::Uuid;
 
 use crate::domain::lifecycle::{self, Transition};
-use crate::domain::{Agent, AgentFilter, FlowLink, FlowOrigin};
+use crate::domain::{Agent, AgentFilter, AgentStatus, FlowLink, FlowOrigin};
 use crate::linkage::FlowLinker;
 use crate::storage::{AgentRepository, mutate_agent, replayed};
 
@@ -55,8 +55,9 @@ impl AgentFlows {
         Self { repo, linker }
     }
 
-    /// DRAFT -> DEPLOYED. With a Langflow, the agent's flow must exist: a deployment records a
-    /// new deployment id; a missing flow moves the agent to ERROR.
+    /// DRAFT -> DEPLOYED. With a Langflow, the agent's flow must exist: a deployment records
+    /// the flow's endpoint name as Langflow has it (empty when it has none); a missing flow
+    /// moves the agent to ERROR.
     pub async fn deploy(
         &self,
         tenant: &str,
@@ -72,10 +73,10 @@ impl AgentFlows {
                     "agent {id} has no Langflow flow: make one with RegenerateAgentFlow or link one with LinkAgentFlow"
                 )));
             }
-            if !self.linker.flow_exists(&agent.langflow_workflow_id).await? {
-                return Err(self.mark_flow_missing(tenant, &agent).await?);
+            match self.linker.endpoint_name(&agent.langflow_workflow_id).await? {
+                Some(endpoint_name) => endpoint_name,
+                None => return Err(self.mark_flow_missing(tenant, &agent).await?),
             }
-            Uuid::now_v7().to_string()
         } else {
             String::new()
         };
@@ -98,6 +99,41 @@ impl AgentFlows {
         .await?;
         tracing::info!(agent_id = %id, deployment_id = deployed.langflow_deployment_id, "agent deployed");
         Ok(deployed)
+    }
+
+    /// Brings an agent to DEPLOYED (deployed as [`Self::deploy`] does) or, with `activate`, on to
+    /// ACTIVE (as ActivateAgent does). An agent already there stays as it is, so a retry (or a
+    /// concurrent one) finds nothing left to do. The error says why it could not be brought up.
+    pub async fn bring_up(&self, tenant: &str, id: Uuid, activate: bool) -> ServiceResult<Agent> {
+        let agent = self.repo.get(tenant, id).await?;
+        let target = if activate { AgentStatus::Active } else { AgentStatus::Deployed };
+        let moved = self.step_up(tenant, agent, target).await;
+        match moved {
+            Ok(agent) => Ok(agent),
+            // A concurrent retry may have brought it up meanwhile: then it is where it should be.
+            Err(e) => match self.repo.get(tenant, id).await {
+                Ok(agent) if agent.status == target => Ok(agent),
+                _ => Err(e),
+            },
+        }
+    }
+
+    async fn step_up(&self, tenant: &str, mut agent: Agent, target: AgentStatus) -> ServiceResult<Agent> {
+        if agent.status == AgentStatus::Draft {
+            agent = self.deploy(tenant, agent.id, String::new(), None).await?;
+        }
+        if target == AgentStatus::Active && agent.status != AgentStatus::Active {
+            agent = mutate_agent(
+                self.repo.as_ref(),
+                tenant,
+                agent.id,
+                None,
+                Box::new(|a| lifecycle::apply(a, Transition::Activate)),
+            )
+            .await?;
+            tracing::info!(agent_id = %agent.id, status = agent.status.as_str(), "agent status changed");
+        }
+        Ok(agent)
     }
 
     /// Deletes an agent and the flow it made (a linked flow stays). The flow goes first: if

@@ -115,7 +115,8 @@ impl FlowLinker {
         };
         let flow_name = format!("{name} [agent {agent_id}]");
         let description = FlowMark::description(agent_id, tenant, &self.deployment);
-        let flow_id = match client.create_flow(&flow_name, &description, &data).await {
+        let endpoint_name = endpoint_name_of(agent_id);
+        let flow_id = match client.create_flow(&flow_name, &description, &endpoint_name, &data).await {
             // Langflow refusing a flow we generated is our bug or its; refusing the workflow's
             // own export is the export's problem, and retrying will not help.
             Err(LangflowError::Rejected(reason)) if origin == FlowOrigin::Uploaded => {
@@ -189,9 +190,10 @@ impl FlowLinker {
         }
     }
 
-    /// Whether a flow exists.
-    pub async fn flow_exists(&self, flow_id: &str) -> ServiceResult<bool> {
-        Ok(self.client()?.flow_exists(flow_id).await?)
+    /// The endpoint name of a flow as Langflow has it now (empty when the flow has none), or
+    /// `None` when the flow does not exist.
+    pub async fn endpoint_name(&self, flow_id: &str) -> ServiceResult<Option<String>> {
+        Ok(self.client()?.flow(flow_id).await?.map(|flow| flow.endpoint_name))
     }
 
     /// The agents of `agents` whose flow Langflow no longer has.
@@ -214,6 +216,13 @@ impl FlowLinker {
         missing.sort_by_key(|a| a.id);
         Ok(missing)
     }
+}
+
+/// The endpoint name agent-service asks for the flows it makes: `engarde-<agent id>` (what
+/// Langflow allows: letters, digits, '-' and '_'; unique per Langflow user, so a flow made
+/// again for the same agent while the old one still exists gets Langflow's "-1" suffix).
+pub fn endpoint_name_of(agent_id: uuid::Uuid) -> String {
+    format!("engarde-{agent_id}")
 }
 
 /// Refuses a flow id that cannot be a Langflow flow id.

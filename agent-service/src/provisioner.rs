@@ -14,19 +14,25 @@ use engarde::kit::pagination::PageRequest;
 use futures::{StreamExt as _, TryStreamExt as _};
 use uuid::Uuid;
 
+use crate::agent_flows::AgentFlows;
+use crate::domain::default_model::{apply_default_model, names_model};
 use crate::domain::lifecycle;
 use crate::domain::mapping::{self, Overrides};
 use crate::domain::provisioning::{
-    Candidate, ProvisionFilter, ProvisionOutcome, SkipReason, Skipped, select_candidates,
+    Candidate, NotDeployed, ProvisionFilter, ProvisionOutcome, ProvisionTarget, SkipReason, Skipped, select_candidates,
 };
 use crate::domain::upgrade::{UpgradeOutcome, apply_upgrade, plan_upgrade};
-use crate::domain::{Agent, AgentFilter, FlowLink, SourceWorkflow, now};
+use crate::domain::{Agent, AgentConfig, AgentFilter, FlowLink, ModelSettings, SourceWorkflow, now};
+use crate::langflow::LangflowError;
 use crate::linkage::FlowLinker;
-use crate::storage::{AgentRepository, Answer, Mutated, replayed};
+use crate::storage::{AgentRepository, Answer, DefaultModelRepository, Mutated, replayed};
 use crate::workflows::{Credentials, WorkflowClient, WorkflowQuery};
 
 /// How many reads of single workflows run at once.
 const READ_CONCURRENCY: usize = 8;
+/// How many provisioned agents are deployed (or activated) at once: each deployment reads its
+/// flow from Langflow.
+const BRING_UP_CONCURRENCY: usize = 8;
 
 /// An agent with the current state of its source workflow.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,13 +53,45 @@ impl InstalledAgent {
 #[derive(Clone)]
 pub struct Provisioner {
     repo: Arc<dyn AgentRepository>,
+    /// The tenants' default models, given to new agents whose configuration names none.
+    default_models: Arc<dyn DefaultModelRepository>,
     workflows: WorkflowClient,
     linker: FlowLinker,
+    /// Deploys and activates what ProvisionAgents made, when asked to.
+    flows: AgentFlows,
+}
+
+/// What ProvisionAgents is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProvisionMode {
+    /// Only answer what would be done.
+    pub dry_run: bool,
+    /// Where the created agents are left.
+    pub target: ProvisionTarget,
 }
 
 impl Provisioner {
-    pub fn new(repo: Arc<dyn AgentRepository>, workflows: WorkflowClient, linker: FlowLinker) -> Self {
-        Self { repo, workflows, linker }
+    pub fn new(
+        repo: Arc<dyn AgentRepository>,
+        default_models: Arc<dyn DefaultModelRepository>,
+        workflows: WorkflowClient,
+        linker: FlowLinker,
+    ) -> Self {
+        let flows = AgentFlows::new(repo.clone(), linker.clone());
+        Self { repo, default_models, workflows, linker, flows }
+    }
+
+    /// The tenant's default model, read only when one of `configs` names no model (`None` when
+    /// none needs it).
+    async fn default_model_for<'a>(
+        &self,
+        tenant: &str,
+        mut configs: impl Iterator<Item = &'a AgentConfig>,
+    ) -> ServiceResult<Option<ModelSettings>> {
+        if !configs.any(|c| !names_model(&c.model)) {
+            return Ok(None);
+        }
+        Ok(Some(self.default_models.default_model(tenant).await?.model))
     }
 
     /// An agent made from one workflow the caller can read.
@@ -70,6 +108,9 @@ impl Provisioner {
         }
         let workflow = self.workflows.get(credentials, workflow_id).await?;
         let mut new = mapping::agent_from_workflow(&workflow, overrides)?;
+        if let Some(default) = self.default_model_for(tenant, std::iter::once(&new.configuration)).await? {
+            apply_default_model(&mut new.configuration, &default);
+        }
         // The flow first (Langflow takes no part in the transaction), undone if the row fails.
         self.linker.attach_flow(tenant, &mut new).await?;
         let flow = new.flow.clone();
@@ -85,32 +126,97 @@ impl Provisioner {
         stored
     }
 
-    /// An agent for every workflow the filter admits that has none yet.
+    /// An agent for every workflow the filter admits that has none yet, left in DRAFT or
+    /// brought to the mode's target.
     pub async fn provision(
         &self,
         tenant: &str,
         credentials: &Credentials,
         filter: ProvisionFilter,
-        dry_run: bool,
+        mode: ProvisionMode,
         key: Option<&IdempotencyKey>,
     ) -> ServiceResult<ProvisionOutcome> {
+        if mode.target != ProvisionTarget::Draft && !self.linker.configured() {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "deploy and activate need a Langflow to deploy on: {}",
+                LangflowError::NotConfigured
+            )));
+        }
         // A dry run changes nothing, so it has nothing to replay.
-        let key = if dry_run { None } else { key };
+        let key = if mode.dry_run { None } else { key };
         if let Some(json) = self.repo.replay(tenant, key).await? {
-            return replayed(&json);
+            return self.finish(tenant, replayed(&json)?, key).await;
         }
         let (found, not_found) = self.read_workflows(credentials, &filter).await?;
-        let (candidates, mut skipped) = select_candidates(&filter, found, not_found)?;
+        let (mut candidates, mut skipped) = select_candidates(&filter, found, not_found)?;
         // Workflows that already have an agent are set apart before any flow is made for them:
         // a re-run makes no flow. The claim in the provisioning transaction still decides a
         // race with a concurrent provisioning (whose loser discards the flows it made).
-        let candidates = self.set_apart_provisioned(tenant, candidates, &mut skipped).await?;
-        if !dry_run {
-            return self.provision_with_flows(tenant, candidates, skipped, key).await;
+        candidates = self.set_apart_provisioned(tenant, candidates, &mut skipped).await?;
+        // Before the flows are made: a generated flow runs the agent's model.
+        if let Some(default) = self.default_model_for(tenant, candidates.iter().map(|c| &c.agent.configuration)).await?
+        {
+            for candidate in &mut candidates {
+                apply_default_model(&mut candidate.agent.configuration, &default);
+            }
+        }
+        if !mode.dry_run {
+            let pending = Some(mode.target).filter(|t| *t != ProvisionTarget::Draft);
+            let outcome = self.provision_with_flows(tenant, candidates, skipped, pending, key).await?;
+            return self.finish(tenant, outcome, key).await;
         }
         let created_at = now();
         let created = candidates.into_iter().map(|c| c.agent.into_draft(tenant, created_at)).collect();
         Ok(ProvisionOutcome::new(created, skipped, true))
+    }
+
+    /// Brings the created agents of a stored outcome to its pending target, if it has one (a
+    /// first run, or a retry of one that stopped before it was done), and stores the outcome
+    /// as the key's answer. An agent that cannot be brought up is answered in `not_deployed`
+    /// with the reason; the others go on.
+    async fn finish(
+        &self,
+        tenant: &str,
+        mut outcome: ProvisionOutcome,
+        key: Option<&IdempotencyKey>,
+    ) -> ServiceResult<ProvisionOutcome> {
+        let Some(target) = outcome.pending else { return Ok(outcome) };
+        let activate = target == ProvisionTarget::Active;
+        let brought: Vec<(Agent, Option<String>)> = futures::stream::iter(std::mem::take(&mut outcome.created))
+            .map(|agent| async move {
+                match self.flows.bring_up(tenant, agent.id, activate).await {
+                    Ok(up) => (up, None),
+                    Err(e) => {
+                        tracing::warn!(agent_id = %agent.id, error = %e, "provisioned agent not brought up");
+                        // As it was left (a flow found missing puts it in ERROR).
+                        let now = self.repo.get(tenant, agent.id).await.unwrap_or(agent);
+                        (now, Some(e.to_string()))
+                    }
+                }
+            })
+            .buffered(BRING_UP_CONCURRENCY)
+            .collect()
+            .await;
+        outcome.not_deployed.clear();
+        for (agent, failure) in brought {
+            if let Some(reason) = failure {
+                let workflow_id = agent.source_workflow_id().unwrap_or_default();
+                outcome.not_deployed.push(NotDeployed { workflow_id, agent_id: agent.id, reason });
+            }
+            outcome.created.push(agent);
+        }
+        outcome.pending = None;
+        if let Some(key) = key {
+            let answer = serde_json::to_value(&outcome).map_err(ServiceError::internal)?;
+            self.repo.restate(tenant, key, answer).await?;
+        }
+        tracing::info!(
+            brought_up = outcome.created.len() - outcome.not_deployed.len(),
+            failed = outcome.not_deployed.len(),
+            target = ?target,
+            "provisioned agents brought up"
+        );
+        Ok(outcome)
     }
 
     /// The candidates whose workflow has no agent yet; the others are skipped as
@@ -144,6 +250,7 @@ impl Provisioner {
         tenant: &str,
         candidates: Vec<Candidate>,
         mut skipped: Vec<Skipped>,
+        pending: Option<ProvisionTarget>,
         key: Option<&IdempotencyKey>,
     ) -> ServiceResult<ProvisionOutcome> {
         let mut made: Vec<FlowLink> = Vec::new();
@@ -169,7 +276,7 @@ impl Provisioner {
                 }
             }
         }
-        let outcome = self.repo.provision(tenant, ready, skipped, key).await;
+        let outcome = self.repo.provision(tenant, ready, skipped, pending, key).await;
         let kept: HashSet<&str> = match &outcome {
             Ok(o) => o.created.iter().map(|a| a.langflow_workflow_id.as_str()).collect(),
             Err(_) => HashSet::new(),

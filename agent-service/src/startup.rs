@@ -79,9 +79,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     let executor = start_execution(&config, &db, repo.clone(), langflow.clone(), workflows.clone());
     let walker = Walker::start(&config.walker, &db, repo.clone(), langflow.clone());
-    let provisioner = Provisioner::new(repo.clone(), workflows, linker.clone());
+    let default_models = storage::default_model_repository(&db);
+    let provisioner = Provisioner::new(repo.clone(), default_models.clone(), workflows, linker.clone());
     let max = common.max_message_bytes;
-    let agents = AgentServiceServer::new(AgentApi::new(repo, provisioner, linker, pages))
+    let agents = AgentServiceServer::new(AgentApi::new(repo, default_models, provisioner, linker, pages))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let executions = ExecutionServiceServer::new(ExecutionApi::new(executor, pages))

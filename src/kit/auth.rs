@@ -13,6 +13,12 @@ use tonic::Status;
 pub const DEFAULT_DEV_TENANT: &str = "default-tenant-001";
 /// The metadata header that carries the tenant in development mode.
 pub const TENANT_HEADER: &str = "x-tenant-id";
+/// The metadata header that names the caller in development mode.
+pub const SUBJECT_HEADER: &str = "x-subject";
+/// The development subject used when dev mode gets no `x-subject`.
+pub const DEFAULT_DEV_SUBJECT: &str = "developer";
+/// The longest subject kept; a longer one is cut (it is a record, not a key).
+const MAX_SUBJECT_CHARS: usize = 256;
 
 /// The authenticated tenant of a request, put in the request's extensions by the kit's layer
 /// around every call ([`super::calls::CallLayer`]), which authenticates every RPC but health
@@ -48,6 +54,23 @@ impl std::fmt::Display for Tenant {
     }
 }
 
+/// Who, within the tenant, is calling: a bearer JWT's `sub` claim (empty when it has none); in
+/// development mode the `x-subject` header, or [`DEFAULT_DEV_SUBJECT`]. Put in the request's
+/// extensions beside the [`Tenant`], for records of who changed what.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Subject(String);
+
+impl Subject {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The subject of a request that went through [`super::calls::CallLayer`] (empty if none).
+    pub fn of<T>(request: &tonic::Request<T>) -> Subject {
+        request.extensions().get::<Subject>().cloned().unwrap_or_default()
+    }
+}
+
 /// How callers are authenticated.
 #[derive(Clone)]
 pub enum Authenticator {
@@ -61,6 +84,8 @@ pub enum Authenticator {
 #[derive(serde::Deserialize)]
 struct Claims {
     tenant_id: String,
+    #[serde(default)]
+    sub: Option<String>,
 }
 
 /// Signs short-lived tokens for a tenant, with the service's HS256 secret: for calls a service
@@ -196,14 +221,27 @@ impl Authenticator {
 
     /// The tenant the headers authenticate, or UNAUTHENTICATED saying why not.
     pub fn authenticate(&self, headers: &http::HeaderMap) -> Result<Tenant, Status> {
+        self.identify(headers).map(|(tenant, _)| tenant)
+    }
+
+    /// The tenant the headers authenticate and the subject within it, or UNAUTHENTICATED saying
+    /// why not.
+    pub fn identify(&self, headers: &http::HeaderMap) -> Result<(Tenant, Subject), Status> {
         match self {
-            Self::Development { default_tenant } => match headers.get(TENANT_HEADER) {
-                None => Ok(default_tenant.clone()),
-                Some(v) => {
-                    let id = v.to_str().map_err(|_| Status::unauthenticated("x-tenant-id is not valid text"))?;
-                    Tenant::parse(id).map_err(|e| Status::unauthenticated(format!("x-tenant-id: {e}")))
-                }
-            },
+            Self::Development { default_tenant } => {
+                let tenant = match headers.get(TENANT_HEADER) {
+                    None => default_tenant.clone(),
+                    Some(v) => {
+                        let id = v.to_str().map_err(|_| Status::unauthenticated("x-tenant-id is not valid text"))?;
+                        Tenant::parse(id).map_err(|e| Status::unauthenticated(format!("x-tenant-id: {e}")))?
+                    }
+                };
+                let subject = match headers.get(SUBJECT_HEADER) {
+                    None => DEFAULT_DEV_SUBJECT,
+                    Some(v) => v.to_str().map_err(|_| Status::unauthenticated("x-subject is not valid text"))?,
+                };
+                Ok((tenant, subject_of(subject)))
+            }
             Self::Jwt { key, validation, .. } => {
                 let header = headers.get(http::header::AUTHORIZATION).ok_or_else(|| {
                     Status::unauthenticated("missing credentials: send `authorization: Bearer <jwt>`")
@@ -215,11 +253,17 @@ impl Authenticator {
                     .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <jwt>`"))?;
                 let data = jsonwebtoken::decode::<Claims>(token.trim(), key, validation)
                     .map_err(|e| Status::unauthenticated(format!("invalid token: {e}")))?;
-                Tenant::parse(&data.claims.tenant_id)
-                    .map_err(|e| Status::unauthenticated(format!("invalid tenant_id claim: {e}")))
+                let tenant = Tenant::parse(&data.claims.tenant_id)
+                    .map_err(|e| Status::unauthenticated(format!("invalid tenant_id claim: {e}")))?;
+                Ok((tenant, subject_of(data.claims.sub.as_deref().unwrap_or(""))))
             }
         }
     }
+}
+
+/// A subject as recorded: trimmed, without control characters, at most [`MAX_SUBJECT_CHARS`].
+fn subject_of(text: &str) -> Subject {
+    Subject(text.trim().chars().filter(|c| !c.is_control()).take(MAX_SUBJECT_CHARS).collect())
 }
 
 #[cfg(test)]
@@ -295,6 +339,22 @@ mod tests {
     fn without_configured_issuer_or_audience_neither_is_required() {
         let auth = Authenticator::hs256(SECRET, &TokenRules::default()).unwrap();
         auth.authenticate(&bearer(serde_json::json!({"tenant_id": "tA", "exp": now() + 60}))).unwrap();
+    }
+
+    #[test]
+    fn the_subject_is_the_sub_claim_or_in_development_the_x_subject_header() {
+        let auth = Authenticator::hs256(SECRET, &TokenRules::default()).unwrap();
+        let with_sub = bearer(serde_json::json!({"tenant_id": "tA", "sub": "ada@example.com", "exp": now() + 60}));
+        let (tenant, subject) = auth.identify(&with_sub).unwrap();
+        assert_eq!((tenant.as_str(), subject.as_str()), ("tA", "ada@example.com"));
+        let without = bearer(serde_json::json!({"tenant_id": "tA", "exp": now() + 60}));
+        assert_eq!(auth.identify(&without).unwrap().1.as_str(), "");
+
+        let dev = Authenticator::development(Tenant::parse("dev").unwrap());
+        assert_eq!(dev.identify(&http::HeaderMap::new()).unwrap().1.as_str(), DEFAULT_DEV_SUBJECT);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(SUBJECT_HEADER, " grace ".parse().unwrap());
+        assert_eq!(dev.identify(&headers).unwrap().1.as_str(), "grace");
     }
 
     #[test]

@@ -82,8 +82,8 @@ where
                 Ok(response)
             });
         }
-        let tenant = match self.authenticator.authenticate(req.headers()) {
-            Ok(tenant) => tenant,
+        let (tenant, subject) = match self.authenticator.identify(req.headers()) {
+            Ok(identity) => identity,
             Err(status) => {
                 // Logged under auth's target, as it always was.
                 tracing::info!(target: "engarde::kit::auth", rpc = req.uri().path(), code = ?status.code(), reason = status.message(), "rejected unauthenticated call");
@@ -92,6 +92,7 @@ where
         };
         let (record, trace) = CallRecord::start(&req, &tenant);
         req.extensions_mut().insert(tenant);
+        req.extensions_mut().insert(subject);
         // A free permit is taken at once and the handler called now; only when none is free does
         // the call keep a clone of the service (the one polled ready goes with it) and wait.
         let start = match self.permits.clone().try_acquire_owned() {

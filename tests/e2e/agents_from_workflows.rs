@@ -95,6 +95,7 @@ both_backends!(
             filter: Some(pb::ProvisionFilter { workflow_ids: vec![workflow.id.clone()], ..Default::default() }),
             dry_run: true,
             request_id: String::new(),
+            ..Default::default()
         };
         assert!(agents.provision_agents(dry.clone()).await.unwrap().into_inner().created.is_empty());
         agents.delete_agent(pb::DeleteAgentRequest { id: custom.id.clone(), ..Default::default() }).await.unwrap();

@@ -55,14 +55,19 @@ both_backends!(
         let opening = first_prompt.split("{input}").next().unwrap().trim();
         assert!(answer.contains(opening), "the step's prompt is rendered:\n{answer}\nvs\n{first_prompt}");
 
-        // Deploying checks the flow and records a deployment.
+        // Deploying checks the flow and records its endpoint name, as Langflow has it: the one
+        // agent-service asked for (engarde-<agent id>), which runs the flow too.
         let deployed = agents
             .deploy_agent(pb::DeployAgentRequest { id: social.id.clone(), ..Default::default() })
             .await
             .unwrap()
             .into_inner();
         assert_eq!(deployed.status, pb::AgentStatus::Deployed as i32);
-        assert!(!deployed.langflow_deployment_id.is_empty());
+        let in_langflow = langflow.flow(&social.langflow_workflow_id).await;
+        assert_eq!(in_langflow["endpoint_name"], deployed.langflow_deployment_id.as_str(), "{in_langflow}");
+        assert_eq!(deployed.langflow_deployment_id, format!("engarde-{}", social.id));
+        let by_name = langflow.run(&deployed.langflow_deployment_id, "our autumn sale", &session).await;
+        assert!(by_name.contains("our autumn sale"), "{by_name}");
 
         // Deleting an agent deletes the flow it made.
         let other = outcome.created.iter().find(|a| a.id != social.id).unwrap();

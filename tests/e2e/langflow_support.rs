@@ -224,6 +224,11 @@ impl RealLangflow {
         flow["id"].as_str().unwrap_or_else(|| panic!("created flow without an id: {flow}")).to_string()
     }
 
+    /// `GET /api/v1/flows/{id}`: the flow as Langflow answers it.
+    pub async fn flow(&self, id: &str) -> Value {
+        self.json(self.http.get(format!("{}/api/v1/flows/{id}", self.url)), "read a flow").await
+    }
+
     /// `GET /api/v1/flows/{id}`: true on 200, false on 404.
     pub async fn flow_exists(&self, id: &str) -> bool {
         let (status, body) = self.call(self.http.get(format!("{}/api/v1/flows/{id}", self.url)), "read a flow").await;
@@ -338,6 +343,8 @@ struct FakeState {
     answer: Option<String>,
     /// Flows whose name holds this are refused (422), as Langflow refuses a body it cannot take.
     refuse_flows_named: Option<String>,
+    /// Flows whose name holds this are created, but read back as not found (404).
+    hide_flows_named: Option<String>,
     runs: usize,
     runs_by: HashMap<(String, String), usize>,
     run_requests: Vec<RunRequest>,
@@ -367,6 +374,7 @@ impl FakeLangflow {
                 api_key: None,
                 answer: None,
                 refuse_flows_named: None,
+                hide_flows_named: None,
                 runs: 0,
                 runs_by: HashMap::new(),
                 run_requests: Vec::new(),
@@ -463,6 +471,13 @@ impl FakeLangflow {
     /// `detail`, and stores nothing (`None`: accept them again).
     pub fn refuse_flows_named(&self, part: Option<&str>) {
         self.state().refuse_flows_named = part.map(String::from);
+    }
+
+    /// Every later `GET /api/v1/flows/{id}` of a flow whose name holds `part` answers 404, as
+    /// for a flow deleted behind its owner's back (`None`: answer them again). The flows are
+    /// created, listed and run as usual.
+    pub fn hide_flows_named(&self, part: Option<&str>) {
+        self.state().hide_flows_named = part.map(String::from);
     }
 
     /// Run requests received so far, faulted or not.
@@ -674,9 +689,13 @@ async fn read_flow(State(shared): SharedState, headers: HeaderMap, Path(id): Pat
     if let Some(response) = shared.check_key(&headers).or_else(|| check_uuid(&id)) {
         return response;
     }
-    match shared.lock().flows.iter().find(|f| f["id"] == id.as_str()) {
-        Some(flow) => axum::Json(flow.clone()).into_response(),
-        None => detail(StatusCode::NOT_FOUND, "Flow not found"),
+    let state = shared.lock();
+    let hidden = |flow: &Value| {
+        state.hide_flows_named.as_ref().is_some_and(|part| flow["name"].as_str().unwrap_or("").contains(part.as_str()))
+    };
+    match state.flows.iter().find(|f| f["id"] == id.as_str()) {
+        Some(flow) if !hidden(flow) => axum::Json(flow.clone()).into_response(),
+        _ => detail(StatusCode::NOT_FOUND, "Flow not found"),
     }
 }
 

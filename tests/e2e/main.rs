@@ -17,6 +17,7 @@ mod storage_schema;
 mod storage_upgrade;
 
 mod agents_crud;
+mod agents_default_model;
 mod agents_execution;
 mod agents_execution_faults;
 mod agents_from_workflows;

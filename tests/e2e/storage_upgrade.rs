@@ -1038,6 +1038,7 @@ async fn an_existing_postgres_database_upgrades_to_uuid_ids_with_nothing_lost() 
             }),
             dry_run: true,
             request_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -1204,6 +1205,7 @@ async fn an_existing_postgres_database_upgrades_to_uuid_ids_with_nothing_lost() 
             filter: Some(pb::ProvisionFilter { workflow_ids: vec![w1.clone(), w2.clone()], ..Default::default() }),
             dry_run: false,
             request_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -1216,6 +1218,7 @@ async fn an_existing_postgres_database_upgrades_to_uuid_ids_with_nothing_lost() 
             filter: Some(pb::ProvisionFilter { workflow_ids: vec![w1.clone(), w2.clone()], ..Default::default() }),
             dry_run: true,
             request_id: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

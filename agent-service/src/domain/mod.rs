@@ -3,6 +3,7 @@
 //! transport or SQL; the snapshot keeps workflow-service's contract type (see [`model`]).
 
 pub mod configuration;
+pub mod default_model;
 pub mod execution;
 pub mod lifecycle;
 pub mod mapping;

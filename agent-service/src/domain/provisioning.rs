@@ -64,12 +64,51 @@ pub struct Candidate {
     pub agent: NewAgent,
 }
 
+/// Where ProvisionAgents leaves the agents it creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ProvisionTarget {
+    /// In DRAFT, as made.
+    #[default]
+    Draft,
+    /// Deployed (`deploy`).
+    Deployed,
+    /// Deployed, then activated (`activate`, which implies `deploy`).
+    Active,
+}
+
+impl ProvisionTarget {
+    /// The target a request's `deploy` and `activate` ask for.
+    pub fn of(deploy: bool, activate: bool) -> Self {
+        match (deploy, activate) {
+            (_, true) => Self::Active,
+            (true, false) => Self::Deployed,
+            (false, false) => Self::Draft,
+        }
+    }
+}
+
+/// A created agent that could not be deployed or activated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotDeployed {
+    pub workflow_id: Uuid,
+    pub agent_id: Uuid,
+    pub reason: String,
+}
+
 /// What a provisioning did (or, for a dry run, would do).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProvisionOutcome {
     pub created: Vec<Agent>,
     pub skipped: Vec<Skipped>,
     pub dry_run: bool,
+    /// The created agents that could not be brought to the target, by workflow id.
+    #[serde(default)]
+    pub not_deployed: Vec<NotDeployed>,
+    /// Set while the created agents still have to be brought to this target: the outcome
+    /// stored with the agents (so that a retry after a crash finishes the work), before they
+    /// are deployed or activated. `None` once done, and when there is nothing to do.
+    #[serde(default)]
+    pub pending: Option<ProvisionTarget>,
 }
 
 impl ProvisionOutcome {
@@ -77,7 +116,7 @@ impl ProvisionOutcome {
     pub fn new(mut created: Vec<Agent>, mut skipped: Vec<Skipped>, dry_run: bool) -> Self {
         created.sort_by_key(|a| a.source_workflow_id());
         skipped.sort_by_key(|s| s.workflow_id);
-        Self { created, skipped, dry_run }
+        Self { created, skipped, dry_run, not_deployed: Vec::new(), pending: None }
     }
 }
 

@@ -15,24 +15,27 @@ use uuid::Uuid;
 
 use super::caller::{Caller, handle};
 use super::convert::{
-    agent_config_to_pb, agent_to_pb, agent_type_from_pb, category_from_pb, config_from_pb, installed_to_pb,
-    parse_config, parse_id, provision_to_pb, status_from_pb, upgrade_to_pb,
+    agent_config_to_pb, agent_to_pb, agent_type_from_pb, category_from_pb, config_from_pb, default_model_to_pb,
+    installed_to_pb, parse_config, parse_id, parse_model, provision_to_pb, status_from_pb, upgrade_to_pb,
 };
 use crate::agent_flows::AgentFlows;
 use crate::domain::configuration::{self, ConfigField, apply_config_update};
+use crate::domain::default_model::check_default_model;
 use crate::domain::lifecycle::{self, Transition};
 use crate::domain::mapping::Overrides;
-use crate::domain::provisioning::{MAX_FILTER_WORKFLOW_IDS, ProvisionFilter};
+use crate::domain::provisioning::{MAX_FILTER_WORKFLOW_IDS, ProvisionFilter, ProvisionTarget};
 use crate::domain::{Agent, AgentFilter, AgentType, FlowOrigin, NewAgent};
 use crate::linkage::{FlowLinker, check_flow_id};
-use crate::provisioner::Provisioner;
-use crate::storage::{AgentRepository, mutate_agent, replayed};
+use crate::provisioner::{ProvisionMode, Provisioner};
+use crate::storage::default_models::{DefaultModelChange, DefaultModelSet};
+use crate::storage::{AgentRepository, DefaultModelRepository, mutate_agent, replayed};
 
-/// The service's handlers, over the agent repository, the provisioner (workflow-dependent
-/// operations) and the flow linker (Langflow).
+/// The service's handlers, over the agent repository, the tenants' default models, the
+/// provisioner (workflow-dependent operations) and the flow linker (Langflow).
 #[derive(Clone)]
 pub struct AgentApi {
     pub(super) repo: Arc<dyn AgentRepository>,
+    pub(super) default_models: Arc<dyn DefaultModelRepository>,
     pub(super) provisioner: Provisioner,
     /// Changes of an agent together with its Langflow flow.
     pub(super) flows: AgentFlows,
@@ -43,11 +46,12 @@ pub struct AgentApi {
 impl AgentApi {
     pub fn new(
         repo: Arc<dyn AgentRepository>,
+        default_models: Arc<dyn DefaultModelRepository>,
         provisioner: Provisioner,
         linker: FlowLinker,
         pages: PageBudget,
     ) -> Self {
-        Self { flows: AgentFlows::new(repo.clone(), linker), repo, provisioner, pages }
+        Self { flows: AgentFlows::new(repo.clone(), linker), repo, default_models, provisioner, pages }
     }
 
     /// The stored answer of a request id already used, if any (before any Langflow call).
@@ -436,13 +440,15 @@ impl AgentService for AgentApi {
         handle(request, |caller, req| async move {
             let key = IdempotencyKey::from_request("ProvisionAgents", &req.request_id, &req)?;
             let filter = provision_filter_from_pb(req.filter)?;
+            let mode = ProvisionMode { dry_run: req.dry_run, target: ProvisionTarget::of(req.deploy, req.activate) };
             let outcome = self
                 .provisioner
-                .provision(caller.tenant.as_str(), &caller.credentials, filter, req.dry_run, key.as_ref())
+                .provision(caller.tenant.as_str(), &caller.credentials, filter, mode, key.as_ref())
                 .await?;
             tracing::info!(
                 created = outcome.created.len(),
                 skipped = outcome.skipped.len(),
+                not_deployed = outcome.not_deployed.len(),
                 dry_run = outcome.dry_run,
                 "agents provisioned"
             );
@@ -570,6 +576,49 @@ impl AgentService for AgentApi {
                 .upgrade(caller.tenant.as_str(), &caller.credentials, id, req.dry_run, req.etag, key.as_ref())
                 .await?;
             Ok(upgrade_to_pb(&outcome))
+        })
+        .await
+    }
+
+    /// Sets the tenant's default model; each change is logged with who made it (a model holds
+    /// only a credential's reference, never a key, so it is logged whole).
+    #[tracing::instrument(skip_all)]
+    async fn set_tenant_default_model(
+        &self,
+        request: Request<pb::SetTenantDefaultModelRequest>,
+    ) -> Result<Response<pb::TenantDefaultModel>, Status> {
+        handle(request, |caller, req| async move {
+            let key = IdempotencyKey::from_request("SetTenantDefaultModel", &req.request_id, &req)?;
+            let model = parse_model(req.model);
+            let mut violations = Vec::new();
+            check_default_model(&model, &mut violations);
+            invalid_if_any(violations)?;
+            let change = DefaultModelChange { model, subject: caller.subject.as_str().to_owned(), etag: req.etag };
+            let set = match self.default_models.set_default_model(caller.tenant.as_str(), change, key.as_ref()).await? {
+                DefaultModelSet::Replayed(first) => first,
+                DefaultModelSet::Changed(set) => {
+                    tracing::info!(
+                        tenant = caller.tenant.as_str(),
+                        subject = caller.subject.as_str(),
+                        model = %serde_json::to_string(&set.model).unwrap_or_default(),
+                        version = set.version,
+                        "tenant default model set"
+                    );
+                    set
+                }
+            };
+            Ok(default_model_to_pb(&set))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_tenant_default_model(
+        &self,
+        request: Request<pb::GetTenantDefaultModelRequest>,
+    ) -> Result<Response<pb::TenantDefaultModel>, Status> {
+        handle(request, |caller, _req| async move {
+            Ok(default_model_to_pb(&self.default_models.default_model(caller.tenant.as_str()).await?))
         })
         .await
     }

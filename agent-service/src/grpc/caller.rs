@@ -1,14 +1,16 @@
 //! What every adapter does first and last: who is calling, and the error turned into a status.
 
-use engarde::kit::auth::Tenant;
+use engarde::kit::auth::{Subject, Tenant};
 use engarde::kit::error::ServiceResult;
 use tonic::{Request, Response, Status};
 
 use crate::workflows::Credentials;
 
-/// Who is calling: the authenticated tenant and the credentials to forward to workflow-service.
+/// Who is calling: the authenticated tenant, the subject within it (for records of who changed
+/// what), and the credentials to forward to workflow-service.
 pub(super) struct Caller {
     pub(super) tenant: Tenant,
+    pub(super) subject: Subject,
     pub(super) credentials: Credentials,
 }
 
@@ -19,6 +21,7 @@ where
     Fut: Future<Output = ServiceResult<Res>>,
 {
     let tenant = Tenant::of(&request)?;
+    let subject = Subject::of(&request);
     let credentials = Credentials::of(&request, &tenant);
-    body(Caller { tenant, credentials }, request.into_inner()).await.map(Response::new).map_err(Status::from)
+    body(Caller { tenant, subject, credentials }, request.into_inner()).await.map(Response::new).map_err(Status::from)
 }

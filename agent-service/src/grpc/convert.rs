@@ -7,6 +7,7 @@ use engarde::proto::agent::v1 as pb;
 use engarde::proto::workflow::v1 as workflow_pb;
 
 use crate::domain::configuration;
+use crate::domain::default_model::DefaultModel;
 use crate::domain::provisioning::{ProvisionOutcome, SkipReason, Skipped};
 use crate::domain::upgrade::{Change, ChangeKind, UpgradeOutcome, upgrade_available};
 use crate::domain::{
@@ -239,6 +240,26 @@ fn skipped_to_pb(s: &Skipped) -> pb::SkippedWorkflow {
     }
 }
 
+/// Model settings as sent, not yet validated (through [`parse_config`], so that a model reads the
+/// same wherever it is sent); unset is the empty model.
+pub fn parse_model(model: Option<pb::ModelSettings>) -> ModelSettings {
+    parse_config(Some(pb::AgentConfig { model, ..pb::AgentConfig::default() })).model
+}
+
+pub fn model_to_pb(model: &ModelSettings) -> pb::ModelSettings {
+    let config = AgentConfig { model: model.clone(), ..AgentConfig::default() };
+    config_to_pb(&config).model.unwrap_or_default()
+}
+
+pub fn default_model_to_pb(default: &DefaultModel) -> pb::TenantDefaultModel {
+    pb::TenantDefaultModel {
+        model: Some(model_to_pb(&default.model)),
+        updated_by: default.updated_by.clone(),
+        update_time: default.updated_at.map(timestamp),
+        etag: default.etag(),
+    }
+}
+
 /// The outcome as one answer of at most `budget` bytes of agents and workflows: what does not
 /// fit is left out at the end, and counted.
 pub fn provision_to_pb(outcome: &ProvisionOutcome, budget: PageBudget) -> pb::ProvisionAgentsResponse {
@@ -251,6 +272,15 @@ pub fn provision_to_pb(outcome: &ProvisionOutcome, budget: PageBudget) -> pb::Pr
         dry_run: outcome.dry_run,
         omitted_created: count(omitted_created),
         omitted_skipped: count(omitted_skipped),
+        not_deployed: outcome
+            .not_deployed
+            .iter()
+            .map(|n| pb::UndeployedAgent {
+                workflow_id: n.workflow_id.to_string(),
+                agent_id: n.agent_id.to_string(),
+                reason: n.reason.clone(),
+            })
+            .collect(),
     }
 }
 

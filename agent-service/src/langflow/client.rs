@@ -57,6 +57,9 @@ pub struct RunOutput {
 pub struct FlowHeader {
     pub id: String,
     pub description: String,
+    /// The name the flow can be run by instead of its id (`/api/v1/run/<endpoint name>`); empty
+    /// when it has none.
+    pub endpoint_name: String,
     /// When it last changed, if Langflow says.
     pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -67,6 +70,7 @@ impl FlowHeader {
         Some(Self {
             id: flow["id"].as_str()?.to_owned(),
             description: flow["description"].as_str().unwrap_or("").to_owned(),
+            endpoint_name: flow["endpoint_name"].as_str().unwrap_or("").to_owned(),
             updated_at: flow["updated_at"]
                 .as_str()
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
@@ -189,9 +193,18 @@ impl LangflowClient {
         })
     }
 
-    /// Creates a flow; answers its id.
-    pub async fn create_flow(&self, name: &str, description: &str, data: &Value) -> Result<String, LangflowError> {
-        let body = serde_json::json!({ "name": name, "description": description, "data": data });
+    /// Creates a flow with the endpoint name `endpoint_name` (letters, digits, '-' and '_';
+    /// Langflow appends "-1", "-2", … when another flow of its user has it); answers its id.
+    pub async fn create_flow(
+        &self,
+        name: &str,
+        description: &str,
+        endpoint_name: &str,
+        data: &Value,
+    ) -> Result<String, LangflowError> {
+        let body = serde_json::json!({
+            "name": name, "description": description, "endpoint_name": endpoint_name, "data": data,
+        });
         let response = self
             .send("create flow", false, || {
                 self.request(Method::POST, "/api/v1/flows/", self.settings.call_timeout).json(&body)
@@ -204,7 +217,8 @@ impl LangflowClient {
             .ok_or_else(|| LangflowError::BadResponse(format!("create flow: no id in {}", excerpt(&flow.to_string()))))
     }
 
-    /// A flow's header (id, description, update time), or `None` when there is no such flow.
+    /// A flow's header (id, description, endpoint name, update time), or `None` when there is
+    /// no such flow.
     pub async fn flow(&self, flow_id: &str) -> Result<Option<FlowHeader>, LangflowError> {
         let path = format!("/api/v1/flows/{flow_id}");
         let response =

@@ -14,7 +14,7 @@ use engarde::kit::pagination::PageRequest;
 use uuid::Uuid;
 
 use super::{AgentDialect, json_strings, replayed};
-use crate::domain::provisioning::{Candidate, ProvisionOutcome, SkipReason, Skipped};
+use crate::domain::provisioning::{Candidate, ProvisionOutcome, ProvisionTarget, SkipReason, Skipped};
 use crate::domain::{Agent, AgentFilter, NewAgent, now};
 use crate::storage::row::{AgentRow, COLUMNS, SnapshotColumns};
 use engarde::kit::dialect::{self, BindKeyset, Conn, Dialect, SqlDb, SqlQuery, SqlUuid, Statement};
@@ -82,13 +82,19 @@ pub trait AgentRepository: Send + Sync {
     /// In one transaction: for each candidate (sorted by workflow id), claims its workflow and,
     /// when the claim is new, stores its agent; a workflow claimed before is skipped as
     /// ALREADY_HAS_AGENT. `skipped` are the workflows skipped before, answered alongside.
+    /// `pending` is what is still to be done with the created agents (stored in the answer).
     async fn provision(
         &self,
         tenant: &str,
         candidates: Vec<Candidate>,
         skipped: Vec<Skipped>,
+        pending: Option<ProvisionTarget>,
         key: Option<&IdempotencyKey>,
     ) -> ServiceResult<ProvisionOutcome>;
+
+    /// Replaces the stored answer of `key`, which an earlier transaction of the same call
+    /// claimed and answered: for a call that finishes its work after that transaction.
+    async fn restate(&self, tenant: &str, key: &IdempotencyKey, answer: serde_json::Value) -> ServiceResult<()>;
 
     /// Stores `answer` as the answer of `key`, for a call whose work is not one transaction (it
     /// spans Langflow). `Some(json)`: the key was answered before (a concurrent retry): that
@@ -387,6 +393,7 @@ impl<D: AgentDialect> AgentRepository for SqlAgentRepository<D> {
         tenant: &str,
         candidates: Vec<Candidate>,
         mut skipped: Vec<Skipped>,
+        pending: Option<ProvisionTarget>,
         key: Option<&IdempotencyKey>,
     ) -> ServiceResult<ProvisionOutcome> {
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
@@ -409,10 +416,16 @@ impl<D: AgentDialect> AgentRepository for SqlAgentRepository<D> {
                 });
             }
         }
-        let outcome = ProvisionOutcome::new(created, skipped, false);
+        let mut outcome = ProvisionOutcome::new(created, skipped, false);
+        outcome.pending = pending.filter(|_| !outcome.created.is_empty());
         dialect::complete_idempotency::<D::Db>(&mut *tx, tenant, key, &outcome).await?;
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    async fn restate(&self, tenant: &str, key: &IdempotencyKey, answer: serde_json::Value) -> ServiceResult<()> {
+        let mut conn = self.pool.acquire().await?;
+        dialect::complete_idempotency::<D::Db>(&mut *conn, tenant, Some(key), &answer).await
     }
 
     async fn remember(

@@ -2,6 +2,7 @@
 //! SQLite (the embedded default) from one body of portable SQL.
 
 mod agents;
+pub mod default_models;
 pub mod deployment;
 mod execution_rows;
 mod execution_store;
@@ -23,6 +24,7 @@ use engarde::kit::db::DbPool;
 use engarde::kit::dialect::{self, Decodes, Dialect, SqlDb, SqlUuid};
 use engarde::kit::error::{ServiceError, ServiceResult};
 
+use default_models::DefaultModelRow;
 use execution_rows::ExecutionRow;
 use executions::{ExecutionRowWithFingerprint, RunningRow};
 use feedback::FeedbackRow;
@@ -35,6 +37,7 @@ use sessions::{MessageRow, SessionRow};
 
 pub use agents::{AgentRepository, Answer, DeleteCheck, Mutated, Mutation, mutate_agent};
 use agents::{PostgresAgentRepository, SqliteAgentRepository};
+pub use default_models::DefaultModelRepository;
 use execution_store::{PostgresExecutionRepository, SqliteExecutionRepository};
 pub use executions::ExecutionRepository;
 
@@ -51,6 +54,7 @@ trait AgentRows:
     SqlDb
     + OneStatementFinish
     + Decodes<AgentRow>
+    + Decodes<DefaultModelRow>
     + Decodes<ExecutionRow>
     + Decodes<ExecutionRowWithFingerprint>
     + Decodes<RunningRow>
@@ -94,6 +98,14 @@ pub fn repository(pool: &DbPool) -> Arc<dyn AgentRepository> {
     match pool {
         DbPool::Postgres(p) => Arc::new(PostgresAgentRepository::new(p.clone())),
         DbPool::Sqlite(p) => Arc::new(SqliteAgentRepository::new(p.clone())),
+    }
+}
+
+/// The repository of tenants' default models for a pool.
+pub fn default_model_repository(pool: &DbPool) -> Arc<dyn DefaultModelRepository> {
+    match pool {
+        DbPool::Postgres(p) => Arc::new(default_models::SqlDefaultModelRepository::<dialect::Postgres>::new(p.clone())),
+        DbPool::Sqlite(p) => Arc::new(default_models::SqlDefaultModelRepository::<dialect::Sqlite>::new(p.clone())),
     }
 }
 
