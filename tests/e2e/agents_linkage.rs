@@ -597,3 +597,38 @@ both_backends!(
         langflow.delete_flow(&ones.langflow_workflow_id).await;
     }
 );
+
+both_backends!(
+    async fn a_deployment_records_the_endpoint_name_the_flow_has_in_langflow(backend) {
+        let fake = FakeLangflow::start().await;
+        let langflow = RealLangflow::new(fake.url());
+        let app = spawn_app_with_langflow(backend, &fake.url()).await;
+        let tenant = "tenant-endpoints";
+        let mut agents = app.agents(tenant).await;
+        let agent = agent_of_the_blog_template(&app, tenant).await;
+        let deploy = |id: &str| pb::DeployAgentRequest { id: id.to_owned(), ..Default::default() };
+
+        // A flow made by hand without an endpoint name: linked and deployed, with none recorded.
+        let catalog = crate::langflow_support::catalog_fixture();
+        let plain = langflow.create_flow(&prompt_flow(&catalog, "plain", "{input}", &[])).await;
+        let link = |flow_id: &str| pb::LinkAgentFlowRequest {
+            agent_id: agent.id.clone(),
+            flow_id: flow_id.to_owned(),
+            adopt: true,
+            ..Default::default()
+        };
+        agents.link_agent_flow(link(&plain)).await.unwrap();
+        let deployed = agents.deploy_agent(deploy(&agent.id)).await.unwrap().into_inner();
+        assert_eq!(deployed.status, pb::AgentStatus::Deployed as i32);
+        assert_eq!(deployed.langflow_deployment_id, "", "no made-up id for a flow without an endpoint name");
+
+        // One that has an endpoint name: that is recorded; relinking forgets the old one.
+        let mut named = prompt_flow(&catalog, "named", "{input}", &[]);
+        named["endpoint_name"] = "our-spring-launch".into();
+        let named = langflow.create_flow(&named).await;
+        let relinked = agents.link_agent_flow(link(&named)).await.unwrap().into_inner();
+        assert_eq!((relinked.status, relinked.langflow_deployment_id.as_str()), (pb::AgentStatus::Draft as i32, ""));
+        let deployed = agents.deploy_agent(deploy(&agent.id)).await.unwrap().into_inner();
+        assert_eq!(deployed.langflow_deployment_id, "our-spring-launch");
+    }
+);

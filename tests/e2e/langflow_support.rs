@@ -554,7 +554,7 @@ fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) -> ServerHandle
         .route("/api/v1/all", get(catalog))
         .route("/api/v1/flows/", get(list_flows).post(create_flow))
         .route("/api/v1/flows", get(list_flows).post(create_flow))
-        .route("/api/v1/flows/{id}", get(read_flow).delete(delete_flow))
+        .route("/api/v1/flows/{id}", get(read_flow).patch(update_flow).delete(delete_flow))
         .route("/api/v1/run/{id}", axum::routing::post(run))
         .route("/api/v1/monitor/messages", get(messages))
         .with_state(shared);
@@ -697,6 +697,27 @@ async fn read_flow(State(shared): SharedState, headers: HeaderMap, Path(id): Pat
         Some(flow) if !hidden(flow) => axum::Json(flow.clone()).into_response(),
         _ => detail(StatusCode::NOT_FOUND, "Flow not found"),
     }
+}
+
+/// `PATCH /api/v1/flows/{id}`: the fields sent replace the flow's; answers the flow.
+async fn update_flow(State(shared): SharedState, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+    if let Some(response) = shared.check_key(&headers).or_else(|| check_uuid(&id)) {
+        return response;
+    }
+    let Ok(Value::Object(changes)) = serde_json::from_slice::<Value>(&body) else {
+        return detail(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!([{"type": "json_invalid", "loc": ["body"], "msg": "JSON object expected"}]),
+        );
+    };
+    let mut state = shared.lock();
+    let Some(flow) = state.flows.iter_mut().find(|f| f["id"] == id.as_str()) else {
+        return detail(StatusCode::NOT_FOUND, "Flow not found");
+    };
+    for (key, value) in changes {
+        flow[key.as_str()] = value;
+    }
+    axum::Json(flow.clone()).into_response()
 }
 
 async fn delete_flow(State(shared): SharedState, headers: HeaderMap, Path(id): Path<String>) -> Response {
