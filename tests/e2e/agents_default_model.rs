@@ -229,6 +229,49 @@ both_backends!(
     }
 );
 
+both_backends!(
+    async fn a_retry_finishes_a_provisioning_that_stopped_before_deploying(backend) {
+        let fake = FakeLangflow::start().await;
+        let app = spawn_app_with_langflow(backend, &fake.url()).await;
+        let tenant = "tenant-interrupted";
+        let mut agents = app.agents(tenant).await;
+        let request = pb::ProvisionAgentsRequest { activate: true, request_id: "interrupted".into(), ..Default::default() };
+        let first = agents.provision_agents(request.clone()).await.unwrap().into_inner();
+        assert_eq!(first.created.len(), 11);
+
+        // As a process that died right after the provisioning transaction leaves it: the agents
+        // in DRAFT, and the stored answer the one that transaction wrote (still to be brought up).
+        let db = &app.agent_db;
+        db.sql(&format!("UPDATE agents SET status = 'draft', langflow_deployment_id = '' WHERE tenant_id = '{tenant}'"))
+            .await;
+        let stored = db
+            .sql(&format!("SELECT response FROM idempotency_keys WHERE tenant_id = '{tenant}' AND request_id = 'interrupted'"))
+            .await;
+        let mut stored: serde_json::Value = serde_json::from_str(&stored).expect("a stored answer");
+        assert!(stored["pending"].is_null(), "a finished provisioning has nothing pending: {}", stored["pending"]);
+        stored["pending"] = "Active".into();
+        for agent in stored["created"].as_array_mut().unwrap() {
+            agent["status"] = "draft".into();
+            agent["langflow_deployment_id"] = "".into();
+        }
+        let stored = stored.to_string().replace('\'', "''");
+        db.sql(&format!(
+            "UPDATE idempotency_keys SET response = '{stored}' WHERE tenant_id = '{tenant}' AND request_id = 'interrupted'"
+        ))
+        .await;
+
+        // The retry finishes the work (no new agent, no new flow) and answers as the first did.
+        let retried = agents.provision_agents(request.clone()).await.unwrap().into_inner();
+        assert_eq!(fake.flows_created(), 11);
+        let summary = |r: &pb::ProvisionAgentsResponse| -> Vec<(String, i32, String)> {
+            r.created.iter().map(|a| (a.id.clone(), a.status, a.langflow_deployment_id.clone())).collect()
+        };
+        assert_eq!(summary(&retried), summary(&first));
+        assert!(retried.created.iter().all(|a| a.status == pb::AgentStatus::Active as i32));
+        assert_eq!(agents.provision_agents(request).await.unwrap().into_inner(), retried);
+    }
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploying_while_provisioning_needs_a_langflow_and_then_does_nothing() {
     let app = spawn_app(Backend::Sqlite).await;
