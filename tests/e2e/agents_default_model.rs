@@ -230,6 +230,38 @@ both_backends!(
 );
 
 both_backends!(
+    async fn a_default_model_is_checked_against_the_langflow_catalog_as_an_agents_is(backend) {
+        let fake = FakeLangflow::start().await;
+        let app = spawn_app_with_langflow(backend, &fake.url()).await;
+        let tenant = "tenant-catalog";
+        let mut agents = app.agents(tenant).await;
+
+        let status = expect_code(
+            agents.set_tenant_default_model(set(model("no-such-provider", "x"))).await,
+            Code::InvalidArgument,
+        );
+        assert_eq!(field_violations(&status)[0].0, "model.provider", "{status:?}");
+        assert_eq!(read_default(&mut agents).await.model, Some(pb::ModelSettings::default()));
+
+        // Stored as the catalog spells the provider, and given so to a new agent and its flow.
+        let set_default = agents.set_tenant_default_model(set(a_default())).await.unwrap().into_inner();
+        let provider = set_default.model.as_ref().unwrap().provider.clone();
+        assert!(provider.eq_ignore_ascii_case("openai"), "{provider}");
+        let workflow = app.workflows(tenant).await.create_workflow(create_request("Posts")).await.unwrap().into_inner();
+        let agent = agents
+            .create_agent_from_workflow(pb::CreateAgentFromWorkflowRequest {
+                workflow_id: workflow.id,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(Some(model_of(&agent)), set_default.model);
+        assert!(fake.flow(&agent.langflow_workflow_id).is_some(), "the agent's flow was made");
+    }
+);
+
+both_backends!(
     async fn a_retry_finishes_a_provisioning_that_stopped_before_deploying(backend) {
         let fake = FakeLangflow::start().await;
         let app = spawn_app_with_langflow(backend, &fake.url()).await;

@@ -589,9 +589,13 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::TenantDefaultModel>, Status> {
         handle(request, |caller, req| async move {
             let key = IdempotencyKey::from_request("SetTenantDefaultModel", &req.request_id, &req)?;
-            let model = parse_model(req.model);
+            let mut model = parse_model(req.model);
             let mut violations = Vec::new();
             check_default_model(&model, &mut violations);
+            invalid_if_any(violations)?;
+            // As an agent's model is: against this Langflow's catalog, spelled as it spells it.
+            let mut violations = Vec::new();
+            self.flows.linker().check_offered("model", &mut model, &mut violations).await?;
             invalid_if_any(violations)?;
             let change = DefaultModelChange { model, subject: caller.subject.as_str().to_owned(), etag: req.etag };
             let set = match self.default_models.set_default_model(caller.tenant.as_str(), change, key.as_ref()).await? {
