@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::domain::{Agent, AgentStatus};
+use crate::execution::Executor;
 use crate::langflow::LangflowClient;
 use crate::storage::runs::RunRepository;
 use crate::storage::{self, AgentRepository};
@@ -63,6 +64,9 @@ pub struct Walker {
     pub(crate) runs: Arc<dyn RunRepository>,
     agents: Arc<dyn AgentRepository>,
     langflow: Option<Arc<LangflowClient>>,
+    /// Runs the llm steps: each is an execution of the agent, recorded, counted and reported
+    /// as ExecuteAgent's are.
+    executor: Executor,
     /// Wakes idle workers at once when there is work (a new run, an approval).
     wake: Arc<Notify>,
     /// Wakes watchers when their run has new events.
@@ -100,6 +104,7 @@ impl Walker {
         db: &DbPool,
         agents: Arc<dyn AgentRepository>,
         langflow: Option<Arc<LangflowClient>>,
+        executor: Executor,
     ) -> Self {
         let events = RunEvents::new();
         if let DbPool::Postgres(pool) = db {
@@ -109,6 +114,7 @@ impl Walker {
             runs: storage::run_repository(db, &events),
             agents,
             langflow,
+            executor,
             wake: Arc::new(Notify::new()),
             events,
             watches: WatchLimits::new(settings.watch_max_per_tenant, settings.watch_max_per_process),

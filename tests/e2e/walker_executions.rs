@@ -1,0 +1,106 @@
+//! A walker's llm steps run through the execution path: each is an execution of the agent,
+//! recorded (ListExecutions by agent and by the run's session), counted on the agent and
+//! reported to the workflow's statistics, exactly once per step.
+
+use std::time::Duration;
+
+use engarde::proto::agent::v1 as pb;
+
+use crate::agents_execution::{get_agent, recorded_executions, workflow_counts_reach};
+use crate::both_backends;
+use crate::helpers::*;
+use crate::langflow_support::FakeLangflow;
+use crate::walker_support::*;
+
+/// What the agent's statistics say: (total, successful) executions.
+async fn agent_counts(app: &TestApp, tenant: &str, agent_id: &str) -> (i64, i64) {
+    let agent = get_agent(&mut app.agents(tenant).await, agent_id).await;
+    (agent.total_executions, agent.successful_executions)
+}
+
+both_backends!(
+    async fn a_walk_counts_each_llm_step_once_on_the_agent_and_the_workflow(backend) {
+        let tenant = "tenant-walk-count";
+        let fake = FakeLangflow::start().await;
+        let app = spawn_walker_app(backend, &fake.url(), &[]).await;
+        let steps = vec![llm("draft", "Draft: {input}"), llm("polish", "Polish: {input}")];
+        let agent = active_walker(&app, tenant, config(steps, 0, vec![])).await;
+        let workflow_id = agent.workflow_snapshot.as_ref().expect("a snapshot").workflow_id.clone();
+        let mut runs = app.runs(tenant).await;
+        let mut executions = app.executions(tenant).await;
+
+        let run = start_run(&mut runs, &agent.id, "tea").await;
+        let done = wait_run(&mut runs, &run.id, Duration::from_secs(30), status_is(pb::RunStatus::Succeeded)).await;
+        // Step 2's prompt carried step 1's output.
+        assert!(done.steps[0].output.contains("Draft: tea"), "{}", done.steps[0].output);
+        assert_eq!(done.steps[1].input, done.steps[0].output);
+        assert!(done.steps[1].output.contains("Polish: ") && done.steps[1].output.contains("Draft: tea"), "{}", done.steps[1].output);
+
+        assert_eq!(agent_counts(&app, tenant, &agent.id).await, (2, 2));
+        let agent_now = get_agent(&mut app.agents(tenant).await, &agent.id).await;
+        assert!(agent_now.average_response_time_ms > 0.0, "{agent_now:?}");
+        let mut listed =
+            recorded_executions(&mut executions, pb::ListExecutionsRequest { agent_id: agent.id.clone(), ..Default::default() })
+                .await;
+        listed.sort_by(|a, b| a.step_id.cmp(&b.step_id));
+        assert_eq!(listed.iter().map(|e| e.step_id.as_str()).collect::<Vec<_>>(), ["draft", "polish"]);
+        for (execution, step) in listed.iter().zip([&done.steps[0], &done.steps[1]]) {
+            assert_eq!(execution.status, pb::ExecutionStatus::Succeeded as i32);
+            assert_eq!(execution.session_id, run.id, "the run is the executions' session");
+            assert_eq!((&execution.input, &execution.output), (&step.input, &step.output));
+        }
+        let by_session = pb::ListExecutionsRequest { session_id: run.id.clone(), ..Default::default() };
+        assert_eq!(recorded_executions(&mut executions, by_session).await.len(), 2);
+        workflow_counts_reach(&app, tenant, &workflow_id, (2, 2)).await;
+        // Exactly once: nothing more arrives later.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(agent_counts(&app, tenant, &agent.id).await, (2, 2));
+        workflow_counts_reach(&app, tenant, &workflow_id, (2, 2)).await;
+
+        // Two more runs: six executions in all, never more.
+        for input in ["coffee", "cocoa"] {
+            let run = start_run(&mut runs, &agent.id, input).await;
+            wait_run(&mut runs, &run.id, Duration::from_secs(30), status_is(pb::RunStatus::Succeeded)).await;
+        }
+        assert_eq!(agent_counts(&app, tenant, &agent.id).await, (6, 6));
+        workflow_counts_reach(&app, tenant, &workflow_id, (6, 6)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(agent_counts(&app, tenant, &agent.id).await, (6, 6));
+        workflow_counts_reach(&app, tenant, &workflow_id, (6, 6)).await;
+        assert_eq!(fake.runs(), 6, "each step ran the flow once");
+    }
+);
+
+both_backends!(
+    async fn a_failed_attempt_is_an_execution_of_its_own_and_the_step_succeeds_once(backend) {
+        let tenant = "tenant-walk-retry";
+        let fake = FakeLangflow::start().await;
+        let app = spawn_walker_app(backend, &fake.url(), &[]).await;
+        let steps = vec![llm("draft", "Draft: {input}"), llm("polish", "Polish: {input}")];
+        let agent = active_walker(&app, tenant, config(steps, 2, vec![])).await;
+        let workflow_id = agent.workflow_snapshot.as_ref().expect("a snapshot").workflow_id.clone();
+        let mut runs = app.runs(tenant).await;
+        let mut executions = app.executions(tenant).await;
+
+        // The first call fails (Langflow 503): the step is retried and succeeds.
+        fake.fail_runs_with(503, 1);
+        let run = start_run(&mut runs, &agent.id, "tea").await;
+        let done = wait_run(&mut runs, &run.id, Duration::from_secs(30), status_is(pb::RunStatus::Succeeded)).await;
+        assert_eq!(done.steps.iter().map(|s| s.attempts).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(step_runs(&fake, &agent.id, &run.id, "Draft:"), 2);
+
+        assert_eq!(agent_counts(&app, tenant, &agent.id).await, (3, 2));
+        let by_session = pb::ListExecutionsRequest { session_id: run.id.clone(), ..Default::default() };
+        let listed = recorded_executions(&mut executions, by_session).await;
+        let statuses = |step: &str| {
+            let mut s: Vec<i32> = listed.iter().filter(|e| e.step_id == step).map(|e| e.status).collect();
+            s.sort();
+            s
+        };
+        let mut expected = vec![pb::ExecutionStatus::Succeeded as i32, pb::ExecutionStatus::Failed as i32];
+        expected.sort();
+        assert_eq!(statuses("draft"), expected, "{listed:#?}");
+        assert_eq!(statuses("polish"), [pb::ExecutionStatus::Succeeded as i32]);
+        workflow_counts_reach(&app, tenant, &workflow_id, (3, 2)).await;
+    }
+);
