@@ -104,3 +104,93 @@ both_backends!(
         workflow_counts_reach(&app, tenant, &workflow_id, (3, 2)).await;
     }
 );
+
+/// RS256 production mode, where agent-service has no secret to sign tokens with: a run's steps
+/// report to workflow-service with the token of the caller who started the run (without it,
+/// workflow-service would refuse the reports and the workflow's statistics would stay at 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walk_reports_its_steps_with_the_token_of_whoever_started_it() {
+    use engarde::proto::agent::v1::agent_service_client::AgentServiceClient;
+    use engarde::proto::agent::v1::run_service_client::RunServiceClient;
+    use engarde::proto::workflow::v1 as wpb;
+    use engarde::proto::workflow::v1::workflow_service_client::WorkflowServiceClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = crate::workflows_auth::rsa_key_pair(dir.path());
+    let auth_env = [
+        ("AUTH_MODE", "jwt".to_owned()),
+        ("JWT_RS256_PUBLIC_KEY_FILE", public.display().to_string()),
+        ("JWT_ISSUER", "engarde-auth".to_owned()),
+    ];
+    let fake = FakeLangflow::start().await;
+    let workflow_db = TestDb::new(Backend::Sqlite).await;
+    let agent_db = TestDb::new(Backend::Sqlite).await;
+    let workflow_service = spawn_workflow_service(&workflow_db, &auth_env).await;
+    let agent_service =
+        spawn_agent_service(&agent_db, &workflow_service.url(), &walker_env(&fake.url(), &auth_env)).await;
+
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(&private).unwrap()).unwrap();
+    let claims = serde_json::json!({
+        "tenant_id": "tenant-rs-walk", "exp": chrono::Utc::now().timestamp() + 600, "iss": "engarde-auth"
+    });
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    let bearer: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {}", jsonwebtoken::encode(&header, &claims, &key).unwrap()).parse().unwrap();
+    let signed = move |mut request: tonic::Request<()>| {
+        request.metadata_mut().insert("authorization", bearer.clone());
+        Ok(request)
+    };
+    let mut workflows = WorkflowServiceClient::with_interceptor(workflow_service.channel().await, signed.clone());
+    let mut agents = AgentServiceClient::with_interceptor(agent_service.channel().await, signed.clone());
+    let mut runs = RunServiceClient::with_interceptor(agent_service.channel().await, signed);
+
+    let steps = vec![llm("draft", "Draft: {input}"), llm("polish", "Polish: {input}")];
+    let workflow = workflows
+        .create_workflow(wpb::CreateWorkflowRequest {
+            name: "Signed walk".into(),
+            description: "A walk".into(),
+            category: wpb::WorkflowCategory::ContentGeneration as i32,
+            workflow_config: Some(config(steps, 0, vec![])),
+            request_id: String::new(),
+        })
+        .await
+        .expect("create workflow")
+        .into_inner();
+    let agent = agents
+        .create_agent_from_workflow(pb::CreateAgentFromWorkflowRequest {
+            workflow_id: workflow.id.clone(),
+            overrides: None,
+            request_id: String::new(),
+        })
+        .await
+        .expect("create agent")
+        .into_inner();
+    agents.deploy_agent(pb::DeployAgentRequest { id: agent.id.clone(), ..Default::default() }).await.expect("deploy");
+    agents
+        .activate_agent(pb::ActivateAgentRequest { id: agent.id.clone(), ..Default::default() })
+        .await
+        .expect("activate");
+    let run = runs
+        .start_run(pb::StartRunRequest { agent_id: agent.id.clone(), input: "tea".into(), request_id: String::new() })
+        .await
+        .expect("start run")
+        .into_inner();
+    eventually(Duration::from_secs(30), "the run succeeds", || {
+        let mut runs = runs.clone();
+        let id = run.id.clone();
+        async move {
+            let run = runs.get_run(pb::GetRunRequest { id }).await.unwrap().into_inner();
+            run.status == pb::RunStatus::Succeeded as i32
+        }
+    })
+    .await;
+    eventually(Duration::from_secs(30), "workflow-service counts both steps", || {
+        let mut workflows = workflows.clone();
+        let id = workflow.id.clone();
+        async move {
+            let w = workflows.get_workflow(wpb::GetWorkflowRequest { id }).await.unwrap().into_inner();
+            (w.execution_count, w.success_count) == (2, 2)
+        }
+    })
+    .await;
+}

@@ -25,6 +25,7 @@ use crate::execution::Executor;
 use crate::langflow::LangflowClient;
 use crate::storage::runs::RunRepository;
 use crate::storage::{self, AgentRepository};
+use crate::workflows::Credentials;
 use model::{NewRun, RunEvent, RunPlan, RunRequestKey, RunTrigger};
 use run_events::RunEvents;
 use watch::{WatchEnd, WatchLimits, WatchRules};
@@ -174,10 +175,12 @@ impl Walker {
         .map_err(|why| ServiceError::FailedPrecondition(format!("agent {} cannot run: {why}", agent.id)))
     }
 
-    /// Starts a run (StartRun): stored QUEUED, then left to the workers.
+    /// Starts a run (StartRun): stored QUEUED, then left to the workers. The caller's
+    /// credentials are kept with the run for its steps' reports to workflow-service.
     pub async fn start_run(
         &self,
         tenant: &str,
+        credentials: &Credentials,
         agent_id: Uuid,
         input: String,
         key: Option<RunRequestKey>,
@@ -192,6 +195,7 @@ impl Walker {
             input,
             scheduled_for: None,
             plan,
+            report_credentials: credentials.stored_authorization(),
         };
         let run = self.runs.create(new, key.as_ref()).await?;
         self.wake();

@@ -32,6 +32,7 @@ struct LlmStep<'a> {
     step_id: &'a str,
     prompt: &'a str,
     input: &'a str,
+    report_credentials: &'a str,
 }
 
 /// The request id of the `n`-th execution of a run's step (see [`Walker::run_step`]). The
@@ -85,7 +86,7 @@ pub fn spawn(walker: Walker, n: usize, lease: Duration) {
 impl Walker {
     /// Does the next step of a claimed run.
     async fn step(&self, run_id: Uuid, lease: &Lease) -> Result<(), ServiceError> {
-        let StepWork::Llm { tenant_id, agent_id, step_index, step_id, prompt, input, attempts } =
+        let StepWork::Llm { tenant_id, agent_id, step_index, step_id, prompt, input, attempts, report_credentials } =
             self.runs.start_step(run_id, lease).await?
         else {
             return Ok(());
@@ -98,6 +99,7 @@ impl Walker {
             step_id: &step_id,
             prompt: &prompt,
             input: &input,
+            report_credentials: &report_credentials,
         };
         let call = self.run_step(work);
         let Some(outcome) = self.holding(run_id, lease, call).await else {
@@ -174,8 +176,11 @@ impl Walker {
                 }
             }
         };
-        // A walk has no caller: its report goes with the tenant alone (development mode needs
-        // nothing more; with an HS256 secret the reporter signs a token for the tenant).
+        // A walk has no caller of its own: its reports go with the authorization of whoever
+        // started the run (none for a scheduled run, or in development mode, where the tenant
+        // alone serves; with an HS256 secret the reporter signs a fresh token for the tenant
+        // anyway). A token that expires before a report is delivered keeps the report in the
+        // outbox, retried, until a service identity replaces it (issue 14).
         let tenant = match Tenant::parse(work.tenant) {
             Ok(tenant) => tenant,
             Err(e) => {
@@ -185,7 +190,7 @@ impl Walker {
                 };
             }
         };
-        let credentials = Credentials::restore(tenant, "");
+        let credentials = Credentials::restore(tenant, work.report_credentials);
         let request = ExecuteRequest {
             agent_id: work.agent_id,
             input: work.input.to_owned(),
