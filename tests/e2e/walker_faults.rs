@@ -7,7 +7,7 @@ use std::time::Duration;
 use engarde::proto::agent::v1 as pb;
 use tonic::Code;
 
-use crate::agents_execution::{get_agent, workflow_counts_reach};
+use crate::agents_execution::{get_agent, recorded_executions, workflow_counts_reach};
 use crate::both_backends;
 use crate::helpers::*;
 use crate::langflow_support::FakeLangflow;
@@ -85,6 +85,45 @@ both_backends!(
         workflow_counts_reach(&app, "tenant-kill", &workflow_id, (4, 3)).await;
         let counted = get_agent(&mut app.agents("tenant-kill").await, &agent.id).await;
         assert_eq!((counted.total_executions, counted.successful_executions), (4, 3));
+    }
+);
+
+both_backends!(
+    async fn a_step_whose_execution_succeeded_before_its_worker_died_is_answered_from_it(backend) {
+        let fake = FakeLangflow::start().await;
+        let lease = [("WALKER_LEASE_SECS", "2".to_string())];
+        let mut app = spawn_walker_app(backend, &fake.url(), &lease).await;
+        let mut runs = app.runs("tenant-answered").await;
+        let agent = active_walker(&app, "tenant-answered", config(three_llm_steps(), 2, vec![])).await;
+        fake.set_delay(Duration::from_millis(1500));
+
+        let run = start_run(&mut runs, &agent.id, "once").await;
+        eventually(Duration::from_secs(30), "the second step reaches Langflow", || async {
+            step_runs(&fake, &agent.id, &run.id, "Two:") == 1
+        })
+        .await;
+        app.agent.kill().await;
+        // As if Langflow had answered and the step's execution had been recorded just before the
+        // process died, with the run not yet told.
+        let planted = format!(
+            "UPDATE executions SET status = 'succeeded', output = 'Two: planted', finished_at = started_at \
+             WHERE session_id = '{}' AND step_id = 'two' AND status = 'running' RETURNING 'planted'",
+            run.id
+        );
+        assert_eq!(app.agent_db.sql(&planted).await, "planted");
+
+        app.agent = spawn_agent_service(&app.agent_db, &app.workflow.url(), &walker_env(&fake.url(), &lease)).await;
+        let mut runs = app.runs("tenant-answered").await;
+        let done = wait_run(&mut runs, &run.id, Duration::from_secs(60), status_is(pb::RunStatus::Succeeded)).await;
+        assert_eq!(step_runs(&fake, &agent.id, &run.id, "Two:"), 1, "the step that succeeded did not run again");
+        assert_eq!(done.steps[1].output, "Two: planted");
+        assert_eq!(done.steps[2].input, "Two: planted");
+        assert_eq!(step_runs(&fake, &agent.id, &run.id, "Three:"), 1);
+        let mut executions = app.executions("tenant-answered").await;
+        let by_session = pb::ListExecutionsRequest { session_id: run.id.clone(), ..Default::default() };
+        let listed = recorded_executions(&mut executions, by_session).await;
+        assert_eq!(listed.len(), 3, "one execution per step: {listed:#?}");
+        assert!(listed.iter().all(|e| e.status == pb::ExecutionStatus::Succeeded as i32), "{listed:#?}");
     }
 );
 
