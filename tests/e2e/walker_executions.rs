@@ -194,3 +194,80 @@ async fn a_walk_reports_its_steps_with_the_token_of_whoever_started_it() {
     })
     .await;
 }
+
+both_backends!(
+    async fn a_walk_with_a_model_counts_each_step_once_and_chains_its_answers(backend) {
+        use crate::fake_model::{ANSWER_WORDS, Behaviour, FakeModel, TEST_MODEL_KEY_VAR};
+        use engarde::proto::workflow::v1 as wpb;
+
+        let tenant = "tenant-walk-model";
+        let model = FakeModel::start().await;
+        model.set(Behaviour::Answer { chunk_delay: Duration::ZERO });
+        let app = spawn_walker_app(backend, &crate::langflow_support::real_langflow_url(), &[]).await;
+        let steps = vec![llm("draft", "Draft a post about {input}"), llm("polish", "Polish this: {input}")];
+        let workflow = app
+            .workflows(tenant)
+            .await
+            .create_workflow(wpb::CreateWorkflowRequest {
+                name: "Walk with a model".into(),
+                description: "A walk".into(),
+                category: wpb::WorkflowCategory::ContentGeneration as i32,
+                workflow_config: Some(config(steps, 0, vec![])),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let settings = pb::ModelSettings {
+            provider: "OpenAI".into(),
+            model_name: "fake-gpt".into(),
+            base_url: model.base_url(),
+            system_message: "You write posts.".into(),
+            api_key_ref: TEST_MODEL_KEY_VAR.into(),
+            temperature: Some(0.2),
+            max_tokens: Some(256),
+        };
+        let configuration = pb::AgentConfig { model: Some(settings), ..Default::default() };
+        let mut agents = app.agents(tenant).await;
+        let agent = agents
+            .create_agent_from_workflow(pb::CreateAgentFromWorkflowRequest {
+                workflow_id: workflow.id.clone(),
+                overrides: Some(pb::AgentOverrides { configuration: Some(configuration), ..Default::default() }),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        agents.deploy_agent(pb::DeployAgentRequest { id: agent.id.clone(), ..Default::default() }).await.unwrap();
+        agents.activate_agent(pb::ActivateAgentRequest { id: agent.id.clone(), ..Default::default() }).await.unwrap();
+
+        let mut runs = app.runs(tenant).await;
+        let run = start_run(&mut runs, &agent.id, "spring sale").await;
+        let done = wait_run(&mut runs, &run.id, Duration::from_secs(120), status_is(pb::RunStatus::Succeeded)).await;
+        let answer = ANSWER_WORDS.concat();
+        assert_eq!(done.steps[0].output, answer);
+        assert_eq!(done.steps[1].output, answer);
+        // The model was asked twice: step 2's prompt carried step 1's answer, and only that (a
+        // walk's step gets no conversation history: its input already carries what came before).
+        let received = model.received();
+        assert_eq!(received.len(), 2, "{received:#?}");
+        let first = received[0].text();
+        assert!(first.contains("Draft a post about spring sale"), "{first}");
+        let second = received[1].text();
+        assert!(second.contains(&format!("Polish this: {answer}")), "{second}");
+        assert!(!second.contains("Conversation so far") && !second.contains("spring sale"), "{second}");
+
+        // Counted once per step on the agent and on the workflow, with the model's usage.
+        assert_eq!(agent_counts(&app, tenant, &agent.id).await, (2, 2));
+        let mut executions = app.executions(tenant).await;
+        let by_session = pb::ListExecutionsRequest { session_id: run.id.clone(), ..Default::default() };
+        let listed = recorded_executions(&mut executions, by_session).await;
+        assert_eq!(listed.len(), 2);
+        assert!(listed.iter().all(|e| e.token_usage.is_some_and(|u| u.completion_tokens > 0)), "{listed:#?}");
+        workflow_counts_reach(&app, tenant, &workflow.id, (2, 2)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(agent_counts(&app, tenant, &agent.id).await, (2, 2));
+        workflow_counts_reach(&app, tenant, &workflow.id, (2, 2)).await;
+        assert_eq!(model.received().len(), 2, "no step ran twice");
+    }
+);
