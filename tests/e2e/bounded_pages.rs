@@ -305,7 +305,8 @@ both_backends!(
             .await
             .0
         };
-        assert_eq!(executions.len(), 20);
+        // Forty: the runs' llm steps are executions of the agent too.
+        assert_eq!(executions.len(), 40);
         for execution in &executions {
             let comment = "😀".repeat(2_000);
             let request = pb::SubmitFeedbackRequest { execution_id: execution.id.clone(), score: 4, comment, ..Default::default() };
@@ -330,14 +331,14 @@ both_backends!(
                 async move { c.list_executions(r).await }
             })
             .await;
-            assert_eq!(listed.len(), 20, "executions at page size {size}");
+            assert_eq!(listed.len(), 40, "executions at page size {size}");
             let request = pb::ListFeedbackRequest { agent_id: agent_id.clone(), page_size: size, ..Default::default() };
             let (feedback, _) = all_pages(request, |r| {
                 let mut c = execution_client.clone();
                 async move { c.list_feedback(r).await }
             })
             .await;
-            assert_eq!(feedback.len(), 20, "feedback at page size {size}");
+            assert_eq!(feedback.len(), 40, "feedback at page size {size}");
             let request = pb::ListSessionsRequest { agent_id: agent_id.clone(), page_size: size, ..Default::default() };
             let (sessions, _) = all_pages(request, |r| {
                 let mut c = execution_client.clone();

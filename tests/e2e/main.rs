@@ -25,6 +25,7 @@ mod agents_health;
 mod agents_linkage;
 mod agents_models;
 mod agents_provisioning;
+mod walker_executions;
 mod walker_faults;
 mod walker_reviews;
 mod walker_schedules;

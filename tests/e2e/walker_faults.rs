@@ -7,6 +7,7 @@ use std::time::Duration;
 use engarde::proto::agent::v1 as pb;
 use tonic::Code;
 
+use crate::agents_execution::{get_agent, recorded_executions, workflow_counts_reach};
 use crate::both_backends;
 use crate::helpers::*;
 use crate::langflow_support::FakeLangflow;
@@ -22,12 +23,11 @@ both_backends!(
         let app = spawn_walker_app(backend, &fake.url(), &[]).await;
         let mut runs = app.runs("tenant-cancel").await;
         let agent = active_walker(&app, "tenant-cancel", config(three_llm_steps(), 0, vec![])).await;
-        let flow = agent.langflow_workflow_id.clone();
         fake.set_delay(Duration::from_millis(1500));
 
         let run = start_run(&mut runs, &agent.id, "cancel me").await;
         eventually(Duration::from_secs(20), "the first step reaches Langflow", || async {
-            fake.runs_for(&flow, &step_session(&run.id, 0)) == 1
+            step_runs(&fake, &agent.id, &run.id, "One:") == 1
         })
         .await;
         let cancel = pb::CancelRunRequest { id: run.id.clone(), reason: "changed my mind".into(), request_id: "c-1".into() };
@@ -41,8 +41,8 @@ both_backends!(
 
         // The step in Langflow finishes; its result is ignored and nothing follows it.
         tokio::time::sleep(Duration::from_secs(4)).await;
-        assert_eq!(fake.runs_for(&flow, &step_session(&run.id, 1)), 0, "no step started after the cancel");
-        assert_eq!(fake.runs_for(&flow, &step_session(&run.id, 2)), 0);
+        assert_eq!(step_runs(&fake, &agent.id, &run.id, "Two:"), 0, "no step started after the cancel");
+        assert_eq!(step_runs(&fake, &agent.id, &run.id, "Three:"), 0);
         let after = get_run(&mut runs, &run.id).await;
         assert_eq!(after.status, pb::RunStatus::Cancelled as i32);
         assert!(after.steps.iter().all(|s| s.status == pb::StepStatus::Skipped as i32 && s.output.is_empty()));
@@ -58,29 +58,72 @@ both_backends!(
         let mut app = spawn_walker_app(backend, &fake.url(), &lease).await;
         let mut runs = app.runs("tenant-kill").await;
         let agent = active_walker(&app, "tenant-kill", config(three_llm_steps(), 2, vec![])).await;
-        let flow = agent.langflow_workflow_id.clone();
         fake.set_delay(Duration::from_millis(1500));
 
         let run = start_run(&mut runs, &agent.id, "survive").await;
         eventually(Duration::from_secs(30), "the second step reaches Langflow", || async {
-            fake.runs_for(&flow, &step_session(&run.id, 1)) == 1
+            step_runs(&fake, &agent.id, &run.id, "Two:") == 1
         })
         .await;
         app.agent.kill().await;
-        let before = fake.runs_for(&flow, &step_session(&run.id, 0));
+        let before = step_runs(&fake, &agent.id, &run.id, "One:");
         assert_eq!(before, 1);
 
         app.agent = spawn_agent_service(&app.agent_db, &app.workflow.url(), &walker_env(&fake.url(), &lease)).await;
         let mut runs = app.runs("tenant-kill").await;
         let done = wait_run(&mut runs, &run.id, Duration::from_secs(60), status_is(pb::RunStatus::Succeeded)).await;
-        assert_eq!(fake.runs_for(&flow, &step_session(&run.id, 0)), 1, "a succeeded step never runs again");
-        assert_eq!(fake.runs_for(&flow, &step_session(&run.id, 1)), 2, "the interrupted step ran again");
-        assert_eq!(fake.runs_for(&flow, &step_session(&run.id, 2)), 1);
+        assert_eq!(step_runs(&fake, &agent.id, &run.id, "One:"), 1, "a succeeded step never runs again");
+        assert_eq!(step_runs(&fake, &agent.id, &run.id, "Two:"), 2, "the interrupted step ran again");
+        assert_eq!(step_runs(&fake, &agent.id, &run.id, "Three:"), 1);
         assert_eq!(done.steps.iter().map(|s| s.attempts).collect::<Vec<_>>(), [1, 2, 1]);
         assert!(done.output.contains("Three:") && done.output.contains("Two:") && done.output.contains("survive"), "{}", done.output);
         let events = watch_all(&mut runs, &run.id, 1).await;
         assert_eq!(events.iter().map(|e| e.sequence).collect::<Vec<_>>(), (1..=events.len() as i64).collect::<Vec<_>>());
         assert!(events.iter().any(|e| e.kind == "step_retrying" && e.step_id == "two"));
+        // Counted once per execution, the interrupted one as a failure, and never doubled.
+        let workflow_id = agent.workflow_snapshot.as_ref().expect("a snapshot").workflow_id.clone();
+        workflow_counts_reach(&app, "tenant-kill", &workflow_id, (4, 3)).await;
+        let counted = get_agent(&mut app.agents("tenant-kill").await, &agent.id).await;
+        assert_eq!((counted.total_executions, counted.successful_executions), (4, 3));
+    }
+);
+
+both_backends!(
+    async fn a_step_whose_execution_succeeded_before_its_worker_died_is_answered_from_it(backend) {
+        let fake = FakeLangflow::start().await;
+        let lease = [("WALKER_LEASE_SECS", "2".to_string())];
+        let mut app = spawn_walker_app(backend, &fake.url(), &lease).await;
+        let mut runs = app.runs("tenant-answered").await;
+        let agent = active_walker(&app, "tenant-answered", config(three_llm_steps(), 2, vec![])).await;
+        fake.set_delay(Duration::from_millis(1500));
+
+        let run = start_run(&mut runs, &agent.id, "once").await;
+        eventually(Duration::from_secs(30), "the second step reaches Langflow", || async {
+            step_runs(&fake, &agent.id, &run.id, "Two:") == 1
+        })
+        .await;
+        app.agent.kill().await;
+        // As if Langflow had answered and the step's execution had been recorded just before the
+        // process died, with the run not yet told.
+        let planted = format!(
+            "UPDATE executions SET status = 'succeeded', output = 'Two: planted', finished_at = started_at \
+             WHERE session_id = '{}' AND step_id = 'two' AND status = 'running' RETURNING 'planted'",
+            run.id
+        );
+        assert_eq!(app.agent_db.sql(&planted).await, "planted");
+
+        app.agent = spawn_agent_service(&app.agent_db, &app.workflow.url(), &walker_env(&fake.url(), &lease)).await;
+        let mut runs = app.runs("tenant-answered").await;
+        let done = wait_run(&mut runs, &run.id, Duration::from_secs(60), status_is(pb::RunStatus::Succeeded)).await;
+        assert_eq!(step_runs(&fake, &agent.id, &run.id, "Two:"), 1, "the step that succeeded did not run again");
+        assert_eq!(done.steps[1].output, "Two: planted");
+        assert_eq!(done.steps[2].input, "Two: planted");
+        assert_eq!(step_runs(&fake, &agent.id, &run.id, "Three:"), 1);
+        let mut executions = app.executions("tenant-answered").await;
+        let by_session = pb::ListExecutionsRequest { session_id: run.id.clone(), ..Default::default() };
+        let listed = recorded_executions(&mut executions, by_session).await;
+        assert_eq!(listed.len(), 3, "one execution per step: {listed:#?}");
+        assert!(listed.iter().all(|e| e.status == pb::ExecutionStatus::Succeeded as i32), "{listed:#?}");
     }
 );
 
@@ -92,7 +135,6 @@ async fn two_processes_share_fifty_runs_without_running_a_step_twice() {
     let agent =
         active_walker(&app, "tenant-pair", config(vec![llm("a", "A: {input}"), llm("b", "B: {input}")], 0, vec![]))
             .await;
-    let flow = agent.langflow_workflow_id.clone();
     fake.set_delay(Duration::from_millis(30));
     let second = spawn_agent_service(&app.agent_db, &app.workflow.url(), &walker_env(&fake.url(), &[])).await;
     let mut first_client = app.runs("tenant-pair").await;
@@ -112,8 +154,8 @@ async fn two_processes_share_fifty_runs_without_running_a_step_twice() {
         assert_eq!(run.status, pb::RunStatus::Succeeded as i32, "{run:#?}");
     }
     for id in &ids {
-        for step in 0..2 {
-            assert_eq!(fake.runs_for(&flow, &step_session(id, step)), 1, "run {id} step {step} ran once");
+        for (step, prompt) in [(0, "A:"), (1, "B:")] {
+            assert_eq!(step_runs(&fake, &agent.id, id, prompt), 1, "run {id} step {step} ran once");
         }
     }
     assert_eq!(fake.runs(), 100);

@@ -8,6 +8,7 @@ use engarde::proto::workflow::v1 as wpb;
 use futures::StreamExt;
 
 use crate::helpers::*;
+use crate::langflow_support::FakeLangflow;
 
 pub fn llm(id: &str, prompt: &str) -> wpb::Step {
     wpb::Step { id: id.into(), kind: wpb::StepKind::Llm as i32, prompt: prompt.into(), ..Default::default() }
@@ -127,7 +128,23 @@ pub async fn watch_all(runs: &mut RunClient, id: &str, from: i64) -> Vec<pb::Run
     events
 }
 
-/// The session id a run's step runs under in Langflow.
-pub fn step_session(run_id: &str, index: usize) -> String {
-    format!("run-{run_id}-{index}")
+/// The Langflow session of a run's llm steps: each step is an execution of the agent in the
+/// run's session (the executor's `{agent id}:{session id}`).
+pub fn run_session(agent_id: &str, run_id: &str) -> String {
+    format!("{agent_id}:{run_id}")
+}
+
+/// How many times the fake Langflow was asked to run a step of the run whose prompt starts with
+/// `prompt_start` (the steps of a run share its session; their prompts tell them apart).
+pub fn step_runs(fake: &FakeLangflow, agent_id: &str, run_id: &str, prompt_start: &str) -> usize {
+    let session = run_session(agent_id, run_id);
+    fake.run_requests()
+        .iter()
+        .filter(|r| r.body["session_id"] == session.as_str())
+        .filter(|r| {
+            r.body["tweaks"].as_object().is_some_and(|tweaks| {
+                tweaks.values().any(|node| node["template"].as_str().is_some_and(|t| t.starts_with(prompt_start)))
+            })
+        })
+        .count()
 }

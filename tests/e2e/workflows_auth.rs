@@ -145,7 +145,7 @@ async fn rs256_tokens_are_verified_with_the_public_key() {
 }
 
 /// An RSA key pair made with openssl: (private PEM path, public PEM path), in `dir`.
-fn rsa_key_pair(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+pub fn rsa_key_pair(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let private = dir.join("key.pem");
     let public = dir.join("pub.pem");
     let openssl = |args: &[&str]| {

@@ -108,7 +108,7 @@ impl Executor {
         request: ExecuteRequest,
     ) -> ServiceResult<Execution> {
         let deadline = Some(request.deadline.unwrap_or(self.default_deadline).min(self.default_deadline));
-        let run = match self.prepare(tenant, credentials, request, deadline).await? {
+        let run = match self.prepare(tenant, credentials, request, deadline, None).await? {
             Prepared::Existing(execution) => return execution.into_answer(),
             Prepared::Run(run) => run,
         };
@@ -130,7 +130,7 @@ impl Executor {
     ) -> ServiceResult<mpsc::Receiver<ServiceResult<StreamItem>>> {
         let deadline = request.deadline;
         let (sender, receiver) = mpsc::channel(stream::CHANNEL_CAPACITY);
-        match self.prepare(tenant, credentials, request, deadline).await? {
+        match self.prepare(tenant, credentials, request, deadline, None).await? {
             Prepared::Existing(execution) => stream::replay(execution, &sender).await,
             Prepared::Run(run) => {
                 let executor = self.clone();
@@ -140,13 +140,39 @@ impl Executor {
         Ok(receiver)
     }
 
-    /// The checks before a run, and what it needs.
+    /// Runs one llm step of a walker run as an execution of its agent (an internal caller: no
+    /// deadline but Langflow's run timeout, the prompt the run pinned rather than the agent's
+    /// current one, and a request key the walker derives from the run and step). Answers the
+    /// execution as recorded, or its error; a key that started an execution before answers that
+    /// one without running the flow again.
+    pub(crate) async fn execute_step(
+        &self,
+        tenant: &str,
+        credentials: &Credentials,
+        request: ExecuteRequest,
+        pinned_prompt: String,
+    ) -> ServiceResult<Execution> {
+        let run = match self.prepare(tenant, credentials, request, None, Some(pinned_prompt)).await? {
+            Prepared::Existing(execution) => return execution.into_answer(),
+            Prepared::Run(run) => run,
+        };
+        // Its own task, as for a caller: a worker that loses its run mid-step drops this future,
+        // not the execution's record.
+        let executor = self.clone();
+        tokio::spawn(async move { executor.run_once(run).await })
+            .await
+            .map_err(|e| ServiceError::internal(anyhow::anyhow!("execution task failed: {e}")))?
+    }
+
+    /// The checks before a run, and what it needs. `pinned_prompt`: the step's prompt as an
+    /// internal caller pinned it (a walker run's plan), instead of the agent's snapshot's.
     async fn prepare(
         &self,
         tenant: &str,
         credentials: &Credentials,
         request: ExecuteRequest,
         deadline: Option<Duration>,
+        pinned_prompt: Option<String>,
     ) -> ServiceResult<Prepared> {
         if let Some(key) = &request.key
             && let Some(existing) = self.executions.find_by_request(tenant, key).await?
@@ -172,9 +198,16 @@ impl Executor {
                 agent.id
             )));
         }
-        let (step_id, prompt) = pick_step(agent.snapshot.as_ref(), &request.step_id)?;
+        let (step_id, prompt) = match &pinned_prompt {
+            Some(prompt) => (request.step_id.clone(), prompt.clone()),
+            None => pick_step(agent.snapshot.as_ref(), &request.step_id)?,
+        };
         let (session_id, history) = if request.session_id.is_empty() {
             (Uuid::new_v4().to_string(), String::new())
+        } else if pinned_prompt.is_some() {
+            // A walk's step carries what came before it in its input (the previous step's
+            // output): the session's earlier turns would only repeat it to the model.
+            (request.session_id, String::new())
         } else {
             let earlier =
                 self.executions.recent_messages(agent.id, &request.session_id, self.memory.max_messages).await?;

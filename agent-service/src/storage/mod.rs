@@ -68,6 +68,7 @@ trait AgentRows:
     + Decodes<EventRow>
     + Decodes<ReviewRow>
     + Decodes<(i64,)>
+    + Decodes<(String,)>
     + Decodes<(i64, i64, f64)>
     + Decodes<(SqlUuid,)>
     + Decodes<(SqlUuid, String)>

@@ -21,9 +21,11 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::domain::{Agent, AgentStatus};
+use crate::execution::Executor;
 use crate::langflow::LangflowClient;
 use crate::storage::runs::RunRepository;
 use crate::storage::{self, AgentRepository};
+use crate::workflows::Credentials;
 use model::{NewRun, RunEvent, RunPlan, RunRequestKey, RunTrigger};
 use run_events::RunEvents;
 use watch::{WatchEnd, WatchLimits, WatchRules};
@@ -63,6 +65,9 @@ pub struct Walker {
     pub(crate) runs: Arc<dyn RunRepository>,
     agents: Arc<dyn AgentRepository>,
     langflow: Option<Arc<LangflowClient>>,
+    /// Runs the llm steps: each is an execution of the agent, recorded, counted and reported
+    /// as ExecuteAgent's are.
+    executor: Executor,
     /// Wakes idle workers at once when there is work (a new run, an approval).
     wake: Arc<Notify>,
     /// Wakes watchers when their run has new events.
@@ -100,6 +105,7 @@ impl Walker {
         db: &DbPool,
         agents: Arc<dyn AgentRepository>,
         langflow: Option<Arc<LangflowClient>>,
+        executor: Executor,
     ) -> Self {
         let events = RunEvents::new();
         if let DbPool::Postgres(pool) = db {
@@ -109,6 +115,7 @@ impl Walker {
             runs: storage::run_repository(db, &events),
             agents,
             langflow,
+            executor,
             wake: Arc::new(Notify::new()),
             events,
             watches: WatchLimits::new(settings.watch_max_per_tenant, settings.watch_max_per_process),
@@ -168,10 +175,12 @@ impl Walker {
         .map_err(|why| ServiceError::FailedPrecondition(format!("agent {} cannot run: {why}", agent.id)))
     }
 
-    /// Starts a run (StartRun): stored QUEUED, then left to the workers.
+    /// Starts a run (StartRun): stored QUEUED, then left to the workers. The caller's
+    /// credentials are kept with the run for its steps' reports to workflow-service.
     pub async fn start_run(
         &self,
         tenant: &str,
+        credentials: &Credentials,
         agent_id: Uuid,
         input: String,
         key: Option<RunRequestKey>,
@@ -186,6 +195,7 @@ impl Walker {
             input,
             scheduled_for: None,
             plan,
+            report_credentials: credentials.stored_authorization(),
         };
         let run = self.runs.create(new, key.as_ref()).await?;
         self.wake();

@@ -4,16 +4,58 @@
 
 use std::time::Duration;
 
+use engarde::kit::auth::Tenant;
 use engarde::kit::error::ServiceError;
+use engarde::kit::idempotency::IdempotencyKey;
 use uuid::Uuid;
 
 use super::Walker;
-use crate::langflow::LangflowError;
+use crate::domain::now;
+use crate::execution::ExecuteRequest;
+use crate::execution::model::{Execution, ExecutionStatus, FailureKind, Finish, Outcome};
 use crate::storage::runs::{Lease, StepOutcome, StepWork};
+use crate::workflows::Credentials;
 
 /// How often an idle worker looks for work when nothing wakes it (another process may have
 /// queued a run, or a retry's backoff may have passed).
 const POLL: Duration = Duration::from_millis(500);
+
+/// The error an llm step's execution is recorded with when its worker lost the run mid-step.
+const INTERRUPTED: &str = "interrupted: the walker worker running this step stopped or lost its run";
+
+/// An llm step to run, as [`StepWork::Llm`] gave it.
+struct LlmStep<'a> {
+    tenant: &'a str,
+    agent_id: Uuid,
+    run_id: Uuid,
+    step_index: i32,
+    step_id: &'a str,
+    prompt: &'a str,
+    input: &'a str,
+    report_credentials: &'a str,
+}
+
+/// The request id of the `n`-th execution of a run's step (see [`Walker::run_step`]). The
+/// fingerprint is fixed: the id alone says what the execution is.
+fn step_key(run_id: Uuid, step_index: i32, n: u32) -> IdempotencyKey {
+    IdempotencyKey { request_id: format!("walker:{run_id}:{step_index}:{n}"), fingerprint: "walker step".into() }
+}
+
+/// How a failed step execution (or the checks before it) goes on: the rules' retries apply
+/// unless retrying cannot help (no flow or no Langflow, an agent that cannot run or is gone,
+/// a step its agent no longer has).
+fn outcome_of(error: ServiceError) -> StepOutcome {
+    let retriable = !matches!(
+        error,
+        ServiceError::FailedPrecondition(_)
+            | ServiceError::NotFound(_)
+            | ServiceError::InvalidArgument(_)
+            | ServiceError::AlreadyExists(_)
+            | ServiceError::PermissionDenied(_)
+            | ServiceError::Unauthenticated(_)
+    );
+    StepOutcome::Failed { error: error.to_string(), retriable }
+}
 
 pub fn spawn(walker: Walker, n: usize, lease: Duration) {
     tokio::spawn(async move {
@@ -44,12 +86,22 @@ pub fn spawn(walker: Walker, n: usize, lease: Duration) {
 impl Walker {
     /// Does the next step of a claimed run.
     async fn step(&self, run_id: Uuid, lease: &Lease) -> Result<(), ServiceError> {
-        let StepWork::Llm { tenant_id, agent_id, step_index, step_id, prompt, input, attempts } =
+        let StepWork::Llm { tenant_id, agent_id, step_index, step_id, prompt, input, attempts, report_credentials } =
             self.runs.start_step(run_id, lease).await?
         else {
             return Ok(());
         };
-        let call = self.call_flow(&tenant_id, agent_id, run_id, step_index, &prompt, &input);
+        let work = LlmStep {
+            tenant: &tenant_id,
+            agent_id,
+            run_id,
+            step_index,
+            step_id: &step_id,
+            prompt: &prompt,
+            input: &input,
+            report_credentials: &report_credentials,
+        };
+        let call = self.run_step(work);
         let Some(outcome) = self.holding(run_id, lease, call).await else {
             tracing::info!(run_id = %run_id, step_id, "run cancelled or taken over while its step ran");
             return Ok(());
@@ -80,43 +132,91 @@ impl Walker {
         }
     }
 
-    /// One llm step through the agent's flow.
-    async fn call_flow(
-        &self,
-        tenant: &str,
-        agent_id: Uuid,
-        run_id: Uuid,
-        step_index: i32,
-        prompt: &str,
-        input: &str,
-    ) -> StepOutcome {
-        let fatal = |error: String| StepOutcome::Failed { error, retriable: false };
-        let Some(langflow) = &self.langflow else { return fatal(LangflowError::NotConfigured.to_string()) };
-        // The agent as it is now: its current flow and configuration.
-        let agent = match self.agents.get(tenant, agent_id).await {
-            Ok(agent) => agent,
-            Err(ServiceError::NotFound(_)) => return fatal("the agent was deleted".into()),
-            Err(e) => return StepOutcome::Failed { error: e.to_string(), retriable: true },
+    /// One llm step, run as an execution of the agent through the [`Executor`]: recorded,
+    /// counted on the agent and reported to the workflow's statistics as ExecuteAgent's
+    /// executions are, under the run's id as its session (ListExecutions by session shows the
+    /// walk).
+    ///
+    /// Exactly once per step, across worker crashes, lost leases and retries: the step's
+    /// executions carry the request ids `walker:{run}:{step}:{n}`, n = 1, 2, …, and before
+    /// running, the worker walks them in order:
+    /// - one that SUCCEEDED answers the step: the flow is not run again (its worker died, or lost
+    ///   the run, after Langflow answered but before the run recorded it);
+    /// - one that FAILED was an attempt of its own (counted as a failed execution): look at n+1;
+    /// - one still RUNNING belongs to a worker that lost the run (this worker could only claim it
+    ///   once that worker's lease lapsed): it is recorded FAILED "interrupted" now, as the
+    ///   janitor would later (conditionally: if its worker records it first, that record stands
+    ///   and is read again);
+    /// - the first unused n is this attempt's id. Two workers that get here at once compute the
+    ///   same id, and the executions' unique request id lets only one of them run the flow.
+    ///
+    /// So each attempt that ran the flow is its own execution, and the step's success is counted
+    /// once: a retry never runs a step that already succeeded.
+    async fn run_step(&self, work: LlmStep<'_>) -> StepOutcome {
+        let executions = self.executor.executions();
+        let mut n = 1;
+        let key = loop {
+            let key = step_key(work.run_id, work.step_index, n);
+            let earlier = match executions.find_by_request(work.tenant, &key).await {
+                Ok(earlier) => earlier,
+                Err(e) => return outcome_of(e),
+            };
+            let Some(earlier) = earlier else { break key };
+            match earlier.status {
+                ExecutionStatus::Succeeded => {
+                    tracing::info!(run_id = %work.run_id, step_index = work.step_index, execution_id = %earlier.id,
+                        "the step succeeded before (its worker lost the run): answered from its execution");
+                    return StepOutcome::Succeeded(earlier.output);
+                }
+                ExecutionStatus::Failed => n += 1,
+                ExecutionStatus::Running => {
+                    if let Err(e) = self.interrupt(work.tenant, &earlier).await {
+                        return outcome_of(e);
+                    }
+                }
+            }
         };
-        if agent.langflow_workflow_id.is_empty() {
-            return fatal("the agent has no flow".into());
-        }
-        let tweaks = match crate::execution::run_tweaks(langflow, &agent, prompt, "").await {
-            Ok(tweaks) => tweaks,
+        // A walk has no caller of its own: its reports go with the authorization of whoever
+        // started the run (none for a scheduled run, or in development mode, where the tenant
+        // alone serves; with an HS256 secret the reporter signs a fresh token for the tenant
+        // anyway). A token that expires before a report is delivered keeps the report in the
+        // outbox, retried, until a service identity replaces it (issue 14).
+        let tenant = match Tenant::parse(work.tenant) {
+            Ok(tenant) => tenant,
             Err(e) => {
                 return StepOutcome::Failed {
-                    retriable: !matches!(e, LangflowError::ModelNotOffered(_)),
-                    error: e.to_string(),
+                    error: format!("stored tenant {:?}: {e}", work.tenant),
+                    retriable: false,
                 };
             }
         };
-        // A session per step, so that Langflow's own records tell the steps (and their
-        // retries' duplicates, if any) apart.
-        let session = format!("run-{run_id}-{step_index}");
-        match langflow.run(&agent.langflow_workflow_id, input, &session, &tweaks, None).await {
-            Ok(output) => StepOutcome::Succeeded(output.text),
-            Err(e @ (LangflowError::FlowNotFound(_) | LangflowError::NotConfigured)) => fatal(e.to_string()),
-            Err(e) => StepOutcome::Failed { error: e.to_string(), retriable: true },
+        let credentials = Credentials::restore(tenant, work.report_credentials);
+        let request = ExecuteRequest {
+            agent_id: work.agent_id,
+            input: work.input.to_owned(),
+            session_id: work.run_id.to_string(),
+            step_id: work.step_id.to_owned(),
+            key: Some(key),
+            deadline: None,
+        };
+        match self.executor.execute_step(work.tenant, &credentials, request, work.prompt.to_owned()).await {
+            Ok(execution) => StepOutcome::Succeeded(execution.output),
+            Err(e) => outcome_of(e),
         }
+    }
+
+    /// Records an earlier attempt's execution, left RUNNING by a worker that lost the run, as
+    /// FAILED "interrupted" (counted and reported like any failed execution).
+    async fn interrupt(&self, tenant: &str, execution: &Execution) -> Result<(), ServiceError> {
+        let finished_at = now();
+        let finish = Finish {
+            execution_id: execution.id,
+            outcome: Outcome::Failed { kind: FailureKind::Unavailable, error: INTERRUPTED.into() },
+            latency_ms: (finished_at - execution.started_at).num_milliseconds().max(0) as f64,
+            finished_at,
+            flow_gone: None,
+        };
+        tracing::warn!(execution_id = %execution.id, agent_id = %execution.agent_id, "walker step execution interrupted");
+        self.executor.finish(tenant, finish).await.map(|_| ())
     }
 }
