@@ -28,13 +28,22 @@ pub async fn spawn_with_langflow(backend: Backend, langflow_url: &str, extra: &[
 /// A workflow of the tenant ("Write a post about {input}" first), and an ACTIVE agent made from
 /// it with its generated flow.
 pub async fn active_agent(app: &TestApp, tenant: &str) -> (wpb::WorkflowDefinition, pb::Agent) {
+    active_agent_with(app, tenant, None).await
+}
+
+/// [`active_agent`], made with `overrides`.
+pub async fn active_agent_with(
+    app: &TestApp,
+    tenant: &str,
+    overrides: Option<pb::AgentOverrides>,
+) -> (wpb::WorkflowDefinition, pb::Agent) {
     let mut workflows = app.workflows(tenant).await;
     let mut agents = app.agents(tenant).await;
     let workflow = workflows.create_workflow(create_request("Posts")).await.unwrap().into_inner();
     let agent = agents
         .create_agent_from_workflow(pb::CreateAgentFromWorkflowRequest {
             workflow_id: workflow.id.clone(),
-            overrides: None,
+            overrides,
             request_id: String::new(),
         })
         .await

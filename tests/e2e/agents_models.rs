@@ -12,12 +12,11 @@ use engarde::proto::agent::v1 as pb;
 use tokio::time::Instant;
 use tonic::Code;
 
-use crate::agents_execution::{collect_stream, execute, get_agent, spawn_with_langflow};
+use crate::agents_execution::{active_agent_with, collect_stream, execute, get_agent, spawn_with_langflow};
 use crate::both_backends;
 use crate::fake_model::{ANSWER_WORDS, Behaviour, FakeModel, TEST_MODEL_KEY, TEST_MODEL_KEY_VAR, usage_of};
 use crate::helpers::*;
 use crate::langflow_support::{FakeLangflow, real_langflow_url};
-use crate::workflows_crud::create_request;
 
 const SYSTEM: &str = "You are EnGarde's copywriter. Answer in one sentence.";
 
@@ -46,21 +45,8 @@ fn voice(model: pb::ModelSettings) -> pb::AgentConfig {
 
 /// An ACTIVE agent of `tenant` made from a new workflow, configured with `config`.
 async fn thinking_agent(app: &TestApp, tenant: &str, config: pb::AgentConfig) -> pb::Agent {
-    let mut workflows = app.workflows(tenant).await;
-    let mut agents = app.agents(tenant).await;
-    let workflow = workflows.create_workflow(create_request("Posts")).await.unwrap().into_inner();
-    let agent = agents
-        .create_agent_from_workflow(pb::CreateAgentFromWorkflowRequest {
-            workflow_id: workflow.id.clone(),
-            overrides: Some(pb::AgentOverrides { configuration: Some(config), ..Default::default() }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    agents.deploy_agent(pb::DeployAgentRequest { id: agent.id.clone(), ..Default::default() }).await.unwrap();
-    agents.activate_agent(pb::ActivateAgentRequest { id: agent.id.clone(), ..Default::default() }).await.unwrap();
-    get_agent(&mut agents, &agent.id).await
+    let overrides = pb::AgentOverrides { configuration: Some(config), ..Default::default() };
+    active_agent_with(app, tenant, Some(overrides)).await.1
 }
 
 fn usage(execution: &pb::Execution) -> (i64, i64) {
