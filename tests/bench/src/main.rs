@@ -926,6 +926,36 @@ async fn real_langflow(
             );
         }
     }
+    println!("\n== An agent with a model through the real Langflow at {url} and a fake model ({} callers)", load.concurrency);
+    let m = bench::model::run(ctx, workflow_addr, database_url, url, load).await?;
+    for (i, (s, d)) in m.through_service.iter().zip(&m.direct).enumerate() {
+        report.check(&format!("ExecuteAgent with a model, half {}", i + 1), s);
+        report.check(&format!("the model's flow run directly, half {}", i + 1), d);
+        print_summary("ExecuteAgent, model", s);
+        print_summary("flow run directly, model", d);
+    }
+    report.check("StreamExecuteAgent, first chunk", &m.first_chunk_service);
+    report.check("the flow streamed directly, first token", &m.first_chunk_direct);
+    report.push(
+        Figure::new("model_execute_rps", bench::model::rps(&m.through_service), "runs/s")
+            .baseline(bench::model::rps(&m.direct), "the same flow run directly")
+            .target(Target::RatioAtLeast(0.95))
+            .note(format!("{} callers, fake OpenAI-compatible model", load.concurrency)),
+    );
+    let added = ms(m.first_chunk_service.p50) - ms(m.first_chunk_direct.p50);
+    println!(
+        "  first chunk p50: StreamExecuteAgent {:.1} ms, direct {:.1} ms (p90 {:.1} / {:.1})",
+        ms(m.first_chunk_service.p50),
+        ms(m.first_chunk_direct.p50),
+        ms(m.first_chunk_service.p90),
+        ms(m.first_chunk_direct.p90)
+    );
+    report.push(
+        Figure::new("model_stream_first_chunk_added_p50", added, "ms")
+            .baseline(ms(m.first_chunk_direct.p50), "the flow streamed directly, p50 to its first token")
+            .target(Target::AtMost(5.0))
+            .note("30 streams each way, one at a time, alternating".to_owned()),
+    );
     let langflow_kb: u64 = langflow_pids().into_iter().filter_map(bench::procs::rss_kb).sum();
     if langflow_kb > 0 {
         println!("  Langflow's own memory: {:.0} MB (all its processes)", langflow_kb as f64 / 1024.0);

@@ -199,28 +199,8 @@ async fn measure(
     load: load::LoadSpec,
     calls_alone: usize,
 ) -> anyhow::Result<Outcome> {
-    let tenant = AsTenant::new(&format!("bench-exec-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))?;
-    let wf_channel = load::channels(workflow_addr, 1, load::CALL_TIMEOUT).await?.remove(0);
-    let mut workflows = WorkflowServiceClient::with_interceptor(wf_channel, tenant.clone());
-    let workflow = workflows
-        .create_workflow(sample_workflow("Bench execution"))
-        .await
-        .context("CreateWorkflow for the execute benchmark")?
-        .into_inner();
-    let agent_channels = load::channels(agent.addr, ctx.channels, load::CALL_TIMEOUT).await?;
-    let mut agents = AgentServiceClient::with_interceptor(agent_channels[0].clone(), tenant.clone());
-    let made = agents
-        .create_agent_from_workflow(apb::CreateAgentFromWorkflowRequest {
-            workflow_id: workflow.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .context("CreateAgentFromWorkflow (with the fake Langflow)")?
-        .into_inner();
-    agents
-        .deploy_agent(apb::DeployAgentRequest { id: made.id.clone(), ..Default::default() })
-        .await
-        .context("DeployAgent")?;
+    let Deployed { tenant, mut workflows, workflow, agent_channels, mut agents, made } =
+        deployed_agent(ctx, workflow_addr, agent, "bench-exec", None).await?;
     let request = apb::ExecuteAgentRequest { agent_id: made.id.clone(), input: "Say ok".into(), ..Default::default() };
     let mut executions = ExecutionServiceClient::with_interceptor(agent_channels[0].clone(), tenant.clone());
     match executions.execute_agent(request.clone()).await {
@@ -264,17 +244,65 @@ async fn measure(
     }));
     let run_directly = move |_: usize| {
         let (http, url, body) = (http.clone(), url.clone(), body.clone());
-        async move {
-            let response = http.post(url.as_str()).json(&*body).send().await.map_err(|e| format!("HTTP: {e}"))?;
-            if !response.status().is_success() {
-                return Err(format!("HTTP {}", response.status()));
-            }
-            response.bytes().await.map(drop).map_err(|e| format!("HTTP body: {e}"))
-        }
+        async move { run_flow_directly(&http, &url, &body).await }
     };
     let direct = load::closed_loop(load, run_directly.clone()).await;
     let direct_alone = one_at_a_time(calls_alone, &run_directly).await;
     Ok(Outcome::Measured { through_service, direct, through_service_alone, direct_alone, durable_commit_alone: None })
+}
+
+/// What an execute benchmark runs: an agent of a tenant of its own, made (with `overrides`)
+/// from a new workflow of that tenant, and deployed.
+pub(super) struct Deployed {
+    pub tenant: AsTenant,
+    pub workflows: WorkflowServiceClient<InterceptedService<Channel, AsTenant>>,
+    pub workflow: engarde::proto::workflow::v1::WorkflowDefinition,
+    /// `ctx.channels` connections to agent-service.
+    pub agent_channels: Vec<Channel>,
+    pub agents: AgentServiceClient<InterceptedService<Channel, AsTenant>>,
+    pub made: apb::Agent,
+}
+
+pub(super) async fn deployed_agent(
+    ctx: &Ctx,
+    workflow_addr: SocketAddr,
+    agent: &Service,
+    tenant_prefix: &str,
+    overrides: Option<apb::AgentOverrides>,
+) -> anyhow::Result<Deployed> {
+    let tenant = AsTenant::new(&format!("{tenant_prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))?;
+    let wf_channel = load::channels(workflow_addr, 1, load::CALL_TIMEOUT).await?.remove(0);
+    let mut workflows = WorkflowServiceClient::with_interceptor(wf_channel, tenant.clone());
+    let workflow = workflows
+        .create_workflow(sample_workflow("Bench execution"))
+        .await
+        .context("CreateWorkflow for the execute benchmark")?
+        .into_inner();
+    let agent_channels = load::channels(agent.addr, ctx.channels, load::CALL_TIMEOUT).await?;
+    let mut agents = AgentServiceClient::with_interceptor(agent_channels[0].clone(), tenant.clone());
+    let made = agents
+        .create_agent_from_workflow(apb::CreateAgentFromWorkflowRequest {
+            workflow_id: workflow.id.clone(),
+            overrides,
+            ..Default::default()
+        })
+        .await
+        .context("CreateAgentFromWorkflow")?
+        .into_inner();
+    agents
+        .deploy_agent(apb::DeployAgentRequest { id: made.id.clone(), ..Default::default() })
+        .await
+        .context("DeployAgent")?;
+    Ok(Deployed { tenant, workflows, workflow, agent_channels, agents, made })
+}
+
+/// One run of a flow straight to Langflow (or the fake), as the baselines make them.
+pub(super) async fn run_flow_directly(http: &reqwest::Client, url: &str, body: &Value) -> Result<(), String> {
+    let response = http.post(url).json(body).send().await.map_err(|e| format!("HTTP: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("HTTP {}", response.status()));
+    }
+    response.bytes().await.map(drop).map_err(|e| format!("HTTP body: {e}"))
 }
 
 /// Waits until workflow-service has counted every execution agent-service recorded for the

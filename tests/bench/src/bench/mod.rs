@@ -3,6 +3,7 @@
 pub mod bare;
 pub mod execute;
 pub mod load;
+pub mod model;
 pub mod procs;
 pub mod report;
 pub mod stats;
