@@ -926,7 +926,10 @@ async fn real_langflow(
             );
         }
     }
-    println!("\n== An agent with a model through the real Langflow at {url} and a fake model ({} callers)", load.concurrency);
+    println!(
+        "\n== An agent with a model through the real Langflow at {url} and a fake model ({} callers)",
+        load.concurrency
+    );
     let m = bench::model::run(ctx, workflow_addr, database_url, url, load).await?;
     for (i, (s, d)) in m.through_service.iter().zip(&m.direct).enumerate() {
         report.check(&format!("ExecuteAgent with a model, half {}", i + 1), s);

@@ -16,11 +16,11 @@ use engarde::proto::agent::v1::execution_service_client::ExecutionServiceClient;
 use futures::StreamExt as _;
 use serde_json::json;
 
+use super::Ctx;
 use super::execute::{Deployed, deployed_agent, run_flow_directly};
 use super::load::{self, AsTenant};
 use super::procs::{AGENT_HEALTH, Service};
 use super::stats::{Samples, Summary};
-use super::Ctx;
 
 #[path = "../../../e2e/fake_model.rs"]
 #[allow(dead_code)] // the tests use more of it than the benchmark
@@ -112,8 +112,9 @@ async fn measure(
         .build()
         .context("HTTP client")?;
     let url = Arc::new(format!("{langflow_url}/api/v1/run/{}", made.langflow_workflow_id));
-    let body =
-        Arc::new(json!({"input_value": "Say ok", "input_type": "chat", "output_type": "chat", "session_id": "", "tweaks": {}}));
+    let body = Arc::new(
+        json!({"input_value": "Say ok", "input_type": "chat", "output_type": "chat", "session_id": "", "tweaks": {}}),
+    );
     let run_directly = {
         let (http, url, body) = (http.clone(), url.clone(), body.clone());
         move |_: usize| {
@@ -159,7 +160,8 @@ pub fn rps(runs: &[Summary]) -> f64 {
     if secs > 0.0 { calls as f64 / secs } else { 0.0 }
 }
 
-type Client = ExecutionServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AsTenant>>;
+type Client =
+    ExecutionServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AsTenant>>;
 
 async fn first_chunk_through_service(client: &Client, request: &apb::ExecuteAgentRequest) -> Result<Duration, String> {
     let mut client = client.clone();
@@ -187,7 +189,8 @@ async fn first_chunk_direct(http: &reqwest::Client, url: &str, body: &serde_json
     while let Some(chunk) = bytes.next().await {
         let chunk = chunk.map_err(|e| format!("HTTP body: {e}"))?;
         seen.extend_from_slice(&chunk);
-        if first.is_none() && String::from_utf8_lossy(&seen).contains("\"event\": \"token\", \"data\": {\"chunk\": \"F") {
+        if first.is_none() && String::from_utf8_lossy(&seen).contains("\"event\": \"token\", \"data\": {\"chunk\": \"F")
+        {
             first = Some(started.elapsed());
         }
     }
