@@ -283,6 +283,22 @@ async fn model_faults_are_answered_and_recorded_as_users_expect() {
     )
     .await;
     assert!(!status.message().contains(TEST_MODEL_KEY));
+    // A credential that holds a wrong key: HOME is in Langflow's environment (a directory, no
+    // key), and the model answers 401 to it.
+    let mut wrong = model(&fake);
+    wrong.api_key_ref = "HOME".into();
+    agents
+        .update_agent_config(pb::UpdateAgentConfigRequest {
+            agent_id: agent.id.clone(),
+            configuration: Some(voice(wrong)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    expect_fault(&mut executions, &agent.id, None, Code::FailedPrecondition, &["\"HOME\"", "refused its credential"])
+        .await;
+    let given = fake.last().authorization;
+    assert!(given.starts_with("Bearer /") && !given.contains(TEST_MODEL_KEY), "what HOME holds: {given}");
 
     // Every fault is recorded with its reason; none put the agent in ERROR.
     let recorded = crate::agents_execution::recorded_executions(
@@ -290,7 +306,7 @@ async fn model_faults_are_answered_and_recorded_as_users_expect() {
         pb::ListExecutionsRequest { agent_id: agent.id.clone(), ..Default::default() },
     )
     .await;
-    assert_eq!(recorded.len(), 5, "{recorded:?}");
+    assert_eq!(recorded.len(), 6, "{recorded:?}");
     for e in &recorded {
         assert_eq!(e.status, pb::ExecutionStatus::Failed as i32);
         assert!(!e.error.is_empty());
@@ -397,4 +413,41 @@ async fn the_readme_model_session_runs_as_written() {
     assert_eq!(calls.len(), 2, "one model call per execution");
     assert_eq!(calls[1].messages()[0], ("system".to_owned(), "You write for our brand. Be brief.".to_owned()));
     assert!(calls[1].text().contains("User: our spring sale"), "the second turn remembers the first");
+}
+
+/// Ollama, by its own API: the same agent, with provider "Ollama" and the fake's Ollama address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_runs_an_ollama_model_through_its_own_api() {
+    let fake = FakeModel::start_on("127.0.0.2").await;
+    fake.set(Behaviour::Answer { chunk_delay: Duration::from_millis(20) });
+    let app = spawn_with_langflow(Backend::Sqlite, &real_langflow_url(), &[]).await;
+    let ollama = pb::ModelSettings {
+        provider: "ollama".into(),
+        model_name: "llama-fake".into(),
+        base_url: fake.ollama_url(),
+        system_message: SYSTEM.into(),
+        temperature: Some(0.2),
+        ..Default::default()
+    };
+    let agent = thinking_agent(&app, "tenant-a", voice(ollama)).await;
+    assert_eq!(agent.configuration.as_ref().unwrap().model.as_ref().unwrap().provider, "Ollama");
+    let mut executions = app.executions("tenant-a").await;
+    let done = executions.execute_agent(execute(&agent.id, "spring sale", "chat")).await.unwrap().into_inner();
+    let done = done.execution.unwrap();
+    assert_eq!(done.output, ANSWER_WORDS.concat());
+    let told = fake.last();
+    assert_eq!(told.body["model"], "llama-fake");
+    assert_eq!(told.messages()[0], ("system".to_owned(), SYSTEM.to_owned()));
+    assert!(told.text().contains("spring sale") && told.text().contains("Bold and warm"), "{}", told.text());
+
+    // Streamed, Ollama's chunks reach the caller as they come.
+    let (events, error) = collect_stream(&mut executions, execute(&agent.id, "and summer?", "chat")).await;
+    assert!(error.is_none(), "{error:?}");
+    let texts: Vec<&str> = events
+        .iter()
+        .filter_map(|e| if let pb::execution_event::Event::OutputText(t) = e { Some(t.as_str()) } else { None })
+        .collect();
+    assert!(texts.len() >= 5, "{texts:?}");
+    assert_eq!(texts.concat(), ANSWER_WORDS.concat());
+    assert!(fake.last().text().contains("User: spring sale"), "the session's memory");
 }

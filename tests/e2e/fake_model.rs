@@ -1,8 +1,9 @@
-//! A fake language model for the tests (never the product): an OpenAI-compatible chat
-//! completions server on loopback that the real Langflow calls. It records every request it
-//! gets, answers in chunks over SSE when asked to stream (with usage in its last chunk, as
-//! OpenAI does with `stream_options.include_usage`), and can be told to fail: 401 for a key it
-//! does not know, 429 with a retry hint, 500, or to answer slowly.
+//! A fake language model for the tests (never the product) on loopback, that the real Langflow
+//! calls: OpenAI's chat completions (`/v1/chat/completions`, chunks over SSE when asked to
+//! stream, usage in the last one as with `stream_options.include_usage`) and Ollama's chat
+//! (`/api/chat`, newline-delimited JSON, its token counts in the last line). It records every
+//! request it gets and can be told to fail: 401 for a key it does not know (OpenAI's API only;
+//! Ollama has none), 429 with a retry hint, 500, or to answer slowly.
 //!
 //! Langflow refuses loopback model servers and cleartext credentials unless allowed:
 //! `scripts/langflow` starts the test Langflow with 127.0.0.1 allowlisted, and with
@@ -79,14 +80,24 @@ pub struct FakeModel {
 
 impl FakeModel {
     pub async fn start() -> Self {
+        Self::start_on("127.0.0.1").await
+    }
+
+    /// On another loopback address: Langflow, when it thinks it runs in a container, rewrites
+    /// "127.0.0.1" and "localhost" in an Ollama URL to the container's host (Docker's gateway),
+    /// which is not where the fake is; 127.0.0.2 is loopback all the same.
+    pub async fn start_on(ip: &str) -> Self {
         let shared = Arc::new(Mutex::new(Shared {
             behaviour: Behaviour::Answer { chunk_delay: Duration::from_millis(100) },
             received: Vec::new(),
             finished_at: None,
         }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind a loopback port");
         let addr = listener.local_addr().expect("local address");
-        let app = Router::new().route("/v1/chat/completions", post(chat)).with_state(shared.clone());
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route("/api/chat", post(ollama_chat))
+            .with_state(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -96,6 +107,11 @@ impl FakeModel {
     /// The base URL an agent's `model.base_url` names: `http://127.0.0.1:<port>/v1`.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
+    }
+
+    /// The base URL of its Ollama API: `http://127.0.0.1:<port>`.
+    pub fn ollama_url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     pub fn set(&self, behaviour: Behaviour) {
@@ -209,5 +225,63 @@ async fn chat(State(shared): State<Arc<Mutex<Shared>>>, headers: HeaderMap, body
         .header("content-type", "text/event-stream")
         .header("cache-control", "no-cache")
         .body(axum::body::Body::from_stream(stream))
+        .unwrap()
+}
+
+/// Ollama's `/api/chat`: the same answer, as Ollama words it.
+async fn ollama_chat(
+    State(shared): State<Arc<Mutex<Shared>>>,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    let body = body.0;
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let behaviour = {
+        let mut s = shared.lock().unwrap();
+        s.received.push(Received { authorization, body: body.clone() });
+        s.behaviour
+    };
+    let chunk_delay = match behaviour {
+        Behaviour::Fail(status) => {
+            let body = json!({"error": "the fake model failed"});
+            return (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
+        }
+        Behaviour::Slow(wait) => {
+            tokio::time::sleep(wait).await;
+            Duration::ZERO
+        }
+        Behaviour::Answer { chunk_delay } => chunk_delay,
+    };
+    let model = body["model"].as_str().unwrap_or("fake").to_owned();
+    let (prompt_tokens, completion_tokens) = usage_of(&body);
+    let line = move |content: &str, done: bool| {
+        let mut l = json!({"model": model, "created_at": "2026-12-02T00:00:00Z",
+                           "message": {"role": "assistant", "content": content}, "done": done});
+        if done {
+            l["done_reason"] = json!("stop");
+            l["prompt_eval_count"] = json!(prompt_tokens);
+            l["eval_count"] = json!(completion_tokens);
+        }
+        format!("{l}\n")
+    };
+    if body["stream"] == false {
+        shared.lock().unwrap().finished_at = Some(Instant::now());
+        let whole: Value = serde_json::from_str(line(&ANSWER_WORDS.concat(), true).trim()).unwrap();
+        return axum::Json(whole).into_response();
+    }
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
+    tokio::spawn(async move {
+        for word in ANSWER_WORDS {
+            tokio::time::sleep(chunk_delay).await;
+            if sender.send(Ok(line(word, false))).await.is_err() {
+                return;
+            }
+        }
+        let _ = sender.send(Ok(line("", true))).await;
+        shared.lock().unwrap().finished_at = Some(Instant::now());
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(receiver)))
         .unwrap()
 }
