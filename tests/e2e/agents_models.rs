@@ -239,84 +239,85 @@ async fn expect_fault(
     status
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn model_faults_are_answered_and_recorded_as_users_expect() {
-    let fake = FakeModel::start().await;
-    let app = spawn_with_langflow(Backend::Sqlite, &real_langflow_url(), &[]).await;
-    let agent = thinking_agent(&app, "tenant-a", voice(model(&fake))).await;
-    let mut executions = app.executions("tenant-a").await;
-    let mut agents = app.agents("tenant-a").await;
+both_backends!(
+    async fn model_faults_are_answered_and_recorded_as_users_expect(backend) {
+        let fake = FakeModel::start().await;
+        let app = spawn_with_langflow(backend, &real_langflow_url(), &[]).await;
+        let agent = thinking_agent(&app, "tenant-a", voice(model(&fake))).await;
+        let mut executions = app.executions("tenant-a").await;
+        let mut agents = app.agents("tenant-a").await;
 
-    fake.set(Behaviour::Fail(429));
-    expect_fault(&mut executions, &agent.id, None, Code::ResourceExhausted, &["rate limit", "retry after 7 s"]).await;
-    fake.set(Behaviour::Fail(500));
-    expect_fault(&mut executions, &agent.id, None, Code::Unavailable, &["model is unavailable"]).await;
-    fake.set(Behaviour::Slow(Duration::from_secs(8)));
-    expect_fault(&mut executions, &agent.id, Some(Duration::from_secs(3)), Code::DeadlineExceeded, &[]).await;
+        fake.set(Behaviour::Fail(429));
+        expect_fault(&mut executions, &agent.id, None, Code::ResourceExhausted, &["rate limit", "retry after 7 s"]).await;
+        fake.set(Behaviour::Fail(500));
+        expect_fault(&mut executions, &agent.id, None, Code::Unavailable, &["model is unavailable"]).await;
+        fake.set(Behaviour::Slow(Duration::from_secs(8)));
+        expect_fault(&mut executions, &agent.id, Some(Duration::from_secs(3)), Code::DeadlineExceeded, &[]).await;
 
-    // Replayed with its request id, a rate limit answers as it did (from the record).
-    fake.set(Behaviour::Fail(429));
-    let mut request = execute(&agent.id, "spring sale", "");
-    request.request_id = "rate-limited-once".into();
-    let first = executions.execute_agent(request.clone()).await.unwrap_err();
-    let again = executions.execute_agent(request).await.unwrap_err();
-    assert_eq!((first.code(), again.code()), (Code::ResourceExhausted, Code::ResourceExhausted));
+        // Replayed with its request id, a rate limit answers as it did (from the record).
+        fake.set(Behaviour::Fail(429));
+        let mut request = execute(&agent.id, "spring sale", "");
+        request.request_id = "rate-limited-once".into();
+        let first = executions.execute_agent(request.clone()).await.unwrap_err();
+        let again = executions.execute_agent(request).await.unwrap_err();
+        assert_eq!((first.code(), again.code()), (Code::ResourceExhausted, Code::ResourceExhausted));
 
-    // A credential that names nothing Langflow holds.
-    fake.set(Behaviour::Answer { chunk_delay: Duration::ZERO });
-    let mut unknown = model(&fake);
-    unknown.api_key_ref = "ENGARDE_NO_SUCH_KEY".into();
-    agents
-        .update_agent_config(pb::UpdateAgentConfigRequest {
-            agent_id: agent.id.clone(),
-            configuration: Some(voice(unknown)),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let status = expect_fault(
-        &mut executions,
-        &agent.id,
-        None,
-        Code::FailedPrecondition,
-        &["ENGARDE_NO_SUCH_KEY", "credential"],
-    )
-    .await;
-    assert!(!status.message().contains(TEST_MODEL_KEY));
-    // A credential that holds a wrong key: HOME is in Langflow's environment (a directory, no
-    // key), and the model answers 401 to it.
-    let mut wrong = model(&fake);
-    wrong.api_key_ref = "HOME".into();
-    agents
-        .update_agent_config(pb::UpdateAgentConfigRequest {
-            agent_id: agent.id.clone(),
-            configuration: Some(voice(wrong)),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    expect_fault(&mut executions, &agent.id, None, Code::FailedPrecondition, &["\"HOME\"", "refused its credential"])
+        // A credential that names nothing Langflow holds.
+        fake.set(Behaviour::Answer { chunk_delay: Duration::ZERO });
+        let mut unknown = model(&fake);
+        unknown.api_key_ref = "ENGARDE_NO_SUCH_KEY".into();
+        agents
+            .update_agent_config(pb::UpdateAgentConfigRequest {
+                agent_id: agent.id.clone(),
+                configuration: Some(voice(unknown)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let status = expect_fault(
+            &mut executions,
+            &agent.id,
+            None,
+            Code::FailedPrecondition,
+            &["ENGARDE_NO_SUCH_KEY", "credential"],
+        )
         .await;
-    let given = fake.last().authorization;
-    assert!(given.starts_with("Bearer /") && !given.contains(TEST_MODEL_KEY), "what HOME holds: {given}");
+        assert!(!status.message().contains(TEST_MODEL_KEY));
+        // A credential that holds a wrong key: HOME is in Langflow's environment (a directory, no
+        // key), and the model answers 401 to it.
+        let mut wrong = model(&fake);
+        wrong.api_key_ref = "HOME".into();
+        agents
+            .update_agent_config(pb::UpdateAgentConfigRequest {
+                agent_id: agent.id.clone(),
+                configuration: Some(voice(wrong)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        expect_fault(&mut executions, &agent.id, None, Code::FailedPrecondition, &["\"HOME\"", "refused its credential"])
+            .await;
+        let given = fake.last().authorization;
+        assert!(given.starts_with("Bearer /") && !given.contains(TEST_MODEL_KEY), "what HOME holds: {given}");
 
-    // Every fault is recorded with its reason; none put the agent in ERROR.
-    let recorded = crate::agents_execution::recorded_executions(
-        &mut executions,
-        pb::ListExecutionsRequest { agent_id: agent.id.clone(), ..Default::default() },
-    )
-    .await;
-    assert_eq!(recorded.len(), 6, "{recorded:?}");
-    for e in &recorded {
-        assert_eq!(e.status, pb::ExecutionStatus::Failed as i32);
-        assert!(!e.error.is_empty());
+        // Every fault is recorded with its reason; none put the agent in ERROR.
+        let recorded = crate::agents_execution::recorded_executions(
+            &mut executions,
+            pb::ListExecutionsRequest { agent_id: agent.id.clone(), ..Default::default() },
+        )
+        .await;
+        assert_eq!(recorded.len(), 6, "{recorded:?}");
+        for e in &recorded {
+            assert_eq!(e.status, pb::ExecutionStatus::Failed as i32);
+            assert!(!e.error.is_empty());
+        }
+        let reasons: Vec<&str> = recorded.iter().map(|e| e.error.as_str()).collect();
+        assert!(reasons.iter().any(|r| r.contains("retry after 7 s")), "{reasons:?}");
+        assert!(reasons.iter().any(|r| r.contains("did not answer in time")), "{reasons:?}");
+        let now = get_agent(&mut agents, &agent.id).await;
+        assert_eq!(now.status, pb::AgentStatus::Active as i32, "{now:?}");
     }
-    let reasons: Vec<&str> = recorded.iter().map(|e| e.error.as_str()).collect();
-    assert!(reasons.iter().any(|r| r.contains("retry after 7 s")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("did not answer in time")), "{reasons:?}");
-    let now = get_agent(&mut agents, &agent.id).await;
-    assert_eq!(now.status, pb::AgentStatus::Active as i32, "{now:?}");
-}
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn model_settings_are_checked_against_the_catalog_of_langflow() {
