@@ -159,14 +159,64 @@ fn error(status: u16, message: &str, kind: &str) -> Response {
     response
 }
 
+/// Records a request; answers its authorization and how the fake is to answer it.
+fn record(shared: &Mutex<Shared>, headers: &HeaderMap, body: &Value) -> (String, Behaviour) {
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let mut s = shared.lock().unwrap();
+    s.received.push(Received { authorization: authorization.clone(), body: body.clone() });
+    (authorization, s.behaviour)
+}
+
+/// The delay between chunks of an answer, after a slow fake's wait; `Err(status)` for a fake
+/// told to fail.
+async fn pace(behaviour: Behaviour) -> Result<Duration, u16> {
+    match behaviour {
+        Behaviour::Fail(status) => Err(status),
+        Behaviour::Slow(wait) => {
+            tokio::time::sleep(wait).await;
+            Ok(Duration::ZERO)
+        }
+        Behaviour::Answer { chunk_delay } => Ok(chunk_delay),
+    }
+}
+
+/// A streamed answer: `opening`, then one line per word of [`ANSWER_WORDS`] `chunk_delay`
+/// apart, then `closing`; the time of its end is kept for [`FakeModel::finished_at`].
+fn stream(
+    shared: Arc<Mutex<Shared>>,
+    content_type: &str,
+    chunk_delay: Duration,
+    opening: Vec<String>,
+    word: impl Fn(&str) -> String + Send + 'static,
+    closing: Vec<String>,
+) -> Response {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
+    tokio::spawn(async move {
+        for line in opening {
+            let _ = sender.send(Ok(line)).await;
+        }
+        for w in ANSWER_WORDS {
+            tokio::time::sleep(chunk_delay).await;
+            if sender.send(Ok(word(w))).await.is_err() {
+                return;
+            }
+        }
+        for line in closing {
+            let _ = sender.send(Ok(line)).await;
+        }
+        shared.lock().unwrap().finished_at = Some(Instant::now());
+    });
+    Response::builder()
+        .header("content-type", content_type)
+        .header("cache-control", "no-cache")
+        .body(axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(receiver)))
+        .unwrap()
+}
+
+/// OpenAI's `/v1/chat/completions`.
 async fn chat(State(shared): State<Arc<Mutex<Shared>>>, headers: HeaderMap, body: axum::Json<Value>) -> Response {
     let body = body.0;
-    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let behaviour = {
-        let mut s = shared.lock().unwrap();
-        s.received.push(Received { authorization: authorization.clone(), body: body.clone() });
-        s.behaviour
-    };
+    let (authorization, behaviour) = record(&shared, &headers, &body);
     if authorization != format!("Bearer {TEST_MODEL_KEY}") {
         return error(
             401,
@@ -174,16 +224,12 @@ async fn chat(State(shared): State<Arc<Mutex<Shared>>>, headers: HeaderMap, body
             "invalid_api_key",
         );
     }
-    let chunk_delay = match behaviour {
-        Behaviour::Fail(429) => {
+    let chunk_delay = match pace(behaviour).await {
+        Err(429) => {
             return error(429, "Rate limit reached for fake-model. Please try again in 7s.", "rate_limit_exceeded");
         }
-        Behaviour::Fail(status) => return error(status, "The fake model failed.", "server_error"),
-        Behaviour::Slow(wait) => {
-            tokio::time::sleep(wait).await;
-            Duration::ZERO
-        }
-        Behaviour::Answer { chunk_delay } => chunk_delay,
+        Err(status) => return error(status, "The fake model failed.", "server_error"),
+        Ok(delay) => delay,
     };
     let model = body["model"].as_str().unwrap_or("fake").to_owned();
     let (prompt_tokens, completion_tokens) = usage_of(&body);
@@ -199,33 +245,18 @@ async fn chat(State(shared): State<Arc<Mutex<Shared>>>, headers: HeaderMap, body
         }))
         .into_response();
     }
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
-    tokio::spawn(async move {
-        let chunk = |delta: Value, finish: Value, usage: Value| {
-            let mut c = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
-                               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
-            if !usage.is_null() {
-                c["usage"] = usage;
-            }
-            format!("data: {c}\n\n")
-        };
-        let _ = sender.send(Ok(chunk(json!({"role": "assistant", "content": ""}), Value::Null, Value::Null))).await;
-        for word in ANSWER_WORDS {
-            tokio::time::sleep(chunk_delay).await;
-            if sender.send(Ok(chunk(json!({"content": word}), Value::Null, Value::Null))).await.is_err() {
-                return;
-            }
+    let chunk = move |delta: Value, finish: Value, usage: Value| {
+        let mut c = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": model,
+                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        if !usage.is_null() {
+            c["usage"] = usage;
         }
-        let _ = sender.send(Ok(chunk(json!({}), json!("stop"), usage))).await;
-        let _ = sender.send(Ok("data: [DONE]\n\n".to_owned())).await;
-        shared.lock().unwrap().finished_at = Some(Instant::now());
-    });
-    let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
-    Response::builder()
-        .header("content-type", "text/event-stream")
-        .header("cache-control", "no-cache")
-        .body(axum::body::Body::from_stream(stream))
-        .unwrap()
+        format!("data: {c}\n\n")
+    };
+    let opening = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null, Value::Null)];
+    let closing = vec![chunk(json!({}), json!("stop"), usage), "data: [DONE]\n\n".to_owned()];
+    let word = move |w: &str| chunk(json!({"content": w}), Value::Null, Value::Null);
+    stream(shared, "text/event-stream", chunk_delay, opening, word, closing)
 }
 
 /// Ollama's `/api/chat`: the same answer, as Ollama words it.
@@ -235,22 +266,13 @@ async fn ollama_chat(
     body: axum::Json<Value>,
 ) -> Response {
     let body = body.0;
-    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let behaviour = {
-        let mut s = shared.lock().unwrap();
-        s.received.push(Received { authorization, body: body.clone() });
-        s.behaviour
-    };
-    let chunk_delay = match behaviour {
-        Behaviour::Fail(status) => {
+    let (_, behaviour) = record(&shared, &headers, &body);
+    let chunk_delay = match pace(behaviour).await {
+        Err(status) => {
             let body = json!({"error": "the fake model failed"});
             return (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
         }
-        Behaviour::Slow(wait) => {
-            tokio::time::sleep(wait).await;
-            Duration::ZERO
-        }
-        Behaviour::Answer { chunk_delay } => chunk_delay,
+        Ok(delay) => delay,
     };
     let model = body["model"].as_str().unwrap_or("fake").to_owned();
     let (prompt_tokens, completion_tokens) = usage_of(&body);
@@ -269,19 +291,6 @@ async fn ollama_chat(
         let whole: Value = serde_json::from_str(line(&ANSWER_WORDS.concat(), true).trim()).unwrap();
         return axum::Json(whole).into_response();
     }
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
-    tokio::spawn(async move {
-        for word in ANSWER_WORDS {
-            tokio::time::sleep(chunk_delay).await;
-            if sender.send(Ok(line(word, false))).await.is_err() {
-                return;
-            }
-        }
-        let _ = sender.send(Ok(line("", true))).await;
-        shared.lock().unwrap().finished_at = Some(Instant::now());
-    });
-    Response::builder()
-        .header("content-type", "application/x-ndjson")
-        .body(axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(receiver)))
-        .unwrap()
+    let closing = vec![line("", true)];
+    stream(shared, "application/x-ndjson", chunk_delay, Vec::new(), move |w| line(w, false), closing)
 }

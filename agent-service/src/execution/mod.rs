@@ -108,15 +108,8 @@ impl Executor {
         request: ExecuteRequest,
     ) -> ServiceResult<Execution> {
         let deadline = Some(request.deadline.unwrap_or(self.default_deadline).min(self.default_deadline));
-        let run = match self.prepare(tenant, credentials, request, deadline, None).await? {
-            Prepared::Existing(execution) => return execution.into_answer(),
-            Prepared::Run(run) => run,
-        };
-        // Its own task: the caller going away drops this future, not the run and its record.
-        let executor = self.clone();
-        tokio::spawn(async move { executor.run_once(run).await })
-            .await
-            .map_err(|e| ServiceError::internal(anyhow::anyhow!("execution task failed: {e}")))?
+        let prepared = self.prepare(tenant, credentials, request, deadline, None).await?;
+        self.answer(prepared).await
     }
 
     /// Runs the agent once, streaming its progress: started, Langflow's text and events as they
@@ -152,12 +145,18 @@ impl Executor {
         request: ExecuteRequest,
         pinned_prompt: String,
     ) -> ServiceResult<Execution> {
-        let run = match self.prepare(tenant, credentials, request, None, Some(pinned_prompt)).await? {
+        let prepared = self.prepare(tenant, credentials, request, None, Some(pinned_prompt)).await?;
+        self.answer(prepared).await
+    }
+
+    /// Answers a prepared execution: the earlier one its key started, or a run in a task of
+    /// its own, so that a caller going away (or a walker losing its run mid-step) drops this
+    /// future, not the run and its record.
+    async fn answer(&self, prepared: Prepared) -> ServiceResult<Execution> {
+        let run = match prepared {
             Prepared::Existing(execution) => return execution.into_answer(),
             Prepared::Run(run) => run,
         };
-        // Its own task, as for a caller: a worker that loses its run mid-step drops this future,
-        // not the execution's record.
         let executor = self.clone();
         tokio::spawn(async move { executor.run_once(run).await })
             .await

@@ -176,6 +176,21 @@ async fn run_against(
     load: load::LoadSpec,
     calls_alone: usize,
 ) -> anyhow::Result<Outcome> {
+    let agent = start_agent_service(ctx, workflow_addr, database_url, langflow_url, schema).await?;
+    let result = measure(ctx, workflow_addr, &agent, langflow_url, load, calls_alone).await;
+    agent.stop().await;
+    result
+}
+
+/// An agent-service of the benchmark's own (schema `schema` of `database_url`, development
+/// auth) on the running workflow-service, pointed at the Langflow at `langflow_url`.
+pub(super) async fn start_agent_service(
+    ctx: &Ctx,
+    workflow_addr: SocketAddr,
+    database_url: &str,
+    langflow_url: &str,
+    schema: &str,
+) -> anyhow::Result<Service> {
     let env = [
         ("DATABASE_URL", database_url.to_owned()),
         ("DATABASE_SCHEMA", schema.to_owned()),
@@ -183,12 +198,7 @@ async fn run_against(
         ("WORKFLOW_SERVICE_URL", format!("http://{workflow_addr}")),
         ("LANGFLOW_URL", langflow_url.to_owned()),
     ];
-    let agent =
-        Service::start(&ctx.bin("agent-service"), &[], "agent-service", AGENT_HEALTH, &ctx.env(&env), &ctx.log_dir)
-            .await?;
-    let result = measure(ctx, workflow_addr, &agent, langflow_url, load, calls_alone).await;
-    agent.stop().await;
-    result
+    Service::start(&ctx.bin("agent-service"), &[], "agent-service", AGENT_HEALTH, &ctx.env(&env), &ctx.log_dir).await
 }
 
 async fn measure(

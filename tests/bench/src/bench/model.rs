@@ -17,9 +17,9 @@ use futures::StreamExt as _;
 use serde_json::json;
 
 use super::Ctx;
-use super::execute::{Deployed, deployed_agent, run_flow_directly};
+use super::execute::{Deployed, deployed_agent, run_flow_directly, start_agent_service};
 use super::load::{self, AsTenant};
-use super::procs::{AGENT_HEALTH, Service};
+use super::procs::Service;
 use super::stats::{Samples, Summary};
 
 #[path = "../../../e2e/fake_model.rs"]
@@ -51,16 +51,7 @@ pub async fn run(
 ) -> anyhow::Result<Measured> {
     let fake = FakeModel::start().await;
     fake.set(Behaviour::Answer { chunk_delay: Duration::ZERO });
-    let env = [
-        ("DATABASE_URL", database_url.to_owned()),
-        ("DATABASE_SCHEMA", "agent_model".to_owned()),
-        ("AUTH_MODE", "dev".to_owned()),
-        ("WORKFLOW_SERVICE_URL", format!("http://{workflow_addr}")),
-        ("LANGFLOW_URL", langflow_url.to_owned()),
-    ];
-    let agent =
-        Service::start(&ctx.bin("agent-service"), &[], "agent-service", AGENT_HEALTH, &ctx.env(&env), &ctx.log_dir)
-            .await?;
+    let agent = start_agent_service(ctx, workflow_addr, database_url, langflow_url, "agent_model").await?;
     let result = measure(ctx, workflow_addr, &agent, langflow_url, &fake, load).await;
     agent.stop().await;
     result
