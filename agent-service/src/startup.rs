@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use engarde::kit::health::Health;
 use engarde::kit::server::BoundServer;
+use engarde::kit::service_identity::ServiceAccess;
 use engarde::proto::agent::v1::agent_service_server::AgentServiceServer;
 use engarde::proto::agent::v1::execution_service_server::ExecutionServiceServer;
 use engarde::proto::agent::v1::run_service_server::RunServiceServer;
@@ -22,6 +23,9 @@ use crate::provisioner::Provisioner;
 use crate::storage::{self, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
 use crate::walker::Walker;
 use crate::workflows::WorkflowClient;
+
+/// No RPC of agent-service is for another service: a service token gets PERMISSION_DENIED.
+const SERVICE_ACCESS: ServiceAccess = ServiceAccess { service_only: &[], service_allowed: &[] };
 
 /// The fully-qualified name of the service readiness probes ask about (health reports each of
 /// `SERVICE_NAMES`; all three share one process and one database, so they are ready together).
@@ -44,6 +48,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         &config.workflow_service_url,
         config.workflow_call_timeout(),
         common.max_message_bytes,
+        common.service_tokens("agent-service")?,
     )?;
     tracing::info!(
         workflow_service = %config.workflow_service_url,
@@ -91,7 +96,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let runs =
         RunServiceServer::new(RunApi::new(walker, pages)).max_decoding_message_size(max).max_encoding_message_size(max);
     let routes = Routes::new(agents).add_service(executions).add_service(runs);
-    let result = server.serve("agent-service", routes, health, health_service, common, shutdown).await;
+    let result = server
+        .with_service_access(SERVICE_ACCESS)
+        .serve("agent-service", routes, health, health_service, common, shutdown)
+        .await;
     db.close().await;
     result
 }
@@ -117,7 +125,6 @@ fn start_execution(
         interval: config.report_interval(),
         batch_delay: config.report_batch_delay(),
         lease: Reporter::lease_for(config.workflow_call_timeout()),
-        minter: config.common.authenticator().ok().and_then(|a| a.minter()),
     }
     .spawn();
     executor

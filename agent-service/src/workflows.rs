@@ -1,7 +1,9 @@
 //! The client of workflow-service: how agent-service reads workflows.
 //!
-//! Every call carries the caller's credentials, so workflow-service applies its own tenant rules
-//! (another tenant's workflow is NOT_FOUND there, and so here). Every attempt has a deadline;
+//! A call made for a caller carries the caller's credentials, so workflow-service applies its own
+//! tenant rules (another tenant's workflow is NOT_FOUND there, and so here). Work this service
+//! does on its own (reporting executions, checking a schedule's workflow) goes as this service:
+//! its service identity (`engarde::kit::service_identity`) and the tenant it acts for. Every attempt has a deadline;
 //! an UNAVAILABLE answer is retried with backoff, up to [`ATTEMPTS`] attempts in all (these are
 //! reads, safe to repeat). Answers are mapped into this service's errors: a workflow-service
 //! that cannot be reached is UNAVAILABLE "workflow-service unavailable".
@@ -10,6 +12,7 @@ use std::time::Duration;
 
 use engarde::kit::auth::{TENANT_HEADER, Tenant};
 use engarde::kit::error::{ServiceError, ServiceResult};
+use engarde::kit::service_identity::ServiceTokens;
 use engarde::proto::workflow::v1 as pb;
 use engarde::proto::workflow::v1::workflow_service_client::WorkflowServiceClient;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
@@ -28,10 +31,12 @@ const LIST_PAGE_SIZE: i32 = 200;
 /// A bound on pages, so that a misbehaving peer cannot keep a call looping forever.
 const MAX_LIST_PAGES: usize = 1000;
 
-/// The caller's credentials, forwarded to workflow-service.
+/// The credentials a call to workflow-service goes with: a caller's, forwarded, or this
+/// service's own ([`WorkflowClient::as_service`]).
 #[derive(Debug, Clone)]
 pub struct Credentials {
-    /// The caller's `authorization` header (production mode: its bearer token), as sent.
+    /// The `authorization` header: the caller's as sent (production mode: its bearer token), or
+    /// this service's token.
     authorization: Option<AsciiMetadataValue>,
     /// The tenant the caller was authenticated as. Sent as `x-tenant-id`, so that in development
     /// mode workflow-service acts for the same tenant even when the caller relied on the default.
@@ -42,19 +47,6 @@ impl Credentials {
     /// The credentials of an incoming request, authenticated as `tenant`.
     pub fn of<T>(request: &Request<T>, tenant: &Tenant) -> Self {
         Self { authorization: request.metadata().get("authorization").cloned(), tenant: tenant.clone() }
-    }
-
-    /// The authorization header as stored for a later call made on the caller's behalf (the
-    /// outbox of execution reports); empty when the caller sent none.
-    pub fn stored_authorization(&self) -> String {
-        self.authorization.as_ref().and_then(|a| a.to_str().ok()).unwrap_or_default().to_owned()
-    }
-
-    /// Credentials restored from [`Self::stored_authorization`] and the tenant they were
-    /// authenticated as.
-    pub fn restore(tenant: Tenant, authorization: &str) -> Self {
-        let authorization = if authorization.is_empty() { None } else { authorization.parse().ok() };
-        Self { authorization, tenant }
     }
 
     fn attach<T>(&self, request: &mut Request<T>) {
@@ -86,13 +78,20 @@ pub struct WorkflowQuery {
 pub struct WorkflowClient {
     client: WorkflowServiceClient<Channel>,
     call_timeout: Duration,
+    /// This service's identity; `None` in development mode without SERVICE_TOKEN_SECRET.
+    service: Option<ServiceTokens>,
 }
 
 impl WorkflowClient {
     /// A client of the workflow-service at `url`; connects on first use. It accepts answers of
     /// up to `max_message_bytes` (this service's MAX_MESSAGE_BYTES; workflow-service bounds its
     /// pages by its own, so the two must be set alike).
-    pub fn connect_lazy(url: &str, call_timeout: Duration, max_message_bytes: usize) -> anyhow::Result<Self> {
+    pub fn connect_lazy(
+        url: &str,
+        call_timeout: Duration,
+        max_message_bytes: usize,
+        service: Option<ServiceTokens>,
+    ) -> anyhow::Result<Self> {
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| anyhow::anyhow!("WORKFLOW_SERVICE_URL {url:?} is not a valid URL: {e}"))?
             .connect_timeout(call_timeout)
@@ -100,7 +99,7 @@ impl WorkflowClient {
         let client = WorkflowServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes);
-        Ok(Self { client, call_timeout })
+        Ok(Self { client, call_timeout, service })
     }
 
     /// One workflow the caller can read; NOT_FOUND when there is none (or it is another tenant's).
@@ -123,11 +122,19 @@ impl WorkflowClient {
         }
     }
 
+    /// This service's own credentials, acting for `tenant`: for work no caller waits on.
+    pub fn as_service(&self, tenant: Tenant) -> Credentials {
+        // A signed token is base64url and dots: always a valid header value.
+        let authorization = self.service.as_ref().and_then(|tokens| tokens.bearer().parse().ok());
+        Credentials { authorization, tenant }
+    }
+
     /// Reports an execution's outcome to its workflow's statistics (RecordExecution, idempotent
-    /// by execution id there); answers whether it was counted now (false: counted before).
+    /// by execution id there, and callable only with this service's identity); answers whether
+    /// it was counted now (false: counted before).
     pub async fn record_execution(
         &self,
-        credentials: &Credentials,
+        tenant: Tenant,
         workflow_id: Uuid,
         execution_id: Uuid,
         succeeded: bool,
@@ -138,9 +145,12 @@ impl WorkflowClient {
             succeeded,
         };
         let recorded = self
-            .call(&format!("workflow {workflow_id}"), credentials, request, |mut client, request| async move {
-                client.record_execution(request).await
-            })
+            .call(
+                &format!("workflow {workflow_id}"),
+                &self.as_service(tenant),
+                request,
+                |mut client, request| async move { client.record_execution(request).await },
+            )
             .await?;
         Ok(recorded.counted)
     }

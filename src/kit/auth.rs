@@ -61,6 +61,11 @@ impl std::fmt::Display for Tenant {
 pub struct Subject(String);
 
 impl Subject {
+    /// The subject of a call made by one of our services (`svc:<name>`).
+    pub fn service(caller: &super::service_identity::ServiceCaller) -> Self {
+        Subject(format!("{}{}", super::service_identity::SERVICE_SUBJECT_PREFIX, caller.0))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -74,9 +79,8 @@ impl Subject {
 /// How callers are authenticated.
 #[derive(Clone)]
 pub enum Authenticator {
-    /// Bearer JWTs verified with this key. With a shared (HS256) secret the service can also
-    /// sign tokens of its own, for work it does later on a tenant's behalf.
-    Jwt { key: Arc<DecodingKey>, validation: Arc<Validation>, minter: Option<TokenMinter> },
+    /// Bearer JWTs verified with this key.
+    Jwt { key: Arc<DecodingKey>, validation: Arc<Validation> },
     /// No authentication: the `x-tenant-id` header, or this default tenant.
     Development { default_tenant: Tenant },
 }
@@ -86,40 +90,6 @@ struct Claims {
     tenant_id: String,
     #[serde(default)]
     sub: Option<String>,
-}
-
-/// Signs short-lived tokens for a tenant, with the service's HS256 secret: for calls a service
-/// makes later on a tenant's behalf, when the caller's own token may have expired (e.g. the
-/// outbox of execution reports).
-#[derive(Clone)]
-pub struct TokenMinter {
-    key: Arc<jsonwebtoken::EncodingKey>,
-    issuer: Option<String>,
-    audience: Option<String>,
-}
-
-impl TokenMinter {
-    /// An `authorization` header value for `tenant`, valid for `ttl`.
-    pub fn bearer(&self, tenant: &Tenant, ttl: std::time::Duration) -> Option<String> {
-        #[derive(serde::Serialize)]
-        struct Minted<'a> {
-            tenant_id: &'a str,
-            exp: u64,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            iss: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            aud: Option<&'a str>,
-        }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?;
-        let claims = Minted {
-            tenant_id: tenant.as_str(),
-            exp: (now + ttl).as_secs(),
-            iss: self.issuer.as_deref(),
-            aud: self.audience.as_deref(),
-        };
-        let token = jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &self.key).ok()?;
-        Some(format!("Bearer {token}"))
-    }
 }
 
 /// The shortest HS256 secret accepted, in bytes: RFC 7518 (3.2) asks for a key at least as
@@ -187,32 +157,20 @@ impl Authenticator {
                 secret.len()
             );
         }
-        let minter = TokenMinter {
-            key: Arc::new(jsonwebtoken::EncodingKey::from_secret(secret)),
-            issuer: rules.issuer.clone(),
-            audience: rules.audience.clone(),
-        };
         let validation = rules.validation(Algorithm::HS256);
-        Ok(Self::Jwt {
-            key: Arc::new(DecodingKey::from_secret(secret)),
-            validation: Arc::new(validation),
-            minter: Some(minter),
-        })
+        Ok(Self::Jwt { key: Arc::new(DecodingKey::from_secret(secret)), validation: Arc::new(validation) })
     }
 
     /// JWTs signed with RS256, verified with a PEM public key.
     pub fn rs256(public_key_pem: &[u8], rules: &TokenRules) -> anyhow::Result<Self> {
         let key = DecodingKey::from_rsa_pem(public_key_pem)?;
         let validation = rules.validation(Algorithm::RS256);
-        Ok(Self::Jwt { key: Arc::new(key), validation: Arc::new(validation), minter: None })
+        Ok(Self::Jwt { key: Arc::new(key), validation: Arc::new(validation) })
     }
 
-    /// What signs tokens for a tenant: only with an HS256 secret (an RS256 public key cannot).
-    pub fn minter(&self) -> Option<TokenMinter> {
-        match self {
-            Self::Jwt { minter, .. } => minter.clone(),
-            Self::Development { .. } => None,
-        }
+    /// Whether callers are authenticated at all (not in development mode).
+    pub fn authenticates(&self) -> bool {
+        matches!(self, Self::Jwt { .. })
     }
 
     pub fn development(default_tenant: Tenant) -> Self {
@@ -229,29 +187,20 @@ impl Authenticator {
     pub fn identify(&self, headers: &http::HeaderMap) -> Result<(Tenant, Subject), Status> {
         match self {
             Self::Development { default_tenant } => {
-                let tenant = match headers.get(TENANT_HEADER) {
-                    None => default_tenant.clone(),
-                    Some(v) => {
-                        let id = v.to_str().map_err(|_| Status::unauthenticated("x-tenant-id is not valid text"))?;
-                        Tenant::parse(id).map_err(|e| Status::unauthenticated(format!("x-tenant-id: {e}")))?
-                    }
-                };
+                let tenant = tenant_header(headers)?.unwrap_or_else(|| default_tenant.clone());
                 let subject = match headers.get(SUBJECT_HEADER) {
                     None => DEFAULT_DEV_SUBJECT,
                     Some(v) => v.to_str().map_err(|_| Status::unauthenticated("x-subject is not valid text"))?,
                 };
                 Ok((tenant, subject_of(subject)))
             }
-            Self::Jwt { key, validation, .. } => {
-                let header = headers.get(http::header::AUTHORIZATION).ok_or_else(|| {
-                    Status::unauthenticated("missing credentials: send `authorization: Bearer <jwt>`")
-                })?;
-                let token = header
-                    .to_str()
-                    .ok()
-                    .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            Self::Jwt { key, validation } => {
+                if !headers.contains_key(http::header::AUTHORIZATION) {
+                    return Err(Status::unauthenticated("missing credentials: send `authorization: Bearer <jwt>`"));
+                }
+                let token = bearer_token(headers)
                     .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <jwt>`"))?;
-                let data = jsonwebtoken::decode::<Claims>(token.trim(), key, validation)
+                let data = jsonwebtoken::decode::<Claims>(token, key, validation)
                     .map_err(|e| Status::unauthenticated(format!("invalid token: {e}")))?;
                 let tenant = Tenant::parse(&data.claims.tenant_id)
                     .map_err(|e| Status::unauthenticated(format!("invalid tenant_id claim: {e}")))?;
@@ -259,6 +208,20 @@ impl Authenticator {
             }
         }
     }
+}
+
+/// The tenant an `x-tenant-id` header names, if there is one: how development callers and our
+/// own services (see [`super::service_identity`]) say which tenant they act for.
+pub fn tenant_header(headers: &http::HeaderMap) -> Result<Option<Tenant>, Status> {
+    let Some(value) = headers.get(TENANT_HEADER) else { return Ok(None) };
+    let id = value.to_str().map_err(|_| Status::unauthenticated("x-tenant-id is not valid text"))?;
+    Tenant::parse(id).map(Some).map_err(|e| Status::unauthenticated(format!("x-tenant-id: {e}")))
+}
+
+/// The token of an `authorization: Bearer <token>` header, trimmed.
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let header = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).map(str::trim)
 }
 
 /// A subject as recorded: trimmed, without control characters, at most [`MAX_SUBJECT_CHARS`].
@@ -364,17 +327,5 @@ mod tests {
             assert!(error.contains("at least 32 bytes"), "{error}");
         }
         Authenticator::hs256(&[b'k'; MIN_HS256_SECRET_BYTES], &TokenRules::default()).unwrap();
-    }
-
-    #[test]
-    fn a_minted_token_authenticates_its_tenant() {
-        let rules = TokenRules { issuer: Some("iss".into()), ..TokenRules::default() };
-        let auth = Authenticator::hs256(SECRET, &rules).unwrap();
-        let tenant = Tenant::parse("tenant-7").unwrap();
-        let bearer = auth.minter().unwrap().bearer(&tenant, std::time::Duration::from_secs(60)).unwrap();
-        let mut headers = http::HeaderMap::new();
-        headers.insert(http::header::AUTHORIZATION, bearer.parse().unwrap());
-        assert_eq!(auth.authenticate(&headers).unwrap(), tenant);
-        assert!(Authenticator::development(tenant).minter().is_none());
     }
 }

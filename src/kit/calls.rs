@@ -25,37 +25,72 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::auth::Authenticator;
+use super::auth::{Authenticator, Subject, Tenant, tenant_header};
 use super::concurrency::is_exempt;
 use super::malformed_request::reclassify;
 use super::rpc_log::CallRecord;
+use super::service_identity::{ServiceAccess, ServiceCaller, ServiceVerifier};
 
 /// The kit's layer around every route of a server; see the module documentation.
 #[derive(Clone)]
 pub struct CallLayer {
-    authenticator: Arc<Authenticator>,
+    callers: Arc<Callers>,
     permits: Arc<Semaphore>,
 }
 
+/// Who may call: tenants, authenticated by `authenticator`, and our own services, by
+/// `services` (when a service secret is configured), each to the RPCs `access` allows.
+pub struct Callers {
+    pub authenticator: Authenticator,
+    pub services: Option<ServiceVerifier>,
+    pub access: ServiceAccess,
+}
+
+impl Callers {
+    /// The tenant and subject of a call of `path`, and the service making it if one is; or the
+    /// status that refuses the call (UNAUTHENTICATED, PERMISSION_DENIED).
+    fn identify(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<(Tenant, Subject, Option<ServiceCaller>), tonic::Status> {
+        // Authenticated first, so that a bad token is UNAUTHENTICATED whatever it calls.
+        let identity = match self.services.as_ref().and_then(|verifier| verifier.verify(headers)) {
+            Some(caller) => {
+                let tenant = tenant_header(headers)?.ok_or_else(|| {
+                    tonic::Status::invalid_argument("a service call must name the tenant it acts for in x-tenant-id")
+                })?;
+                (tenant, Subject::service(&caller), Some(caller))
+            }
+            None => {
+                let (tenant, subject) = self.authenticator.identify(headers)?;
+                (tenant, subject, None)
+            }
+        };
+        self.access.check(path, identity.2.as_ref(), self.authenticator.authenticates())?;
+        Ok(identity)
+    }
+}
+
 impl CallLayer {
-    /// Authenticates with `authenticator` and serves at most `max_concurrent_rpcs` business
-    /// calls at once (MAX_CONCURRENT_RPCS).
-    pub fn new(authenticator: Authenticator, max_concurrent_rpcs: usize) -> Self {
-        Self { authenticator: Arc::new(authenticator), permits: Arc::new(Semaphore::new(max_concurrent_rpcs)) }
+    /// Authenticates `callers` and serves at most `max_concurrent_rpcs` business calls at once
+    /// (MAX_CONCURRENT_RPCS).
+    pub fn new(callers: Callers, max_concurrent_rpcs: usize) -> Self {
+        Self { callers: Arc::new(callers), permits: Arc::new(Semaphore::new(max_concurrent_rpcs)) }
     }
 }
 
 impl<S> Layer<S> for CallLayer {
     type Service = CallService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        CallService { inner, authenticator: self.authenticator.clone(), permits: self.permits.clone() }
+        CallService { inner, callers: self.callers.clone(), permits: self.permits.clone() }
     }
 }
 
 #[derive(Clone)]
 pub struct CallService<S> {
     inner: S,
-    authenticator: Arc<Authenticator>,
+    callers: Arc<Callers>,
     permits: Arc<Semaphore>,
 }
 
@@ -82,7 +117,7 @@ where
                 Ok(response)
             });
         }
-        let (tenant, subject) = match self.authenticator.identify(req.headers()) {
+        let (tenant, subject, service) = match self.callers.identify(req.uri().path(), req.headers()) {
             Ok(identity) => identity,
             Err(status) => {
                 // Logged under auth's target, as it always was.
@@ -93,6 +128,9 @@ where
         let (record, trace) = CallRecord::start(&req, &tenant);
         req.extensions_mut().insert(tenant);
         req.extensions_mut().insert(subject);
+        if let Some(service) = service {
+            req.extensions_mut().insert(service);
+        }
         // A free permit is taken at once and the handler called now; only when none is free does
         // the call keep a clone of the service (the one polled ready goes with it) and wait.
         let start = match self.permits.clone().try_acquire_owned() {

@@ -6,9 +6,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::auth::{Authenticator, Tenant, TokenRules};
+use super::calls::Callers;
 use super::connections::ConnectionLimits;
 use super::db::DbSettings;
 use super::page_budget::PageBudget;
+use super::service_identity::{self, ServiceAccess, ServiceTokens, ServiceVerifier};
 use super::telemetry::LogFormat;
 
 /// How callers authenticate.
@@ -52,6 +54,11 @@ pub struct CommonConfig {
     /// after it expired and this long before its `nbf`.
     #[arg(long, env = "JWT_LEEWAY_SECS", default_value_t = super::auth::DEFAULT_LEEWAY.as_secs())]
     pub jwt_leeway_secs: u64,
+    /// The services' own secret (at least 32 bytes, not JWT_HS256_SECRET): agent-service signs
+    /// its calls to workflow-service with it, and workflow-service takes only such calls for
+    /// RecordExecution. Required with AUTH_MODE=jwt; optional in dev mode.
+    #[arg(long, env = "SERVICE_TOKEN_SECRET", hide_env_values = true)]
+    pub service_token_secret: Option<String>,
     /// Dev mode: the tenant of calls without an `x-tenant-id` header.
     #[arg(long, env = "DEV_TENANT_ID", default_value = super::auth::DEFAULT_DEV_TENANT)]
     pub dev_tenant_id: String,
@@ -145,10 +152,42 @@ impl CommonConfig {
         }
     }
 
+    /// The services' secret, checked; `None` when unset (allowed in dev mode only).
+    fn service_secret(&self) -> anyhow::Result<Option<&[u8]>> {
+        match self.service_token_secret.as_deref().filter(|s| !s.is_empty()) {
+            Some(secret) => {
+                let tenant_secret = self.jwt_hs256_secret.as_deref().map(str::as_bytes);
+                service_identity::check_secret(secret.as_bytes(), tenant_secret)?;
+                Ok(Some(secret.as_bytes()))
+            }
+            None if self.auth_mode == AuthMode::Jwt => anyhow::bail!(
+                "AUTH_MODE=jwt needs SERVICE_TOKEN_SECRET: the secret both services share for their calls \
+                 to each other (at least 32 bytes, e.g. `openssl rand -base64 48`)"
+            ),
+            None => Ok(None),
+        }
+    }
+
+    /// Who may call a server whose service-to-service RPCs are `access`.
+    pub fn callers(&self, access: ServiceAccess) -> anyhow::Result<Callers> {
+        Ok(Callers {
+            authenticator: self.authenticator()?,
+            services: self.service_secret()?.map(ServiceVerifier::new),
+            access,
+        })
+    }
+
+    /// What signs this service's calls to the other as `service`; `None` in dev mode without
+    /// SERVICE_TOKEN_SECRET (the other service then authenticates nobody either).
+    pub fn service_tokens(&self, service: &str) -> anyhow::Result<Option<ServiceTokens>> {
+        Ok(self.service_secret()?.map(|secret| ServiceTokens::new(service, secret)))
+    }
+
     /// Checks the authentication settings before anything else starts, and says loudly when
     /// there is no authentication at all.
     pub fn check_auth(&self) -> anyhow::Result<()> {
         self.authenticator()?;
+        self.service_secret()?;
         if self.auth_mode == AuthMode::Dev {
             tracing::warn!(
                 dev_tenant = %self.dev_tenant_id,

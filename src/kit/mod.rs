@@ -21,6 +21,7 @@ pub mod plumbing;
 pub mod request;
 pub mod rpc_log;
 pub mod server;
+pub mod service_identity;
 pub mod telemetry;
 pub mod trace;
 pub mod versioning;

@@ -18,18 +18,26 @@ use super::calls::CallLayer;
 use super::config::CommonConfig;
 use super::connections::guarded_incoming;
 use super::health::Health;
+use super::service_identity::ServiceAccess;
 
 /// A bound, not yet serving gRPC server.
 pub struct BoundServer {
     listener: TcpListener,
     addr: SocketAddr,
+    access: ServiceAccess,
 }
 
 impl BoundServer {
     pub async fn bind(addr: SocketAddr) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let addr = listener.local_addr()?;
-        Ok(Self { listener, addr })
+        Ok(Self { listener, addr, access: ServiceAccess::default() })
+    }
+
+    /// Which RPCs our other services may call with their service identity (by default none).
+    pub fn with_service_access(mut self, access: ServiceAccess) -> Self {
+        self.access = access;
+        self
     }
 
     /// The address actually bound (the real port when asked for port 0).
@@ -53,7 +61,7 @@ impl BoundServer {
 
         // Authentication, the call's trace, log line and metrics, the business concurrency
         // limit and the reclassification of broken framing: one layer, one future per call.
-        let layers = CallLayer::new(config.authenticator()?, config.max_concurrent_rpcs);
+        let layers = CallLayer::new(config.callers(self.access)?, config.max_concurrent_rpcs);
 
         let incoming = guarded_incoming(self.listener, config.connection_limits());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

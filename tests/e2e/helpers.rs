@@ -124,6 +124,15 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The secret the services of a test share for their calls to each other
+/// (SERVICE_TOKEN_SECRET), unless the test sets another.
+pub const SERVICE_SECRET: &str = "the-services-own-test-secret-0123456789";
+
+/// A `Bearer` header value of a service token signed with `secret`, naming `service`.
+pub fn service_bearer(service: &str, secret: &str) -> String {
+    engarde::kit::service_identity::ServiceTokens::new(service, secret.as_bytes()).bearer()
+}
+
 /// A running service binary, killed when dropped.
 pub struct ServiceProcess {
     pub name: &'static str,
@@ -150,6 +159,8 @@ impl ServiceProcess {
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "info")
             .env("DB_STARTUP_TIMEOUT_SECS", "20")
+            // The services' shared secret (AUTH_MODE=jwt needs one); a test's own env wins.
+            .env("SERVICE_TOKEN_SECRET", SERVICE_SECRET)
             .stdout(Stdio::piped())
             .stderr(stderr)
             .kill_on_drop(true);

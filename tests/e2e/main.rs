@@ -13,6 +13,7 @@ mod langflow_support;
 mod observability;
 mod server_limits;
 mod server_reflection;
+mod service_identity;
 mod storage_schema;
 mod storage_upgrade;
 

@@ -105,11 +105,11 @@ both_backends!(
     }
 );
 
-/// RS256 production mode, where agent-service has no secret to sign tokens with: a run's steps
-/// report to workflow-service with the token of the caller who started the run (without it,
-/// workflow-service would refuse the reports and the workflow's statistics would stay at 0).
+/// RS256 production mode, where agent-service cannot sign a tenant's token: a run's steps
+/// report to workflow-service with agent-service's own service identity (a tenant's token may
+/// not call RecordExecution), so the workflow's statistics count them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_walk_reports_its_steps_with_the_token_of_whoever_started_it() {
+async fn a_walk_reports_its_steps_as_the_service_on_an_rs256_deployment() {
     use engarde::proto::agent::v1::agent_service_client::AgentServiceClient;
     use engarde::proto::agent::v1::run_service_client::RunServiceClient;
     use engarde::proto::workflow::v1 as wpb;

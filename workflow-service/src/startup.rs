@@ -5,12 +5,21 @@ use std::time::Duration;
 
 use engarde::kit::health::Health;
 use engarde::kit::server::BoundServer;
+use engarde::kit::service_identity::ServiceAccess;
 use engarde::proto::workflow::v1::workflow_service_server::WorkflowServiceServer;
 use tonic::service::Routes;
 
 use crate::config::Config;
 use crate::domain::templates;
 use crate::grpc::{AnswerLimits, WorkflowApi};
+
+/// What agent-service's service identity may call: RecordExecution, which only it may call (a
+/// tenant able to call it could forge its statistics), and GetWorkflow, to read a workflow for
+/// the tenant it acts for when no caller is there (its scheduler checks a workflow's status).
+const SERVICE_ACCESS: ServiceAccess = ServiceAccess {
+    service_only: &["/engarde.workflow.v1.WorkflowService/RecordExecution"],
+    service_allowed: &["/engarde.workflow.v1.WorkflowService/GetWorkflow"],
+};
 use crate::storage::{self, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
 
 /// The fully-qualified gRPC service name, as health checks name it.
@@ -51,7 +60,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     .max_decoding_message_size(common.max_message_bytes)
     .max_encoding_message_size(common.max_message_bytes);
     let routes = Routes::new(api);
-    let result = server.serve("workflow-service", routes, health, health_service, common, shutdown).await;
+    let result = server
+        .with_service_access(SERVICE_ACCESS)
+        .serve("workflow-service", routes, health, health_service, common, shutdown)
+        .await;
     db.close().await;
     result
 }

@@ -117,8 +117,6 @@ pub struct NewExecution {
     pub request: Option<engarde::kit::idempotency::IdempotencyKey>,
     /// Where to report its outcome: the agent's source workflow, if any.
     pub report_workflow_id: Option<Uuid>,
-    /// The caller's authorization header, to report with (empty in development mode).
-    pub report_credentials: String,
 }
 
 impl NewExecution {
@@ -313,8 +311,6 @@ pub struct Report {
     pub tenant_id: String,
     pub workflow_id: Uuid,
     pub succeeded: bool,
-    /// The caller's authorization header (empty when it sent none).
-    pub credentials: String,
     /// Failed deliveries so far.
     pub attempts: i32,
 }
@@ -505,7 +501,6 @@ mod tests {
             request: None,
             started_at: Utc::now(),
             report_workflow_id: None,
-            report_credentials: String::new(),
         };
         let done = finish(Outcome::Failed { kind: FailureKind::Unavailable, error: "down".into() });
         let execution = new.running().finished(&done);

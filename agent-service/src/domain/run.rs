@@ -268,9 +268,6 @@ pub struct NewRun {
     pub input: String,
     pub scheduled_for: Option<DateTime<Utc>>,
     pub plan: RunPlan,
-    /// The starter's authorization header, for its llm steps' reports to workflow-service (empty
-    /// when nobody started it, or in development mode). Kept until the run ends.
-    pub report_credentials: String,
 }
 
 /// StartRun's idempotency key, kept on the run itself.

@@ -28,7 +28,6 @@ use crate::domain::{Agent, FlowOrigin, now};
 use crate::langflow::{LangflowClient, LangflowError, flow};
 use crate::storage::executions::Started;
 use crate::storage::{AgentRepository, ExecutionRepository};
-use crate::workflows::Credentials;
 use model::{Execution, Finish, NewExecution, Outcome, langflow_session_id, pick_step};
 
 pub use memory::MemoryWindow;
@@ -101,14 +100,9 @@ impl Executor {
     }
 
     /// Runs the agent once and answers the recorded execution (or, when it failed, its error).
-    pub async fn execute(
-        &self,
-        tenant: &str,
-        credentials: &Credentials,
-        request: ExecuteRequest,
-    ) -> ServiceResult<Execution> {
+    pub async fn execute(&self, tenant: &str, request: ExecuteRequest) -> ServiceResult<Execution> {
         let deadline = Some(request.deadline.unwrap_or(self.default_deadline).min(self.default_deadline));
-        let prepared = self.prepare(tenant, credentials, request, deadline, None).await?;
+        let prepared = self.prepare(tenant, request, deadline, None).await?;
         self.answer(prepared).await
     }
 
@@ -118,12 +112,11 @@ impl Executor {
     pub async fn execute_streamed(
         &self,
         tenant: &str,
-        credentials: &Credentials,
         request: ExecuteRequest,
     ) -> ServiceResult<mpsc::Receiver<ServiceResult<StreamItem>>> {
         let deadline = request.deadline;
         let (sender, receiver) = mpsc::channel(stream::CHANNEL_CAPACITY);
-        match self.prepare(tenant, credentials, request, deadline, None).await? {
+        match self.prepare(tenant, request, deadline, None).await? {
             Prepared::Existing(execution) => stream::replay(execution, &sender).await,
             Prepared::Run(run) => {
                 let executor = self.clone();
@@ -141,11 +134,10 @@ impl Executor {
     pub(crate) async fn execute_step(
         &self,
         tenant: &str,
-        credentials: &Credentials,
         request: ExecuteRequest,
         pinned_prompt: String,
     ) -> ServiceResult<Execution> {
-        let prepared = self.prepare(tenant, credentials, request, None, Some(pinned_prompt)).await?;
+        let prepared = self.prepare(tenant, request, None, Some(pinned_prompt)).await?;
         self.answer(prepared).await
     }
 
@@ -168,7 +160,6 @@ impl Executor {
     async fn prepare(
         &self,
         tenant: &str,
-        credentials: &Credentials,
         request: ExecuteRequest,
         deadline: Option<Duration>,
         pinned_prompt: Option<String>,
@@ -223,7 +214,6 @@ impl Executor {
             started_at: now(),
             request: request.key,
             report_workflow_id: agent.source_workflow_id(),
-            report_credentials: credentials.stored_authorization(),
         };
         Ok(Prepared::Run(Run {
             new,

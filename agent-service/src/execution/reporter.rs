@@ -1,5 +1,6 @@
 //! The outbox worker: delivers queued execution reports to workflow-service's RecordExecution,
-//! with the credentials of the caller who ran the execution.
+//! as this service (its service identity, acting for the report's tenant), so that a report
+//! outlives the token of the caller who ran the execution.
 //!
 //! At least once here, counted once there (RecordExecution is idempotent by execution id).
 //! Reports are claimed with a lease, so that replicas do not deliver the same ones at the same
@@ -18,7 +19,7 @@ use uuid::Uuid;
 use super::model::{Report, report_backoff};
 use crate::domain::now;
 use crate::storage::ExecutionRepository;
-use crate::workflows::{ATTEMPTS, Credentials, WorkflowClient};
+use crate::workflows::{ATTEMPTS, WorkflowClient};
 
 /// Reports claimed at once.
 const BATCH: i64 = 50;
@@ -38,10 +39,6 @@ pub struct Reporter {
     pub batch_delay: Duration,
     /// How long a claim hides reports from other claimers: longer than a delivery can take.
     pub lease: Duration,
-    /// Signs a fresh token for the report's tenant (HS256 deployments), so that a report queued
-    /// with a token that has since expired is still delivered. Without one, the caller's stored
-    /// token is used.
-    pub minter: Option<engarde::kit::auth::TokenMinter>,
 }
 
 impl Reporter {
@@ -100,11 +97,7 @@ impl Reporter {
     async fn deliver(&self, report: Report) -> Option<Uuid> {
         let outcome = match Tenant::parse(&report.tenant_id) {
             Ok(tenant) => {
-                let minted = self.minter.as_ref().and_then(|m| m.bearer(&tenant, Duration::from_secs(300)));
-                let credentials = Credentials::restore(tenant, minted.as_deref().unwrap_or(&report.credentials));
-                self.workflows
-                    .record_execution(&credentials, report.workflow_id, report.execution_id, report.succeeded)
-                    .await
+                self.workflows.record_execution(tenant, report.workflow_id, report.execution_id, report.succeeded).await
             }
             Err(e) => Err(ServiceError::internal(anyhow::anyhow!("stored tenant {:?}: {e}", report.tenant_id))),
         };

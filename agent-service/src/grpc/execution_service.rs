@@ -95,7 +95,7 @@ impl ExecutionService for ExecutionApi {
         let deadline = caller_deadline(&request);
         handle(request, |caller, req| async move {
             let request = parse_execute(&req, deadline)?;
-            let execution = self.executor.execute(caller.tenant.as_str(), &caller.credentials, request).await?;
+            let execution = self.executor.execute(caller.tenant.as_str(), request).await?;
             Ok(pb::ExecuteAgentResponse { execution: Some(execution_to_pb(&execution)) })
         })
         .await
@@ -111,7 +111,7 @@ impl ExecutionService for ExecutionApi {
         let deadline = caller_deadline(&request);
         handle(request, |caller, req| async move {
             let request = parse_execute(&req, deadline)?;
-            let receiver = self.executor.execute_streamed(caller.tenant.as_str(), &caller.credentials, request).await?;
+            let receiver = self.executor.execute_streamed(caller.tenant.as_str(), request).await?;
             let events = futures::stream::unfold(receiver, |mut receiver| async move {
                 let item = receiver.recv().await?;
                 Some((item.map(|i| stream_item_to_pb(&i)).map_err(Status::from), receiver))

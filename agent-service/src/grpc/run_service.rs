@@ -106,8 +106,7 @@ impl RunService for RunApi {
             check_text("input", &req.input, true, MAX_TEXT_CHARS, &mut violations);
             invalid_if_any(violations)?;
             let agent_id = agent_id.ok_or_else(lost_field)?;
-            let run =
-                self.walker.start_run(caller.tenant.as_str(), &caller.credentials, agent_id, req.input, key).await?;
+            let run = self.walker.start_run(caller.tenant.as_str(), agent_id, req.input, key).await?;
             tracing::info!(run_id = %run.id, agent_id = %agent_id, "run started");
             Ok(run_to_pb(&run))
         })

@@ -83,7 +83,6 @@ pub(super) struct RunningRow {
     #[sqlx(flatten)]
     execution: ExecutionRow,
     report_workflow_id: Option<SqlUuid>,
-    report_credentials: String,
 }
 
 impl<D: AgentDialect> SqlExecutionRepository<D> {
@@ -110,12 +109,9 @@ impl<D: AgentDialect> SqlExecutionRepository<D> {
     }
 
     /// The running execution, locked, with where to report it; `None` once finished.
-    async fn running_for_update(
-        tx: &mut Conn<D>,
-        id: Uuid,
-    ) -> ServiceResult<Option<(Execution, Option<SqlUuid>, String)>> {
+    async fn running_for_update(tx: &mut Conn<D>, id: Uuid) -> ServiceResult<Option<(Execution, Option<SqlUuid>)>> {
         let sql = format!(
-            "SELECT {EXECUTION_COLUMNS}, report_workflow_id, report_credentials FROM executions \
+            "SELECT {EXECUTION_COLUMNS}, report_workflow_id FROM executions \
              WHERE id = $1 AND status = 'running'{}",
             D::LOCK
         );
@@ -123,7 +119,7 @@ impl<D: AgentDialect> SqlExecutionRepository<D> {
             sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql)).arg(SqlUuid(id)).fetch_optional_as(&mut *tx).await?;
         match row {
             None => Ok(None),
-            Some(r) => Ok(Some((r.execution.try_into()?, r.report_workflow_id, r.report_credentials))),
+            Some(r) => Ok(Some((r.execution.try_into()?, r.report_workflow_id))),
         }
     }
 
@@ -214,8 +210,8 @@ impl<D: AgentDialect> ExecutionRepository for SqlExecutionRepository<D> {
         // (`WHERE true` keeps SQLite from reading the upsert's ON as a join's).
         let inserted = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(format!(
             "INSERT INTO executions (id, tenant_id, agent_id, session_id, step_id, input, status, \
-             request_id, fingerprint, started_at, report_workflow_id, report_credentials) \
-             SELECT $1, $2, $3, $4, $5, $6, 'running', $7, $8, $9, $10, $11 FROM {} \
+             request_id, fingerprint, started_at, report_workflow_id) \
+             SELECT $1, $2, $3, $4, $5, $6, 'running', $7, $8, $9, $10 FROM {} \
              WHERE true ON CONFLICT (tenant_id, request_id) DO NOTHING",
             D::RELAXED_FROM
         )))
@@ -229,7 +225,6 @@ impl<D: AgentDialect> ExecutionRepository for SqlExecutionRepository<D> {
         .arg(new.request.as_ref().map(|k| k.fingerprint.clone()))
         .arg(new.started_at)
         .arg(new.report_workflow_id.map(SqlUuid))
-        .arg(&new.report_credentials)
         .run(&self.pool)
         .await;
         let inserted = match inserted {
@@ -262,15 +257,14 @@ impl<D: AgentDialect> ExecutionRepository for SqlExecutionRepository<D> {
             return Ok(done);
         }
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
-        let Some((execution, report_workflow_id, credentials)) =
-            Self::running_for_update(&mut *tx, finish.execution_id).await?
+        let Some((execution, report_workflow_id)) = Self::running_for_update(&mut *tx, finish.execution_id).await?
         else {
             return Ok(None);
         };
         let book = finish.bookkeeping();
         sqlx::query::<D::Db>(
             "UPDATE executions SET status = $1, output = $2, error = $3, error_code = $4, latency_ms = $5, \
-             finished_at = $6, report_credentials = '', prompt_tokens = $7, completion_tokens = $8 WHERE id = $9",
+             finished_at = $6, prompt_tokens = $7, completion_tokens = $8 WHERE id = $9",
         )
         .arg(book.status.as_str())
         .arg(book.output)
@@ -320,14 +314,13 @@ impl<D: AgentDialect> ExecutionRepository for SqlExecutionRepository<D> {
             Some(workflow_id) => {
                 sqlx::query::<D::Db>(
                     "INSERT INTO execution_reports (execution_id, tenant_id, workflow_id, succeeded, \
-                     credentials, attempts, next_attempt_at) VALUES ($1, $2, $3, $4, $5, 0, $6) \
+                     attempts, next_attempt_at) VALUES ($1, $2, $3, $4, 0, $5) \
                      ON CONFLICT (execution_id) DO NOTHING",
                 )
                 .arg(SqlUuid(execution.id))
                 .arg(&execution.tenant_id)
                 .arg(workflow_id)
                 .arg(book.succeeded)
-                .arg(credentials)
                 .arg(finish.finished_at)
                 .run(&mut *tx)
                 .await?;

@@ -37,10 +37,9 @@ pub(super) struct FinishedRow {
 /// The execution's outcome, the agent's statistics, the conversation and the report,
 /// atomically, as the transaction does them (the statistics' running mean is
 /// [`ExecutionStats::record`](crate::domain::execution::ExecutionStats::record) spelled in SQL,
-/// so that concurrent finishes each add their own without locking the agent first). `running`
-/// is the row before the update, for the credentials the update clears; the messages take
-/// their numbers from the session upsert, which locks the session as there. No row: already
-/// finished.
+/// so that concurrent finishes each add their own without locking the agent first). The
+/// messages take their numbers from the session upsert, which locks the session as there. No
+/// row: already finished.
 #[async_trait::async_trait]
 impl OneStatementFinish for sqlx::Postgres {
     async fn finish_in_one_statement(pool: &sqlx::PgPool, finish: &Finish) -> ServiceResult<Option<Option<Finished>>> {
@@ -49,11 +48,9 @@ impl OneStatementFinish for sqlx::Postgres {
             format!(
                 "WITH finished AS ( \
                    UPDATE executions AS e SET status = $1, output = $2, error = $3, error_code = $4, \
-                     latency_ms = $5, finished_at = $6, report_credentials = '', \
-                     prompt_tokens = $10, completion_tokens = $11 \
-                   FROM executions AS running \
-                   WHERE e.id = $7 AND e.status = 'running' AND running.id = e.id \
-                   RETURNING e.*, running.report_credentials AS credentials_to_report), \
+                     latency_ms = $5, finished_at = $6, prompt_tokens = $10, completion_tokens = $11 \
+                   WHERE e.id = $7 AND e.status = 'running' \
+                   RETURNING e.*), \
                  counted AS ( \
                    UPDATE agents SET total_executions = total_executions + 1, \
                      successful_executions = successful_executions + CASE WHEN $8 THEN 1 ELSE 0 END, \
@@ -78,9 +75,9 @@ impl OneStatementFinish for sqlx::Postgres {
                    FROM finished AS f CROSS JOIN session AS s \
                    CROSS JOIN LATERAL (VALUES (-1, '{user}', f.input), (0, '{agent}', $2)) AS m (shift, role, text)), \
                  reported AS ( \
-                   INSERT INTO execution_reports (execution_id, tenant_id, workflow_id, succeeded, credentials, \
+                   INSERT INTO execution_reports (execution_id, tenant_id, workflow_id, succeeded, \
                      attempts, next_attempt_at) \
-                   SELECT id, tenant_id, report_workflow_id, $8, credentials_to_report, 0, $6 FROM finished \
+                   SELECT id, tenant_id, report_workflow_id, $8, 0, $6 FROM finished \
                    WHERE report_workflow_id IS NOT NULL \
                    ON CONFLICT (execution_id) DO NOTHING) \
                  SELECT {EXECUTION_COLUMNS}, report_workflow_id FROM finished",

@@ -35,7 +35,6 @@ pub(super) struct ReportRow {
     tenant_id: String,
     workflow_id: SqlUuid,
     succeeded: bool,
-    credentials: String,
     attempts: i32,
 }
 
@@ -48,7 +47,6 @@ impl TryFrom<ReportRow> for Report {
             workflow_id: row.workflow_id.0,
             tenant_id: row.tenant_id,
             succeeded: row.succeeded,
-            credentials: row.credentials,
             attempts: row.attempts,
         })
     }
@@ -67,7 +65,7 @@ impl<D: AgentDialect> OutboxRepository for SqlExecutionRepository<D> {
             "UPDATE execution_reports SET next_attempt_at = $1 WHERE execution_id IN \
              (SELECT execution_id FROM execution_reports WHERE next_attempt_at <= $2 \
               ORDER BY next_attempt_at LIMIT $3{}) AND EXISTS (SELECT 1 FROM {}) \
-             RETURNING execution_id, tenant_id, workflow_id, succeeded, credentials, attempts",
+             RETURNING execution_id, tenant_id, workflow_id, succeeded, attempts",
             D::SKIP_LOCKED,
             D::RELAXED_FROM
         );

@@ -43,9 +43,6 @@ pub enum StepWork {
         prompt: String,
         input: String,
         attempts: i32,
-        /// The run's starter's authorization, for the step's report (see
-        /// [`NewRun::report_credentials`]).
-        report_credentials: String,
     },
 }
 
@@ -314,15 +311,6 @@ impl<D: AgentDialect> SqlRunRepository<D> {
         Ok(sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql)).arg(SqlUuid(id)).fetch_optional_as(conn).await?)
     }
 
-    /// The authorization the run's starter left for its steps' reports (empty when none).
-    pub(super) async fn report_credentials(conn: &mut Conn<D>, id: SqlUuid) -> ServiceResult<String> {
-        let found: Option<(String,)> = sqlx::query::<D::Db>("SELECT report_credentials FROM runs WHERE id = $1")
-            .arg(id)
-            .fetch_optional_as(conn)
-            .await?;
-        Ok(found.map(|(credentials,)| credentials).unwrap_or_default())
-    }
-
     pub(super) async fn read_run_row(conn: &mut Conn<D>, tenant: &str, id: Uuid) -> ServiceResult<Option<RunRow>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 AND tenant_id = $2");
         Ok(sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql)).arg(SqlUuid(id)).arg(tenant).fetch_optional_as(conn).await?)
@@ -402,7 +390,7 @@ impl<D: AgentDialect> SqlRunRepository<D> {
     ) -> ServiceResult<()> {
         sqlx::query::<D::Db>(
             "UPDATE runs SET status = $1, error = $2, finished_at = $3, updated_at = $3, \
-             lease_owner = NULL, lease_expires_at = NULL, report_credentials = '' WHERE id = $4",
+             lease_owner = NULL, lease_expires_at = NULL WHERE id = $4",
         )
         .arg(status.as_str())
         .arg(error)
@@ -527,8 +515,7 @@ impl<D: AgentDialect> SqlRunRepository<D> {
                 Change::Succeed { current_step, output } => {
                     sqlx::query::<D::Db>(
                         "UPDATE runs SET status = 'succeeded', output = $1, current_step = $2, finished_at = $3, \
-                         updated_at = $3, lease_owner = NULL, lease_expires_at = NULL, report_credentials = '' \
-                         WHERE id = $4",
+                         updated_at = $3, lease_owner = NULL, lease_expires_at = NULL WHERE id = $4",
                     )
                     .arg(output)
                     .arg(current_step)
@@ -594,8 +581,8 @@ impl<D: AgentDialect> SqlRunRepository<D> {
         sqlx::query::<D::Db>(
             "INSERT INTO runs (id, tenant_id, agent_id, status, trigger_kind, input, max_retries, \
              approval_required, review_timeout_secs, review_default_action, request_id, fingerprint, \
-             scheduled_for, report_credentials, next_attempt_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $14)",
+             scheduled_for, next_attempt_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $13)",
         )
         .arg(SqlUuid(run.id))
         .arg(&run.tenant_id)
@@ -609,7 +596,6 @@ impl<D: AgentDialect> SqlRunRepository<D> {
         .arg(key.map(|k| k.request_id.as_str()))
         .arg(key.map(|k| k.fingerprint.as_str()))
         .arg(run.scheduled_for)
-        .arg(&run.report_credentials)
         .arg(at)
         .run(&mut *conn)
         .await?;

@@ -235,7 +235,6 @@ impl<D: AgentDialect> RunRepository for SqlRunRepository<D> {
         Self::apply(&mut *tx, &run, None, t.changes, at).await?;
         let work = match t.call {
             Some(call) => StepWork::Llm {
-                report_credentials: Self::report_credentials(&mut *tx, run.id).await?,
                 tenant_id: run.tenant_id.clone(),
                 agent_id: run.agent_id.0,
                 step_index: call.step_index,

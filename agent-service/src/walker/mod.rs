@@ -25,7 +25,6 @@ use crate::execution::Executor;
 use crate::langflow::LangflowClient;
 use crate::storage::runs::RunRepository;
 use crate::storage::{self, AgentRepository};
-use crate::workflows::Credentials;
 use model::{NewRun, RunEvent, RunPlan, RunRequestKey, RunTrigger};
 use run_events::RunEvents;
 use watch::{WatchEnd, WatchLimits, WatchRules};
@@ -175,12 +174,11 @@ impl Walker {
         .map_err(|why| ServiceError::FailedPrecondition(format!("agent {} cannot run: {why}", agent.id)))
     }
 
-    /// Starts a run (StartRun): stored QUEUED, then left to the workers. The caller's
-    /// credentials are kept with the run for its steps' reports to workflow-service.
+    /// Starts a run (StartRun): stored QUEUED, then left to the workers. Its steps report to
+    /// workflow-service as this service (see `execution::reporter`), not as the caller.
     pub async fn start_run(
         &self,
         tenant: &str,
-        credentials: &Credentials,
         agent_id: Uuid,
         input: String,
         key: Option<RunRequestKey>,
@@ -195,7 +193,6 @@ impl Walker {
             input,
             scheduled_for: None,
             plan,
-            report_credentials: credentials.stored_authorization(),
         };
         let run = self.runs.create(new, key.as_ref()).await?;
         self.wake();

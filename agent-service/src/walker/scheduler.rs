@@ -91,8 +91,6 @@ impl Walker {
                     input: format!("Scheduled run for {}", tick.to_rfc3339()),
                     scheduled_for: Some(tick),
                     plan,
-                    // Nobody started it: its reports go with the tenant alone.
-                    report_credentials: String::new(),
                 };
                 match self.runs.fire_tick(agent.agent_id, tick, run).await? {
                     TickOutcome::Started(run_id) => {

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use engarde::kit::auth::Tenant;
 use engarde::kit::error::ServiceError;
 use engarde::kit::idempotency::IdempotencyKey;
 use uuid::Uuid;
@@ -14,7 +13,6 @@ use crate::domain::now;
 use crate::execution::ExecuteRequest;
 use crate::execution::model::{Execution, ExecutionStatus, FailureKind, Finish, Outcome};
 use crate::storage::runs::{Lease, StepOutcome, StepWork};
-use crate::workflows::Credentials;
 
 /// How often an idle worker looks for work when nothing wakes it (another process may have
 /// queued a run, or a retry's backoff may have passed).
@@ -32,7 +30,6 @@ struct LlmStep<'a> {
     step_id: &'a str,
     prompt: &'a str,
     input: &'a str,
-    report_credentials: &'a str,
 }
 
 /// The request id of the `n`-th execution of a run's step (see [`Walker::run_step`]). The
@@ -86,7 +83,7 @@ pub fn spawn(walker: Walker, n: usize, lease: Duration) {
 impl Walker {
     /// Does the next step of a claimed run.
     async fn step(&self, run_id: Uuid, lease: &Lease) -> Result<(), ServiceError> {
-        let StepWork::Llm { tenant_id, agent_id, step_index, step_id, prompt, input, attempts, report_credentials } =
+        let StepWork::Llm { tenant_id, agent_id, step_index, step_id, prompt, input, attempts } =
             self.runs.start_step(run_id, lease).await?
         else {
             return Ok(());
@@ -99,7 +96,6 @@ impl Walker {
             step_id: &step_id,
             prompt: &prompt,
             input: &input,
-            report_credentials: &report_credentials,
         };
         let call = self.run_step(work);
         let Some(outcome) = self.holding(run_id, lease, call).await else {
@@ -176,21 +172,6 @@ impl Walker {
                 }
             }
         };
-        // A walk has no caller of its own: its reports go with the authorization of whoever
-        // started the run (none for a scheduled run, or in development mode, where the tenant
-        // alone serves; with an HS256 secret the reporter signs a fresh token for the tenant
-        // anyway). A token that expires before a report is delivered keeps the report in the
-        // outbox, retried, until a service identity replaces it (issue 14).
-        let tenant = match Tenant::parse(work.tenant) {
-            Ok(tenant) => tenant,
-            Err(e) => {
-                return StepOutcome::Failed {
-                    error: format!("stored tenant {:?}: {e}", work.tenant),
-                    retriable: false,
-                };
-            }
-        };
-        let credentials = Credentials::restore(tenant, work.report_credentials);
         let request = ExecuteRequest {
             agent_id: work.agent_id,
             input: work.input.to_owned(),
@@ -199,7 +180,7 @@ impl Walker {
             key: Some(key),
             deadline: None,
         };
-        match self.executor.execute_step(work.tenant, &credentials, request, work.prompt.to_owned()).await {
+        match self.executor.execute_step(work.tenant, request, work.prompt.to_owned()).await {
             Ok(execution) => StepOutcome::Succeeded(execution.output),
             Err(e) => outcome_of(e),
         }
