@@ -83,7 +83,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         reconciler.spawn(Duration::from_secs(config.langflow_reconcile_interval_secs));
     }
     let executor = start_execution(&config, &db, repo.clone(), langflow.clone(), workflows.clone());
-    let walker = Walker::start(&config.walker, &db, repo.clone(), langflow.clone(), executor.clone());
+    let walker =
+        Walker::start(&config.walker, &db, repo.clone(), langflow.clone(), executor.clone(), workflows.clone());
     let default_models = storage::default_model_repository(&db);
     let provisioner = Provisioner::new(repo.clone(), default_models.clone(), workflows, linker.clone());
     let max = common.max_message_bytes;

@@ -97,3 +97,73 @@ both_backends!(
         assert_eq!(marked(scheduled.id.clone()).await, "yes", "an agent with a schedule keeps its mark");
     }
 );
+
+fn every_second() -> wpb::Trigger {
+    wpb::Trigger { r#type: wpb::TriggerType::Scheduled as i32, cron: "* * * * * *".into(), timezone: "UTC".into() }
+}
+
+both_backends!(
+    async fn only_an_active_workflows_triggers_fire_and_only_for_its_tenant(backend) {
+        let fake = FakeLangflow::start().await;
+        let app = spawn_walker_app(backend, &fake.url(), &[("SCHEDULER_INTERVAL_MS", "100".into())]).await;
+        let tenant = "tenant-cron-status";
+        let runs = app.runs(tenant).await;
+        let mut workflows = app.workflows(tenant).await;
+        let count = |runs: &RunClient, agent_id: &str| {
+            let (mut runs, agent_id) = (runs.clone(), agent_id.to_owned());
+            async move {
+                let listed = runs
+                    .list_runs(pb::ListRunsRequest { agent_id, page_size: 200, ..Default::default() })
+                    .await
+                    .expect("list runs")
+                    .into_inner();
+                assert!(listed.next_page_token.is_empty(), "fewer than a page of runs");
+                listed.runs.len()
+            }
+        };
+        let steps = vec![llm("report", "Report for {input}"), output("done")];
+
+        // The agent is active, its workflow a DRAFT: no tick fires.
+        let agent = walker_of_draft(&app, tenant, config(steps, 0, vec![every_second()])).await;
+        let workflow_id = agent.workflow_snapshot.as_ref().unwrap().workflow_id.clone();
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        assert_eq!(count(&runs, &agent.id).await, 0, "a draft workflow's triggers do not fire");
+
+        // Activated: its ticks fire.
+        workflows
+            .activate_workflow(wpb::ActivateWorkflowRequest { id: workflow_id.clone(), ..Default::default() })
+            .await
+            .expect("activate the workflow");
+        eventually(Duration::from_secs(15), "ticks fire once the workflow is active", || {
+            let count = count(&runs, &agent.id);
+            async move { count.await >= 2 }
+        })
+        .await;
+
+        // Another tenant sees neither the agent's schedule nor its runs.
+        let mut other = app.runs("tenant-other").await;
+        expect_code(
+            other.preview_schedule(pb::PreviewScheduleRequest { agent_id: agent.id.clone(), count: 1 }).await,
+            tonic::Code::NotFound,
+        );
+        let listed = other
+            .list_runs(pb::ListRunsRequest { agent_id: agent.id.clone(), ..Default::default() })
+            .await
+            .map(|r| r.into_inner().runs.len());
+        assert!(matches!(listed, Ok(0)) || listed.as_ref().is_err_and(|s| s.code() == tonic::Code::NotFound), "{listed:?}");
+
+        // Archived: at most the tick already under way fires, then none.
+        workflows
+            .archive_workflow(wpb::ArchiveWorkflowRequest { id: workflow_id.clone(), ..Default::default() })
+            .await
+            .expect("archive the workflow");
+        let at_archive = count(&runs, &agent.id).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let settled = count(&runs, &agent.id).await;
+        assert!(settled <= at_archive + 1, "no tick after the next one: {at_archive} then {settled}");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(count(&runs, &agent.id).await, settled, "an archived workflow's triggers no longer fire");
+        let logs = app.agent.logs();
+        assert!(logs.contains("is archived"), "the skipped ticks say why");
+    }
+);

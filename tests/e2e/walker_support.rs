@@ -46,9 +46,21 @@ pub fn walker_env(langflow_url: &str, extra: &[(&str, String)]) -> Vec<(&'static
     env
 }
 
-/// A workflow of the tenant with `config`, made into an agent (with a generated flow), deployed
-/// and activated.
+/// A workflow of the tenant with `config`, activated (only an active workflow's triggers fire),
+/// made into an agent (with a generated flow), deployed and activated.
 pub async fn active_walker(app: &TestApp, tenant: &str, config: wpb::WorkflowConfig) -> pb::Agent {
+    let agent = walker_of_draft(app, tenant, config).await;
+    let mut workflows = app.workflows(tenant).await;
+    let workflow_id = agent.workflow_snapshot.as_ref().expect("made from a workflow").workflow_id.clone();
+    workflows
+        .activate_workflow(wpb::ActivateWorkflowRequest { id: workflow_id, ..Default::default() })
+        .await
+        .expect("activate workflow");
+    agent
+}
+
+/// Like [`active_walker`], but its workflow stays a DRAFT.
+pub async fn walker_of_draft(app: &TestApp, tenant: &str, config: wpb::WorkflowConfig) -> pb::Agent {
     let mut workflows = app.workflows(tenant).await;
     let mut agents = app.agents(tenant).await;
     let workflow = workflows

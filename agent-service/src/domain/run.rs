@@ -311,6 +311,8 @@ pub fn has_scheduled_trigger(config: &workflow_pb::WorkflowConfig) -> bool {
 pub struct ScheduledAgent {
     pub tenant_id: String,
     pub agent_id: Uuid,
+    /// The workflow it was made from: its triggers fire only while that is ACTIVE.
+    pub workflow_id: Uuid,
     /// When the agent last changed (e.g. was activated): ticks before it do not fire.
     pub updated_at: DateTime<Utc>,
     pub config: workflow_pb::WorkflowConfig,

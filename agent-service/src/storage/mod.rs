@@ -19,7 +19,6 @@ pub mod sessions;
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use engarde::kit::db::DbPool;
 use engarde::kit::dialect::{self, Decodes, Dialect, SqlDb, SqlUuid};
 use engarde::kit::error::{ServiceError, ServiceResult};
@@ -33,6 +32,7 @@ use outbox::ReportRow;
 use reviews::ReviewRow;
 use row::AgentRow;
 use run_store::{EventRow, PageStepRow, RunRow, StepRow};
+use schedules::ScheduledRow;
 use sessions::{MessageRow, SessionRow};
 
 pub use agents::{AgentRepository, Answer, DeleteCheck, Mutated, Mutation, mutate_agent};
@@ -75,7 +75,7 @@ trait AgentRows:
     + Decodes<(SqlUuid, Option<String>)>
     + Decodes<(String, i64)>
     + Decodes<(String, Option<String>)>
-    + Decodes<(String, SqlUuid, DateTime<Utc>, i64, Vec<u8>, String)>
+    + Decodes<ScheduledRow>
 {
 }
 

@@ -22,25 +22,54 @@ pub trait ScheduleRepository: Send + Sync {
     async fn fire_tick(&self, agent_id: Uuid, tick: DateTime<Utc>, run: NewRun) -> ServiceResult<TickOutcome>;
 }
 
+/// An active agent with a schedule, as stored.
+#[derive(sqlx::FromRow)]
+pub(super) struct ScheduledRow {
+    tenant_id: String,
+    id: SqlUuid,
+    source_workflow_id: SqlUuid,
+    updated_at: DateTime<Utc>,
+    version: i64,
+    source_workflow_config: Vec<u8>,
+    langflow_workflow_id: String,
+}
+
 #[async_trait]
 impl<D: AgentDialect> ScheduleRepository for SqlRunRepository<D> {
     async fn scheduled_agents(&self) -> ServiceResult<Vec<ScheduledAgent>> {
         use engarde::proto::workflow::v1 as workflow_pb;
         use prost::Message as _;
-        let rows: Vec<(String, SqlUuid, DateTime<Utc>, i64, Vec<u8>, String)> = sqlx::query::<D::Db>(
-            "SELECT tenant_id, id, updated_at, version, source_workflow_config, langflow_workflow_id \
-             FROM agents WHERE status = 'active' AND scheduled = TRUE AND source_workflow_config IS NOT NULL",
+        let rows: Vec<ScheduledRow> = sqlx::query::<D::Db>(
+            "SELECT tenant_id, id, source_workflow_id, updated_at, version, source_workflow_config, \
+             langflow_workflow_id FROM agents \
+             WHERE status = 'active' AND scheduled = TRUE AND source_workflow_config IS NOT NULL",
         )
         .fetch_all_as(&self.pool)
         .await?;
         let mut agents = Vec::new();
-        for (tenant_id, SqlUuid(agent_id), updated_at, version, config, flow) in rows {
+        for ScheduledRow {
+            tenant_id,
+            id: SqlUuid(agent_id),
+            source_workflow_id: SqlUuid(workflow_id),
+            updated_at,
+            version,
+            source_workflow_config: config,
+            langflow_workflow_id: flow,
+        } in rows
+        {
             let Ok(config) = workflow_pb::WorkflowConfig::decode(config.as_slice()) else {
                 tracing::warn!(%agent_id, "agent with a corrupt snapshot: its schedules are ignored");
                 continue;
             };
             if has_scheduled_trigger(&config) {
-                agents.push(ScheduledAgent { tenant_id, agent_id, updated_at, config, has_flow: !flow.is_empty() });
+                agents.push(ScheduledAgent {
+                    tenant_id,
+                    agent_id,
+                    workflow_id,
+                    updated_at,
+                    config,
+                    has_flow: !flow.is_empty(),
+                });
             } else {
                 // A row from before the column was written: set it right once, unless
                 // the agent has changed since it was read (that change wrote it).

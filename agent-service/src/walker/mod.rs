@@ -10,6 +10,7 @@ pub mod run_events;
 mod scheduler;
 pub mod watch;
 mod worker;
+mod workflow_status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use crate::execution::Executor;
 use crate::langflow::LangflowClient;
 use crate::storage::runs::RunRepository;
 use crate::storage::{self, AgentRepository};
+use crate::workflows::WorkflowClient;
 use model::{NewRun, RunEvent, RunPlan, RunRequestKey, RunTrigger};
 use run_events::RunEvents;
 use watch::{WatchEnd, WatchLimits, WatchRules};
@@ -73,6 +75,8 @@ pub struct Walker {
     events: Arc<RunEvents>,
     watches: Arc<WatchLimits>,
     watch_rules: WatchRules,
+    /// Whether a scheduled agent's workflow is ACTIVE (only then do its triggers fire).
+    statuses: workflow_status::WorkflowStatuses,
 }
 
 /// Publishes `walker_runs{status}` and `walker_reviews_pending` every 15 s (counted in the
@@ -105,6 +109,7 @@ impl Walker {
         agents: Arc<dyn AgentRepository>,
         langflow: Option<Arc<LangflowClient>>,
         executor: Executor,
+        workflows: WorkflowClient,
     ) -> Self {
         let events = RunEvents::new();
         if let DbPool::Postgres(pool) = db {
@@ -119,6 +124,7 @@ impl Walker {
             events,
             watches: WatchLimits::new(settings.watch_max_per_tenant, settings.watch_max_per_process),
             watch_rules: WatchRules { lifetime: Duration::from_secs(settings.watch_max_lifetime_secs.max(1)) },
+            statuses: workflow_status::WorkflowStatuses::new(workflows),
         };
         let lease = Duration::from_secs(settings.walker_lease_secs.max(1));
         for n in 0..settings.walker_workers.max(1) {

@@ -5,9 +5,11 @@
 //! No catch-up storm: a pass only considers each trigger's latest tick at or before now, so
 //! after downtime at most the most recent missed tick runs, never the whole backlog. A tick from
 //! before the agent last changed (e.g. was activated) does not fire. Overlap policy: skip — a
-//! tick that comes while a run of the agent has not ended is recorded and creates no run.
+//! tick that comes while a run of the agent has not ended is recorded and creates no run. Only
+//! an ACTIVE workflow's triggers fire: a due tick first asks workflow-service for the status of
+//! the agent's workflow (see `workflow_status`), so a tick after ArchiveWorkflow is skipped.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,6 +19,7 @@ use uuid::Uuid;
 
 use super::Walker;
 use super::model::{NewRun, RunTrigger, ScheduledAgent, TickOutcome};
+use super::workflow_status::{PassMemo, Verdict};
 use crate::domain::{AgentStatus, now};
 
 pub fn spawn(walker: Walker, interval: Duration) {
@@ -65,10 +68,26 @@ impl Walker {
         at: DateTime<Utc>,
         seen: &mut HashMap<Uuid, DateTime<Utc>>,
     ) -> engarde::kit::error::ServiceResult<()> {
-        for agent in self.runs.scheduled_agents().await? {
-            for tick in due_ticks(&agent, at) {
+        let agents = self.runs.scheduled_agents().await?;
+        let mut statuses = PassMemo::new();
+        for agent in &agents {
+            for tick in due_ticks(agent, at) {
                 if seen.get(&agent.agent_id).is_some_and(|last| *last >= tick) {
                     continue;
+                }
+                match self.statuses.verdict(&mut statuses, &agent.tenant_id, agent.workflow_id).await {
+                    Verdict::Fire => {}
+                    Verdict::Skip(why) => {
+                        tracing::info!(agent_id = %agent.agent_id, %tick, why, "scheduled tick skipped: only an active workflow's triggers fire");
+                        seen.insert(agent.agent_id, tick);
+                        continue;
+                    }
+                    // Not marked seen: the next pass asks again, and the tick fires late
+                    // rather than never if workflow-service answers before the next one.
+                    Verdict::Unknown(why) => {
+                        tracing::warn!(agent_id = %agent.agent_id, %tick, why, "scheduled tick waits: its workflow's status is not known");
+                        continue;
+                    }
                 }
                 let plan = match super::plan_for(
                     AgentStatus::Active,
@@ -107,6 +126,8 @@ impl Walker {
                 seen.insert(agent.agent_id, tick);
             }
         }
+        let in_use: HashSet<(String, Uuid)> = agents.iter().map(|a| (a.tenant_id.clone(), a.workflow_id)).collect();
+        self.statuses.retain(&in_use);
         Ok(())
     }
 }
