@@ -71,7 +71,8 @@ both_backends!(
         assert_eq!(names(&mut on_b).await, ["Renamed on B"]);
         until_named(&on_a, &created.id, "Renamed on B").await;
 
-        // Statistics counted on a template through A reach every tenant's reads on B.
+        // Statistics counted on a template through A reach the reporting tenant's reads on B;
+        // another tenant's stay its own (statistics are per tenant).
         let mut other_on_b = WorkflowServiceClient::with_interceptor(b.channel().await, as_tenant("tenant-b"));
         let template = other_on_b
             .list_workflows(pb::ListWorkflowsRequest { is_template: Some(true), page_size: 1, ..Default::default() })
@@ -81,13 +82,15 @@ both_backends!(
             .workflows
             .remove(0);
         assert_eq!(get(&mut other_on_b, &template.id).await.unwrap().execution_count, 0);
+        assert_eq!(get(&mut on_b, &template.id).await.unwrap().execution_count, 0);
         let report = pb::RecordExecutionRequest { workflow_id: template.id.clone(), execution_id: "e-1".into(), succeeded: true };
         on_a.record_execution(report).await.unwrap();
         eventually(PROPAGATION, "the template's count read on B", || {
-            let (mut client, id) = (other_on_b.clone(), template.id.clone());
+            let (mut client, id) = (on_b.clone(), template.id.clone());
             async move { get(&mut client, &id).await.is_ok_and(|w| w.execution_count == 1) }
         })
         .await;
+        assert_eq!(get(&mut other_on_b, &template.id).await.unwrap().execution_count, 0, "tenant-b's own");
 
         // A deletion on A is NOT_FOUND on B.
         on_a.delete_workflow(pb::DeleteWorkflowRequest { id: created.id.clone(), ..Default::default() }).await.unwrap();

@@ -7,7 +7,8 @@
 //! unchanged. A change is counted twice: here, right after this replica's own write commits (so
 //! a caller reads its own writes), and when PostgreSQL announces the commit of any replica's
 //! write (see `change_feed`). An answer filled from a query that raced a write therefore never
-//! outlives the write's announcement.
+//! outlives the write's announcement. Statistics are the reading tenant's own, templates'
+//! included: a tenant's counted execution moves that tenant's generation only.
 //!
 //! Without announcements (the feed's connection is down, or the database is SQLite, whose file
 //! other processes may share) the cache is off and every read goes to the database.
@@ -273,11 +274,8 @@ impl WorkflowRepository for CachedWorkflowRepository {
         succeeded: bool,
     ) -> ServiceResult<RecordedExecution> {
         let result = self.inner.record_execution(tenant, workflow_id, execution_id, succeeded).await;
-        // The workflow counted may be a template, which every tenant sees.
-        match &result {
-            Ok(recorded) => self.cache.changed(&recorded.workflow.tenant_id),
-            Err(_) => self.cache.changed(""),
-        }
+        // Only the reporting tenant's statistics change, even on a template: every tenant reads
+        // its own (and a cached answer is the reading tenant's, keyed and stamped by it).
         self.cache.changed(tenant);
         result
     }
@@ -372,6 +370,36 @@ mod tests {
         cache.disable();
         behind.create("t1", new_workflow("Third"), None).await.unwrap();
         assert_eq!(repo.list("t1", &filter, &page).await.unwrap().len(), 14);
+    }
+
+    #[tokio::test]
+    async fn a_record_on_a_template_changes_the_reporting_tenants_reads_only() {
+        let (repo, cache, behind) = cached().await;
+        let template = templates::library(Utc::now())[0].id;
+        let other =
+            (0..).map(|n| format!("other-{n}")).find(|t| !std::ptr::eq(cache.bucket(t), cache.bucket("t1"))).unwrap();
+        let filter = WorkflowFilter { is_template: Some(true), ..Default::default() };
+        let page = PageRequest::parse(50, "", String::new()).unwrap();
+        let read = |tenant: String| {
+            let (repo, filter, page) = (&repo, &filter, &page);
+            async move {
+                let got = repo.get(&tenant, template).await.unwrap().execution_count;
+                let listed = repo.list(&tenant, filter, page).await.unwrap();
+                (got, listed.iter().find(|w| w.id == template).unwrap().execution_count)
+            }
+        };
+        assert_eq!((read("t1".into()).await, read(other.clone()).await), ((0, 0), (0, 0)), "both cached");
+
+        // The other tenant counts one behind the cache's back: its cached answers stand...
+        behind.record_execution(&other, template, "theirs", true).await.unwrap();
+        // ...and T1's record through the cache drops T1's answers, which read T1's own count at
+        // once, and not the other tenant's.
+        let recorded = repo.record_execution("t1", template, "mine", true).await.unwrap();
+        assert_eq!(recorded.workflow.execution_count, 1);
+        assert_eq!(read("t1".into()).await, (1, 1));
+        assert_eq!(read(other.clone()).await, (0, 0), "still the other tenant's cached answers");
+        cache.changed(&other);
+        assert_eq!(read(other).await, (1, 1), "its own count, once its change is announced");
     }
 
     #[test]

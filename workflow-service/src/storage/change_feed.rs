@@ -1,5 +1,5 @@
 //! Listens for PostgreSQL's announcements of committed workflow changes (migration 0002's
-//! trigger) and tells the [`WorkflowCache`], so that a replica drops what another replica's
+//! trigger) and statistics changes (0005's, naming the tenant whose figures moved) and tells the [`WorkflowCache`], so that a replica drops what another replica's
 //! writes made stale.
 //!
 //! An announcement sent while the listening connection is down is lost for good, so the cache
@@ -17,7 +17,8 @@ use sqlx::PgPool;
 
 use super::cache::WorkflowCache;
 
-/// The channel the trigger notifies, with the owning tenant as payload.
+/// The channel the triggers notify, with the tenant whose reads changed as payload ('' for the
+/// template library).
 pub const CHANNEL: &str = "engarde_workflow_changes";
 
 /// Feeds `cache` for as long as `pool` is open, checking the feed every `heartbeat`.

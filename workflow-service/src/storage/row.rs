@@ -7,9 +7,23 @@ use sqlx::types::Json;
 
 use crate::domain::{Category, Status, Workflow, WorkflowConfig};
 
-/// The columns every query selects, in this order.
-pub const COLUMNS: &str = "id, tenant_id, name, description, category, config, status, is_template, \
-                           execution_count, success_count, version, created_at, updated_at";
+/// The columns of the definition itself, as an insert writes them.
+pub const COLUMNS: &str = "id, tenant_id, name, description, category, config, status, is_template, version, \
+                           created_at, updated_at";
+
+/// What every read selects: the definition (`w`) and the reading tenant's own statistics of it
+/// (`s`, none yet: zero), in [`WorkflowRow`]'s order. A template's statistics are per tenant
+/// (migration 0005, sqlite 0004), so they are joined on the reader, never stored with the row.
+pub const SELECT_COLUMNS: &str = "w.id, w.tenant_id, w.name, w.description, w.category, w.config, w.status, \
+                                  w.is_template, COALESCE(s.execution_count, 0) AS execution_count, \
+                                  COALESCE(s.success_count, 0) AS success_count, w.version, w.created_at, \
+                                  w.updated_at";
+
+/// The `FROM` of every read: workflows, each with the statistics of the tenant bound as
+/// parameter `$tenant_param`.
+pub fn from_workflows_of(tenant_param: u8) -> String {
+    format!("workflows w LEFT JOIN workflow_statistics s ON s.workflow_id = w.id AND s.tenant_id = ${tenant_param}")
+}
 
 #[derive(sqlx::FromRow)]
 pub struct WorkflowRow {

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::domain::name_folding::fold_name;
 use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
-use crate::storage::row::{COLUMNS, WorkflowRow};
+use crate::storage::row::{COLUMNS, SELECT_COLUMNS, WorkflowRow, from_workflows_of};
 use crate::storage::{DeleteCheck, Mutation, SeedOutcome, WorkflowRepository};
 
 /// The workflow repository of a dialect.
@@ -62,10 +62,15 @@ where
     D: Dialect,
     D::Db: Decodes<WorkflowRow>,
 {
-    /// The workflow if the tenant can see it, locked for the rest of the transaction.
+    /// The workflow if the tenant can see it (with the tenant's statistics), the definition's
+    /// row locked for the rest of the transaction.
     async fn load_for_update(conn: &mut Conn<D>, tenant: &str, id: Uuid) -> ServiceResult<Workflow> {
-        let sql =
-            format!("SELECT {COLUMNS} FROM workflows WHERE id = $1 AND (tenant_id = $2 OR is_template){}", D::LOCK);
+        // PostgreSQL locks no row of an outer join's nullable side: the lock names the definition.
+        let lock = if D::LOCK.is_empty() { String::new() } else { format!("{} OF w", D::LOCK) };
+        let sql = format!(
+            "SELECT {SELECT_COLUMNS} FROM {} WHERE w.id = $1 AND (w.tenant_id = $2 OR w.is_template){lock}",
+            from_workflows_of(2)
+        );
         let row: Option<WorkflowRow> = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
             .arg(SqlUuid(id))
             .arg(tenant)
@@ -99,11 +104,11 @@ where
     }
 
     /// Inserts `w` (and its folded name); answers how many rows were inserted, which
-    /// `on_conflict` may make 0.
+    /// `on_conflict` may make 0. Statistics are not the definition's: a new one has none.
     async fn insert(conn: &mut Conn<D>, w: &Workflow, on_conflict: &str) -> ServiceResult<u64> {
         let sql = format!(
             "INSERT INTO workflows ({COLUMNS}, name_folded) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) {on_conflict}"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) {on_conflict}"
         );
         let inserted = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
             .arg(SqlUuid(w.id))
@@ -114,8 +119,6 @@ where
             .json(&w.config)
             .arg(w.status.as_str())
             .arg(w.is_template)
-            .arg(w.execution_count)
-            .arg(w.success_count)
             .arg(w.version)
             .arg(w.created_at)
             .arg(w.updated_at)
@@ -201,7 +204,10 @@ where
     }
 
     async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Workflow> {
-        let sql = format!("SELECT {COLUMNS} FROM workflows WHERE id = $1 AND (tenant_id = $2 OR is_template)");
+        let sql = format!(
+            "SELECT {SELECT_COLUMNS} FROM {} WHERE w.id = $1 AND (w.tenant_id = $2 OR w.is_template)",
+            from_workflows_of(2)
+        );
         let row: Option<WorkflowRow> = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
             .arg(SqlUuid(id))
             .arg(tenant)
@@ -213,14 +219,15 @@ where
     async fn list(&self, tenant: &str, filter: &WorkflowFilter, page: &PageRequest) -> ServiceResult<Arc<[Workflow]>> {
         // One static statement: an empty filter parameter matches everything.
         let sql = format!(
-            "SELECT {COLUMNS} FROM workflows \
-             WHERE (tenant_id = $1 OR is_template) \
-               AND ($2 = '' OR category = $2) \
-               AND ($3 = '' OR status = $3) \
-               AND ($4 = -1 OR is_template = ($4 = 1)) \
-               AND ($5 = '' OR name_folded LIKE $5 ESCAPE '\\') \
-               AND ($6 = 0 OR (name, id) > ($7, $8)) \
-             ORDER BY name, id LIMIT $9"
+            "SELECT {SELECT_COLUMNS} FROM {} \
+             WHERE (w.tenant_id = $1 OR w.is_template) \
+               AND ($2 = '' OR w.category = $2) \
+               AND ($3 = '' OR w.status = $3) \
+               AND ($4 = -1 OR w.is_template = ($4 = 1)) \
+               AND ($5 = '' OR w.name_folded LIKE $5 ESCAPE '\\') \
+               AND ($6 = 0 OR (w.name, w.id) > ($7, $8)) \
+             ORDER BY w.name, w.id LIMIT $9",
+            from_workflows_of(1)
         );
         let is_template: i64 = match filter.is_template {
             None => -1,
@@ -289,17 +296,19 @@ where
         succeeded: bool,
     ) -> ServiceResult<RecordedExecution> {
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
-        // Locking the workflow serialises concurrent reports of one execution.
+        // Locking the workflow serialises concurrent reports of one execution. The statistics
+        // read, and counted, are the reporting tenant's own: a template's are per tenant.
         let mut workflow = Self::load_for_update(&mut *tx, tenant, workflow_id).await?;
-        let seen: Option<(SqlUuid,)> =
-            sqlx::query::<D::Db>("SELECT workflow_id FROM workflow_executions WHERE execution_id = $1")
+        let seen: Option<(SqlUuid, String)> =
+            sqlx::query::<D::Db>("SELECT workflow_id, tenant_id FROM workflow_executions WHERE execution_id = $1")
                 .arg(execution_id)
                 .fetch_optional_as(&mut *tx)
                 .await?;
-        if let Some((recorded_for,)) = seen {
-            if recorded_for.0 != workflow_id {
+        if let Some((recorded_for, recorded_tenant)) = seen {
+            // One execution is one tenant's, of one workflow (a template's counts are per tenant).
+            if recorded_for.0 != workflow_id || recorded_tenant != tenant {
                 return Err(ServiceError::AlreadyExists(format!(
-                    "execution {execution_id} was already recorded for another workflow"
+                    "execution {execution_id} was already recorded for another workflow or tenant"
                 )));
             }
             return Ok(RecordedExecution { counted: false, workflow });
@@ -317,11 +326,15 @@ where
         .await?;
         let success = i64::from(succeeded);
         sqlx::query::<D::Db>(
-            "UPDATE workflows SET execution_count = execution_count + 1, success_count = success_count + $1 \
-             WHERE id = $2",
+            "INSERT INTO workflow_statistics (workflow_id, tenant_id, execution_count, success_count) \
+             VALUES ($1, $2, 1, $3) \
+             ON CONFLICT (workflow_id, tenant_id) DO UPDATE SET \
+               execution_count = workflow_statistics.execution_count + 1, \
+               success_count = workflow_statistics.success_count + excluded.success_count",
         )
-        .arg(success)
         .arg(SqlUuid(workflow_id))
+        .arg(tenant)
+        .arg(success)
         .run(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -338,7 +351,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::templates;
+    use crate::domain::{WorkflowConfig, templates};
     use crate::storage::{POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
 
     fn new_workflow(name: &str) -> NewWorkflow {
@@ -390,18 +403,188 @@ mod tests {
         assert_eq!(repo.seed_templates(&next_release).await.unwrap(), SeedOutcome::default());
     }
 
+    /// Statistics are per tenant: a template's, as each tenant reads them, are its own; a
+    /// tenant's own workflow counts its executions, each once; another tenant's workflow is
+    /// NOT_FOUND and counts nothing. Every read carries the reader's figures.
+    async fn statistics_are_per_tenant(repo: &dyn WorkflowRepository) {
+        let library = templates::library(now());
+        repo.seed_templates(&library).await.unwrap();
+        let template = library[0].id;
+        let record = |tenant: &'static str, execution: &'static str, succeeded: bool| {
+            repo.record_execution(tenant, template, execution, succeeded)
+        };
+        let a1 = record("tenant-a", "a-1", true).await.unwrap();
+        assert_eq!((a1.counted, a1.workflow.execution_count, a1.workflow.success_count), (true, 1, 1));
+        let a2 = record("tenant-a", "a-2", false).await.unwrap();
+        assert_eq!((a2.workflow.execution_count, a2.workflow.success_count), (2, 1));
+        let b1 = record("tenant-b", "b-1", false).await.unwrap();
+        assert_eq!((b1.counted, b1.workflow.execution_count, b1.workflow.success_count), (true, 1, 0), "B's own");
+        let replay = record("tenant-a", "a-1", true).await.unwrap();
+        assert_eq!((replay.counted, replay.workflow.execution_count, replay.workflow.success_count), (false, 2, 1));
+        // An execution belongs to one tenant: another's report of its id counts nothing.
+        let by_b = record("tenant-b", "a-2", true).await.unwrap_err();
+        assert!(matches!(by_b, ServiceError::AlreadyExists(_)), "{by_b:?}");
+
+        let counts = |w: &Workflow| (w.execution_count, w.success_count);
+        assert_eq!(counts(&repo.get("tenant-a", template).await.unwrap()), (2, 1));
+        assert_eq!(counts(&repo.get("tenant-b", template).await.unwrap()), (1, 0));
+        assert_eq!(counts(&repo.get("tenant-c", template).await.unwrap()), (0, 0), "none of its own");
+        let page = &PageRequest::parse(50, "", String::new()).unwrap();
+        let listed = |tenant: &'static str| async move {
+            let all = repo.list(tenant, &WorkflowFilter::default(), page).await.unwrap();
+            all.iter().find(|w| w.id == template).map(counts).unwrap()
+        };
+        assert_eq!((listed("tenant-a").await, listed("tenant-b").await), ((2, 1), (1, 0)));
+
+        // A tenant's own workflow: its executions only; another tenant cannot count on it.
+        let own = repo.create("tenant-a", new_workflow("Own"), None).await.unwrap();
+        repo.record_execution("tenant-a", own.id, "own-1", true).await.unwrap();
+        let foreign = repo.record_execution("tenant-b", own.id, "forged-1", true).await.unwrap_err();
+        assert!(matches!(foreign, ServiceError::NotFound(_)), "{foreign:?}");
+        assert_eq!(counts(&repo.get("tenant-a", own.id).await.unwrap()), (1, 1));
+        // A change of the definition answers, and keeps, the owner's figures.
+        let renamed = repo
+            .mutate(
+                "tenant-a",
+                own.id,
+                None,
+                Box::new(|w: &mut Workflow| {
+                    w.name = "Own, renamed".into();
+                    Ok(())
+                }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(counts(&renamed), (1, 1));
+        // The template library's seeding keeps every tenant's statistics.
+        let mut next_release = templates::library(now());
+        next_release[0].description = "Changed".into();
+        assert_eq!(repo.seed_templates(&next_release).await.unwrap().updated, 1);
+        assert_eq!(counts(&repo.get("tenant-a", template).await.unwrap()), (2, 1));
+        assert_eq!(counts(&repo.get("tenant-b", template).await.unwrap()), (1, 0));
+    }
+
+    /// Rows as the code before per-tenant statistics wrote them (migrations before 0005 on
+    /// PostgreSQL, 0004 on SQLite; portable SQL): a template counted for two tenants, with one
+    /// more pooled execution than recorded ones; tenant A's workflows, one whose stored figures
+    /// exceed its recorded executions, one whose agree, one never run; tenant B's.
+    fn pooled_rows(config: &WorkflowConfig) -> String {
+        let config = serde_json::to_string(config).unwrap().replace('\'', "''");
+        let workflow = |id: &str, tenant: &str, (executions, successes): (i64, i64)| {
+            format!(
+                "INSERT INTO workflows (id, tenant_id, name, description, category, config, status, is_template, \
+                 execution_count, success_count, version, created_at, updated_at, name_folded) VALUES \
+                 ('{id}', '{tenant}', 'W {id}', '', 'content_generation', '{config}', 'active', {}, {executions}, \
+                 {successes}, 1, '2026-03-02T09:00:00Z', '2026-03-02T09:00:00Z', 'w {id}');\n",
+                if tenant.is_empty() { "TRUE" } else { "FALSE" }
+            )
+        };
+        let execution = |id: &str, workflow: &str, tenant: &str, succeeded: bool| {
+            format!(
+                "INSERT INTO workflow_executions (execution_id, workflow_id, tenant_id, succeeded, recorded_at) \
+                 VALUES ('{id}', '{workflow}', '{tenant}', {}, '2026-03-02T09:30:00Z');\n",
+                if succeeded { "TRUE" } else { "FALSE" }
+            )
+        };
+        [
+            workflow(MIGRATED_TEMPLATE, "", (4, 3)),
+            execution("t-a1", MIGRATED_TEMPLATE, "tenant-a", true),
+            execution("t-a2", MIGRATED_TEMPLATE, "tenant-a", false),
+            execution("t-b1", MIGRATED_TEMPLATE, "tenant-b", true),
+            workflow(MIGRATED_MORE_STORED, "tenant-a", (5, 4)),
+            execution("m-1", MIGRATED_MORE_STORED, "tenant-a", true),
+            execution("m-2", MIGRATED_MORE_STORED, "tenant-a", true),
+            execution("m-3", MIGRATED_MORE_STORED, "tenant-a", false),
+            workflow(MIGRATED_AGREEING, "tenant-a", (2, 1)),
+            execution("g-1", MIGRATED_AGREEING, "tenant-a", true),
+            execution("g-2", MIGRATED_AGREEING, "tenant-a", false),
+            workflow(MIGRATED_NEVER_RUN, "tenant-a", (0, 0)),
+            workflow(MIGRATED_OF_B, "tenant-b", (1, 0)),
+            execution("b-1", MIGRATED_OF_B, "tenant-b", false),
+        ]
+        .concat()
+    }
+
+    const MIGRATED_TEMPLATE: &str = "0190a0a0-0000-7000-8000-000000000001";
+    const MIGRATED_MORE_STORED: &str = "0190a0a0-0000-7000-8000-000000000002";
+    const MIGRATED_AGREEING: &str = "0190a0a0-0000-7000-8000-000000000003";
+    const MIGRATED_NEVER_RUN: &str = "0190a0a0-0000-7000-8000-000000000004";
+    const MIGRATED_OF_B: &str = "0190a0a0-0000-7000-8000-000000000005";
+
+    /// After the migration, the rows of [`pooled_rows`] read per tenant, with no count lost, and
+    /// counting goes on exactly once.
+    async fn pooled_statistics_were_migrated(repo: &dyn WorkflowRepository) {
+        let id = |s: &str| Uuid::parse_str(s).unwrap();
+        let counts = |tenant: &'static str, workflow: &'static str| async move {
+            let w = repo.get(tenant, id(workflow)).await.unwrap();
+            (w.execution_count, w.success_count)
+        };
+        // The template: each tenant its recorded executions; the pooled figure's unrecorded
+        // rest kept under the library's tenant, read by none: 2 + 1 + 1 = 4, 1 + 1 + 1 = 3.
+        assert_eq!(counts("tenant-a", MIGRATED_TEMPLATE).await, (2, 1));
+        assert_eq!(counts("tenant-b", MIGRATED_TEMPLATE).await, (1, 1));
+        assert_eq!(counts("tenant-c", MIGRATED_TEMPLATE).await, (0, 0));
+        assert_eq!(counts("", MIGRATED_TEMPLATE).await, (1, 1));
+        // Own workflows: the stored figures where larger than the recorded, else the recorded.
+        assert_eq!(counts("tenant-a", MIGRATED_MORE_STORED).await, (5, 4));
+        assert_eq!(counts("tenant-a", MIGRATED_AGREEING).await, (2, 1));
+        assert_eq!(counts("tenant-a", MIGRATED_NEVER_RUN).await, (0, 0));
+        assert_eq!(counts("tenant-b", MIGRATED_OF_B).await, (1, 0));
+        assert!(matches!(repo.get("tenant-a", id(MIGRATED_OF_B)).await, Err(ServiceError::NotFound(_))));
+
+        // An execution counted before is still known; new ones count on top, per tenant.
+        let again = repo.record_execution("tenant-a", id(MIGRATED_MORE_STORED), "m-1", true).await.unwrap();
+        assert_eq!((again.counted, again.workflow.execution_count), (false, 5));
+        let more = repo.record_execution("tenant-a", id(MIGRATED_MORE_STORED), "m-4", true).await.unwrap();
+        assert_eq!((more.counted, more.workflow.execution_count, more.workflow.success_count), (true, 6, 5));
+        let on_template = repo.record_execution("tenant-b", id(MIGRATED_TEMPLATE), "t-b2", false).await.unwrap();
+        assert_eq!((on_template.workflow.execution_count, on_template.workflow.success_count), (2, 1));
+        assert_eq!(counts("tenant-a", MIGRATED_TEMPLATE).await, (2, 1));
+        // The definitions are intact.
+        let template = repo.get("tenant-a", id(MIGRATED_TEMPLATE)).await.unwrap();
+        assert!(template.is_template && template.tenant_id.is_empty(), "{template:?}");
+        assert_eq!(template.config, templates::library(now())[0].config);
+        let page = PageRequest::parse(50, "", String::new()).unwrap();
+        let found = WorkflowFilter { name_contains: "W 0190".into(), ..Default::default() };
+        assert_eq!(repo.list("tenant-a", &found, &page).await.unwrap().len(), 4, "A's three and the template");
+        // The rebuilt table is still what the executions reference: deleting a workflow
+        // deletes its counted executions, whose ids are then free.
+        repo.delete("tenant-a", id(MIGRATED_AGREEING), None, Box::new(|_| Ok(()))).await.unwrap();
+        let reused = repo.record_execution("tenant-a", id(MIGRATED_NEVER_RUN), "g-1", true).await.unwrap();
+        assert_eq!((reused.counted, reused.workflow.execution_count), (true, 1));
+    }
+
+    /// The migration before per-tenant statistics, per backend.
+    const POSTGRES_BEFORE_STATISTICS: i64 = 4;
+    const SQLITE_BEFORE_STATISTICS: i64 = 3;
+
     type Scenario =
         for<'a> fn(&'a dyn WorkflowRepository) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
     async fn on_sqlite(scenario: Scenario) {
+        on_sqlite_from(None, scenario).await;
+    }
+
+    /// On an in-memory database migrated to the end; with `before`, migrated to `before.0`, then
+    /// given the SQL `before.1`, then migrated to the end.
+    async fn on_sqlite_from(before: Option<(i64, String)>, scenario: Scenario) {
         let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await.unwrap();
+        if let Some((version, rows)) = before {
+            SQLITE_MIGRATIONS.run_to(version, &pool).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(rows)).execute(&pool).await.unwrap();
+        }
         SQLITE_MIGRATIONS.run(&pool).await.unwrap();
         scenario(&SqliteWorkflowRepository::new(pool)).await;
     }
 
-    /// On a database of its own, created on the server `TEST_DATABASE_URL` names (the local
-    /// server by default, as the end-to-end tests use) and dropped afterwards.
     async fn on_postgres(scenario: Scenario) {
+        on_postgres_from(None, scenario).await;
+    }
+
+    /// On a database of its own, created on the server `TEST_DATABASE_URL` names (the local
+    /// server by default, as the end-to-end tests use) and dropped afterwards; migrated as
+    /// [`on_sqlite_from`] says.
+    async fn on_postgres_from(before: Option<(i64, String)>, scenario: Scenario) {
         let admin_url = std::env::var("TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
         let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
@@ -409,11 +592,17 @@ mod tests {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
         let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
         let pool = sqlx::PgPool::connect(&format!("{base}/{name}")).await.unwrap();
-        POSTGRES_MIGRATIONS.run(&pool).await.unwrap();
         // Run apart, so that the database is dropped even when an assertion fails.
         let outcome = tokio::spawn({
             let pool = pool.clone();
-            async move { scenario(&PostgresWorkflowRepository::new(pool)).await }
+            async move {
+                if let Some((version, rows)) = before {
+                    POSTGRES_MIGRATIONS.run_to(version, &pool).await.unwrap();
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(rows)).execute(&pool).await.unwrap();
+                }
+                POSTGRES_MIGRATIONS.run(&pool).await.unwrap();
+                scenario(&PostgresWorkflowRepository::new(pool)).await
+            }
         })
         .await;
         pool.close().await;
@@ -421,6 +610,32 @@ mod tests {
         if let Err(failed) = outcome {
             std::panic::resume_unwind(failed.into_panic());
         }
+    }
+
+    #[tokio::test]
+    async fn statistics_are_per_tenant_on_sqlite() {
+        on_sqlite(|repo| Box::pin(statistics_are_per_tenant(repo))).await;
+    }
+
+    #[tokio::test]
+    async fn statistics_are_per_tenant_on_postgres() {
+        on_postgres(|repo| Box::pin(statistics_are_per_tenant(repo))).await;
+    }
+
+    #[tokio::test]
+    async fn pooled_statistics_migrate_per_tenant_losing_none_on_sqlite() {
+        let rows = pooled_rows(&templates::library(now())[0].config);
+        on_sqlite_from(Some((SQLITE_BEFORE_STATISTICS, rows)), |repo| Box::pin(pooled_statistics_were_migrated(repo)))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn pooled_statistics_migrate_per_tenant_losing_none_on_postgres() {
+        let rows = pooled_rows(&templates::library(now())[0].config);
+        on_postgres_from(Some((POSTGRES_BEFORE_STATISTICS, rows)), |repo| {
+            Box::pin(pooled_statistics_were_migrated(repo))
+        })
+        .await;
     }
 
     #[tokio::test]
