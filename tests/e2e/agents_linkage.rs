@@ -632,3 +632,65 @@ both_backends!(
         assert_eq!(deployed.langflow_deployment_id, "our-spring-launch");
     }
 );
+
+both_backends!(
+    async fn a_link_check_keeps_the_idempotency_rules_of_every_mutating_call(backend) {
+        let fake = FakeLangflow::start().await;
+        let app = spawn_app_with_langflow(backend, &fake.url()).await;
+        let tenant = "tenant-check-keys";
+        let mut agents = app.agents(tenant).await;
+        let agent = agent_of_the_blog_template(&app, tenant).await;
+        let check = |request_id: &str| pb::CheckAgentLinksRequest { request_id: request_id.into() };
+        let status_of = |agents: &AgentClient, id: &str| {
+            let (mut agents, id) = (agents.clone(), id.to_owned());
+            async move { agents.get_agent(pb::GetAgentRequest { id }).await.unwrap().into_inner().status }
+        };
+
+        // The flow goes: the check moves the agent to ERROR and reports it.
+        assert!(fake.remove_flow(&agent.langflow_workflow_id));
+        let first = agents.check_agent_links(check("links-1")).await.unwrap().into_inner();
+        assert_eq!((first.checked, first.broken.len()), (1, 1));
+        assert_eq!(first.broken[0].agent_id, agent.id);
+        assert_eq!(status_of(&agents, &agent.id).await, pb::AgentStatus::Error as i32);
+
+        // Repaired, then its flow goes again: a replay, any number of times, answers the first
+        // report and checks (and moves) nothing.
+        let repaired = agents
+            .regenerate_agent_flow(pb::RegenerateAgentFlowRequest { agent_id: agent.id.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(repaired.status, pb::AgentStatus::Draft as i32);
+        assert!(fake.remove_flow(&repaired.langflow_workflow_id));
+        for _ in 0..2 {
+            let replayed = agents.check_agent_links(check("links-1")).await.unwrap().into_inner();
+            assert_eq!(replayed, first);
+        }
+        assert_eq!(status_of(&agents, &agent.id).await, pb::AgentStatus::Draft as i32, "not checked again");
+
+        // The same id on another call, or another call's id on a check, is ALREADY_EXISTS, as for
+        // every mutating call; the check then runs nothing.
+        let deploy = pb::DeployAgentRequest { id: agent.id.clone(), request_id: "links-1".into(), ..Default::default() };
+        let reused = expect_code(agents.deploy_agent(deploy).await, Code::AlreadyExists);
+        assert!(reused.message().contains("links-1"), "{}", reused.message());
+        let create = pb::CreateAgentRequest {
+            name: "Keyed".into(),
+            agent_type: pb::AgentType::CopyGeneration as i32,
+            request_id: "made-1".into(),
+            ..Default::default()
+        };
+        agents.create_agent(create).await.unwrap();
+        expect_code(agents.check_agent_links(check("made-1")).await, Code::AlreadyExists);
+        assert_eq!(status_of(&agents, &agent.id).await, pb::AgentStatus::Draft as i32, "no check ran");
+
+        // Keys are the tenant's: another tenant's "links-1" is its own check.
+        let mut other = app.agents("tenant-check-keys-2").await;
+        let theirs = other.check_agent_links(check("links-1")).await.unwrap().into_inner();
+        assert_eq!((theirs.checked, theirs.broken.len()), (0, 0));
+
+        // A new key checks again, and finds the flow gone.
+        let fresh = agents.check_agent_links(check("links-2")).await.unwrap().into_inner();
+        assert_eq!((fresh.checked, fresh.broken.len()), (1, 1));
+        assert_eq!(status_of(&agents, &agent.id).await, pb::AgentStatus::Error as i32);
+    }
+);
