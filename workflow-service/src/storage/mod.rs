@@ -33,7 +33,8 @@ pub struct SeedOutcome {
 }
 
 /// Storage of workflow definitions. Every read and write is scoped to a tenant: a workflow of
-/// another tenant is NOT_FOUND. Templates (tenant '') are visible to every tenant.
+/// another tenant is NOT_FOUND. Templates (tenant '') are visible to every tenant. A workflow
+/// read carries the reading tenant's own statistics of it.
 #[async_trait]
 pub trait WorkflowRepository: Send + Sync {
     /// Inserts the templates that are not there yet, and brings those whose name, description,
@@ -73,7 +74,8 @@ pub trait WorkflowRepository: Send + Sync {
         check: DeleteCheck,
     ) -> ServiceResult<Uuid>;
 
-    /// Counts one execution exactly once (by `execution_id`).
+    /// Counts one execution of `tenant`'s exactly once (by `execution_id`), in that tenant's
+    /// statistics of the workflow (a template's are per tenant); answers the workflow with them.
     async fn record_execution(
         &self,
         tenant: &str,
