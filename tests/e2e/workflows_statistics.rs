@@ -191,3 +191,36 @@ async fn postgres_a_second_replica_reads_the_reporting_tenants_new_statistics_on
     assert_eq!(statistics(&mut alice_on_one, id).await, (1, 1, 1.0));
     assert_eq!(statistics(&mut alice_on_two, id).await, (1, 1, 1.0));
 }
+
+both_backends!(
+    async fn agents_of_two_tenants_count_on_their_own_statistics_of_one_template(backend) {
+        use crate::agents_execution::{run_agent, spawn_with_langflow, workflow_counts_reach};
+        use crate::langflow_support::FakeLangflow;
+        use engarde::proto::agent::v1 as apb;
+
+        let fake = FakeLangflow::start().await;
+        let app = spawn_with_langflow(backend, &fake.url(), &[]).await;
+        let template = first_template(&mut app.workflows("tenant-a").await).await;
+        // Through agent-service's outbox, as the service identity naming the agent's tenant.
+        let mut runs = Vec::new();
+        for (tenant, executions) in [("tenant-a", 2), ("tenant-b", 1)] {
+            let mut agents = app.agents(tenant).await;
+            let made = apb::CreateAgentFromWorkflowRequest { workflow_id: template.id.clone(), ..Default::default() };
+            let agent = agents.create_agent_from_workflow(made).await.unwrap().into_inner();
+            agents.deploy_agent(apb::DeployAgentRequest { id: agent.id.clone(), ..Default::default() }).await.unwrap();
+            agents.activate_agent(apb::ActivateAgentRequest { id: agent.id.clone(), ..Default::default() }).await.unwrap();
+            let mut client = app.executions(tenant).await;
+            for n in 0..executions {
+                let execution = run_agent(&mut client, &agent.id, &format!("topic {n}"), "").await;
+                assert_eq!(execution.status, apb::ExecutionStatus::Succeeded as i32);
+            }
+            runs.push((tenant, executions));
+        }
+        for (tenant, executions) in runs {
+            workflow_counts_reach(&app, tenant, &template.id, (executions, executions)).await;
+        }
+        assert_eq!(statistics(&mut app.workflows("tenant-a").await, &template.id).await, (2, 2, 1.0));
+        assert_eq!(statistics(&mut app.workflows("tenant-b").await, &template.id).await, (1, 1, 1.0));
+        assert_eq!(statistics(&mut app.workflows("tenant-c").await, &template.id).await, (0, 0, 0.0));
+    }
+);
