@@ -1,7 +1,8 @@
 //! [`WorkflowRepository`] in SQL both databases accept, written once over a [`Dialect`].
 //!
 //! Where the databases differ the dialect says so: PostgreSQL locks the row it is about to change
-//! (`FOR UPDATE`); SQLite takes its single write lock up front (`BEGIN IMMEDIATE`), which also
+//! (`FOR NO KEY UPDATE`, `FOR UPDATE` to delete it; a report of an execution only keeps it,
+//! `FOR KEY SHARE`); SQLite takes its single write lock up front (`BEGIN IMMEDIATE`), which also
 //! avoids the deadlock of two readers upgrading to writers at once.
 
 use std::marker::PhantomData;
@@ -19,6 +20,13 @@ use crate::domain::name_folding::fold_name;
 use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
 use crate::storage::row::{COLUMNS, SELECT_COLUMNS, WorkflowRow, from_workflows_of};
 use crate::storage::{DeleteCheck, Mutation, SeedOutcome, WorkflowRepository};
+
+/// PostgreSQL's row locks on a workflow's definition (`w`: no row of an outer join's nullable
+/// side can be locked). A change of the definition keeps its key, so it does not wait for, nor
+/// hold back, reports of executions, which only need the row to stay (a key share).
+const LOCK_CHANGE: &str = " FOR NO KEY UPDATE OF w";
+const LOCK_DELETE: &str = " FOR UPDATE OF w";
+const LOCK_KEEP: &str = " FOR KEY SHARE OF w";
 
 /// The workflow repository of a dialect.
 pub struct SqlWorkflowRepository<D: Dialect> {
@@ -63,10 +71,10 @@ where
     D::Db: Decodes<WorkflowRow>,
 {
     /// The workflow if the tenant can see it (with the tenant's statistics), the definition's
-    /// row locked for the rest of the transaction.
-    async fn load_for_update(conn: &mut Conn<D>, tenant: &str, id: Uuid) -> ServiceResult<Workflow> {
-        // PostgreSQL locks no row of an outer join's nullable side: the lock names the definition.
-        let lock = if D::LOCK.is_empty() { String::new() } else { format!("{} OF w", D::LOCK) };
+    /// row locked for the rest of the transaction with PostgreSQL's `lock` (one of the
+    /// `LOCK_*`; nothing on SQLite, whose transactions take the one write lock up front).
+    async fn load_locked(conn: &mut Conn<D>, tenant: &str, id: Uuid, lock: &str) -> ServiceResult<Workflow> {
+        let lock = if D::LOCK.is_empty() { "" } else { lock };
         let sql = format!(
             "SELECT {SELECT_COLUMNS} FROM {} WHERE w.id = $1 AND (w.tenant_id = $2 OR w.is_template){lock}",
             from_workflows_of(2)
@@ -133,7 +141,11 @@ where
 impl<D> WorkflowRepository for SqlWorkflowRepository<D>
 where
     D: Dialect,
-    D::Db: Decodes<WorkflowRow> + Decodes<(SqlUuid,)> + Decodes<(SqlUuid, String)> + Decodes<(String, Option<String>)>,
+    D::Db: Decodes<WorkflowRow>
+        + Decodes<(SqlUuid,)>
+        + Decodes<(SqlUuid, String)>
+        + Decodes<(String, Option<String>)>
+        + Decodes<(i64, i64)>,
 {
     async fn seed_templates(&self, templates: &[Workflow]) -> ServiceResult<SeedOutcome> {
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
@@ -144,7 +156,7 @@ where
                 continue;
             }
             // There already: brought up to date when the library's text differs from it.
-            let mut stored = Self::load_for_update(&mut *tx, "", template.id).await?;
+            let mut stored = Self::load_locked(&mut *tx, "", template.id, LOCK_CHANGE).await?;
             let current = (&stored.name, &stored.description, stored.category, &stored.config);
             if current == (&template.name, &template.description, template.category, &template.config) {
                 continue;
@@ -258,7 +270,7 @@ where
         if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, key).await? {
             return replayed(&json);
         }
-        let mut workflow = Self::load_for_update(&mut *tx, tenant, id).await?;
+        let mut workflow = Self::load_locked(&mut *tx, tenant, id, LOCK_CHANGE).await?;
         let read_version = workflow.version;
         mutation(&mut workflow)?;
         workflow.version = read_version + 1;
@@ -280,7 +292,7 @@ where
         if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, key).await? {
             return replayed(&json);
         }
-        let workflow = Self::load_for_update(&mut *tx, tenant, id).await?;
+        let workflow = Self::load_locked(&mut *tx, tenant, id, LOCK_DELETE).await?;
         check(&workflow)?;
         sqlx::query::<D::Db>("DELETE FROM workflows WHERE id = $1").arg(SqlUuid(id)).run(&mut *tx).await?;
         dialect::complete_idempotency::<D::Db>(&mut *tx, tenant, key, &id).await?;
@@ -296,26 +308,14 @@ where
         succeeded: bool,
     ) -> ServiceResult<RecordedExecution> {
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
-        // Locking the workflow serialises concurrent reports of one execution. The statistics
-        // read, and counted, are the reporting tenant's own: a template's are per tenant.
-        let mut workflow = Self::load_for_update(&mut *tx, tenant, workflow_id).await?;
-        let seen: Option<(SqlUuid, String)> =
-            sqlx::query::<D::Db>("SELECT workflow_id, tenant_id FROM workflow_executions WHERE execution_id = $1")
-                .arg(execution_id)
-                .fetch_optional_as(&mut *tx)
-                .await?;
-        if let Some((recorded_for, recorded_tenant)) = seen {
-            // One execution is one tenant's, of one workflow (a template's counts are per tenant).
-            if recorded_for.0 != workflow_id || recorded_tenant != tenant {
-                return Err(ServiceError::AlreadyExists(format!(
-                    "execution {execution_id} was already recorded for another workflow or tenant"
-                )));
-            }
-            return Ok(RecordedExecution { counted: false, workflow });
-        }
-        sqlx::query::<D::Db>(
+        // The definition does not change: its row is only kept from being deleted meanwhile,
+        // so that the reports of every tenant on one template run side by side. Exactly once
+        // rests on the execution's key: of concurrent reports of one execution, one inserts it,
+        // the others wait for that one's commit and find it there.
+        let mut workflow = Self::load_locked(&mut *tx, tenant, workflow_id, LOCK_KEEP).await?;
+        let inserted = sqlx::query::<D::Db>(
             "INSERT INTO workflow_executions (execution_id, workflow_id, tenant_id, succeeded, recorded_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (execution_id) DO NOTHING",
         )
         .arg(execution_id)
         .arg(SqlUuid(workflow_id))
@@ -324,22 +324,39 @@ where
         .arg(Utc::now())
         .run(&mut *tx)
         .await?;
-        let success = i64::from(succeeded);
-        sqlx::query::<D::Db>(
+        if D::rows_affected(&inserted) == 0 {
+            let (recorded_for, recorded_tenant): (SqlUuid, String) =
+                sqlx::query::<D::Db>("SELECT workflow_id, tenant_id FROM workflow_executions WHERE execution_id = $1")
+                    .arg(execution_id)
+                    .fetch_one_as(&mut *tx)
+                    .await?;
+            // One execution is one tenant's, of one workflow (a template's counts are per tenant).
+            if recorded_for.0 != workflow_id || recorded_tenant != tenant {
+                return Err(ServiceError::AlreadyExists(format!(
+                    "execution {execution_id} was already recorded for another workflow or tenant"
+                )));
+            }
+            // Read again: the figures now include the report that counted it.
+            let workflow = Self::load_locked(&mut *tx, tenant, workflow_id, "").await?;
+            return Ok(RecordedExecution { counted: false, workflow });
+        }
+        // The tenant's own figures, counted in their row (the reports of one tenant on one
+        // workflow queue on it) and answered as they are after this report.
+        let (executions, successes): (i64, i64) = sqlx::query::<D::Db>(
             "INSERT INTO workflow_statistics (workflow_id, tenant_id, execution_count, success_count) \
              VALUES ($1, $2, 1, $3) \
              ON CONFLICT (workflow_id, tenant_id) DO UPDATE SET \
                execution_count = workflow_statistics.execution_count + 1, \
-               success_count = workflow_statistics.success_count + excluded.success_count",
+               success_count = workflow_statistics.success_count + excluded.success_count \
+             RETURNING execution_count, success_count",
         )
         .arg(SqlUuid(workflow_id))
         .arg(tenant)
-        .arg(success)
-        .run(&mut *tx)
+        .arg(i64::from(succeeded))
+        .fetch_one_as(&mut *tx)
         .await?;
         tx.commit().await?;
-        workflow.execution_count += 1;
-        workflow.success_count += success;
+        (workflow.execution_count, workflow.success_count) = (executions, successes);
         Ok(RecordedExecution { counted: true, workflow })
     }
 
@@ -462,6 +479,38 @@ mod tests {
         assert_eq!(repo.seed_templates(&next_release).await.unwrap().updated, 1);
         assert_eq!(counts(&repo.get("tenant-a", template).await.unwrap()), (2, 1));
         assert_eq!(counts(&repo.get("tenant-b", template).await.unwrap()), (1, 0));
+    }
+
+    /// Tenants report executions on one template at once, each execution by three racing
+    /// reporters: each is counted once, in its tenant's statistics.
+    async fn concurrent_reports_of_tenants_on_a_template_count_once(repo: &dyn WorkflowRepository) {
+        let library = templates::library(now());
+        repo.seed_templates(&library).await.unwrap();
+        let template = library[0].id;
+        let reporter = |tenant: &'static str| async move {
+            let mut counted = 0;
+            for n in 0..20 {
+                let execution = format!("{tenant}-{n}");
+                let recorded = repo.record_execution(tenant, template, &execution, n % 4 != 0).await.unwrap();
+                assert!(recorded.workflow.execution_count <= 20, "{recorded:?}");
+                counted += usize::from(recorded.counted);
+            }
+            counted
+        };
+        let counted = tokio::join!(
+            reporter("tenant-a"),
+            reporter("tenant-b"),
+            reporter("tenant-a"),
+            reporter("tenant-b"),
+            reporter("tenant-a"),
+            reporter("tenant-b"),
+        );
+        assert_eq!(counted.0 + counted.2 + counted.4, 20, "each of A's executions counted by one report");
+        assert_eq!(counted.1 + counted.3 + counted.5, 20);
+        for tenant in ["tenant-a", "tenant-b"] {
+            let read = repo.get(tenant, template).await.unwrap();
+            assert_eq!((read.execution_count, read.success_count), (20, 15), "{tenant}");
+        }
     }
 
     /// Rows as the code before per-tenant statistics wrote them (migrations before 0005 on
@@ -620,6 +669,16 @@ mod tests {
     #[tokio::test]
     async fn statistics_are_per_tenant_on_postgres() {
         on_postgres(|repo| Box::pin(statistics_are_per_tenant(repo))).await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_reports_of_tenants_on_a_template_count_once_on_sqlite() {
+        on_sqlite(|repo| Box::pin(concurrent_reports_of_tenants_on_a_template_count_once(repo))).await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_reports_of_tenants_on_a_template_count_once_on_postgres() {
+        on_postgres(|repo| Box::pin(concurrent_reports_of_tenants_on_a_template_count_once(repo))).await;
     }
 
     #[tokio::test]
