@@ -1,6 +1,6 @@
 //! Listens for PostgreSQL's announcements of committed workflow changes (migration 0002's
-//! trigger) and statistics changes (0005's, naming the tenant whose figures moved) and tells the [`WorkflowCache`], so that a replica drops what another replica's
-//! writes made stale.
+//! trigger) and statistics changes (0005's, naming the tenant whose figures moved) and tells the
+//! [`WorkflowCache`], so that a replica drops what another replica's writes made stale.
 //!
 //! An announcement sent while the listening connection is down is lost for good, so the cache
 //! is off from the moment the connection fails (or goes deaf: the feed's heartbeat catches a

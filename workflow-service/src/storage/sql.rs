@@ -27,6 +27,7 @@ use crate::storage::{DeleteCheck, Mutation, SeedOutcome, WorkflowRepository};
 const LOCK_CHANGE: &str = " FOR NO KEY UPDATE OF w";
 const LOCK_DELETE: &str = " FOR UPDATE OF w";
 const LOCK_KEEP: &str = " FOR KEY SHARE OF w";
+const LOCK_NONE: &str = "";
 
 /// The workflow repository of a dialect.
 pub struct SqlWorkflowRepository<D: Dialect> {
@@ -325,11 +326,15 @@ where
         .run(&mut *tx)
         .await?;
         if D::rows_affected(&inserted) == 0 {
-            let (recorded_for, recorded_tenant): (SqlUuid, String) =
+            let seen: Option<(SqlUuid, String)> =
                 sqlx::query::<D::Db>("SELECT workflow_id, tenant_id FROM workflow_executions WHERE execution_id = $1")
                     .arg(execution_id)
-                    .fetch_one_as(&mut *tx)
+                    .fetch_optional_as(&mut *tx)
                     .await?;
+            // Gone since: its workflow was deleted in between.
+            let Some((recorded_for, recorded_tenant)) = seen else {
+                return Err(ServiceError::Aborted(format!("execution {execution_id} changed concurrently; retry")));
+            };
             // One execution is one tenant's, of one workflow (a template's counts are per tenant).
             if recorded_for.0 != workflow_id || recorded_tenant != tenant {
                 return Err(ServiceError::AlreadyExists(format!(
@@ -337,7 +342,7 @@ where
                 )));
             }
             // Read again: the figures now include the report that counted it.
-            let workflow = Self::load_locked(&mut *tx, tenant, workflow_id, "").await?;
+            let workflow = Self::load_locked(&mut *tx, tenant, workflow_id, LOCK_NONE).await?;
             return Ok(RecordedExecution { counted: false, workflow });
         }
         // The tenant's own figures, counted in their row (the reports of one tenant on one
