@@ -1,9 +1,12 @@
 //! agent-service's settings: its own address and database, where workflow-service is, plus the
 //! shared ones.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use engarde::kit::config::CommonConfig;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// agent-service: EnGarde's AI agents over gRPC.
 #[derive(Debug, Clone, clap::Parser)]
@@ -65,6 +68,21 @@ pub struct Config {
     /// into another deployment (the copy would carry the same id).
     #[arg(long, env = "LANGFLOW_DEPLOYMENT_ID")]
     pub langflow_deployment_id: Option<String>,
+    /// PEM CA certificate(s) trusted for an https:// LANGFLOW_URL, besides the public roots
+    /// compiled in (a private CA, or a self-signed Langflow).
+    #[arg(long, env = "LANGFLOW_CA_FILE")]
+    pub langflow_ca_file: Option<PathBuf>,
+    /// PEM CA certificate(s) trusted for an https:// WORKFLOW_SERVICE_URL, instead of the public
+    /// roots compiled in (the usual case: workflow-service's certificate comes from a private CA).
+    #[arg(long, env = "WORKFLOW_SERVICE_CA_FILE")]
+    pub workflow_service_ca_file: Option<PathBuf>,
+    /// PEM client certificate presented to workflow-service (mTLS), with
+    /// WORKFLOW_SERVICE_CLIENT_KEY_FILE.
+    #[arg(long, env = "WORKFLOW_SERVICE_CLIENT_CERT_FILE")]
+    pub workflow_service_client_cert_file: Option<PathBuf>,
+    /// PEM private key of WORKFLOW_SERVICE_CLIENT_CERT_FILE.
+    #[arg(long, env = "WORKFLOW_SERVICE_CLIENT_KEY_FILE")]
+    pub workflow_service_client_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub common: CommonConfig,
 }
@@ -78,7 +96,47 @@ impl Config {
             api_key: self.langflow_api_key.clone().filter(|k| !k.is_empty()),
             run_timeout: Duration::from_millis(self.langflow_run_timeout_ms.max(1)),
             call_timeout: Duration::from_millis(self.langflow_call_timeout_ms.max(1)),
+            ca_file: set(&self.langflow_ca_file),
         })
+    }
+
+    /// The TLS of the workflow-service client: `None` for an http:// WORKFLOW_SERVICE_URL.
+    /// Refuses TLS files with an http:// URL, a client certificate without its key (or the
+    /// reverse), and files that cannot be read or hold no usable PEM.
+    pub fn workflow_service_tls(&self) -> anyhow::Result<Option<ClientTlsConfig>> {
+        let ca = set(&self.workflow_service_ca_file);
+        let cert = set(&self.workflow_service_client_cert_file);
+        let key = set(&self.workflow_service_client_key_file);
+        let url = &self.workflow_service_url;
+        if !url.starts_with("https://") {
+            if ca.is_some() || cert.is_some() || key.is_some() {
+                anyhow::bail!(
+                    "WORKFLOW_SERVICE_CA_FILE and WORKFLOW_SERVICE_CLIENT_CERT_FILE/_KEY_FILE are for TLS: \
+                     WORKFLOW_SERVICE_URL {url:?} must then be https://"
+                );
+            }
+            return Ok(None);
+        }
+        let tls = match ca {
+            Some(path) => ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read_certificates_pem("WORKFLOW_SERVICE_CA_FILE", &path)?)),
+            None => ClientTlsConfig::new().with_webpki_roots(),
+        };
+        match (cert, key) {
+            (Some(cert), Some(key)) => {
+                let cert = read_certificates_pem("WORKFLOW_SERVICE_CLIENT_CERT_FILE", &cert)?;
+                let key_pem = read_file("WORKFLOW_SERVICE_CLIENT_KEY_FILE", &key)?;
+                engarde::kit::tls::parse_private_key("WORKFLOW_SERVICE_CLIENT_KEY_FILE", &key, &key_pem)?;
+                Ok(Some(tls.identity(Identity::from_pem(cert, key_pem))))
+            }
+            (None, None) => Ok(Some(tls)),
+            (Some(_), None) => anyhow::bail!(
+                "WORKFLOW_SERVICE_CLIENT_CERT_FILE is set without WORKFLOW_SERVICE_CLIENT_KEY_FILE: set both, or neither"
+            ),
+            (None, Some(_)) => anyhow::bail!(
+                "WORKFLOW_SERVICE_CLIENT_KEY_FILE is set without WORKFLOW_SERVICE_CLIENT_CERT_FILE: set both, or neither"
+            ),
+        }
     }
 
     /// See [`Self::execution_stale_after_secs`].
@@ -100,4 +158,20 @@ impl Config {
     pub fn workflow_call_timeout(&self) -> Duration {
         Duration::from_millis(self.workflow_call_timeout_ms.max(1))
     }
+}
+
+/// A path setting, unless unset or empty.
+fn set(path: &Option<PathBuf>) -> Option<PathBuf> {
+    path.clone().filter(|p| !p.as_os_str().is_empty())
+}
+
+fn read_file(setting: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{setting}: cannot read {}", path.display()))
+}
+
+/// The PEM of `path`, checked to hold certificates.
+fn read_certificates_pem(setting: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    let pem = read_file(setting, path)?;
+    engarde::kit::tls::parse_certificates(setting, path, &pem)?;
+    Ok(pem)
 }

@@ -39,6 +39,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let common = &config.common;
     // Fail fast on bad settings, before touching the database.
     common.check_auth()?;
+    common.check_tls()?;
     common.start_metrics()?;
     let listen = engarde::kit::config::parse_listen_addr(&config.listen_addr)?;
     let pages = common.page_budget()?;
@@ -49,6 +50,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         config.workflow_call_timeout(),
         common.max_message_bytes,
         common.service_tokens("agent-service")?,
+        config.workflow_service_tls()?,
     )?;
     tracing::info!(
         workflow_service = %config.workflow_service_url,
@@ -146,12 +148,8 @@ async fn deployment_id(config: &Config, db: &engarde::kit::db::DbPool) -> anyhow
 fn check_langflow_url(url: &str) -> anyhow::Result<()> {
     let parsed = reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("LANGFLOW_URL {url:?} is not a URL: {e}"))?;
     match parsed.scheme() {
-        "http" if parsed.host().is_some() => Ok(()),
-        "https" => anyhow::bail!(
-            "LANGFLOW_URL {url:?}: https is not supported, this build calls Langflow over plain HTTP \
-             (inside the cluster, or through a mesh or proxy that adds TLS)"
-        ),
-        _ => anyhow::bail!("LANGFLOW_URL {url:?} must be http://host:port"),
+        "http" | "https" if parsed.host().is_some() => Ok(()),
+        _ => anyhow::bail!("LANGFLOW_URL {url:?} must be http://host:port or https://host[:port]"),
     }
 }
 
@@ -179,9 +177,8 @@ mod tests {
     fn langflow_urls_this_build_can_call() {
         assert!(check_langflow_url("http://langflow:7860").is_ok());
         assert!(check_langflow_url("http://127.0.0.1:7860/").is_ok());
-        let https = check_langflow_url("https://langflow.example.com").unwrap_err().to_string();
-        assert!(https.contains("https is not supported"), "{https}");
-        for bad in ["langflow:7860", "ftp://langflow", "not a url", "http://"] {
+        assert!(check_langflow_url("https://langflow.example.com").is_ok());
+        for bad in ["langflow:7860", "ftp://langflow", "not a url", "http://", "https://"] {
             assert!(check_langflow_url(bad).is_err(), "{bad}");
         }
     }

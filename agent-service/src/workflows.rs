@@ -85,17 +85,23 @@ pub struct WorkflowClient {
 impl WorkflowClient {
     /// A client of the workflow-service at `url`; connects on first use. It accepts answers of
     /// up to `max_message_bytes` (this service's MAX_MESSAGE_BYTES; workflow-service bounds its
-    /// pages by its own, so the two must be set alike).
+    /// pages by its own, so the two must be set alike). `tls` for an https:// `url` (its CA, and
+    /// the client certificate of mTLS).
     pub fn connect_lazy(
         url: &str,
         call_timeout: Duration,
         max_message_bytes: usize,
         service: Option<ServiceTokens>,
+        tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> anyhow::Result<Self> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
+        let mut endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| anyhow::anyhow!("WORKFLOW_SERVICE_URL {url:?} is not a valid URL: {e}"))?
             .connect_timeout(call_timeout)
             .tcp_nodelay(true);
+        if let Some(tls) = tls {
+            endpoint =
+                endpoint.tls_config(tls).map_err(|e| anyhow::anyhow!("WORKFLOW_SERVICE_URL {url:?}: TLS: {e}"))?;
+        }
         let client = WorkflowServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes);
@@ -222,6 +228,13 @@ impl WorkflowClient {
 /// workflow-service's answer in this service's terms.
 fn error_of(what: &str, status: Status, timeout: Duration) -> ServiceError {
     let message = status.message().to_owned();
+    // A status with a source was made here by tonic from a broken connection, not answered by
+    // workflow-service: e.g. over TLS 1.3 a refused client certificate ends the connection
+    // only after the client thinks it is made, and the call then fails INTERNAL or UNKNOWN.
+    if matches!(status.code(), Code::Internal | Code::Unknown) && std::error::Error::source(&status).is_some() {
+        tracing::warn!(code = ?status.code(), reason = %message, "workflow-service connection failed");
+        return ServiceError::Unavailable("workflow-service unavailable".into());
+    }
     match status.code() {
         Code::NotFound => ServiceError::not_found(what),
         Code::Unavailable | Code::ResourceExhausted | Code::Cancelled => {

@@ -1,6 +1,7 @@
 //! Settings every service takes, from flags or environment variables.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -12,6 +13,7 @@ use super::db::DbSettings;
 use super::page_budget::PageBudget;
 use super::service_identity::{self, ServiceAccess, ServiceTokens, ServiceVerifier};
 use super::telemetry::LogFormat;
+use super::tls::ServerTls;
 
 /// How callers authenticate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -120,6 +122,22 @@ pub struct CommonConfig {
     #[arg(long, env = "MAX_STREAMS_PER_CONNECTION", default_value_t = 200,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams_per_connection: u32,
+    /// PEM certificate chain the gRPC server presents (with TLS_KEY_FILE): the server then
+    /// speaks TLS only. Unset: plaintext (inside a mesh, or for local development).
+    #[arg(long, env = "TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of TLS_CERT_FILE.
+    #[arg(long, env = "TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificate(s): when set (with TLS), every client must present a certificate
+    /// signed by one of them (mTLS); its identity (first DNS name, or common name) is then
+    /// known to the server.
+    #[arg(long, env = "TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Serve grpc.health.v1 alone, in plaintext, on this address too (`host:port`): for
+    /// Kubernetes' gRPC probes, which cannot speak TLS. Unset: no such port.
+    #[arg(long, env = "HEALTH_LISTEN_ADDR")]
+    pub health_listen_addr: Option<String>,
 }
 
 impl CommonConfig {
@@ -263,6 +281,37 @@ impl CommonConfig {
 
     pub fn db_startup_timeout(&self) -> Duration {
         Duration::from_secs(self.db_startup_timeout_secs)
+    }
+
+    /// The gRPC server's TLS, when TLS_CERT_FILE and TLS_KEY_FILE are set; refuses one without
+    /// the other, a client CA without them, and files that cannot be read or used.
+    pub fn server_tls(&self) -> anyhow::Result<Option<ServerTls>> {
+        let set = |path: &Option<PathBuf>| path.clone().filter(|p| !p.as_os_str().is_empty());
+        match (set(&self.tls_cert_file), set(&self.tls_key_file), set(&self.tls_client_ca_file)) {
+            (Some(cert), Some(key), client_ca) => ServerTls::from_files(&cert, &key, client_ca.as_deref()).map(Some),
+            (None, None, None) => Ok(None),
+            (Some(_), None, _) => anyhow::bail!("TLS_CERT_FILE is set without TLS_KEY_FILE: set both, or neither"),
+            (None, Some(_), _) => anyhow::bail!("TLS_KEY_FILE is set without TLS_CERT_FILE: set both, or neither"),
+            (None, None, Some(_)) => {
+                anyhow::bail!("TLS_CLIENT_CA_FILE (mTLS) needs the server's own TLS_CERT_FILE and TLS_KEY_FILE")
+            }
+        }
+    }
+
+    /// Checks the TLS settings before anything else starts, and says which is in force.
+    pub fn check_tls(&self) -> anyhow::Result<()> {
+        match self.server_tls()? {
+            Some(tls) => tracing::info!(
+                cert = ?self.tls_cert_file,
+                mtls = tls.requires_client_certificate(),
+                "gRPC over TLS"
+            ),
+            None => tracing::info!("gRPC in plaintext (no TLS_CERT_FILE)"),
+        }
+        if let Some(addr) = self.health_listen_addr.as_deref().filter(|a| !a.is_empty()) {
+            parse_listen_addr(addr).context("HEALTH_LISTEN_ADDR")?;
+        }
+        Ok(())
     }
 }
 

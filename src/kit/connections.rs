@@ -6,8 +6,9 @@
 //! - a new connection must send the HTTP/2 client preface within `handshake_timeout`
 //!   (HTTP2_HANDSHAKE_TIMEOUT_SECS), or it is closed. hyper waits for the preface forever, and
 //!   its keepalive pings only start once HTTP/2 runs, so without this a socket that never
-//!   speaks would be held open for good. Each connection waits for its preface in a task of its
-//!   own: a slow one never delays the others.
+//!   speaks would be held open for good. With TLS ([`ServerTls`]), the TLS handshake and then
+//!   the preface inside it must both be done within that one timeout. Each connection does its
+//!   handshake in a task of its own: a slow one never delays the others.
 //!
 //! Once HTTP/2 runs, its keepalive pings (HTTP2_KEEPALIVE_INTERVAL_SECS, _TIMEOUT_SECS) close
 //! peers that stopped answering, and MAX_STREAMS_PER_CONNECTION bounds the streams of each.
@@ -22,7 +23,10 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
+
+use super::tls::{ConnectionInfo, PeerIdentity, ServerTls};
 
 /// What every HTTP/2 client sends first (RFC 9113, section 3.4).
 const HTTP2_PREFACE_LEN: usize = 24;
@@ -37,11 +41,12 @@ pub struct ConnectionLimits {
 }
 
 /// Accepts connections on `listener` within `limits`, and yields those that sent their HTTP/2
-/// preface, for `serve_with_incoming`. The listener closes when the stream is dropped (the
-/// server stops accepting on shutdown).
+/// preface (after a TLS handshake, with `tls`), for `serve_with_incoming`. The listener closes
+/// when the stream is dropped (the server stops accepting on shutdown).
 pub fn guarded_incoming(
     listener: TcpListener,
     limits: ConnectionLimits,
+    tls: Option<ServerTls>,
 ) -> impl futures::Stream<Item = io::Result<GuardedConnection>> + Send + 'static {
     let soft_limit = std::fs::read_to_string("/proc/self/limits").ok().and_then(|l| soft_open_file_limit(&l));
     let max_connections = fit_to_open_file_limit(limits.max_connections, soft_limit);
@@ -55,7 +60,7 @@ pub fn guarded_incoming(
     }
     let limits = ConnectionLimits { max_connections, ..limits };
     let (ready_tx, ready_rx) = mpsc::channel(64);
-    tokio::spawn(accept_loop(listener, limits, ready_tx));
+    tokio::spawn(accept_loop(listener, limits, tls, ready_tx));
     futures::stream::unfold(ready_rx, |mut ready| async move { ready.recv().await.map(|next| (next, ready)) })
 }
 
@@ -85,6 +90,7 @@ fn soft_open_file_limit(limits: &str) -> Option<u64> {
 async fn accept_loop(
     listener: TcpListener,
     limits: ConnectionLimits,
+    tls: Option<ServerTls>,
     ready: mpsc::Sender<io::Result<GuardedConnection>>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -112,23 +118,49 @@ async fn accept_loop(
         let slot = ConnectionSlot::take(permit);
         let _ = stream.set_nodelay(true);
         let ready = ready.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let mut stream = stream;
-            let mut preface = vec![0; HTTP2_PREFACE_LEN];
-            match tokio::time::timeout(limits.handshake_timeout, stream.read_exact(&mut preface)).await {
-                Ok(Ok(_)) => {
-                    let connection = GuardedConnection { stream, preface: Bytes::from(preface), _slot: slot };
+            let tcp = stream.connect_info();
+            match tokio::time::timeout(limits.handshake_timeout, handshake(stream, tls)).await {
+                Ok(Ok((stream, peer, preface))) => {
+                    let connection = GuardedConnection {
+                        stream,
+                        preface: Bytes::from(preface),
+                        info: ConnectionInfo { tcp, peer },
+                        _slot: slot,
+                    };
                     // Fails only when the server no longer accepts: the connection is then dropped.
                     let _ = ready.send(Ok(connection)).await;
                 }
-                Ok(Err(e)) => tracing::debug!(error = %e, "connection closed before its HTTP/2 preface"),
+                Ok(Err(e)) => tracing::debug!(
+                    peer = ?tcp.remote_addr(),
+                    error = %e,
+                    "connection closed before its HTTP/2 preface (or failed its TLS handshake)"
+                ),
                 Err(_) => tracing::debug!(
-                    peer = ?stream.peer_addr().ok(),
+                    peer = ?tcp.remote_addr(),
                     "no HTTP/2 preface within HTTP2_HANDSHAKE_TIMEOUT_SECS: closing the connection"
                 ),
             }
         });
     }
+}
+
+/// The TLS handshake, when the server speaks TLS, then the HTTP/2 preface (read, to be replayed).
+async fn handshake(
+    stream: TcpStream,
+    tls: Option<ServerTls>,
+) -> io::Result<(ServerStream, Option<PeerIdentity>, Vec<u8>)> {
+    let (mut stream, peer) = match tls {
+        Some(tls) => {
+            let (stream, peer) = tls.accept(stream).await?;
+            (ServerStream::Tls(Box::new(stream)), peer)
+        }
+        None => (ServerStream::Plain(stream), None),
+    };
+    let mut preface = vec![0; HTTP2_PREFACE_LEN];
+    stream.read_exact(&mut preface).await?;
+    Ok((stream, peer, preface))
 }
 
 /// A place under MAX_CONNECTIONS, held from accept until the connection is closed, and counted
@@ -178,16 +210,17 @@ impl RefusalLog {
 /// read again first, so that hyper sees the connection from its start. It holds its place
 /// under MAX_CONNECTIONS until dropped (closed).
 pub struct GuardedConnection {
-    stream: TcpStream,
+    stream: ServerStream,
     preface: Bytes,
+    info: ConnectionInfo,
     _slot: ConnectionSlot,
 }
 
 impl Connected for GuardedConnection {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnectionInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.info.clone()
     }
 }
 
@@ -226,6 +259,62 @@ impl AsyncWrite for GuardedConnection {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// A connection's bytes: plain TCP, or TLS over it (boxed: a TLS session is large).
+enum ServerStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ServerStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

@@ -23,5 +23,6 @@ pub mod rpc_log;
 pub mod server;
 pub mod service_identity;
 pub mod telemetry;
+pub mod tls;
 pub mod trace;
 pub mod versioning;

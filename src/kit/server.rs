@@ -2,7 +2,8 @@
 //!
 //! The listener is bound first (port 0 works, and the real port is known before serving), then
 //! health, reflection, authentication, logging and limits are wrapped around the service's
-//! routes. Connections are guarded before HTTP/2 starts (see [`super::connections`]), and health
+//! routes. Connections are guarded (and their TLS handshake done, with TLS_CERT_FILE) before
+//! HTTP/2 starts (see [`super::connections`], [`super::tls`]), and health
 //! and reflection never wait behind business calls (see [`super::concurrency`]). On
 //! SIGTERM/SIGINT health turns NOT_SERVING first, in-flight RPCs get the drain timeout to
 //! finish, and the process exits.
@@ -15,10 +16,11 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 
 use super::calls::CallLayer;
-use super::config::CommonConfig;
-use super::connections::guarded_incoming;
+use super::config::{CommonConfig, parse_listen_addr};
+use super::connections::{ConnectionLimits, guarded_incoming};
 use super::health::Health;
 use super::service_identity::ServiceAccess;
+use super::tls::PeerIdentityLayer;
 
 /// A bound, not yet serving gRPC server.
 pub struct BoundServer {
@@ -57,19 +59,27 @@ impl BoundServer {
     ) -> anyhow::Result<()> {
         let reflection_v1 = reflection(health.services()).build_v1()?;
         let reflection_v1alpha = reflection(health.services()).build_v1alpha()?;
-        let routes = routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
 
         // Authentication, the call's trace, log line and metrics, the business concurrency
         // limit and the reclassification of broken framing: one layer, one future per call.
         let layers = CallLayer::new(config.callers(self.access)?, config.max_concurrent_rpcs);
 
-        let incoming = guarded_incoming(self.listener, config.connection_limits());
+        let tls = config.server_tls()?;
+        // Before the server takes its first connection: the probes must find the port open.
+        let health_port = match config.health_listen_addr.as_deref().filter(|a| !a.is_empty()) {
+            Some(addr) => Some(serve_health_port(addr, health_service.clone(), config).await?),
+            None => None,
+        };
+        let routes = routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+        let incoming = guarded_incoming(self.listener, config.connection_limits(), tls);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
             .timeout(config.rpc_timeout())
             .http2_keepalive_interval(Some(config.http2_keepalive_interval()))
             .http2_keepalive_timeout(Some(config.http2_keepalive_timeout()))
             .max_concurrent_streams(config.max_streams_per_connection)
+            // The mTLS peer's identity first, so that authentication can see it.
+            .layer(PeerIdentityLayer)
             .layer(layers)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async {
@@ -80,6 +90,8 @@ impl BoundServer {
         // Announce readiness on stdout: the launcher and the tests wait for this line.
         println!("{name} listening on {}", self.addr);
 
+        // The health port lives as long as the server: it reports NOT_SERVING while draining.
+        let _health_port = health_port.map(AbortOnDrop);
         tokio::select! {
             result = &mut server => {
                 return result.context("server task")?.context("server failed");
@@ -102,6 +114,43 @@ impl BoundServer {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Serves grpc.health.v1 alone, in plaintext, on `addr` (HEALTH_LISTEN_ADDR): Kubernetes' native
+/// gRPC probes speak neither TLS nor mTLS, and the image has no shell for an exec probe. It
+/// answers what the main port's health service answers (one reporter), and nothing else; its
+/// connections are guarded like the main port's, within a small budget of their own.
+async fn serve_health_port(
+    addr: &str,
+    health_service: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+    config: &CommonConfig,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    const HEALTH_PORT_CONNECTIONS: usize = 64;
+    let addr = parse_listen_addr(addr).context("HEALTH_LISTEN_ADDR")?;
+    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding HEALTH_LISTEN_ADDR {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "grpc.health.v1 in plaintext on HEALTH_LISTEN_ADDR");
+    let limits = ConnectionLimits { max_connections: HEALTH_PORT_CONNECTIONS, ..config.connection_limits() };
+    let incoming = guarded_incoming(listener, limits, None);
+    let server = Server::builder()
+        .timeout(config.rpc_timeout())
+        .http2_keepalive_interval(Some(config.http2_keepalive_interval()))
+        .http2_keepalive_timeout(Some(config.http2_keepalive_timeout()))
+        .add_service(health_service)
+        .serve_with_incoming(incoming);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "the health port stopped");
+        }
+    }))
+}
+
+/// Stops a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

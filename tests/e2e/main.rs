@@ -16,6 +16,7 @@ mod server_reflection;
 mod service_identity;
 mod storage_schema;
 mod storage_upgrade;
+mod tls;
 
 mod agents_crud;
 mod agents_default_model;

@@ -30,6 +30,8 @@ pub struct LangflowSettings {
     pub run_timeout: Duration,
     /// Deadline of every other call.
     pub call_timeout: Duration,
+    /// PEM CA certificate(s) trusted for an https:// base URL, besides the public roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// A Langflow server.
@@ -88,12 +90,16 @@ pub struct StreamEvent {
 }
 
 impl LangflowClient {
-    pub fn new(settings: LangflowSettings) -> Result<Self, LangflowError> {
+    /// A client of the Langflow `settings` name; refuses a LANGFLOW_CA_FILE it cannot use.
+    pub fn new(settings: LangflowSettings) -> anyhow::Result<Self> {
+        // rustls with the ring provider, built by the kit (never reqwest's own aws-lc default).
+        let tls = engarde::kit::tls::http_client_config("LANGFLOW_CA_FILE", settings.ca_file.as_deref())?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .pool_idle_timeout(Duration::from_secs(60))
+            .tls_backend_preconfigured(tls)
             .build()
-            .map_err(|e| LangflowError::Unavailable(format!("building the HTTP client: {e}")))?;
+            .map_err(|e| anyhow::anyhow!("building the Langflow HTTP client: {e}"))?;
         let mut settings = settings;
         settings.base_url = settings.base_url.trim_end_matches('/').to_owned();
         Ok(Self { http, settings, catalog: OnceCell::new(), providers: OnceCell::new() })

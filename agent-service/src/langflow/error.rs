@@ -44,6 +44,19 @@ pub enum LangflowError {
     NotConfigured,
 }
 
+/// The innermost cause of a transport error, in parentheses: reqwest's own message ("error
+/// sending request") does not say whether the connection was refused or Langflow's
+/// certificate was not trusted.
+fn root_cause(err: &reqwest::Error) -> String {
+    let mut cause: Option<&dyn std::error::Error> = None;
+    let mut next = std::error::Error::source(err);
+    while let Some(source) = next {
+        cause = Some(source);
+        next = source.source();
+    }
+    cause.map(|c| format!(" ({c})")).unwrap_or_default()
+}
+
 /// At most 300 characters of `text` (with U+0000 replaced, which PostgreSQL cannot store), for
 /// error messages that quote what Langflow answered.
 pub fn excerpt(text: &str) -> String {
@@ -72,7 +85,7 @@ impl LangflowError {
         } else if err.is_decode() {
             Self::BadResponse(format!("{what}: {err}"))
         } else {
-            Self::Unavailable(format!("{what}: {err}"))
+            Self::Unavailable(format!("{what}: {err}{}", root_cause(err)))
         }
     }
 
