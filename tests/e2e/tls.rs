@@ -182,6 +182,7 @@ async fn workflow_service_over_tls_answers_only_clients_that_trust_its_ca() {
     let health_port = free_port();
     let mut env = pki.server_env(false);
     env.push(("HEALTH_LISTEN_ADDR", format!("127.0.0.1:{health_port}")));
+    env.push(("SHUTDOWN_DELAY_MS", "5000".into()));
     let workflow = spawn_workflow_service(&db, &env).await;
     let url = https(&workflow);
 
@@ -211,6 +212,20 @@ async fn workflow_service_over_tls_answers_only_clients_that_trust_its_ca() {
     // The health port serves health alone.
     let business = list_workflows(&format!("http://127.0.0.1:{health_port}"), None).await;
     assert!(business.unwrap_err().contains("Unimplemented"), "only health on the health port");
+
+    // Draining after SIGTERM, the probes hear NOT_SERVING there, as on the TLS port.
+    let probe = HealthClient::new(channel(&format!("http://127.0.0.1:{health_port}"), None).await.unwrap());
+    workflow.sigterm();
+    eventually(Duration::from_secs(4), "NOT_SERVING on the health port while draining", || {
+        let mut probe = probe.clone();
+        async move {
+            probe
+                .check(HealthCheckRequest::default())
+                .await
+                .is_ok_and(|r| r.into_inner().status == ServingStatus::NotServing as i32)
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
