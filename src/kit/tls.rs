@@ -329,6 +329,31 @@ mod tests {
         assert_eq!(der_item(&[0x30, 0x81, 0x02, 0xaa, 0xbb, 0xcc]), Some((0x30, &[0xaa, 0xbb][..], &[0xcc][..])));
     }
 
+    /// A self-signed certificate made by the openssl CLI with `subject` and the extension `ext`.
+    fn certificate(subject: &str, ext: Option<&str>) -> CertificateDer<'static> {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
+        let mut args = vec!["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        args.extend(["-days", "1", "-subj", subject, "-keyout", key.to_str().unwrap(), "-out", cert.to_str().unwrap()]);
+        if let Some(ext) = ext {
+            args.extend(["-addext", ext]);
+        }
+        let output = std::process::Command::new("openssl").args(&args).output().expect("openssl runs");
+        assert!(output.status.success(), "openssl: {}", String::from_utf8_lossy(&output.stderr));
+        read_certificates("cert", &cert).unwrap().remove(0)
+    }
+
+    #[test]
+    fn a_certificates_identity_is_its_first_dns_name_else_its_common_name() {
+        let both = certificate("/O=EnGarde/CN=ignored", Some("subjectAltName=DNS:agent-service,DNS:other"));
+        assert_eq!(PeerIdentity::from_certificate(&both).unwrap().as_str(), "agent-service");
+        let ip_only = certificate("/CN=workflow-service/O=EnGarde", Some("subjectAltName=IP:10.0.0.1"));
+        assert_eq!(PeerIdentity::from_certificate(&ip_only).unwrap().as_str(), "workflow-service");
+        let cn_only = certificate("/O=EnGarde/CN=platform-backend", None);
+        assert_eq!(PeerIdentity::from_certificate(&cn_only).unwrap().as_str(), "platform-backend");
+        assert_eq!(PeerIdentity::from_certificate(&certificate("/O=EnGarde", None)), None);
+    }
+
     #[test]
     fn the_peer_identity_goes_into_each_requests_extensions() {
         use tower_layer::Layer as _;
