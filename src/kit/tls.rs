@@ -82,9 +82,9 @@ pub fn read_roots(setting: &str, path: &Path) -> anyhow::Result<RootCertStore> {
 
 /// The client side of an HTTPS connection (Langflow): the Mozilla roots compiled in
 /// (webpki-roots), plus the CA of `ca_file` when set. Compiled-in roots rather than the
-/// system's: the service image is distroless and may carry no CA bundle, and a build trusts the
-/// same roots wherever it runs; a private CA is what `ca_file` is for. HTTP/1.1 only, as the
-/// client is built.
+/// system's: a build trusts the same roots wherever it runs (the image, a developer's machine,
+/// CI), whatever bundle the host has or lacks, and a private CA is what `ca_file` is for.
+/// HTTP/1.1 only, as the client is built.
 pub fn http_client_config(setting: &str, ca_file: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     if let Some(path) = ca_file {
