@@ -39,6 +39,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let common = &config.common;
     // Fail fast on bad settings, before touching the database.
     common.check_auth()?;
+    common.check_service_identity(config.workflow_service_client_cert_file.is_some())?;
     common.check_tls()?;
     common.start_metrics()?;
     let listen = engarde::kit::config::parse_listen_addr(&config.listen_addr)?;

@@ -30,6 +30,7 @@ use super::concurrency::is_exempt;
 use super::malformed_request::reclassify;
 use super::rpc_log::CallRecord;
 use super::service_identity::{ServiceAccess, ServiceCaller, ServiceVerifier};
+use super::tls::PeerIdentity;
 
 /// The kit's layer around every route of a server; see the module documentation.
 #[derive(Clone)]
@@ -39,10 +40,12 @@ pub struct CallLayer {
 }
 
 /// Who may call: tenants, authenticated by `authenticator`, and our own services, by
-/// `services` (when a service secret is configured), each to the RPCs `access` allows.
+/// `services` (when a service secret is configured) or by a verified client certificate named
+/// in `certified_services` (mTLS), each to the RPCs `access` allows.
 pub struct Callers {
     pub authenticator: Authenticator,
     pub services: Option<ServiceVerifier>,
+    pub certified_services: Vec<String>,
     pub access: ServiceAccess,
 }
 
@@ -53,9 +56,20 @@ impl Callers {
         &self,
         path: &str,
         headers: &http::HeaderMap,
+        peer: Option<&PeerIdentity>,
     ) -> Result<(Tenant, Subject, Option<ServiceCaller>), tonic::Status> {
+        // A bearer token speaks for the call; only a call without one is the certificate's
+        // (agent-service forwards its callers' tokens over the same connection; in dev mode,
+        // where callers send none, nobody is authenticated and a certificate names no one).
+        let service = match self.services.as_ref().and_then(|verifier| verifier.verify(headers)) {
+            Some(caller) => Some(caller),
+            None if self.authenticator.authenticates() && !headers.contains_key(http::header::AUTHORIZATION) => peer
+                .filter(|peer| self.certified_services.iter().any(|name| name == peer.as_str()))
+                .map(|peer| ServiceCaller(peer.as_str().to_owned())),
+            None => None,
+        };
         // Authenticated first, so that a bad token is UNAUTHENTICATED whatever it calls.
-        let identity = match self.services.as_ref().and_then(|verifier| verifier.verify(headers)) {
+        let identity = match service {
             Some(caller) => {
                 let tenant = tenant_header(headers)?.ok_or_else(|| {
                     tonic::Status::invalid_argument("a service call must name the tenant it acts for in x-tenant-id")
@@ -117,7 +131,11 @@ where
                 Ok(response)
             });
         }
-        let (tenant, subject, service) = match self.callers.identify(req.uri().path(), req.headers()) {
+        let (tenant, subject, service) = match self.callers.identify(
+            req.uri().path(),
+            req.headers(),
+            req.extensions().get::<PeerIdentity>(),
+        ) {
             Ok(identity) => identity,
             Err(status) => {
                 // Logged under auth's target, as it always was.

@@ -58,9 +58,17 @@ pub struct CommonConfig {
     pub jwt_leeway_secs: u64,
     /// The services' own secret (at least 32 bytes, not JWT_HS256_SECRET): agent-service signs
     /// its calls to workflow-service with it, and workflow-service takes only such calls for
-    /// RecordExecution. Required with AUTH_MODE=jwt; optional in dev mode.
+    /// RecordExecution. Required with AUTH_MODE=jwt unless a client certificate is the
+    /// service identity instead (SERVICE_CLIENT_NAMES; in agent-service, its
+    /// WORKFLOW_SERVICE_CLIENT_CERT_FILE); optional in dev mode.
     #[arg(long, env = "SERVICE_TOKEN_SECRET", hide_env_values = true)]
     pub service_token_secret: Option<String>,
+    /// Names of client certificates (as mTLS verified them: the first DNS name, else the common
+    /// name) that are our own services: a call over such a connection that carries no bearer
+    /// token is that service's, as with a service token. Comma-separated; needs
+    /// TLS_CLIENT_CA_FILE.
+    #[arg(long, env = "SERVICE_CLIENT_NAMES", value_delimiter = ',')]
+    pub service_client_names: Vec<String>,
     /// Dev mode: the tenant of calls without an `x-tenant-id` header.
     #[arg(long, env = "DEV_TENANT_ID", default_value = super::auth::DEFAULT_DEV_TENANT)]
     pub dev_tenant_id: String,
@@ -170,7 +178,7 @@ impl CommonConfig {
         }
     }
 
-    /// The services' secret, checked; `None` when unset (allowed in dev mode only).
+    /// The services' secret, checked; `None` when unset.
     fn service_secret(&self) -> anyhow::Result<Option<&[u8]>> {
         match self.service_token_secret.as_deref().filter(|s| !s.is_empty()) {
             Some(secret) => {
@@ -178,12 +186,41 @@ impl CommonConfig {
                 service_identity::check_secret(secret.as_bytes(), tenant_secret)?;
                 Ok(Some(secret.as_bytes()))
             }
-            None if self.auth_mode == AuthMode::Jwt => anyhow::bail!(
-                "AUTH_MODE=jwt needs SERVICE_TOKEN_SECRET: the secret both services share for their calls \
-                 to each other (at least 32 bytes, e.g. `openssl rand -base64 48`)"
-            ),
             None => Ok(None),
         }
+    }
+
+    /// The client certificate names that are our services (SERVICE_CLIENT_NAMES), checked: a
+    /// name proves something only over mTLS.
+    fn certified_services(&self) -> anyhow::Result<Vec<String>> {
+        let names: Vec<String> =
+            self.service_client_names.iter().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect();
+        if !names.is_empty() && self.tls_client_ca_file.as_ref().is_none_or(|f| f.as_os_str().is_empty()) {
+            anyhow::bail!(
+                "SERVICE_CLIENT_NAMES needs TLS_CLIENT_CA_FILE: without a verified client certificate a name \
+                 proves nothing"
+            );
+        }
+        Ok(names)
+    }
+
+    /// Checks that, in production mode, this service has a service identity: the shared secret,
+    /// or (`by_certificate`) a client certificate that stands for it.
+    pub fn check_service_identity(&self, by_certificate: bool) -> anyhow::Result<()> {
+        if self.auth_mode == AuthMode::Jwt && self.service_secret()?.is_none() && !by_certificate {
+            anyhow::bail!(
+                "AUTH_MODE=jwt needs SERVICE_TOKEN_SECRET: the secret both services share for their calls \
+                 to each other (at least 32 bytes, e.g. `openssl rand -base64 48`), or else mTLS with the \
+                 client certificate as the service identity (SERVICE_CLIENT_NAMES on workflow-service, \
+                 WORKFLOW_SERVICE_CLIENT_CERT_FILE on agent-service)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether a verified client certificate can stand for one of our services here.
+    pub fn has_certified_services(&self) -> anyhow::Result<bool> {
+        Ok(!self.certified_services()?.is_empty())
     }
 
     /// Who may call a server whose service-to-service RPCs are `access`.
@@ -191,6 +228,7 @@ impl CommonConfig {
         Ok(Callers {
             authenticator: self.authenticator()?,
             services: self.service_secret()?.map(ServiceVerifier::new),
+            certified_services: self.certified_services()?,
             access,
         })
     }
@@ -206,6 +244,7 @@ impl CommonConfig {
     pub fn check_auth(&self) -> anyhow::Result<()> {
         self.authenticator()?;
         self.service_secret()?;
+        self.certified_services()?;
         if self.auth_mode == AuthMode::Dev {
             tracing::warn!(
                 dev_tenant = %self.dev_tenant_id,

@@ -493,3 +493,73 @@ async fn a_bad_tls_setting_stops_the_service_at_start_saying_why() {
         }
     }
 }
+
+/// mTLS as the service identity: a verified client certificate named in SERVICE_CLIENT_NAMES
+/// stands for agent-service on a call that carries no bearer token, without any shared secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_named_as_a_service_is_the_service_identity() {
+    const TENANT_SECRET: &str = "the-tenants-hs256-secret-for-mtls-012345";
+    let pki = Pki::new();
+    pki.issue("job", "ca", "/CN=reporting-job", "subjectAltName=DNS:reporting-job\nextendedKeyUsage=clientAuth\n");
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut env = pki.server_env(true);
+    env.extend([
+        ("AUTH_MODE", "jwt".to_owned()),
+        ("JWT_HS256_SECRET", TENANT_SECRET.to_owned()),
+        // No shared secret at all: the certificate is the identity.
+        ("SERVICE_TOKEN_SECRET", String::new()),
+        ("SERVICE_CLIENT_NAMES", "agent-service".to_owned()),
+    ]);
+    let workflow = spawn_workflow_service(&db, &env).await;
+    let claims = serde_json::json!({"tenant_id": "tenant-a", "exp": chrono::Utc::now().timestamp() + 600});
+    let key = jsonwebtoken::EncodingKey::from_secret(TENANT_SECRET.as_bytes());
+    let tenant_token =
+        format!("Bearer {}", jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap());
+    /// A call for tenant-a, with `authorization` when given.
+    fn call<T>(message: T, authorization: Option<&str>) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert("x-tenant-id", "tenant-a".parse().unwrap());
+        if let Some(authorization) = authorization {
+            request.metadata_mut().insert("authorization", authorization.parse().unwrap());
+        }
+        request
+    }
+
+    let as_agent_service = channel(&https(&workflow), Some(pki.client_tls("ca", Some("client")))).await.unwrap();
+    let mut client = WorkflowServiceClient::new(as_agent_service);
+    let own = client
+        .create_workflow(call(create_request("Counted by certificate"), Some(&tenant_token)))
+        .await
+        .expect("a tenant's token over the service's connection is the tenant's")
+        .into_inner();
+    let record = |n: u32| wpb::RecordExecutionRequest {
+        workflow_id: own.id.clone(),
+        execution_id: format!("exec-{n}"),
+        succeeded: true,
+    };
+    let counted = client.record_execution(call(record(1), None)).await.expect("the certificate's call").into_inner();
+    assert!(counted.counted);
+    // The same connection with a tenant's token: the tenant's call, refused.
+    expect_code(client.record_execution(call(record(2), Some(&tenant_token))).await, Code::PermissionDenied);
+    // and the certificate opens no tenant RPC.
+    expect_code(client.list_workflows(call(wpb::ListWorkflowsRequest::default(), None)).await, Code::PermissionDenied);
+
+    // A certificate of the CA that names no service is nobody without a token.
+    let as_job = channel(&https(&workflow), Some(pki.client_tls("ca", Some("job")))).await.unwrap();
+    let mut job = WorkflowServiceClient::new(as_job);
+    expect_code(job.record_execution(call(record(3), None)).await, Code::Unauthenticated);
+    let read = client
+        .get_workflow(call(wpb::GetWorkflowRequest { id: own.id.clone() }, Some(&tenant_token)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.execution_count, 1, "only the certificate's report was counted");
+
+    // A name proves nothing without mTLS, and production mode needs some service identity.
+    let stderr = refused_start("workflow-service", &[("SERVICE_CLIENT_NAMES", "agent-service".into())]).await;
+    assert!(stderr.contains("SERVICE_CLIENT_NAMES needs TLS_CLIENT_CA_FILE"), "{stderr}");
+    let stderr =
+        refused_start("workflow-service", &[("AUTH_MODE", "jwt".into()), ("JWT_HS256_SECRET", TENANT_SECRET.into())])
+            .await;
+    assert!(stderr.contains("SERVICE_TOKEN_SECRET"), "{stderr}");
+}
