@@ -1,13 +1,18 @@
 //! Who is calling: the tenant, taken from the caller's credentials and never from a request field.
 //!
 //! Production mode verifies a bearer JWT (`authorization: Bearer <token>`) whose `tenant_id`
-//! claim names the tenant, signed with HS256 or RS256. Development mode trusts an `x-tenant-id`
-//! header (defaulting to the development tenant) so that grpcurl stays easy to use.
+//! claim names the tenant, signed with an HS256 secret, an RS256 public key, or a key of an
+//! identity provider's JWK set picked by the token's `kid` ([`super::jwks`]); only the
+//! configured algorithms are taken (never `none`, never an HMAC signature made with a public
+//! key). Development mode trusts an `x-tenant-id` header (defaulting to the development tenant)
+//! so that grpcurl stays easy to use.
 
 use std::sync::Arc;
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use tonic::Status;
+
+use super::jwks::{Jwks, Refetch};
 
 /// The development tenant used when dev mode gets no `x-tenant-id`.
 pub const DEFAULT_DEV_TENANT: &str = "default-tenant-001";
@@ -79,10 +84,19 @@ impl Subject {
 /// How callers are authenticated.
 #[derive(Clone)]
 pub enum Authenticator {
-    /// Bearer JWTs verified with this key.
-    Jwt { key: Arc<DecodingKey>, validation: Arc<Validation> },
+    /// Bearer JWTs verified with these keys, signed with one of `validation.algorithms`.
+    Jwt { keys: Keys, validation: Arc<Validation> },
     /// No authentication: the `x-tenant-id` header, or this default tenant.
     Development { default_tenant: Tenant },
+}
+
+/// Where the key that verifies a token comes from.
+#[derive(Clone)]
+pub enum Keys {
+    /// The one key of the configuration: an HS256 secret or an RS256 public key.
+    Static(Arc<DecodingKey>),
+    /// An identity provider's JWK set, the key picked by the token's `kid`.
+    Provider(Arc<Jwks>),
 }
 
 #[derive(serde::Deserialize)]
@@ -158,14 +172,69 @@ impl Authenticator {
             );
         }
         let validation = rules.validation(Algorithm::HS256);
-        Ok(Self::Jwt { key: Arc::new(DecodingKey::from_secret(secret)), validation: Arc::new(validation) })
+        Ok(Self::Jwt {
+            keys: Keys::Static(Arc::new(DecodingKey::from_secret(secret))),
+            validation: Arc::new(validation),
+        })
     }
 
     /// JWTs signed with RS256, verified with a PEM public key.
     pub fn rs256(public_key_pem: &[u8], rules: &TokenRules) -> anyhow::Result<Self> {
         let key = DecodingKey::from_rsa_pem(public_key_pem)?;
         let validation = rules.validation(Algorithm::RS256);
-        Ok(Self::Jwt { key: Arc::new(key), validation: Arc::new(validation) })
+        Ok(Self::Jwt { keys: Keys::Static(Arc::new(key)), validation: Arc::new(validation) })
+    }
+
+    /// JWTs signed with RS256 by a key of an identity provider's JWK set.
+    pub fn jwks(jwks: Arc<Jwks>, rules: &TokenRules) -> Self {
+        let validation = rules.validation(Algorithm::RS256);
+        Self::Jwt { keys: Keys::Provider(jwks), validation: Arc::new(validation) }
+    }
+
+    /// Takes tokens signed with exactly these algorithms (JWT_ALGORITHMS) instead of the
+    /// default one of the key. Refuses an algorithm that does not fit the key: an HMAC one with
+    /// a public key (or an identity provider) is how a public key becomes a forging secret.
+    pub fn allowing(mut self, algorithms: &[Algorithm]) -> anyhow::Result<Self> {
+        let Self::Jwt { keys, validation, .. } = &mut self else { return Ok(self) };
+        if algorithms.is_empty() {
+            anyhow::bail!("JWT_ALGORITHMS names no algorithm");
+        }
+        for alg in algorithms {
+            let fits = match keys {
+                Keys::Static(key) => key.family() == alg.family(),
+                Keys::Provider(_) => alg.family() != AlgorithmFamily::Hmac,
+            };
+            if !fits {
+                let key = match keys {
+                    Keys::Static(key) if key.family() == AlgorithmFamily::Hmac => "the HS256 secret",
+                    Keys::Static(_) => "the RS256 public key file",
+                    Keys::Provider(_) => "an identity provider (JWT_JWKS_URL), whose keys are public",
+                };
+                anyhow::bail!("JWT_ALGORITHMS: {alg:?} cannot be used with {key}");
+            }
+        }
+        Arc::make_mut(validation).algorithms = algorithms.to_vec();
+        Ok(self)
+    }
+
+    /// Starts what the keys need in the background: the refresh of an identity provider's set
+    /// (its first fetch is now). Nothing for the other keys; a second call does nothing.
+    pub fn start_key_refresh(&self) {
+        if let Self::Jwt { keys: Keys::Provider(jwks), .. } = self {
+            jwks.start();
+        }
+    }
+
+    /// The refetch of the identity provider's keys to wait for before authenticating these
+    /// headers: when the token is signed with an allowed algorithm by a `kid` that the set lacks
+    /// (or there is no set yet) and a refetch is due. See [`super::jwks`].
+    pub fn keys_refetch(&self, headers: &http::HeaderMap) -> Option<Refetch> {
+        let Self::Jwt { keys: Keys::Provider(jwks), validation, .. } = self else { return None };
+        let header = jsonwebtoken::decode_header(bearer_token(headers)?).ok()?;
+        if !validation.algorithms.contains(&header.alg) {
+            return None;
+        }
+        jwks.refetch_for(header.kid.as_deref())
     }
 
     /// Whether callers are authenticated at all (not in development mode).
@@ -194,14 +263,13 @@ impl Authenticator {
                 };
                 Ok((tenant, subject_of(subject)))
             }
-            Self::Jwt { key, validation } => {
+            Self::Jwt { keys, validation } => {
                 if !headers.contains_key(http::header::AUTHORIZATION) {
                     return Err(Status::unauthenticated("missing credentials: send `authorization: Bearer <jwt>`"));
                 }
                 let token = bearer_token(headers)
                     .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <jwt>`"))?;
-                let data = jsonwebtoken::decode::<Claims>(token, key, validation)
-                    .map_err(|e| Status::unauthenticated(format!("invalid token: {e}")))?;
+                let data = verify::<Claims>(token, keys, validation)?;
                 let tenant = Tenant::parse(&data.claims.tenant_id)
                     .map_err(|e| Status::unauthenticated(format!("invalid tenant_id claim: {e}")))?;
                 Ok((tenant, subject_of(data.claims.sub.as_deref().unwrap_or(""))))
@@ -222,6 +290,39 @@ pub fn tenant_header(headers: &http::HeaderMap) -> Result<Option<Tenant>, Status
 pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
     let header = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).map(str::trim)
+}
+
+/// Checks a token's algorithm against the allowed ones, finds its key, and verifies it: its
+/// claims, or UNAUTHENTICATED saying why not (UNAVAILABLE when an identity provider's keys
+/// could never be fetched).
+fn verify<T: serde::de::DeserializeOwned>(
+    token: &str,
+    keys: &Keys,
+    validation: &Validation,
+) -> Result<jsonwebtoken::TokenData<T>, Status> {
+    let invalid = |e: jsonwebtoken::errors::Error| Status::unauthenticated(format!("invalid token: {e}"));
+    // `alg: none` (or any name jsonwebtoken does not know) fails here, as a malformed header.
+    let header = jsonwebtoken::decode_header(token).map_err(invalid)?;
+    if !validation.algorithms.contains(&header.alg) {
+        return Err(Status::unauthenticated(format!(
+            "invalid token: signed with {:?}, but only {:?} is accepted (JWT_ALGORITHMS)",
+            header.alg, validation.algorithms
+        )));
+    }
+    let key = match keys {
+        Keys::Static(key) => key.clone(),
+        Keys::Provider(jwks) => jwks.key_for(header.kid.as_deref(), header.alg)?,
+    };
+    // jsonwebtoken wants every allowed algorithm to fit the key, so with several allowed the
+    // token's own (checked above) is the one passed.
+    let single;
+    let validation = if validation.algorithms.len() == 1 {
+        validation
+    } else {
+        single = Validation { algorithms: vec![header.alg], ..validation.clone() };
+        &single
+    };
+    jsonwebtoken::decode::<T>(token, &key, validation).map_err(invalid)
 }
 
 /// A subject as recorded: trimmed, without control characters, at most [`MAX_SUBJECT_CHARS`].
@@ -327,5 +428,276 @@ mod tests {
             assert!(error.contains("at least 32 bytes"), "{error}");
         }
         Authenticator::hs256(&[b'k'; MIN_HS256_SECRET_BYTES], &TokenRules::default()).unwrap();
+    }
+
+    /// Headers carrying `authorization: <value>`.
+    fn authorization(value: &str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::AUTHORIZATION, value.parse().unwrap());
+        headers
+    }
+
+    /// Claims that pass [`strict`]'s rules, with `changes` applied (a null removes a claim).
+    fn claims(changes: serde_json::Value) -> serde_json::Value {
+        let mut claims = serde_json::json!({"tenant_id": "tA", "sub": "ada", "exp": now() + 600,
+            "iss": "https://issuer.example", "aud": "engarde"});
+        for (name, value) in changes.as_object().unwrap() {
+            match value {
+                serde_json::Value::Null => drop(claims.as_object_mut().unwrap().remove(name)),
+                value => claims[name] = value.clone(),
+            }
+        }
+        claims
+    }
+
+    fn strict_rules() -> TokenRules {
+        TokenRules {
+            issuer: Some("https://issuer.example".into()),
+            audience: Some("engarde".into()),
+            leeway: std::time::Duration::from_secs(30),
+        }
+    }
+
+    /// An unsigned token: `alg: none` and an empty signature.
+    fn unsigned(claims: &serde_json::Value) -> String {
+        use base64::Engine as _;
+        let b64 = |v: &serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        format!("{}.{}.", b64(&serde_json::json!({"alg": "none", "typ": "JWT"})), b64(claims))
+    }
+
+    /// An HS256 token signed with `secret`.
+    fn hs256(secret: &[u8], kid: Option<&str>, claims: &serde_json::Value) -> String {
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_secret(secret)).unwrap()
+    }
+
+    /// Authenticates as the kit's call layer does: first waits for a refetch of the identity
+    /// provider's keys when one is due for this token, then checks it.
+    async fn authenticate(auth: &Authenticator, bearer: &str) -> Result<Tenant, Status> {
+        let headers = authorization(&format!("Bearer {bearer}"));
+        if let Some(refetch) = auth.keys_refetch(&headers) {
+            refetch.await;
+        }
+        auth.authenticate(&headers)
+    }
+
+    /// Every bad token of the list, on RS256 with a public key file: each is
+    /// UNAUTHENTICATED, saying why.
+    #[test]
+    fn every_bad_token_is_unauthenticated_with_an_rs256_public_key() {
+        let key = super::super::jwks::testing::rsa_key(0);
+        let auth = Authenticator::rs256(&key.public_pem, &strict_rules()).unwrap();
+        let good = key.sign_as(None, &claims(serde_json::json!({})));
+        assert_eq!(auth.authenticate(&authorization(&format!("Bearer {good}"))).unwrap().as_str(), "tA");
+
+        let other = super::super::jwks::testing::rsa_key(1);
+        let cases: Vec<(&str, http::HeaderMap, &str)> = vec![
+            ("none", http::HeaderMap::new(), "missing credentials"),
+            ("not bearer", authorization("Basic YWRhOnNlY3JldA=="), "must be `Bearer <jwt>`"),
+            ("malformed", authorization("Bearer not.a.jwt"), "invalid token"),
+            ("malformed, one part", authorization("Bearer garbage"), "invalid token"),
+            (
+                "alg none",
+                authorization(&format!("Bearer {}", unsigned(&claims(serde_json::json!({}))))),
+                "unknown variant `none`",
+            ),
+            (
+                "HS256 with a secret",
+                authorization(&format!("Bearer {}", hs256(SECRET, None, &claims(serde_json::json!({}))))),
+                "signed with HS256, but only [RS256]",
+            ),
+            // HS/RS confusion: the public key's own bytes as an HMAC secret.
+            (
+                "HS256 with the public key",
+                authorization(&format!("Bearer {}", hs256(&key.public_pem, None, &claims(serde_json::json!({}))))),
+                "signed with HS256, but only [RS256]",
+            ),
+            (
+                "another key",
+                authorization(&format!("Bearer {}", other.sign_as(None, &claims(serde_json::json!({}))))),
+                "InvalidSignature",
+            ),
+            (
+                "expired",
+                authorization(&format!(
+                    "Bearer {}",
+                    key.sign_as(None, &claims(serde_json::json!({"exp": now() - 120})))
+                )),
+                "ExpiredSignature",
+            ),
+            (
+                "wrong iss",
+                authorization(&format!(
+                    "Bearer {}",
+                    key.sign_as(None, &claims(serde_json::json!({"iss": "https://other.example"})))
+                )),
+                "InvalidIssuer",
+            ),
+            (
+                "no iss",
+                authorization(&format!("Bearer {}", key.sign_as(None, &claims(serde_json::json!({"iss": null}))))),
+                "iss",
+            ),
+            (
+                "wrong aud",
+                authorization(&format!("Bearer {}", key.sign_as(None, &claims(serde_json::json!({"aud": "other"}))))),
+                "InvalidAudience",
+            ),
+            (
+                "no aud",
+                authorization(&format!("Bearer {}", key.sign_as(None, &claims(serde_json::json!({"aud": null}))))),
+                "aud",
+            ),
+            (
+                "no tenant",
+                authorization(&format!(
+                    "Bearer {}",
+                    key.sign_as(None, &claims(serde_json::json!({"tenant_id": null})))
+                )),
+                "tenant_id",
+            ),
+        ];
+        for (what, headers, reason) in cases {
+            let status = auth.authenticate(&headers).err().unwrap_or_else(|| panic!("{what}: accepted"));
+            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{what}: {status:?}");
+            assert!(status.message().contains(reason), "{what}: {}", status.message());
+        }
+    }
+
+    #[test]
+    fn with_an_hs256_secret_rs256_and_unsigned_tokens_are_unauthenticated() {
+        let auth = strict();
+        let key = super::super::jwks::testing::rsa_key(0);
+        for (what, token) in [
+            ("RS256", key.sign_as(None, &claims(serde_json::json!({})))),
+            ("alg none", unsigned(&claims(serde_json::json!({})))),
+        ] {
+            let status = auth.authenticate(&authorization(&format!("Bearer {token}"))).expect_err(what);
+            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{what}");
+        }
+    }
+
+    #[test]
+    fn jwt_algorithms_must_fit_the_key() {
+        let key = super::super::jwks::testing::rsa_key(0);
+        let rs = || Authenticator::rs256(&key.public_pem, &TokenRules::default()).unwrap();
+        let error = rs().allowing(&[Algorithm::RS256, Algorithm::HS256]).err().expect("refused").to_string();
+        assert!(error.contains("HS256 cannot be used with the RS256 public key file"), "{error}");
+        let error = strict().allowing(&[Algorithm::RS256]).err().expect("refused").to_string();
+        assert!(error.contains("RS256 cannot be used with the HS256 secret"), "{error}");
+        assert!(rs().allowing(&[]).is_err());
+        let settings = super::super::jwks::JwksSettings {
+            url: "http://127.0.0.1:9/jwks".into(),
+            refresh: std::time::Duration::from_secs(60),
+            min_refresh: std::time::Duration::from_secs(1),
+        };
+        let jwks = Authenticator::jwks(Jwks::new(settings).unwrap(), &TokenRules::default());
+        let error = jwks.clone().allowing(&[Algorithm::HS256]).err().expect("refused").to_string();
+        assert!(error.contains("HS256 cannot be used with an identity provider"), "{error}");
+        jwks.allowing(&[Algorithm::RS256, Algorithm::PS256, Algorithm::ES256]).unwrap();
+
+        // RS256 and PS256 both allowed: a token signed with either is taken, RS384 is not.
+        let both = rs().allowing(&[Algorithm::RS256, Algorithm::PS256]).unwrap();
+        for (alg, taken) in [(Algorithm::RS256, true), (Algorithm::PS256, true), (Algorithm::RS384, false)] {
+            let token = jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(alg),
+                &serde_json::json!({"tenant_id": "tA", "exp": now() + 60}),
+                &key.encoding,
+            )
+            .unwrap();
+            assert_eq!(both.authenticate(&authorization(&format!("Bearer {token}"))).is_ok(), taken, "{alg:?}");
+        }
+    }
+
+    /// Every bad token of the list against an identity provider's key set, and an
+    /// unknown kid before and after the provider rotates its keys.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_token_case_against_an_identity_provider_that_rotates_its_keys() {
+        use super::super::jwks::testing::{FakeIdp, rsa_key};
+        let (old, new) = (rsa_key(0), rsa_key(1));
+        let idp = FakeIdp::start(&[&old.jwk]).await;
+        let settings = super::super::jwks::JwksSettings {
+            url: idp.url.clone(),
+            refresh: std::time::Duration::from_secs(3600),
+            min_refresh: std::time::Duration::from_millis(1000),
+        };
+        let auth = Authenticator::jwks(Jwks::new(settings).unwrap(), &strict_rules());
+        let good = claims(serde_json::json!({}));
+        // The first call fetches the set (nothing started the background refresh here).
+        assert_eq!(authenticate(&auth, &old.sign(&good)).await.unwrap().as_str(), "tA");
+        assert_eq!(idp.hits(), 1);
+        // One key in the set: a token without kid is taken.
+        authenticate(&auth, &old.sign_as(None, &good)).await.unwrap();
+
+        let code = |result: Result<Tenant, Status>| result.err().map(|s| (s.code(), s.message().to_owned()));
+        let unauthenticated = |what: &str, result: Result<Tenant, Status>, reason: &str| {
+            let (code, message) = code(result).unwrap_or_else(|| panic!("{what}: accepted"));
+            assert_eq!(code, tonic::Code::Unauthenticated, "{what}: {message}");
+            assert!(message.contains(reason), "{what}: {message}");
+        };
+        let pem = &old.public_pem;
+        for (what, token, reason) in [
+            ("malformed", "not.a.jwt".to_owned(), "invalid token"),
+            ("alg none", unsigned(&good), "unknown variant `none`"),
+            ("HS256", hs256(SECRET, Some(&old.kid), &good), "signed with HS256, but only [RS256]"),
+            ("HS/RS confusion", hs256(pem, Some(&old.kid), &good), "signed with HS256, but only [RS256]"),
+            ("signed by another key under its kid", new.sign_as(Some(&old.kid), &good), "InvalidSignature"),
+            ("expired", old.sign(&claims(serde_json::json!({"exp": now() - 120}))), "ExpiredSignature"),
+            ("wrong iss", old.sign(&claims(serde_json::json!({"iss": "https://other.example"}))), "InvalidIssuer"),
+            ("wrong aud", old.sign(&claims(serde_json::json!({"aud": "other"}))), "InvalidAudience"),
+        ] {
+            unauthenticated(what, authenticate(&auth, &token).await, reason);
+        }
+        assert_eq!(idp.hits(), 1, "none of these refetches the set");
+
+        // Unknown kid before the rotation: one refetch (after min_refresh), then refused.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        unauthenticated("unknown kid", authenticate(&auth, &new.sign(&good)).await, "no key with kid \"key-1\"");
+        assert_eq!(idp.hits(), 2);
+        // Again at once: the rate limit spares the provider.
+        unauthenticated("unknown kid again", authenticate(&auth, &new.sign(&good)).await, "no key with kid");
+        assert_eq!(idp.hits(), 2);
+
+        // The provider rotates (both keys published, then the old one retired).
+        idp.serve(&[&old.jwk, &new.jwk]);
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        assert_eq!(authenticate(&auth, &new.sign(&good)).await.unwrap().as_str(), "tA");
+        assert_eq!(idp.hits(), 3);
+        authenticate(&auth, &old.sign(&good)).await.unwrap();
+        // Two keys now: a token must name its own.
+        unauthenticated("no kid, two keys", authenticate(&auth, &new.sign_as(None, &good)).await, "has no kid");
+        idp.serve(&[&new.jwk]);
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        // The old kid is still in the cached set until a fetch drops it.
+        authenticate(&auth, &old.sign(&good)).await.unwrap();
+        unauthenticated("made-up kid", authenticate(&auth, &old.sign_as(Some("made-up"), &good)).await, "made-up");
+        assert_eq!(idp.hits(), 4);
+        unauthenticated("retired kid", authenticate(&auth, &old.sign(&good)).await, "no key with kid \"key-0\"");
+        assert_eq!(authenticate(&auth, &new.sign(&good)).await.unwrap().as_str(), "tA");
+        assert_eq!(idp.hits(), 4);
+    }
+
+    #[tokio::test]
+    async fn without_a_key_set_calls_are_unavailable_not_unauthenticated() {
+        use super::super::jwks::testing::{FakeIdp, rsa_key};
+        let idp = FakeIdp::start(&[&rsa_key(0).jwk]).await;
+        idp.set_up(false);
+        let settings = super::super::jwks::JwksSettings {
+            url: idp.url.clone(),
+            refresh: std::time::Duration::from_secs(3600),
+            min_refresh: std::time::Duration::from_millis(200),
+        };
+        let auth = Authenticator::jwks(Jwks::new(settings).unwrap(), &strict_rules());
+        let token = rsa_key(0).sign(&claims(serde_json::json!({})));
+        let status = authenticate(&auth, &token).await.expect_err("no keys");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("identity provider keys unavailable"), "{}", status.message());
+        // A token bad on its own is still UNAUTHENTICATED.
+        let status = authenticate(&auth, &unsigned(&claims(serde_json::json!({})))).await.expect_err("bad");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        idp.set_up(true);
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        assert_eq!(authenticate(&auth, &token).await.unwrap().as_str(), "tA");
     }
 }

@@ -8,7 +8,9 @@
 //! [`super::malformed_request`]. In the order a call meets them:
 //!
 //! 1. health and reflection ([`super::plumbing`]) pass without credentials, log line or permit;
-//! 2. the caller is authenticated (a refusal is answered here, with its own log line);
+//! 2. the caller is authenticated (a refusal is answered here, with its own log line); a token
+//!    whose key an identity provider's set lacks first waits, inside the call, for the shared
+//!    and rate-limited refetch of the set ([`super::jwks`]), then comes back here once;
 //! 3. the call's trace is taken or started, and its log record started (its latency counts the
 //!    wait for a permit);
 //! 4. a business permit is taken, inside the call, once the path says one is needed (waiting
@@ -90,6 +92,7 @@ impl CallLayer {
     /// Authenticates `callers` and serves at most `max_concurrent_rpcs` business calls at once
     /// (MAX_CONCURRENT_RPCS).
     pub fn new(callers: Callers, max_concurrent_rpcs: usize) -> Self {
+        callers.authenticator.start_key_refresh();
         Self { callers: Arc::new(callers), permits: Arc::new(Semaphore::new(max_concurrent_rpcs)) }
     }
 }
@@ -129,6 +132,18 @@ where
                 let mut response = response.await?;
                 reclassify(response.headers_mut());
                 Ok(response)
+            });
+        }
+        // JWKS: an unknown kid waits for a refetch of the keys, then authenticates once (marked).
+        if req.extensions_mut().remove::<KeysRefetched>().is_none()
+            && let Some(refetch) = self.callers.authenticator.keys_refetch(req.headers())
+        {
+            req.extensions_mut().insert(KeysRefetched);
+            let ready = self.clone();
+            let mut service = std::mem::replace(self, ready);
+            return Box::pin(async move {
+                refetch.await;
+                service.call(req).await
             });
         }
         let (tenant, subject, service) = match self.callers.identify(
@@ -191,3 +206,7 @@ enum Start<S: Service<http::Request<B>>, B> {
     Called(S::Future, Option<OwnedSemaphorePermit>),
     Waiting(Box<(S, http::Request<B>, Arc<Semaphore>)>),
 }
+
+/// Marks a call that already waited for a refetch of the identity provider's keys.
+#[derive(Clone, Copy)]
+struct KeysRefetched;

@@ -46,6 +46,21 @@ pub struct CommonConfig {
     /// File holding the PEM public key for verifying RS256 JWTs.
     #[arg(long, env = "JWT_RS256_PUBLIC_KEY_FILE")]
     pub jwt_rs256_public_key_file: Option<std::path::PathBuf>,
+    /// URL of an identity provider's JWK set (e.g. `https://idp.example/.well-known/jwks.json`),
+    /// instead of a secret or key file: a token is verified with the key its `kid` names.
+    #[arg(long, env = "JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// How often the JWK set is fetched again, in seconds, so that a key rotation is taken.
+    #[arg(long, env = "JWT_JWKS_REFRESH_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub jwt_jwks_refresh_secs: u64,
+    /// Least time between fetches of the JWK set, in seconds: a token with an unknown `kid`
+    /// refetches it at most this often; a set never fetched is retried this often.
+    #[arg(long, env = "JWT_JWKS_MIN_REFRESH_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub jwt_jwks_min_refresh_secs: u64,
+    /// The signing algorithms taken, comma-separated (e.g. `RS256,ES256`). Unset: RS256 with
+    /// JWT_JWKS_URL or JWT_RS256_PUBLIC_KEY_FILE, HS256 with JWT_HS256_SECRET.
+    #[arg(long, env = "JWT_ALGORITHMS")]
+    pub jwt_algorithms: Option<String>,
     /// When set, every token must carry this `iss` claim (a token without one is refused).
     #[arg(long, env = "JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -161,20 +176,36 @@ impl CommonConfig {
                 let tenant = Tenant::parse(&self.dev_tenant_id).map_err(|e| anyhow::anyhow!("DEV_TENANT_ID: {e}"))?;
                 Ok(Authenticator::development(tenant))
             }
-            AuthMode::Jwt => match (&self.jwt_hs256_secret, &self.jwt_rs256_public_key_file) {
-                (Some(secret), None) if !secret.is_empty() => {
-                    Authenticator::hs256(secret.as_bytes(), &rules).context("JWT_HS256_SECRET")
+            AuthMode::Jwt => {
+                let secret = self.jwt_hs256_secret.as_ref().filter(|s| !s.is_empty());
+                let jwks_url = self.jwt_jwks_url.as_ref().filter(|url| !url.is_empty());
+                let authenticator = match (secret, &self.jwt_rs256_public_key_file, jwks_url) {
+                    (Some(secret), None, None) => {
+                        Authenticator::hs256(secret.as_bytes(), &rules).context("JWT_HS256_SECRET")?
+                    }
+                    (None, Some(path), None) => {
+                        let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                        Authenticator::rs256(&pem, &rules)?
+                    }
+                    (None, None, Some(url)) => {
+                        let jwks = super::jwks::Jwks::new(super::jwks::JwksSettings {
+                            url: url.clone(),
+                            refresh: Duration::from_secs(self.jwt_jwks_refresh_secs),
+                            min_refresh: Duration::from_secs(self.jwt_jwks_min_refresh_secs),
+                        })?;
+                        Authenticator::jwks(jwks, &rules)
+                    }
+                    (None, None, None) => anyhow::bail!(
+                        "AUTH_MODE=jwt needs a key: set JWT_HS256_SECRET, JWT_RS256_PUBLIC_KEY_FILE or JWT_JWKS_URL \
+                         (or AUTH_MODE=dev for local development without authentication)"
+                    ),
+                    _ => anyhow::bail!("set only one of JWT_HS256_SECRET, JWT_RS256_PUBLIC_KEY_FILE and JWT_JWKS_URL"),
+                };
+                match self.jwt_algorithms.as_deref().filter(|algs| !algs.trim().is_empty()) {
+                    Some(algorithms) => authenticator.allowing(&parse_algorithms(algorithms)?),
+                    None => Ok(authenticator),
                 }
-                (None, Some(path)) => {
-                    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                    Authenticator::rs256(&pem, &rules)
-                }
-                (Some(_), Some(_)) => anyhow::bail!("set only one of JWT_HS256_SECRET and JWT_RS256_PUBLIC_KEY_FILE"),
-                _ => anyhow::bail!(
-                    "AUTH_MODE=jwt needs a key: set JWT_HS256_SECRET or JWT_RS256_PUBLIC_KEY_FILE \
-                     (or AUTH_MODE=dev for local development without authentication)"
-                ),
-            },
+            }
         }
     }
 
@@ -352,6 +383,22 @@ impl CommonConfig {
         }
         Ok(())
     }
+}
+
+/// Parses JWT_ALGORITHMS: names as JWS spells them (`RS256`, `ES256`, ...), comma-separated.
+fn parse_algorithms(text: &str) -> anyhow::Result<Vec<jsonwebtoken::Algorithm>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            name.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "JWT_ALGORITHMS: {name:?} is not a signing algorithm \
+                     (HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)"
+                )
+            })
+        })
+        .collect()
 }
 
 /// Parses a listen address, accepting `host:port` and `:port`.

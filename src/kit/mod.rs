@@ -12,6 +12,7 @@ pub mod dialect;
 pub mod error;
 pub mod health;
 pub mod idempotency;
+pub mod jwks;
 pub mod malformed_request;
 pub mod metrics;
 pub mod page_budget;
