@@ -27,6 +27,7 @@ mod agents_health;
 mod agents_linkage;
 mod agents_models;
 mod agents_provisioning;
+mod auth_jwks;
 mod walker_executions;
 mod walker_faults;
 mod walker_reviews;
