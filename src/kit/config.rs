@@ -406,3 +406,60 @@ pub fn parse_listen_addr(value: &str) -> anyhow::Result<SocketAddr> {
     let value = if value.starts_with(':') { format!("0.0.0.0{value}") } else { value.to_owned() };
     value.parse().with_context(|| format!("invalid listen address {value:?}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Settings {
+        #[command(flatten)]
+        common: CommonConfig,
+    }
+
+    fn authenticator(flags: &[&str]) -> anyhow::Result<Authenticator> {
+        let settings =
+            <Settings as clap::Parser>::try_parse_from(std::iter::once("service").chain(flags.iter().copied()))?;
+        settings.common.authenticator()
+    }
+
+    const SECRET: &str = "--jwt-hs256-secret=a-secret-of-enough-length-0123456789";
+    const JWKS: &str = "--jwt-jwks-url=http://127.0.0.1:9/jwks";
+
+    #[test]
+    fn exactly_one_key_source_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("pub.pem");
+        std::fs::write(&pem, &super::super::jwks::testing::rsa_key(0).public_pem).unwrap();
+        let pem_flag = format!("--jwt-rs256-public-key-file={}", pem.display());
+        for flags in [vec![SECRET], vec![pem_flag.as_str()], vec![JWKS]] {
+            authenticator(&flags).unwrap();
+        }
+        for flags in [vec![SECRET, JWKS], vec![pem_flag.as_str(), JWKS], vec![SECRET, pem_flag.as_str()]] {
+            let error = authenticator(&flags).err().expect("refused").to_string();
+            assert!(error.contains("set only one of"), "{flags:?}: {error}");
+        }
+        let error = authenticator(&[]).err().expect("refused").to_string();
+        assert!(error.contains("JWT_JWKS_URL"), "{error}");
+        let error = authenticator(&["--jwt-jwks-url=ftp://idp/jwks"]).err().expect("refused").to_string();
+        assert!(error.contains("must be an http:// or https:// URL"), "{error}");
+        for zero in ["--jwt-jwks-refresh-secs=0", "--jwt-jwks-min-refresh-secs=0"] {
+            assert!(authenticator(&[JWKS, zero]).is_err(), "{zero}");
+        }
+    }
+
+    #[test]
+    fn jwt_algorithms_are_parsed_and_must_fit_the_key() {
+        authenticator(&[JWKS, "--jwt-algorithms=RS256, PS256,ES256"]).unwrap();
+        authenticator(&[SECRET, "--jwt-algorithms=HS256,HS512"]).unwrap();
+        for (flags, reason) in [
+            ([JWKS, "--jwt-algorithms=RS256,none"], "\"none\" is not a signing algorithm"),
+            ([JWKS, "--jwt-algorithms=rs256"], "\"rs256\" is not a signing algorithm"),
+            ([JWKS, "--jwt-algorithms=RS256,HS256"], "HS256 cannot be used with an identity provider"),
+            ([SECRET, "--jwt-algorithms=RS256"], "RS256 cannot be used with the HS256 secret"),
+        ] {
+            let error = authenticator(&flags).err().expect("refused").to_string();
+            assert!(error.contains(reason), "{flags:?}: {error}");
+        }
+    }
+}
