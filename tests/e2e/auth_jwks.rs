@@ -22,31 +22,64 @@ const AUDIENCE: &str = "engarde";
 struct ProviderKey {
     kid: &'static str,
     key: jsonwebtoken::EncodingKey,
+    public_pem: Vec<u8>,
     jwk: serde_json::Value,
 }
 
 impl ProviderKey {
     fn new(kid: &'static str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (private, _) = rsa_key_pair(dir.path());
+        let (private, public) = rsa_key_pair(dir.path());
         let key = jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(private).unwrap()).unwrap();
         let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, jsonwebtoken::Algorithm::RS256).unwrap();
         jwk.common.key_id = Some(kid.to_owned());
-        Self { kid, key, jwk: serde_json::to_value(jwk).unwrap() }
+        Self { kid, key, public_pem: std::fs::read(public).unwrap(), jwk: serde_json::to_value(jwk).unwrap() }
     }
 
     /// `Bearer <token>` for `tenant`, signed by this key under `kid`.
     fn bearer_as(&self, kid: &str, tenant: &str) -> String {
+        self.bearer_with(kid, serde_json::json!({"tenant_id": tenant}))
+    }
+
+    /// `Bearer <token>` signed by this key under `kid`, of good claims (tenant `tA`) with
+    /// `changes` applied.
+    fn bearer_with(&self, kid: &str, changes: serde_json::Value) -> String {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
         header.kid = Some(kid.to_owned());
-        let claims = serde_json::json!({"tenant_id": tenant, "exp": chrono::Utc::now().timestamp() + 600,
-            "iss": ISSUER, "aud": AUDIENCE});
-        format!("Bearer {}", jsonwebtoken::encode(&header, &claims, &self.key).unwrap())
+        format!("Bearer {}", jsonwebtoken::encode(&header, &claims(changes), &self.key).unwrap())
     }
 
     fn bearer(&self, tenant: &str) -> String {
         self.bearer_as(self.kid, tenant)
     }
+}
+
+/// Good claims (tenant `tA`, the configured issuer and audience) with `changes` applied.
+fn claims(changes: serde_json::Value) -> serde_json::Value {
+    let mut claims = serde_json::json!({"tenant_id": "tA", "exp": chrono::Utc::now().timestamp() + 600,
+        "iss": ISSUER, "aud": AUDIENCE});
+    for (name, value) in changes.as_object().unwrap() {
+        claims[name] = value.clone();
+    }
+    claims
+}
+
+/// `Bearer <token>` of an unsigned token (`alg: none`): the claims of a good token of `key`,
+/// under the header `{"alg":"none","typ":"JWT"}` (base64url), with no signature.
+fn unsigned_bearer(key: &ProviderKey) -> String {
+    const NONE_HEADER: &str = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0";
+    let signed = key.bearer("tA");
+    let payload = signed.split('.').nth(1).unwrap();
+    format!("Bearer {NONE_HEADER}.{payload}.")
+}
+
+/// `Bearer <token>` signed HS256 with `secret` under `kid`: with the RSA public key as the
+/// secret, the HS/RS confusion.
+fn hs256_bearer(secret: &[u8], kid: &str) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(kid.to_owned());
+    let key = jsonwebtoken::EncodingKey::from_secret(secret);
+    format!("Bearer {}", jsonwebtoken::encode(&header, &claims(serde_json::json!({})), &key).unwrap())
 }
 
 /// The identity provider: serves `{"keys": [...]}` at /jwks, counts its hits, can be down.
@@ -154,6 +187,23 @@ async fn a_key_rotation_is_taken_without_a_restart_and_unknown_kids_refetch_at_m
     let created = client.create_workflow(with_auth(crate::workflows_crud::create_request("JWKS"), &old.bearer("tA")));
     assert_eq!(created.await.unwrap().into_inner().tenant_id, "tA");
     assert_eq!(provider.hits(), 1, "one fetch at start");
+
+    // Every bad token is UNAUTHENTICATED, and none of them asks the provider for keys.
+    let now = chrono::Utc::now().timestamp();
+    for (what, bearer) in [
+        ("malformed", "Bearer not.a.jwt".to_owned()),
+        ("alg none", unsigned_bearer(&old)),
+        ("HS256 signed with the RSA public key (HS/RS confusion)", hs256_bearer(&old.public_pem, old.kid)),
+        ("expired", old.bearer_with(old.kid, serde_json::json!({"exp": now - 3600}))),
+        ("wrong iss", old.bearer_with(old.kid, serde_json::json!({"iss": "https://evil.example"}))),
+        ("wrong aud", old.bearer_with(old.kid, serde_json::json!({"aud": "someone-else"}))),
+    ] {
+        let status = expect_code(list(&mut client, &bearer).await, Code::Unauthenticated);
+        assert!(status.message().starts_with("invalid token"), "{what}: {}", status.message());
+    }
+    let none = client.list_workflows(pb::ListWorkflowsRequest::default()).await;
+    assert!(expect_code(none, Code::Unauthenticated).message().contains("missing credentials"));
+    assert_eq!(provider.hits(), 1, "bad tokens fetch nothing");
 
     // A kid the provider never published: one refetch, then UNAUTHENTICATED.
     tokio::time::sleep(Duration::from_millis(1100)).await;
