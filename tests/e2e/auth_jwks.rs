@@ -281,6 +281,12 @@ async fn with_the_identity_provider_down_at_start_calls_are_unavailable_until_it
     assert!(status.message().contains("identity provider keys unavailable"), "{}", status.message());
     // A bad token is still UNAUTHENTICATED, not UNAVAILABLE.
     expect_code(list(&mut workflows, "Bearer not.a.jwt").await, Code::Unauthenticated);
+    // A service token is judged by the services' own secret, not the provider's keys: not
+    // UNAVAILABLE, but what the service identity gets on a tenant RPC.
+    let mut as_service =
+        with_auth(pb::ListWorkflowsRequest::default(), &service_bearer("agent-service", SERVICE_SECRET));
+    as_service.metadata_mut().insert("x-tenant-id", "tA".parse().unwrap());
+    expect_code(workflows.list_workflows(as_service).await, Code::PermissionDenied);
 
     // The provider comes back: the service takes its keys by itself (retrying every
     // JWT_JWKS_MIN_REFRESH_SECS), without a restart.
