@@ -591,6 +591,7 @@ mod tests {
             url: "http://127.0.0.1:9/jwks".into(),
             refresh: std::time::Duration::from_secs(60),
             min_refresh: std::time::Duration::from_secs(1),
+            timeout: super::super::jwks::FETCH_TIMEOUT,
         };
         let jwks = Authenticator::jwks(Jwks::new(settings).unwrap(), &TokenRules::default());
         let error = jwks.clone().allowing(&[Algorithm::HS256]).err().expect("refused").to_string();
@@ -621,6 +622,7 @@ mod tests {
             url: idp.url.clone(),
             refresh: std::time::Duration::from_secs(3600),
             min_refresh: std::time::Duration::from_millis(1000),
+            timeout: super::super::jwks::FETCH_TIMEOUT,
         };
         let auth = Authenticator::jwks(Jwks::new(settings).unwrap(), &strict_rules());
         let good = claims(serde_json::json!({}));
@@ -687,6 +689,7 @@ mod tests {
             url: idp.url.clone(),
             refresh: std::time::Duration::from_secs(3600),
             min_refresh: std::time::Duration::from_millis(200),
+            timeout: super::super::jwks::FETCH_TIMEOUT,
         };
         let auth = Authenticator::jwks(Jwks::new(settings).unwrap(), &strict_rules());
         let token = rsa_key(0).sign(&claims(serde_json::json!({})));

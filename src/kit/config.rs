@@ -192,6 +192,7 @@ impl CommonConfig {
                             url: url.clone(),
                             refresh: Duration::from_secs(self.jwt_jwks_refresh_secs),
                             min_refresh: Duration::from_secs(self.jwt_jwks_min_refresh_secs),
+                            timeout: super::jwks::FETCH_TIMEOUT,
                         })?;
                         Authenticator::jwks(jwks, &rules)
                     }

@@ -25,7 +25,8 @@ use tonic::Status;
 
 /// The largest JWK set document accepted, in bytes (a real one is a few KiB).
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
-/// How long one fetch of the set may take, connection included.
+/// How long one fetch of the set may take, connection included (calls waiting for a refetch
+/// wait at most this long).
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the set is and how often it is fetched.
@@ -38,6 +39,8 @@ pub struct JwksSettings {
     /// The least time between the end of one fetch and the start of a refetch asked by a token
     /// with an unknown `kid`; also the pace of retries while no set was ever fetched.
     pub min_refresh: Duration,
+    /// How long one fetch may take ([`FETCH_TIMEOUT`]).
+    pub timeout: Duration,
 }
 
 /// A fetch of the set that callers may wait for together; it resolves when the fetch is done,
@@ -189,8 +192,8 @@ impl Jwks {
             anyhow::bail!("JWT_JWKS_URL {:?} must be an http:// or https:// URL", settings.url);
         }
         let http = reqwest::Client::builder()
-            .timeout(FETCH_TIMEOUT)
-            .connect_timeout(FETCH_TIMEOUT)
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
             .build()
             .map_err(|e| anyhow::anyhow!("JWT_JWKS_URL: building the HTTP client: {e}"))?;
         Ok(Arc::new(Self {
@@ -411,6 +414,7 @@ pub(crate) mod testing {
         set: Arc<Mutex<serde_json::Value>>,
         hits: Arc<AtomicUsize>,
         up: Arc<AtomicBool>,
+        hung: Arc<AtomicBool>,
     }
 
     impl FakeIdp {
@@ -421,6 +425,7 @@ pub(crate) mod testing {
                 set: Arc::new(Mutex::new(serde_json::Value::Null)),
                 hits: Arc::default(),
                 up: Arc::new(AtomicBool::new(true)),
+                hung: Arc::default(),
             };
             idp.serve(keys);
             let state = idp.clone();
@@ -430,6 +435,9 @@ pub(crate) mod testing {
                     let state = state.clone();
                     async move {
                         state.hits.fetch_add(1, Ordering::SeqCst);
+                        if state.hung.load(Ordering::SeqCst) {
+                            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                        }
                         if !state.up.load(Ordering::SeqCst) {
                             return (axum::http::StatusCode::SERVICE_UNAVAILABLE, String::new());
                         }
@@ -456,6 +464,11 @@ pub(crate) mod testing {
             self.up.store(up, Ordering::SeqCst);
         }
 
+        /// Takes requests and never answers them (true), or answers (false).
+        pub fn set_hung(&self, hung: bool) {
+            self.hung.store(hung, Ordering::SeqCst);
+        }
+
         /// How many times the set was asked for.
         pub fn hits(&self) -> usize {
             self.hits.load(Ordering::SeqCst)
@@ -469,7 +482,7 @@ mod tests {
     use super::*;
 
     fn settings(url: &str, min_refresh: Duration) -> JwksSettings {
-        JwksSettings { url: url.to_owned(), refresh: Duration::from_secs(3600), min_refresh }
+        JwksSettings { url: url.to_owned(), refresh: Duration::from_secs(3600), min_refresh, timeout: FETCH_TIMEOUT }
     }
 
     /// Waits until `done` holds, for at most 5 s.
@@ -613,6 +626,7 @@ mod tests {
             url: idp.url.clone(),
             refresh: Duration::from_millis(100),
             min_refresh: Duration::from_secs(3600),
+            timeout: FETCH_TIMEOUT,
         })
         .unwrap();
         jwks.start();
@@ -626,6 +640,23 @@ mod tests {
         let hits = idp.hits();
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(idp.hits(), hits);
+    }
+
+    #[tokio::test]
+    async fn a_provider_that_never_answers_holds_a_call_no_longer_than_the_fetch_timeout() {
+        let idp = FakeIdp::start(&[&rsa_key(0).jwk]).await;
+        idp.set_hung(true);
+        let jwks = Jwks::new(JwksSettings {
+            timeout: Duration::from_millis(300),
+            ..settings(&idp.url, Duration::from_secs(1))
+        })
+        .unwrap();
+        let start = Instant::now();
+        jwks.refetch_for(Some("key-0")).expect("no set yet: a fetch").await;
+        assert!(start.elapsed() < Duration::from_secs(3), "waited {:?}", start.elapsed());
+        assert_eq!(idp.hits(), 1);
+        let status = jwks.key_for(Some("key-0"), Algorithm::RS256).expect_err("no set");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
     }
 
     #[test]
