@@ -299,8 +299,14 @@ impl Jwks {
     /// Fetches the set and puts it in place; a failure keeps the last good set.
     async fn fetch_and_keep(&self) {
         let url = self.settings.url.as_str();
-        match self.fetch().await {
+        let fetched = self.fetch().await;
+        if fetched.is_err() {
+            metrics::counter!("jwks_fetches_total", "outcome" => "error").increment(1);
+        }
+        match fetched {
             Ok((set, skipped)) => {
+                metrics::counter!("jwks_fetches_total", "outcome" => "ok").increment(1);
+                metrics::gauge!("jwks_keys").set(set.keys.len() as f64);
                 tracing::info!(jwks_url = url, kids = ?set.kids(), "identity provider keys fetched");
                 for reason in skipped {
                     tracing::warn!(jwks_url = url, reason, "identity provider key left out");

@@ -275,7 +275,10 @@ async fn with_the_identity_provider_down_at_start_calls_are_unavailable_until_it
     let provider = Provider::start(&[&key], false).await;
     let workflow_db = TestDb::new(Backend::Sqlite).await;
     // The service starts without any key.
-    let workflow = spawn_workflow_service(&workflow_db, &provider.env(300)).await;
+    let metrics = free_port();
+    let mut env = provider.env(300);
+    env.push(("METRICS_ADDR", format!("127.0.0.1:{metrics}")));
+    let workflow = spawn_workflow_service(&workflow_db, &env).await;
     let mut workflows = WorkflowServiceClient::new(workflow.channel().await);
     let status = expect_code(list(&mut workflows, &key.bearer("tA")).await, Code::Unavailable);
     assert!(status.message().contains("identity provider keys unavailable"), "{}", status.message());
@@ -292,6 +295,10 @@ async fn with_the_identity_provider_down_at_start_calls_are_unavailable_until_it
     // JWT_JWKS_MIN_REFRESH_SECS), without a restart.
     provider.set_up();
     until(&mut workflows, &key.bearer("tA"), None, Duration::from_secs(10)).await;
+    let scraped = scrape(metrics).await;
+    assert!(metric_sum(&scraped, "jwks_fetches_total", &[r#"outcome="error""#]) >= 1.0, "{scraped}");
+    assert!(metric_sum(&scraped, "jwks_fetches_total", &[r#"outcome="ok""#]) >= 1.0, "{scraped}");
+    assert_eq!(metric_sum(&scraped, "jwks_keys", &[]), 1.0, "{scraped}");
 
     // agent-service trusts the same provider.
     let agent_db = TestDb::new(Backend::Sqlite).await;
