@@ -592,6 +592,7 @@ mod tests {
             refresh: std::time::Duration::from_secs(60),
             min_refresh: std::time::Duration::from_secs(1),
             timeout: super::super::jwks::FETCH_TIMEOUT,
+            ca_file: None,
         };
         let jwks = Authenticator::jwks(Jwks::new(settings).unwrap(), &TokenRules::default());
         let error = jwks.clone().allowing(&[Algorithm::HS256]).err().expect("refused").to_string();
@@ -623,6 +624,7 @@ mod tests {
             refresh: std::time::Duration::from_secs(3600),
             min_refresh: std::time::Duration::from_millis(1000),
             timeout: super::super::jwks::FETCH_TIMEOUT,
+            ca_file: None,
         };
         let auth = Authenticator::jwks(Jwks::new(settings).unwrap(), &strict_rules());
         let good = claims(serde_json::json!({}));
@@ -690,6 +692,7 @@ mod tests {
             refresh: std::time::Duration::from_secs(3600),
             min_refresh: std::time::Duration::from_millis(200),
             timeout: super::super::jwks::FETCH_TIMEOUT,
+            ca_file: None,
         };
         let auth = Authenticator::jwks(Jwks::new(settings).unwrap(), &strict_rules());
         let token = rsa_key(0).sign(&claims(serde_json::json!({})));

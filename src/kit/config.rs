@@ -50,6 +50,10 @@ pub struct CommonConfig {
     /// instead of a secret or key file: a token is verified with the key its `kid` names.
     #[arg(long, env = "JWT_JWKS_URL")]
     pub jwt_jwks_url: Option<String>,
+    /// A CA certificate file (PEM) to trust for an `https://` JWT_JWKS_URL, besides the public
+    /// roots compiled in.
+    #[arg(long, env = "JWT_JWKS_CA_FILE")]
+    pub jwt_jwks_ca_file: Option<std::path::PathBuf>,
     /// How often the JWK set is fetched again, in seconds, so that a key rotation is taken.
     #[arg(long, env = "JWT_JWKS_REFRESH_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub jwt_jwks_refresh_secs: u64,
@@ -193,6 +197,7 @@ impl CommonConfig {
                             refresh: Duration::from_secs(self.jwt_jwks_refresh_secs),
                             min_refresh: Duration::from_secs(self.jwt_jwks_min_refresh_secs),
                             timeout: super::jwks::FETCH_TIMEOUT,
+                            ca_file: self.jwt_jwks_ca_file.clone(),
                         })?;
                         Authenticator::jwks(jwks, &rules)
                     }
@@ -444,6 +449,9 @@ mod tests {
         assert!(error.contains("JWT_JWKS_URL"), "{error}");
         let error = authenticator(&["--jwt-jwks-url=ftp://idp/jwks"]).err().expect("refused").to_string();
         assert!(error.contains("must be an http:// or https:// URL"), "{error}");
+        let error =
+            authenticator(&[JWKS, "--jwt-jwks-ca-file=/nonexistent/ca.pem"]).err().expect("refused").to_string();
+        assert!(error.contains("JWT_JWKS_CA_FILE"), "{error}");
         for zero in ["--jwt-jwks-refresh-secs=0", "--jwt-jwks-min-refresh-secs=0"] {
             assert!(authenticator(&[JWKS, zero]).is_err(), "{zero}");
         }

@@ -41,6 +41,8 @@ pub struct JwksSettings {
     pub min_refresh: Duration,
     /// How long one fetch may take ([`FETCH_TIMEOUT`]).
     pub timeout: Duration,
+    /// A CA to trust for an `https://` URL besides the public roots (JWT_JWKS_CA_FILE).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// A fetch of the set that callers may wait for together; it resolves when the fetch is done,
@@ -191,9 +193,12 @@ impl Jwks {
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
             anyhow::bail!("JWT_JWKS_URL {:?} must be an http:// or https:// URL", settings.url);
         }
+        // rustls with the ring provider, built by the kit, as for Langflow.
+        let tls = super::tls::http_client_config("JWT_JWKS_CA_FILE", settings.ca_file.as_deref())?;
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
+            .tls_backend_preconfigured(tls)
             .build()
             .map_err(|e| anyhow::anyhow!("JWT_JWKS_URL: building the HTTP client: {e}"))?;
         Ok(Arc::new(Self {
@@ -488,7 +493,13 @@ mod tests {
     use super::*;
 
     fn settings(url: &str, min_refresh: Duration) -> JwksSettings {
-        JwksSettings { url: url.to_owned(), refresh: Duration::from_secs(3600), min_refresh, timeout: FETCH_TIMEOUT }
+        JwksSettings {
+            url: url.to_owned(),
+            refresh: Duration::from_secs(3600),
+            min_refresh,
+            timeout: FETCH_TIMEOUT,
+            ca_file: None,
+        }
     }
 
     /// Waits until `done` holds, for at most 5 s.
@@ -633,6 +644,7 @@ mod tests {
             refresh: Duration::from_millis(100),
             min_refresh: Duration::from_secs(3600),
             timeout: FETCH_TIMEOUT,
+            ca_file: None,
         })
         .unwrap();
         jwks.start();

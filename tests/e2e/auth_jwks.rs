@@ -311,3 +311,34 @@ async fn with_the_identity_provider_down_at_start_calls_are_unavailable_until_it
     );
     assert!(status.message().contains("no key with kid \"other\""), "{}", status.message());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_provider_over_https_is_trusted_through_jwt_jwks_ca_file() {
+    let key = ProviderKey::new("tls-key");
+    let provider = Provider::start(&[&key], true).await;
+    let pki = crate::tls::Pki::new();
+    let upstream = provider.url.trim_start_matches("http://").trim_end_matches("/jwks").to_owned();
+    let (https, proxy) = crate::tls::https_proxy(&pki, "server", upstream).await;
+    let url = format!("{https}/jwks");
+    let env = |ca: Option<String>| {
+        let mut env = provider.env(300);
+        env.retain(|(name, _)| *name != "JWT_JWKS_URL");
+        env.push(("JWT_JWKS_URL", url.clone()));
+        env.extend(ca.map(|ca| ("JWT_JWKS_CA_FILE", ca)));
+        env
+    };
+
+    // Trusting the provider's CA: its keys are fetched over HTTPS.
+    let db = TestDb::new(Backend::Sqlite).await;
+    let trusting = spawn_workflow_service(&db, &env(Some(pki.cert("ca")))).await;
+    let mut client = WorkflowServiceClient::new(trusting.channel().await);
+    until(&mut client, &key.bearer("tA"), None, Duration::from_secs(10)).await;
+
+    // Without it the provider's certificate is not trusted: no keys, UNAVAILABLE.
+    let other_db = TestDb::new(Backend::Sqlite).await;
+    let untrusting = spawn_workflow_service(&other_db, &env(None)).await;
+    let mut client = WorkflowServiceClient::new(untrusting.channel().await);
+    let status = expect_code(list(&mut client, &key.bearer("tA")).await, Code::Unavailable);
+    assert!(status.message().contains("identity provider keys unavailable"), "{}", status.message());
+    proxy.abort();
+}

@@ -352,11 +352,24 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A builder of the tests' own HTTP clients. reqwest is built with `rustls-no-provider` (the
+/// kit's JWKS client and agent-service set their ring-only TLS themselves), so a client built
+/// without one needs the process's default provider: ring, installed here once.
+pub fn http_client() -> reqwest::ClientBuilder {
+    static RING: std::sync::Once = std::sync::Once::new();
+    RING.call_once(|| {
+        // Fails only when a provider is installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+}
+
 /// The Prometheus text a service serves on `port`, waiting for it to come up.
 pub async fn scrape(port: u16) -> String {
     let url = format!("http://127.0.0.1:{port}/metrics");
+    let http = http_client().build().expect("HTTP client");
     for _ in 0..50 {
-        if let Ok(response) = reqwest::get(&url).await
+        if let Ok(response) = http.get(&url).send().await
             && let Ok(body) = response.text().await
         {
             return body;

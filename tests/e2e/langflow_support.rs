@@ -191,7 +191,7 @@ impl RealLangflow {
 
     pub fn new(url: impl Into<String>) -> Self {
         let url = url.into().trim_end_matches('/').to_string();
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().expect("HTTP client");
+        let http = crate::helpers::http_client().timeout(Duration::from_secs(120)).build().expect("HTTP client");
         Self { url, http }
     }
 
@@ -960,7 +960,7 @@ mod tests {
     use super::*;
 
     fn http() -> reqwest::Client {
-        reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+        crate::helpers::http_client().timeout(Duration::from_secs(30)).build().unwrap()
     }
 
     fn run_body(input: &str, session: &str, tweaks: Value) -> Value {
@@ -1136,7 +1136,7 @@ mod tests {
         assert_eq!(text, "Step: analyze. User said: slow");
         assert!(started.elapsed() >= Duration::from_millis(400));
 
-        let impatient = reqwest::Client::builder().timeout(Duration::from_millis(100)).build().unwrap();
+        let impatient = crate::helpers::http_client().timeout(Duration::from_millis(100)).build().unwrap();
         let err = impatient
             .post(format!("{}/api/v1/run/{id}?stream=true", fake.url()))
             .json(&run_body("x", "d", json!({})))

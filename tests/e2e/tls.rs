@@ -336,7 +336,7 @@ both_backends!(
 
 /// A TLS-terminating proxy on 127.0.0.1 in front of `upstream` (`host:port`), with the
 /// certificate `name` of `pki`: what an HTTPS Langflow looks like to agent-service.
-async fn https_proxy(pki: &Pki, name: &str, upstream: String) -> (String, tokio::task::JoinHandle<()>) {
+pub async fn https_proxy(pki: &Pki, name: &str, upstream: String) -> (String, tokio::task::JoinHandle<()>) {
     let certs = engarde::kit::tls::read_certificates("cert", Path::new(&pki.cert(name))).unwrap();
     let key = engarde::kit::tls::read_private_key("key", Path::new(&pki.key(name))).unwrap();
     let config = rustls::ServerConfig::builder_with_provider(engarde::kit::tls::provider())
