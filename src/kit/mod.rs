@@ -14,6 +14,7 @@ pub mod health;
 pub mod idempotency;
 pub mod malformed_request;
 pub mod metrics;
+pub mod otlp;
 pub mod page_budget;
 pub mod pagination;
 pub mod pg_feed;
