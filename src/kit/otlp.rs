@@ -39,7 +39,7 @@ pub enum OtlpProtocol {
 }
 
 /// How long [`Traces::shutdown`] waits for the last spans to be exported.
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The span exporter, when one runs: shut it down on the way out so that queued spans are sent.
 #[must_use = "dropping it loses the spans still queued"]
