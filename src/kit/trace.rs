@@ -7,9 +7,10 @@
 //! outgoing calls (to workflow-service, to Langflow) send the current span as the callee's parent
 //! ([`outgoing_header`]), or their own client [`Span`] when it is recorded.
 //!
-//! The ids are always ours (drawn here): a recorded span is given them, so the trace id in the
-//! log lines is the exported one. Without an exporter, a [`Span`] is an empty `Option`: no id is
-//! drawn, nothing allocated, nothing recorded.
+//! A call's context is its server span's: the tracer draws the span's ids (with [`Ids`], as this
+//! module draws its own), and the context logged and carried on is read from it, so the trace id
+//! in the log lines is the exported one. Without an exporter, a [`Span`] is an empty `Option`:
+//! no id is drawn for it, nothing allocated, nothing recorded.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -284,22 +285,13 @@ impl Span {
         }
     }
 
-    /// Runs `future` with this span as the current one, when it is recorded.
-    pub async fn scope<F: Future>(&self, future: F) -> F::Output {
-        match &self.0 {
-            Some(recorded) => CURRENT.scope(recorded.context, future).await,
-            None => future.await,
-        }
-    }
-
     /// Ends the span of a gRPC call with its status code (`rpc.grpc.status_code`), failed for
     /// the codes that OpenTelemetry counts as errors on the side of `kind`.
-    pub fn end_rpc(self, kind: SpanKind, code: tonic::Code) {
-        let mut span = self;
-        if span.is_recorded() {
-            span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
+    pub fn end_rpc(mut self, kind: SpanKind, code: tonic::Code) {
+        if self.is_recorded() {
+            self.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
             if rpc_failed(&kind, code) {
-                span.set_error(|| format!("{code:?}"));
+                self.set_error(|| format!("{code:?}"));
             }
         }
     }
@@ -361,6 +353,32 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), 2000);
         assert!(ids.iter().all(|id| *id != 0));
+    }
+
+    #[test]
+    fn rpc_spans_are_named_and_failed_as_opentelemetry_says() {
+        let attributes = rpc_attributes("/engarde.workflow.v1.WorkflowService/GetWorkflow");
+        let value = |key: &str| attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.to_string());
+        assert_eq!(value("rpc.system").as_deref(), Some("grpc"));
+        assert_eq!(value("rpc.service").as_deref(), Some("engarde.workflow.v1.WorkflowService"));
+        assert_eq!(value("rpc.method").as_deref(), Some("GetWorkflow"));
+        // A caller's mistake is not the server's failure; every code but OK is the client's.
+        assert!(!rpc_failed(&SpanKind::Server, tonic::Code::NotFound));
+        assert!(!rpc_failed(&SpanKind::Server, tonic::Code::InvalidArgument));
+        assert!(rpc_failed(&SpanKind::Server, tonic::Code::Internal));
+        assert!(rpc_failed(&SpanKind::Server, tonic::Code::Unavailable));
+        assert!(rpc_failed(&SpanKind::Client, tonic::Code::NotFound));
+        assert!(!rpc_failed(&SpanKind::Client, tonic::Code::Ok));
+    }
+
+    #[tokio::test]
+    async fn work_handed_to_a_task_stays_in_the_trace() {
+        let root = TraceContext::new_root();
+        let spawned = scope(root, async { tokio::spawn(carried(async { current() })).await.unwrap() }).await;
+        assert_eq!(spawned, Some(root));
+        assert_eq!(tokio::spawn(carried(async { current() })).await.unwrap(), None);
+        // Outgoing calls name the current span as their parent.
+        assert_eq!(scope(root, async { outgoing_header() }).await, Some(root.header()));
     }
 
     #[tokio::test]
