@@ -131,15 +131,14 @@ impl LangflowClient {
             attempt += 1;
             let started = std::time::Instant::now();
             let mut request = build().build().map_err(|e| LangflowError::from_transport(what, &e))?;
-            let mut span = http_span(what, &request);
+            let span = http_span(what, &request);
             // Langflow ignores it, but a proxy or tracer in front of it can follow the request.
             if let Some(traceparent) = span.traceparent().and_then(|t| HeaderValue::from_str(&t).ok()) {
                 request.headers_mut().insert("traceparent", traceparent);
             }
             let outcome = self.http.execute(request).await;
             record_call(what, &outcome, started.elapsed());
-            end_http_span(&mut span, &outcome);
-            drop(span);
+            end_http_span(span, &outcome);
             let retriable = match &outcome {
                 Ok(response) => idempotent && response.status().is_server_error(),
                 Err(e) => e.is_connect() || (idempotent && !e.is_timeout()),
@@ -375,9 +374,9 @@ fn http_span(what: &str, request: &reqwest::Request) -> Span {
     )
 }
 
-/// Records how a Langflow request ended on its span: the status of the answer (4xx and 5xx fail
+/// Ends a Langflow request's span with how it ended: the status of the answer (4xx and 5xx fail
 /// it), or the transport's error.
-fn end_http_span(span: &mut Span, outcome: &Result<reqwest::Response, reqwest::Error>) {
+fn end_http_span(mut span: Span, outcome: &Result<reqwest::Response, reqwest::Error>) {
     match outcome {
         Ok(response) => {
             let status = response.status();
