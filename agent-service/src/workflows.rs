@@ -13,6 +13,7 @@ use std::time::Duration;
 use engarde::kit::auth::{TENANT_HEADER, Tenant};
 use engarde::kit::error::{ServiceError, ServiceResult};
 use engarde::kit::service_identity::ServiceTokens;
+use engarde::kit::trace::{self, Span, SpanKind};
 use engarde::proto::workflow::v1 as pb;
 use engarde::proto::workflow::v1::workflow_service_client::WorkflowServiceClient;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
@@ -197,7 +198,7 @@ impl WorkflowClient {
     /// Sends `message` with the caller's credentials and a deadline, retrying on UNAVAILABLE.
     async fn call<M, R, F, Fut>(&self, what: &str, credentials: &Credentials, message: M, send: F) -> ServiceResult<R>
     where
-        M: Clone,
+        M: Clone + WorkflowRpc,
         F: Fn(WorkflowServiceClient<Channel>, Request<M>) -> Fut,
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
@@ -208,11 +209,22 @@ impl WorkflowClient {
             credentials.attach(&mut request);
             // Tell workflow-service the deadline too, so it stops working on an abandoned call.
             request.set_timeout(self.call_timeout);
+            // Each attempt is a client span, the parent of workflow-service's server span.
+            let span = rpc_span::<M>();
+            if span.is_recorded()
+                && let Some(value) = span.traceparent().and_then(|t| MetadataValue::try_from(t).ok())
+            {
+                request.metadata_mut().insert("traceparent", value);
+            }
             let status = match tokio::time::timeout(self.call_timeout, send(self.client.clone(), request)).await {
-                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Ok(response)) => {
+                    span.end_rpc(SpanKind::Client, Code::Ok);
+                    return Ok(response.into_inner());
+                }
                 Ok(Err(status)) => status,
                 Err(_) => Status::deadline_exceeded("no answer in time"),
             };
+            span.end_rpc(SpanKind::Client, status.code());
             if status.code() == Code::Unavailable && attempt < ATTEMPTS {
                 tracing::warn!(attempt, reason = status.message(), "workflow-service unavailable; retrying");
                 tokio::time::sleep(backoff).await;
@@ -223,6 +235,32 @@ impl WorkflowClient {
             return Err(error_of(what, status, self.call_timeout));
         }
     }
+}
+
+/// A request to workflow-service, by the method it is sent to (the name of its client span).
+trait WorkflowRpc {
+    const METHOD: &'static str;
+}
+
+impl WorkflowRpc for pb::GetWorkflowRequest {
+    const METHOD: &'static str = "GetWorkflow";
+}
+
+impl WorkflowRpc for pb::ListWorkflowsRequest {
+    const METHOD: &'static str = "ListWorkflows";
+}
+
+impl WorkflowRpc for pb::RecordExecutionRequest {
+    const METHOD: &'static str = "RecordExecution";
+}
+
+/// The client span of one attempt of `M`'s call, with OpenTelemetry's `rpc.*` attributes.
+fn rpc_span<M: WorkflowRpc>() -> Span {
+    use engarde::proto::workflow::v1::workflow_service_server::SERVICE_NAME;
+    Span::client(
+        || format!("{SERVICE_NAME}/{}", M::METHOD).into(),
+        || trace::rpc_attributes(&format!("/{SERVICE_NAME}/{}", M::METHOD)),
+    )
 }
 
 /// workflow-service's answer in this service's terms.

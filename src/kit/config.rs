@@ -10,6 +10,7 @@ use super::auth::{Authenticator, Tenant, TokenRules};
 use super::calls::Callers;
 use super::connections::ConnectionLimits;
 use super::db::DbSettings;
+use super::otlp::TraceExportConfig;
 use super::page_budget::PageBudget;
 use super::service_identity::{self, ServiceAccess, ServiceTokens, ServiceVerifier};
 use super::telemetry::LogFormat;
@@ -165,6 +166,9 @@ pub struct CommonConfig {
     /// Kubernetes' gRPC probes, which cannot speak TLS. Unset: no such port.
     #[arg(long, env = "HEALTH_LISTEN_ADDR")]
     pub health_listen_addr: Option<String>,
+    /// Trace export over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, ...).
+    #[command(flatten)]
+    pub traces: TraceExportConfig,
 }
 
 impl CommonConfig {

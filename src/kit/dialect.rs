@@ -42,6 +42,14 @@ pub trait Dialect: Send + Sync + 'static {
     /// `synchronous_commit = off`, for that statement's transaction only): for writes whose loss
     /// in a crash is harmless. SQLite has no such switch; there it is inert.
     const RELAXED_FROM: &'static str;
+    /// The database as OpenTelemetry names it (`db.system`), on the spans of storage calls.
+    const SYSTEM: &'static str;
+
+    /// A span of the storage call `operation` (`executions.start`), recorded when traces are
+    /// exported and the call is part of one; it ends when dropped.
+    fn span(operation: &'static str) -> super::trace::Span {
+        super::trace::Span::db(Self::SYSTEM, operation)
+    }
 
     /// How many rows a statement changed (sqlx has no trait for it).
     fn rows_affected(result: &<Self::Db as sqlx::Database>::QueryResult) -> u64;
@@ -60,6 +68,7 @@ impl Dialect for Postgres {
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
     const JSON_UUIDS: &'static str = "SELECT jsonb_array_elements_text($1::jsonb)::uuid";
     const RELAXED_FROM: &'static str = "(SELECT set_config('synchronous_commit', 'off', true)) AS relaxed";
+    const SYSTEM: &'static str = "postgresql";
 
     fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
         result.rows_affected()
@@ -76,6 +85,7 @@ impl Dialect for Sqlite {
     const SKIP_LOCKED: &'static str = "";
     const JSON_UUIDS: &'static str = "SELECT value FROM json_each($1)";
     const RELAXED_FROM: &'static str = "(SELECT 1) AS relaxed";
+    const SYSTEM: &'static str = "sqlite";
 
     fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
         result.rows_affected()

@@ -15,6 +15,7 @@ pub mod idempotency;
 pub mod jwks;
 pub mod malformed_request;
 pub mod metrics;
+pub mod otlp;
 pub mod page_budget;
 pub mod pagination;
 pub mod pg_feed;

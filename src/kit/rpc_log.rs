@@ -17,7 +17,7 @@ use std::time::Instant;
 use http_body::{Body, Frame, SizeHint};
 
 use super::auth::Tenant;
-use super::trace::{TraceContext, TraceIdHex};
+use super::trace::{KeyValue, Span, SpanKind, TraceContext, TraceIdHex};
 
 fn status_of(headers: &http::HeaderMap) -> Option<tonic::Code> {
     headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<i32>().ok()).map(tonic::Code::from)
@@ -29,25 +29,32 @@ pub(super) struct CallRecord {
     method: String,
     tenant: Tenant,
     trace_id: TraceIdHex,
+    /// The call's server span, recorded when traces are exported.
+    span: Span,
     start: Instant,
     done: bool,
 }
 
 impl CallRecord {
     /// Starts the record of `req`, the call of `tenant`, and answers the trace the call runs
-    /// in: a child of the caller's `traceparent`, or a new trace.
+    /// in: its server span, a child of the caller's `traceparent`, or a new trace.
     pub(super) fn start<B>(req: &http::Request<B>, tenant: &Tenant) -> (Self, TraceContext) {
-        let trace = req
-            .headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(TraceContext::parse)
-            .map(|parent| parent.child())
-            .unwrap_or_else(TraceContext::new_root);
+        let parent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::parse);
+        let method = req.uri().path();
+        let (span, trace) = Span::server(
+            || method.trim_start_matches('/').to_owned(),
+            parent,
+            || {
+                let mut attributes = super::trace::rpc_attributes(method);
+                attributes.push(KeyValue::new("engarde.tenant_id", tenant.as_str().to_owned()));
+                attributes
+            },
+        );
         let record = CallRecord {
-            method: req.uri().path().to_owned(),
+            method: method.to_owned(),
             tenant: tenant.clone(),
             trace_id: trace.trace_id_display(),
+            span,
             start: Instant::now(),
             done: false,
         };
@@ -69,6 +76,7 @@ impl CallRecord {
             return;
         }
         self.done = true;
+        std::mem::replace(&mut self.span, Span::NONE).end_rpc(SpanKind::Server, code);
         let elapsed = self.start.elapsed().as_secs_f64();
         let code_name = code_name(code);
         super::metrics::record_rpc(&self.method, code_name, elapsed);

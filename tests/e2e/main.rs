@@ -17,6 +17,7 @@ mod service_identity;
 mod storage_schema;
 mod storage_upgrade;
 mod tls;
+mod traces;
 
 mod agents_crud;
 mod agents_default_model;

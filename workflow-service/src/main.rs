@@ -5,7 +5,17 @@ use workflow_service::config::Config;
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
     let _logs = engarde::kit::telemetry::init(config.common.log_format, config.common.log_buffer_lines);
-    match workflow_service::startup::run(config, engarde::kit::server::shutdown_signal()).await {
+    let traces = match engarde::kit::otlp::init(&config.common.traces, "workflow-service") {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("workflow-service: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = workflow_service::startup::run(config, engarde::kit::server::shutdown_signal()).await;
+    // After the drain: the spans of the last calls are queued, and go out now.
+    traces.shutdown().await;
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "workflow-service failed");

@@ -120,7 +120,8 @@ impl Executor {
             Prepared::Existing(execution) => stream::replay(execution, &sender).await,
             Prepared::Run(run) => {
                 let executor = self.clone();
-                tokio::spawn(async move { executor.run_streamed(run, sender).await });
+                // The run goes on in the caller's trace.
+                tokio::spawn(engarde::kit::trace::carried(async move { executor.run_streamed(run, sender).await }));
             }
         }
         Ok(receiver)
@@ -150,7 +151,8 @@ impl Executor {
             Prepared::Run(run) => run,
         };
         let executor = self.clone();
-        tokio::spawn(async move { executor.run_once(run).await })
+        // The run goes on in the caller's trace.
+        tokio::spawn(engarde::kit::trace::carried(async move { executor.run_once(run).await }))
             .await
             .map_err(|e| ServiceError::internal(anyhow::anyhow!("execution task failed: {e}")))?
     }

@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
+use engarde::kit::trace::{KeyValue, Span};
 use futures::{Stream, StreamExt};
+use reqwest::header::HeaderValue;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::sync::OnceCell;
@@ -114,10 +116,6 @@ impl LangflowClient {
         if let Some(key) = &self.settings.api_key {
             request = request.header("x-api-key", key);
         }
-        // Langflow ignores it, but a proxy or tracer in front of it can follow the request.
-        if let Some(traceparent) = engarde::kit::trace::outgoing_header() {
-            request = request.header("traceparent", traceparent);
-        }
         request
     }
 
@@ -132,8 +130,15 @@ impl LangflowClient {
         loop {
             attempt += 1;
             let started = std::time::Instant::now();
-            let outcome = build().send().await;
+            let mut request = build().build().map_err(|e| LangflowError::from_transport(what, &e))?;
+            let span = http_span(what, &request);
+            // Langflow ignores it, but a proxy or tracer in front of it can follow the request.
+            if let Some(traceparent) = span.traceparent().and_then(|t| HeaderValue::from_str(&t).ok()) {
+                request.headers_mut().insert("traceparent", traceparent);
+            }
+            let outcome = self.http.execute(request).await;
             record_call(what, &outcome, started.elapsed());
+            end_http_span(span, &outcome);
             let retriable = match &outcome {
                 Ok(response) => idempotent && response.status().is_server_error(),
                 Err(e) => e.is_connect() || (idempotent && !e.is_timeout()),
@@ -346,6 +351,45 @@ impl LangflowClient {
             return Err(LangflowError::from_status("stream flow", status, &body));
         }
         Ok(ndjson_events(response.bytes_stream()))
+    }
+}
+
+/// The client span of one Langflow request (each attempt its own), with OpenTelemetry's HTTP
+/// attributes; it covers the request until the answer's headers.
+fn http_span(what: &str, request: &reqwest::Request) -> Span {
+    Span::client(
+        || format!("{} {what}", request.method()).into(),
+        || {
+            let url = request.url();
+            let mut attributes = vec![
+                KeyValue::new("http.request.method", request.method().as_str().to_owned()),
+                KeyValue::new("url.path", url.path().to_owned()),
+                KeyValue::new("server.address", url.host_str().unwrap_or_default().to_owned()),
+            ];
+            if let Some(port) = url.port_or_known_default() {
+                attributes.push(KeyValue::new("server.port", i64::from(port)));
+            }
+            attributes
+        },
+    )
+}
+
+/// Ends a Langflow request's span with how it ended: the status of the answer (4xx and 5xx fail
+/// it), or the transport's error.
+fn end_http_span(mut span: Span, outcome: &Result<reqwest::Response, reqwest::Error>) {
+    match outcome {
+        Ok(response) => {
+            let status = response.status();
+            span.set_attribute(KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
+            if status.is_client_error() || status.is_server_error() {
+                span.set_error(|| status.to_string());
+            }
+        }
+        Err(e) => {
+            let kind = if e.is_timeout() { "timeout" } else { "unreachable" };
+            span.set_attribute(KeyValue::new("error.type", kind));
+            span.set_error(|| e.to_string());
+        }
     }
 }
 

@@ -264,6 +264,7 @@ impl<D: AgentDialect> AgentRepository for SqlAgentRepository<D> {
     }
 
     async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Agent> {
+        let _span = D::span("agents.get");
         let sql = format!("SELECT {COLUMNS} FROM agents WHERE id = $1 AND tenant_id = $2");
         let row: Option<AgentRow> = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
             .arg(SqlUuid(id))

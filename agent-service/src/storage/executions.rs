@@ -200,10 +200,12 @@ impl<D: AgentDialect> SqlExecutionRepository<D> {
 #[async_trait]
 impl<D: AgentDialect> ExecutionRepository for SqlExecutionRepository<D> {
     async fn find_by_request(&self, tenant: &str, key: &IdempotencyKey) -> ServiceResult<Option<Execution>> {
+        let _span = D::span("executions.find_by_request");
         Self::by_request(&self.pool, tenant, key).await
     }
 
     async fn start(&self, new: &NewExecution) -> ServiceResult<Started> {
+        let _span = D::span("executions.start");
         // The RUNNING row acknowledges nothing: if a crash loses it, the caller got
         // no answer and retries. So its commit need not wait for the disk, which
         // saves an execution one of its two flushes. One statement, one round trip
@@ -250,6 +252,7 @@ impl<D: AgentDialect> ExecutionRepository for SqlExecutionRepository<D> {
     }
 
     async fn finish(&self, finish: &Finish) -> ServiceResult<Option<Finished>> {
+        let _span = D::span("executions.finish");
         // The rare finish that also fails the agent takes the transaction below.
         if finish.flow_gone.is_none()
             && let Some(done) = <D::Db as OneStatementFinish>::finish_in_one_statement(&self.pool, finish).await?
@@ -345,6 +348,7 @@ impl<D: AgentDialect> ExecutionRepository for SqlExecutionRepository<D> {
     }
 
     async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Execution> {
+        let _span = D::span("executions.get");
         let sql = format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE id = $1 AND tenant_id = $2");
         let row: Option<ExecutionRow> = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
             .arg(SqlUuid(id))

@@ -127,6 +127,7 @@ impl<D: AgentDialect> SessionRepository for SqlExecutionRepository<D> {
         session_id: &str,
         limit: u32,
     ) -> ServiceResult<Vec<SessionMessage>> {
+        let _span = D::span("sessions.recent_messages");
         if limit == 0 {
             return Ok(Vec::new());
         }

@@ -217,6 +217,7 @@ where
     }
 
     async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Workflow> {
+        let _span = D::span("workflows.get");
         let sql = format!(
             "SELECT {SELECT_COLUMNS} FROM {} WHERE w.id = $1 AND (w.tenant_id = $2 OR w.is_template)",
             from_workflows_of(2)
@@ -230,6 +231,7 @@ where
     }
 
     async fn list(&self, tenant: &str, filter: &WorkflowFilter, page: &PageRequest) -> ServiceResult<Arc<[Workflow]>> {
+        let _span = D::span("workflows.list");
         // One static statement: an empty filter parameter matches everything.
         let sql = format!(
             "SELECT {SELECT_COLUMNS} FROM {} \
