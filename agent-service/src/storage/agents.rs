@@ -229,6 +229,7 @@ impl<D: AgentDialect> SqlAgentRepository<D> {
 #[async_trait]
 impl<D: AgentDialect> AgentRepository for SqlAgentRepository<D> {
     async fn replay(&self, tenant: &str, key: Option<&IdempotencyKey>) -> ServiceResult<Option<String>> {
+        let _span = D::span("agents.replay");
         let Some(key) = key else { return Ok(None) };
         let stored: Option<(String, Option<String>)> = sqlx::query::<D::Db>(
             "SELECT fingerprint, response FROM idempotency_keys WHERE tenant_id = $1 AND request_id = $2",
@@ -247,6 +248,7 @@ impl<D: AgentDialect> AgentRepository for SqlAgentRepository<D> {
     }
 
     async fn create(&self, tenant: &str, new: NewAgent, key: Option<&IdempotencyKey>) -> ServiceResult<Agent> {
+        let _span = D::span("agents.create");
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
         if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, key).await? {
             return replayed(&json);
@@ -283,6 +285,7 @@ impl<D: AgentDialect> AgentRepository for SqlAgentRepository<D> {
     }
 
     async fn list(&self, tenant: &str, filter: &AgentFilter, page: &PageRequest) -> ServiceResult<Vec<Agent>> {
+        let _span = D::span("agents.list");
         // One static statement: an empty filter parameter matches everything.
         let sql = format!(
             "SELECT {COLUMNS} FROM agents \
@@ -313,6 +316,7 @@ impl<D: AgentDialect> AgentRepository for SqlAgentRepository<D> {
         mutation: Mutation,
         answer: Answer,
     ) -> ServiceResult<Mutated> {
+        let _span = D::span("agents.mutate");
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
         if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, key).await? {
             return Ok(Mutated::Replayed(json));
@@ -357,6 +361,7 @@ impl<D: AgentDialect> AgentRepository for SqlAgentRepository<D> {
         key: Option<&IdempotencyKey>,
         check: DeleteCheck,
     ) -> ServiceResult<Uuid> {
+        let _span = D::span("agents.delete");
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
         if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, key).await? {
             return replayed(&json);
@@ -397,6 +402,7 @@ impl<D: AgentDialect> AgentRepository for SqlAgentRepository<D> {
         pending: Option<ProvisionTarget>,
         key: Option<&IdempotencyKey>,
     ) -> ServiceResult<ProvisionOutcome> {
+        let _span = D::span("agents.provision");
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
         if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, key).await? {
             return replayed(&json);
@@ -425,6 +431,7 @@ impl<D: AgentDialect> AgentRepository for SqlAgentRepository<D> {
     }
 
     async fn restate(&self, tenant: &str, key: &IdempotencyKey, answer: serde_json::Value) -> ServiceResult<()> {
+        let _span = D::span("agents.restate");
         let mut conn = self.pool.acquire().await?;
         dialect::complete_idempotency::<D::Db>(&mut *conn, tenant, Some(key), &answer).await
     }
@@ -435,6 +442,7 @@ impl<D: AgentDialect> AgentRepository for SqlAgentRepository<D> {
         key: &IdempotencyKey,
         answer: serde_json::Value,
     ) -> ServiceResult<Option<String>> {
+        let _span = D::span("agents.remember");
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
         if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, Some(key)).await? {
             return Ok(Some(json));
@@ -445,6 +453,7 @@ impl<D: AgentDialect> AgentRepository for SqlAgentRepository<D> {
     }
 
     async fn provisioned(&self, tenant: &str, workflow_ids: &[Uuid]) -> ServiceResult<HashSet<Uuid>> {
+        let _span = D::span("agents.provisioned");
         if workflow_ids.is_empty() {
             return Ok(HashSet::new());
         }

@@ -80,6 +80,7 @@ const SELECT: &str = "SELECT model, updated_by, updated_at, version FROM tenant_
 #[async_trait]
 impl<D: AgentDialect> DefaultModelRepository for SqlDefaultModelRepository<D> {
     async fn default_model(&self, tenant: &str) -> ServiceResult<DefaultModel> {
+        let _span = D::span("default_models.default_model");
         let row: Option<DefaultModelRow> =
             sqlx::query::<D::Db>(SELECT).arg(tenant).fetch_optional_as(&self.pool).await?;
         Ok(row.map(DefaultModel::from).unwrap_or_else(DefaultModel::unset))
@@ -91,6 +92,7 @@ impl<D: AgentDialect> DefaultModelRepository for SqlDefaultModelRepository<D> {
         change: DefaultModelChange,
         key: Option<&IdempotencyKey>,
     ) -> ServiceResult<DefaultModelSet> {
+        let _span = D::span("default_models.set_default_model");
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
         if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, key).await? {
             return Ok(DefaultModelSet::Replayed(replayed(&json)?));

@@ -359,6 +359,7 @@ impl<D: AgentDialect> ExecutionRepository for SqlExecutionRepository<D> {
     }
 
     async fn list(&self, tenant: &str, filter: &ExecutionFilter, page: &PageRequest) -> ServiceResult<Vec<Execution>> {
+        let _span = D::span("executions.list");
         if let Some(agent_id) = filter.agent_id {
             Self::ensure_agent(&self.pool, tenant, agent_id).await?;
         }

@@ -69,6 +69,7 @@ impl<D: AgentDialect> FeedbackRepository for SqlExecutionRepository<D> {
         new: NewFeedback,
         key: Option<&IdempotencyKey>,
     ) -> ServiceResult<Feedback> {
+        let _span = D::span("feedback.add_feedback");
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
         if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, key).await? {
             return replayed(&json);
@@ -124,6 +125,7 @@ impl<D: AgentDialect> FeedbackRepository for SqlExecutionRepository<D> {
     }
 
     async fn feedback(&self, tenant: &str, agent_id: Uuid, page: &PageRequest) -> ServiceResult<Vec<Feedback>> {
+        let _span = D::span("feedback.feedback");
         Self::ensure_agent(&self.pool, tenant, agent_id).await?;
         let rows: Vec<FeedbackRow> = sqlx::query::<D::Db>(
             "SELECT id, execution_id, agent_id, score, comment, created_at FROM feedback \

@@ -92,6 +92,7 @@ impl<D: AgentDialect> ReviewRepository for SqlRunRepository<D> {
         agent: Option<Uuid>,
         page: &PageRequest,
     ) -> ServiceResult<Vec<Review>> {
+        let _span = D::span("reviews.pending_reviews");
         let sql = format!(
             "SELECT {REVIEW_COLUMNS} FROM reviews WHERE tenant_id = $1 AND status = 'pending' \
              AND ($2 IS NULL OR agent_id = $2) AND ($3 = 0 OR (created_at, id) > ($4, $5)) \
@@ -108,6 +109,7 @@ impl<D: AgentDialect> ReviewRepository for SqlRunRepository<D> {
     }
 
     async fn decide(&self, tenant: &str, decision: ReviewDecision, key: Option<&IdempotencyKey>) -> ServiceResult<Run> {
+        let _span = D::span("reviews.decide");
         let _announce = self.announcing(decision.run_id);
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
         if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, key).await? {

@@ -83,6 +83,7 @@ impl<D: AgentDialect> RunRepository for SqlRunRepository<D> {
     }
 
     async fn create(&self, run: NewRun, key: Option<&RunRequestKey>) -> ServiceResult<Run> {
+        let _span = D::span("runs.create");
         let _announce = self.announcing(run.id);
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
         if let Some(key) = key
@@ -111,16 +112,19 @@ impl<D: AgentDialect> RunRepository for SqlRunRepository<D> {
     }
 
     async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Run> {
+        let _span = D::span("runs.get");
         let mut conn = self.pool.acquire().await?;
         Self::read_run(&mut *conn, tenant, id).await
     }
 
     async fn status(&self, tenant: &str, id: Uuid) -> ServiceResult<Option<RunStatus>> {
+        let _span = D::span("runs.status");
         let mut conn = self.pool.acquire().await?;
         Self::read_run_row(&mut *conn, tenant, id).await?.map(|r| r.status()).transpose()
     }
 
     async fn list(&self, tenant: &str, filter: &RunFilter, page: &PageRequest) -> ServiceResult<Vec<Run>> {
+        let _span = D::span("runs.list");
         let sql = format!(
             "SELECT {RUN_COLUMNS} FROM runs WHERE tenant_id = $1 AND ($2 IS NULL OR agent_id = $2) \
              AND ($3 = '' OR status = $3) AND ($4 = 0 OR (created_at, id) < ($5, $6)) \
@@ -161,6 +165,7 @@ impl<D: AgentDialect> RunRepository for SqlRunRepository<D> {
     }
 
     async fn cancel(&self, tenant: &str, id: Uuid, reason: &str, key: Option<&IdempotencyKey>) -> ServiceResult<Run> {
+        let _span = D::span("runs.cancel");
         let _announce = self.announcing(id);
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
         if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, key).await? {
@@ -178,6 +183,7 @@ impl<D: AgentDialect> RunRepository for SqlRunRepository<D> {
     }
 
     async fn events(&self, run_id: Uuid, from: i64, limit: i64) -> ServiceResult<Vec<RunEvent>> {
+        let _span = D::span("runs.events");
         let rows: Vec<EventRow> = sqlx::query::<D::Db>(
             "SELECT run_id, sequence, kind, step_id, detail, created_at FROM run_events \
              WHERE run_id = $1 AND sequence >= $2 ORDER BY sequence LIMIT $3",
@@ -224,6 +230,7 @@ impl<D: AgentDialect> RunRepository for SqlRunRepository<D> {
     }
 
     async fn start_step(&self, run_id: Uuid, lease: &Lease) -> ServiceResult<StepWork> {
+        let _span = D::span("runs.start_step");
         let _announce = self.announcing(run_id);
         let at = now();
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
@@ -256,6 +263,7 @@ impl<D: AgentDialect> RunRepository for SqlRunRepository<D> {
         step_index: i32,
         outcome: StepOutcome,
     ) -> ServiceResult<()> {
+        let _span = D::span("runs.finish_step");
         let _announce = self.announcing(run_id);
         let at = now();
         let mut tx = self.pool.begin_with(D::BEGIN).await?;

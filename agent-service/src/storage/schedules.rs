@@ -84,6 +84,7 @@ impl<D: AgentDialect> ScheduleRepository for SqlRunRepository<D> {
     }
 
     async fn fire_tick(&self, agent_id: Uuid, tick: DateTime<Utc>, run: NewRun) -> ServiceResult<TickOutcome> {
+        let _span = D::span("schedules.fire_tick");
         let _announce = self.announcing(run.id);
         let at = now();
         let mut tx = self.pool.begin_with(D::BEGIN).await?;

@@ -83,6 +83,7 @@ impl TryFrom<MessageRow> for SessionMessage {
 #[async_trait]
 impl<D: AgentDialect> SessionRepository for SqlExecutionRepository<D> {
     async fn sessions(&self, tenant: &str, agent_id: Uuid, page: &PageRequest) -> ServiceResult<Vec<Session>> {
+        let _span = D::span("sessions.sessions");
         Self::ensure_agent(&self.pool, tenant, agent_id).await?;
         let rows: Vec<SessionRow> = sqlx::query::<D::Db>(
             "SELECT session_id, message_count, last_message_at FROM sessions \
@@ -106,6 +107,7 @@ impl<D: AgentDialect> SessionRepository for SqlExecutionRepository<D> {
         session_id: &str,
         page: &PageRequest,
     ) -> ServiceResult<Vec<SessionMessage>> {
+        let _span = D::span("sessions.messages");
         Self::ensure_agent(&self.pool, tenant, agent_id).await?;
         let after = page.number_cursor()?;
         let rows: Vec<MessageRow> = sqlx::query::<D::Db>(
@@ -153,6 +155,7 @@ impl<D: AgentDialect> SessionRepository for SqlExecutionRepository<D> {
         session_id: &str,
         key: Option<&IdempotencyKey>,
     ) -> ServiceResult<i64> {
+        let _span = D::span("sessions.clear_session");
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
         if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, key).await? {
             return replayed(&json);

@@ -149,6 +149,7 @@ where
         + Decodes<(i64, i64)>,
 {
     async fn seed_templates(&self, templates: &[Workflow]) -> ServiceResult<SeedOutcome> {
+        let _span = D::span("workflows.seed_templates");
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
         let mut outcome = SeedOutcome::default();
         for template in templates {
@@ -205,6 +206,7 @@ where
     }
 
     async fn create(&self, tenant: &str, new: NewWorkflow, key: Option<&IdempotencyKey>) -> ServiceResult<Workflow> {
+        let _span = D::span("workflows.create");
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
         if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, key).await? {
             return replayed(&json);
@@ -269,6 +271,7 @@ where
         key: Option<&IdempotencyKey>,
         mutation: Mutation,
     ) -> ServiceResult<Workflow> {
+        let _span = D::span("workflows.mutate");
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
         if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, key).await? {
             return replayed(&json);
@@ -291,6 +294,7 @@ where
         key: Option<&IdempotencyKey>,
         check: DeleteCheck,
     ) -> ServiceResult<Uuid> {
+        let _span = D::span("workflows.delete");
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
         if let Some(json) = dialect::claim_idempotency::<D>(&mut *tx, tenant, key).await? {
             return replayed(&json);
@@ -310,6 +314,7 @@ where
         execution_id: &str,
         succeeded: bool,
     ) -> ServiceResult<RecordedExecution> {
+        let _span = D::span("workflows.record_execution");
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
         // The definition does not change: its row is only kept from being deleted meanwhile,
         // so that the reports of every tenant on one template run side by side. Exactly once
