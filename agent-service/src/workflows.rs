@@ -59,10 +59,6 @@ impl Credentials {
         if let Ok(value) = MetadataValue::try_from(self.tenant.as_str()) {
             metadata.insert(TENANT_HEADER, value);
         }
-        // The caller's trace goes on, so both services' logs show the same trace id.
-        if let Some(value) = engarde::kit::trace::outgoing_header().and_then(|t| MetadataValue::try_from(t).ok()) {
-            metadata.insert("traceparent", value);
-        }
     }
 }
 
@@ -209,11 +205,11 @@ impl WorkflowClient {
             credentials.attach(&mut request);
             // Tell workflow-service the deadline too, so it stops working on an abandoned call.
             request.set_timeout(self.call_timeout);
-            // Each attempt is a client span, the parent of workflow-service's server span.
+            // Each attempt is a client span, the parent of workflow-service's server span (when
+            // no span is recorded, the caller's trace goes on), so both services' logs show the
+            // same trace id.
             let span = rpc_span::<M>();
-            if span.is_recorded()
-                && let Some(value) = span.traceparent().and_then(|t| MetadataValue::try_from(t).ok())
-            {
+            if let Some(value) = span.traceparent().and_then(|t| MetadataValue::try_from(t).ok()) {
                 request.metadata_mut().insert("traceparent", value);
             }
             let status = match tokio::time::timeout(self.call_timeout, send(self.client.clone(), request)).await {

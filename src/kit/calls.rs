@@ -52,14 +52,14 @@ pub struct Callers {
 }
 
 impl Callers {
-    /// The tenant and subject of a call of `path`, and the service making it if one is; or the
+    /// The tenant and subject of a call of `path` (a service's subject is `svc:<name>`), or the
     /// status that refuses the call (UNAUTHENTICATED, PERMISSION_DENIED).
     fn identify(
         &self,
         path: &str,
         headers: &http::HeaderMap,
         peer: Option<&PeerIdentity>,
-    ) -> Result<(Tenant, Subject, Option<ServiceCaller>), tonic::Status> {
+    ) -> Result<(Tenant, Subject), tonic::Status> {
         // A bearer token speaks for the call; only a call without one is the certificate's
         // (agent-service forwards its callers' tokens over the same connection; in dev mode,
         // where callers send none, nobody is authenticated and a certificate names no one).
@@ -71,19 +71,16 @@ impl Callers {
             None => None,
         };
         // Authenticated first, so that a bad token is UNAUTHENTICATED whatever it calls.
-        let identity = match service {
+        let identity = match &service {
             Some(caller) => {
                 let tenant = tenant_header(headers)?.ok_or_else(|| {
                     tonic::Status::invalid_argument("a service call must name the tenant it acts for in x-tenant-id")
                 })?;
-                (tenant, Subject::service(&caller), Some(caller))
+                (tenant, Subject::service(caller))
             }
-            None => {
-                let (tenant, subject) = self.authenticator.identify(headers)?;
-                (tenant, subject, None)
-            }
+            None => self.authenticator.identify(headers)?,
         };
-        self.access.check(path, identity.2.as_ref(), self.authenticator.authenticates())?;
+        self.access.check(path, service.as_ref(), self.authenticator.authenticates())?;
         Ok(identity)
     }
 }
@@ -146,7 +143,7 @@ where
                 service.call(req).await
             });
         }
-        let (tenant, subject, service) = match self.callers.identify(
+        let (tenant, subject) = match self.callers.identify(
             req.uri().path(),
             req.headers(),
             req.extensions().get::<PeerIdentity>(),
@@ -161,9 +158,6 @@ where
         let (record, trace) = CallRecord::start(&req, &tenant);
         req.extensions_mut().insert(tenant);
         req.extensions_mut().insert(subject);
-        if let Some(service) = service {
-            req.extensions_mut().insert(service);
-        }
         // A free permit is taken at once and the handler called now; only when none is free does
         // the call keep a clone of the service (the one polled ready goes with it) and wait.
         let start = match self.permits.clone().try_acquire_owned() {

@@ -245,9 +245,11 @@ impl CommonConfig {
         Ok(names)
     }
 
-    /// Checks that, in production mode, this service has a service identity: the shared secret,
-    /// or (`by_certificate`) a client certificate that stands for it.
-    pub fn check_service_identity(&self, by_certificate: bool) -> anyhow::Result<()> {
+    /// Checks that, in production mode, the services know each other: by the shared secret, by
+    /// client certificates this server takes as services (SERVICE_CLIENT_NAMES), or
+    /// (`presents_certificate`) by the client certificate this service presents to the other.
+    pub fn check_service_identity(&self, presents_certificate: bool) -> anyhow::Result<()> {
+        let by_certificate = presents_certificate || !self.certified_services()?.is_empty();
         if self.auth_mode == AuthMode::Jwt && self.service_secret()?.is_none() && !by_certificate {
             anyhow::bail!(
                 "AUTH_MODE=jwt needs SERVICE_TOKEN_SECRET: the secret both services share for their calls \
@@ -257,11 +259,6 @@ impl CommonConfig {
             );
         }
         Ok(())
-    }
-
-    /// Whether a verified client certificate can stand for one of our services here.
-    pub fn has_certified_services(&self) -> anyhow::Result<bool> {
-        Ok(!self.certified_services()?.is_empty())
     }
 
     /// Who may call a server whose service-to-service RPCs are `access`.

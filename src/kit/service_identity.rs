@@ -29,17 +29,10 @@ const RENEW_BEFORE: Duration = Duration::from_secs(60);
 /// The clock skew allowed between the services.
 const LEEWAY_SECS: u64 = 30;
 
-/// The caller of a request was one of our services, named here (put in the request's
-/// extensions by [`super::calls`] beside the tenant it acts for).
+/// One of our services, named: the caller of a request whose service token (or client
+/// certificate) [`super::calls`] verified; its subject is `svc:<name>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceCaller(pub String);
-
-impl ServiceCaller {
-    /// The service that made the request, if a service made it.
-    pub fn of<T>(request: &tonic::Request<T>) -> Option<ServiceCaller> {
-        request.extensions().get::<ServiceCaller>().cloned()
-    }
-}
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ServiceClaims {
