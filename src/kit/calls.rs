@@ -15,12 +15,14 @@
 //!    wait for a permit);
 //! 4. a business permit is taken, inside the call, once the path says one is needed (waiting
 //!    in arrival order when none is free), and held until the response (headers) is ready;
-//! 5. the handler runs with the trace current;
+//! 5. the handler runs with the trace current, until the call's deadline ([`super::deadline`],
+//!    fixed on arrival): past it the caller is answered DEADLINE_EXCEEDED;
 //! 6. an INTERNAL answer to broken framing becomes INVALID_ARGUMENT, then the call is logged
 //!    with the code the caller gets (or when its body ends, for answers with trailers).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -29,6 +31,7 @@ use tower_service::Service;
 
 use super::auth::{Authenticator, Subject, Tenant, tenant_header};
 use super::concurrency::is_exempt;
+use super::deadline::CallDeadline;
 use super::malformed_request::reclassify;
 use super::rpc_log::CallRecord;
 use super::service_identity::{ServiceAccess, ServiceCaller, ServiceVerifier};
@@ -39,6 +42,7 @@ use super::tls::PeerIdentity;
 pub struct CallLayer {
     callers: Arc<Callers>,
     permits: Arc<Semaphore>,
+    rpc_timeout: Duration,
 }
 
 /// Who may call: tenants, authenticated by `authenticator`, and our own services, by
@@ -86,18 +90,24 @@ impl Callers {
 }
 
 impl CallLayer {
-    /// Authenticates `callers` and serves at most `max_concurrent_rpcs` business calls at once
-    /// (MAX_CONCURRENT_RPCS).
-    pub fn new(callers: Callers, max_concurrent_rpcs: usize) -> Self {
+    /// Authenticates `callers`, serves at most `max_concurrent_rpcs` business calls at once
+    /// (MAX_CONCURRENT_RPCS), and answers each within `rpc_timeout` or its caller's shorter
+    /// `grpc-timeout` (RPC_TIMEOUT_SECS).
+    pub fn new(callers: Callers, max_concurrent_rpcs: usize, rpc_timeout: Duration) -> Self {
         callers.authenticator.start_key_refresh();
-        Self { callers: Arc::new(callers), permits: Arc::new(Semaphore::new(max_concurrent_rpcs)) }
+        Self { callers: Arc::new(callers), permits: Arc::new(Semaphore::new(max_concurrent_rpcs)), rpc_timeout }
     }
 }
 
 impl<S> Layer<S> for CallLayer {
     type Service = CallService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        CallService { inner, callers: self.callers.clone(), permits: self.permits.clone() }
+        CallService {
+            inner,
+            callers: self.callers.clone(),
+            permits: self.permits.clone(),
+            rpc_timeout: self.rpc_timeout,
+        }
     }
 }
 
@@ -106,6 +116,7 @@ pub struct CallService<S> {
     inner: S,
     callers: Arc<Callers>,
     permits: Arc<Semaphore>,
+    rpc_timeout: Duration,
 }
 
 impl<S, B> Service<http::Request<B>> for CallService<S>
@@ -131,6 +142,15 @@ where
                 Ok(response)
             });
         }
+        // Fixed on arrival, once: a call that waits for a refetch of the keys keeps its deadline.
+        let deadline = match CallDeadline::of(req.extensions()) {
+            Some(deadline) => deadline,
+            None => {
+                let deadline = CallDeadline::arriving(req.headers(), self.rpc_timeout);
+                req.extensions_mut().insert(deadline);
+                deadline
+            }
+        };
         // JWKS: an unknown kid waits for a refetch of the keys, then authenticates once (marked).
         if req.extensions_mut().remove::<KeysRefetched>().is_none()
             && let Some(refetch) = self.callers.authenticator.keys_refetch(req.headers())
@@ -181,8 +201,15 @@ where
                     }
                 };
                 // Held until the response (for a stream, its headers) is ready, as tower's
-                // limit does.
-                let response = response.await;
+                // limit does. Past the deadline the handler is dropped (work that must outlive
+                // its caller, such as an execution's record, runs in a task of its own).
+                let response = match tokio::time::timeout_at(deadline.instant(), response).await {
+                    Ok(response) => response,
+                    Err(_) => Ok(tonic::Status::deadline_exceeded(
+                        "the call's deadline passed before it was answered (its grpc-timeout, or RPC_TIMEOUT_SECS)",
+                    )
+                    .into_http()),
+                };
                 drop(permit);
                 response
             })
@@ -204,3 +231,67 @@ enum Start<S: Service<http::Request<B>>, B> {
 /// Marks a call that already waited for a refetch of the identity provider's keys.
 #[derive(Clone, Copy)]
 struct KeysRefetched;
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::kit::auth::{Authenticator, Tenant};
+
+    fn layer(rpc_timeout: Duration) -> CallLayer {
+        let callers = Callers {
+            authenticator: Authenticator::development(Tenant::parse("dev").unwrap()),
+            services: None,
+            certified_services: Vec::new(),
+            access: ServiceAccess::default(),
+        };
+        CallLayer::new(callers, 4, rpc_timeout)
+    }
+
+    /// A handler that answers OK after `delay`.
+    fn answering_after(
+        delay: Duration,
+    ) -> impl Service<http::Request<()>, Response = http::Response<tonic::body::Body>, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + 'static {
+        tower::service_fn(move |_request: http::Request<()>| async move {
+            tokio::time::sleep(delay).await;
+            Ok::<_, Infallible>(tonic::Status::ok("").into_http())
+        })
+    }
+
+    fn call(grpc_timeout: Option<&str>) -> http::Request<()> {
+        let mut request = http::Request::builder().uri("/engarde.workflow.v1.WorkflowService/GetWorkflow");
+        if let Some(timeout) = grpc_timeout {
+            request = request.header("grpc-timeout", timeout);
+        }
+        request.body(()).unwrap()
+    }
+
+    fn code(response: &http::Response<tonic::body::Body>) -> Option<&str> {
+        response.headers().get("grpc-status").and_then(|v| v.to_str().ok())
+    }
+
+    #[tokio::test]
+    async fn a_call_past_its_deadline_is_answered_deadline_exceeded() {
+        let deadline_exceeded = (tonic::Code::DeadlineExceeded as i32).to_string();
+        // The caller's grpc-timeout, when shorter than the server's.
+        let service = layer(Duration::from_secs(30)).layer(answering_after(Duration::from_secs(5)));
+        let response = service.clone().oneshot(call(Some("200m"))).await.unwrap();
+        assert_eq!(code(&response), Some(deadline_exceeded.as_str()));
+        // The server's RPC timeout, when the caller sets none or a longer one.
+        let service = layer(Duration::from_millis(200)).layer(answering_after(Duration::from_secs(5)));
+        for timeout in [None, Some("10S")] {
+            let response = service.clone().oneshot(call(timeout)).await.unwrap();
+            assert_eq!(code(&response), Some(deadline_exceeded.as_str()), "{timeout:?}");
+        }
+        // In time: the handler's answer.
+        let service = layer(Duration::from_secs(30)).layer(answering_after(Duration::from_millis(10)));
+        let response = service.oneshot(call(Some("5S"))).await.unwrap();
+        assert_eq!(code(&response), Some("0"));
+    }
+}

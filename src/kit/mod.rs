@@ -8,6 +8,7 @@ pub mod concurrency;
 pub mod config;
 pub mod connections;
 pub mod db;
+pub mod deadline;
 pub mod dialect;
 pub mod error;
 pub mod health;

@@ -62,7 +62,7 @@ impl BoundServer {
 
         // Authentication, the call's trace, log line and metrics, the business concurrency
         // limit and the reclassification of broken framing: one layer, one future per call.
-        let layers = CallLayer::new(config.callers(self.access)?, config.max_concurrent_rpcs);
+        let layers = CallLayer::new(config.callers(self.access)?, config.max_concurrent_rpcs, config.rpc_timeout());
 
         let tls = config.server_tls()?;
         // Before the server takes its first connection: the probes must find the port open.
@@ -73,8 +73,9 @@ impl BoundServer {
         let routes = routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
         let incoming = guarded_incoming(self.listener, config.connection_limits(), tls);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        // No `.timeout(..)`: the call layer enforces each call's deadline, answering
+        // DEADLINE_EXCEEDED (tonic's own timeout answers CANCELLED).
         let server = Server::builder()
-            .timeout(config.rpc_timeout())
             .http2_keepalive_interval(Some(config.http2_keepalive_interval()))
             .http2_keepalive_timeout(Some(config.http2_keepalive_timeout()))
             .max_concurrent_streams(config.max_streams_per_connection)

@@ -26,16 +26,16 @@ both_backends!(
         let (_, agent) = active_agent(&app, "tenant-a").await;
         let mut agents = app.agents("tenant-a").await;
         let mut executions = app.executions("tenant-a").await;
-        fake.set_delay(Duration::from_secs(3));
+        fake.set_delay(Duration::from_secs(5));
         let mut request = tonic::Request::new(execute(&agent.id, "slow", "s1"));
-        request.set_timeout(Duration::from_millis(800));
+        request.set_timeout(Duration::from_millis(1500));
         let status = expect_code(executions.execute_agent(request).await, Code::DeadlineExceeded);
         // Recorded FAILED (the service answered before the caller's deadline, naming it).
         let recorded = recorded_executions(&mut executions, pb::ListExecutionsRequest::default()).await;
         assert_eq!(recorded.len(), 1);
         assert_eq!(recorded[0].status, FAILED);
         assert!(status.message().contains(&recorded[0].id), "{status:?}");
-        assert!(recorded[0].latency_ms < 3000.0, "{:?}", recorded[0]);
+        assert!(recorded[0].latency_ms < 5000.0, "{:?}", recorded[0]);
         let counted = get_agent(&mut agents, &agent.id).await;
         assert_eq!((counted.total_executions, counted.successful_executions), (1, 0));
         assert!(

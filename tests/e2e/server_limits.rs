@@ -71,6 +71,25 @@ async fn health_answers_while_business_calls_saturate_the_concurrency_limit() {
     }
 }
 
+/// RPC_TIMEOUT_SECS bounds every execution whose caller sets no deadline, and the server answers
+/// DEADLINE_EXCEEDED naming the execution it recorded, as gRPC says it must (tonic's own timeout
+/// answered CANCELLED). This client sets no deadline, so the answer is the server's. (The kit's
+/// layer answering a call that outlives its deadline is unit-tested in `kit::calls`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_rpc_timeout_answers_deadline_exceeded() {
+    let fake = FakeLangflow::start().await;
+    let app = spawn_with_langflow(Backend::Sqlite, &fake.url(), &[("RPC_TIMEOUT_SECS", "2".to_owned())]).await;
+    let (_, agent) = active_agent(&app, "tenant-a").await;
+    fake.set_delay(Duration::from_secs(30));
+
+    let mut executions = app.executions("tenant-a").await;
+    let started = Instant::now();
+    let status = executions.execute_agent(execute(&agent.id, "slow", "")).await.expect_err("Langflow outlasts it");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("execution "), "the answer names the recorded execution: {status:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "answered after {:?}", started.elapsed());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_that_never_speak_http2_are_closed_after_the_handshake_timeout() {
     let db = TestDb::new(Backend::Sqlite).await;

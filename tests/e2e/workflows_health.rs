@@ -193,7 +193,11 @@ async fn sigterm_turns_health_off_first_then_exits_cleanly() {
     let next = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.expect("told before exit");
     assert_eq!(next.ok().flatten().map(|m| m.status), Some(ServingStatus::NotServing as i32));
     drop((watch, health));
-    let exit = service.wait_exit(Duration::from_secs(10)).await.expect("exits within the drain timeout");
+    // The drain (5 s) bounds the exit; the wait is generous for a loaded host, and a miss shows
+    // the log, which says how far the shutdown got.
+    let Some(exit) = service.wait_exit(Duration::from_secs(20)).await else {
+        panic!("no exit 20 s after SIGTERM:\n{}", service.logs());
+    };
     assert!(exit.success(), "{exit:?}\n{}", service.logs());
 }
 

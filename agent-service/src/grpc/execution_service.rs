@@ -4,6 +4,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
+use engarde::kit::deadline::CallDeadline;
 use engarde::kit::error::{FieldViolation, ServiceError, ServiceResult};
 use engarde::kit::idempotency::IdempotencyKey;
 use engarde::kit::page_budget::PageBudget;
@@ -20,7 +21,7 @@ use super::execution_convert::{
     execution_status_from_pb, execution_to_pb, feedback_to_pb, message_to_pb, session_to_pb, stream_item_to_pb,
 };
 use crate::execution::model::{ExecutionFilter, check_feedback, check_input, check_session_id, valid_session_id};
-use crate::execution::{ExecuteRequest, Executor, parse_grpc_timeout};
+use crate::execution::{ExecuteRequest, Executor};
 use crate::storage::feedback::NewFeedback;
 
 /// The service's handlers, over the executor (which owns the execution repository).
@@ -40,9 +41,10 @@ impl ExecutionApi {
 /// The events of a streamed execution.
 pub type ExecutionEventStream = Pin<Box<dyn Stream<Item = Result<pb::ExecutionEvent, Status>> + Send>>;
 
-/// The caller's deadline, from its `grpc-timeout` header.
+/// The time left until the call's deadline, as the kit's call layer fixed it on arrival (the
+/// caller's `grpc-timeout` or RPC_TIMEOUT_SECS): the answer must beat the layer's own.
 fn caller_deadline<T>(request: &Request<T>) -> Option<Duration> {
-    request.metadata().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout)
+    request.extensions().get::<CallDeadline>().map(CallDeadline::remaining)
 }
 
 /// ExecuteAgent's request (or StreamExecuteAgent's), checked field by field.
