@@ -2,6 +2,7 @@
 //! workflow version, a deleted source workflow, and workflow-service being down.
 
 use engarde::proto::agent::v1 as pb;
+use engarde::proto::agent::v1::agent_service_client::AgentServiceClient;
 use engarde::proto::workflow::v1 as wpb;
 use prost_types::FieldMask;
 use tonic::Code;
@@ -243,7 +244,19 @@ both_backends!(
             .await
             .unwrap()
             .into_inner();
-        assert!(archived.version > workflow.version, "archiving is a change: a new etag");
+        // Archiving is no new version of the definition, but it is a change: a new etag.
+        assert_eq!(archived.version, workflow.version);
+        assert_ne!(archived.etag, workflow.etag);
+        expect_code(
+            workflows
+                .update_workflow(wpb::UpdateWorkflowRequest {
+                    workflow: Some(wpb::WorkflowDefinition { description: "x".into(), ..workflow.clone() }),
+                    update_mask: Some(FieldMask { paths: vec!["description".into()] }),
+                    request_id: String::new(),
+                })
+                .await,
+            Code::Aborted,
+        );
 
         let installed = agents.list_installed_agents(pb::ListInstalledAgentsRequest::default()).await.unwrap().into_inner();
         let item = &installed.installed_agents[0];
@@ -272,5 +285,84 @@ both_backends!(
         let listed = agents.list_agents(pb::ListAgentsRequest::default()).await.unwrap().into_inner().agents;
         assert_eq!(listed, [standalone.clone(), made_before]);
         agents.deploy_agent(pb::DeployAgentRequest { id: standalone.id.clone(), ..Default::default() }).await.unwrap();
+    }
+);
+
+/// The built-in template all tenants see first.
+const SOCIAL_TEMPLATE: &str = "f209e474-b937-43b7-b5a1-535ed3951a4d";
+
+both_backends!(
+    /// A release that changes a built-in template reaches a database seeded by the previous
+    /// release at the next start, once, and the agents made from the old template see the
+    /// upgrade with its field-level difference.
+    async fn agents_of_a_template_changed_by_a_release_see_the_upgrade(backend) {
+        let workflow_db = TestDb::new(backend).await;
+        let agent_db = TestDb::new(backend).await;
+        // The previous release's library: the same template, with another first prompt and
+        // another name for its last step (the current release's revision recorded, so that
+        // this start leaves it as the previous release wrote it).
+        drop(spawn_workflow_service(&workflow_db, &[]).await);
+        let previous = match backend {
+            Backend::Postgres => "config = jsonb_set(jsonb_set(config, '{steps,0,prompt}', '\"Old prompt: {input}\"'), \
+                                  '{steps,3,name}', '\"Post\"')",
+            Backend::Sqlite => "config = json_set(config, '$.steps[0].prompt', 'Old prompt: {input}', '$.steps[3].name', 'Post')",
+        };
+        workflow_db.sql(&format!("UPDATE workflows SET {previous} WHERE is_template AND name = 'Social Media Content Pipeline'")).await;
+        let agent = {
+            let workflow = spawn_workflow_service(&workflow_db, &[]).await;
+            let agents = spawn_agent_service(&agent_db, &workflow.url(), &[]).await;
+            let mut client = AgentServiceClient::with_interceptor(agents.channel().await, as_tenant("tenant-a"));
+            let agent = client.create_agent_from_workflow(from_workflow(SOCIAL_TEMPLATE)).await.unwrap().into_inner();
+            let snapshot = agent.workflow_snapshot.clone().unwrap();
+            assert_eq!(snapshot.workflow_config.unwrap().steps[0].prompt, "Old prompt: {input}");
+            let installed = client.list_installed_agents(pb::ListInstalledAgentsRequest::default()).await.unwrap().into_inner();
+            assert!(!installed.installed_agents[0].upgrade_available);
+            agent
+        };
+
+        // The database as the previous release left it (a revision before this one's), then
+        // two replicas of this release start at once.
+        workflow_db.sql("UPDATE workflows SET template_revision = 0 WHERE is_template").await;
+        let (workflow, replica) =
+            tokio::join!(spawn_workflow_service(&workflow_db, &[]), spawn_workflow_service(&workflow_db, &[]));
+        let updates: usize = [&workflow, &replica]
+            .iter()
+            .map(|s| if s.logs().contains("inserted=0 updated=1") { 1 } else { 0 })
+            .sum();
+        assert_eq!(updates, 1, "one replica updates the one changed template:\n{}\n{}", workflow.logs(), replica.logs());
+        let agents = spawn_agent_service(&agent_db, &workflow.url(), &[]).await;
+        let mut client = AgentServiceClient::with_interceptor(agents.channel().await, as_tenant("tenant-a"));
+        let installed = client.list_installed_agents(pb::ListInstalledAgentsRequest::default()).await.unwrap().into_inner();
+        let item = &installed.installed_agents[0];
+        assert!(item.upgrade_available && item.is_template, "{item:?}");
+        assert_eq!(item.workflow_current_version, 2);
+
+        let preview = client
+            .upgrade_agent(pb::UpgradeAgentRequest { agent_id: agent.id.clone(), dry_run: true, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((preview.from_version, preview.to_version), (1, 2));
+        let changes: Vec<(&str, i32, &str)> =
+            preview.changes.iter().map(|c| (c.field.as_str(), c.kind, c.before.as_str())).collect();
+        assert_eq!(
+            changes,
+            [
+                ("workflow_config.steps[0].prompt", pb::ChangeKind::Changed as i32, "Old prompt: {input}"),
+                ("workflow_config.steps[3].name", pb::ChangeKind::Changed as i32, "Post"),
+            ]
+        );
+        assert_eq!(preview.changes[1].after, "Publish");
+        let upgraded = client
+            .upgrade_agent(pb::UpgradeAgentRequest { agent_id: agent.id.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(upgraded.agent.unwrap().workflow_snapshot.unwrap().workflow_version, 2);
+
+        // A later start changes nothing more.
+        drop(replica);
+        let again = spawn_workflow_service(&workflow_db, &[]).await;
+        assert!(again.logs().contains("inserted=0 updated=0"), "{}", again.logs());
     }
 );

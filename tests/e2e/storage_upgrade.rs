@@ -234,7 +234,8 @@ fn workflow(
         success_count,
         success_rate: if execution_count == 0 { 0.0 } else { success_count as f64 / execution_count as f64 },
         version,
-        etag: etag_of(version),
+        // A workflow's etag names its version and status.
+        etag: format!("\"{version}-{}\"", status.as_str_name().trim_start_matches("WORKFLOW_STATUS_").to_lowercase()),
         create_time: Some(ts(at(created))),
         update_time: Some(ts(at(updated))),
     }

@@ -38,9 +38,19 @@ pub fn ensure_owned(workflow: &Workflow) -> ServiceResult<()> {
     Ok(())
 }
 
-/// Refuses a change based on a stale version. An empty etag means "whatever the version".
+/// Refuses a change based on a stale read (ABORTED). An empty etag means "whatever the state".
 pub fn ensure_fresh(workflow: &Workflow, etag: &str) -> ServiceResult<()> {
-    engarde::kit::versioning::ensure_fresh(&format!("workflow {}", workflow.id), workflow.version, etag)
+    let current = workflow.etag();
+    if etag.is_empty() || etag == current {
+        return Ok(());
+    }
+    if !Workflow::is_etag(etag) {
+        return Err(ServiceError::invalid("etag", "is not an etag this service issued"));
+    }
+    Err(ServiceError::Aborted(format!(
+        "workflow {} has changed since it was read (etag {etag} is stale, current is {current}); read it again",
+        workflow.id
+    )))
 }
 
 /// Whether `field` may change while the workflow is in `status`.
@@ -96,6 +106,23 @@ pub fn ensure_deletable(workflow: &Workflow) -> ServiceResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_etag_names_the_version_and_the_status() {
+        let mut workflow = crate::domain::templates::library(chrono::Utc::now()).remove(0).workflow;
+        workflow.status = Status::Active;
+        let active = workflow.etag();
+        assert!(ensure_fresh(&workflow, &active).is_ok());
+        assert!(ensure_fresh(&workflow, "").is_ok());
+        // Archiving keeps the version, and still changes the etag.
+        workflow.status = Status::Archived;
+        assert!(matches!(ensure_fresh(&workflow, &active), Err(ServiceError::Aborted(_))));
+        // An earlier release's etag (the bare version) is stale, not invalid.
+        assert!(matches!(ensure_fresh(&workflow, "\"1\""), Err(ServiceError::Aborted(_))));
+        for junk in ["1", "\"\"", "\"x\"", "\"1-retired\"", "\"-active\"", "\"99999999999999999999\""] {
+            assert!(matches!(ensure_fresh(&workflow, junk), Err(ServiceError::InvalidArgument(_))), "{junk}");
+        }
+    }
 
     #[test]
     fn what_may_change_in_which_state() {

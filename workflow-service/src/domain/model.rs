@@ -181,17 +181,36 @@ impl Workflow {
             + triggers
     }
 
-    /// The opaque tag of this version.
+    /// The opaque tag of this state: the definition's version and the status. A status change
+    /// is no new version of the definition (agents made from it have nothing to upgrade to),
+    /// yet it must change the etag; and as the status only moves forward, the pair never
+    /// repeats.
     pub fn etag(&self) -> String {
-        etag_of(self.version)
+        format!("\"{}-{}\"", self.version, self.status.as_str())
+    }
+
+    /// Whether `etag` is one this service issues for workflows (this release's, or the bare
+    /// version of earlier releases, which is then stale).
+    pub fn is_etag(etag: &str) -> bool {
+        let Some(inner) = etag.strip_prefix('"').and_then(|e| e.strip_suffix('"')) else {
+            return false;
+        };
+        let (version, status) = inner.split_once('-').map_or((inner, None), |(v, s)| (v, Some(s)));
+        let numeric = !version.is_empty() && version.len() <= 19 && version.bytes().all(|b| b.is_ascii_digit());
+        numeric && status.is_none_or(|s| Status::parse(s).is_some())
+    }
+
+    /// Whether `other` differs from this workflow in what makes a new version: its name,
+    /// description, category or config (not its status, nor its statistics).
+    pub fn definition_differs(&self, other: &Workflow) -> bool {
+        (&self.name, &self.description, self.category, &self.config)
+            != (&other.name, &other.description, other.category, &other.config)
     }
 
     pub fn success_rate(&self) -> f64 {
         if self.execution_count == 0 { 0.0 } else { self.success_count as f64 / self.execution_count as f64 }
     }
 }
-
-pub use engarde::kit::versioning::{etag_of, version_of_etag};
 
 /// The fields of a new workflow a caller chooses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,5 +1,10 @@
 //! The built-in template library, shipped in `templates.json` and seeded idempotently: each
 //! template has a fixed id, so a restart or a second replica inserts nothing twice.
+//!
+//! Each template carries a `revision`, raised by hand with every release that changes it. A
+//! database holding an older revision is brought up to it at start; one holding the same or a
+//! newer revision (written by a newer release, while an older one still runs during a rolling
+//! update) is left alone, so that two releases never undo each other's templates.
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -12,33 +17,46 @@ const LIBRARY: &str = include_str!("templates.json");
 #[derive(Deserialize)]
 struct TemplateEntry {
     id: Uuid,
+    revision: i64,
     name: String,
     description: String,
     category: Category,
     workflow_config: WorkflowConfig,
 }
 
-/// The library's templates, as workflows ready to insert.
-pub fn library(now: DateTime<Utc>) -> Vec<Workflow> {
+/// A template of the library at its revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    /// The library's revision of this template (1 for its first release).
+    pub revision: i64,
+    /// The template, as a workflow ready to insert.
+    pub workflow: Workflow,
+}
+
+/// The library's templates.
+pub fn library(now: DateTime<Utc>) -> Vec<Template> {
     // The file is part of the binary and checked by the tests below: it cannot fail at run time.
     let entries: Vec<TemplateEntry> =
         serde_json::from_str(LIBRARY).expect("templates.json is valid (checked by tests)");
     entries
         .into_iter()
-        .map(|t| Workflow {
-            id: t.id,
-            tenant_id: String::new(),
-            name: t.name,
-            description: t.description,
-            category: t.category,
-            config: t.workflow_config,
-            status: Status::Active,
-            is_template: true,
-            execution_count: 0,
-            success_count: 0,
-            version: 1,
-            created_at: now,
-            updated_at: now,
+        .map(|t| Template {
+            revision: t.revision,
+            workflow: Workflow {
+                id: t.id,
+                tenant_id: String::new(),
+                name: t.name,
+                description: t.description,
+                category: t.category,
+                config: t.workflow_config,
+                status: Status::Active,
+                is_template: true,
+                execution_count: 0,
+                success_count: 0,
+                version: 1,
+                created_at: now,
+                updated_at: now,
+            },
         })
         .collect()
 }
@@ -52,7 +70,9 @@ mod tests {
 
     #[test]
     fn the_library_has_eleven_valid_templates_two_per_category() {
-        let templates = library(Utc::now());
+        let library = library(Utc::now());
+        assert!(library.iter().all(|t| t.revision >= 1));
+        let templates: Vec<Workflow> = library.into_iter().map(|t| t.workflow).collect();
         assert_eq!(templates.len(), 11);
         let mut per_category: HashMap<Category, usize> = HashMap::new();
         for t in &templates {

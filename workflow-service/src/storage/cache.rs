@@ -26,6 +26,7 @@ use quick_cache::sync::Cache;
 use uuid::Uuid;
 
 use super::{DeleteCheck, Mutation, SeedOutcome, WorkflowRepository};
+use crate::domain::templates::Template;
 use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
 
 /// Tenants share this many generation counters: two tenants in one bucket only invalidate each
@@ -186,7 +187,7 @@ impl CachedWorkflowRepository {
 
 #[async_trait]
 impl WorkflowRepository for CachedWorkflowRepository {
-    async fn seed_templates(&self, templates: &[Workflow]) -> ServiceResult<SeedOutcome> {
+    async fn seed_templates(&self, templates: &[Template]) -> ServiceResult<SeedOutcome> {
         let result = self.inner.seed_templates(templates).await;
         self.cache.changed("");
         result
@@ -314,7 +315,7 @@ mod tests {
     }
 
     fn new_workflow(name: &str) -> NewWorkflow {
-        let template = &templates::library(Utc::now())[0];
+        let template = &templates::library(Utc::now())[0].workflow;
         NewWorkflow {
             name: name.into(),
             description: String::new(),
@@ -375,7 +376,7 @@ mod tests {
     #[tokio::test]
     async fn a_record_on_a_template_changes_the_reporting_tenants_reads_only() {
         let (repo, cache, behind) = cached().await;
-        let template = templates::library(Utc::now())[0].id;
+        let template = templates::library(Utc::now())[0].workflow.id;
         let other =
             (0..).map(|n| format!("other-{n}")).find(|t| !std::ptr::eq(cache.bucket(t), cache.bucket("t1"))).unwrap();
         let filter = WorkflowFilter { is_template: Some(true), ..Default::default() };
@@ -425,7 +426,7 @@ mod tests {
 
     #[test]
     fn large_workflows_take_a_slot_per_16_kib_so_a_few_cannot_fill_memory() {
-        let mut workflow = templates::library(Utc::now())[0].clone();
+        let mut workflow = templates::library(Utc::now())[0].workflow.clone();
         assert_eq!(slots(&workflow), 1, "an ordinary workflow is one slot");
         workflow.config.langflow_flow_json = "x".repeat(1024 * 1024);
         assert!(slots(&workflow) >= 64, "a 1 MiB export weighs at least 64 slots: {}", slots(&workflow));

@@ -15,6 +15,7 @@ use engarde::kit::idempotency::IdempotencyKey;
 use engarde::kit::pagination::PageRequest;
 use uuid::Uuid;
 
+use crate::domain::templates::Template;
 use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
 
 pub use cache::{CachedWorkflowRepository, WorkflowCache};
@@ -37,10 +38,11 @@ pub struct SeedOutcome {
 /// read carries the reading tenant's own statistics of it.
 #[async_trait]
 pub trait WorkflowRepository: Send + Sync {
-    /// Inserts the templates that are not there yet, and brings those whose name, description,
-    /// category or config differ from `templates` up to date (a new version; statistics and
-    /// status stay), so that a release's template changes reach an existing database.
-    async fn seed_templates(&self, templates: &[Workflow]) -> ServiceResult<SeedOutcome>;
+    /// Inserts the templates that are not there yet, and brings those stored at an older
+    /// revision up to `templates` (a new version when the name, description, category or config
+    /// differ; statistics and status stay), so that a release's template changes reach an
+    /// existing database, once however many replicas start; a newer revision stays.
+    async fn seed_templates(&self, templates: &[Template]) -> ServiceResult<SeedOutcome>;
 
     /// Fills in the folded name (see `domain::name_folding`) of the rows written before the
     /// service kept one; answers how many it filled.

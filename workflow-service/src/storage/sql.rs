@@ -17,6 +17,7 @@ use engarde::kit::pagination::PageRequest;
 use uuid::Uuid;
 
 use crate::domain::name_folding::fold_name;
+use crate::domain::templates::Template;
 use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
 use crate::storage::row::{COLUMNS, SELECT_COLUMNS, WorkflowRow, from_workflows_of};
 use crate::storage::{DeleteCheck, Mutation, SeedOutcome, WorkflowRepository};
@@ -112,6 +113,16 @@ where
         Ok(())
     }
 
+    /// Records that template `id` is at the library's `revision`.
+    async fn set_template_revision(conn: &mut Conn<D>, id: Uuid, revision: i64) -> ServiceResult<()> {
+        sqlx::query::<D::Db>("UPDATE workflows SET template_revision = $1 WHERE id = $2")
+            .arg(revision)
+            .arg(SqlUuid(id))
+            .run(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
     /// Inserts `w` (and its folded name); answers how many rows were inserted, which
     /// `on_conflict` may make 0. Statistics are not the definition's: a new one has none.
     async fn insert(conn: &mut Conn<D>, w: &Workflow, on_conflict: &str) -> ServiceResult<u64> {
@@ -146,31 +157,44 @@ where
         + Decodes<(SqlUuid,)>
         + Decodes<(SqlUuid, String)>
         + Decodes<(String, Option<String>)>
-        + Decodes<(i64, i64)>,
+        + Decodes<(i64, i64)>
+        + Decodes<(i64,)>,
 {
-    async fn seed_templates(&self, templates: &[Workflow]) -> ServiceResult<SeedOutcome> {
+    async fn seed_templates(&self, templates: &[Template]) -> ServiceResult<SeedOutcome> {
         let _span = D::span("workflows.seed_templates");
+        // One transaction: replicas starting at once queue on each template's row (SQLite: on
+        // the one write lock), and the later ones find the revision already there.
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
         let mut outcome = SeedOutcome::default();
-        for template in templates {
+        for Template { revision, workflow: template } in templates {
             if Self::insert(&mut *tx, template, "ON CONFLICT (id) DO NOTHING").await? == 1 {
+                Self::set_template_revision(&mut *tx, template.id, *revision).await?;
                 outcome.inserted += 1;
                 continue;
             }
-            // There already: brought up to date when the library's text differs from it.
             let mut stored = Self::load_locked(&mut *tx, "", template.id, LOCK_CHANGE).await?;
-            let current = (&stored.name, &stored.description, stored.category, &stored.config);
-            if current == (&template.name, &template.description, template.category, &template.config) {
+            let (stored_revision,): (i64,) =
+                sqlx::query::<D::Db>("SELECT template_revision FROM workflows WHERE id = $1")
+                    .arg(SqlUuid(template.id))
+                    .fetch_one_as(&mut *tx)
+                    .await?;
+            // The same revision, or a newer release's: nothing to do (never undo a newer one).
+            if stored_revision >= *revision {
                 continue;
             }
-            stored.name = template.name.clone();
-            stored.description = template.description.clone();
-            stored.category = template.category;
-            stored.config = template.config.clone();
-            stored.version += 1;
-            stored.updated_at = now();
-            Self::update(&mut *tx, &stored, stored.version - 1).await?;
-            outcome.updated += 1;
+            // An older revision: brought up to this one, with a new version only when the
+            // definition differs (a database seeded before revisions existed holds 0).
+            if stored.definition_differs(template) {
+                stored.name = template.name.clone();
+                stored.description = template.description.clone();
+                stored.category = template.category;
+                stored.config = template.config.clone();
+                stored.version += 1;
+                stored.updated_at = now();
+                Self::update(&mut *tx, &stored, stored.version - 1).await?;
+                outcome.updated += 1;
+            }
+            Self::set_template_revision(&mut *tx, template.id, *revision).await?;
         }
         tx.commit().await?;
         Ok(outcome)
@@ -277,10 +301,13 @@ where
             return replayed(&json);
         }
         let mut workflow = Self::load_locked(&mut *tx, tenant, id, LOCK_CHANGE).await?;
-        let read_version = workflow.version;
+        let read = workflow.clone();
         mutation(&mut workflow)?;
-        workflow.version = read_version + 1;
+        // Only a change of the definition makes a new version (a status change does not:
+        // agents made from the workflow have nothing new to upgrade to).
+        workflow.version = read.version + i64::from(workflow.definition_differs(&read));
         workflow.updated_at = now();
+        let read_version = read.version;
         Self::update(&mut *tx, &workflow, read_version).await?;
         dialect::complete_idempotency::<D::Db>(&mut *tx, tenant, key, &workflow).await?;
         tx.commit().await?;
@@ -384,7 +411,7 @@ mod tests {
     use crate::storage::{POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
 
     fn new_workflow(name: &str) -> NewWorkflow {
-        let template = &templates::library(Utc::now())[0];
+        let template = &templates::library(Utc::now())[0].workflow;
         NewWorkflow {
             name: name.into(),
             description: String::new(),
@@ -416,20 +443,35 @@ mod tests {
         let library = templates::library(now());
         assert_eq!(repo.seed_templates(&library).await.unwrap(), SeedOutcome { inserted: 11, updated: 0 });
         assert_eq!(repo.seed_templates(&library).await.unwrap(), SeedOutcome::default(), "a restart changes nothing");
-        let counted = repo.record_execution("tenant-a", library[0].id, "exec-1", true).await.unwrap();
+        let counted = repo.record_execution("tenant-a", library[0].workflow.id, "exec-1", true).await.unwrap();
         assert!(counted.counted);
 
+        // A change without a new revision is no release of it: nothing happens.
         let mut next_release = templates::library(now());
-        next_release[0].description = "A better description".into();
-        next_release[0].config.steps[0].prompt = "A better prompt for {input}".into();
+        next_release[0].workflow.description = "A better description".into();
+        next_release[0].workflow.config.steps[0].prompt = "A better prompt for {input}".into();
+        assert_eq!(repo.seed_templates(&next_release).await.unwrap(), SeedOutcome::default());
+        next_release[0].revision += 1;
+        // A revision that changes nothing of the definition only records the revision.
+        next_release[1].revision += 1;
         assert_eq!(repo.seed_templates(&next_release).await.unwrap(), SeedOutcome { inserted: 0, updated: 1 });
-        let updated = repo.get("tenant-a", library[0].id).await.unwrap();
+        let updated = repo.get("tenant-a", library[0].workflow.id).await.unwrap();
         assert_eq!(updated.description, "A better description");
-        assert_eq!(updated.config, next_release[0].config);
+        assert_eq!(updated.config, next_release[0].workflow.config);
         assert_eq!(updated.version, 2);
         assert_eq!((updated.execution_count, updated.success_count), (1, 1), "statistics stay");
-        assert_eq!(repo.get("tenant-a", library[1].id).await.unwrap().version, 1, "the others are untouched");
+        assert_eq!(repo.get("tenant-a", library[1].workflow.id).await.unwrap().version, 1, "the others are untouched");
         assert_eq!(repo.seed_templates(&next_release).await.unwrap(), SeedOutcome::default());
+        // The previous release, still running during a rolling update, undoes nothing.
+        assert_eq!(repo.seed_templates(&library).await.unwrap(), SeedOutcome::default());
+        assert_eq!(repo.get("tenant-a", library[0].workflow.id).await.unwrap(), updated);
+        // Two replicas of the next release start at once: one of them updates, once.
+        let mut third = next_release.clone();
+        third[0].revision += 1;
+        third[0].workflow.name = "A renamed template".into();
+        let (a, b) = tokio::join!(repo.seed_templates(&third), repo.seed_templates(&third));
+        assert_eq!(a.unwrap().updated + b.unwrap().updated, 1);
+        assert_eq!(repo.get("tenant-a", library[0].workflow.id).await.unwrap().version, 3);
     }
 
     /// Statistics are per tenant: a template's, as each tenant reads them, are its own; a
@@ -438,7 +480,7 @@ mod tests {
     async fn statistics_are_per_tenant(repo: &dyn WorkflowRepository) {
         let library = templates::library(now());
         repo.seed_templates(&library).await.unwrap();
-        let template = library[0].id;
+        let template = library[0].workflow.id;
         let record = |tenant: &'static str, execution: &'static str, succeeded: bool| {
             repo.record_execution(tenant, template, execution, succeeded)
         };
@@ -487,7 +529,8 @@ mod tests {
         assert_eq!(counts(&renamed), (1, 1));
         // The template library's seeding keeps every tenant's statistics.
         let mut next_release = templates::library(now());
-        next_release[0].description = "Changed".into();
+        next_release[0].workflow.description = "Changed".into();
+        next_release[0].revision += 1;
         assert_eq!(repo.seed_templates(&next_release).await.unwrap().updated, 1);
         assert_eq!(counts(&repo.get("tenant-a", template).await.unwrap()), (2, 1));
         assert_eq!(counts(&repo.get("tenant-b", template).await.unwrap()), (1, 0));
@@ -498,7 +541,7 @@ mod tests {
     async fn concurrent_reports_of_tenants_on_a_template_count_once(repo: &dyn WorkflowRepository) {
         let library = templates::library(now());
         repo.seed_templates(&library).await.unwrap();
-        let template = library[0].id;
+        let template = library[0].workflow.id;
         let reporter = |tenant: &'static str| async move {
             let mut counted = 0;
             for n in 0..20 {
@@ -604,7 +647,7 @@ mod tests {
         // The definitions are intact.
         let template = repo.get("tenant-a", id(MIGRATED_TEMPLATE)).await.unwrap();
         assert!(template.is_template && template.tenant_id.is_empty(), "{template:?}");
-        assert_eq!(template.config, templates::library(now())[0].config);
+        assert_eq!(template.config, templates::library(now())[0].workflow.config);
         let page = PageRequest::parse(50, "", String::new()).unwrap();
         let found = WorkflowFilter { name_contains: "W 0190".into(), ..Default::default() };
         assert_eq!(repo.list("tenant-a", &found, &page).await.unwrap().len(), 4, "A's three and the template");
@@ -695,14 +738,14 @@ mod tests {
 
     #[tokio::test]
     async fn pooled_statistics_migrate_per_tenant_losing_none_on_sqlite() {
-        let rows = pooled_rows(&templates::library(now())[0].config);
+        let rows = pooled_rows(&templates::library(now())[0].workflow.config);
         on_sqlite_from(Some((SQLITE_BEFORE_STATISTICS, rows)), |repo| Box::pin(pooled_statistics_were_migrated(repo)))
             .await;
     }
 
     #[tokio::test]
     async fn pooled_statistics_migrate_per_tenant_losing_none_on_postgres() {
-        let rows = pooled_rows(&templates::library(now())[0].config);
+        let rows = pooled_rows(&templates::library(now())[0].workflow.config);
         on_postgres_from(Some((POSTGRES_BEFORE_STATISTICS, rows)), |repo| {
             Box::pin(pooled_statistics_were_migrated(repo))
         })
