@@ -54,6 +54,8 @@ pub struct Config {
     pub walker: crate::walker::WalkerSettings,
     #[command(flatten)]
     pub memory: crate::execution::MemoryWindow,
+    #[command(flatten)]
+    pub retention: crate::retention::RetentionSettings,
     /// How often orphan Langflow flows (made for agents that were never stored) are looked for,
     /// in seconds; 0 turns it off.
     #[arg(long, env = "LANGFLOW_RECONCILE_INTERVAL_SECS", default_value_t = 300)]

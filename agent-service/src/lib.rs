@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod langflow;
 pub mod linkage;
 pub mod provisioner;
+pub mod retention;
 pub mod startup;
 pub mod storage;
 pub mod walker;

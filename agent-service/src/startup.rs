@@ -65,11 +65,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let (health, health_service) = Health::new(SERVICE_NAMES.to_vec()).await;
     health.set_dependencies_ok(true, "").await;
     health.watch_database(db.clone(), Duration::from_secs(2));
-    let expiring = repo.clone();
-    engarde::kit::idempotency::spawn_expiry(move |before| {
-        let repo = expiring.clone();
-        async move { repo.expire_idempotency_keys(before).await }
-    });
+    crate::retention::spawn(
+        &config.retention,
+        &common.janitor,
+        repo.clone(),
+        storage::retention::retention_repository(&db),
+    );
 
     let langflow = connect_langflow(&config).await?;
     let deployment = deployment_id(&config, &db).await?;

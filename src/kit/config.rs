@@ -169,6 +169,9 @@ pub struct CommonConfig {
     /// Trace export over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, ...).
     #[command(flatten)]
     pub traces: TraceExportConfig,
+    /// The retention janitor (RETENTION_*, IDEMPOTENCY_RETENTION).
+    #[command(flatten)]
+    pub janitor: super::retention::JanitorSettings,
 }
 
 impl CommonConfig {

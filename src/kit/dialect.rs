@@ -485,10 +485,21 @@ pub async fn complete_idempotency<DB: SqlDb>(
     Ok(())
 }
 
-/// Forgets idempotency keys older than `before`.
-pub async fn expire_idempotency<D: Dialect>(pool: &sqlx::Pool<D::Db>, before: DateTime<Utc>) -> ServiceResult<u64> {
-    let expired =
-        sqlx::query::<D::Db>("DELETE FROM idempotency_keys WHERE created_at < $1").arg(before).run(pool).await?;
+/// Forgets up to `limit` idempotency keys older than `before` (the oldest first), in one short
+/// transaction; answers how many.
+pub async fn expire_idempotency<D: Dialect>(
+    pool: &sqlx::Pool<D::Db>,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> ServiceResult<u64> {
+    let expired = sqlx::query::<D::Db>(
+        "DELETE FROM idempotency_keys WHERE (tenant_id, request_id) IN \
+         (SELECT tenant_id, request_id FROM idempotency_keys WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
+    )
+    .arg(before)
+    .arg(limit)
+    .run(pool)
+    .await?;
     Ok(D::rows_affected(&expired))
 }
 

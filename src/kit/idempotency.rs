@@ -35,28 +35,6 @@ impl IdempotencyKey {
     }
 }
 
-/// How long answers are kept for replays.
-pub const RETENTION: chrono::Duration = chrono::Duration::hours(24);
-
-/// Forgets keys older than [`RETENTION`] once an hour, for as long as the process lives.
-/// `expire(before)` deletes the keys created before `before` and answers how many.
-pub fn spawn_expiry<F, Fut>(expire: F)
-where
-    F: Fn(chrono::DateTime<chrono::Utc>) -> Fut + Send + 'static,
-    Fut: Future<Output = ServiceResult<u64>> + Send,
-{
-    tokio::spawn(async move {
-        loop {
-            match expire(chrono::Utc::now() - RETENTION).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(expired = n, "expired old idempotency keys"),
-                Err(e) => tracing::warn!(error = %e, "could not expire idempotency keys"),
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-        }
-    });
-}
-
 /// What a stored key says about a new request.
 pub fn judge_replay(
     key: &IdempotencyKey,

@@ -22,6 +22,7 @@ pub mod pagination;
 pub mod pg_feed;
 pub mod plumbing;
 pub mod request;
+pub mod retention;
 pub mod rpc_log;
 pub mod server;
 pub mod service_identity;

@@ -11,6 +11,7 @@ mod helpers;
 mod input_text;
 mod langflow_support;
 mod observability;
+mod retention;
 mod server_limits;
 mod server_reflection;
 mod service_identity;

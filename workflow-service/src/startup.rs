@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use engarde::kit::health::Health;
+use engarde::kit::retention::{Expiring, spawn_janitor};
 use engarde::kit::server::BoundServer;
 use engarde::kit::service_identity::ServiceAccess;
 use engarde::proto::workflow::v1::workflow_service_server::WorkflowServiceServer;
@@ -50,10 +51,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     health.set_dependencies_ok(true, "").await;
     health.watch_database(db.clone(), Duration::from_secs(2));
     let expiring = repo.clone();
-    engarde::kit::idempotency::spawn_expiry(move |before| {
+    let idempotency = Expiring::new("idempotency_keys", common.janitor.idempotency_retention, move |before, limit| {
         let repo = expiring.clone();
-        async move { repo.expire_idempotency_keys(before).await }
+        async move { repo.expire_idempotency_keys(before, limit).await }
     });
+    spawn_janitor(&common.janitor, vec![idempotency]);
 
     let api = WorkflowServiceServer::new(WorkflowApi::new(
         repo,

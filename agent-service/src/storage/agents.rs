@@ -110,7 +110,7 @@ pub trait AgentRepository: Send + Sync {
     async fn provisioned(&self, tenant: &str, workflow_ids: &[Uuid]) -> ServiceResult<HashSet<Uuid>>;
 
     /// Forgets idempotency keys older than `before`.
-    async fn expire_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>) -> ServiceResult<u64>;
+    async fn expire_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>, limit: i64) -> ServiceResult<u64>;
 }
 
 /// Applies `mutation` and answers the agent (or, for a replay, the agent first answered).
@@ -471,7 +471,7 @@ impl<D: AgentDialect> AgentRepository for SqlAgentRepository<D> {
         Ok(rows.into_iter().map(|(id,)| id.0).collect())
     }
 
-    async fn expire_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>) -> ServiceResult<u64> {
-        dialect::expire_idempotency::<D>(&self.pool, before).await
+    async fn expire_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>, limit: i64) -> ServiceResult<u64> {
+        dialect::expire_idempotency::<D>(&self.pool, before, limit).await
     }
 }

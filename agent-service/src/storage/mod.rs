@@ -10,6 +10,7 @@ pub mod executions;
 pub mod feedback;
 mod one_statement_finish;
 pub mod outbox;
+pub mod retention;
 pub mod reviews;
 mod row;
 mod run_store;

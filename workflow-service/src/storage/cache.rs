@@ -281,8 +281,8 @@ impl WorkflowRepository for CachedWorkflowRepository {
         result
     }
 
-    async fn expire_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>) -> ServiceResult<u64> {
-        self.inner.expire_idempotency_keys(before).await
+    async fn expire_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>, limit: i64) -> ServiceResult<u64> {
+        self.inner.expire_idempotency_keys(before, limit).await
     }
 }
 

@@ -87,7 +87,7 @@ pub trait WorkflowRepository: Send + Sync {
     ) -> ServiceResult<RecordedExecution>;
 
     /// Forgets idempotency keys older than `before`.
-    async fn expire_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>) -> ServiceResult<u64>;
+    async fn expire_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>, limit: i64) -> ServiceResult<u64>;
 }
 
 /// The repository for a pool.

@@ -399,8 +399,8 @@ where
         Ok(RecordedExecution { counted: true, workflow })
     }
 
-    async fn expire_idempotency_keys(&self, before: DateTime<Utc>) -> ServiceResult<u64> {
-        dialect::expire_idempotency::<D>(&self.pool, before).await
+    async fn expire_idempotency_keys(&self, before: DateTime<Utc>, limit: i64) -> ServiceResult<u64> {
+        dialect::expire_idempotency::<D>(&self.pool, before, limit).await
     }
 }
 
@@ -429,9 +429,9 @@ mod tests {
         assert_eq!(replay.id, first.id);
 
         let an_hour_ago = Utc::now() - chrono::Duration::hours(1);
-        assert_eq!(repo.expire_idempotency_keys(an_hour_ago).await.unwrap(), 0, "a young key is kept");
+        assert_eq!(repo.expire_idempotency_keys(an_hour_ago, 100).await.unwrap(), 0, "a young key is kept");
         let in_an_hour = Utc::now() + chrono::Duration::hours(1);
-        assert_eq!(repo.expire_idempotency_keys(in_an_hour).await.unwrap(), 1);
+        assert_eq!(repo.expire_idempotency_keys(in_an_hour, 100).await.unwrap(), 1);
 
         let after_expiry = repo.create("tenant-a", new_workflow("Once"), Some(&key)).await.unwrap();
         assert_ne!(after_expiry.id, first.id);
