@@ -58,3 +58,27 @@ export TOOLS_VENV
 LANGFLOW_VERSION=1.13.0
 LANGFLOW_VENV=$TOOLS_DIR/langflow-$LANGFLOW_VERSION
 export LANGFLOW_VERSION LANGFLOW_VENV
+
+# The Python client's venv (proto/python): third-party packages only, pinned exactly by
+# proto/python/requirements.txt, so that every checkout on the machine can share it. The client
+# itself is never installed into it (an editable install would point one shared venv at one
+# checkout): its users put proto/python/src on PYTHONPATH, or `pip install ./proto/python`.
+# Rebuilt from scratch whenever the requirements file changes (its hash is kept in the venv).
+PYTHON_CLIENT_VENV=${PYTHON_CLIENT_VENV:-$TOOLS_DIR/python-client}
+export PYTHON_CLIENT_VENV
+
+# ensure_python_client_venv REQUIREMENTS_FILE
+ensure_python_client_venv() {
+    local requirements=$1 stamp want
+    want=$(sha256sum "$requirements" | cut -d' ' -f1)
+    stamp=$PYTHON_CLIENT_VENV/.requirements.sha256
+    if [[ -x $PYTHON_CLIENT_VENV/bin/python && -f $stamp && $(<"$stamp") == "$want" ]]; then
+        log "Python client venv up to date at $PYTHON_CLIENT_VENV"
+        return 0
+    fi
+    log "installing the Python client's pinned requirements into $PYTHON_CLIENT_VENV"
+    rm -rf "$PYTHON_CLIENT_VENV"
+    ensure_venv "$PYTHON_CLIENT_VENV"
+    "$PYTHON_CLIENT_VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements"
+    echo "$want" >"$stamp"
+}
