@@ -82,3 +82,9 @@ ensure_python_client_venv() {
     "$PYTHON_CLIENT_VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$requirements"
     echo "$want" >"$stamp"
 }
+
+# buf (protobuf lint and breaking-change checks), pinned, from its npm package, which carries
+# the binary for the platform.
+BUF_VERSION=1.75.0
+BUF_BIN=$TOOLS_DIR/buf-$BUF_VERSION/node_modules/.bin/buf
+export BUF_VERSION BUF_BIN
