@@ -78,22 +78,23 @@ class ServiceProcess:
 
 
 class Services:
-    """workflow-service and agent-service, wired together, with a Langflow."""
+    """workflow-service and agent-service, wired together, with a Langflow when one is given;
+    `env` (e.g. AUTH_MODE=jwt and its keys) goes to both."""
 
-    def __init__(self, data_dir: Path, langflow_url: str) -> None:
+    def __init__(self, data_dir: Path, langflow_url: str | None, env: dict[str, str] | None = None) -> None:
+        shared = env or {}
         self.workflow = ServiceProcess(
-            "workflow-service", {"DATABASE_URL": f"sqlite://{data_dir / 'workflow.db'}"}, data_dir
+            "workflow-service", {"DATABASE_URL": f"sqlite://{data_dir / 'workflow.db'}", **shared}, data_dir
         )
+        agent_env = {
+            "DATABASE_URL": f"sqlite://{data_dir / 'agent.db'}",
+            "WORKFLOW_SERVICE_URL": f"http://{self.workflow.address}",
+            **shared,
+        }
+        if langflow_url:
+            agent_env["LANGFLOW_URL"] = langflow_url
         try:
-            self.agent = ServiceProcess(
-                "agent-service",
-                {
-                    "DATABASE_URL": f"sqlite://{data_dir / 'agent.db'}",
-                    "WORKFLOW_SERVICE_URL": f"http://{self.workflow.address}",
-                    "LANGFLOW_URL": langflow_url,
-                },
-                data_dir,
-            )
+            self.agent = ServiceProcess("agent-service", agent_env, data_dir)
         except BaseException:
             self.workflow.stop()
             raise
