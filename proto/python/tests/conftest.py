@@ -83,6 +83,8 @@ def run_example(services: Services) -> RunExample:
         # Shown by pytest when the test fails.
         print(f"$ {EXAMPLE.name} {' '.join(args)}\n--- exit {result.returncode}\n--- stdout\n{result.stdout}"
               f"--- stderr\n{result.stderr}")
+        if result.returncode != 0:
+            print("--- agent-service's log, last 40 lines\n" + "\n".join(services.agent.logs().splitlines()[-40:]))
         return result
 
     return run

@@ -19,9 +19,10 @@ SERVICE = "engarde/agent/v1/agent_service.proto"
 RPC = "rpc ListInstalledAgents(ListInstalledAgentsRequest) returns (ListInstalledAgentsResponse)"
 
 
-def annotated_copy(root: Path) -> None:
-    """proto/ copied to `root`, with ListInstalledAgents mapped to GET /api/agents/installed
-    (as the platform's UI calls it) unless the contracts already carry that annotation."""
+def annotated_copy(root: Path) -> str | None:
+    """proto/ copied to `root`, with ListInstalledAgents mapped to an HTTP path unless the
+    contracts already map it: GET /api/agents/installed, as the platform's UI calls it. Answers
+    the path it added, or None when the contracts had their own."""
     shutil.copytree(REPO / "proto", root, ignore=shutil.ignore_patterns("python"))
     api = root / "google" / "api"
     if not (api / "annotations.proto").exists():
@@ -32,17 +33,20 @@ def annotated_copy(root: Path) -> None:
             shutil.copy(shipped / name, api / name)
     service = root / SERVICE
     text = service.read_text()
-    if '"/api/agents/installed"' not in text:
-        assert f"{RPC};" in text, "ListInstalledAgents is declared as this test expects"
-        text = text.replace('import "google/protobuf/field_mask.proto";',
-                            'import "google/api/annotations.proto";\nimport "google/protobuf/field_mask.proto";')
+    if f"{RPC};" in text:
+        if 'import "google/api/annotations.proto";' not in text:
+            text = text.replace('import "google/protobuf/field_mask.proto";',
+                                'import "google/api/annotations.proto";\nimport "google/protobuf/field_mask.proto";')
         text = text.replace(f"{RPC};", f'{RPC} {{\n    option (google.api.http) = {{get: "/api/agents/installed"}};\n  }}')
         service.write_text(text)
+        return "/api/agents/installed"
+    assert f"{RPC} {{" in text and "google.api.http" in text, "ListInstalledAgents is declared as expected"
+    return None
 
 
 def test_generates_annotated_contracts_and_replaces_stale_output(tmp_path: Path) -> None:
     root, out = tmp_path / "proto", tmp_path / "out"
-    annotated_copy(root)
+    added = annotated_copy(root)
     stale = out / "engarde" / "agent" / "v1" / "gone_pb2.py"
     stale.parent.mkdir(parents=True)
     stale.write_text("raise ImportError('stale')\n")
@@ -62,13 +66,18 @@ def test_generates_annotated_contracts_and_replaces_stale_output(tmp_path: Path)
         "from google.api import annotations_pb2\n"
         "from engarde.agent.v1 import agent_service_pb2, agent_service_pb2_grpc\n"
         "method = agent_service_pb2.DESCRIPTOR.services_by_name['AgentService'].methods_by_name['ListInstalledAgents']\n"
-        "print(method.GetOptions().Extensions[annotations_pb2.http].get)\n"
+        "rule = method.GetOptions().Extensions[annotations_pb2.http]\n"
+        "print(*[r.get for r in [rule, *rule.additional_bindings] if r.get], sep='\\n')\n"
         "assert agent_service_pb2_grpc.AgentServiceStub\n"
     )
     result = subprocess.run([sys.executable, "-c", check], env=dict(os.environ, PYTHONPATH=str(out)),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "/api/agents/installed"
+    paths = result.stdout.splitlines()
+    assert paths, "the generated descriptor carries the HTTP rule"
+    if added:
+        assert paths == [added]
+
 
 
 def test_a_broken_contract_fails_and_keeps_the_last_output(tmp_path: Path) -> None:
