@@ -7,7 +7,8 @@ platform backend makes to put agent-service behind its /api/agents endpoints.
 2. ProvisionAgents: an agent for every workflow of the tenant that has none (the built-in
    templates included), each with its Langflow flow, deployed and activated. Safe to repeat:
    workflows that have an agent are skipped.
-3. ExecuteAgent: runs the agent of one workflow (by name) once, in a conversation (session).
+3. ExecuteAgent (or, with --stream, StreamExecuteAgent): runs the agent of one workflow (by
+   name) once, in a conversation (session).
 4. ListInstalledAgents: every agent with its workflow's current name, status and statistics.
 
 It needs agent-service (and workflow-service) with a Langflow (LANGFLOW_URL); see README, "A
@@ -50,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the workflow whose agent to run (its name)")
     p.add_argument("--input", default="our spring sale", help="what to send to the agent")
     p.add_argument("--session", default="python-example", help="the conversation to run it in")
+    p.add_argument("--stream", action="store_true",
+                   help="print the answer as Langflow produces it (StreamExecuteAgent)")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds each call may take (provisioning makes a Langflow flow per agent)")
     model = p.add_argument_group("model", "the tenant's default model, for the agents provisioned now")
@@ -113,17 +116,39 @@ def installed_agents(agents: agent_service_pb2_grpc.AgentServiceStub) -> Iterato
 
 def execute(executions: execution_service_pb2_grpc.ExecutionServiceStub, agent: agent_pb2.Agent,
             args: argparse.Namespace) -> execution_pb2.Execution:
-    answer = executions.ExecuteAgent(
-        execution_service_pb2.ExecuteAgentRequest(
-            agent_id=agent.id, input=args.input, session_id=args.session, request_id=f"execute-{uuid.uuid4()}"
-        )
+    request = execution_service_pb2.ExecuteAgentRequest(
+        agent_id=agent.id, input=args.input, session_id=args.session, request_id=f"execute-{uuid.uuid4()}"
     )
-    execution = answer.execution
+    if args.stream:
+        print(f"streaming {agent.name}:")
+        execution = execute_streamed(executions, request)
+    else:
+        execution = executions.ExecuteAgent(request).execution
     status = execution_pb2.ExecutionStatus.Name(execution.status).removeprefix("EXECUTION_STATUS_").lower()
     print(f"executed {agent.name}: {status} "
           f"in {execution.latency_ms:.0f} ms (execution {execution.id}, session {execution.session_id})")
-    print("  " + execution.output.replace("\n", "\n  "))
+    if not args.stream:
+        print("  " + execution.output.replace("\n", "\n  "))
     return execution
+
+
+def execute_streamed(executions: execution_service_pb2_grpc.ExecutionServiceStub,
+                     request: execution_service_pb2.ExecuteAgentRequest) -> execution_pb2.Execution:
+    """The same run, streamed: `started`, the text as it comes (a model's tokens, or the flow's
+    message), then `finished`, the recorded execution. A run that fails ends the stream with its
+    error status, raised here as from ExecuteAgent."""
+    finished = None
+    print("  ", end="")
+    for event in executions.StreamExecuteAgent(request):
+        kind = event.WhichOneof("event")
+        if kind == "output_text":
+            print(event.output_text.replace("\n", "\n  "), end="", flush=True)
+        elif kind == "finished":
+            finished = event.finished
+    print()
+    if finished is None:
+        raise RuntimeError("the stream ended without its finished event")
+    return finished
 
 
 def print_installed(installed: list[agent_service_pb2.InstalledAgent]) -> None:

@@ -132,3 +132,23 @@ def test_the_deadline_is_honoured(agent_channel: OpenChannel, tenant: str) -> No
     with pytest.raises(grpc.RpcError) as raised:
         stub.ProvisionAgents(agent_service_pb2.ProvisionAgentsRequest(activate=True), timeout=0.001)
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_streamed_the_answer_arrives_as_the_model_writes_it(
+    run_example: RunExample, agent_channel: OpenChannel, tenant: str, fake_model: FakeModel
+) -> None:
+    result = run_example(
+        "--tenant", tenant, "--stream", "--input", "our winter range",
+        "--model-provider", "OpenAI", "--model-name", "fake-gpt",
+        "--model-base-url", fake_model.base_url, "--model-api-key-ref", TEST_MODEL_KEY_VAR,
+    )
+    assert result.returncode == 0, result.stderr
+    # The tokens, printed as they came, make the answer once (no second copy after the stream).
+    assert f"streaming {WORKFLOW} Agent:\n  {ANSWER}\nexecuted {WORKFLOW} Agent: succeeded in " in result.stdout
+    assert result.stdout.count(ANSWER) == 1
+
+    channel = agent_channel(tenant)
+    [execution] = executions_of(channel, the_agent(installed(channel)).id)
+    assert execution.status == execution_pb2.EXECUTION_STATUS_SUCCEEDED
+    assert execution.output == ANSWER
+    assert execution.input == "our winter range"
