@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-# Shared helpers for scripts/install-test-deps and scripts/validate-manifests.
-# Sourced, not executed. Everything it installs lives in the tools dir, outside
-# the source tree, so a clean clone stays clean and a second run reuses it.
+# Shared helpers for scripts/install-test-deps, scripts/validate-manifests, scripts/check-contracts
+# and proto/python/generate. Sourced, not executed. Everything it installs lives in the tools dir,
+# outside the source tree, so a clean clone stays clean and a second run reuses it.
 
 TOOLS_DIR=${ENGARDE_TOOLS_DIR:-$HOME/.cache/engarde-tools}
 TOOLS_BIN=$TOOLS_DIR/bin
