@@ -346,6 +346,11 @@ both_backends!(
 
         let total = recorded.len() as i64;
         let successes = succeeded.len() as i64;
+        eprintln!(
+            "chaos ({cycles} kills, seed {seed}): {} requests, {} acknowledged, {total} executions recorded, {successes} succeeded",
+            seen.requests,
+            seen.acknowledged.len()
+        );
         let mut agents = client_of(addr).await;
         let counted = agents.get_agent(pb::GetAgentRequest { id: agent.id.clone() }).await.unwrap().into_inner();
         assert_eq!((counted.total_executions, counted.successful_executions), (total, successes), "the agent's counters");
