@@ -112,6 +112,33 @@ impl TextFields for prost_types::FieldMask {
     }
 }
 
+/// A Struct (free-form JSON a request may carry): every key and string, at any depth, with its
+/// path (`extra_rules["a"]["b"][2]`); PostgreSQL's `jsonb` refuses NUL in both.
+impl TextFields for prost_types::Struct {
+    fn visit_text(&self, at: &FieldPath<'_>, visit: &mut dyn FnMut(&FieldPath<'_>, &str)) {
+        for (key, value) in &self.fields {
+            visit(at, key);
+            value.visit_text(&FieldPath::Key(at, key), visit);
+        }
+    }
+}
+
+impl TextFields for prost_types::Value {
+    fn visit_text(&self, at: &FieldPath<'_>, visit: &mut dyn FnMut(&FieldPath<'_>, &str)) {
+        use prost_types::value::Kind;
+        match &self.kind {
+            Some(Kind::StringValue(text)) => visit(at, text),
+            Some(Kind::StructValue(object)) => object.visit_text(at, visit),
+            Some(Kind::ListValue(list)) => {
+                for (i, item) in list.values.iter().enumerate() {
+                    item.visit_text(&FieldPath::Index(at, i), visit);
+                }
+            }
+            Some(Kind::NullValue(_) | Kind::NumberValue(_) | Kind::BoolValue(_)) | None => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +174,30 @@ mod tests {
         };
         let fields: Vec<String> = request.violations().into_iter().map(|(f, _)| f).collect();
         assert_eq!(fields, ["configuration.extra", "configuration.extra[\"ok\"]"]);
+    }
+
+    #[test]
+    fn struct_keys_and_strings_are_walked_at_any_depth() {
+        use prost_types::value::Kind;
+        let text = |s: &str| prost_types::Value { kind: Some(Kind::StringValue(s.into())) };
+        let inner = prost_types::Struct { fields: [("deep".to_string(), text("x\0"))].into() };
+        let list = prost_types::ListValue {
+            values: vec![text("ok"), prost_types::Value { kind: Some(Kind::StructValue(inner)) }],
+        };
+        let request = wpb::ValidateWorkflowConfigRequest {
+            workflow_config: Some(wpb::WorkflowConfig {
+                extra_rules: Some(prost_types::Struct {
+                    fields: [
+                        ("k\0".to_string(), text("v")),
+                        ("list".to_string(), prost_types::Value { kind: Some(Kind::ListValue(list)) }),
+                    ]
+                    .into(),
+                }),
+                ..Default::default()
+            }),
+        };
+        let fields: Vec<String> = request.violations().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(fields, ["workflow_config.extra_rules", "workflow_config.extra_rules[\"list\"][1][\"deep\"]"]);
     }
 
     #[test]

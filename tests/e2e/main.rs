@@ -8,6 +8,8 @@ mod fake_model;
 mod faults;
 mod fuzz;
 mod helpers;
+mod import;
+mod import_fixture;
 mod input_text;
 mod langflow_support;
 mod observability;

@@ -129,6 +129,7 @@ fn walk_config() -> wpb::WorkflowConfig {
             review_default_action: wpb::ReviewDefaultAction::Reject as i32,
         }),
         langflow_flow_json: String::new(),
+        extra_rules: None,
     }
 }
 
@@ -158,6 +159,7 @@ fn headline_config() -> wpb::WorkflowConfig {
             review_default_action: wpb::ReviewDefaultAction::Approve as i32,
         }),
         langflow_flow_json: String::new(),
+        extra_rules: None,
     }
 }
 

@@ -28,6 +28,7 @@ pub fn config(steps: Vec<wpb::Step>, max_retries: i32, triggers: Vec<wpb::Trigge
         triggers,
         rules: Some(wpb::Rules { max_retries, ..Default::default() }),
         langflow_flow_json: String::new(),
+        extra_rules: None,
     }
 }
 

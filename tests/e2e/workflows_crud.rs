@@ -29,6 +29,7 @@ pub fn sample_config() -> pb::WorkflowConfig {
         ],
         rules: Some(pb::Rules { approval_required: true, max_retries: 2, ..Default::default() }),
         langflow_flow_json: String::new(),
+        extra_rules: None,
     }
 }
 

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use engarde::kit::config::CommonConfig;
+use engarde::kit::import::{ImportArgs, ImportConfig};
 
 /// workflow-service: EnGarde's workflow definitions over gRPC.
 #[derive(Debug, Clone, clap::Parser)]
@@ -29,6 +30,20 @@ pub struct Config {
     pub max_reported_violations: usize,
     #[command(flatten)]
     pub common: CommonConfig,
+    #[command(flatten)]
+    pub import: ImportConfig,
+    /// Without a command, the service serves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What the binary does instead of serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Imports the platform's `workflow_definitions` table, every tenant's rows, into this
+    /// service's database (DATABASE_URL), prints one JSON line per row and a summary, and exits:
+    /// 0 when every row came in, 2 when some failed (see their reasons), 1 on an error.
+    Import(ImportArgs),
 }
 
 impl Config {

@@ -4,5 +4,6 @@
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod import;
 pub mod startup;
 pub mod storage;

@@ -1,5 +1,5 @@
 use clap::Parser;
-use workflow_service::config::Config;
+use workflow_service::config::{Command, Config};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -12,6 +12,17 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Import(args)) = config.command.clone() {
+        let result = workflow_service::startup::import(config, args).await;
+        traces.shutdown().await;
+        return match result {
+            Ok(report) => report.print(),
+            Err(e) => {
+                eprintln!("workflow-service import: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let result = workflow_service::startup::run(config, engarde::kit::server::shutdown_signal()).await;
     // After the drain: the spans of the last calls are queued, and go out now.
     traces.shutdown().await;

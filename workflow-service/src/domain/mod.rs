@@ -4,6 +4,7 @@
 pub mod lifecycle;
 pub mod model;
 pub mod name_folding;
+pub mod platform;
 pub mod templates;
 pub mod validation;
 

@@ -144,6 +144,10 @@ pub struct WorkflowConfig {
     pub rules: Rules,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub langflow_flow_json: String,
+    /// Rules kept and answered as they are, not interpreted (e.g. an imported workflow's rules
+    /// that have no field in [`Rules`]).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra_rules: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A stored workflow definition.
@@ -177,6 +181,11 @@ impl Workflow {
             + self.name.len()
             + self.description.len()
             + self.config.langflow_flow_json.len()
+            + if self.config.extra_rules.is_empty() {
+                0
+            } else {
+                serde_json::to_string(&self.config.extra_rules).map_or(0, |j| j.len())
+            }
             + steps
             + triggers
     }

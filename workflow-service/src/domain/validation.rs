@@ -15,6 +15,10 @@ pub const MAX_STEP_ID_CHARS: usize = 64;
 pub const MAX_PROMPT_CHARS: usize = 8000;
 pub const MAX_RETRIES: i32 = 10;
 pub const MAX_REVIEW_TIMEOUT_SECONDS: i64 = 30 * 24 * 3600;
+/// Uninterpreted rules: at most this many bytes as JSON...
+pub const MAX_EXTRA_RULES_BYTES: usize = 64 * 1024;
+/// ...nested at most this deep (the object itself is level 1).
+pub const MAX_EXTRA_RULES_DEPTH: usize = 16;
 
 /// Checks a display name.
 pub fn check_name(field: &str, name: &str, out: &mut Vec<FieldViolation>) {
@@ -139,6 +143,20 @@ pub fn check_config(prefix: &str, config: &WorkflowConfig, out: &mut Vec<FieldVi
         ));
     }
 
+    if !config.extra_rules.is_empty() {
+        let field = format!("{prefix}.extra_rules");
+        let json = serde_json::to_string(&config.extra_rules).unwrap_or_default();
+        let rules = serde_json::Value::Object(config.extra_rules.clone());
+        if json.len() > MAX_EXTRA_RULES_BYTES {
+            out.push(FieldViolation::new(&field, format!("must be at most {MAX_EXTRA_RULES_BYTES} bytes as JSON")));
+        } else if engarde::kit::struct_json::depth(&rules) > MAX_EXTRA_RULES_DEPTH {
+            out.push(FieldViolation::new(&field, format!("must nest at most {MAX_EXTRA_RULES_DEPTH} levels deep")));
+        }
+        if engarde::kit::struct_json::contains_nul(&rules) {
+            out.push(FieldViolation::new(&field, engarde::text::NUL_DESCRIPTION));
+        }
+    }
+
     if !config.langflow_flow_json.is_empty() {
         // The rules agent-service uploads by: a flow export valid here can be made into a flow.
         if let Err(e) = engarde::flow_export::flow_data(&config.langflow_flow_json) {
@@ -204,6 +222,22 @@ mod tests {
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].0, "workflow_config.langflow_flow_json");
         assert!(v[0].1.contains("no nodes"), "{}", v[0].1);
+    }
+
+    #[test]
+    fn extra_rules_are_bounded_in_size_and_depth() {
+        let mut deep = serde_json::json!(1);
+        for _ in 0..=MAX_EXTRA_RULES_DEPTH {
+            deep = serde_json::json!({ "d": deep });
+        }
+        let mut config = WorkflowConfig { steps: vec![llm("a")], ..Default::default() };
+        config.extra_rules = deep.as_object().unwrap().clone();
+        assert_eq!(violations(&config).len(), 1, "{} levels", MAX_EXTRA_RULES_DEPTH + 1);
+        config.extra_rules = deep["d"].as_object().unwrap().clone();
+        assert!(violations(&config).is_empty());
+        config.extra_rules =
+            serde_json::json!({ "big": "x".repeat(MAX_EXTRA_RULES_BYTES) }).as_object().unwrap().clone();
+        assert_eq!(violations(&config)[0].0, "workflow_config.extra_rules");
     }
 
     #[test]

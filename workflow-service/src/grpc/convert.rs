@@ -95,6 +95,7 @@ pub fn config_to_pb(c: &WorkflowConfig) -> pb::WorkflowConfig {
             } as i32,
         }),
         langflow_flow_json: c.langflow_flow_json.clone(),
+        extra_rules: (!c.extra_rules.is_empty()).then(|| engarde::kit::struct_json::json_to_struct(&c.extra_rules)),
     }
 }
 
@@ -172,7 +173,15 @@ pub fn config_from_pb(prefix: &str, config: Option<pb::WorkflowConfig>) -> Resul
             },
         },
     };
-    let config = WorkflowConfig { steps, triggers, rules, langflow_flow_json: config.langflow_flow_json };
+    let extra_rules = match config.extra_rules {
+        None => serde_json::Map::new(),
+        Some(object) => engarde::kit::struct_json::struct_to_json(&format!("{prefix}.extra_rules"), &object)
+            .unwrap_or_else(|(field, description)| {
+                out.push(FieldViolation::new(field, description));
+                serde_json::Map::new()
+            }),
+    };
+    let config = WorkflowConfig { steps, triggers, rules, langflow_flow_json: config.langflow_flow_json, extra_rules };
     validation::check_config(prefix, &config, &mut out);
     if out.is_empty() { Ok(config) } else { Err(out) }
 }

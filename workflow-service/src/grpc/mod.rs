@@ -2,6 +2,7 @@
 //! repository and convert the answers.
 
 mod convert;
+mod import;
 mod workflow_service;
 
 pub use workflow_service::{AnswerLimits, WorkflowApi};

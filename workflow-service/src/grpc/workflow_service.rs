@@ -5,6 +5,7 @@ use std::sync::Arc;
 use engarde::kit::auth::Tenant;
 use engarde::kit::error::{FieldViolation, ServiceError, ServiceResult};
 use engarde::kit::idempotency::IdempotencyKey;
+use engarde::kit::import::ImportConfig;
 use engarde::kit::page_budget::PageBudget;
 use engarde::kit::pagination::{PageRequest, filter_fingerprint};
 use engarde::kit::request::{invalid_if_any, parse_update_mask};
@@ -22,6 +23,7 @@ use crate::storage::WorkflowRepository;
 pub struct WorkflowApi {
     repo: Arc<dyn WorkflowRepository>,
     limits: AnswerLimits,
+    import: ImportConfig,
 }
 
 /// Bounds on the size of answers.
@@ -35,7 +37,13 @@ pub struct AnswerLimits {
 
 impl WorkflowApi {
     pub fn new(repo: Arc<dyn WorkflowRepository>, limits: AnswerLimits) -> Self {
-        Self { repo, limits }
+        Self { repo, limits, import: ImportConfig { import_source_url: None, import_max_rows: 5000 } }
+    }
+
+    /// With ImportWorkflows enabled as `import` says (it is off without a source).
+    pub fn with_import(mut self, import: ImportConfig) -> Self {
+        self.import = import;
+        self
     }
 }
 
@@ -357,6 +365,17 @@ impl WorkflowService for WorkflowApi {
                 execution_count: recorded.workflow.execution_count,
                 success_rate: recorded.workflow.success_rate(),
             })
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn import_workflows(
+        &self,
+        request: Request<pb::ImportWorkflowsRequest>,
+    ) -> Result<Response<pb::ImportWorkflowsResponse>, Status> {
+        handle(request, |tenant, req| async move {
+            super::import::import_workflows(&*self.repo, &self.import, &tenant, req).await
         })
         .await
     }

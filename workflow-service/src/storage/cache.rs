@@ -25,7 +25,7 @@ use engarde::kit::pagination::PageRequest;
 use quick_cache::sync::Cache;
 use uuid::Uuid;
 
-use super::{DeleteCheck, Mutation, SeedOutcome, WorkflowRepository};
+use super::{DeleteCheck, ImportApplied, Mutation, SeedOutcome, WorkflowRepository};
 use crate::domain::templates::Template;
 use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
 
@@ -278,6 +278,14 @@ impl WorkflowRepository for CachedWorkflowRepository {
         // Only the reporting tenant's statistics change, even on a template: every tenant reads
         // its own (and a cached answer is the reading tenant's, keyed and stamped by it).
         self.cache.changed(tenant);
+        result
+    }
+
+    async fn import(&self, workflow: &Workflow, dry_run: bool) -> ServiceResult<ImportApplied> {
+        let result = self.inner.import(workflow, dry_run).await;
+        if !dry_run {
+            self.cache.changed(&workflow.tenant_id);
+        }
         result
     }
 

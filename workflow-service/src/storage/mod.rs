@@ -33,6 +33,16 @@ pub struct SeedOutcome {
     pub updated: u64,
 }
 
+/// What importing one workflow did (see [`WorkflowRepository::import`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportApplied {
+    Created,
+    Updated,
+    Unchanged,
+    /// Not imported, for this reason (the id is taken by a template or another tenant).
+    Refused(String),
+}
+
 /// Storage of workflow definitions. Every read and write is scoped to a tenant: a workflow of
 /// another tenant is NOT_FOUND. Templates (tenant '') are visible to every tenant. A workflow
 /// read carries the reading tenant's own statistics of it.
@@ -85,6 +95,14 @@ pub trait WorkflowRepository: Send + Sync {
         execution_id: &str,
         succeeded: bool,
     ) -> ServiceResult<RecordedExecution>;
+
+    /// Imports `workflow` (a workflow of the platform, with its id, tenant and statistics) in
+    /// one transaction: created when its id is new; when the tenant already has it, its
+    /// definition (name, description, category, config) and status are overwritten only if
+    /// they differ (a new version only for a new definition, as for any change), and its statistics (the tenant's own) only if they differ;
+    /// refused when the id is a template's or another tenant's. `dry_run` rolls the
+    /// transaction back: the answer says what would have been done.
+    async fn import(&self, workflow: &Workflow, dry_run: bool) -> ServiceResult<ImportApplied>;
 
     /// Forgets idempotency keys older than `before`.
     async fn expire_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>, limit: i64) -> ServiceResult<u64>;

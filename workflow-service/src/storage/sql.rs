@@ -20,7 +20,7 @@ use crate::domain::name_folding::fold_name;
 use crate::domain::templates::Template;
 use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
 use crate::storage::row::{COLUMNS, SELECT_COLUMNS, WorkflowRow, from_workflows_of};
-use crate::storage::{DeleteCheck, Mutation, SeedOutcome, WorkflowRepository};
+use crate::storage::{DeleteCheck, ImportApplied, Mutation, SeedOutcome, WorkflowRepository};
 
 /// PostgreSQL's row locks on a workflow's definition (`w`: no row of an outer join's nullable
 /// side can be locked). A change of the definition keeps its key, so it does not wait for, nor
@@ -123,6 +123,23 @@ where
         Ok(())
     }
 
+    /// Sets the statistics of `w`'s tenant on `w` to `w`'s figures (an import's).
+    async fn write_statistics(conn: &mut Conn<D>, w: &Workflow) -> ServiceResult<()> {
+        sqlx::query::<D::Db>(
+            "INSERT INTO workflow_statistics (workflow_id, tenant_id, execution_count, success_count) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (workflow_id, tenant_id) DO UPDATE SET \
+               execution_count = excluded.execution_count, success_count = excluded.success_count",
+        )
+        .arg(SqlUuid(w.id))
+        .arg(&w.tenant_id)
+        .arg(w.execution_count)
+        .arg(w.success_count)
+        .run(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
     /// Inserts `w` (and its folded name); answers how many rows were inserted, which
     /// `on_conflict` may make 0. Statistics are not the definition's: a new one has none.
     async fn insert(conn: &mut Conn<D>, w: &Workflow, on_conflict: &str) -> ServiceResult<u64> {
@@ -157,6 +174,7 @@ where
         + Decodes<(SqlUuid,)>
         + Decodes<(SqlUuid, String)>
         + Decodes<(String, Option<String>)>
+        + Decodes<(String, bool)>
         + Decodes<(i64, i64)>
         + Decodes<(i64,)>,
 {
@@ -397,6 +415,58 @@ where
         tx.commit().await?;
         (workflow.execution_count, workflow.success_count) = (executions, successes);
         Ok(RecordedExecution { counted: true, workflow })
+    }
+
+    async fn import(&self, w: &Workflow, dry_run: bool) -> ServiceResult<ImportApplied> {
+        let _span = D::span("workflows.import");
+        let mut tx = self.pool.begin_with(D::BEGIN).await?;
+        let owner: Option<(String, bool)> = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(format!(
+            "SELECT tenant_id, is_template FROM workflows WHERE id = $1{}",
+            if D::LOCK.is_empty() { "" } else { " FOR NO KEY UPDATE" }
+        )))
+        .arg(SqlUuid(w.id))
+        .fetch_optional_as(&mut *tx)
+        .await?;
+        let applied = match owner {
+            // The platform's rows have ids of their own: a clash with the library is not the same
+            // workflow, and a template is nobody's to overwrite.
+            Some((_, true)) => ImportApplied::Refused("id: already the id of a built-in template".into()),
+            Some((owner, false)) if owner != w.tenant_id => {
+                ImportApplied::Refused("id: already the id of another tenant's workflow".into())
+            }
+            None => {
+                Self::insert(&mut *tx, w, "").await?;
+                if w.execution_count > 0 {
+                    Self::write_statistics(&mut *tx, w).await?;
+                }
+                ImportApplied::Created
+            }
+            Some(_) => {
+                let mut stored = Self::load_locked(&mut *tx, &w.tenant_id, w.id, LOCK_NONE).await?;
+                let mut changed = false;
+                if stored.definition_differs(w) || stored.status != w.status {
+                    let read = stored.clone();
+                    (stored.name, stored.description, stored.category, stored.config, stored.status) =
+                        (w.name.clone(), w.description.clone(), w.category, w.config.clone(), w.status);
+                    // As any change: a new version only for a new definition, not for a status.
+                    stored.version = read.version + i64::from(stored.definition_differs(&read));
+                    stored.updated_at = now();
+                    Self::update(&mut *tx, &stored, read.version).await?;
+                    changed = true;
+                }
+                if (stored.execution_count, stored.success_count) != (w.execution_count, w.success_count) {
+                    Self::write_statistics(&mut *tx, w).await?;
+                    changed = true;
+                }
+                if changed { ImportApplied::Updated } else { ImportApplied::Unchanged }
+            }
+        };
+        if dry_run || matches!(applied, ImportApplied::Refused(_)) {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
+        Ok(applied)
     }
 
     async fn expire_idempotency_keys(&self, before: DateTime<Utc>, limit: i64) -> ServiceResult<u64> {

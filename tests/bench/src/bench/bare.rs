@@ -106,6 +106,13 @@ impl WorkflowService for BareWorkflows {
             success_rate: 1.0,
         }))
     }
+
+    async fn import_workflows(
+        &self,
+        _: Request<pb::ImportWorkflowsRequest>,
+    ) -> Result<Response<pb::ImportWorkflowsResponse>, Status> {
+        Err(Status::failed_precondition("import is not enabled"))
+    }
 }
 
 /// Serves `service` (and health, SERVING for the workflow service's name) on `listener` until

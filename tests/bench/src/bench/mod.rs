@@ -83,6 +83,7 @@ pub fn sample_workflow(name: &str) -> pb::CreateWorkflowRequest {
             ],
             rules: Some(pb::Rules { approval_required: true, max_retries: 2, ..Default::default() }),
             langflow_flow_json: String::new(),
+            extra_rules: None,
         }),
         request_id: String::new(),
     }
