@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use engarde::kit::config::CommonConfig;
+use engarde::kit::import::{ImportArgs, ImportConfig};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// agent-service: EnGarde's AI agents over gRPC.
@@ -87,6 +88,22 @@ pub struct Config {
     pub workflow_service_client_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub common: CommonConfig,
+    #[command(flatten)]
+    pub import: ImportConfig,
+    /// Without a command, the service serves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What the binary does instead of serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Imports the platform's `ai_agents` table, every tenant's rows, into this service's
+    /// database (DATABASE_URL): snapshots are read from workflow-service (WORKFLOW_SERVICE_URL,
+    /// as this service's identity acting for each row's tenant: import the workflows first) and
+    /// flows are linked in LANGFLOW_URL's Langflow. Prints one JSON line per row and a summary,
+    /// and exits: 0 when every row came in, 2 when some failed (see their reasons), 1 on an error.
+    Import(ImportArgs),
 }
 
 impl Config {

@@ -10,6 +10,7 @@ pub mod execution;
 pub mod flow_mark;
 pub mod flow_reconciler;
 pub mod grpc;
+pub mod import;
 pub mod langflow;
 pub mod linkage;
 pub mod provisioner;

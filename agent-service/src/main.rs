@@ -1,4 +1,4 @@
-use agent_service::config::Config;
+use agent_service::config::{Command, Config};
 use clap::Parser;
 
 #[tokio::main]
@@ -12,6 +12,17 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Import(args)) = config.command.clone() {
+        let result = agent_service::startup::import(config, args).await;
+        traces.shutdown().await;
+        return match result {
+            Ok(report) => report.print(),
+            Err(e) => {
+                eprintln!("agent-service import: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let result = agent_service::startup::run(config, engarde::kit::server::shutdown_signal()).await;
     // After the drain: the spans of the last calls are queued, and go out now.
     traces.shutdown().await;

@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
+use engarde::kit::import::{ImportArgs, ImportReport};
+
 use engarde::kit::health::Health;
 use engarde::kit::server::BoundServer;
 use engarde::kit::service_identity::ServiceAccess;
@@ -17,6 +20,7 @@ use crate::execution::{Executor, janitor};
 use crate::flow_mark::DeploymentId;
 use crate::flow_reconciler::FlowReconciler;
 use crate::grpc::{AgentApi, ExecutionApi, RunApi};
+use crate::import::{AgentImporter, Scope};
 use crate::langflow::LangflowClient;
 use crate::linkage::FlowLinker;
 use crate::provisioner::Provisioner;
@@ -46,13 +50,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let pages = common.page_budget()?;
     // Connects lazily: workflow-service may start after this service, or be down for a while
     // (calls that need it answer UNAVAILABLE meanwhile; the rest keep working).
-    let workflows = WorkflowClient::connect_lazy(
-        &config.workflow_service_url,
-        config.workflow_call_timeout(),
-        common.max_message_bytes,
-        common.service_tokens("agent-service")?,
-        config.workflow_service_tls()?,
-    )?;
+    let workflows = workflow_client(&config)?;
     tracing::info!(
         workflow_service = %config.workflow_service_url,
         call_timeout_ms = config.workflow_call_timeout_ms,
@@ -90,11 +88,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let walker =
         Walker::start(&config.walker, &db, repo.clone(), langflow.clone(), executor.clone(), workflows.clone());
     let default_models = storage::default_model_repository(&db);
+    let importer = AgentImporter { repo: repo.clone(), workflows: workflows.clone(), linker: linker.clone() };
+    if config.import.import_source_url.is_some() {
+        tracing::info!("ImportAgents is enabled (IMPORT_SOURCE_URL is set)");
+    }
     let provisioner = Provisioner::new(repo.clone(), default_models.clone(), workflows, linker.clone());
     let max = common.max_message_bytes;
-    let agents = AgentServiceServer::new(AgentApi::new(repo, default_models, provisioner, linker, pages))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let api =
+        AgentApi::new(repo, default_models, provisioner, linker, pages).with_import(importer, config.import.clone());
+    let agents = AgentServiceServer::new(api).max_decoding_message_size(max).max_encoding_message_size(max);
     let executions = ExecutionServiceServer::new(ExecutionApi::new(executor, pages))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -111,6 +113,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
 /// The executor of agents, with its background work: the janitor of interrupted executions and
 /// the outbox worker that reports executions to workflow-service.
+fn workflow_client(config: &Config) -> anyhow::Result<WorkflowClient> {
+    let common = &config.common;
+    WorkflowClient::connect_lazy(
+        &config.workflow_service_url,
+        config.workflow_call_timeout(),
+        common.max_message_bytes,
+        common.service_tokens("agent-service")?,
+        config.workflow_service_tls()?,
+    )
+}
+
+/// `agent-service import`: every tenant's rows of the source, into this service's database
+/// (migrated first), their snapshots read from workflow-service and their flows linked in
+/// Langflow, as the service would.
+pub async fn import(config: Config, args: ImportArgs) -> anyhow::Result<ImportReport> {
+    let source = args.source_url.context("the import needs --source-url (or IMPORT_SOURCE_URL)")?;
+    engarde::kit::import::check_schema("--schema", &args.schema)
+        .map_err(|v| anyhow::anyhow!("{}: {}", v.field, v.description))?;
+    let workflows = workflow_client(&config)?;
+    let db = config.common.open_database(&config.database_url, &POSTGRES_MIGRATIONS, &SQLITE_MIGRATIONS).await?;
+    let langflow = connect_langflow(&config).await?;
+    let deployment = deployment_id(&config, &db).await?;
+    let importer =
+        AgentImporter { repo: storage::repository(&db), workflows, linker: FlowLinker { langflow, deployment } };
+    tracing::info!(source = %source, schema = args.schema, dry_run = args.dry_run, "importing agents");
+    let report = importer.run(&source, &args.schema, &Scope::Everyone, u32::MAX, args.dry_run).await;
+    db.close().await;
+    Ok(report?)
+}
+
 fn start_execution(
     config: &Config,
     db: &engarde::kit::db::DbPool,

@@ -3,6 +3,7 @@
 //! nothing, a second run changes nothing, bad rows are reported and the rest come in; a tenant
 //! imports only its own rows, and only from the source the operator configured.
 
+use engarde::proto::agent::v1 as apb;
 use engarde::proto::workflow::v1 as pb;
 use serde_json::json;
 use tonic::Code;
@@ -10,6 +11,7 @@ use tonic::Code;
 use crate::both_backends;
 use crate::helpers::*;
 use crate::import_fixture::*;
+use crate::langflow_support::{FakeLangflow, RealLangflow, catalog_fixture, prompt_flow};
 
 const OTHER_TENANT: &str = "other-tenant-002";
 
@@ -252,5 +254,141 @@ both_backends!(
         assert_eq!(got.execution_count, 110);
         let mut other = client_of(&service, OTHER_TENANT).await;
         assert_eq!(own_workflows(&mut other).await.len(), 2);
+    }
+);
+
+/// Both services with the import enabled on `platform`, agent-service on `langflow`.
+async fn services_importing_from(backend: Backend, platform: &PlatformDb, langflow: &str) -> TestApp {
+    let workflow_db = TestDb::new(backend).await;
+    let agent_db = TestDb::new(backend).await;
+    let source = ("IMPORT_SOURCE_URL", platform.url());
+    let workflow = spawn_workflow_service(&workflow_db, std::slice::from_ref(&source)).await;
+    let agent = spawn_agent_service(&agent_db, &workflow.url(), &[source, ("LANGFLOW_URL", langflow.to_owned())]).await;
+    TestApp { workflow, agent, workflow_db, agent_db }
+}
+
+fn agents_request(dry_run: bool) -> apb::ImportAgentsRequest {
+    apb::ImportAgentsRequest { schema: SCHEMA.into(), dry_run }
+}
+
+fn agent_counts(answer: &apb::ImportAgentsResponse) -> (i32, i32, i32, i32) {
+    (answer.created, answer.updated, answer.unchanged, answer.failed)
+}
+
+both_backends!(
+    async fn the_platforms_agents_come_in_linked_to_their_flows_when_langflow_has_them(backend) {
+        let (platform, seed, _) = platform_with_seed().await;
+        let fake = FakeLangflow::start().await;
+        let made_on_the_platform = RealLangflow::new(fake.url())
+            .create_flow(&prompt_flow(&catalog_fixture(), "Made on the platform", "{input}", &[]))
+            .await;
+        let description_before = fake.flow(&made_on_the_platform).unwrap()["description"].clone();
+        let linked = platform_agent(SEED_TENANT, "Social poster", &seed[0].id, &made_on_the_platform);
+        let unlinked = platform_agent(SEED_TENANT, "Newsletter writer", &seed[1].id, "flow-gone-since-2024");
+        let bad_type = AgentRow { agent_type: Some("seo_wizard".into()), ..platform_agent(SEED_TENANT, "Bad", &seed[2].id, "x") };
+        let bad_id = AgentRow { id: "agent-42".into(), ..platform_agent(SEED_TENANT, "Old", &seed[2].id, "x") };
+        let theirs = platform_agent(OTHER_TENANT, "Theirs", &seed[0].id, "x");
+        platform.insert_agents(&[linked.clone(), unlinked.clone(), bad_type.clone(), bad_id.clone(), theirs.clone()]).await;
+
+        let app = services_importing_from(backend, &platform, &fake.url()).await;
+        let imported = app.workflows(SEED_TENANT).await.import_workflows(import_request(false)).await.unwrap().into_inner();
+        assert_eq!(imported.created, 11);
+        let mut agents = app.agents(SEED_TENANT).await;
+
+        // A dry run: what would happen, nothing changed here nor in Langflow.
+        let dry = agents.import_agents(agents_request(true)).await.unwrap().into_inner();
+        assert_eq!(agent_counts(&dry), (2, 0, 0, 2), "{dry:#?}");
+        let listed = agents.list_agents(apb::ListAgentsRequest { page_size: 50, ..Default::default() }).await.unwrap();
+        assert!(listed.into_inner().agents.is_empty(), "a dry run imports nothing");
+        assert_eq!(fake.flow(&made_on_the_platform).unwrap()["description"], description_before, "not adopted");
+
+        let first = agents.import_agents(agents_request(false)).await.unwrap().into_inner();
+        assert_eq!(agent_counts(&first), (2, 0, 0, 2), "{first:#?}");
+        let row = |id: &str| first.rows.iter().find(|r| r.id == id).cloned().expect("row reported");
+        assert!(row(&bad_type.id).reason.starts_with("agent_type: unknown type \"seo_wizard\""), "{:?}", row(&bad_type.id));
+        assert!(row(&bad_id.id).reason.starts_with("id: \"agent-42\" is not a UUID"));
+        assert!(first.rows.iter().all(|r| r.id != theirs.id), "only the caller's rows");
+
+        let got = agents.get_agent(apb::GetAgentRequest { id: linked.id.clone() }).await.unwrap().into_inner();
+        assert_eq!((got.name.as_str(), got.tenant_id.as_str()), ("Social poster", SEED_TENANT));
+        assert_eq!(got.agent_type, apb::AgentType::ContentGeneration as i32);
+        assert_eq!(got.status, apb::AgentStatus::Active as i32);
+        assert_eq!(got.langflow_workflow_id, made_on_the_platform);
+        assert_eq!(got.flow_origin, apb::FlowOrigin::Linked as i32);
+        assert_eq!((got.total_executions, got.successful_executions, got.average_response_time_ms), (20, 17, 1500.0));
+        assert_eq!(got.capabilities, ["human_review", "text_generation"]);
+        let configuration = got.configuration.unwrap();
+        assert_eq!((configuration.brand_voice.as_str(), configuration.tone.as_str()), ("Warm and direct", "friendly"));
+        assert_eq!(configuration.extra.get("max_posts").map(String::as_str), Some("3"));
+        assert_eq!(configuration.extra.get("channels").map(String::as_str), Some("[\"linkedin\"]"));
+        let snapshot = got.workflow_snapshot.unwrap();
+        assert_eq!((snapshot.workflow_id.as_str(), snapshot.workflow_version), (seed[0].id.as_str(), 1));
+        assert_eq!(snapshot.workflow_name, "Social Media Content Pipeline");
+        assert_eq!(snapshot.workflow_config.unwrap().steps.len(), 4);
+        assert_ne!(fake.flow(&made_on_the_platform).unwrap()["description"], description_before, "adopted: marked");
+
+        let got = agents.get_agent(apb::GetAgentRequest { id: unlinked.id.clone() }).await.unwrap().into_inner();
+        assert!(got.langflow_workflow_id.is_empty());
+        assert_eq!(got.status, apb::AgentStatus::Draft as i32, "no flow, so it does not run");
+        assert!(row(&unlinked.id).notes.iter().any(|n| n.contains("flow-gone-since-2024") && n.contains("not linked")));
+
+        // A second run changes nothing; another tenant sees none of it.
+        let again = agents.import_agents(agents_request(false)).await.unwrap().into_inner();
+        assert_eq!(agent_counts(&again), (0, 0, 2, 2), "{again:#?}");
+        let got = agents.get_agent(apb::GetAgentRequest { id: linked.id.clone() }).await.unwrap().into_inner();
+        assert_eq!(got.version, 1);
+        let mut other = app.agents(OTHER_TENANT).await;
+        expect_code(other.get_agent(apb::GetAgentRequest { id: linked.id.clone() }).await, Code::NotFound);
+
+        // Provisioning makes no second agent of a workflow an imported agent was made from.
+        let provisioned = agents
+            .provision_agents(apb::ProvisionAgentsRequest { dry_run: true, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        let made_from: Vec<String> =
+            provisioned.created.iter().filter_map(|a| a.workflow_snapshot.as_ref().map(|s| s.workflow_id.clone())).collect();
+        assert!(made_from.len() >= 9, "the other workflows would get agents: {made_from:?}");
+        assert!(!made_from.contains(&seed[0].id) && !made_from.contains(&seed[1].id), "{made_from:?}");
+    }
+);
+
+both_backends!(
+    async fn the_operator_imports_every_tenants_agents_with_the_command(backend) {
+        let (platform, seed, _) = platform_with_seed().await;
+        let ours = platform_agent(SEED_TENANT, "Ours", &seed[0].id, "no-such-flow");
+        let theirs = platform_agent(OTHER_TENANT, "Theirs", &seed[0].id, "no-such-flow");
+        platform.insert_agents(&[ours.clone(), theirs.clone()]).await;
+        let fake = FakeLangflow::start().await;
+        let app = services_importing_from(backend, &platform, &fake.url()).await;
+        // Without a source, the RPC is off.
+        let plain = spawn_agent_service(&TestDb::new(backend).await, &app.workflow.url(), &[]).await;
+        let mut off = apb::agent_service_client::AgentServiceClient::with_interceptor(plain.channel().await, as_tenant(SEED_TENANT));
+        let status = expect_code(off.import_agents(agents_request(false)).await, Code::FailedPrecondition);
+        assert!(status.message().contains("import is not enabled"), "{status:?}");
+
+        app.workflows(SEED_TENANT).await.import_workflows(import_request(false)).await.unwrap();
+        let output = std::process::Command::new(binary("agent-service"))
+            .env_clear()
+            .env("DATABASE_URL", app.agent_db.url())
+            .env("WORKFLOW_SERVICE_URL", app.workflow.url())
+            .env("LANGFLOW_URL", fake.url())
+            .env("AUTH_MODE", "dev")
+            .env("SERVICE_TOKEN_SECRET", SERVICE_SECRET)
+            .env("RUST_LOG", "warn")
+            .args(["import", "--source-url", &platform.url(), "--schema", SCHEMA])
+            .output()
+            .expect("agent-service import runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+        let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(summary, json!({"dry_run": false, "created": 2, "updated": 0, "unchanged": 0, "failed": 0}));
+
+        let got = app.agents(SEED_TENANT).await.get_agent(apb::GetAgentRequest { id: ours.id.clone() }).await;
+        let got = got.unwrap().into_inner();
+        assert_eq!(got.workflow_snapshot.unwrap().workflow_id, seed[0].id, "snapshot read for the row's tenant");
+        let got = app.agents(OTHER_TENANT).await.get_agent(apb::GetAgentRequest { id: theirs.id.clone() }).await;
+        let got = got.unwrap().into_inner();
+        assert!(got.workflow_snapshot.is_none(), "the other tenant has no such workflow");
     }
 );

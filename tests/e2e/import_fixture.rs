@@ -105,6 +105,35 @@ impl PlatformDb {
         }
     }
 
+    pub async fn insert_agents(&self, rows: &[AgentRow]) {
+        let mut conn = self.connection().await;
+        for row in rows {
+            sqlx::query(
+                "INSERT INTO platform.ai_agents (id, tenant_id, name, description, agent_type, status, \
+                 langflow_workflow_id, langflow_deployment_id, workflow_definition, configuration, capabilities, \
+                 total_executions, successful_executions, average_response_time) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::json, $10::json, $11::json, $12, $13, $14)",
+            )
+            .bind(&row.id)
+            .bind(&row.tenant_id)
+            .bind(&row.name)
+            .bind(&row.description)
+            .bind(&row.agent_type)
+            .bind(&row.status)
+            .bind(&row.langflow_workflow_id)
+            .bind(&row.langflow_deployment_id)
+            .bind(row.workflow_definition.as_ref().map(Value::to_string))
+            .bind(row.configuration.as_ref().map(Value::to_string))
+            .bind(row.capabilities.as_ref().map(Value::to_string))
+            .bind(row.total_executions)
+            .bind(row.successful_executions)
+            .bind(row.average_response_time)
+            .execute(&mut conn)
+            .await
+            .expect("insert a platform agent");
+        }
+    }
+
     /// Runs one statement on the platform's database.
     pub async fn execute(&self, sql: &str) {
         let mut conn = self.connection().await;
@@ -176,4 +205,44 @@ pub fn bad_workflows(tenant: &str) -> Vec<(WorkflowRow, &'static str)> {
             "workflow_config.steps: must be a list",
         ),
     ]
+}
+
+/// One `ai_agents` row; `None` is SQL NULL.
+#[derive(Debug, Clone)]
+pub struct AgentRow {
+    pub id: String,
+    pub tenant_id: Option<String>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub agent_type: Option<String>,
+    pub status: Option<String>,
+    pub langflow_workflow_id: Option<String>,
+    pub langflow_deployment_id: Option<String>,
+    pub workflow_definition: Option<Value>,
+    pub configuration: Option<Value>,
+    pub capabilities: Option<Value>,
+    pub total_executions: Option<i32>,
+    pub successful_executions: Option<i32>,
+    pub average_response_time: Option<f64>,
+}
+
+/// An active agent of `tenant` made from the workflow `workflow_id`, running the flow `flow_id`.
+pub fn platform_agent(tenant: &str, name: &str, workflow_id: &str, flow_id: &str) -> AgentRow {
+    AgentRow {
+        id: uuid::Uuid::new_v4().to_string(),
+        tenant_id: Some(tenant.into()),
+        name: Some(name.into()),
+        description: Some(format!("{name}, as the platform made it")),
+        agent_type: Some("content_generation".into()),
+        status: Some("active".into()),
+        langflow_workflow_id: Some(flow_id.into()),
+        langflow_deployment_id: Some("platform-endpoint".into()),
+        workflow_definition: Some(json!({"workflow_id": workflow_id, "steps": ["analyze_audience", "publish"]})),
+        configuration: Some(json!({"brand_voice": "Warm and direct", "tone": "friendly", "max_posts": 3,
+                                   "channels": ["linkedin"]})),
+        capabilities: Some(json!(["text_generation", "human_review"])),
+        total_executions: Some(20),
+        successful_executions: Some(17),
+        average_response_time: Some(1.5),
+    }
 }

@@ -8,6 +8,7 @@ pub mod execution;
 pub mod lifecycle;
 pub mod mapping;
 pub mod model;
+pub mod platform;
 pub mod provisioning;
 pub mod run;
 pub mod run_machine;

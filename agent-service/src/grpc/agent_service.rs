@@ -25,10 +25,12 @@ use crate::domain::lifecycle::{self, Transition};
 use crate::domain::mapping::Overrides;
 use crate::domain::provisioning::{MAX_FILTER_WORKFLOW_IDS, ProvisionFilter, ProvisionTarget};
 use crate::domain::{Agent, AgentFilter, AgentType, FlowOrigin, NewAgent};
+use crate::import::AgentImporter;
 use crate::linkage::{FlowLinker, check_flow_id};
 use crate::provisioner::{ProvisionMode, Provisioner};
 use crate::storage::default_models::{DefaultModelChange, DefaultModelSet};
 use crate::storage::{AgentRepository, DefaultModelRepository, mutate_agent, replayed};
+use engarde::kit::import::ImportConfig;
 
 /// The service's handlers, over the agent repository, the tenants' default models, the
 /// provisioner (workflow-dependent operations) and the flow linker (Langflow).
@@ -41,6 +43,9 @@ pub struct AgentApi {
     pub(super) flows: AgentFlows,
     /// How many bytes of items one page of a List answer may carry.
     pub(super) pages: PageBudget,
+    /// ImportAgents: off without an importer and a configured source.
+    pub(super) importer: Option<AgentImporter>,
+    pub(super) import: ImportConfig,
 }
 
 impl AgentApi {
@@ -51,7 +56,22 @@ impl AgentApi {
         linker: FlowLinker,
         pages: PageBudget,
     ) -> Self {
-        Self { flows: AgentFlows::new(repo.clone(), linker), repo, default_models, provisioner, pages }
+        Self {
+            flows: AgentFlows::new(repo.clone(), linker),
+            repo,
+            default_models,
+            provisioner,
+            pages,
+            importer: None,
+            import: ImportConfig { import_source_url: None, import_max_rows: 5000 },
+        }
+    }
+
+    /// With ImportAgents enabled as `import` says (it is off without a source).
+    pub fn with_import(mut self, importer: AgentImporter, import: ImportConfig) -> Self {
+        self.importer = Some(importer);
+        self.import = import;
+        self
     }
 
     /// The stored answer of a request id already used, if any (before any Langflow call).
@@ -691,6 +711,17 @@ impl AgentService for AgentApi {
                 .map(|b| pb::BrokenLink { agent_id: b.agent_id.to_string(), flow_id: b.flow_id })
                 .collect();
             Ok(pb::CheckAgentLinksResponse { checked: check.checked, broken })
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn import_agents(
+        &self,
+        request: Request<pb::ImportAgentsRequest>,
+    ) -> Result<Response<pb::ImportAgentsResponse>, Status> {
+        handle(request, |caller, req| async move {
+            super::import::import_agents(self.importer.as_ref(), &self.import, caller, req).await
         })
         .await
     }

@@ -8,6 +8,7 @@ mod caller;
 mod convert;
 mod execution_convert;
 mod execution_service;
+mod import;
 mod run_convert;
 mod run_service;
 

@@ -36,6 +36,16 @@ pub enum Mutated {
     Replayed(String),
 }
 
+/// What importing one agent did (see [`AgentRepository::import`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportApplied {
+    Created,
+    Updated,
+    Unchanged,
+    /// Not imported, for this reason (the id is another tenant's agent's).
+    Refused(String),
+}
+
 /// Storage of agents. Every read and write is scoped to a tenant: another tenant's agent is
 /// NOT_FOUND.
 #[async_trait]
@@ -108,6 +118,13 @@ pub trait AgentRepository: Send + Sync {
 
     /// Which of `workflow_ids` the tenant has provisioned (for dry runs).
     async fn provisioned(&self, tenant: &str, workflow_ids: &[Uuid]) -> ServiceResult<HashSet<Uuid>>;
+
+    /// Imports `agent` (an agent of the platform, with its id, tenant and statistics) in one
+    /// transaction: created when its id is new (and its snapshot's workflow then counts as
+    /// provisioned for the tenant); when the tenant already has it, what it says of itself is
+    /// overwritten with a new version only if it differs, and its statistics only if they
+    /// differ; refused when the id is another tenant's agent's. `dry_run` rolls back.
+    async fn import(&self, agent: &Agent, dry_run: bool) -> ServiceResult<ImportApplied>;
 
     /// Forgets idempotency keys older than `before`.
     async fn expire_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>, limit: i64) -> ServiceResult<u64>;
@@ -469,6 +486,85 @@ impl<D: AgentDialect> AgentRepository for SqlAgentRepository<D> {
             .fetch_all_as(&self.pool)
             .await?;
         Ok(rows.into_iter().map(|(id,)| id.0).collect())
+    }
+
+    async fn import(&self, agent: &Agent, dry_run: bool) -> ServiceResult<ImportApplied> {
+        let _span = D::span("agents.import");
+        let mut tx = self.pool.begin_with(D::BEGIN).await?;
+        let owner: Option<(String,)> =
+            sqlx::query::<D::Db>(sqlx::AssertSqlSafe(format!("SELECT tenant_id FROM agents WHERE id = $1{}", D::LOCK)))
+                .arg(SqlUuid(agent.id))
+                .fetch_optional_as(&mut *tx)
+                .await?;
+        let applied = match owner {
+            Some((owner,)) if owner != agent.tenant_id => {
+                ImportApplied::Refused("id: already the id of another tenant's agent".into())
+            }
+            None => {
+                Self::insert_agent(&mut *tx, agent).await?;
+                if let Some(workflow_id) = agent.source_workflow_id() {
+                    // So that ProvisionAgents makes no second agent of the same workflow.
+                    Self::claim_workflow(&mut *tx, &agent.tenant_id, workflow_id, agent.id).await?;
+                }
+                ImportApplied::Created
+            }
+            Some(_) => {
+                let stored = Self::load_for_update(&mut *tx, &agent.tenant_id, agent.id).await?;
+                let content = |a: &Agent| {
+                    (
+                        (a.name.clone(), a.description.clone(), a.agent_type, a.status, a.status_reason.clone()),
+                        (a.langflow_workflow_id.clone(), a.langflow_deployment_id.clone(), a.flow_origin),
+                        (a.snapshot.clone(), a.configuration.clone(), a.capabilities.clone()),
+                    )
+                };
+                let mut changed = false;
+                if content(&stored) != content(agent) {
+                    let mut next = agent.clone();
+                    next.version = stored.version + 1;
+                    next.updated_at = now();
+                    let update = sqlx::query::<D::Db>(
+                        "UPDATE agents SET name = $1, description = $2, agent_type = $3, status = $4, \
+                         status_reason = $5, langflow_workflow_id = $6, langflow_deployment_id = $7, \
+                         source_workflow_id = $8, source_workflow_version = $9, source_workflow_name = $10, \
+                         source_workflow_category = $11, source_workflow_config = $12, configuration = $13, \
+                         capabilities = $14, version = $15, updated_at = $16, flow_origin = $17, scheduled = $18 \
+                         WHERE id = $19 AND tenant_id = $20 AND version = $21",
+                    );
+                    bind_content(update, &next)
+                        .arg(next.version)
+                        .arg(next.updated_at)
+                        .arg(next.flow_origin.as_str())
+                        .arg(SnapshotColumns::scheduled(next.snapshot.as_ref()))
+                        .arg(SqlUuid(agent.id))
+                        .arg(&agent.tenant_id)
+                        .arg(stored.version)
+                        .run(&mut *tx)
+                        .await?;
+                    changed = true;
+                }
+                let statistics = |a: &Agent| (a.total_executions, a.successful_executions, a.average_response_time_ms);
+                if statistics(&stored) != statistics(agent) {
+                    sqlx::query::<D::Db>(
+                        "UPDATE agents SET total_executions = $1, successful_executions = $2, \
+                         average_response_time_ms = $3 WHERE id = $4",
+                    )
+                    .arg(agent.total_executions)
+                    .arg(agent.successful_executions)
+                    .arg(agent.average_response_time_ms)
+                    .arg(SqlUuid(agent.id))
+                    .run(&mut *tx)
+                    .await?;
+                    changed = true;
+                }
+                if changed { ImportApplied::Updated } else { ImportApplied::Unchanged }
+            }
+        };
+        if dry_run || matches!(applied, ImportApplied::Refused(_)) {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
+        Ok(applied)
     }
 
     async fn expire_idempotency_keys(&self, before: chrono::DateTime<chrono::Utc>, limit: i64) -> ServiceResult<u64> {

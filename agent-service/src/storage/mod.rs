@@ -36,7 +36,7 @@ use run_store::{EventRow, PageStepRow, RunRow, StepRow};
 use schedules::ScheduledRow;
 use sessions::{MessageRow, SessionRow};
 
-pub use agents::{AgentRepository, Answer, DeleteCheck, Mutated, Mutation, mutate_agent};
+pub use agents::{AgentRepository, Answer, DeleteCheck, ImportApplied, Mutated, Mutation, mutate_agent};
 use agents::{PostgresAgentRepository, SqliteAgentRepository};
 pub use default_models::DefaultModelRepository;
 use execution_store::{PostgresExecutionRepository, SqliteExecutionRepository};
