@@ -324,7 +324,10 @@ both_backends!(
         let snapshot = got.workflow_snapshot.unwrap();
         assert_eq!((snapshot.workflow_id.as_str(), snapshot.workflow_version), (seed[0].id.as_str(), 1));
         assert_eq!(snapshot.workflow_name, "Social Media Content Pipeline");
-        assert_eq!(snapshot.workflow_config.unwrap().steps.len(), 4);
+        let config = snapshot.workflow_config.unwrap();
+        assert_eq!(config.steps.len(), 4);
+        let extra = engarde::kit::struct_json::struct_to_json("extra_rules", &config.extra_rules.unwrap()).unwrap();
+        assert_eq!(extra["brand_safety"]["level"], "strict", "the free-form rules are in the snapshot too");
         assert_ne!(fake.flow(&made_on_the_platform).unwrap()["description"], description_before, "adopted: marked");
 
         let got = agents.get_agent(apb::GetAgentRequest { id: unlinked.id.clone() }).await.unwrap().into_inner();
