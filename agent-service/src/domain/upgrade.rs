@@ -258,6 +258,29 @@ fn diff_config(before: &workflow_pb::WorkflowConfig, after: &workflow_pb::Workfl
         review_action(a.review_default_action),
     );
 
+    // Rules kept uninterpreted: each top-level key, as JSON.
+    let json = |rules: &Option<prost_types::Struct>| {
+        rules
+            .as_ref()
+            .and_then(|r| engarde::kit::struct_json::struct_to_json("extra_rules", r).ok())
+            .unwrap_or_default()
+    };
+    let (b, a) = (json(&before.extra_rules), json(&after.extra_rules));
+    let keys: BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+    for key in keys {
+        let field = format!("workflow_config.extra_rules[{key:?}]");
+        match (b.get(key), a.get(key)) {
+            (Some(old), Some(new)) => compare(out, field, old.to_string(), new.to_string()),
+            (None, Some(new)) => {
+                out.push(Change { field, kind: ChangeKind::Added, before: String::new(), after: new.to_string() })
+            }
+            (Some(old), None) => {
+                out.push(Change { field, kind: ChangeKind::Removed, before: old.to_string(), after: String::new() })
+            }
+            (None, None) => {}
+        }
+    }
+
     // A flow export can be a megabyte: the change names its size, not its text.
     let (b, a) = (&before.langflow_flow_json, &after.langflow_flow_json);
     if b != a {
@@ -316,6 +339,38 @@ mod tests {
         let plan = plan_upgrade(&agent_from(&source), &source).unwrap();
         assert!(plan.is_noop());
         assert!(plan.changes.is_empty());
+    }
+
+    #[test]
+    fn a_change_of_the_uninterpreted_rules_alone_is_shown_key_by_key() {
+        let rules =
+            |value: serde_json::Value| Some(engarde::kit::struct_json::json_to_struct(value.as_object().unwrap()));
+        let config = workflow_pb::WorkflowConfig {
+            steps: vec![step("a", StepKind::Llm, "p")],
+            extra_rules: rules(serde_json::json!({"tone": "calm", "quota": 3.0})),
+            ..Default::default()
+        };
+        let old = workflow(WorkflowCategory::ContentGeneration, config.clone());
+        let new = SourceWorkflow {
+            version: 2,
+            config: workflow_pb::WorkflowConfig {
+                extra_rules: rules(serde_json::json!({"tone": "bold", "channels": ["x"]})),
+                ..config
+            },
+            ..old.clone()
+        };
+        assert!(upgrade_available(agent_from(&old).snapshot.as_ref().unwrap(), &new));
+        let plan = plan_upgrade(&agent_from(&old), &new).unwrap();
+        let fields: Vec<(&str, ChangeKind)> = plan.changes.iter().map(|c| (c.field.as_str(), c.kind)).collect();
+        assert_eq!(
+            fields,
+            vec![
+                ("workflow_config.extra_rules[\"channels\"]", ChangeKind::Added),
+                ("workflow_config.extra_rules[\"quota\"]", ChangeKind::Removed),
+                ("workflow_config.extra_rules[\"tone\"]", ChangeKind::Changed),
+            ]
+        );
+        assert_eq!((plan.changes[2].before.as_str(), plan.changes[2].after.as_str()), ("\"calm\"", "\"bold\""));
     }
 
     #[test]
