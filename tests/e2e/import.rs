@@ -54,7 +54,10 @@ both_backends!(
     async fn the_platforms_workflows_come_in_with_their_ids_and_statistics(backend) {
         let (platform, seed, bad) = platform_with_seed().await;
         let db = TestDb::new(backend).await;
-        let service = spawn_workflow_service(&db, &[("IMPORT_SOURCE_URL", platform.url())]).await;
+        // With a password in the URL (the test server trusts every login): it never shows.
+        // (A TEST_DATABASE_URL that has a password of its own is used as it is.)
+        let source = platform.url().replacen("://postgres@", "://postgres:import-s3cret@", 1);
+        let service = spawn_workflow_service(&db, &[("IMPORT_SOURCE_URL", source)]).await;
         let mut client = client_of(&service, SEED_TENANT).await;
 
         // A dry run says what would happen, and changes nothing.
@@ -147,6 +150,8 @@ both_backends!(
         assert_eq!((got.name.as_str(), got.version, got.execution_count, got.success_count), ("Renamed", 2, 100, 50));
         let got = client.get_workflow(pb::GetWorkflowRequest { id: seed[4].id.clone() }).await.unwrap().into_inner();
         assert_eq!((got.version, got.execution_count, got.success_count), (1, 7, 6));
+        let logs = service.logs();
+        assert!(logs.contains("workflows imported") && !logs.contains("import-s3cret"), "{logs}");
     }
 );
 
@@ -158,9 +163,15 @@ both_backends!(
         assert!(status.message().contains("import is not enabled"), "{status:?}");
 
         let platform = PlatformDb::new().await;
+        platform.insert_workflows(&seed_workflows(SEED_TENANT)).await;
         let db = TestDb::new(backend).await;
-        let service = spawn_workflow_service(&db, &[("IMPORT_SOURCE_URL", platform.url())]).await;
+        let env = [("IMPORT_SOURCE_URL", platform.url()), ("IMPORT_MAX_ROWS", "10".to_owned())];
+        let service = spawn_workflow_service(&db, &env).await;
         let mut client = client_of(&service, SEED_TENANT).await;
+        // More rows than one answer lists: refused whole, nothing imported.
+        let status = expect_code(client.import_workflows(import_request(false)).await, Code::FailedPrecondition);
+        assert!(status.message().contains("more than 10 rows"), "{status:?}");
+        assert!(own_workflows(&mut client).await.is_empty());
         for schema in ["", "platform; DROP TABLE x", "1st", "a.b"] {
             let request = pb::ImportWorkflowsRequest { schema: schema.into(), dry_run: true };
             let status = expect_code(client.import_workflows(request).await, Code::InvalidArgument);
