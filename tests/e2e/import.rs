@@ -140,12 +140,18 @@ both_backends!(
         platform
             .execute(&format!("UPDATE platform.workflow_definitions SET execution_count = 7 WHERE id = '{}'", seed[4].id))
             .await;
+        platform
+            .execute(&format!("UPDATE platform.workflow_definitions SET status = 'archived' WHERE id = '{}'", seed[5].id))
+            .await;
         let dry = client.import_workflows(import_request(true)).await.unwrap().into_inner();
-        assert_eq!(counts(&dry), (0, 2, 9, 4));
+        assert_eq!(counts(&dry), (0, 3, 8, 4));
         let got = client.get_workflow(pb::GetWorkflowRequest { id: seed[3].id.clone() }).await.unwrap().into_inner();
         assert_eq!((got.name.as_str(), got.version, got.execution_count), (seed[3].name.as_deref().unwrap(), 1, 40));
         let updated = client.import_workflows(import_request(false)).await.unwrap().into_inner();
-        assert_eq!(counts(&updated), (0, 2, 9, 4));
+        assert_eq!(counts(&updated), (0, 3, 8, 4));
+        // A new status alone is no new version (as archiving is not).
+        let got = client.get_workflow(pb::GetWorkflowRequest { id: seed[5].id.clone() }).await.unwrap().into_inner();
+        assert_eq!((got.status, got.version), (pb::WorkflowStatus::Archived as i32, 1));
         let got = client.get_workflow(pb::GetWorkflowRequest { id: seed[3].id.clone() }).await.unwrap().into_inner();
         assert_eq!((got.name.as_str(), got.version, got.execution_count, got.success_count), ("Renamed", 2, 100, 50));
         let got = client.get_workflow(pb::GetWorkflowRequest { id: seed[4].id.clone() }).await.unwrap().into_inner();
