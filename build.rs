@@ -20,10 +20,14 @@ const PROTOS: &[&str] = &[
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let protos: Vec<&str> = PROTOS.iter().copied().filter(|p| std::path::Path::new("proto").join(p).exists()).collect();
-    let fds = protox::compile(&protos, ["proto"])?;
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler.include_source_info(true).include_imports(true).open_files(&protos)?;
+    let fds = compiler.file_descriptor_set();
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     // compile_fds does not write the descriptor set itself: reflection needs it, so write it here.
-    std::fs::write(out.join("engarde_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    // Encoded by protox, not re-encoded from prost_types: prost_types drops the extension options
+    // (google.api.http) that the HTTP/JSON transcoding (src/kit/http_json) reads from this set.
+    std::fs::write(out.join("engarde_descriptor.bin"), compiler.encode_file_descriptor_set())?;
     for (package, code) in text_walks(&fds) {
         std::fs::write(out.join(format!("{package}.text.rs")), code)?;
     }

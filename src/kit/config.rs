@@ -172,6 +172,9 @@ pub struct CommonConfig {
     /// The retention janitor (RETENTION_*, IDEMPOTENCY_RETENTION).
     #[command(flatten)]
     pub janitor: super::retention::JanitorSettings,
+    /// The HTTP/JSON port (HTTP_LISTEN_ADDR, ...).
+    #[command(flatten)]
+    pub http_json: super::http_json::config::HttpJsonConfig,
 }
 
 impl CommonConfig {
@@ -391,6 +394,7 @@ impl CommonConfig {
         if let Some(addr) = self.health_listen_addr.as_deref().filter(|a| !a.is_empty()) {
             parse_listen_addr(addr).context("HEALTH_LISTEN_ADDR")?;
         }
+        self.http_json.listen_addr()?;
         Ok(())
     }
 }

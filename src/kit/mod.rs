@@ -12,6 +12,7 @@ pub mod deadline;
 pub mod dialect;
 pub mod error;
 pub mod health;
+pub mod http_json;
 pub mod idempotency;
 pub mod import;
 pub mod jwks;

@@ -19,6 +19,9 @@ use super::calls::CallLayer;
 use super::config::{CommonConfig, parse_listen_addr};
 use super::connections::{ConnectionLimits, guarded_incoming};
 use super::health::Health;
+use super::http_json::call::GrpcService;
+use super::http_json::listener::{HttpPort, HttpPortLimits};
+use super::http_json::{HttpJson, HttpJsonLimits};
 use super::service_identity::ServiceAccess;
 use super::tls::PeerIdentityLayer;
 
@@ -71,6 +74,13 @@ impl BoundServer {
             None => None,
         };
         let routes = routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+        // HTTP/JSON calls the same layers around the same routes, in process (see http_json).
+        let http_port = match config.http_json.listen_addr()? {
+            Some(addr) => {
+                Some(start_http_port(name, addr, &health, layers.clone(), routes.clone(), tls.clone(), config).await?)
+            }
+            None => None,
+        };
         let incoming = guarded_incoming(self.listener, config.connection_limits(), tls);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         // No `.timeout(..)`: the call layer enforces each call's deadline, answering
@@ -106,6 +116,7 @@ impl BoundServer {
         health.start_draining().await;
         tokio::time::sleep(config.shutdown_delay()).await;
         let _ = stop_tx.send(());
+        let http_drain = http_port.map(|port| tokio::spawn(port.drain(config.drain_timeout())));
         match tokio::time::timeout(config.drain_timeout(), &mut server).await {
             Ok(result) => result.context("server task")?.context("server failed")?,
             Err(_) => {
@@ -113,9 +124,37 @@ impl BoundServer {
                 server.abort();
             }
         }
+        if let Some(http_drain) = http_drain {
+            let _ = http_drain.await;
+        }
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Starts the HTTP/JSON port of `name`'s services: the same `layers` around the same `routes`
+/// as the gRPC port, with its TLS (ALPN http/1.1) and the same RPC timeout.
+async fn start_http_port(
+    name: &str,
+    addr: SocketAddr,
+    health: &Health,
+    layers: CallLayer,
+    routes: Routes,
+    tls: Option<super::tls::ServerTls>,
+    config: &CommonConfig,
+) -> anyhow::Result<HttpPort> {
+    let service = GrpcService::new(tower_layer::Layer::layer(&layers, routes));
+    let limits =
+        HttpJsonLimits { max_body_bytes: config.http_json.http_max_body_bytes, rpc_timeout: config.rpc_timeout() };
+    let http = HttpJson::new(name, health.services(), service, limits)?;
+    let port_limits = HttpPortLimits {
+        max_connections: config.http_json.http_max_connections,
+        header_timeout: config.connection_limits().handshake_timeout,
+    };
+    let port = HttpPort::start(addr, std::sync::Arc::new(http), tls, port_limits).await?;
+    // Announced like the gRPC port: the launcher prints where it listens.
+    println!("{name} HTTP/JSON on {} (OpenAPI at {})", port.local_addr(), super::http_json::OPENAPI_PATH);
+    Ok(port)
 }
 
 /// Serves grpc.health.v1 alone, in plaintext, on `addr` (HEALTH_LISTEN_ADDR): Kubernetes' native

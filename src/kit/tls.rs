@@ -151,6 +151,17 @@ impl ServerTls {
         })
     }
 
+    /// The same certificate, key and client verification, offering `protocols` by ALPN
+    /// instead of h2 (the HTTP/JSON port speaks HTTP/1.1).
+    pub fn with_alpn(&self, protocols: &[&[u8]]) -> Self {
+        let mut config = rustls::ServerConfig::clone(self.acceptor.config());
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        Self {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            requires_client_certificate: self.requires_client_certificate,
+        }
+    }
+
     pub fn requires_client_certificate(&self) -> bool {
         self.requires_client_certificate
     }

@@ -10,6 +10,7 @@ mod fuzz;
 mod helpers;
 mod import;
 mod import_fixture;
+mod http_json;
 mod input_text;
 mod langflow_support;
 mod observability;
