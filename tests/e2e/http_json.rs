@@ -397,3 +397,125 @@ async fn the_openapi_document_lists_every_annotated_rpc() {
     let get = &document["paths"]["/v1/workflows/{id}"]["get"];
     assert!(get["description"].as_str().unwrap().contains("Reads one workflow"), "{get}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_execution_answers_one_json_message_a_line() {
+    let fake = crate::langflow_support::FakeLangflow::start().await;
+    let port = free_port();
+    let app = crate::agents_execution::spawn_with_langflow(
+        Backend::Sqlite,
+        &fake.url(),
+        &[("HTTP_LISTEN_ADDR", format!("127.0.0.1:{port}"))],
+    )
+    .await;
+    let (_, agent) = crate::agents_execution::active_agent(&app, TENANT).await;
+    let http = Http::new(port);
+
+    let response = http
+        .client
+        .post(format!("{}/v1/agents/{}:streamExecute", http.base, agent.id))
+        .header("x-tenant-id", TENANT)
+        .body(json!({"input": "coral reefs", "sessionId": "reef"}).to_string())
+        .send()
+        .await
+        .expect("HTTP call");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let text = response.text().await.unwrap();
+    let events: Vec<Json> =
+        text.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))).collect();
+    assert!(events.len() >= 2, "{text}");
+    assert_eq!(events[0]["started"]["status"], "EXECUTION_STATUS_RUNNING", "{text}");
+    let finished = &events.last().unwrap()["finished"];
+    assert_eq!(finished["status"], "EXECUTION_STATUS_SUCCEEDED", "{text}");
+    assert_eq!(finished["id"], events[0]["started"]["id"]);
+    assert!(events.iter().all(|e| e.get("error").is_none()), "{text}");
+
+    // The unary execution over HTTP, in the same session.
+    let (status, executed) = http
+        .as_tenant(
+            TENANT,
+            Method::POST,
+            &format!("/v1/agents/{}:execute", agent.id),
+            Some(json!({"input": "waves", "sessionId": "reef"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{executed}");
+    assert_eq!(executed["execution"]["status"], "EXECUTION_STATUS_SUCCEEDED");
+    // The session's memory, through a nested resource path.
+    let (status, messages) =
+        http.as_tenant(TENANT, Method::GET, &format!("/v1/agents/{}/sessions/reef/messages", agent.id), None).await;
+    assert_eq!(status, StatusCode::OK, "{messages}");
+    assert_eq!(messages["messages"].as_array().map(Vec::len), Some(4), "{messages}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_port_speaks_tls_with_the_grpc_ports_certificate() {
+    let pki = crate::tls::Pki::new();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let port = free_port();
+    let mut env = pki.server_env(false);
+    env.push(("HTTP_LISTEN_ADDR", format!("127.0.0.1:{port}")));
+    let _service = spawn_workflow_service(&db, &env).await;
+
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.cert("ca")).unwrap()).expect("CA");
+    let client = http_client().add_root_certificate(ca).build().expect("HTTPS client");
+    let response = client
+        .get(format!("https://127.0.0.1:{port}/v1/workflows?pageSize=1"))
+        .header("x-tenant-id", TENANT)
+        .send()
+        .await
+        .expect("HTTPS call");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.json::<Json>().await.unwrap()["workflows"].is_array());
+    // Plaintext gets no answer from a TLS port.
+    let plain = http_client().build().unwrap();
+    assert!(plain.get(format!("http://127.0.0.1:{port}/v1/workflows")).send().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_http_max_connections_are_refused() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let port = free_port();
+    let _service = spawn_workflow_service(
+        &db,
+        &[("HTTP_LISTEN_ADDR", format!("127.0.0.1:{port}")), ("HTTP_MAX_CONNECTIONS", "1".into())],
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{port}/openapi.json");
+    // One idle connection takes the only slot.
+    let idle = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let client = || http_client().pool_max_idle_per_host(0).build().unwrap();
+    assert!(client().get(&url).send().await.is_err(), "a second connection was served");
+    drop(idle);
+    eventually(std::time::Duration::from_secs(5), "the slot is free again", || async {
+        client().get(&url).send().await.is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_http_call_in_flight_finish() {
+    let fake = crate::langflow_support::FakeLangflow::start().await;
+    let port = free_port();
+    let mut app = crate::agents_execution::spawn_with_langflow(
+        Backend::Sqlite,
+        &fake.url(),
+        &[("HTTP_LISTEN_ADDR", format!("127.0.0.1:{port}"))],
+    )
+    .await;
+    let (_, agent) = crate::agents_execution::active_agent(&app, TENANT).await;
+    fake.set_delay(std::time::Duration::from_millis(1500));
+    let http = Http::new(port);
+    let path = format!("/v1/agents/{}:execute", agent.id);
+    let call =
+        tokio::spawn(async move { http.as_tenant(TENANT, Method::POST, &path, Some(json!({"input": "slow"}))).await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    app.agent.sigterm();
+    let (status, executed) = call.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{executed}");
+    assert_eq!(executed["execution"]["status"], "EXECUTION_STATUS_SUCCEEDED");
+    let exit = app.agent.wait_exit(std::time::Duration::from_secs(30)).await.expect("exited");
+    assert!(exit.success(), "{exit:?}");
+}
