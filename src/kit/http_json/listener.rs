@@ -64,13 +64,20 @@ impl HttpPort {
 
     /// Stops accepting, lets each connection finish its request in flight, and waits for them
     /// at most `timeout`.
-    pub async fn drain(self, timeout: Duration) {
+    pub async fn drain(mut self, timeout: Duration) {
         let _ = self.stop.send(true);
-        let _ = self.accept_task.await;
+        let _ = (&mut self.accept_task).await;
         let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
         if tokio::time::timeout(timeout, self.connections.acquire_many(all)).await.is_err() {
             tracing::warn!("HTTP/JSON drain timeout reached; abandoning the requests still running");
         }
+    }
+}
+
+impl Drop for HttpPort {
+    /// A port dropped without a drain (the gRPC server failed) stops accepting at once.
+    fn drop(&mut self) {
+        self.accept_task.abort();
     }
 }
 

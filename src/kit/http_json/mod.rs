@@ -91,10 +91,14 @@ impl HttpJson {
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // Calls that reach the service are logged by its call layer; this line also shows the
+        // requests refused before (no route, wrong method, a body that does not bind).
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
         let response = match self.answer(request, peer, tcp).await {
             Ok(response) => response,
             Err(error) => self.error_response(&error),
         };
+        tracing::debug!(%method, path, status = response.status().as_u16(), "HTTP/JSON request");
         metrics::counter!("http_json_responses_total", "status" => response.status().as_str().to_owned()).increment(1);
         response
     }
