@@ -133,7 +133,7 @@ impl BoundServer {
 }
 
 /// Starts the HTTP/JSON port of `name`'s services: the same `layers` around the same `routes`
-/// as the gRPC port, with its TLS (ALPN http/1.1) and the same RPC timeout.
+/// as the gRPC port (which enforce each call's deadline), with its TLS (ALPN http/1.1).
 async fn start_http_port(
     name: &str,
     addr: SocketAddr,
@@ -144,8 +144,7 @@ async fn start_http_port(
     config: &CommonConfig,
 ) -> anyhow::Result<HttpPort> {
     let service = GrpcService::new(tower_layer::Layer::layer(&layers, routes));
-    let limits =
-        HttpJsonLimits { max_body_bytes: config.http_json.http_max_body_bytes, rpc_timeout: config.rpc_timeout() };
+    let limits = HttpJsonLimits { max_body_bytes: config.http_json.http_max_body_bytes };
     let http = HttpJson::new(name, health.services(), service, limits)?;
     let port_limits = HttpPortLimits {
         max_connections: config.http_json.http_max_connections,

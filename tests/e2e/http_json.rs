@@ -447,6 +447,19 @@ async fn a_streamed_execution_answers_one_json_message_a_line() {
         http.as_tenant(TENANT, Method::GET, &format!("/v1/agents/{}/sessions/reef/messages", agent.id), None).await;
     assert_eq!(status, StatusCode::OK, "{messages}");
     assert_eq!(messages["messages"].as_array().map(Vec::len), Some(4), "{messages}");
+
+    // A client's deadline (X-Request-Timeout) shorter than Langflow's answer: 504.
+    fake.set_delay(std::time::Duration::from_millis(2000));
+    let body = json!({"input": "late"}).to_string();
+    let (status, _, error) = http
+        .call(
+            Method::POST,
+            &format!("/v1/agents/{}:execute", agent.id),
+            &[("x-tenant-id", TENANT), ("x-request-timeout", "0.5")],
+            Some(&body),
+        )
+        .await;
+    assert_eq!((status, error_of(status, &error)), (StatusCode::GATEWAY_TIMEOUT, "DEADLINE_EXCEEDED"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! The in-process gRPC call behind each HTTP/JSON request: the request message, gRPC-framed,
 //! goes through the very tower service the gRPC port serves (the kit's [`CallLayer`] around the
-//! service's routes), so authentication, tenancy, access rules, the log line, metrics and the
-//! concurrency limit are the gRPC port's, not a copy of them. The answer is read back from the
+//! service's routes), so authentication, tenancy, access rules, the log line, metrics, the
+//! concurrency limit and the call's deadline are the gRPC port's, not a copy of them. The answer is read back from the
 //! gRPC response body: its messages, and the status of its trailers (or of its headers, for a
 //! trailers-only answer).
 //!
@@ -36,16 +36,14 @@ pub struct CallContext {
     pub metadata: HeaderMap,
     pub peer: Option<PeerIdentity>,
     pub tcp: tonic::transport::server::TcpConnectInfo,
-    /// The deadline: the server's RPC_TIMEOUT_SECS, or the client's shorter one.
-    pub timeout: Duration,
 }
 
 impl CallContext {
-    /// The metadata of `headers` and the call's deadline (`X-Request-Timeout` in seconds, or a
-    /// gRPC-style `grpc-timeout`, each capped by `server_timeout`).
+    /// The metadata of `headers`. A client's deadline (`X-Request-Timeout` in seconds, or a
+    /// gRPC-style `grpc-timeout`) passes as `grpc-timeout`: the call layer fixes the call's
+    /// deadline from it, capped by RPC_TIMEOUT_SECS, exactly as for a gRPC call.
     pub fn from_headers(
         headers: &HeaderMap,
-        server_timeout: Duration,
         peer: Option<PeerIdentity>,
         tcp: tonic::transport::server::TcpConnectInfo,
     ) -> Result<Self, tonic::Status> {
@@ -67,7 +65,6 @@ impl CallContext {
                 metadata.append(key, value.clone());
             }
         }
-        let mut timeout = server_timeout;
         if let Some(value) = headers.get("x-request-timeout") {
             let seconds = value
                 .to_str()
@@ -78,13 +75,10 @@ impl CallContext {
                 .ok_or_else(|| {
                     tonic::Status::invalid_argument("X-Request-Timeout: expected a positive number of seconds")
                 })?;
-            let requested = Duration::from_secs_f64(seconds.min(server_timeout.as_secs_f64()));
-            timeout = timeout.min(requested);
-            metadata.insert("grpc-timeout", grpc_timeout(requested));
-        } else if let Some(requested) = headers.get("grpc-timeout").and_then(parse_grpc_timeout) {
-            timeout = timeout.min(requested);
+            // Past a day the server's own limit is the shorter anyway.
+            metadata.insert("grpc-timeout", grpc_timeout(Duration::from_secs_f64(seconds.min(86_400.0))));
         }
-        Ok(Self { metadata, peer, tcp, timeout })
+        Ok(Self { metadata, peer, tcp })
     }
 }
 
@@ -92,22 +86,6 @@ impl CallContext {
 fn grpc_timeout(timeout: Duration) -> HeaderValue {
     let millis = timeout.as_millis().clamp(1, 99_999_999);
     HeaderValue::from_str(&format!("{millis}m")).unwrap_or_else(|_| HeaderValue::from_static("99999999m"))
-}
-
-fn parse_grpc_timeout(value: &HeaderValue) -> Option<Duration> {
-    let text = value.to_str().ok()?;
-    let split = text.len().checked_sub(1)?;
-    let (digits, unit) = text.split_at(split);
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount.saturating_mul(3600)),
-        "M" => Duration::from_secs(amount.saturating_mul(60)),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
 }
 
 /// Starts the call: answers the reader of its response messages, or the status that ended it
@@ -140,12 +118,10 @@ pub async fn start(
     }
     request.extensions_mut().insert(context.tcp);
 
-    // The gRPC port's server applies RPC_TIMEOUT_SECS (and a shorter grpc-timeout) to the
-    // answer's headers: the same here.
-    let response = match tokio::time::timeout(context.timeout, service.oneshot(request)).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(never)) => match never {},
-        Err(_) => return Err(tonic::Status::deadline_exceeded("the call did not finish within its deadline")),
+    // The call layer answers DEADLINE_EXCEEDED past the call's deadline, as on the gRPC port.
+    let response = match service.oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
     };
     if let Some(status) = tonic::Status::from_header_map(response.headers())
         && status.code() != tonic::Code::Ok
@@ -231,7 +207,7 @@ mod tests {
         headers.insert("cookie", HeaderValue::from_static("secret"));
         headers.insert("grpc-metadata-x-client", HeaderValue::from_static("ui"));
         headers.insert("grpc-metadata-content-type", HeaderValue::from_static("text/plain"));
-        let context = CallContext::from_headers(&headers, Duration::from_secs(30), None, tcp()).unwrap();
+        let context = CallContext::from_headers(&headers, None, tcp()).unwrap();
         assert_eq!(context.metadata.get("authorization").unwrap(), "Bearer t");
         assert_eq!(context.metadata.get("x-tenant-id").unwrap(), "t1");
         assert_eq!(context.metadata.get("x-client").unwrap(), "ui");
@@ -240,20 +216,19 @@ mod tests {
     }
 
     #[test]
-    fn a_client_deadline_shortens_the_servers_only() {
+    fn a_client_deadline_passes_as_grpc_timeout() {
         let mut headers = HeaderMap::new();
         headers.insert("x-request-timeout", HeaderValue::from_static("1.5"));
-        let context = CallContext::from_headers(&headers, Duration::from_secs(30), None, tcp()).unwrap();
-        assert_eq!(context.timeout, Duration::from_millis(1500));
+        let context = CallContext::from_headers(&headers, None, tcp()).unwrap();
         assert_eq!(context.metadata.get("grpc-timeout").unwrap(), "1500m");
         headers.insert("x-request-timeout", HeaderValue::from_static("600s"));
-        let context = CallContext::from_headers(&headers, Duration::from_secs(30), None, tcp()).unwrap();
-        assert_eq!(context.timeout, Duration::from_secs(30));
+        let context = CallContext::from_headers(&headers, None, tcp()).unwrap();
+        assert_eq!(context.metadata.get("grpc-timeout").unwrap(), "600000m");
         headers.insert("x-request-timeout", HeaderValue::from_static("soon"));
-        assert!(CallContext::from_headers(&headers, Duration::from_secs(30), None, tcp()).is_err());
+        assert!(CallContext::from_headers(&headers, None, tcp()).is_err());
         let mut headers = HeaderMap::new();
         headers.insert("grpc-timeout", HeaderValue::from_static("200m"));
-        let context = CallContext::from_headers(&headers, Duration::from_secs(30), None, tcp()).unwrap();
-        assert_eq!(context.timeout, Duration::from_millis(200));
+        let context = CallContext::from_headers(&headers, None, tcp()).unwrap();
+        assert_eq!(context.metadata.get("grpc-timeout").unwrap(), "200m");
     }
 }

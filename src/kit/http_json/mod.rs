@@ -19,7 +19,6 @@ pub mod status;
 pub mod template;
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
@@ -45,7 +44,6 @@ pub struct HttpJson {
     service: GrpcService,
     openapi: Bytes,
     max_body_bytes: usize,
-    rpc_timeout: Duration,
 }
 
 /// The settings of the transcoder.
@@ -53,8 +51,6 @@ pub struct HttpJson {
 pub struct HttpJsonLimits {
     /// A larger body answers 413 (HTTP_MAX_BODY_BYTES).
     pub max_body_bytes: usize,
-    /// The deadline of each call (RPC_TIMEOUT_SECS), as on the gRPC port.
-    pub rpc_timeout: Duration,
 }
 
 impl HttpJson {
@@ -66,14 +62,7 @@ impl HttpJson {
         pool.decode_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)?;
         let router = Router::from_pool(&pool, services)?;
         let openapi = Bytes::from(serde_json::to_vec(&openapi::document(title, &router, &pool))?);
-        Ok(Self {
-            router,
-            pool,
-            service,
-            openapi,
-            max_body_bytes: limits.max_body_bytes,
-            rpc_timeout: limits.rpc_timeout,
-        })
+        Ok(Self { router, pool, service, openapi, max_body_bytes: limits.max_body_bytes })
     }
 
     pub fn router(&self) -> &Router {
@@ -132,7 +121,7 @@ impl HttpJson {
         let body = self.read_body(&parts.headers, body).await?;
         let message = bind::request_message(binding, &variables, parts.uri.query(), &body)
             .map_err(|e| JsonError::from_status(&e.into_status(), &self.pool))?;
-        let context = CallContext::from_headers(&parts.headers, self.rpc_timeout, peer, tcp)
+        let context = CallContext::from_headers(&parts.headers, peer, tcp)
             .map_err(|status| JsonError::from_status(&status, &self.pool))?;
         let mut reader = call::start(self.service.clone(), binding, &message, context)
             .await
