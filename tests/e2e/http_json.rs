@@ -532,3 +532,45 @@ async fn sigterm_lets_an_http_call_in_flight_finish() {
     let exit = app.agent.wait_exit(std::time::Duration::from_secs(30)).await.expect("exited");
     assert!(exit.success(), "{exit:?}");
 }
+
+/// The README's HTTP/JSON session, as written, run with curl against the services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_http_session_runs_as_written() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    let marker = readme.find("<!-- http-session").expect("the README marks its HTTP session");
+    let block = &readme[marker..];
+    let start = block.find("```sh\n").expect("a sh block") + "```sh\n".len();
+    let script = block[start..start + block[start..].find("```").expect("the block ends")].to_owned();
+
+    let workflow_db = TestDb::new(Backend::Sqlite).await;
+    let agent_db = TestDb::new(Backend::Sqlite).await;
+    let (workflow_port, agent_port) = (free_port(), free_port());
+    let workflow =
+        spawn_workflow_service(&workflow_db, &[("HTTP_LISTEN_ADDR", format!("127.0.0.1:{workflow_port}"))]).await;
+    let _agent =
+        spawn_agent_service(&agent_db, &workflow.url(), &[("HTTP_LISTEN_ADDR", format!("127.0.0.1:{agent_port}"))])
+            .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(cwd)
+            .env("W", format!("http://127.0.0.1:{workflow_port}"))
+            .env("A", format!("http://127.0.0.1:{agent_port}"))
+            .output()
+            .expect("bash runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the session failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("WORKFLOW_CATEGORY_AB_TESTING"), "{stdout}");
+    assert!(stdout.contains("\"installedAgents\""), "{stdout}");
+    assert!(stdout.contains("\"tone\":\"playful\""), "the PUT with the etag read applied: {stdout}");
+    assert!(stdout.contains("\"status\":\"ABORTED\""), "the stale etag was refused: {stdout}");
+    assert!(stdout.contains("\"/api/agents/installed\"") && stdout.contains("\"/api/agents/config\""), "{stdout}");
+    let document = std::fs::read(dir.path().join("workflow-service.openapi.json")).expect("the document was saved");
+    assert!(serde_json::from_slice::<Json>(&document).unwrap()["paths"]["/v1/workflows"].is_object());
+}
