@@ -487,21 +487,29 @@ async fn the_http_port_speaks_tls_with_the_grpc_ports_certificate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_beyond_http_max_connections_are_refused() {
+async fn connections_beyond_http_max_connections_are_refused_and_silent_ones_closed() {
+    use tokio::io::AsyncReadExt as _;
     let db = TestDb::new(Backend::Sqlite).await;
     let port = free_port();
     let _service = spawn_workflow_service(
         &db,
-        &[("HTTP_LISTEN_ADDR", format!("127.0.0.1:{port}")), ("HTTP_MAX_CONNECTIONS", "1".into())],
+        &[
+            ("HTTP_LISTEN_ADDR", format!("127.0.0.1:{port}")),
+            ("HTTP_MAX_CONNECTIONS", "1".into()),
+            ("HTTP2_HANDSHAKE_TIMEOUT_SECS", "2".into()),
+        ],
     )
     .await;
     let url = format!("http://127.0.0.1:{port}/openapi.json");
-    // One idle connection takes the only slot.
-    let idle = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // A connection that never speaks takes the only slot...
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let client = || http_client().pool_max_idle_per_host(0).build().unwrap();
     assert!(client().get(&url).send().await.is_err(), "a second connection was served");
-    drop(idle);
+    // ...until the header timeout closes it, and the slot serves again.
+    let mut buffer = [0u8; 16];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), silent.read(&mut buffer)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "the silent connection was closed: {closed:?}");
     eventually(std::time::Duration::from_secs(5), "the slot is free again", || async {
         client().get(&url).send().await.is_ok_and(|r| r.status() == StatusCode::OK)
     })
