@@ -213,3 +213,111 @@ fn merge(into: &mut DynamicMessage, from: &DynamicMessage) {
         tracing::error!(error = %e, "merging a request's parts failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prost_reflect::{DescriptorPool, Value};
+
+    use super::*;
+    use crate::kit::http_json::template::PathTemplate;
+
+    /// A binding of CreateAgent (nested messages, a repeated field, an enum, a map) at
+    /// `template`, its body going to `body`.
+    fn binding(template: &str, body: &str) -> Binding {
+        let pool = DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
+        let rpc = pool
+            .get_service_by_name("engarde.agent.v1.AgentService")
+            .unwrap()
+            .methods()
+            .find(|m| m.name() == "CreateAgent")
+            .unwrap();
+        let body = match body {
+            "" => BodyTarget::None,
+            "*" => BodyTarget::Whole,
+            field => BodyTarget::Field(rpc.input().get_field_by_name(field).unwrap()),
+        };
+        Binding {
+            http_method: http::Method::POST,
+            template: PathTemplate::parse(template).unwrap(),
+            body,
+            response_body: None,
+            grpc_path: "/engarde.agent.v1.AgentService/CreateAgent".into(),
+            rpc,
+        }
+    }
+
+    fn bind(binding: &Binding, path: &str, query: &str, body: &str) -> Result<DynamicMessage, BindError> {
+        let variables = binding.template.matches(path).expect("the path matches");
+        request_message(binding, &variables, Some(query), body.as_bytes())
+    }
+
+    fn at(message: &DynamicMessage, path: &str) -> Value {
+        let mut value = Value::Message(message.clone());
+        for part in path.split('.') {
+            let Value::Message(m) = value else { panic!("{path}: not a message") };
+            value = m.get_field_by_name(part).unwrap().into_owned();
+        }
+        value
+    }
+
+    #[test]
+    fn query_parameters_bind_nested_repeated_and_enum_fields() {
+        let b = binding("/v1/agents", "");
+        let query = "name=Ann&configuration.tone=warm&configuration.model.temperature=0.5&capabilities=a&capabilities=b\
+                     &agentType=AGENT_TYPE_WALKER&configuration.model.maxTokens=7";
+        let message = bind(&b, "/v1/agents", query, "").unwrap();
+        assert_eq!(at(&message, "name"), Value::String("Ann".into()));
+        assert_eq!(at(&message, "configuration.tone"), Value::String("warm".into()));
+        assert_eq!(at(&message, "configuration.model.temperature"), Value::F64(0.5));
+        assert_eq!(at(&message, "configuration.model.max_tokens"), Value::I32(7));
+        assert_eq!(
+            at(&message, "capabilities"),
+            Value::List(vec![Value::String("a".into()), Value::String("b".into())])
+        );
+        let walker = b.rpc.input().get_field_by_name("agent_type").unwrap();
+        let Kind::Enum(agent_type) = walker.kind() else { panic!("enum") };
+        let number = agent_type.get_value_by_name("AGENT_TYPE_WALKER").unwrap().number();
+        assert_eq!(at(&message, "agent_type"), Value::EnumNumber(number));
+        // An enum by number too, and spaces encoded as '+'.
+        let message = bind(&b, "/v1/agents", &format!("agent_type={number}&name=A+B"), "").unwrap();
+        assert_eq!(at(&message, "agent_type"), Value::EnumNumber(number));
+        assert_eq!(at(&message, "name"), Value::String("A B".into()));
+    }
+
+    #[test]
+    fn what_does_not_bind_names_the_parameter() {
+        let b = binding("/v1/agents", "");
+        let field = |query: &str| bind(&b, "/v1/agents", query, "").unwrap_err().field;
+        assert_eq!(field("colour=blue"), "colour");
+        assert_eq!(field("configuration.colour=blue"), "configuration.colour");
+        assert_eq!(field("name.first=x"), "name.first");
+        assert_eq!(field("name=a&name=b"), "name");
+        assert_eq!(field("agentType=NOT_A_TYPE"), "agentType");
+        assert_eq!(field("configuration.model.maxTokens=many"), "configuration.model.maxTokens");
+        assert_eq!(field("configuration.extra=x"), "configuration.extra");
+        assert_eq!(bind(&b, "/v1/agents", "", "{}").unwrap_err().field, "body");
+    }
+
+    #[test]
+    fn the_path_wins_over_the_body_and_a_whole_body_takes_no_query() {
+        let b = binding("/v1/agents/{name}", "*");
+        let message = bind(&b, "/v1/agents/from-path", "", r#"{"name": "from-body", "tone": 1}"#).unwrap_err();
+        assert_eq!(message.field, "tone", "unknown body fields are named");
+        let message = bind(&b, "/v1/agents/from-path", "", r#"{"name": "from-body", "capabilities": ["x"]}"#).unwrap();
+        assert_eq!(at(&message, "name"), Value::String("from-path".into()));
+        assert_eq!(at(&message, "capabilities"), Value::List(vec![Value::String("x".into())]));
+        assert_eq!(bind(&b, "/v1/agents/p", "capabilities=y", "{}").unwrap_err().field, "capabilities");
+        // An empty body is an empty message, not bad JSON.
+        assert!(bind(&b, "/v1/agents/p", "", " ").is_ok());
+    }
+
+    #[test]
+    fn a_body_field_takes_the_body_and_the_rest_comes_from_the_query() {
+        let b = binding("/v1/agents/{configuration.model.provider}", "configuration");
+        let message = bind(&b, "/v1/agents/openai", "name=Ann", r#"{"tone": "warm"}"#).unwrap();
+        assert_eq!(at(&message, "configuration.tone"), Value::String("warm".into()));
+        assert_eq!(at(&message, "configuration.model.provider"), Value::String("openai".into()));
+        assert_eq!(at(&message, "name"), Value::String("Ann".into()));
+        assert_eq!(bind(&b, "/v1/agents/x", "configuration.tone=a", "{}").unwrap_err().field, "configuration.tone");
+    }
+}
