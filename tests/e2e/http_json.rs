@@ -374,10 +374,13 @@ async fn the_openapi_document_lists_every_annotated_rpc() {
         assert!(document["openapi"].as_str().unwrap().starts_with("3."), "{}", document["openapi"]);
         let expected = annotated(&services);
         assert!(!expected.is_empty());
+        let mut operation_ids = std::collections::HashSet::new();
         for (verb, path, rpc) in &expected {
             let operation = &document["paths"][path][verb];
             assert!(operation.is_object(), "{verb} {path} ({rpc}) missing from the OpenAPI document");
-            assert!(operation["operationId"].as_str().unwrap().ends_with(&format!("_{rpc}")), "{operation}");
+            let operation_id = operation["operationId"].as_str().unwrap();
+            assert!(operation_id.contains(&format!("_{rpc}")), "{operation_id}");
+            assert!(operation_ids.insert(operation_id.to_owned()), "{operation_id} is not unique");
             // Referenced schemas exist.
             let answer = &operation["responses"]["200"]["content"];
             let reference = answer["application/json"]["schema"]["$ref"]
@@ -387,6 +390,21 @@ async fn the_openapi_document_lists_every_annotated_rpc() {
             let schema = reference.trim_start_matches("#/components/schemas/");
             assert!(document["components"]["schemas"][schema].is_object(), "{schema} not in components");
         }
+        // Valid OpenAPI 3, as a generator of clients reads it (scripts/install-test-deps
+        // installs the validator).
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), serde_json::to_vec(&document).unwrap()).unwrap();
+        let validator = std::env::var("OPENAPI_SPEC_VALIDATOR").unwrap_or_else(|_| "openapi-spec-validator".to_owned());
+        let checked = std::process::Command::new(&validator)
+            .arg(file.path())
+            .output()
+            .unwrap_or_else(|e| panic!("{validator} ({e}): run scripts/install-test-deps and put its bin on PATH"));
+        assert!(
+            checked.status.success(),
+            "the OpenAPI document of port {port} is not valid: {}{}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
         // Only this server's RPCs: the workflow port documents no agent paths.
         let documented: usize =
             document["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();

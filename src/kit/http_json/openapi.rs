@@ -17,6 +17,7 @@ pub fn document(title: &str, router: &Router, pool: &DescriptorPool) -> Json {
     let comments = Comments::of(pool);
     let mut paths: BTreeMap<String, Map<String, Json>> = BTreeMap::new();
     let mut schemas = Schemas::default();
+    let mut operation_ids: BTreeMap<String, usize> = BTreeMap::new();
     for binding in router.bindings() {
         let rpc = &binding.rpc;
         let input = rpc.input();
@@ -52,7 +53,12 @@ pub fn document(title: &str, router: &Router, pool: &DescriptorPool) -> Json {
             );
         }
         let mut operation = Map::new();
-        operation.insert("operationId".into(), json!(format!("{}_{}", rpc.parent_service().name(), rpc.name())));
+        // Unique per operation, as OpenAPI requires: an RPC's additional bindings are numbered.
+        let base_id = format!("{}_{}", rpc.parent_service().name(), rpc.name());
+        let seen = operation_ids.entry(base_id.clone()).or_insert(0usize);
+        *seen += 1;
+        let operation_id = if *seen == 1 { base_id } else { format!("{base_id}_{seen}") };
+        operation.insert("operationId".into(), json!(operation_id));
         operation.insert("tags".into(), json!([rpc.parent_service().name()]));
         let description = comments.method(rpc);
         if let Some(summary) = description.lines().next().filter(|l| !l.is_empty()) {
