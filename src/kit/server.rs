@@ -144,7 +144,8 @@ async fn start_http_port(
     config: &CommonConfig,
 ) -> anyhow::Result<HttpPort> {
     let service = GrpcService::new(tower_layer::Layer::layer(&layers, routes));
-    let limits = HttpJsonLimits { max_body_bytes: config.http_json.http_max_body_bytes };
+    let limits =
+        HttpJsonLimits { max_body_bytes: config.http_json.http_max_body_bytes, body_timeout: config.rpc_timeout() };
     let http = HttpJson::new(name, health.services(), service, limits)?;
     let port_limits = HttpPortLimits {
         max_connections: config.http_json.http_max_connections,

@@ -136,7 +136,11 @@ async fn what_does_not_bind_is_answered_in_the_error_model() {
     let port = free_port();
     let _service = spawn_workflow_service(
         &db,
-        &[("HTTP_LISTEN_ADDR", format!("127.0.0.1:{port}")), ("HTTP_MAX_BODY_BYTES", "4096".into())],
+        &[
+            ("HTTP_LISTEN_ADDR", format!("127.0.0.1:{port}")),
+            ("HTTP_MAX_BODY_BYTES", "4096".into()),
+            ("RPC_TIMEOUT_SECS", "2".into()),
+        ],
     )
     .await;
     let http = Http::new(port);
@@ -192,6 +196,20 @@ async fn what_does_not_bind_is_answered_in_the_error_model() {
     big["description"] = json!("x".repeat(10_000));
     let (status, _, error) = http.call(Method::POST, "/v1/workflows", &tenant, Some(&big.to_string())).await;
     assert_eq!((status, error_of(status, &error)), (StatusCode::PAYLOAD_TOO_LARGE, "RESOURCE_EXHAUSTED"));
+
+    // A body that trickles in slower than RPC_TIMEOUT_SECS: 408, the connection freed.
+    {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let head = "POST /v1/workflows HTTP/1.1\r\nhost: x\r\nx-tenant-id: t\r\ncontent-length: 100\r\n\r\n{\"na";
+        slow.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), slow.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "the slow body was not cut off");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("DEADLINE_EXCEEDED"), "{answer}");
+    }
 
     // A call that takes no body.
     let (status, _, error) = http.call(Method::GET, "/v1/workflows", &tenant, Some("{}")).await;

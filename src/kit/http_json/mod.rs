@@ -44,6 +44,7 @@ pub struct HttpJson {
     service: GrpcService,
     openapi: Bytes,
     max_body_bytes: usize,
+    body_timeout: std::time::Duration,
 }
 
 /// The settings of the transcoder.
@@ -51,6 +52,9 @@ pub struct HttpJson {
 pub struct HttpJsonLimits {
     /// A larger body answers 413 (HTTP_MAX_BODY_BYTES).
     pub max_body_bytes: usize,
+    /// A body that has not all arrived within this answers 408 (RPC_TIMEOUT_SECS: a trickled
+    /// upload holds a connection no longer than a call may last).
+    pub body_timeout: std::time::Duration,
 }
 
 impl HttpJson {
@@ -62,7 +66,14 @@ impl HttpJson {
         pool.decode_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)?;
         let router = Router::from_pool(&pool, services)?;
         let openapi = Bytes::from(serde_json::to_vec(&openapi::document(title, &router, &pool))?);
-        Ok(Self { router, pool, service, openapi, max_body_bytes: limits.max_body_bytes })
+        Ok(Self {
+            router,
+            pool,
+            service,
+            openapi,
+            max_body_bytes: limits.max_body_bytes,
+            body_timeout: limits.body_timeout,
+        })
     }
 
     pub fn router(&self) -> &Router {
@@ -161,8 +172,18 @@ impl HttpJson {
         if declared.is_some_and(|length| length > self.max_body_bytes as u64) {
             return Err(too_large());
         }
-        let collected = http_body_util::Limited::new(body, self.max_body_bytes).collect().await;
+        let collected =
+            tokio::time::timeout(self.body_timeout, http_body_util::Limited::new(body, self.max_body_bytes).collect())
+                .await;
         let body = match collected {
+            Err(_) => {
+                let status =
+                    tonic::Status::deadline_exceeded("the request body did not arrive within RPC_TIMEOUT_SECS");
+                return Err(JsonError::with_http_status(StatusCode::REQUEST_TIMEOUT, &status, &self.pool));
+            }
+            Ok(collected) => collected,
+        };
+        let body = match body {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
             Err(e) => {
