@@ -30,6 +30,20 @@ pub struct ImportConfig {
     pub import_max_rows: u32,
 }
 
+impl ImportConfig {
+    /// The source an import RPC reads, once `schema` (the request's) is checked: the one the
+    /// operator configured, or FAILED_PRECONDITION when there is none.
+    pub fn source_for(&self, schema: &str) -> ServiceResult<&SourceUrl> {
+        let source = self.import_source_url.as_ref().ok_or_else(|| {
+            ServiceError::FailedPrecondition(
+                "import is not enabled: the operator configures its source (IMPORT_SOURCE_URL)".into(),
+            )
+        })?;
+        check_schema("schema", schema).map_err(|v| ServiceError::InvalidArgument(vec![v]))?;
+        Ok(source)
+    }
+}
+
 /// `<service> import`: the operator's import of every tenant's rows.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ImportArgs {
@@ -172,7 +186,52 @@ pub struct ImportReport {
     pub rows: Vec<RowReport>,
 }
 
+/// A report as both services' import RPCs answer it.
+pub struct Answer {
+    pub rows: Vec<crate::proto::workflow::v1::ImportedRow>,
+    pub created: i32,
+    pub updated: i32,
+    pub unchanged: i32,
+    pub failed: i32,
+}
+
 impl ImportReport {
+    /// The report as the contracts answer it; logs its counts (`what`: "workflows", "agents").
+    pub fn answer(&self, what: &str) -> Answer {
+        use crate::proto::workflow::v1 as pb;
+        let rows = self
+            .rows
+            .iter()
+            .map(|row| pb::ImportedRow {
+                id: row.id.clone(),
+                outcome: match row.outcome {
+                    Outcome::Created => pb::ImportOutcome::Created,
+                    Outcome::Updated => pb::ImportOutcome::Updated,
+                    Outcome::Unchanged => pb::ImportOutcome::Unchanged,
+                    Outcome::Failed => pb::ImportOutcome::Failed,
+                } as i32,
+                reason: row.reason.clone(),
+                notes: row.notes.clone(),
+            })
+            .collect();
+        let answer = Answer {
+            rows,
+            created: self.count(Outcome::Created),
+            updated: self.count(Outcome::Updated),
+            unchanged: self.count(Outcome::Unchanged),
+            failed: self.count(Outcome::Failed),
+        };
+        tracing::info!(
+            dry_run = self.dry_run,
+            created = answer.created,
+            updated = answer.updated,
+            unchanged = answer.unchanged,
+            failed = answer.failed,
+            "{what} imported"
+        );
+        answer
+    }
+
     /// How many rows had `outcome`.
     pub fn count(&self, outcome: Outcome) -> i32 {
         self.rows.iter().filter(|r| r.outcome == outcome).count().try_into().unwrap_or(i32::MAX)

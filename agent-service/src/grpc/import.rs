@@ -2,9 +2,8 @@
 //! operator configured (never from a request), into this service.
 
 use engarde::kit::error::{ServiceError, ServiceResult};
-use engarde::kit::import::{ImportConfig, ImportReport, Outcome, check_schema};
+use engarde::kit::import::ImportConfig;
 use engarde::proto::agent::v1 as pb;
-use engarde::proto::workflow::v1 as workflow_pb;
 
 use super::caller::Caller;
 use crate::import::{AgentImporter, Scope};
@@ -16,47 +15,19 @@ pub(super) async fn import_agents(
     caller: Caller,
     request: pb::ImportAgentsRequest,
 ) -> ServiceResult<pb::ImportAgentsResponse> {
-    let (Some(importer), Some(source)) = (importer, &settings.import_source_url) else {
-        return Err(ServiceError::FailedPrecondition(
-            "import is not enabled: the operator configures its source (IMPORT_SOURCE_URL)".into(),
-        ));
-    };
-    check_schema("schema", &request.schema).map_err(|v| ServiceError::InvalidArgument(vec![v]))?;
+    let source = settings.source_for(&request.schema)?;
+    // Every server built with a source has an importer (AgentApi::with_import sets both).
+    let importer =
+        importer.ok_or_else(|| ServiceError::FailedPrecondition("import is not enabled on this server".into()))?;
     let scope = Scope::Caller(caller.credentials, caller.tenant);
     let report = importer.run(source, &request.schema, &scope, settings.import_max_rows, request.dry_run).await?;
-    let answer = report_to_pb(&report);
-    tracing::info!(
-        dry_run = request.dry_run,
-        created = answer.created,
-        updated = answer.updated,
-        unchanged = answer.unchanged,
-        failed = answer.failed,
-        "agents imported"
-    );
-    Ok(answer)
-}
-
-fn report_to_pb(report: &ImportReport) -> pb::ImportAgentsResponse {
-    pb::ImportAgentsResponse {
+    let answer = report.answer("agents");
+    Ok(pb::ImportAgentsResponse {
         dry_run: report.dry_run,
-        rows: report
-            .rows
-            .iter()
-            .map(|row| workflow_pb::ImportedRow {
-                id: row.id.clone(),
-                outcome: match row.outcome {
-                    Outcome::Created => workflow_pb::ImportOutcome::Created,
-                    Outcome::Updated => workflow_pb::ImportOutcome::Updated,
-                    Outcome::Unchanged => workflow_pb::ImportOutcome::Unchanged,
-                    Outcome::Failed => workflow_pb::ImportOutcome::Failed,
-                } as i32,
-                reason: row.reason.clone(),
-                notes: row.notes.clone(),
-            })
-            .collect(),
-        created: report.count(Outcome::Created),
-        updated: report.count(Outcome::Updated),
-        unchanged: report.count(Outcome::Unchanged),
-        failed: report.count(Outcome::Failed),
-    }
+        rows: answer.rows,
+        created: answer.created,
+        updated: answer.updated,
+        unchanged: answer.unchanged,
+        failed: answer.failed,
+    })
 }

@@ -2,8 +2,8 @@
 //! operator configured (never from a request), into this service.
 
 use engarde::kit::auth::Tenant;
-use engarde::kit::error::{ServiceError, ServiceResult};
-use engarde::kit::import::{ImportConfig, ImportReport, Outcome, check_schema};
+use engarde::kit::error::ServiceResult;
+use engarde::kit::import::ImportConfig;
 use engarde::proto::workflow::v1 as pb;
 
 use crate::storage::WorkflowRepository;
@@ -15,12 +15,7 @@ pub async fn import_workflows(
     tenant: &Tenant,
     request: pb::ImportWorkflowsRequest,
 ) -> ServiceResult<pb::ImportWorkflowsResponse> {
-    let Some(source) = &settings.import_source_url else {
-        return Err(ServiceError::FailedPrecondition(
-            "import is not enabled: the operator configures its source (IMPORT_SOURCE_URL)".into(),
-        ));
-    };
-    check_schema("schema", &request.schema).map_err(|v| ServiceError::InvalidArgument(vec![v]))?;
+    let source = settings.source_for(&request.schema)?;
     let report = crate::import::run(
         repo,
         source,
@@ -30,43 +25,13 @@ pub async fn import_workflows(
         request.dry_run,
     )
     .await?;
-    let answer = report_to_pb(&report);
-    tracing::info!(
-        dry_run = request.dry_run,
-        created = answer.created,
-        updated = answer.updated,
-        unchanged = answer.unchanged,
-        failed = answer.failed,
-        "workflows imported"
-    );
-    Ok(answer)
-}
-
-fn report_to_pb(report: &ImportReport) -> pb::ImportWorkflowsResponse {
-    pb::ImportWorkflowsResponse {
+    let answer = report.answer("workflows");
+    Ok(pb::ImportWorkflowsResponse {
         dry_run: report.dry_run,
-        rows: report
-            .rows
-            .iter()
-            .map(|row| pb::ImportedRow {
-                id: row.id.clone(),
-                outcome: outcome_to_pb(row.outcome) as i32,
-                reason: row.reason.clone(),
-                notes: row.notes.clone(),
-            })
-            .collect(),
-        created: report.count(Outcome::Created),
-        updated: report.count(Outcome::Updated),
-        unchanged: report.count(Outcome::Unchanged),
-        failed: report.count(Outcome::Failed),
-    }
-}
-
-fn outcome_to_pb(outcome: Outcome) -> pb::ImportOutcome {
-    match outcome {
-        Outcome::Created => pb::ImportOutcome::Created,
-        Outcome::Updated => pb::ImportOutcome::Updated,
-        Outcome::Unchanged => pb::ImportOutcome::Unchanged,
-        Outcome::Failed => pb::ImportOutcome::Failed,
-    }
+        rows: answer.rows,
+        created: answer.created,
+        updated: answer.updated,
+        unchanged: answer.unchanged,
+        failed: answer.failed,
+    })
 }
