@@ -308,7 +308,16 @@ both_backends!(
             (0..4).map(|w| tokio::spawn(executor(w, addr, agent.id.clone(), seen.clone(), stop.clone()))).collect();
         let mut rng = StdRng::seed_from_u64(seed);
         for _ in 0..cycles {
-            tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
+            // Each kill lands in a burst that is making progress, however slow the machine:
+            // some execution of this process's life is acknowledged before it dies.
+            let before = seen.lock().await.acknowledged.len();
+            let progress = seen.clone();
+            eventually(Duration::from_secs(60), "an execution acknowledged since the restart", || {
+                let progress = progress.clone();
+                async move { progress.lock().await.acknowledged.len() > before }
+            })
+            .await;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(20..300))).await;
             app.agent.kill().await;
             app.agent = spawn_agent_service(&app.agent_db, &app.workflow.url(), &env).await;
         }
@@ -341,8 +350,7 @@ both_backends!(
             assert!(succeeded.contains(id.as_str()), "acknowledged execution {id} is not recorded SUCCEEDED");
         }
         assert!(recorded.len() <= seen.requests, "{} executions for {} requests", recorded.len(), seen.requests);
-        // Each restart of a debug build takes most of a cycle: about one execution per cycle.
-        assert!(seen.acknowledged.len() >= cycles / 2, "the load was real: {} acknowledged", seen.acknowledged.len());
+        assert!(seen.acknowledged.len() >= cycles, "the load was real: {} acknowledged", seen.acknowledged.len());
 
         let total = recorded.len() as i64;
         let successes = succeeded.len() as i64;
