@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::ConnectOptions as _;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgRow};
 
 use super::error::{FieldViolation, ServiceError, ServiceResult};
 
@@ -130,10 +130,51 @@ pub fn check_schema(field: &str, schema: &str) -> Result<(), FieldViolation> {
     }
 }
 
+/// What an import reads from the source: `columns` (each cast to what the mapping reads, so
+/// that an `id` of type uuid or text, a json or jsonb column, are all read the same) of `table`
+/// in `schema`, the rows of `tenant` (every tenant's for `None`: the operator's command), in id
+/// order, each mapped by `map`. More than `max_rows` rows is refused whole rather than cut short.
+pub async fn read_source<T>(
+    connection: &mut PgConnection,
+    source: SourceTable<'_>,
+    tenant: Option<&str>,
+    max_rows: u32,
+    map: impl Fn(&PgRow) -> Result<T, sqlx::Error>,
+) -> ServiceResult<Vec<T>> {
+    let SourceTable { schema, table, columns } = source;
+    check_schema("schema", schema).map_err(|v| ServiceError::InvalidArgument(vec![v]))?;
+    // `schema` is a checked identifier, quoted here; `table` and `columns` are the service's own.
+    let sql = format!(
+        "SELECT {columns} FROM \"{schema}\".{table} WHERE $1::text IS NULL OR tenant_id::text = $1 \
+         ORDER BY id::text LIMIT $2"
+    );
+    let rows: Vec<PgRow> = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(tenant)
+        // One more than allowed, to tell "exactly max_rows" from "more".
+        .bind(i64::from(max_rows) + 1)
+        .fetch_all(connection)
+        .await
+        .map_err(|e| read_error(table, e))?;
+    if rows.len() > max_rows as usize {
+        return Err(too_many_rows(table, max_rows));
+    }
+    rows.iter().map(|row| map(row).map_err(|e| read_error(table, e))).collect()
+}
+
+/// Where an import reads: a table of the source and the columns it selects.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceTable<'a> {
+    /// The request's schema (checked by [`read_source`] before use).
+    pub schema: &'a str,
+    pub table: &'static str,
+    /// The SELECT list, with casts.
+    pub columns: &'static str,
+}
+
 /// What a failed read of the source's `table` is answered as: the source's own problem (a
 /// missing table or column, a type that does not cast) is FAILED_PRECONDITION with the
 /// database's message; a source that went away is UNAVAILABLE.
-pub fn read_error(table: &str, err: sqlx::Error) -> ServiceError {
+fn read_error(table: &str, err: sqlx::Error) -> ServiceError {
     if super::error::is_unavailable(&err) {
         return ServiceError::Unavailable(format!("the import source went away while reading {table}"));
     }
@@ -146,7 +187,7 @@ pub fn read_error(table: &str, err: sqlx::Error) -> ServiceError {
 }
 
 /// The answer when the source holds more rows than an import reads.
-pub fn too_many_rows(table: &str, max: u32) -> ServiceError {
+fn too_many_rows(table: &str, max: u32) -> ServiceError {
     ServiceError::FailedPrecondition(format!(
         "the source's {table} holds more than {max} rows to import (IMPORT_MAX_ROWS); raise it or run the import command"
     ))

@@ -151,32 +151,22 @@ impl AgentImporter {
     }
 }
 
-/// The source rows, each column cast to what the mapping reads, in id order.
+/// The source's `ai_agents` rows, each column cast to what the mapping reads.
 async fn read(
     connection: &mut PgConnection,
     schema: &str,
     tenant: Option<&str>,
     max_rows: u32,
 ) -> ServiceResult<Vec<PlatformAgent>> {
-    // `schema` is a checked identifier (engarde::kit::import::check_schema), quoted here.
-    let sql = format!(
-        "SELECT id::text, tenant_id::text, name::text, description::text, agent_type::text, status::text, \
-                langflow_workflow_id::text, langflow_deployment_id::text, workflow_definition::text, \
-                configuration::text, capabilities::text, total_executions::bigint, \
-                successful_executions::bigint, average_response_time::float8 \
-         FROM \"{schema}\".{TABLE} WHERE $1::text IS NULL OR tenant_id::text = $1 \
-         ORDER BY id::text LIMIT $2"
-    );
-    let rows: Vec<sqlx::postgres::PgRow> = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(tenant)
-        .bind(i64::from(max_rows) + 1)
-        .fetch_all(connection)
-        .await
-        .map_err(|e| import::read_error(TABLE, e))?;
-    if rows.len() > max_rows as usize {
-        return Err(import::too_many_rows(TABLE, max_rows));
-    }
-    rows.iter().map(|row| platform_agent(row).map_err(|e| import::read_error(TABLE, e))).collect()
+    let source = import::SourceTable {
+        schema,
+        table: TABLE,
+        columns: "id::text, tenant_id::text, name::text, description::text, agent_type::text, status::text, \
+                  langflow_workflow_id::text, langflow_deployment_id::text, workflow_definition::text, \
+                  configuration::text, capabilities::text, total_executions::bigint, \
+                  successful_executions::bigint, average_response_time::float8",
+    };
+    import::read_source(connection, source, tenant, max_rows, platform_agent).await
 }
 
 fn platform_agent(row: &sqlx::postgres::PgRow) -> Result<PlatformAgent, sqlx::Error> {

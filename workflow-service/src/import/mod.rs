@@ -4,7 +4,7 @@
 
 use engarde::kit::error::ServiceResult;
 use engarde::kit::import::{self, ImportReport, Outcome, RowReport, SourceUrl};
-use sqlx::postgres::PgConnection;
+use sqlx::postgres::{PgConnection, PgRow};
 
 use crate::domain::platform::{self, PlatformWorkflow};
 use crate::storage::{ImportApplied, WorkflowRepository};
@@ -32,73 +32,37 @@ pub async fn run(
     import_rows(repo, &rows, dry_run).await
 }
 
-/// The source rows, each column cast to what the mapping reads (so an `id` of type uuid or
-/// text, a `workflow_config` of type json or jsonb, are all read the same), in id order.
+/// The source's `workflow_definitions` rows, each column cast to what the mapping reads.
 async fn read(
     connection: &mut PgConnection,
     schema: &str,
     tenant: Option<&str>,
     max_rows: u32,
 ) -> ServiceResult<Vec<PlatformWorkflow>> {
-    type Row = (
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<bool>,
-        Option<i64>,
-        Option<f64>,
-    );
-    // `schema` is a checked identifier (engarde::kit::import::check_schema), quoted here.
-    let sql = format!(
-        "SELECT id::text, tenant_id::text, name::text, description::text, category::text, \
-                workflow_config::text, status::text, is_template::boolean, execution_count::bigint, \
-                success_rate::float8 \
-         FROM \"{schema}\".{TABLE} WHERE $1::text IS NULL OR tenant_id::text = $1 \
-         ORDER BY id::text LIMIT $2"
-    );
-    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(tenant)
-        .bind(i64::from(max_rows) + 1)
-        .fetch_all(connection)
-        .await
-        .map_err(|e| import::read_error(TABLE, e))?;
-    if rows.len() > max_rows as usize {
-        return Err(import::too_many_rows(TABLE, max_rows));
-    }
-    Ok(rows
-        .into_iter()
-        .map(
-            |(
-                id,
-                tenant_id,
-                name,
-                description,
-                category,
-                workflow_config,
-                status,
-                is_template,
-                execution_count,
-                success_rate,
-            )| {
-                PlatformWorkflow {
-                    id,
-                    tenant_id,
-                    name,
-                    description,
-                    category,
-                    workflow_config,
-                    status,
-                    is_template,
-                    execution_count,
-                    success_rate,
-                }
-            },
-        )
-        .collect())
+    let source = import::SourceTable {
+        schema,
+        table: TABLE,
+        columns: "id::text, tenant_id::text, name::text, description::text, category::text, \
+                  workflow_config::text, status::text, is_template::boolean, execution_count::bigint, \
+                  success_rate::float8",
+    };
+    import::read_source(connection, source, tenant, max_rows, platform_workflow).await
+}
+
+fn platform_workflow(row: &PgRow) -> Result<PlatformWorkflow, sqlx::Error> {
+    use sqlx::Row as _;
+    Ok(PlatformWorkflow {
+        id: row.try_get(0)?,
+        tenant_id: row.try_get(1)?,
+        name: row.try_get(2)?,
+        description: row.try_get(3)?,
+        category: row.try_get(4)?,
+        workflow_config: row.try_get(5)?,
+        status: row.try_get(6)?,
+        is_template: row.try_get(7)?,
+        execution_count: row.try_get(8)?,
+        success_rate: row.try_get(9)?,
+    })
 }
 
 /// Maps and imports `rows`, one at a time.
