@@ -28,6 +28,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Encoded by protox, not re-encoded from prost_types: prost_types drops the extension options
     // (google.api.http) that the HTTP/JSON transcoding (src/kit/http_json) reads from this set.
     std::fs::write(out.join("engarde_descriptor.bin"), compiler.encode_file_descriptor_set())?;
+    // The same set without source info (the comments: 70 % of its bytes), for the HTTP/JSON
+    // transcoder, which keeps its descriptors in memory for the process's life and shows no
+    // comments but in the OpenAPI document it makes once at start from the full set.
+    let mut lean = protox::Compiler::new(["proto"])?;
+    lean.include_source_info(false).include_imports(true).open_files(&protos)?;
+    std::fs::write(out.join("engarde_descriptor_lean.bin"), lean.encode_file_descriptor_set())?;
     for (package, code) in text_walks(&fds) {
         std::fs::write(out.join(format!("{package}.text.rs")), code)?;
     }

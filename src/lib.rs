@@ -18,6 +18,10 @@ pub mod proto {
     }
     /// The encoded file descriptor set of every contract, served by reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("engarde_descriptor");
+    /// The same set without its comments (source info), for what keeps descriptors in memory
+    /// and shows no comments: the HTTP/JSON transcoder.
+    #[cfg(feature = "kit")]
+    pub const FILE_DESCRIPTOR_SET_LEAN: &[u8] = tonic::include_file_descriptor_set!("engarde_descriptor_lean");
 }
 
 pub mod codec;

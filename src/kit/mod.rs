@@ -17,6 +17,7 @@ pub mod idempotency;
 pub mod import;
 pub mod jwks;
 pub mod malformed_request;
+pub mod memory;
 pub mod metrics;
 pub mod otlp;
 pub mod page_budget;

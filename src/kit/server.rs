@@ -100,6 +100,8 @@ impl BoundServer {
 
         // Announce readiness on stdout: the launcher and the tests wait for this line.
         println!("{name} listening on {}", self.addr);
+        // What start-up freed is of no further use: give it back rather than sit on it.
+        super::memory::release_free_heap();
 
         // The health port lives as long as the server: it reports NOT_SERVING while draining.
         let _health_port = health_port.map(AbortOnDrop);

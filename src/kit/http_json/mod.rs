@@ -60,12 +60,19 @@ pub struct HttpJsonLimits {
 impl HttpJson {
     /// The transcoder of the annotated RPCs of `services` (full names), calling `service`.
     pub fn new(title: &str, services: &[&str], service: GrpcService, limits: HttpJsonLimits) -> anyhow::Result<Self> {
-        let mut pool = DescriptorPool::new();
-        pool.decode_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)?;
         // google.rpc.Status and the error details, to show errors' details as JSON.
-        pool.decode_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)?;
+        let errors = tonic_types::pb::FILE_DESCRIPTOR_SET;
+        let openapi = {
+            // The comments describe the document, made once here; the pool kept for the
+            // transcoder's life (below) leaves them out: they are 70 % of the descriptors.
+            let mut documented = DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET)?;
+            documented.decode_file_descriptor_set(errors)?;
+            let router = Router::from_pool(&documented, services)?;
+            Bytes::from(serde_json::to_vec(&openapi::document(title, &router, &documented))?)
+        };
+        let mut pool = DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET_LEAN)?;
+        pool.decode_file_descriptor_set(errors)?;
         let router = Router::from_pool(&pool, services)?;
-        let openapi = Bytes::from(serde_json::to_vec(&openapi::document(title, &router, &pool))?);
         Ok(Self {
             router,
             pool,
