@@ -51,6 +51,10 @@ pub struct Config {
     /// with that one, in milliseconds: a batch keeps delivery off the executions' own path.
     #[arg(long, env = "REPORT_BATCH_DELAY_MS", default_value_t = 100)]
     pub report_batch_delay_ms: u64,
+    /// Most execution finishes recorded together, in one transaction with one commit: those
+    /// that arrive while a group commits form the next one, up to this many (1: each alone).
+    #[arg(long, env = "FINISH_BATCH_MAX", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub finish_batch_max: u32,
     #[command(flatten)]
     pub walker: crate::walker::WalkerSettings,
     #[command(flatten)]

@@ -15,6 +15,7 @@ use engarde::proto::agent::v1::run_service_server::RunServiceServer;
 use tonic::service::Routes;
 
 use crate::config::Config;
+use crate::execution::group_commit::FinishCommitter;
 use crate::execution::reporter::Reporter;
 use crate::execution::{Executor, janitor};
 use crate::flow_mark::DeploymentId;
@@ -84,7 +85,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         };
         reconciler.spawn(Duration::from_secs(config.langflow_reconcile_interval_secs));
     }
-    let executor = start_execution(&config, &db, repo.clone(), langflow.clone(), workflows.clone());
+    let (executor, finishes) = start_execution(&config, &db, repo.clone(), langflow.clone(), workflows.clone());
     let walker =
         Walker::start(&config.walker, &db, repo.clone(), langflow.clone(), executor.clone(), workflows.clone());
     let default_models = storage::default_model_repository(&db);
@@ -107,12 +108,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         .with_service_access(SERVICE_ACCESS)
         .serve("agent-service", routes, health, health_service, common, shutdown)
         .await;
+    // What finished during the drain is recorded before the database goes.
+    finishes.close().await;
     db.close().await;
     result
 }
 
-/// The executor of agents, with its background work: the janitor of interrupted executions and
-/// the outbox worker that reports executions to workflow-service.
+/// The workflow-service client (lazy: it connects at the first call).
 fn workflow_client(config: &Config) -> anyhow::Result<WorkflowClient> {
     let common = &config.common;
     WorkflowClient::connect_lazy(
@@ -143,17 +145,28 @@ pub async fn import(config: Config, args: ImportArgs) -> anyhow::Result<ImportRe
     Ok(report?)
 }
 
+/// The executor of agents, with its background work: the group commit of finishes (answered,
+/// to be closed at shutdown), the janitor of interrupted executions and the outbox worker that
+/// reports executions to workflow-service.
 fn start_execution(
     config: &Config,
     db: &engarde::kit::db::DbPool,
     agents: std::sync::Arc<dyn storage::AgentRepository>,
     langflow: Option<std::sync::Arc<LangflowClient>>,
     workflows: WorkflowClient,
-) -> Executor {
+) -> (Executor, FinishCommitter) {
     let executions = storage::execution_repository(db);
+    let finishes = FinishCommitter::start(executions.clone(), config.finish_batch_max as usize);
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
-    let executor =
-        Executor::new(agents, executions.clone(), langflow, wake.clone(), config.common.rpc_timeout(), config.memory);
+    let executor = Executor::new(
+        agents,
+        executions.clone(),
+        finishes.clone(),
+        langflow,
+        wake.clone(),
+        config.common.rpc_timeout(),
+        config.memory,
+    );
     janitor::spawn(executor.clone(), config.execution_stale_after());
     Reporter {
         executions,
@@ -164,7 +177,7 @@ fn start_execution(
         lease: Reporter::lease_for(config.workflow_call_timeout()),
     }
     .spawn();
-    executor
+    (executor, finishes)
 }
 
 /// The mark of this deployment's flows: LANGFLOW_DEPLOYMENT_ID, or the id stored in its database.

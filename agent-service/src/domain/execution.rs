@@ -232,6 +232,47 @@ impl ExecutionStats {
     }
 }
 
+/// Finished executions of one agent, summed: what they add to its statistics together (a group
+/// of finishes committed at once updates the agent's row once, with this).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Tally {
+    pub count: i64,
+    pub successful: i64,
+    pub latency_sum_ms: f64,
+    pub usage: TokenUsage,
+}
+
+impl Tally {
+    /// Counts one more finished execution, as recorded.
+    pub fn add(&mut self, execution: &Execution) {
+        self.count += 1;
+        self.successful += i64::from(execution.status == ExecutionStatus::Succeeded);
+        self.latency_sum_ms += execution.latency_ms;
+        if let Some(usage) = execution.usage {
+            self.usage.prompt_tokens += usage.prompt_tokens;
+            self.usage.completion_tokens += usage.completion_tokens;
+        }
+    }
+}
+
+impl ExecutionStats {
+    /// The statistics after the executions of `tally`: the same as [`Self::record`] of each in
+    /// turn, as the mean of `total` latencies and `count` more is weighted by their counts
+    /// (`(mean·total + sum) / (total + count)`).
+    pub fn record_tally(self, tally: &Tally) -> Self {
+        if tally.count == 0 {
+            return self;
+        }
+        let total = self.total + tally.count;
+        Self {
+            total,
+            successful: self.successful + tally.successful,
+            average_response_time_ms: (self.average_response_time_ms * self.total as f64 + tally.latency_sum_ms)
+                / total as f64,
+        }
+    }
+}
+
 impl Execution {
     /// The running execution as `finish` records it.
     pub fn finished(mut self, finish: &Finish) -> Self {
@@ -487,6 +528,52 @@ mod tests {
         assert_eq!(stats, ExecutionStats { total: 2, successful: 1, average_response_time_ms: 45.0 });
         let stats = stats.record(true, 0.0);
         assert_eq!(stats, ExecutionStats { total: 3, successful: 2, average_response_time_ms: 30.0 });
+    }
+
+    /// An execution of `agent` finished with `latency_ms` (succeeded or not).
+    fn finished(latency_ms: f64, succeeded: bool) -> Execution {
+        let mut e = NewExecution {
+            id: Uuid::now_v7(),
+            tenant_id: "t1".into(),
+            agent_id: Uuid::nil(),
+            session_id: "s".into(),
+            step_id: "a".into(),
+            input: "in".into(),
+            started_at: Utc::now(),
+            request: None,
+            report_workflow_id: None,
+        }
+        .running();
+        e.status = if succeeded { ExecutionStatus::Succeeded } else { ExecutionStatus::Failed };
+        e.latency_ms = latency_ms;
+        e.usage = succeeded.then_some(TokenUsage { prompt_tokens: 3, completion_tokens: 2 });
+        e
+    }
+
+    #[test]
+    fn a_tally_of_a_batch_gives_the_statistics_of_recording_its_executions_one_by_one() {
+        // Uneven latencies, failures among them, on top of statistics that already count some.
+        let before = ExecutionStats { total: 1_000_003, successful: 999_000, average_response_time_ms: 12.345_678 };
+        let latencies = [0.213, 3.5, 1_234.5, 0.0, 17.25, 99.999, 0.001, 42.0, 7.77, 500.5, 2.0];
+        let mut one_by_one = before;
+        let mut tally = Tally::default();
+        for (n, latency) in latencies.iter().enumerate() {
+            let succeeded = n % 3 != 0;
+            one_by_one = one_by_one.record(succeeded, *latency);
+            tally.add(&finished(*latency, succeeded));
+        }
+        let together = before.record_tally(&tally);
+        assert_eq!((together.total, together.successful), (one_by_one.total, one_by_one.successful));
+        let (a, b) = (together.average_response_time_ms, one_by_one.average_response_time_ms);
+        assert!((a - b).abs() <= 1e-9 * b, "{a} vs {b}");
+        let succeeded = latencies.iter().enumerate().filter(|(n, _)| n % 3 != 0).count() as i64;
+        assert_eq!(tally.usage, TokenUsage { prompt_tokens: 3 * succeeded, completion_tokens: 2 * succeeded });
+        // From nothing, the batch's mean is the plain mean of its latencies.
+        let fresh = ExecutionStats::default().record_tally(&tally);
+        let mean = latencies.iter().sum::<f64>() / latencies.len() as f64;
+        assert!((fresh.average_response_time_ms - mean).abs() <= 1e-12 * mean);
+        // An empty tally changes nothing.
+        assert_eq!(before.record_tally(&Tally::default()), before);
     }
 
     #[test]

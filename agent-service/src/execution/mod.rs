@@ -4,9 +4,11 @@
 //! An execution is written before it is answered and never lost: it is stored RUNNING, Langflow
 //! is called, and its outcome is recorded in one transaction with everything it changes (the
 //! agent's statistics, the conversation, the report to workflow-service, the agent's ERROR when
-//! its flow is gone). That work runs in a task of its own, so a caller that goes away does not
+//! its flow is gone), a commit shared with the finishes that arrive with it ([`group_commit`]).
+//! That work runs in a task of its own, so a caller that goes away does not
 //! cut it short; a process that dies mid-run leaves a RUNNING row that [`janitor`] finishes.
 
+pub mod group_commit;
 pub mod janitor;
 pub mod memory;
 pub mod model;
@@ -28,6 +30,7 @@ use crate::domain::{Agent, FlowOrigin, now};
 use crate::langflow::{LangflowClient, LangflowError, flow};
 use crate::storage::executions::Started;
 use crate::storage::{AgentRepository, ExecutionRepository};
+use group_commit::FinishCommitter;
 use model::{Execution, Finish, NewExecution, Outcome, langflow_session_id, pick_step};
 
 pub use memory::MemoryWindow;
@@ -55,6 +58,8 @@ pub struct ExecuteRequest {
 pub struct Executor {
     agents: Arc<dyn AgentRepository>,
     executions: Arc<dyn ExecutionRepository>,
+    /// Records finishes, several in one commit when they arrive together.
+    finishes: FinishCommitter,
     langflow: Option<Arc<LangflowClient>>,
     /// Wakes the reporter when an execution queued a report.
     reports: Arc<Notify>,
@@ -87,12 +92,13 @@ impl Executor {
     pub fn new(
         agents: Arc<dyn AgentRepository>,
         executions: Arc<dyn ExecutionRepository>,
+        finishes: FinishCommitter,
         langflow: Option<Arc<LangflowClient>>,
         reports: Arc<Notify>,
         default_deadline: Duration,
         memory: MemoryWindow,
     ) -> Self {
-        Self { agents, executions, langflow, reports, default_deadline, memory }
+        Self { agents, executions, finishes, langflow, reports, default_deadline, memory }
     }
 
     pub fn executions(&self) -> &Arc<dyn ExecutionRepository> {
@@ -291,7 +297,7 @@ impl Executor {
     pub(crate) async fn finish(&self, tenant: &str, finish: Finish) -> ServiceResult<Execution> {
         let mut attempt = 1;
         let finished = loop {
-            match self.executions.finish(&finish).await {
+            match self.finishes.finish(finish.clone()).await {
                 Err(ServiceError::Unavailable(reason)) if attempt < RECORD_ATTEMPTS => {
                     tracing::warn!(execution_id = %finish.execution_id, attempt, reason, "recording an execution failed; retrying");
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;

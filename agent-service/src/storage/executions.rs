@@ -11,6 +11,8 @@
 //! Locks are always taken in the same order (execution, agent, session) so that concurrent
 //! finishes, feedback and session clearing cannot deadlock.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use engarde::kit::dialect::{BindKeyset, Conn, SqlUuid, Statement, Via};
@@ -28,7 +30,7 @@ use super::outbox::OutboxRepository;
 use super::row::{AgentRow, COLUMNS as AGENT_COLUMNS};
 use super::sessions::SessionRepository;
 use crate::domain::execution::{
-    Execution, ExecutionFilter, ExecutionStats, Finish, Finished, MessageRole, NewExecution,
+    Execution, ExecutionFilter, ExecutionStats, Finish, Finished, MessageRole, NewExecution, Tally,
 };
 use crate::domain::{Agent, AgentStatus, lifecycle};
 
@@ -60,6 +62,11 @@ pub trait ExecutionRepository: SessionRepository + FeedbackRepository + OutboxRe
     /// the agent to ERROR. `None` when it was no longer running (finished by someone else, e.g.
     /// the janitor): nothing is changed, nothing counted twice.
     async fn finish(&self, finish: &Finish) -> ServiceResult<Option<Finished>>;
+
+    /// [`Self::finish`] of each, all in one transaction with one commit (each agent's
+    /// statistics updated once, by the sum of its executions): the answers in `finishes`'
+    /// order. An error fails them all and writes nothing.
+    async fn finish_together(&self, finishes: &[Finish]) -> ServiceResult<Vec<Option<Finished>>>;
 
     /// Executions of any tenant still RUNNING that started before `before` (at most `limit`).
     async fn stale(&self, before: DateTime<Utc>, limit: i64) -> ServiceResult<Vec<Execution>>;
@@ -161,6 +168,89 @@ impl<D: AgentDialect> SqlExecutionRepository<D> {
         Ok(())
     }
 
+    /// Records how a running execution ended, in the caller's transaction: its row, the
+    /// conversation (when it succeeded) and its report to workflow-service (when its agent has a
+    /// source workflow); not the agent's statistics, which [`Self::count`] adds. `None` when it
+    /// was no longer running: nothing is written.
+    async fn record_outcome(tx: &mut Conn<D>, finish: &Finish) -> ServiceResult<Option<Finished>> {
+        if let Some(done) =
+            <D::Db as OneStatementFinish>::finish_in_one_statement((&mut *tx).into(), finish, false).await?
+        {
+            return Ok(done);
+        }
+        let Some((execution, report_workflow_id)) = Self::running_for_update(&mut *tx, finish.execution_id).await?
+        else {
+            return Ok(None);
+        };
+        let book = finish.bookkeeping();
+        sqlx::query::<D::Db>(
+            "UPDATE executions SET status = $1, output = $2, error = $3, error_code = $4, latency_ms = $5, \
+             finished_at = $6, prompt_tokens = $7, completion_tokens = $8 WHERE id = $9",
+        )
+        .arg(book.status.as_str())
+        .arg(book.output)
+        .arg(book.error)
+        .arg(book.error_code())
+        .arg(finish.latency_ms)
+        .arg(finish.finished_at)
+        .arg(book.usage.map(|u| u.prompt_tokens))
+        .arg(book.usage.map(|u| u.completion_tokens))
+        .arg(SqlUuid(execution.id))
+        .run(&mut *tx)
+        .await?;
+        if let Some(output) = book.remember {
+            Self::remember(&mut *tx, &execution, output, finish.finished_at).await?;
+        }
+        let reported = match report_workflow_id {
+            None => false,
+            Some(workflow_id) => {
+                sqlx::query::<D::Db>(
+                    "INSERT INTO execution_reports (execution_id, tenant_id, workflow_id, succeeded, \
+                     attempts, next_attempt_at) VALUES ($1, $2, $3, $4, 0, $5) \
+                     ON CONFLICT (execution_id) DO NOTHING",
+                )
+                .arg(SqlUuid(execution.id))
+                .arg(&execution.tenant_id)
+                .arg(workflow_id)
+                .arg(book.succeeded)
+                .arg(finish.finished_at)
+                .run(&mut *tx)
+                .await?;
+                true
+            }
+        };
+        Ok(Some(Finished { execution: execution.finished(finish), reported }))
+    }
+
+    /// Adds `tally` (finished executions of the agent) to the agent's statistics: its row
+    /// locked, read, and written once, whatever the number of executions.
+    async fn count(tx: &mut Conn<D>, agent_id: Uuid, tally: &Tally) -> ServiceResult<()> {
+        let sql = format!(
+            "SELECT total_executions, successful_executions, average_response_time_ms FROM agents \
+             WHERE id = $1{}",
+            D::LOCK
+        );
+        let stats: Option<(i64, i64, f64)> =
+            sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql)).arg(SqlUuid(agent_id)).fetch_optional_as(&mut *tx).await?;
+        // An agent deleted meanwhile took its executions with it: nothing to count.
+        let Some((total, successful, average_response_time_ms)) = stats else { return Ok(()) };
+        let stats = ExecutionStats { total, successful, average_response_time_ms }.record_tally(tally);
+        sqlx::query::<D::Db>(
+            "UPDATE agents SET total_executions = $1, successful_executions = $2, \
+             average_response_time_ms = $3, prompt_tokens = prompt_tokens + $4, \
+             completion_tokens = completion_tokens + $5 WHERE id = $6",
+        )
+        .arg(stats.total)
+        .arg(stats.successful)
+        .arg(stats.average_response_time_ms)
+        .arg(tally.usage.prompt_tokens)
+        .arg(tally.usage.completion_tokens)
+        .arg(SqlUuid(agent_id))
+        .run(&mut *tx)
+        .await?;
+        Ok(())
+    }
+
     /// Moves the agent to ERROR because its flow `flow_id` is gone, unless it has been
     /// given another flow since the run started (or is already in ERROR).
     async fn fail_agent(
@@ -255,86 +345,39 @@ impl<D: AgentDialect> ExecutionRepository for SqlExecutionRepository<D> {
         let _span = D::span("executions.finish");
         // The rare finish that also fails the agent takes the transaction below.
         if finish.flow_gone.is_none()
-            && let Some(done) = <D::Db as OneStatementFinish>::finish_in_one_statement(&self.pool, finish).await?
+            && let Some(done) =
+                <D::Db as OneStatementFinish>::finish_in_one_statement((&self.pool).into(), finish, true).await?
         {
             return Ok(done);
         }
+        Ok(self.finish_together(std::slice::from_ref(finish)).await?.pop().flatten())
+    }
+
+    async fn finish_together(&self, finishes: &[Finish]) -> ServiceResult<Vec<Option<Finished>>> {
+        let _span = D::span("executions.finish_together");
+        // Executions in the order of their ids, then agents in theirs: groups that overlap
+        // (another replica's) lock what they share in the same order.
+        let mut order: Vec<usize> = (0..finishes.len()).collect();
+        order.sort_by_key(|&i| finishes[i].execution_id);
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
-        let Some((execution, report_workflow_id)) = Self::running_for_update(&mut *tx, finish.execution_id).await?
-        else {
-            return Ok(None);
-        };
-        let book = finish.bookkeeping();
-        sqlx::query::<D::Db>(
-            "UPDATE executions SET status = $1, output = $2, error = $3, error_code = $4, latency_ms = $5, \
-             finished_at = $6, prompt_tokens = $7, completion_tokens = $8 WHERE id = $9",
-        )
-        .arg(book.status.as_str())
-        .arg(book.output)
-        .arg(book.error)
-        .arg(book.error_code())
-        .arg(finish.latency_ms)
-        .arg(finish.finished_at)
-        .arg(book.usage.map(|u| u.prompt_tokens))
-        .arg(book.usage.map(|u| u.completion_tokens))
-        .arg(SqlUuid(execution.id))
-        .run(&mut *tx)
-        .await?;
-        // The agent's row locked (after the execution's, as everywhere), so that
-        // concurrent finishes each add their own, none lost.
-        let sql = format!(
-            "SELECT total_executions, successful_executions, average_response_time_ms FROM agents \
-             WHERE id = $1{}",
-            D::LOCK
-        );
-        let stats: Option<(i64, i64, f64)> = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(sql))
-            .arg(SqlUuid(execution.agent_id))
-            .fetch_optional_as(&mut *tx)
-            .await?;
-        if let Some((total, successful, average_response_time_ms)) = stats {
-            let stats = ExecutionStats { total, successful, average_response_time_ms }
-                .record(book.succeeded, finish.latency_ms);
-            let usage = book.usage.unwrap_or_default();
-            sqlx::query::<D::Db>(
-                "UPDATE agents SET total_executions = $1, successful_executions = $2, \
-                 average_response_time_ms = $3, prompt_tokens = prompt_tokens + $4, \
-                 completion_tokens = completion_tokens + $5 WHERE id = $6",
-            )
-            .arg(stats.total)
-            .arg(stats.successful)
-            .arg(stats.average_response_time_ms)
-            .arg(usage.prompt_tokens)
-            .arg(usage.completion_tokens)
-            .arg(SqlUuid(execution.agent_id))
-            .run(&mut *tx)
-            .await?;
+        let mut done: Vec<Option<Finished>> = vec![None; finishes.len()];
+        for i in order {
+            done[i] = Self::record_outcome(&mut *tx, &finishes[i]).await?;
         }
-        if let Some(output) = book.remember {
-            Self::remember(&mut *tx, &execution, output, finish.finished_at).await?;
+        let mut tallies: BTreeMap<Uuid, Tally> = BTreeMap::new();
+        for finished in done.iter().flatten() {
+            tallies.entry(finished.execution.agent_id).or_default().add(&finished.execution);
         }
-        let reported = match report_workflow_id {
-            None => false,
-            Some(workflow_id) => {
-                sqlx::query::<D::Db>(
-                    "INSERT INTO execution_reports (execution_id, tenant_id, workflow_id, succeeded, \
-                     attempts, next_attempt_at) VALUES ($1, $2, $3, $4, 0, $5) \
-                     ON CONFLICT (execution_id) DO NOTHING",
-                )
-                .arg(SqlUuid(execution.id))
-                .arg(&execution.tenant_id)
-                .arg(workflow_id)
-                .arg(book.succeeded)
-                .arg(finish.finished_at)
-                .run(&mut *tx)
-                .await?;
-                true
+        for (agent_id, tally) in &tallies {
+            Self::count(&mut *tx, *agent_id, tally).await?;
+        }
+        for (finish, finished) in finishes.iter().zip(&done) {
+            if let (Some(flow_id), Some(finished)) = (&finish.flow_gone, finished) {
+                Self::fail_agent(&mut *tx, &finished.execution, flow_id, finish.finished_at).await?;
             }
-        };
-        if let Some(flow_id) = &finish.flow_gone {
-            Self::fail_agent(&mut *tx, &execution, flow_id, finish.finished_at).await?;
         }
         tx.commit().await?;
-        Ok(Some(Finished { execution: execution.finished(finish), reported }))
+        Ok(done)
     }
 
     async fn stale(&self, before: DateTime<Utc>, limit: i64) -> ServiceResult<Vec<Execution>> {

@@ -1,28 +1,32 @@
 //! A finish of an execution in one statement, one round trip, where the database can: only
-//! PostgreSQL (its data-modifying CTEs). The transaction in [`super::executions`] does the
-//! same on any database, and is what SQLite uses.
+//! PostgreSQL (its data-modifying CTEs). The statements in [`super::executions`] do the same on
+//! any database, and are what SQLite uses. Inside a group of finishes committed together the
+//! statement leaves the agent's statistics alone: the group counts each agent once.
 
-use engarde::kit::dialect::SqlUuid;
+use engarde::kit::dialect::{SqlUuid, Via};
 use engarde::kit::error::ServiceResult;
 
 use crate::domain::execution::{Finish, Finished, MessageRole};
 use crate::storage::execution_rows::{EXECUTION_COLUMNS, ExecutionRow};
 
 /// A finish in one statement, one round trip, where the database can: PostgreSQL's
-/// data-modifying CTEs make it possible; elsewhere the finish takes the transaction in
+/// data-modifying CTEs make it possible; elsewhere the finish takes the statements of
 /// [`ExecutionRepository::finish`](crate::storage::ExecutionRepository::finish).
 #[async_trait::async_trait]
 pub(super) trait OneStatementFinish: sqlx::Database {
-    /// `None`: this database has no such statement.
+    /// Runs on `via` (the pool: a transaction of its own; a transaction: a member of a group).
+    /// `count`: whether it also counts the execution in its agent's statistics. `None`: this
+    /// database has no such statement.
     async fn finish_in_one_statement(
-        pool: &sqlx::Pool<Self>,
+        via: Via<'_, Self>,
         finish: &Finish,
+        count: bool,
     ) -> ServiceResult<Option<Option<Finished>>>;
 }
 
 #[async_trait::async_trait]
 impl OneStatementFinish for sqlx::Sqlite {
-    async fn finish_in_one_statement(_: &sqlx::SqlitePool, _: &Finish) -> ServiceResult<Option<Option<Finished>>> {
+    async fn finish_in_one_statement(_: Via<'_, Self>, _: &Finish, _: bool) -> ServiceResult<Option<Option<Finished>>> {
         Ok(None)
     }
 }
@@ -42,7 +46,11 @@ pub(super) struct FinishedRow {
 /// row: already finished.
 #[async_trait::async_trait]
 impl OneStatementFinish for sqlx::Postgres {
-    async fn finish_in_one_statement(pool: &sqlx::PgPool, finish: &Finish) -> ServiceResult<Option<Option<Finished>>> {
+    async fn finish_in_one_statement(
+        via: Via<'_, Self>,
+        finish: &Finish,
+        count: bool,
+    ) -> ServiceResult<Option<Option<Finished>>> {
         // Built once: it is on every execution's path.
         static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
             format!(
@@ -58,7 +66,7 @@ impl OneStatementFinish for sqlx::Postgres {
                        (average_response_time_ms * total_executions + $5) / (total_executions + 1), \
                      prompt_tokens = agents.prompt_tokens + COALESCE($10, 0), \
                      completion_tokens = agents.completion_tokens + COALESCE($11, 0) \
-                   FROM finished WHERE agents.id = finished.agent_id), \
+                   FROM finished WHERE agents.id = finished.agent_id AND $12), \
                  session AS ( \
                    INSERT INTO sessions (agent_id, session_id, tenant_id, message_count, last_sequence, \
                      last_message_at) \
@@ -86,7 +94,7 @@ impl OneStatementFinish for sqlx::Postgres {
             )
         });
         let book = finish.bookkeeping();
-        let row: Option<FinishedRow> = sqlx::query_as(sqlx::AssertSqlSafe(SQL.as_str()))
+        let row = sqlx::query_as(sqlx::AssertSqlSafe(SQL.as_str()))
             .bind(book.status.as_str())
             .bind(book.output)
             .bind(book.error)
@@ -98,8 +106,11 @@ impl OneStatementFinish for sqlx::Postgres {
             .bind(book.remember.is_some())
             .bind(book.usage.map(|u| u.prompt_tokens))
             .bind(book.usage.map(|u| u.completion_tokens))
-            .fetch_optional(pool)
-            .await?;
+            .bind(count);
+        let row: Option<FinishedRow> = match via {
+            Via::Conn(conn) => row.fetch_optional(conn).await?,
+            Via::Pool(pool) => row.fetch_optional(pool).await?,
+        };
         let Some(row) = row else { return Ok(Some(None)) };
         let reported = row.report_workflow_id.is_some();
         Ok(Some(Some(Finished { execution: row.execution.try_into()?, reported })))
