@@ -132,6 +132,8 @@ impl Report {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // reqwest has no crypto provider of its own here: without one, building a client panics.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
