@@ -26,6 +26,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use engarde::kit::error::{ServiceError, ServiceResult};
+use engarde::kit::trace::{self, TraceContext};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -36,6 +37,9 @@ use crate::storage::ExecutionRepository;
 struct Queued {
     finish: Finish,
     answer: oneshot::Sender<ServiceResult<Option<Finished>>>,
+    /// The caller's trace: a finish recorded alone is a span of it; a group is a span of its
+    /// first member's.
+    trace: Option<TraceContext>,
 }
 
 /// The handle of the group-commit worker; clones share it.
@@ -61,7 +65,7 @@ impl FinishCommitter {
     /// (see [`ExecutionRepository::finish`] for the answer).
     pub async fn finish(&self, finish: Finish) -> ServiceResult<Option<Finished>> {
         let (answer, answered) = oneshot::channel();
-        if self.queue.send(Queued { finish, answer }).is_err() {
+        if self.queue.send(Queued { finish, answer, trace: trace::current() }).is_err() {
             return Err(shutting_down());
         }
         answered.await.unwrap_or_else(|_| Err(shutting_down()))
@@ -120,23 +124,24 @@ async fn commit(executions: &dyn ExecutionRepository, group: Vec<Queued>) {
     let size = group.len();
     metrics::histogram!("agent_execution_finish_batch_size").record(size as f64);
     metrics::counter!("agent_execution_finishes_total").increment(size as u64);
-    let (finishes, answers): (Vec<Finish>, Vec<_>) = group.into_iter().map(|q| (q.finish, q.answer)).unzip();
+    let first_trace = group[0].trace;
+    let (finishes, answers): (Vec<Finish>, Vec<_>) = group.into_iter().map(|q| (q.finish, (q.answer, q.trace))).unzip();
     if size == 1 {
         metrics::counter!("agent_execution_finish_batches_total", "outcome" => "alone").increment(1);
         // Alone, it takes the one-statement finish (one round trip on PostgreSQL).
         return answer_alone(executions, finishes, answers).await;
     }
-    match executions.finish_together(&finishes).await {
+    match in_trace(first_trace, executions.finish_together(&finishes)).await {
         Ok(done) => {
             metrics::counter!("agent_execution_finish_batches_total", "outcome" => "committed").increment(1);
-            for (answer, finished) in answers.into_iter().zip(done) {
+            for ((answer, _), finished) in answers.into_iter().zip(done) {
                 // A caller that went away needs no answer: its execution is recorded all the same.
                 let _ = answer.send(Ok(finished));
             }
         }
         Err(ServiceError::Unavailable(reason)) => {
             metrics::counter!("agent_execution_finish_batches_total", "outcome" => "unavailable").increment(1);
-            for answer in answers {
+            for (answer, _) in answers {
                 let _ = answer.send(Err(ServiceError::Unavailable(reason.clone())));
             }
         }
@@ -148,13 +153,20 @@ async fn commit(executions: &dyn ExecutionRepository, group: Vec<Queued>) {
     }
 }
 
-/// Records each finish in a transaction of its own.
-async fn answer_alone(
-    executions: &dyn ExecutionRepository,
-    finishes: Vec<Finish>,
-    answers: Vec<oneshot::Sender<ServiceResult<Option<Finished>>>>,
-) {
-    for (finish, answer) in finishes.iter().zip(answers) {
-        let _ = answer.send(executions.finish(finish).await);
+/// Where to answer a finish, and its caller's trace.
+type Answer = (oneshot::Sender<ServiceResult<Option<Finished>>>, Option<TraceContext>);
+
+/// Records each finish in a transaction of its own, in its caller's trace.
+async fn answer_alone(executions: &dyn ExecutionRepository, finishes: Vec<Finish>, answers: Vec<Answer>) {
+    for (finish, (answer, trace)) in finishes.iter().zip(answers) {
+        let _ = answer.send(in_trace(trace, executions.finish(finish)).await);
+    }
+}
+
+/// Runs `work` in `trace`, when there is one.
+async fn in_trace<F: Future>(trace: Option<TraceContext>, work: F) -> F::Output {
+    match trace {
+        Some(context) => trace::scope(context, work).await,
+        None => work.await,
     }
 }
