@@ -51,6 +51,9 @@ enum Part {
     Startup,
     /// ExecuteAgent through a fast fake Langflow vs calling the fake directly.
     Execute,
+    /// Reads on data sets seeded in bulk at --scale-factors of a base, beside the same SQL run
+    /// directly; storage per million executions (not in the default set: minutes per factor).
+    Scale,
 }
 
 /// Load generator for the EnGarde services: every figure against a baseline from the same run.
@@ -99,6 +102,20 @@ struct Args {
     /// `DB_MAX_CONNECTIONS=32` (repeatable).
     #[arg(long, value_name = "KEY=VALUE")]
     service_env: Vec<String>,
+    /// Scale: the factors of the base data set (1: 1,000 workflows, 10,000 executions, 1,000
+    /// runs, 100 scheduled agents), each on a fresh database.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 10, 100])]
+    scale_factors: Vec<usize>,
+    /// Scale: calls timed per read (and transactions of its direct baseline) [default: 300; --quick: 50]
+    #[arg(long)]
+    scale_calls: Option<usize>,
+    /// Scale: leave each factor's database in place (its URL is printed), e.g. for EXPLAIN.
+    #[arg(long)]
+    scale_keep_databases: bool,
+    /// Scale: seconds of GetWorkflow and ExecuteAgent without, then during, a retention purge at
+    /// the largest factor (0: no purge) [default: 20; --quick: 0]
+    #[arg(long)]
+    scale_purge_secs: Option<u64>,
     /// Internal: serve the bare baseline server as a process of its own.
     #[arg(long, hide = true)]
     serve_bare: bool,
@@ -255,6 +272,20 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     }
     if parts.contains(&Part::Startup) {
         startup(&ctx, &mut report).await?;
+    }
+    if parts.contains(&Part::Scale) {
+        let options = bench::scale::Options {
+            admin_database_url: &args.admin_database_url,
+            factors: &args.scale_factors,
+            calls: args.scale_calls.unwrap_or(if args.quick { 50 } else { 300 }).max(1),
+            keep_databases: args.scale_keep_databases,
+            purge_window: Some(args.scale_purge_secs.unwrap_or(if args.quick { 0 } else { 20 }))
+                .filter(|s| *s > 0)
+                .map(Duration::from_secs),
+        };
+        for figure in bench::scale::run(&ctx, &options).await? {
+            report.push(figure);
+        }
     }
     report.notes.push(format!("after the run: {}", conditions()));
     Ok(report)

@@ -78,7 +78,7 @@ fn fake_langflow() -> axum::Router {
 }
 
 /// Starts the fake on its own runtime (like the bare server); answers its address.
-fn spawn_fake_langflow(workers: usize) -> anyhow::Result<SocketAddr> {
+pub(super) fn spawn_fake_langflow(workers: usize) -> anyhow::Result<SocketAddr> {
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the fake Langflow")?;
     std_listener.set_nonblocking(true)?;
     let addr = std_listener.local_addr()?;
@@ -176,28 +176,31 @@ async fn run_against(
     load: load::LoadSpec,
     calls_alone: usize,
 ) -> anyhow::Result<Outcome> {
-    let agent = start_agent_service(ctx, workflow_addr, database_url, langflow_url, schema).await?;
+    let agent = start_agent_service(ctx, workflow_addr, database_url, langflow_url, schema, &[]).await?;
     let result = measure(ctx, workflow_addr, &agent, langflow_url, load, calls_alone).await;
     agent.stop().await;
     result
 }
 
 /// An agent-service of the benchmark's own (schema `schema` of `database_url`, development
-/// auth) on the running workflow-service, pointed at the Langflow at `langflow_url`.
+/// auth) on the running workflow-service, pointed at the Langflow at `langflow_url`, with the
+/// `extra` settings.
 pub(super) async fn start_agent_service(
     ctx: &Ctx,
     workflow_addr: SocketAddr,
     database_url: &str,
     langflow_url: &str,
     schema: &str,
+    extra: &[(&'static str, String)],
 ) -> anyhow::Result<Service> {
-    let env = [
+    let mut env = vec![
         ("DATABASE_URL", database_url.to_owned()),
         ("DATABASE_SCHEMA", schema.to_owned()),
         ("AUTH_MODE", "dev".to_owned()),
         ("WORKFLOW_SERVICE_URL", format!("http://{workflow_addr}")),
         ("LANGFLOW_URL", langflow_url.to_owned()),
     ];
+    env.extend(extra.iter().cloned());
     Service::start(&ctx.bin("agent-service"), &[], "agent-service", AGENT_HEALTH, &ctx.env(&env), &ctx.log_dir).await
 }
 

@@ -6,6 +6,7 @@ pub mod load;
 pub mod model;
 pub mod procs;
 pub mod report;
+pub mod scale;
 pub mod stats;
 
 use std::path::PathBuf;

@@ -51,7 +51,7 @@ pub async fn run(
 ) -> anyhow::Result<Measured> {
     let fake = FakeModel::start().await;
     fake.set(Behaviour::Answer { chunk_delay: Duration::ZERO });
-    let agent = start_agent_service(ctx, workflow_addr, database_url, langflow_url, "agent_model").await?;
+    let agent = start_agent_service(ctx, workflow_addr, database_url, langflow_url, "agent_model", &[]).await?;
     let result = measure(ctx, workflow_addr, &agent, langflow_url, &fake, load).await;
     agent.stop().await;
     result

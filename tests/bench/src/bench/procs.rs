@@ -241,6 +241,11 @@ impl Database {
         path.rsplit('/').next().unwrap_or_default().to_owned()
     }
 
+    /// Leaves the database in place when dropped (to look at it afterwards).
+    pub fn keep(mut self) {
+        self.created = None;
+    }
+
     pub fn given(url: &str) -> Self {
         Self { url: url.to_owned(), created: None }
     }

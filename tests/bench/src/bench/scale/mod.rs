@@ -1,0 +1,237 @@
+//! The scale benchmark (`--only scale`): for each factor F, both services on a fresh PostgreSQL
+//! database, a data set of F× the base written in bulk (`seed`), then each read timed one call
+//! at a time beside the same statements run directly (`reads`, `direct`), and the bytes the
+//! executions and what hangs off them take. At the largest factor, reads and executions during
+//! a retention purge (`purge`).
+
+pub mod copy;
+pub mod direct;
+pub mod purge;
+pub mod reads;
+pub mod seed;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use engarde::proto::agent::v1 as apb;
+use engarde::proto::agent::v1::agent_service_client::AgentServiceClient;
+use engarde::proto::workflow::v1::workflow_service_client::WorkflowServiceClient;
+use sqlx::Connection as _;
+use sqlx::postgres::PgConnection;
+use uuid::Uuid;
+
+use super::procs::{AGENT_HEALTH, Database, Service, WORKFLOW_HEALTH};
+use super::report::Figure;
+use super::stats::ms;
+use super::{Ctx, load, sample_workflow};
+use seed::{ONE_TENANT, Shape, Templates};
+
+/// What to run.
+pub struct Options<'a> {
+    pub admin_database_url: &'a str,
+    pub factors: &'a [usize],
+    /// Calls timed per read.
+    pub calls: usize,
+    /// Leave each factor's database in place (for EXPLAIN afterwards).
+    pub keep_databases: bool,
+    /// How long the loads with and without a purge last, at the largest factor (none: no purge).
+    pub purge_window: Option<Duration>,
+}
+
+/// Every factor in turn; answers the figures.
+pub async fn run(ctx: &Ctx, options: &Options<'_>) -> anyhow::Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    let largest = options.factors.iter().copied().max();
+    for &factor in options.factors {
+        let db = Database::create(options.admin_database_url)?;
+        let purge = options.purge_window.filter(|_| Some(factor) == largest);
+        let result = at_factor(ctx, &db, Shape { factor: factor.max(1) }, options.calls, purge).await;
+        if options.keep_databases {
+            println!("  kept the {factor}x database: {}", db.url);
+            db.keep();
+        }
+        figures.extend(result.with_context(|| format!("at {factor}x"))?);
+    }
+    Ok(figures)
+}
+
+async fn at_factor(
+    ctx: &Ctx,
+    db: &Database,
+    shape: Shape,
+    calls: usize,
+    purge: Option<Duration>,
+) -> anyhow::Result<Vec<Figure>> {
+    let f = shape.factor;
+    println!(
+        "\n== Scale {f}x: {} workflows in one tenant and {} over {} tenants, {} agents, {} executions, {} runs",
+        shape.workflows(),
+        shape.workflows(),
+        seed::SPREAD_TENANTS,
+        shape.agents(),
+        shape.executions(),
+        shape.runs()
+    );
+    // The workflow cache off: these figures are the database's; a cached read costs the same at
+    // any size.
+    let wf_env = [
+        ("DATABASE_URL", db.url.clone()),
+        ("DATABASE_SCHEMA", "workflow".to_owned()),
+        ("AUTH_MODE", "dev".to_owned()),
+        ("WORKFLOW_CACHE_CAPACITY", "0".to_owned()),
+    ];
+    let wf = Service::start(
+        &ctx.bin("workflow-service"),
+        &[],
+        "workflow-service",
+        WORKFLOW_HEALTH,
+        &ctx.env(&wf_env),
+        &ctx.log_dir,
+    )
+    .await?;
+    let ag_env = [
+        ("DATABASE_URL", db.url.clone()),
+        ("DATABASE_SCHEMA", "agent".to_owned()),
+        ("AUTH_MODE", "dev".to_owned()),
+        ("WORKFLOW_SERVICE_URL", format!("http://{}", wf.addr)),
+    ];
+    let mut ag =
+        Service::start(&ctx.bin("agent-service"), &[], "agent-service", AGENT_HEALTH, &ctx.env(&ag_env), &ctx.log_dir)
+            .await?;
+
+    let (workflow_id, agent_id) = made_through_the_api(&wf, &ag).await?;
+    let mut conn = PgConnection::connect(&db.url).await.context("connecting to the benchmark database")?;
+    let templates = Templates::read(&mut conn, workflow_id, agent_id).await?;
+    let seeded = seed::seed(&db.url, shape, &templates).await?;
+    let rows: u64 = seeded.rows.iter().map(|(_, n)| n).sum();
+    println!(
+        "  seeded {rows} rows with COPY in {:.1} s, VACUUM ANALYZE included ({})",
+        seeded.took.as_secs_f64(),
+        seeded.rows.iter().map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", ")
+    );
+
+    let mut figures = vec![
+        Figure::new(&format!("scale_seed_{f}x"), seeded.took.as_secs_f64(), "s")
+            .note(format!("{rows} rows with COPY, then VACUUM ANALYZE")),
+    ];
+    let reads = reads::measure(wf.addr, ag.addr, &db.url, &seeded, calls, &ctx.log_dir).await?;
+    ag.check_alive()?;
+    for read in reads {
+        println!(
+            "  {:<28} service p50 {:>7.3} ms p99 {:>7.3} ms | direct p50 {:>7.3} ms p99 {:>7.3} ms  ({})",
+            read.name,
+            ms(read.service.p50),
+            ms(read.service.p99),
+            ms(read.direct.p50),
+            ms(read.direct.p99),
+            read.note
+        );
+        for (q, service, direct) in
+            [("p50", read.service.p50, read.direct.p50), ("p99", read.service.p99, read.direct.p99)]
+        {
+            figures.push(
+                Figure::new(&format!("scale_{}_{q}_{f}x", read.name), ms(service), "ms")
+                    .baseline(ms(direct), "same SQL, psql")
+                    .note(format!("{calls} calls one at a time; {}", read.note)),
+            );
+        }
+    }
+    figures.push(execution_bytes(&mut conn, f).await?);
+    ag.stop().await;
+    if let Some(window) = purge {
+        let workflow = seeded.workflows[seeded.workflows.len() / 2];
+        let p = purge::measure(ctx, wf.addr, &db.url, &mut conn, workflow, window).await?;
+        figures.extend(purge_figures(&p, f, window));
+    }
+    wf.stop().await;
+    Ok(figures)
+}
+
+/// A workflow and an agent made from it through the API, in the one tenant: the seed copies
+/// the shape of what the services wrote for them.
+async fn made_through_the_api(wf: &Service, ag: &Service) -> anyhow::Result<(Uuid, Uuid)> {
+    let tenant = load::AsTenant::new(ONE_TENANT)?;
+    let channel = load::channels(wf.addr, 1, load::CALL_TIMEOUT).await?.remove(0);
+    let workflow = WorkflowServiceClient::with_interceptor(channel, tenant.clone())
+        .create_workflow(sample_workflow("Made through the API"))
+        .await
+        .context("CreateWorkflow")?
+        .into_inner();
+    let channel = load::channels(ag.addr, 1, load::CALL_TIMEOUT).await?.remove(0);
+    let agent = AgentServiceClient::with_interceptor(channel, tenant)
+        .create_agent_from_workflow(apb::CreateAgentFromWorkflowRequest {
+            workflow_id: workflow.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .context("CreateAgentFromWorkflow")?
+        .into_inner();
+    Ok((workflow.id.parse()?, agent.id.parse()?))
+}
+
+/// What executions take on disk with what hangs off them (their sessions and messages, the
+/// outbox, feedback): tables, TOAST and indexes, per 1,000,000 executions.
+async fn execution_bytes(conn: &mut PgConnection, factor: usize) -> anyhow::Result<Figure> {
+    let tables = ["executions", "sessions", "session_messages", "execution_reports", "feedback"];
+    let mut parts = Vec::new();
+    let mut total = 0i64;
+    for table in tables {
+        let (all, heap): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT pg_total_relation_size('agent.{table}'), pg_table_size('agent.{table}')"
+        )))
+        .fetch_one(&mut *conn)
+        .await?;
+        total += all;
+        parts.push(format!("{table} {:.1} MB ({:.1} MB of it indexes)", mb(all), mb(all - heap)));
+    }
+    let (executions,): (i64,) = sqlx::query_as("SELECT count(*) FROM agent.executions").fetch_one(&mut *conn).await?;
+    let per_million = total as f64 / executions.max(1) as f64 * 1e6;
+    println!("  storage: {} for {executions} executions", parts.join(", "));
+    Ok(Figure::new(&format!("scale_bytes_per_1m_executions_{factor}x"), per_million / 1e9, "GB")
+        .note(format!("{executions} executions: {}", parts.join(", "))))
+}
+
+fn purge_figures(p: &purge::Purge, f: usize, window: Duration) -> Vec<Figure> {
+    let rate = p.deleted as f64 / p.over.as_secs_f64();
+    println!(
+        "  purge: {} of {} executions deleted in {:.1} s ({rate:.0}/s, messages and run events besides)",
+        p.deleted,
+        p.executions_before,
+        p.over.as_secs_f64()
+    );
+    let mut figures = Vec::new();
+    for (name, without, during) in
+        [("get_workflow", &p.without.0, &p.during.0), ("execute_agent", &p.without.1, &p.during.1)]
+    {
+        println!(
+            "  {name:<14} without a purge p50 {:.3} ms p99 {:.3} ms ({} calls); during p50 {:.3} ms p99 {:.3} ms ({} calls)",
+            ms(without.p50),
+            ms(without.p99),
+            without.ok,
+            ms(during.p50),
+            ms(during.p99),
+            during.ok
+        );
+        figures.push(
+            Figure::new(&format!("scale_purge_{name}_p99_{f}x"), ms(during.p99), "ms")
+                .baseline(ms(without.p99), "same load, no purge")
+                .note(format!(
+                    "{} s, GetWorkflow and ExecuteAgent (fake Langflow) one caller each; p50 {:.3} vs {:.3} ms",
+                    window.as_secs(),
+                    ms(during.p50),
+                    ms(without.p50)
+                )),
+        );
+    }
+    figures.push(Figure::new(&format!("scale_purge_executions_deleted_per_s_{f}x"), rate, "rows/s").note(format!(
+        "{} of {} executions (retention 1d over 30 days) in {:.1} s; messages and run events besides",
+        p.deleted,
+        p.executions_before,
+        p.over.as_secs_f64()
+    )));
+    figures
+}
+
+fn mb(bytes: i64) -> f64 {
+    bytes as f64 / 1024.0 / 1024.0
+}
