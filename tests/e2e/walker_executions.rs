@@ -271,3 +271,42 @@ both_backends!(
         assert_eq!(model.received().len(), 2, "no step ran twice");
     }
 );
+
+both_backends!(
+    async fn an_agents_runs_list_newest_first_page_by_page_and_no_other_agents(backend) {
+        let tenant = "tenant-walk-list";
+        let fake = FakeLangflow::start().await;
+        let app = spawn_walker_app(backend, &fake.url(), &[]).await;
+        let steps = || vec![llm("draft", "Draft: {input}"), output("done")];
+        let agent = active_walker(&app, tenant, config(steps(), 0, vec![])).await;
+        let other = active_walker(&app, tenant, config(steps(), 0, vec![])).await;
+        let mut runs = app.runs(tenant).await;
+        let mut started = Vec::new();
+        for i in 0..5 {
+            started.push(start_run(&mut runs, &agent.id, &format!("mine {i}")).await.id);
+            start_run(&mut runs, &other.id, &format!("other {i}")).await;
+        }
+
+        let (mut listed, mut token) = (Vec::new(), String::new());
+        loop {
+            let page = runs
+                .list_runs(pb::ListRunsRequest { agent_id: agent.id.clone(), page_size: 2, page_token: token, ..Default::default() })
+                .await
+                .expect("list runs")
+                .into_inner();
+            assert!(page.runs.len() <= 2);
+            listed.extend(page.runs);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        let ids: Vec<&str> = listed.iter().map(|r| r.id.as_str()).collect();
+        let newest_first: Vec<&str> = started.iter().rev().map(String::as_str).collect();
+        assert_eq!(ids, newest_first, "the agent's five runs, newest first, each once");
+        for run in &listed {
+            assert_eq!(run.agent_id, agent.id);
+            assert_eq!(run.steps.iter().map(|s| s.step_id.as_str()).collect::<Vec<_>>(), ["draft", "done"]);
+        }
+    }
+);

@@ -221,3 +221,48 @@ both_backends!(
         assert!(c.logs().contains("inserted=0") || std::env::var_os("TEST_LOG").is_some(), "{}", c.logs());
     }
 );
+
+both_backends!(
+    async fn a_tenants_own_workflows_and_the_library_interleave_by_name_page_by_page(backend) {
+        let app = spawn_workflows(backend).await;
+        let mut client = app.client("tenant-a").await;
+        // Names before, among and after the library's, and one of another tenant's.
+        let mine = ["A first", "Blog Post Generator", "Campaign x", "Mine", "Zebra"];
+        for name in mine {
+            client.create_workflow(crate::workflows_crud::create_request(name)).await.expect("create");
+        }
+        app.client("tenant-b")
+            .await
+            .create_workflow(crate::workflows_crud::create_request("Campaign of b"))
+            .await
+            .expect("create b's");
+
+        for page_size in [1, 3, 50] {
+            let all = list_all(&mut client, pb::ListWorkflowsRequest { page_size, ..Default::default() }).await;
+            assert_eq!(all.len(), 16, "page size {page_size}: five own and eleven templates");
+            let keys: Vec<(String, String)> = all.iter().map(|w| (w.name.clone(), w.id.clone())).collect();
+            let mut sorted = keys.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(keys, sorted, "page size {page_size}: by name then id, none twice");
+            assert!(all.iter().all(|w| w.tenant_id == "tenant-a" || (w.is_template && w.tenant_id.is_empty())));
+            // The own "Blog Post Generator" and the template of that name are both there.
+            assert_eq!(all.iter().filter(|w| w.name == "Blog Post Generator").count(), 2);
+        }
+        let own = list_all(&mut client, pb::ListWorkflowsRequest { page_size: 2, is_template: Some(false), ..Default::default() })
+            .await;
+        assert_eq!(own.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(), mine);
+        let library =
+            list_all(&mut client, pb::ListWorkflowsRequest { page_size: 2, is_template: Some(true), ..Default::default() })
+                .await;
+        assert_eq!(library.len(), 11);
+        assert!(library.iter().all(|w| w.is_template));
+        let campaigns =
+            list_all(&mut client, pb::ListWorkflowsRequest { page_size: 1, name_contains: "campaign".into(), ..Default::default() })
+                .await;
+        assert_eq!(
+            campaigns.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(),
+            ["Campaign Performance Monitor", "Campaign x"]
+        );
+    }
+);

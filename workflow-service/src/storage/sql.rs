@@ -276,17 +276,23 @@ where
 
     async fn list(&self, tenant: &str, filter: &WorkflowFilter, page: &PageRequest) -> ServiceResult<Arc<[Workflow]>> {
         let _span = D::span("workflows.list");
-        // One static statement: an empty filter parameter matches everything.
-        let sql = format!(
-            "SELECT {SELECT_COLUMNS} FROM {} \
-             WHERE (w.tenant_id = $1 OR w.is_template) \
-               AND ($2 = '' OR w.category = $2) \
+        // One static statement: an empty filter parameter matches everything. The tenant's own
+        // workflows and the library are read apart, each already in page order from the
+        // (tenant_id, name, id) index and at most a page of each, then merged: one scan of
+        // `tenant OR template` would read and sort every workflow of the tenant for each page.
+        let filters = "AND ($2 = '' OR w.category = $2) \
                AND ($3 = '' OR w.status = $3) \
                AND ($4 = -1 OR w.is_template = ($4 = 1)) \
                AND ($5 = '' OR w.name_folded LIKE $5 ESCAPE '\\') \
-               AND ($6 = 0 OR (w.name, w.id) > ($7, $8)) \
-             ORDER BY w.name, w.id LIMIT $9",
-            from_workflows_of(1)
+               AND ($6 = 0 OR (w.name, w.id) > ($7, $8))";
+        let sql = format!(
+            "SELECT * FROM (SELECT {SELECT_COLUMNS} FROM {from} WHERE w.tenant_id = $1 AND NOT w.is_template {filters} \
+                            ORDER BY w.name, w.id LIMIT $9) AS own \
+             UNION ALL \
+             SELECT * FROM (SELECT {SELECT_COLUMNS} FROM {from} WHERE w.tenant_id = '' AND w.is_template {filters} \
+                            ORDER BY w.name, w.id LIMIT $9) AS library \
+             ORDER BY name, id LIMIT $9",
+            from = from_workflows_of(1)
         );
         let is_template: i64 = match filter.is_template {
             None => -1,
