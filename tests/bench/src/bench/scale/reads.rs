@@ -36,10 +36,9 @@ const WORKFLOW_COLUMNS: &str = "w.id, w.tenant_id, w.name, w.description, w.cate
      success_count, w.version, w.created_at, w.updated_at";
 const WORKFLOWS_OF_2: &str = "workflows w LEFT JOIN workflow_statistics s ON s.workflow_id = w.id AND s.tenant_id = $2";
 const WORKFLOWS_OF_1: &str = "workflows w LEFT JOIN workflow_statistics s ON s.workflow_id = w.id AND s.tenant_id = $1";
-const LIST_WORKFLOWS_WHERE: &str = "WHERE (w.tenant_id = $1 OR w.is_template) AND ($2 = '' OR w.category = $2) \
-     AND ($3 = '' OR w.status = $3) AND ($4 = -1 OR w.is_template = ($4 = 1)) \
-     AND ($5 = '' OR w.name_folded LIKE $5 ESCAPE '\\') AND ($6 = 0 OR (w.name, w.id) > ($7, $8)) \
-     ORDER BY w.name, w.id LIMIT $9";
+const LIST_WORKFLOWS_FILTERS: &str = "AND ($2 = '' OR w.category = $2) AND ($3 = '' OR w.status = $3) \
+     AND ($4 = -1 OR w.is_template = ($4 = 1)) AND ($5 = '' OR w.name_folded LIKE $5 ESCAPE '\\') \
+     AND ($6 = 0 OR (w.name, w.id) > ($7, $8))";
 const ENSURE_AGENT: &str = "SELECT id FROM agents WHERE id = $1 AND tenant_id = $2";
 const LIST_EXECUTIONS: &str = "SELECT id, tenant_id, agent_id, session_id, step_id, input, output, status, error, \
      error_code, latency_ms, started_at, finished_at, prompt_tokens, completion_tokens FROM executions \
@@ -70,8 +69,14 @@ fn get_workflow_sql() -> String {
     format!("SELECT {WORKFLOW_COLUMNS} FROM {WORKFLOWS_OF_2} WHERE w.id = $1 AND (w.tenant_id = $2 OR w.is_template)")
 }
 
+/// The tenant's own workflows and the library, each a page in order, merged.
 fn list_workflows_sql() -> String {
-    format!("SELECT {WORKFLOW_COLUMNS} FROM {WORKFLOWS_OF_1} {LIST_WORKFLOWS_WHERE}")
+    format!(
+        "SELECT * FROM (SELECT {WORKFLOW_COLUMNS} FROM {WORKFLOWS_OF_1} WHERE w.tenant_id = $1 AND NOT w.is_template \
+         {LIST_WORKFLOWS_FILTERS} ORDER BY w.name, w.id LIMIT $9) AS own UNION ALL \
+         SELECT * FROM (SELECT {WORKFLOW_COLUMNS} FROM {WORKFLOWS_OF_1} WHERE w.tenant_id = '' AND w.is_template \
+         {LIST_WORKFLOWS_FILTERS} ORDER BY w.name, w.id LIMIT $9) AS library ORDER BY name, id LIMIT $9"
+    )
 }
 
 fn get_workflow_statement(id: Uuid, tenant: &str) -> (String, Vec<Param>) {
