@@ -867,7 +867,8 @@ async fn rss(
         report.push(
             Figure::new(&format!("rss_idle_{name}"), mb(idle), "MB")
                 .baseline(mb(bare_kb), "bare tonic process, idle")
-                .target(Target::AtMost(20.0))
+                // Issue 16 asks 15 MB of agent-service (20 MB before it).
+                .target(Target::AtMost(15.0))
                 .note("0.5 s after SERVING, on PostgreSQL"),
         );
         if let Some(load) = load {
