@@ -106,6 +106,29 @@ pub async fn recorded_executions(
     executions.list_executions(filter).await.unwrap().into_inner().executions
 }
 
+/// Every execution of the agent, all pages.
+pub async fn all_executions(executions: &mut ExecutionClient, agent_id: &str) -> Vec<pb::Execution> {
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = executions
+            .list_executions(pb::ListExecutionsRequest {
+                agent_id: agent_id.into(),
+                page_size: 200,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        all.extend(page.executions);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        token = page.next_page_token;
+    }
+}
+
 /// Waits until the workflow's statistics say (executions, successes).
 pub async fn workflow_counts_reach(app: &TestApp, tenant: &str, workflow_id: &str, expected: (i64, i64)) {
     let mut workflows = app.workflows(tenant).await;

@@ -7,7 +7,9 @@ use std::time::Duration;
 use engarde::proto::agent::v1 as pb;
 use tonic::Code;
 
-use crate::agents_execution::{active_agent, execute, get_agent, spawn_with_langflow, workflow_counts_reach};
+use crate::agents_execution::{
+    active_agent, all_executions, execute, get_agent, spawn_with_langflow, workflow_counts_reach,
+};
 use crate::both_backends;
 use crate::helpers::*;
 use crate::langflow_support::FakeLangflow;
@@ -16,29 +18,6 @@ const SUCCEEDED: i32 = pb::ExecutionStatus::Succeeded as i32;
 
 /// Concurrent calls: enough for groups to form while one commits.
 const CALLS: usize = 64;
-
-/// Every execution of the tenant, all pages.
-async fn all_executions(executions: &mut ExecutionClient, agent_id: &str) -> Vec<pb::Execution> {
-    let mut all = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = executions
-            .list_executions(pb::ListExecutionsRequest {
-                agent_id: agent_id.into(),
-                page_size: 50,
-                page_token,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        all.extend(page.executions);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        page_token = page.next_page_token;
-    }
-}
 
 /// Runs `inputs` as concurrent ExecuteAgent calls (half in one shared session); answers each
 /// call's result in `inputs`' order.

@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::Mutex;
 use tonic::Code;
 
-use crate::agents_execution::{active_agent, workflow_counts_reach};
+use crate::agents_execution::{active_agent, all_executions, workflow_counts_reach};
 use crate::both_backends;
 use crate::helpers::*;
 use crate::langflow_support::FakeLangflow;
@@ -250,29 +250,6 @@ async fn executor(
                 Err(s) => panic!("execution {}: unexpected {s:?}", request.request_id),
             }
         }
-    }
-}
-
-/// Every execution of the agent, all pages.
-async fn all_executions(executions: &mut ExecutionClient, agent_id: &str) -> Vec<pb::Execution> {
-    let mut all = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = executions
-            .list_executions(pb::ListExecutionsRequest {
-                agent_id: agent_id.into(),
-                page_size: 200,
-                page_token: token.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        all.extend(page.executions);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        token = page.next_page_token;
     }
 }
 
