@@ -83,20 +83,28 @@ pub async fn get_agent(agents: &mut AgentClient, id: &str) -> pb::Agent {
     agents.get_agent(pb::GetAgentRequest { id: id.into() }).await.unwrap().into_inner()
 }
 
-pub async fn messages(executions: &mut ExecutionClient, agent_id: &str, session_id: &str) -> Vec<(i32, String)> {
+/// The first page (`page_size`; 0: the service's default) of a session's messages, oldest first.
+pub async fn session_messages(
+    executions: &mut ExecutionClient,
+    agent_id: &str,
+    session_id: &str,
+    page_size: i32,
+) -> Vec<pb::SessionMessage> {
     executions
         .list_session_messages(pb::ListSessionMessagesRequest {
             agent_id: agent_id.into(),
             session_id: session_id.into(),
+            page_size,
             ..Default::default()
         })
         .await
         .unwrap()
         .into_inner()
         .messages
-        .into_iter()
-        .map(|m| (m.role, m.text))
-        .collect()
+}
+
+pub async fn messages(executions: &mut ExecutionClient, agent_id: &str, session_id: &str) -> Vec<(i32, String)> {
+    session_messages(executions, agent_id, session_id, 0).await.into_iter().map(|m| (m.role, m.text)).collect()
 }
 
 pub async fn recorded_executions(
@@ -304,16 +312,7 @@ both_backends!(
         let all = recorded_executions(&mut executions, pb::ListExecutionsRequest::default()).await;
         let mean = all.iter().map(|e| e.latency_ms).sum::<f64>() / RUNS as f64;
         assert!((counted.average_response_time_ms - mean).abs() < 1e-6 * mean.max(1.0), "{} vs {mean}", counted.average_response_time_ms);
-        let shared = executions
-            .list_session_messages(pb::ListSessionMessagesRequest {
-                agent_id: agent.id.clone(),
-                session_id: "shared".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .messages;
+        let shared = session_messages(&mut executions, &agent.id, "shared", 0).await;
         let sequences: Vec<i64> = shared.iter().map(|m| m.sequence).collect();
         assert_eq!(sequences, (1..=RUNS as i64).collect::<Vec<_>>());
         workflow_counts_reach(&app, "tenant-a", &workflow.id, (RUNS as i64, RUNS as i64)).await;

@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use engarde::proto::agent::v1 as pb;
+use engarde::proto::workflow::v1 as wpb;
 use tonic::Code;
 
 use crate::agents_execution::{
-    active_agent, all_executions, execute, get_agent, spawn_with_langflow, workflow_counts_reach,
+    active_agent, all_executions, execute, get_agent, session_messages, spawn_with_langflow, workflow_counts_reach,
 };
 use crate::both_backends;
 use crate::helpers::*;
@@ -56,14 +57,30 @@ fn assert_counters_match(agent: &pb::Agent, recorded: &[pb::Execution]) {
     assert!((average - mean).abs() <= 1e-9 * mean.max(1.0), "average {average} vs recorded mean {mean}");
 }
 
-both_backends!(
-    async fn executions_finishing_together_are_each_recorded_and_counted_once(backend) {
+/// An active agent of "tenant-a" whose Langflow (the fake) answers every call after the same
+/// pause, so that concurrent calls finish together; agent-service's metrics show the groups.
+struct Together {
+    _fake: FakeLangflow,
+    metrics: u16,
+    app: TestApp,
+    workflow: wpb::WorkflowDefinition,
+    agent: pb::Agent,
+}
+
+impl Together {
+    async fn start(backend: Backend) -> Self {
         let fake = FakeLangflow::start().await;
-        // Langflow answers every call after the same pause, so that they all finish together.
         fake.set_delay(Duration::from_millis(300));
         let metrics = free_port();
         let app = spawn_with_langflow(backend, &fake.url(), &[("METRICS_ADDR", format!("127.0.0.1:{metrics}"))]).await;
         let (workflow, agent) = active_agent(&app, "tenant-a").await;
+        Self { _fake: fake, metrics, app, workflow, agent }
+    }
+}
+
+both_backends!(
+    async fn executions_finishing_together_are_each_recorded_and_counted_once(backend) {
+        let Together { _fake, metrics, app, workflow, agent } = Together::start(backend).await;
         let mut agents = app.agents("tenant-a").await;
         let mut executions = app.executions("tenant-a").await;
 
@@ -81,17 +98,7 @@ both_backends!(
         assert!(recorded.iter().all(|e| e.status == SUCCEEDED));
         assert_counters_match(&get_agent(&mut agents, &agent.id).await, &recorded);
         // The shared session's messages are numbered without gaps or clashes.
-        let shared = executions
-            .list_session_messages(pb::ListSessionMessagesRequest {
-                agent_id: agent.id.clone(),
-                session_id: "shared".into(),
-                page_size: 200,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .messages;
+        let shared = session_messages(&mut executions, &agent.id, "shared", 200).await;
         let sequences: Vec<i64> = shared.iter().map(|m| m.sequence).collect();
         assert_eq!(sequences, (1..=CALLS as i64).collect::<Vec<_>>());
         workflow_counts_reach(&app, "tenant-a", &workflow.id, (CALLS as i64, CALLS as i64)).await;
@@ -108,11 +115,7 @@ both_backends!(
 
 both_backends!(
     async fn a_finish_the_database_refuses_fails_alone_not_its_group(backend) {
-        let fake = FakeLangflow::start().await;
-        fake.set_delay(Duration::from_millis(300));
-        let metrics = free_port();
-        let app = spawn_with_langflow(backend, &fake.url(), &[("METRICS_ADDR", format!("127.0.0.1:{metrics}"))]).await;
-        let (workflow, agent) = active_agent(&app, "tenant-a").await;
+        let Together { _fake, metrics, app, workflow, agent } = Together::start(backend).await;
         let mut agents = app.agents("tenant-a").await;
         let mut executions = app.executions("tenant-a").await;
         // The database refuses to finish the execution of input "poison", as it would refuse a
