@@ -344,30 +344,9 @@ async fn on_postgres_parts(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let database_url = db.url.as_str();
-    let wf_env = [
-        ("DATABASE_URL", database_url.to_owned()),
-        ("DATABASE_SCHEMA", "workflow".to_owned()),
-        ("AUTH_MODE", "dev".to_owned()),
-    ];
-    let mut wf = Service::start(
-        &ctx.bin("workflow-service"),
-        &[],
-        "workflow-service",
-        WORKFLOW_HEALTH,
-        &ctx.env(&wf_env),
-        &ctx.log_dir,
-    )
-    .await?;
+    let mut wf = ctx.start_workflow_service(database_url, &[]).await?;
     // No LANGFLOW_URL: creating flows is Langflow's cost, not ours.
-    let ag_env = [
-        ("DATABASE_URL", database_url.to_owned()),
-        ("DATABASE_SCHEMA", "agent".to_owned()),
-        ("AUTH_MODE", "dev".to_owned()),
-        ("WORKFLOW_SERVICE_URL", format!("http://{}", wf.addr)),
-    ];
-    let mut ag =
-        Service::start(&ctx.bin("agent-service"), &[], "agent-service", AGENT_HEALTH, &ctx.env(&ag_env), &ctx.log_dir)
-            .await?;
+    let mut ag = ctx.start_agent_service(wf.addr, database_url, "agent", &[]).await?;
     println!(
         "workflow-service on {} (pid {}), agent-service on {} (pid {}), PostgreSQL",
         wf.addr, wf.pid, ag.addr, ag.pid

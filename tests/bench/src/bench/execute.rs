@@ -19,7 +19,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use super::load::{self, AsTenant};
-use super::procs::{AGENT_HEALTH, Service};
+use super::procs::Service;
 use super::stats::Summary;
 use super::{Ctx, sample_workflow};
 
@@ -193,15 +193,9 @@ pub(super) async fn start_agent_service(
     schema: &str,
     extra: &[(&'static str, String)],
 ) -> anyhow::Result<Service> {
-    let mut env = vec![
-        ("DATABASE_URL", database_url.to_owned()),
-        ("DATABASE_SCHEMA", schema.to_owned()),
-        ("AUTH_MODE", "dev".to_owned()),
-        ("WORKFLOW_SERVICE_URL", format!("http://{workflow_addr}")),
-        ("LANGFLOW_URL", langflow_url.to_owned()),
-    ];
+    let mut env = vec![("LANGFLOW_URL", langflow_url.to_owned())];
     env.extend(extra.iter().cloned());
-    Service::start(&ctx.bin("agent-service"), &[], "agent-service", AGENT_HEALTH, &ctx.env(&env), &ctx.log_dir).await
+    ctx.start_agent_service(workflow_addr, database_url, schema, &env).await
 }
 
 async fn measure(

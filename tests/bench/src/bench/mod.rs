@@ -38,6 +38,57 @@ impl Ctx {
         self.bin_dir.join(name)
     }
 
+    /// workflow-service on schema `workflow` of `database_url` (development auth), with the
+    /// `extra` settings.
+    pub async fn start_workflow_service(
+        &self,
+        database_url: &str,
+        extra: &[(&'static str, String)],
+    ) -> anyhow::Result<procs::Service> {
+        let mut env = vec![
+            ("DATABASE_URL", database_url.to_owned()),
+            ("DATABASE_SCHEMA", "workflow".to_owned()),
+            ("AUTH_MODE", "dev".to_owned()),
+        ];
+        env.extend(extra.iter().cloned());
+        procs::Service::start(
+            &self.bin("workflow-service"),
+            &[],
+            "workflow-service",
+            procs::WORKFLOW_HEALTH,
+            &self.env(&env),
+            &self.log_dir,
+        )
+        .await
+    }
+
+    /// agent-service on schema `schema` of `database_url` (development auth), calling the
+    /// workflow-service at `workflow_addr`, with the `extra` settings.
+    pub async fn start_agent_service(
+        &self,
+        workflow_addr: std::net::SocketAddr,
+        database_url: &str,
+        schema: &str,
+        extra: &[(&'static str, String)],
+    ) -> anyhow::Result<procs::Service> {
+        let mut env = vec![
+            ("DATABASE_URL", database_url.to_owned()),
+            ("DATABASE_SCHEMA", schema.to_owned()),
+            ("AUTH_MODE", "dev".to_owned()),
+            ("WORKFLOW_SERVICE_URL", format!("http://{workflow_addr}")),
+        ];
+        env.extend(extra.iter().cloned());
+        procs::Service::start(
+            &self.bin("agent-service"),
+            &[],
+            "agent-service",
+            procs::AGENT_HEALTH,
+            &self.env(&env),
+            &self.log_dir,
+        )
+        .await
+    }
+
     /// `base` plus the `--service-env` settings (which win).
     pub fn env<'a>(&'a self, base: &[(&'a str, String)]) -> Vec<(&'a str, String)> {
         let mut env: Vec<(&str, String)> =

@@ -20,7 +20,7 @@ use sqlx::Connection as _;
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
-use super::procs::{AGENT_HEALTH, Database, Service, WORKFLOW_HEALTH};
+use super::procs::{Database, Service};
 use super::report::Figure;
 use super::stats::ms;
 use super::{Ctx, load, sample_workflow};
@@ -74,30 +74,8 @@ async fn at_factor(
     );
     // The workflow cache off: these figures are the database's; a cached read costs the same at
     // any size.
-    let wf_env = [
-        ("DATABASE_URL", db.url.clone()),
-        ("DATABASE_SCHEMA", "workflow".to_owned()),
-        ("AUTH_MODE", "dev".to_owned()),
-        ("WORKFLOW_CACHE_CAPACITY", "0".to_owned()),
-    ];
-    let wf = Service::start(
-        &ctx.bin("workflow-service"),
-        &[],
-        "workflow-service",
-        WORKFLOW_HEALTH,
-        &ctx.env(&wf_env),
-        &ctx.log_dir,
-    )
-    .await?;
-    let ag_env = [
-        ("DATABASE_URL", db.url.clone()),
-        ("DATABASE_SCHEMA", "agent".to_owned()),
-        ("AUTH_MODE", "dev".to_owned()),
-        ("WORKFLOW_SERVICE_URL", format!("http://{}", wf.addr)),
-    ];
-    let mut ag =
-        Service::start(&ctx.bin("agent-service"), &[], "agent-service", AGENT_HEALTH, &ctx.env(&ag_env), &ctx.log_dir)
-            .await?;
+    let wf = ctx.start_workflow_service(&db.url, &[("WORKFLOW_CACHE_CAPACITY", "0".to_owned())]).await?;
+    let mut ag = ctx.start_agent_service(wf.addr, &db.url, "agent", &[]).await?;
 
     let (workflow_id, agent_id) = made_through_the_api(&wf, &ag).await?;
     let mut conn = PgConnection::connect(&db.url).await.context("connecting to the benchmark database")?;
