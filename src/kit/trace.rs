@@ -144,12 +144,15 @@ pub fn outgoing_header() -> Option<String> {
 /// Runs `future` in the trace current now (if any), wherever it is polled: for work handed to a
 /// task of its own (`tokio::spawn` does not carry task-locals).
 pub fn carried<F: Future>(future: F) -> impl Future<Output = F::Output> {
-    let context = current();
-    async move {
-        match context {
-            Some(context) => CURRENT.scope(context, future).await,
-            None => future.await,
-        }
+    within(current(), future)
+}
+
+/// Runs `future` in `context` when there is one (a trace saved earlier, e.g. a queued caller's),
+/// else as it is.
+pub async fn within<F: Future>(context: Option<TraceContext>, future: F) -> F::Output {
+    match context {
+        Some(context) => CURRENT.scope(context, future).await,
+        None => future.await,
     }
 }
 

@@ -131,7 +131,7 @@ async fn commit(executions: &dyn ExecutionRepository, group: Vec<Queued>) {
         // Alone, it takes the one-statement finish (one round trip on PostgreSQL).
         return answer_alone(executions, finishes, answers).await;
     }
-    match in_trace(first_trace, executions.finish_together(&finishes)).await {
+    match trace::within(first_trace, executions.finish_together(&finishes)).await {
         Ok(done) => {
             metrics::counter!("agent_execution_finish_batches_total", "outcome" => "committed").increment(1);
             for ((answer, _), finished) in answers.into_iter().zip(done) {
@@ -159,14 +159,6 @@ type Answer = (oneshot::Sender<ServiceResult<Option<Finished>>>, Option<TraceCon
 /// Records each finish in a transaction of its own, in its caller's trace.
 async fn answer_alone(executions: &dyn ExecutionRepository, finishes: Vec<Finish>, answers: Vec<Answer>) {
     for (finish, (answer, trace)) in finishes.iter().zip(answers) {
-        let _ = answer.send(in_trace(trace, executions.finish(finish)).await);
-    }
-}
-
-/// Runs `work` in `trace`, when there is one.
-async fn in_trace<F: Future>(trace: Option<TraceContext>, work: F) -> F::Output {
-    match trace {
-        Some(context) => trace::scope(context, work).await,
-        None => work.await,
+        let _ = answer.send(trace::within(trace, executions.finish(finish)).await);
     }
 }
