@@ -28,8 +28,15 @@ pub fn spawn(walker: Walker, interval: Duration) {
         // every pass; the database alone decides who fires a tick.
         let mut seen: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
         loop {
-            if let Err(e) = walker.schedule_pass(now(), &mut seen).await {
-                tracing::warn!(error = %e, "scheduler pass failed");
+            let started = std::time::Instant::now();
+            match walker.schedule_pass(now(), &mut seen).await {
+                Ok(agents) => {
+                    // A pass reads every scheduled agent: its cost grows with them, and an
+                    // operator sees it here before the passes overlap the interval.
+                    metrics::histogram!("agent_scheduler_pass_seconds").record(started.elapsed().as_secs_f64());
+                    metrics::gauge!("agent_scheduled_agents").set(agents as f64);
+                }
+                Err(e) => tracing::warn!(error = %e, "scheduler pass failed"),
             }
             tokio::time::sleep(interval).await;
         }
@@ -63,11 +70,12 @@ fn due_ticks(agent: &ScheduledAgent, at: DateTime<Utc>) -> BTreeSet<DateTime<Utc
 }
 
 impl Walker {
+    /// One pass; answers how many scheduled agents it looked at.
     async fn schedule_pass(
         &self,
         at: DateTime<Utc>,
         seen: &mut HashMap<Uuid, DateTime<Utc>>,
-    ) -> engarde::kit::error::ServiceResult<()> {
+    ) -> engarde::kit::error::ServiceResult<usize> {
         let agents = self.runs.scheduled_agents().await?;
         let mut statuses = PassMemo::new();
         for agent in &agents {
@@ -128,6 +136,6 @@ impl Walker {
         }
         let in_use: HashSet<(String, Uuid)> = agents.iter().map(|a| (a.tenant_id.clone(), a.workflow_id)).collect();
         self.statuses.retain(&in_use);
-        Ok(())
+        Ok(agents.len())
     }
 }
