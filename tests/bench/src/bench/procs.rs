@@ -151,7 +151,7 @@ pub fn rss_kb(pid: u32) -> Option<u64> {
 }
 
 /// A free port on loopback (bound, read, released).
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?.port())
 }

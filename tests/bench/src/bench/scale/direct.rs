@@ -55,13 +55,16 @@ fn script(statements: &Statements, calls: usize) -> String {
     for (s, (sql, params)) in statements.iter().enumerate() {
         let types = params.iter().map(|p| p.ty).collect::<Vec<_>>().join(", ");
         let sql = sql.split_whitespace().collect::<Vec<_>>().join(" ");
-        text.push_str(&format!("PREPARE s{s}({types}) AS {sql};\n"));
+        // PostgreSQL takes no empty parentheses after a statement without parameters.
+        let types = if types.is_empty() { types } else { format!("({types})") };
+        text.push_str(&format!("PREPARE s{s}{types} AS {sql};\n"));
     }
     text.push_str("\\timing on\n");
     for _ in 0..calls {
         for (s, (_, params)) in statements.iter().enumerate() {
             let args = params.iter().map(Param::literal).collect::<Vec<_>>().join(", ");
-            text.push_str(&format!("EXECUTE s{s}({args});\n"));
+            let args = if args.is_empty() { args } else { format!("({args})") };
+            text.push_str(&format!("EXECUTE s{s}{args};\n"));
         }
     }
     text
@@ -83,8 +86,38 @@ fn timings(output: &str) -> anyhow::Result<Vec<Duration>> {
 /// each call's time (the sum of its statements').
 pub fn run(database_url: &str, statements: &Statements, calls: usize, dir: &Path) -> anyhow::Result<Summary> {
     let text = script(statements, WARM_UP + calls);
+    let first = statements.first().map_or("", |(sql, _)| sql.as_str());
+    let times = psql(database_url, &text, dir, first)?;
+    if times.len() != (WARM_UP + calls) * statements.len() {
+        bail!("psql timed {} statements of {} for {first:?}…", times.len(), (WARM_UP + calls) * statements.len());
+    }
+    let mut samples = Samples::default();
+    for call in times.chunks(statements.len().max(1)).skip(WARM_UP) {
+        samples.record(call.iter().sum());
+    }
+    Ok(samples.summarize(Duration::ZERO))
+}
+
+/// Runs `statements` (plain SQL, no parameters) once, in order, on one psql connection, and
+/// answers each one's time: for the floor of work the services do in many calls, done here
+/// set-based. A script that must leave the data as it was wraps itself in BEGIN … ROLLBACK.
+pub fn once(database_url: &str, statements: &[String], dir: &Path) -> anyhow::Result<Vec<Duration>> {
+    let mut text = String::from("\\set ON_ERROR_STOP on\n\\timing on\n");
+    for sql in statements {
+        text.push_str(&sql.split_whitespace().collect::<Vec<_>>().join(" "));
+        text.push_str(";\n");
+    }
+    let times = psql(database_url, &text, dir, statements.first().map_or("", String::as_str))?;
+    if times.len() != statements.len() {
+        bail!("psql timed {} statements of {}", times.len(), statements.len());
+    }
+    Ok(times)
+}
+
+/// Runs the psql script `text` and answers its `Time:` lines; `what` names it in errors.
+fn psql(database_url: &str, text: &str, dir: &Path, what: &str) -> anyhow::Result<Vec<Duration>> {
     let file = dir.join(format!("direct-{}.sql", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&file, &text).with_context(|| format!("writing {}", file.display()))?;
+    std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
     let output = Command::new("psql")
         .args(["-X", "-q", "-o", "/dev/null", "-f"])
         .arg(&file)
@@ -94,19 +127,10 @@ pub fn run(database_url: &str, statements: &Statements, calls: usize, dir: &Path
         .output()
         .context("running psql (install the PostgreSQL client)")?;
     let _ = std::fs::remove_file(&file);
-    let first = statements.first().map_or("", |(sql, _)| sql.as_str());
     if !output.status.success() {
-        bail!("psql on {first:?}… failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        bail!("psql on {what:?}… failed: {}", String::from_utf8_lossy(&output.stderr).trim());
     }
-    let times = timings(&String::from_utf8_lossy(&output.stdout))?;
-    if times.len() != (WARM_UP + calls) * statements.len() {
-        bail!("psql timed {} statements of {} for {first:?}…", times.len(), (WARM_UP + calls) * statements.len());
-    }
-    let mut samples = Samples::default();
-    for call in times.chunks(statements.len().max(1)).skip(WARM_UP) {
-        samples.record(call.iter().sum());
-    }
-    Ok(samples.summarize(Duration::ZERO))
+    timings(&String::from_utf8_lossy(&output.stdout))
 }
 
 #[cfg(test)]
@@ -123,6 +147,13 @@ mod tests {
         assert!(text.contains("PREPARE s0(text, int8) AS SELECT 1 FROM t WHERE a = $1 AND b = $2;\n"));
         assert!(text.contains("PREPARE s1(uuid) AS SELECT $1;\n"));
         assert_eq!(text.matches("EXECUTE s0('it''s', '7');\nEXECUTE s1(NULL);\n").count(), 2);
+    }
+
+    #[test]
+    fn a_statement_without_parameters_has_no_parentheses() {
+        let text = script(&vec![("SELECT 1".into(), Vec::new())], 1);
+        assert!(text.contains("PREPARE s0 AS SELECT 1;\n"));
+        assert!(text.contains("EXECUTE s0;\n"));
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! The scale benchmark (`--only scale`): for each factor F, both services on a fresh PostgreSQL
 //! database, a data set of F× the base written in bulk (`seed`), then each read timed one call
 //! at a time beside the same statements run directly (`reads`, `direct`), and the bytes the
-//! executions and what hangs off them take. At the largest factor, reads and executions during
-//! a retention purge (`purge`).
+//! executions and what hangs off them take. Then the work that grows with the data: one
+//! scheduler pass over every scheduled agent (`scheduler`), ProvisionAgents over every workflow
+//! of the one tenant (`provision`) and a backlog of execution reports drained (`outbox`). At the
+//! largest factor, reads and executions during a retention purge (`purge`).
 
 pub mod copy;
 pub mod direct;
+pub mod outbox;
+pub mod provision;
 pub mod purge;
 pub mod reads;
+pub mod scheduler;
 pub mod seed;
 
 use std::time::Duration;
@@ -20,11 +25,14 @@ use sqlx::Connection as _;
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
-use super::procs::{Database, Service};
+use super::procs::{self, Database, Service};
 use super::report::Figure;
 use super::stats::ms;
 use super::{Ctx, load, sample_workflow};
 use seed::{ONE_TENANT, Shape, Templates};
+
+/// How long the scheduler's passes are watched (at the default interval, one a second).
+const SCHEDULER_WINDOW: Duration = Duration::from_secs(10);
 
 /// What to run.
 pub struct Options<'a> {
@@ -75,7 +83,17 @@ async fn at_factor(
     // The workflow cache off: these figures are the database's; a cached read costs the same at
     // any size.
     let wf = ctx.start_workflow_service(&db.url, &[("WORKFLOW_CACHE_CAPACITY", "0".to_owned())]).await?;
-    let mut ag = ctx.start_agent_service(wf.addr, &db.url, "agent", &[]).await?;
+    // Its metrics for the scheduler's own timing; a deadline long enough for one provisioning
+    // of every workflow.
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", procs::free_port()?).parse()?;
+    let mut ag = ctx
+        .start_agent_service(
+            wf.addr,
+            &db.url,
+            "agent",
+            &[("METRICS_ADDR", metrics.to_string()), ("RPC_TIMEOUT_SECS", provision::DEADLINE.as_secs().to_string())],
+        )
+        .await?;
 
     let (workflow_id, agent_id) = made_through_the_api(&wf, &ag).await?;
     let mut conn = PgConnection::connect(&db.url).await.context("connecting to the benchmark database")?;
@@ -115,7 +133,65 @@ async fn at_factor(
         }
     }
     figures.push(execution_bytes(&mut conn, f).await?);
+
+    let passes = scheduler::measure(&ag, metrics, &db.url, SCHEDULER_WINDOW, &ctx.log_dir).await?;
+    println!(
+        "  scheduler: {} passes over {} scheduled agents, mean {:.3} ms, {:.1} % of a core idle | psql p50 {:.3} ms",
+        passes.passes,
+        passes.agents,
+        ms(passes.mean),
+        passes.cpu_share * 100.0,
+        ms(passes.direct.p50)
+    );
+    figures.push(
+        Figure::new(&format!("scale_scheduler_pass_{f}x"), ms(passes.mean), "ms")
+            .baseline(ms(passes.direct.p50), "its SELECT, psql p50")
+            .note(format!(
+                "mean of {} passes over {} scheduled agents (none due); the idle process used {:.1} % of a core",
+                passes.passes,
+                passes.agents,
+                passes.cpu_share * 100.0
+            )),
+    );
+    let provisioned = provision::measure(ag.addr, &db.url, agent_id, &ctx.log_dir).await?;
+    ag.check_alive()?;
+    println!(
+        "  provision: {} agents created ({} left out of the answer), {} skipped, in {:.2} s | psql {:.2} s",
+        provisioned.created,
+        provisioned.omitted,
+        provisioned.skipped,
+        provisioned.took.as_secs_f64(),
+        provisioned.direct.as_secs_f64()
+    );
+    figures.push(
+        Figure::new(&format!("scale_provision_{f}x"), provisioned.took.as_secs_f64(), "s")
+            .baseline(provisioned.direct.as_secs_f64(), "same rows set-based, psql")
+            .note(format!(
+                "ProvisionAgents over {} workflows: {} created, {} skipped",
+                shape.workflows() + 1,
+                provisioned.created,
+                provisioned.skipped
+            )),
+    );
     ag.stop().await;
+
+    let drain = outbox::measure(ctx, wf.addr, &db.url, &mut conn, shape.reports()).await?;
+    println!(
+        "  outbox: {} reports delivered in {:.2} s ({:.0}/s) | psql {:.2} s",
+        drain.reports,
+        drain.took.as_secs_f64(),
+        drain.reports as f64 / drain.took.as_secs_f64(),
+        drain.direct.as_secs_f64()
+    );
+    figures.push(
+        Figure::new(&format!("scale_outbox_drain_{f}x"), drain.took.as_secs_f64(), "s")
+            .baseline(drain.direct.as_secs_f64(), "same rows set-based, psql")
+            .note(format!(
+                "{} reports queued at once, delivered to RecordExecution: {:.0}/s",
+                drain.reports,
+                drain.reports as f64 / drain.took.as_secs_f64()
+            )),
+    );
     if let Some(window) = purge {
         let workflow = seeded.workflows[seeded.workflows.len() / 2];
         let p = purge::measure(ctx, wf.addr, &db.url, &mut conn, workflow, window).await?;

@@ -49,6 +49,10 @@ impl Shape {
     pub fn runs(self) -> usize {
         self.factor * 1_000
     }
+    /// Execution reports queued at once for the outbox to drain.
+    pub fn reports(self) -> usize {
+        self.factor * 1_000
+    }
 
     /// The agent of the `n`th execution (or run) in time: every tenth is the hot agent's (index
     /// 0), the others go round the rest.
