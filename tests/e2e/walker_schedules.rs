@@ -1,6 +1,7 @@
 //! Scheduled triggers: exactly one run per tick across two agent-service processes (PostgreSQL:
-//! SQLite is one process's database by design), PreviewSchedule's fire times, and the column
-//! that keeps the scheduler to the agents that have a schedule.
+//! SQLite is one process's database by design), PreviewSchedule's fire times, the column that
+//! keeps the scheduler to the agents that have a schedule, and the one that keeps each pass to
+//! the agents whose tick is due.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -165,5 +166,71 @@ both_backends!(
         assert_eq!(count(&runs, &agent.id).await, settled, "an archived workflow's triggers no longer fire");
         let logs = app.agent.logs();
         assert!(logs.contains("is archived"), "the skipped ticks say why");
+    }
+);
+
+/// An agent's next tick as stored, in epoch seconds; "none" while not worked out.
+fn next_tick_sql(backend: Backend, agent_id: &str) -> String {
+    let epoch = match backend {
+        Backend::Postgres => "CAST(EXTRACT(EPOCH FROM next_tick_at) AS BIGINT)::text",
+        Backend::Sqlite => "CAST(strftime('%s', next_tick_at) AS TEXT)",
+    };
+    format!("SELECT COALESCE({epoch}, 'none') FROM agents WHERE id = '{agent_id}'")
+}
+
+both_backends!(
+    async fn a_pass_writes_when_an_agents_next_tick_comes_and_a_change_has_it_worked_out_again(backend) {
+        let fake = FakeLangflow::start().await;
+        let app = spawn_walker_app(backend, &fake.url(), &[("SCHEDULER_INTERVAL_MS", "100".into())]).await;
+        let steps = vec![llm("report", "Report for {input}"), output("done")];
+        let cron = "0 0 1 1 * *"; // a yearly tick: none comes during the test
+        let trigger = wpb::Trigger { cron: cron.into(), ..every_two_seconds() };
+        let agent = active_walker(&app, "tenant-cron-next", config(steps, 0, vec![trigger])).await;
+        let next = || async { app.agent_db.sql(&next_tick_sql(backend, &agent.id)).await };
+        let yearly = engarde::schedule::Schedule::parse(cron, "Europe/Paris").expect("a valid schedule");
+        let expected = || yearly.next_after(chrono::Utc::now()).expect("a next tick").timestamp().to_string();
+
+        eventually(Duration::from_secs(10), "a pass to work out the agent's next tick", || async {
+            next().await != "none"
+        })
+        .await;
+        assert_eq!(next().await, expected(), "the next New Year's midnight in Paris");
+
+        // A change to the agent (here: paused) clears it; activated again, a pass works it out anew.
+        let mut agents = app.agents("tenant-cron-next").await;
+        agents.pause_agent(pb::PauseAgentRequest { id: agent.id.clone(), ..Default::default() }).await.expect("pause");
+        assert_eq!(next().await, "none", "a paused agent has no next tick");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(next().await, "none", "no pass reads a paused agent");
+        agents
+            .activate_agent(pb::ActivateAgentRequest { id: agent.id.clone(), ..Default::default() })
+            .await
+            .expect("activate");
+        eventually(Duration::from_secs(10), "a pass to work out the reactivated agent's next tick", || async {
+            next().await == expected()
+        })
+        .await;
+
+        // An agent not due is not read: one marked "may have a schedule" (as the migration of
+        // the scheduled column leaves rows) keeps its mark while its next tick is far off, and
+        // is read (and the mark cleared) once that time is cleared.
+        let on_demand = active_walker(&app, "tenant-cron-next", config(vec![output("done")], 0, vec![])).await;
+        let marked = || async {
+            let sql = format!("SELECT CASE WHEN scheduled THEN 'yes' ELSE 'no' END FROM agents WHERE id = '{}'", on_demand.id);
+            app.agent_db.sql(&sql).await
+        };
+        let far_off = format!(
+            "UPDATE agents SET scheduled = TRUE, next_tick_at = '2999-01-01T00:00:00+00:00' WHERE id = '{}' RETURNING 'set'",
+            on_demand.id
+        );
+        assert_eq!(app.agent_db.sql(&far_off).await, "set");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(marked().await, "yes", "passes read no agent whose tick is not due");
+        let cleared = format!("UPDATE agents SET next_tick_at = NULL WHERE id = '{}' RETURNING 'cleared'", on_demand.id);
+        assert_eq!(app.agent_db.sql(&cleared).await, "cleared");
+        eventually(Duration::from_secs(10), "a pass to read the agent and clear its mark", || async {
+            marked().await == "no"
+        })
+        .await;
     }
 );

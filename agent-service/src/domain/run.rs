@@ -315,6 +315,8 @@ pub struct ScheduledAgent {
     pub workflow_id: Uuid,
     /// When the agent last changed (e.g. was activated): ticks before it do not fire.
     pub updated_at: DateTime<Utc>,
+    /// The row's version as read: its next tick is written only if it is still the same.
+    pub version: i64,
     pub config: workflow_pb::WorkflowConfig,
     /// Whether it has a flow (llm steps need one).
     pub has_flow: bool,

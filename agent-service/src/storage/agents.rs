@@ -349,7 +349,7 @@ impl<D: AgentDialect> AgentRepository for SqlAgentRepository<D> {
              langflow_workflow_id = $6, langflow_deployment_id = $7, source_workflow_id = $8, \
              source_workflow_version = $9, source_workflow_name = $10, source_workflow_category = $11, \
              source_workflow_config = $12, configuration = $13, capabilities = $14, version = $15, \
-             updated_at = $16, flow_origin = $17, scheduled = $18 \
+             updated_at = $16, flow_origin = $17, scheduled = $18, next_tick_at = NULL \
              WHERE id = $19 AND tenant_id = $20 AND version = $21",
         );
         let updated = bind_content(update, &agent)
@@ -527,8 +527,8 @@ impl<D: AgentDialect> AgentRepository for SqlAgentRepository<D> {
                          status_reason = $5, langflow_workflow_id = $6, langflow_deployment_id = $7, \
                          source_workflow_id = $8, source_workflow_version = $9, source_workflow_name = $10, \
                          source_workflow_category = $11, source_workflow_config = $12, configuration = $13, \
-                         capabilities = $14, version = $15, updated_at = $16, flow_origin = $17, scheduled = $18 \
-                         WHERE id = $19 AND tenant_id = $20 AND version = $21",
+                         capabilities = $14, version = $15, updated_at = $16, flow_origin = $17, scheduled = $18, \
+                         next_tick_at = NULL WHERE id = $19 AND tenant_id = $20 AND version = $21",
                     );
                     bind_content(update, &next)
                         .arg(next.version)

@@ -14,8 +14,17 @@ use crate::domain::run::{NewRun, ScheduledAgent, TickOutcome, has_scheduled_trig
 
 #[async_trait]
 pub trait ScheduleRepository: Send + Sync {
-    /// The ACTIVE agents (of every tenant) whose snapshot has scheduled triggers.
-    async fn scheduled_agents(&self) -> ServiceResult<Vec<ScheduledAgent>>;
+    /// The ACTIVE agents (of every tenant) whose snapshot has scheduled triggers and whose next
+    /// tick is due at `at`, or not worked out yet.
+    async fn scheduled_agents(&self, at: DateTime<Utc>) -> ServiceResult<Vec<ScheduledAgent>>;
+
+    /// The (tenant, workflow) of every ACTIVE agent marked scheduled, due or not.
+    async fn scheduled_workflows(&self) -> ServiceResult<Vec<(String, Uuid)>>;
+
+    /// Writes when each agent's next tick comes: (agent, its version as read, the tick). An
+    /// agent changed since it was read is left alone (its change cleared the tick, so that the
+    /// next pass works it out again).
+    async fn set_next_ticks(&self, next: &[(Uuid, i64, DateTime<Utc>)]) -> ServiceResult<()>;
 
     /// Claims the agent's tick and, unless one of its runs is still going, creates `run` in the
     /// same transaction.
@@ -36,14 +45,16 @@ pub(super) struct ScheduledRow {
 
 #[async_trait]
 impl<D: AgentDialect> ScheduleRepository for SqlRunRepository<D> {
-    async fn scheduled_agents(&self) -> ServiceResult<Vec<ScheduledAgent>> {
+    async fn scheduled_agents(&self, at: DateTime<Utc>) -> ServiceResult<Vec<ScheduledAgent>> {
         use engarde::proto::workflow::v1 as workflow_pb;
         use prost::Message as _;
         let rows: Vec<ScheduledRow> = sqlx::query::<D::Db>(
             "SELECT tenant_id, id, source_workflow_id, updated_at, version, source_workflow_config, \
              langflow_workflow_id FROM agents \
-             WHERE status = 'active' AND scheduled = TRUE AND source_workflow_config IS NOT NULL",
+             WHERE status = 'active' AND scheduled = TRUE AND source_workflow_config IS NOT NULL \
+             AND (next_tick_at IS NULL OR next_tick_at <= $1)",
         )
+        .arg(at)
         .fetch_all_as(&self.pool)
         .await?;
         let mut agents = Vec::new();
@@ -67,6 +78,7 @@ impl<D: AgentDialect> ScheduleRepository for SqlRunRepository<D> {
                     agent_id,
                     workflow_id,
                     updated_at,
+                    version,
                     config,
                     has_flow: !flow.is_empty(),
                 });
@@ -81,6 +93,35 @@ impl<D: AgentDialect> ScheduleRepository for SqlRunRepository<D> {
             }
         }
         Ok(agents)
+    }
+
+    async fn scheduled_workflows(&self) -> ServiceResult<Vec<(String, Uuid)>> {
+        let rows: Vec<(SqlUuid, String)> = sqlx::query::<D::Db>(
+            "SELECT DISTINCT source_workflow_id, tenant_id FROM agents \
+             WHERE status = 'active' AND scheduled = TRUE AND source_workflow_id IS NOT NULL",
+        )
+        .fetch_all_as(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(SqlUuid(id), tenant)| (tenant, id)).collect())
+    }
+
+    async fn set_next_ticks(&self, next: &[(Uuid, i64, DateTime<Utc>)]) -> ServiceResult<()> {
+        if next.is_empty() {
+            return Ok(());
+        }
+        // One transaction for the pass (a first pass works out every agent's). Lost in a crash,
+        // the ticks are only worked out again.
+        let mut tx = self.pool.begin_with(D::BEGIN).await?;
+        for (agent_id, version, tick) in next {
+            sqlx::query::<D::Db>("UPDATE agents SET next_tick_at = $1 WHERE id = $2 AND version = $3")
+                .arg(*tick)
+                .arg(SqlUuid(*agent_id))
+                .arg(*version)
+                .run(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn fire_tick(&self, agent_id: Uuid, tick: DateTime<Utc>, run: NewRun) -> ServiceResult<TickOutcome> {

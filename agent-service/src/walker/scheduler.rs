@@ -8,6 +8,11 @@
 //! tick that comes while a run of the agent has not ended is recorded and creates no run. Only
 //! an ACTIVE workflow's triggers fire: a due tick first asks workflow-service for the status of
 //! the agent's workflow (see `workflow_status`), so a tick after ArchiveWorkflow is skipped.
+//!
+//! A pass reads only the agents due: once a pass has handled an agent's ticks up to now, it
+//! writes when the agent's next tick comes (`next_tick_at`), and the agent is not read again
+//! until then (or until it changes, which clears that time). The cost of a pass follows the
+//! ticks due, not the agents scheduled.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
@@ -22,21 +27,28 @@ use super::model::{NewRun, RunTrigger, ScheduledAgent, TickOutcome};
 use super::workflow_status::{PassMemo, Verdict};
 use crate::domain::{AgentStatus, now};
 
+/// Every how many passes the workflows' last known statuses are kept to those of the agents
+/// still scheduled (a pass sees only the agents due, so it cannot tell which are gone).
+const PRUNE_EVERY: u64 = 300;
+
 pub fn spawn(walker: Walker, interval: Duration) {
     tokio::spawn(async move {
         // What this process already saw claimed, so that it does not ask the database again
         // every pass; the database alone decides who fires a tick.
         let mut seen: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
-        loop {
+        for pass in 1u64.. {
             let started = std::time::Instant::now();
             match walker.schedule_pass(now(), &mut seen).await {
                 Ok(agents) => {
-                    // A pass reads every scheduled agent: its cost grows with them, and an
-                    // operator sees it here before the passes overlap the interval.
+                    // A pass reads the agents due: its cost follows the ticks, and an operator
+                    // sees here whether passes come near the interval.
                     metrics::histogram!("agent_scheduler_pass_seconds").record(started.elapsed().as_secs_f64());
-                    metrics::gauge!("agent_scheduled_agents").set(agents as f64);
+                    metrics::gauge!("agent_scheduler_agents_read").set(agents as f64);
                 }
                 Err(e) => tracing::warn!(error = %e, "scheduler pass failed"),
+            }
+            if pass.is_multiple_of(PRUNE_EVERY) {
+                walker.forget_unscheduled().await;
             }
             tokio::time::sleep(interval).await;
         }
@@ -60,6 +72,16 @@ pub fn schedules(config: &workflow_pb::WorkflowConfig) -> Vec<(Schedule, &workfl
         .collect()
 }
 
+/// When `agent` next has to be looked at after `at`: its triggers' earliest next tick (a day on
+/// when none comes, to look again rather than never).
+fn next_tick(agent: &ScheduledAgent, at: DateTime<Utc>) -> DateTime<Utc> {
+    schedules(&agent.config)
+        .iter()
+        .filter_map(|(schedule, _)| schedule.next_after(at))
+        .min()
+        .unwrap_or(at + chrono::Duration::days(1))
+}
+
 /// The ticks due for `agent` at `at`: each trigger's latest, if after the agent last changed.
 fn due_ticks(agent: &ScheduledAgent, at: DateTime<Utc>) -> BTreeSet<DateTime<Utc>> {
     schedules(&agent.config)
@@ -70,15 +92,18 @@ fn due_ticks(agent: &ScheduledAgent, at: DateTime<Utc>) -> BTreeSet<DateTime<Utc
 }
 
 impl Walker {
-    /// One pass; answers how many scheduled agents it looked at.
+    /// One pass; answers how many scheduled agents it looked at (those due).
     async fn schedule_pass(
         &self,
         at: DateTime<Utc>,
         seen: &mut HashMap<Uuid, DateTime<Utc>>,
     ) -> engarde::kit::error::ServiceResult<usize> {
-        let agents = self.runs.scheduled_agents().await?;
+        let agents = self.runs.scheduled_agents(at).await?;
         let mut statuses = PassMemo::new();
+        let mut next_ticks = Vec::with_capacity(agents.len());
         for agent in &agents {
+            // A tick that waits keeps the agent due: the next pass reads it again.
+            let mut waiting = false;
             for tick in due_ticks(agent, at) {
                 if seen.get(&agent.agent_id).is_some_and(|last| *last >= tick) {
                     continue;
@@ -94,6 +119,7 @@ impl Walker {
                     // rather than never if workflow-service answers before the next one.
                     Verdict::Unknown(why) => {
                         tracing::warn!(agent_id = %agent.agent_id, %tick, why, "scheduled tick waits: its workflow's status is not known");
+                        waiting = true;
                         continue;
                     }
                 }
@@ -133,9 +159,19 @@ impl Walker {
                 }
                 seen.insert(agent.agent_id, tick);
             }
+            if !waiting {
+                next_ticks.push((agent.agent_id, agent.version, next_tick(agent, at)));
+            }
         }
-        let in_use: HashSet<(String, Uuid)> = agents.iter().map(|a| (a.tenant_id.clone(), a.workflow_id)).collect();
-        self.statuses.retain(&in_use);
+        self.runs.set_next_ticks(&next_ticks).await?;
         Ok(agents.len())
+    }
+
+    /// Forgets the last known statuses of workflows no scheduled agent uses any more.
+    async fn forget_unscheduled(&self) {
+        match self.runs.scheduled_workflows().await {
+            Ok(in_use) => self.statuses.retain(&in_use.into_iter().collect::<HashSet<_>>()),
+            Err(e) => tracing::debug!(error = %e, "could not read the scheduled agents' workflows; kept every status"),
+        }
     }
 }

@@ -73,7 +73,7 @@ impl Scrape {
         Ok(Self {
             passes: sample(&text, "agent_scheduler_pass_seconds_count").unwrap_or(0.0) as u64,
             seconds: sample(&text, "agent_scheduler_pass_seconds_sum").unwrap_or(0.0),
-            agents: sample(&text, "agent_scheduled_agents").unwrap_or(0.0) as u64,
+            agents: sample(&text, "agent_scheduler_agents_read").unwrap_or(0.0) as u64,
         })
     }
 }
@@ -93,11 +93,11 @@ mod tests {
                     agent_scheduler_pass_seconds_bucket{le=\"0.005\"} 3\n\
                     agent_scheduler_pass_seconds_sum 0.0125\n\
                     agent_scheduler_pass_seconds_count 4\n\
-                    agent_scheduled_agents_total 9\n\
-                    agent_scheduled_agents 1000\n";
+                    agent_scheduler_agents_read_total 9\n\
+                    agent_scheduler_agents_read 1000\n";
         assert_eq!(sample(text, "agent_scheduler_pass_seconds_count"), Some(4.0));
         assert_eq!(sample(text, "agent_scheduler_pass_seconds_sum"), Some(0.0125));
-        assert_eq!(sample(text, "agent_scheduled_agents"), Some(1000.0));
+        assert_eq!(sample(text, "agent_scheduler_agents_read"), Some(1000.0));
         assert_eq!(sample(text, "agent_scheduler_pass_seconds"), None);
     }
 }
