@@ -136,22 +136,30 @@ async fn at_factor(
 
     let passes = scheduler::measure(&ag, metrics, &db.url, SCHEDULER_WINDOW, &ctx.log_dir).await?;
     println!(
-        "  scheduler: {} passes over {} scheduled agents, mean {:.3} ms, {:.1} % of a core idle | psql p50 {:.3} ms",
+        "  scheduler: {} passes reading {} agents, mean {:.3} ms, {:.1} % of a core idle | psql p50 {:.3} ms \
+         (every scheduled agent); the pass working out {} agents' next ticks {:.1} ms",
         passes.passes,
         passes.agents,
         ms(passes.mean),
         passes.cpu_share * 100.0,
-        ms(passes.direct.p50)
+        ms(passes.direct.p50),
+        passes.cold_agents,
+        ms(passes.cold)
     );
     figures.push(
         Figure::new(&format!("scale_scheduler_pass_{f}x"), ms(passes.mean), "ms")
-            .baseline(ms(passes.direct.p50), "its SELECT, psql p50")
+            .baseline(ms(passes.direct.p50), "SELECT of every scheduled agent, psql p50")
             .note(format!(
-                "mean of {} passes over {} scheduled agents (none due); the idle process used {:.1} % of a core",
+                "mean of {} passes reading {} agents (none due); the idle process used {:.1} % of a core",
                 passes.passes,
                 passes.agents,
                 passes.cpu_share * 100.0
             )),
+    );
+    figures.push(
+        Figure::new(&format!("scale_scheduler_cold_pass_{f}x"), ms(passes.cold), "ms")
+            .baseline(ms(passes.direct.p50), "SELECT of every scheduled agent, psql p50")
+            .note(format!("the pass that works out {} agents' next ticks (after the upgrade)", passes.cold_agents)),
     );
     let provisioned = provision::measure(ag.addr, &db.url, agent_id, &ctx.log_dir).await?;
     ag.check_alive()?;
