@@ -47,4 +47,5 @@ mod workflows_grpcurl;
 mod workflows_health;
 mod workflows_library;
 mod workflows_name_search;
+mod workflows_record_executions;
 mod workflows_statistics;

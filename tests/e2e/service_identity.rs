@@ -17,9 +17,9 @@ use crate::langflow_support::FakeLangflow;
 use crate::walker_support::{config, llm, walker_env};
 use crate::workflows_crud::create_request;
 
-const TENANT_SECRET: &str = "the-tenants-hs256-secret-0123456789abcd";
+pub const TENANT_SECRET: &str = "the-tenants-hs256-secret-0123456789abcd";
 
-fn tenant_token(tenant: &str, expires_in: i64) -> String {
+pub fn tenant_token(tenant: &str, expires_in: i64) -> String {
     let claims = serde_json::json!({"tenant_id": tenant, "exp": chrono::Utc::now().timestamp() + expires_in});
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
@@ -31,7 +31,7 @@ fn tenant_token(tenant: &str, expires_in: i64) -> String {
 }
 
 /// `message` with an `authorization` header and, when given, an `x-tenant-id`.
-fn signed<T>(message: T, authorization: &str, tenant: Option<&str>) -> tonic::Request<T> {
+pub fn signed<T>(message: T, authorization: &str, tenant: Option<&str>) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert("authorization", authorization.parse().unwrap());
     if let Some(tenant) = tenant {

@@ -19,11 +19,14 @@ use crate::config::Config;
 use crate::domain::templates;
 use crate::grpc::{AnswerLimits, WorkflowApi};
 
-/// What agent-service's service identity may call: RecordExecution, which only it may call (a
-/// tenant able to call it could forge its statistics), and GetWorkflow, to read a workflow for
+/// What agent-service's service identity may call: RecordExecution and RecordExecutions, which
+/// only it may call (a tenant able to call them could forge its statistics), and GetWorkflow, to read a workflow for
 /// the tenant it acts for when no caller is there (its scheduler checks a workflow's status).
 const SERVICE_ACCESS: ServiceAccess = ServiceAccess {
-    service_only: &["/engarde.workflow.v1.WorkflowService/RecordExecution"],
+    service_only: &[
+        "/engarde.workflow.v1.WorkflowService/RecordExecution",
+        "/engarde.workflow.v1.WorkflowService/RecordExecutions",
+    ],
     service_allowed: &["/engarde.workflow.v1.WorkflowService/GetWorkflow"],
 };
 use crate::storage::{self, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS, WorkflowRepository};

@@ -277,5 +277,20 @@ impl WorkflowFilter {
 pub struct RecordedExecution {
     /// False when the execution id had been recorded before.
     pub counted: bool,
-    pub workflow: Workflow,
+    /// The workflow with the reporting tenant's figures after the recording; shared by the
+    /// reports of one batch on the same workflow (a definition may be megabytes).
+    pub workflow: std::sync::Arc<Workflow>,
 }
+
+/// One execution to record: which workflow's, its id (the idempotency key) and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionReport {
+    pub workflow_id: Uuid,
+    /// 1-128 printable ASCII characters (checked at the edge).
+    pub execution_id: String,
+    pub succeeded: bool,
+}
+
+/// Most executions one RecordExecutions request may carry: one transaction's worth, and an
+/// answer well within a message.
+pub const MAX_REPORTS_PER_BATCH: usize = 500;

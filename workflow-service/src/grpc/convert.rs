@@ -6,7 +6,8 @@ use engarde::proto::workflow::v1 as pb;
 
 use crate::domain::validation;
 use crate::domain::{
-    Category, ReviewDefaultAction, Rules, Status, Step, StepKind, Trigger, TriggerType, Workflow, WorkflowConfig,
+    Category, ExecutionReport, RecordedExecution, ReviewDefaultAction, Rules, Status, Step, StepKind, Trigger,
+    TriggerType, Workflow, WorkflowConfig,
 };
 
 fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
@@ -206,4 +207,30 @@ pub fn workflow_to_pb(w: &Workflow) -> pb::WorkflowDefinition {
     }
 }
 
+use engarde::kit::request::collect_id;
 pub use engarde::kit::request::parse_id;
+
+/// One report of an execution, its fields named after `prefix` (`executions[3].`); its
+/// violations are added to `violations`.
+pub fn parse_report(
+    prefix: &str,
+    req: &pb::RecordExecutionRequest,
+    violations: &mut Vec<FieldViolation>,
+) -> Option<ExecutionReport> {
+    let workflow_id = collect_id(&format!("{prefix}workflow_id"), &req.workflow_id, violations);
+    let execution_id = &req.execution_id;
+    if execution_id.is_empty() || execution_id.len() > 128 || !execution_id.chars().all(|c| c.is_ascii_graphic()) {
+        violations
+            .push(FieldViolation::new(format!("{prefix}execution_id"), "must be 1-128 printable ASCII characters"));
+        return None;
+    }
+    Some(ExecutionReport { workflow_id: workflow_id?, execution_id: execution_id.clone(), succeeded: req.succeeded })
+}
+
+pub fn recorded_to_pb(recorded: &RecordedExecution) -> pb::RecordExecutionResponse {
+    pb::RecordExecutionResponse {
+        counted: recorded.counted,
+        execution_count: recorded.workflow.execution_count,
+        success_rate: recorded.workflow.success_rate(),
+    }
+}

@@ -13,9 +13,13 @@ use engarde::proto::workflow::v1 as pb;
 use engarde::proto::workflow::v1::workflow_service_server::WorkflowService;
 use tonic::{Request, Response, Status};
 
-use super::convert::{category_from_pb, config_from_pb, parse_id, status_from_pb, workflow_to_pb};
+use super::convert::{
+    category_from_pb, config_from_pb, parse_id, parse_report, recorded_to_pb, status_from_pb, workflow_to_pb,
+};
 use crate::domain::lifecycle::{self, EditableField};
-use crate::domain::{NewWorkflow, Status as WorkflowStatus, Workflow, WorkflowFilter, validation};
+use crate::domain::{
+    ExecutionReport, MAX_REPORTS_PER_BATCH, NewWorkflow, Status as WorkflowStatus, Workflow, WorkflowFilter, validation,
+};
 use crate::storage::WorkflowRepository;
 
 /// The service's handlers, over a repository.
@@ -351,20 +355,58 @@ impl WorkflowService for WorkflowApi {
         request: Request<pb::RecordExecutionRequest>,
     ) -> Result<Response<pb::RecordExecutionResponse>, Status> {
         handle(request, |tenant, req| async move {
-            let workflow_id = parse_id("workflow_id", &req.workflow_id)?;
-            if req.execution_id.is_empty()
-                || req.execution_id.len() > 128
-                || !req.execution_id.chars().all(|c| c.is_ascii_graphic())
-            {
-                return Err(ServiceError::invalid("execution_id", "must be 1-128 printable ASCII characters"));
+            let mut violations = Vec::new();
+            let report = parse_report("", &req, &mut violations);
+            invalid_if_any(violations)?;
+            let Some(report) = report else {
+                return Err(ServiceError::internal(anyhow::anyhow!("validated report lost a field")));
+            };
+            let recorded = self
+                .repo
+                .record_execution(tenant.as_str(), report.workflow_id, &report.execution_id, report.succeeded)
+                .await?;
+            Ok(recorded_to_pb(&recorded))
+        })
+        .await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn record_executions(
+        &self,
+        request: Request<pb::RecordExecutionsRequest>,
+    ) -> Result<Response<pb::RecordExecutionsResponse>, Status> {
+        handle(request, |tenant, req| async move {
+            if req.executions.len() > MAX_REPORTS_PER_BATCH {
+                return Err(ServiceError::invalid(
+                    "executions",
+                    format!("must hold at most {MAX_REPORTS_PER_BATCH} entries, not {}", req.executions.len()),
+                ));
             }
-            let recorded =
-                self.repo.record_execution(tenant.as_str(), workflow_id, &req.execution_id, req.succeeded).await?;
-            Ok(pb::RecordExecutionResponse {
-                counted: recorded.counted,
-                execution_count: recorded.workflow.execution_count,
-                success_rate: recorded.workflow.success_rate(),
-            })
+            let mut violations = Vec::new();
+            let reports: Vec<ExecutionReport> = req
+                .executions
+                .iter()
+                .enumerate()
+                .filter_map(|(i, entry)| parse_report(&format!("executions[{i}]."), entry, &mut violations))
+                .collect();
+            invalid_if_any(violations)?;
+            let recorded = self.repo.record_executions(tenant.as_str(), &reports).await?;
+            let results = recorded
+                .into_iter()
+                .map(|outcome| pb::RecordExecutionResult {
+                    result: Some(match outcome {
+                        Ok(recorded) => pb::record_execution_result::Result::Recorded(recorded_to_pb(&recorded)),
+                        Err(e) => {
+                            let status = Status::from(e);
+                            pb::record_execution_result::Result::Error(pb::RecordExecutionError {
+                                code: status.code() as i32,
+                                message: status.message().to_owned(),
+                            })
+                        }
+                    }),
+                })
+                .collect();
+            Ok(pb::RecordExecutionsResponse { results })
         })
         .await
     }

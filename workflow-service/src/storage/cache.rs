@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use super::{DeleteCheck, ImportApplied, Mutation, SeedOutcome, WorkflowRepository};
 use crate::domain::templates::Template;
-use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
+use crate::domain::{ExecutionReport, NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
 
 /// Tenants share this many generation counters: two tenants in one bucket only invalidate each
 /// other's entries more often than needed.
@@ -277,6 +277,17 @@ impl WorkflowRepository for CachedWorkflowRepository {
         let result = self.inner.record_execution(tenant, workflow_id, execution_id, succeeded).await;
         // Only the reporting tenant's statistics change, even on a template: every tenant reads
         // its own (and a cached answer is the reading tenant's, keyed and stamped by it).
+        self.cache.changed(tenant);
+        result
+    }
+
+    async fn record_executions(
+        &self,
+        tenant: &str,
+        reports: &[ExecutionReport],
+    ) -> ServiceResult<Vec<ServiceResult<RecordedExecution>>> {
+        let result = self.inner.record_executions(tenant, reports).await;
+        // As for one record: the reporting tenant's statistics only.
         self.cache.changed(tenant);
         result
     }

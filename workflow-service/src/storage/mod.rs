@@ -16,7 +16,7 @@ use engarde::kit::pagination::PageRequest;
 use uuid::Uuid;
 
 use crate::domain::templates::Template;
-use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
+use crate::domain::{ExecutionReport, NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
 
 pub use cache::{CachedWorkflowRepository, WorkflowCache};
 pub use sql::{PostgresWorkflowRepository, SqliteWorkflowRepository};
@@ -95,6 +95,18 @@ pub trait WorkflowRepository: Send + Sync {
         execution_id: &str,
         succeeded: bool,
     ) -> ServiceResult<RecordedExecution>;
+
+    /// Records `reports`, all `tenant`'s, in one transaction, each as [`Self::record_execution`]
+    /// records one (a repeat within the batch too is counted=false). Answers one outcome per
+    /// report, in their order: a report that cannot be counted (its workflow NOT_FOUND for the
+    /// tenant, its execution ALREADY_EXISTS for another workflow or tenant) fails alone, and
+    /// the others are counted; only a failure of the database fails the whole batch. The figures
+    /// answered are the workflow's after the batch.
+    async fn record_executions(
+        &self,
+        tenant: &str,
+        reports: &[ExecutionReport],
+    ) -> ServiceResult<Vec<ServiceResult<RecordedExecution>>>;
 
     /// Imports `workflow` (a workflow of the platform, with its id, tenant and statistics) in
     /// one transaction: created when its id is new; when the tenant already has it, its

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::domain::name_folding::fold_name;
 use crate::domain::templates::Template;
-use crate::domain::{NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
+use crate::domain::{ExecutionReport, NewWorkflow, RecordedExecution, Workflow, WorkflowFilter};
 use crate::storage::row::{COLUMNS, SELECT_COLUMNS, WorkflowRow, from_workflows_of};
 use crate::storage::{DeleteCheck, ImportApplied, Mutation, SeedOutcome, WorkflowRepository};
 
@@ -67,10 +67,22 @@ fn name_pattern(name_contains: &str) -> String {
     format!("%{escaped}%")
 }
 
+/// The reports of one batch on one workflow (see `record_in`).
+struct Group {
+    id: Uuid,
+    /// None: the tenant cannot read it.
+    workflow: Option<Workflow>,
+    /// What its reports counted now.
+    executions: i64,
+    successes: i64,
+    /// How many of its reports had been counted before.
+    repeats: usize,
+}
+
 impl<D> SqlWorkflowRepository<D>
 where
     D: Dialect,
-    D::Db: Decodes<WorkflowRow>,
+    D::Db: Decodes<WorkflowRow> + Decodes<(SqlUuid, String)> + Decodes<(i64, i64)>,
 {
     /// The workflow if the tenant can see it (with the tenant's statistics), the definition's
     /// row locked for the rest of the transaction with PostgreSQL's `lock` (one of the
@@ -87,6 +99,150 @@ where
             .fetch_optional_as(&mut *conn)
             .await?;
         row.ok_or_else(|| not_found(id))?.try_into()
+    }
+
+    /// Records `reports`, all `tenant`'s, in the caller's transaction: each execution exactly
+    /// once (by its id), in the tenant's statistics of its workflow. Answers one outcome per
+    /// report, in their order: a report that cannot be counted (NOT_FOUND, ALREADY_EXISTS,
+    /// ABORTED) fails alone; a database failure fails them all.
+    ///
+    /// The definition does not change: its row is only kept from being deleted meanwhile, so
+    /// that the reports of every tenant on one template run side by side. Exactly once rests on
+    /// the execution's key: of concurrent reports of one execution, one inserts it, the others
+    /// wait for that one's commit and find it there. Two phases, each in one fixed order, so
+    /// that concurrent batches take their locks alike and cannot deadlock: first the workflows
+    /// are kept and the executions inserted, by (workflow id, execution id); then each
+    /// workflow's statistics row is counted once, by workflow id.
+    async fn record_in(
+        conn: &mut Conn<D>,
+        tenant: &str,
+        reports: &[ExecutionReport],
+    ) -> ServiceResult<Vec<ServiceResult<RecordedExecution>>> {
+        let mut order: Vec<usize> = (0..reports.len()).collect();
+        order.sort_by_key(|&i| (reports[i].workflow_id, reports[i].execution_id.as_str()));
+        // Per report, by its index: whether it counted now, or why it cannot be counted.
+        let mut claims: Vec<Option<ServiceResult<bool>>> = (0..reports.len()).map(|_| None).collect();
+        let mut groups: Vec<Group> = Vec::new();
+        for &i in &order {
+            let report = &reports[i];
+            if groups.last().is_none_or(|g| g.id != report.workflow_id) {
+                let workflow = match Self::load_locked(&mut *conn, tenant, report.workflow_id, LOCK_KEEP).await {
+                    Ok(workflow) => Some(workflow),
+                    Err(ServiceError::NotFound(_)) => None,
+                    Err(e) => return Err(e),
+                };
+                groups.push(Group { id: report.workflow_id, workflow, executions: 0, successes: 0, repeats: 0 });
+            }
+            let Some(group) = groups.last_mut().filter(|g| g.workflow.is_some()) else {
+                claims[i] = Some(Err(not_found(report.workflow_id)));
+                continue;
+            };
+            let claim = Self::insert_execution(&mut *conn, tenant, report).await?;
+            match claim {
+                Ok(true) => {
+                    group.executions += 1;
+                    group.successes += i64::from(report.succeeded);
+                }
+                Ok(false) => group.repeats += 1,
+                Err(_) => {}
+            }
+            claims[i] = Some(claim);
+        }
+        // Each workflow's figures after the batch: counted in the tenant's own row (the reports
+        // of one tenant on one workflow queue on it), or read again when only repeats were
+        // answered (the figures include the reports that counted them).
+        let mut figures: Vec<(Uuid, Arc<Workflow>)> = Vec::with_capacity(groups.len());
+        for group in groups {
+            let Some(mut workflow) = group.workflow else { continue };
+            if group.executions > 0 {
+                (workflow.execution_count, workflow.success_count) =
+                    Self::count_statistics(&mut *conn, tenant, group.id, group.executions, group.successes).await?;
+            } else if group.repeats > 0 {
+                workflow = Self::load_locked(&mut *conn, tenant, group.id, LOCK_NONE).await?;
+            } else {
+                continue;
+            }
+            figures.push((group.id, Arc::new(workflow)));
+        }
+        let outcomes = reports.iter().zip(claims).map(|(report, claim)| {
+            let counted = claim.unwrap_or_else(|| Err(not_found(report.workflow_id)))?;
+            // In workflow order, as the groups were made.
+            let found = figures.binary_search_by_key(&report.workflow_id, |(id, _)| *id);
+            let workflow = found.map(|at| figures[at].1.clone()).map_err(|_| {
+                ServiceError::internal(anyhow::anyhow!("report on {} recorded without figures", report.workflow_id))
+            })?;
+            Ok(RecordedExecution { counted, workflow })
+        });
+        Ok(outcomes.collect())
+    }
+
+    /// Inserts the report's execution: answers true when it is new, false when this tenant
+    /// had recorded it for this workflow before (within this transaction too), and why not when
+    /// it belongs to another workflow or tenant, or vanished meanwhile.
+    async fn insert_execution(
+        conn: &mut Conn<D>,
+        tenant: &str,
+        report: &ExecutionReport,
+    ) -> ServiceResult<ServiceResult<bool>> {
+        let inserted = sqlx::query::<D::Db>(
+            "INSERT INTO workflow_executions (execution_id, workflow_id, tenant_id, succeeded, recorded_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (execution_id) DO NOTHING",
+        )
+        .arg(&report.execution_id)
+        .arg(SqlUuid(report.workflow_id))
+        .arg(tenant)
+        .arg(report.succeeded)
+        .arg(Utc::now())
+        .run(&mut *conn)
+        .await?;
+        if D::rows_affected(&inserted) == 1 {
+            return Ok(Ok(true));
+        }
+        let seen: Option<(SqlUuid, String)> =
+            sqlx::query::<D::Db>("SELECT workflow_id, tenant_id FROM workflow_executions WHERE execution_id = $1")
+                .arg(&report.execution_id)
+                .fetch_optional_as(&mut *conn)
+                .await?;
+        let execution_id = &report.execution_id;
+        Ok(match seen {
+            // Gone since: its workflow was deleted in between.
+            None => Err(ServiceError::Aborted(format!("execution {execution_id} changed concurrently; retry"))),
+            // One execution is one tenant's, of one workflow (a template's counts are per tenant).
+            Some((recorded_for, recorded_tenant))
+                if recorded_for.0 != report.workflow_id || recorded_tenant != tenant =>
+            {
+                Err(ServiceError::AlreadyExists(format!(
+                    "execution {execution_id} was already recorded for another workflow or tenant"
+                )))
+            }
+            Some(_) => Ok(false),
+        })
+    }
+
+    /// Adds `executions` (of which `successes` succeeded) to the tenant's statistics of the
+    /// workflow; answers its figures after.
+    async fn count_statistics(
+        conn: &mut Conn<D>,
+        tenant: &str,
+        workflow_id: Uuid,
+        executions: i64,
+        successes: i64,
+    ) -> ServiceResult<(i64, i64)> {
+        let figures: (i64, i64) = sqlx::query::<D::Db>(
+            "INSERT INTO workflow_statistics (workflow_id, tenant_id, execution_count, success_count) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (workflow_id, tenant_id) DO UPDATE SET \
+               execution_count = workflow_statistics.execution_count + excluded.execution_count, \
+               success_count = workflow_statistics.success_count + excluded.success_count \
+             RETURNING execution_count, success_count",
+        )
+        .arg(SqlUuid(workflow_id))
+        .arg(tenant)
+        .arg(executions)
+        .arg(successes)
+        .fetch_one_as(&mut *conn)
+        .await?;
+        Ok(figures)
     }
 
     /// Writes `w` over the row at `read_version` (ABORTED when it changed meanwhile).
@@ -366,61 +522,30 @@ where
         succeeded: bool,
     ) -> ServiceResult<RecordedExecution> {
         let _span = D::span("workflows.record_execution");
+        let report = ExecutionReport { workflow_id, execution_id: execution_id.to_owned(), succeeded };
         let mut tx = self.pool.begin_with(D::BEGIN).await?;
-        // The definition does not change: its row is only kept from being deleted meanwhile,
-        // so that the reports of every tenant on one template run side by side. Exactly once
-        // rests on the execution's key: of concurrent reports of one execution, one inserts it,
-        // the others wait for that one's commit and find it there.
-        let mut workflow = Self::load_locked(&mut *tx, tenant, workflow_id, LOCK_KEEP).await?;
-        let inserted = sqlx::query::<D::Db>(
-            "INSERT INTO workflow_executions (execution_id, workflow_id, tenant_id, succeeded, recorded_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (execution_id) DO NOTHING",
-        )
-        .arg(execution_id)
-        .arg(SqlUuid(workflow_id))
-        .arg(tenant)
-        .arg(succeeded)
-        .arg(Utc::now())
-        .run(&mut *tx)
-        .await?;
-        if D::rows_affected(&inserted) == 0 {
-            let seen: Option<(SqlUuid, String)> =
-                sqlx::query::<D::Db>("SELECT workflow_id, tenant_id FROM workflow_executions WHERE execution_id = $1")
-                    .arg(execution_id)
-                    .fetch_optional_as(&mut *tx)
-                    .await?;
-            // Gone since: its workflow was deleted in between.
-            let Some((recorded_for, recorded_tenant)) = seen else {
-                return Err(ServiceError::Aborted(format!("execution {execution_id} changed concurrently; retry")));
-            };
-            // One execution is one tenant's, of one workflow (a template's counts are per tenant).
-            if recorded_for.0 != workflow_id || recorded_tenant != tenant {
-                return Err(ServiceError::AlreadyExists(format!(
-                    "execution {execution_id} was already recorded for another workflow or tenant"
-                )));
-            }
-            // Read again: the figures now include the report that counted it.
-            let workflow = Self::load_locked(&mut *tx, tenant, workflow_id, LOCK_NONE).await?;
-            return Ok(RecordedExecution { counted: false, workflow });
-        }
-        // The tenant's own figures, counted in their row (the reports of one tenant on one
-        // workflow queue on it) and answered as they are after this report.
-        let (executions, successes): (i64, i64) = sqlx::query::<D::Db>(
-            "INSERT INTO workflow_statistics (workflow_id, tenant_id, execution_count, success_count) \
-             VALUES ($1, $2, 1, $3) \
-             ON CONFLICT (workflow_id, tenant_id) DO UPDATE SET \
-               execution_count = workflow_statistics.execution_count + 1, \
-               success_count = workflow_statistics.success_count + excluded.success_count \
-             RETURNING execution_count, success_count",
-        )
-        .arg(SqlUuid(workflow_id))
-        .arg(tenant)
-        .arg(i64::from(succeeded))
-        .fetch_one_as(&mut *tx)
-        .await?;
+        let recorded = Self::record_in(&mut *tx, tenant, std::slice::from_ref(&report)).await?;
+        let Some(recorded) = recorded.into_iter().next() else {
+            return Err(ServiceError::internal(anyhow::anyhow!("one report recorded without an outcome")));
+        };
+        let recorded = recorded?;
         tx.commit().await?;
-        (workflow.execution_count, workflow.success_count) = (executions, successes);
-        Ok(RecordedExecution { counted: true, workflow })
+        Ok(recorded)
+    }
+
+    async fn record_executions(
+        &self,
+        tenant: &str,
+        reports: &[ExecutionReport],
+    ) -> ServiceResult<Vec<ServiceResult<RecordedExecution>>> {
+        let _span = D::span("workflows.record_executions");
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin_with(D::BEGIN).await?;
+        let recorded = Self::record_in(&mut *tx, tenant, reports).await?;
+        tx.commit().await?;
+        Ok(recorded)
     }
 
     async fn import(&self, w: &Workflow, dry_run: bool) -> ServiceResult<ImportApplied> {
@@ -644,6 +769,108 @@ mod tests {
         }
     }
 
+    fn report(workflow_id: Uuid, execution_id: &str, succeeded: bool) -> ExecutionReport {
+        ExecutionReport { workflow_id, execution_id: execution_id.into(), succeeded }
+    }
+
+    /// A batch counts each execution once (duplicates within it too) in the tenant's statistics,
+    /// answers per report in order, fails only the reports it cannot count, and ends with the
+    /// statistics the same reports sent one by one make.
+    async fn batches_count_like_single_reports(repo: &dyn WorkflowRepository) {
+        let library = templates::library(now());
+        repo.seed_templates(&library).await.unwrap();
+        let template = library[0].workflow.id;
+        let own = repo.create("tenant-a", new_workflow("Own"), None).await.unwrap().id;
+        let of_b = repo.create("tenant-b", new_workflow("B's"), None).await.unwrap().id;
+        let unknown = Uuid::now_v7();
+        assert!(repo.record_executions("tenant-a", &[]).await.unwrap().is_empty());
+
+        let first = [
+            report(template, "e-1", true),
+            report(own, "e-2", false),
+            report(template, "e-3", false),
+            report(template, "e-1", true),
+            report(unknown, "e-4", true),
+            report(of_b, "e-5", true),
+            report(own, "e-6", true),
+        ];
+        let answered = repo.record_executions("tenant-a", &first).await.unwrap();
+        let figures = |outcome: &ServiceResult<RecordedExecution>| match outcome {
+            Ok(r) => (r.counted, r.workflow.execution_count, r.workflow.success_count),
+            Err(e) => panic!("{e:?}"),
+        };
+        assert_eq!(answered.len(), first.len());
+        assert_eq!(figures(&answered[0]), (true, 2, 1), "the template's figures after the batch");
+        assert_eq!(figures(&answered[1]), (true, 2, 1));
+        assert_eq!(figures(&answered[2]), (true, 2, 1));
+        assert_eq!(figures(&answered[3]), (false, 2, 1), "a duplicate within the batch counts once");
+        assert!(matches!(answered[4], Err(ServiceError::NotFound(_))), "{:?}", answered[4]);
+        assert!(matches!(answered[5], Err(ServiceError::NotFound(_))), "another tenant's: {:?}", answered[5]);
+        assert_eq!(figures(&answered[6]), (true, 2, 1));
+        assert_eq!(answered[0].as_ref().unwrap().workflow.id, template);
+        assert_eq!(answered[1].as_ref().unwrap().workflow.id, own);
+
+        // A later batch: repeats are counted=false with the current figures; an execution of
+        // another workflow, or reported by another tenant, is ALREADY_EXISTS; the rest count.
+        let second = [report(template, "e-1", true), report(own, "e-3", true), report(template, "e-7", true)];
+        let answered = repo.record_executions("tenant-a", &second).await.unwrap();
+        assert_eq!(figures(&answered[0]), (false, 3, 2));
+        assert!(matches!(answered[1], Err(ServiceError::AlreadyExists(_))), "{:?}", answered[1]);
+        assert_eq!(figures(&answered[2]), (true, 3, 2));
+        let by_b = repo.record_executions("tenant-b", &[report(template, "e-2", true)]).await.unwrap();
+        assert!(matches!(by_b[0], Err(ServiceError::AlreadyExists(_))), "{:?}", by_b[0]);
+
+        let counts = |w: Workflow| (w.execution_count, w.success_count);
+        assert_eq!(counts(repo.get("tenant-a", template).await.unwrap()), (3, 2));
+        assert_eq!(counts(repo.get("tenant-a", own).await.unwrap()), (2, 1));
+        assert_eq!(counts(repo.get("tenant-b", template).await.unwrap()), (0, 0), "B's own figures");
+        assert_eq!(counts(repo.get("tenant-b", of_b).await.unwrap()), (0, 0), "nothing counted on B's");
+
+        // The same reports batched by tenant C and one by one by tenant D: the same outcomes
+        // (counted or not, or the same error) and the same statistics.
+        let outcome = |o: &ServiceResult<RecordedExecution>| match o {
+            Ok(r) => format!("counted {}", r.counted),
+            Err(e) => format!("{:?}", e.code()),
+        };
+        let mut by_c = Vec::new();
+        let mut by_d = Vec::new();
+        let of = |tenant: &str, batch: &[ExecutionReport]| -> Vec<ExecutionReport> {
+            batch.iter().map(|r| report(r.workflow_id, &format!("{tenant}/{}", r.execution_id), r.succeeded)).collect()
+        };
+        for batch in [&first[..], &second[..]] {
+            by_c.extend(repo.record_executions("tenant-c", &of("c", batch)).await.unwrap().iter().map(outcome));
+            for r in of("d", batch) {
+                by_d.push(outcome(
+                    &repo.record_execution("tenant-d", r.workflow_id, &r.execution_id, r.succeeded).await,
+                ));
+            }
+        }
+        assert_eq!(by_c, by_d);
+        assert_eq!(counts(repo.get("tenant-c", template).await.unwrap()), (3, 2));
+        assert_eq!(counts(repo.get("tenant-d", template).await.unwrap()), (3, 2));
+    }
+
+    /// Batches racing on the same executions, in opposite orders and over two workflows (as
+    /// replicas redelivering one outbox): no deadlock, each execution counted once.
+    async fn concurrent_batches_count_once(repo: &dyn WorkflowRepository) {
+        let library = templates::library(now());
+        repo.seed_templates(&library).await.unwrap();
+        let (w1, w2) = (library[0].workflow.id, library[1].workflow.id);
+        let reports: Vec<ExecutionReport> =
+            (0..40).map(|n| report(if n % 2 == 0 { w1 } else { w2 }, &format!("x-{n}"), n % 4 != 1)).collect();
+        let reversed: Vec<ExecutionReport> = reports.iter().rev().cloned().collect();
+        let batch = |reports: &'static [ExecutionReport]| async move {
+            let answered = repo.record_executions("tenant-a", reports).await.unwrap();
+            answered.iter().filter(|r| r.as_ref().unwrap().counted).count()
+        };
+        let (reports, reversed): (&'static [_], &'static [_]) = (Vec::leak(reports), Vec::leak(reversed));
+        let counted = tokio::join!(batch(reports), batch(reversed), batch(reports), batch(reversed));
+        assert_eq!(counted.0 + counted.1 + counted.2 + counted.3, 40);
+        let counts = |w: Workflow| (w.execution_count, w.success_count);
+        assert_eq!(counts(repo.get("tenant-a", w1).await.unwrap()), (20, 20));
+        assert_eq!(counts(repo.get("tenant-a", w2).await.unwrap()), (20, 10));
+    }
+
     /// Rows as the code before per-tenant statistics wrote them (migrations before 0005 on
     /// PostgreSQL, 0004 on SQLite; portable SQL): a template counted for two tenants, with one
     /// more pooled execution than recorded ones; tenant A's workflows, one whose stored figures
@@ -810,6 +1037,26 @@ mod tests {
     #[tokio::test]
     async fn concurrent_reports_of_tenants_on_a_template_count_once_on_postgres() {
         on_postgres(|repo| Box::pin(concurrent_reports_of_tenants_on_a_template_count_once(repo))).await;
+    }
+
+    #[tokio::test]
+    async fn batches_count_like_single_reports_on_sqlite() {
+        on_sqlite(|repo| Box::pin(batches_count_like_single_reports(repo))).await;
+    }
+
+    #[tokio::test]
+    async fn batches_count_like_single_reports_on_postgres() {
+        on_postgres(|repo| Box::pin(batches_count_like_single_reports(repo))).await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_batches_count_once_on_sqlite() {
+        on_sqlite(|repo| Box::pin(concurrent_batches_count_once(repo))).await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_batches_count_once_on_postgres() {
+        on_postgres(|repo| Box::pin(concurrent_batches_count_once(repo))).await;
     }
 
     #[tokio::test]

@@ -107,6 +107,20 @@ impl WorkflowService for BareWorkflows {
         }))
     }
 
+    async fn record_executions(
+        &self,
+        request: Request<pb::RecordExecutionsRequest>,
+    ) -> Result<Response<pb::RecordExecutionsResponse>, Status> {
+        let recorded = pb::RecordExecutionResponse {
+            counted: true,
+            execution_count: self.workflow.execution_count + 1,
+            success_rate: 1.0,
+        };
+        let result =
+            pb::RecordExecutionResult { result: Some(pb::record_execution_result::Result::Recorded(recorded)) };
+        Ok(Response::new(pb::RecordExecutionsResponse { results: vec![result; request.into_inner().executions.len()] }))
+    }
+
     async fn import_workflows(
         &self,
         _: Request<pb::ImportWorkflowsRequest>,
