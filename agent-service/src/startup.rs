@@ -175,6 +175,7 @@ fn start_execution(
         interval: config.report_interval(),
         batch_delay: config.report_batch_delay(),
         lease: Reporter::lease_for(config.workflow_call_timeout()),
+        batches: Default::default(),
     }
     .spawn();
     (executor, finishes)

@@ -21,6 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
+use crate::domain::execution::Report;
 use crate::domain::{SourceWorkflow, WorkflowCategory, WorkflowStatus};
 
 /// Attempts per call, the first included.
@@ -60,6 +61,16 @@ impl Credentials {
             metadata.insert(TENANT_HEADER, value);
         }
     }
+}
+
+/// What workflow-service did with a batch of execution reports.
+#[derive(Debug)]
+pub enum BatchRecorded {
+    /// One outcome per report, in their order: counted now (true) or before, or why not.
+    Each(Vec<ServiceResult<bool>>),
+    /// It does not know RecordExecutions (an older release, during a rolling deploy): nothing
+    /// was recorded.
+    Unsupported,
 }
 
 /// Which workflows to list.
@@ -158,6 +169,51 @@ impl WorkflowClient {
         Ok(recorded.counted)
     }
 
+    /// Reports the outcomes of `reports`, all `tenant`'s, in one call (RecordExecutions, as
+    /// [`Self::record_execution`] reports one): one outcome per report, in their order, each
+    /// whether it was counted now or why not. [`BatchRecorded::Unsupported`] when
+    /// workflow-service is of a release before RecordExecutions (it answered UNIMPLEMENTED).
+    pub async fn record_executions(&self, tenant: Tenant, reports: &[Report]) -> ServiceResult<BatchRecorded> {
+        let executions = reports
+            .iter()
+            .map(|r| pb::RecordExecutionRequest {
+                workflow_id: r.workflow_id.to_string(),
+                execution_id: r.execution_id.to_string(),
+                succeeded: r.succeeded,
+            })
+            .collect();
+        let request = pb::RecordExecutionsRequest { executions };
+        let answered = self
+            .call_status(&self.as_service(tenant), request, |mut client, request| async move {
+                client.record_executions(request).await
+            })
+            .await;
+        let answered = match answered {
+            Ok(answered) => answered,
+            Err(status) if status.code() == Code::Unimplemented => return Ok(BatchRecorded::Unsupported),
+            Err(status) => return Err(error_of("workflows", status, self.call_timeout)),
+        };
+        if answered.results.len() != reports.len() {
+            return Err(ServiceError::internal(anyhow::anyhow!(
+                "workflow-service answered {} results for {} reports",
+                answered.results.len(),
+                reports.len()
+            )));
+        }
+        let outcomes = reports.iter().zip(answered.results).map(|(report, result)| match result.result {
+            Some(pb::record_execution_result::Result::Recorded(recorded)) => Ok(recorded.counted),
+            Some(pb::record_execution_result::Result::Error(e)) => {
+                let status = Status::new(Code::from_i32(e.code), e.message);
+                Err(error_of(&format!("workflow {}", report.workflow_id), status, self.call_timeout))
+            }
+            None => Err(ServiceError::internal(anyhow::anyhow!(
+                "workflow-service answered no result for execution {}",
+                report.execution_id
+            ))),
+        });
+        Ok(BatchRecorded::Each(outcomes.collect()))
+    }
+
     /// Every workflow the caller can read that matches `query`, paging through ListWorkflows.
     pub async fn list_all(
         &self,
@@ -191,8 +247,19 @@ impl WorkflowClient {
         Err(ServiceError::internal(anyhow::anyhow!("workflow-service answered more than {MAX_LIST_PAGES} pages")))
     }
 
-    /// Sends `message` with the caller's credentials and a deadline, retrying on UNAVAILABLE.
+    /// Sends `message` with the caller's credentials and a deadline, retrying on UNAVAILABLE;
+    /// the answer in this service's terms.
     async fn call<M, R, F, Fut>(&self, what: &str, credentials: &Credentials, message: M, send: F) -> ServiceResult<R>
+    where
+        M: Clone + WorkflowRpc,
+        F: Fn(WorkflowServiceClient<Channel>, Request<M>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        self.call_status(credentials, message, send).await.map_err(|status| error_of(what, status, self.call_timeout))
+    }
+
+    /// [`Self::call`], answering workflow-service's status as it is.
+    async fn call_status<M, R, F, Fut>(&self, credentials: &Credentials, message: M, send: F) -> Result<R, Status>
     where
         M: Clone + WorkflowRpc,
         F: Fn(WorkflowServiceClient<Channel>, Request<M>) -> Fut,
@@ -228,7 +295,7 @@ impl WorkflowClient {
                 attempt += 1;
                 continue;
             }
-            return Err(error_of(what, status, self.call_timeout));
+            return Err(status);
         }
     }
 }
@@ -248,6 +315,10 @@ impl WorkflowRpc for pb::ListWorkflowsRequest {
 
 impl WorkflowRpc for pb::RecordExecutionRequest {
     const METHOD: &'static str = "RecordExecution";
+}
+
+impl WorkflowRpc for pb::RecordExecutionsRequest {
+    const METHOD: &'static str = "RecordExecutions";
 }
 
 /// The client span of one attempt of `M`'s call, with OpenTelemetry's `rpc.*` attributes.

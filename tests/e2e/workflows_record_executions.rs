@@ -1,10 +1,15 @@
 //! RecordExecutions: agent-service's outbox reports many executions in one call, as its own
-//! service identity; each entry is recorded as RecordExecution would, answered in order.
+//! service identity; each entry is recorded as RecordExecution would, answered in order. To a
+//! workflow-service of a release before it, the outbox reports one by one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use engarde::proto::workflow::v1 as pb;
 use engarde::proto::workflow::v1::workflow_service_client::WorkflowServiceClient;
+use engarde::proto::workflow::v1::workflow_service_server::{WorkflowService, WorkflowServiceServer};
 use pb::record_execution_result::Result as Outcome;
-use tonic::Code;
+use tonic::{Code, Request, Response, Status};
 
 use crate::both_backends;
 use crate::helpers::*;
@@ -129,3 +134,121 @@ both_backends!(
         assert_eq!(client.get_workflow(read(&own.id, &alice)).await.unwrap().into_inner().execution_count, 3);
     }
 );
+
+/// workflow-service behind a proxy that counts agent-service's reports, and, as a release before
+/// RecordExecutions would, may answer it UNIMPLEMENTED.
+#[derive(Clone)]
+struct ReportCounter {
+    inner: WorkflowServiceClient<tonic::transport::Channel>,
+    knows_batches: bool,
+    batch_calls: Arc<AtomicUsize>,
+    single_calls: Arc<AtomicUsize>,
+}
+
+impl ReportCounter {
+    /// Serves on 127.0.0.1:0 in front of `upstream`; answers the proxy and its URL.
+    async fn start(upstream: &ServiceProcess, knows_batches: bool) -> (Self, String) {
+        let proxy = Self {
+            inner: WorkflowServiceClient::new(upstream.channel().await),
+            knows_batches,
+            batch_calls: Arc::default(),
+            single_calls: Arc::default(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tonic::transport::Server::builder()
+            .add_service(WorkflowServiceServer::new(proxy.clone()))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+        tokio::spawn(server);
+        (proxy, url)
+    }
+
+    fn calls(&self) -> (usize, usize) {
+        (self.batch_calls.load(Ordering::SeqCst), self.single_calls.load(Ordering::SeqCst))
+    }
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl WorkflowService for ReportCounter {
+    async fn create_workflow(&self, r: Request<pb::CreateWorkflowRequest>) -> Answer<pb::WorkflowDefinition> {
+        self.inner.clone().create_workflow(r).await
+    }
+    async fn get_workflow(&self, r: Request<pb::GetWorkflowRequest>) -> Answer<pb::WorkflowDefinition> {
+        self.inner.clone().get_workflow(r).await
+    }
+    async fn list_workflows(&self, r: Request<pb::ListWorkflowsRequest>) -> Answer<pb::ListWorkflowsResponse> {
+        self.inner.clone().list_workflows(r).await
+    }
+    async fn update_workflow(&self, r: Request<pb::UpdateWorkflowRequest>) -> Answer<pb::WorkflowDefinition> {
+        self.inner.clone().update_workflow(r).await
+    }
+    async fn delete_workflow(&self, r: Request<pb::DeleteWorkflowRequest>) -> Answer<pb::DeleteWorkflowResponse> {
+        self.inner.clone().delete_workflow(r).await
+    }
+    async fn activate_workflow(&self, r: Request<pb::ActivateWorkflowRequest>) -> Answer<pb::WorkflowDefinition> {
+        self.inner.clone().activate_workflow(r).await
+    }
+    async fn archive_workflow(&self, r: Request<pb::ArchiveWorkflowRequest>) -> Answer<pb::WorkflowDefinition> {
+        self.inner.clone().archive_workflow(r).await
+    }
+    async fn clone_workflow(&self, r: Request<pb::CloneWorkflowRequest>) -> Answer<pb::WorkflowDefinition> {
+        self.inner.clone().clone_workflow(r).await
+    }
+    async fn validate_workflow_config(
+        &self,
+        r: Request<pb::ValidateWorkflowConfigRequest>,
+    ) -> Answer<pb::ValidateWorkflowConfigResponse> {
+        self.inner.clone().validate_workflow_config(r).await
+    }
+    async fn record_execution(&self, r: Request<pb::RecordExecutionRequest>) -> Answer<pb::RecordExecutionResponse> {
+        self.single_calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.clone().record_execution(r).await
+    }
+    async fn record_executions(&self, r: Request<pb::RecordExecutionsRequest>) -> Answer<pb::RecordExecutionsResponse> {
+        self.batch_calls.fetch_add(1, Ordering::SeqCst);
+        if !self.knows_batches {
+            return Err(Status::unimplemented("unknown method RecordExecutions"));
+        }
+        self.inner.clone().record_executions(r).await
+    }
+    async fn import_workflows(&self, r: Request<pb::ImportWorkflowsRequest>) -> Answer<pb::ImportWorkflowsResponse> {
+        self.inner.clone().import_workflows(r).await
+    }
+}
+
+/// agent-service's outbox sends its reports in RecordExecutions calls; to a workflow-service of
+/// a release before them (UNIMPLEMENTED) it sends them one by one, says so once, and keeps to
+/// that (for minutes) rather than trying the batch with every delivery. Counted exactly either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_reports_in_batches_and_one_by_one_to_an_older_workflow_service() {
+    use crate::agents_execution::{active_agent, run_agent, workflow_counts_reach};
+    use crate::langflow_support::FakeLangflow;
+    use engarde::proto::agent::v1 as apb;
+
+    let fake = FakeLangflow::start().await;
+    for knows_batches in [true, false] {
+        let workflow_db = TestDb::new(Backend::Sqlite).await;
+        let agent_db = TestDb::new(Backend::Sqlite).await;
+        let workflow = spawn_workflow_service(&workflow_db, &[]).await;
+        let (proxy, proxy_url) = ReportCounter::start(&workflow, knows_batches).await;
+        let env = [("LANGFLOW_URL", fake.url()), ("REPORT_INTERVAL_MS", "200".to_owned())];
+        let agent = spawn_agent_service(&agent_db, &proxy_url, &env).await;
+        let app = TestApp { workflow, agent, workflow_db, agent_db };
+        let (definition, agent) = active_agent(&app, "tenant-a").await;
+        let mut executions = app.executions("tenant-a").await;
+        for n in 1..=4 {
+            let execution = run_agent(&mut executions, &agent.id, &format!("topic {n}"), "").await;
+            assert_eq!(execution.status, apb::ExecutionStatus::Succeeded as i32);
+            workflow_counts_reach(&app, "tenant-a", &definition.id, (n, n)).await;
+        }
+        let (batches, singles) = proxy.calls();
+        let announced = app.agent.logs().matches("does not know RecordExecutions").count();
+        if knows_batches {
+            assert_eq!((batches, singles, announced), (4, 0, 0), "every report in a batch");
+        } else {
+            assert_eq!((batches, singles, announced), (1, 4, 1), "one batch tried, then one by one, said once");
+        }
+    }
+}
