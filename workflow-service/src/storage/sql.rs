@@ -850,25 +850,56 @@ mod tests {
         assert_eq!(counts(repo.get("tenant-d", template).await.unwrap()), (3, 2));
     }
 
-    /// Batches racing on the same executions, in opposite orders and over two workflows (as
-    /// replicas redelivering one outbox): no deadlock, each execution counted once.
+    /// Batches racing on overlapping sets of executions over two workflows, each batch in its
+    /// own order (as replicas redelivering what they claimed of one outbox), beside single
+    /// reports: no deadlock, each execution counted once. (Counting each report's statistics
+    /// right after inserting it, instead of after all the inserts, deadlocks here within a few
+    /// rounds on PostgreSQL.)
     async fn concurrent_batches_count_once(repo: &dyn WorkflowRepository) {
+        const ROUNDS: i64 = 12;
         let library = templates::library(now());
         repo.seed_templates(&library).await.unwrap();
         let (w1, w2) = (library[0].workflow.id, library[1].workflow.id);
-        let reports: Vec<ExecutionReport> =
-            (0..40).map(|n| report(if n % 2 == 0 { w1 } else { w2 }, &format!("x-{n}"), n % 4 != 1)).collect();
-        let reversed: Vec<ExecutionReport> = reports.iter().rev().cloned().collect();
-        let batch = |reports: &'static [ExecutionReport]| async move {
-            let answered = repo.record_executions("tenant-a", reports).await.unwrap();
-            answered.iter().filter(|r| r.as_ref().unwrap().counted).count()
-        };
-        let (reports, reversed): (&'static [_], &'static [_]) = (Vec::leak(reports), Vec::leak(reversed));
-        let counted = tokio::join!(batch(reports), batch(reversed), batch(reports), batch(reversed));
-        assert_eq!(counted.0 + counted.1 + counted.2 + counted.3, 40);
+        for round in 0..ROUNDS {
+            let reports: Vec<ExecutionReport> = (0..40)
+                .map(|n| report(if n % 2 == 0 { w1 } else { w2 }, &format!("{round}-{n}"), n % 4 != 1))
+                .collect();
+            // Batch k: two reports of every three from the k-th on, rotated by k, every other
+            // reversed.
+            let batches: Vec<Vec<ExecutionReport>> = (0..6)
+                .map(|k| {
+                    let mut batch: Vec<_> = reports.iter().skip(k).step_by(3).cloned().collect();
+                    batch.extend(reports.iter().skip(k + 1).step_by(3).cloned());
+                    let by = k % batch.len();
+                    batch.rotate_left(by);
+                    if k % 2 == 1 {
+                        batch.reverse();
+                    }
+                    batch
+                })
+                .collect();
+            let batch = |k: usize| {
+                let batch = &batches[k];
+                async move {
+                    let answered = repo.record_executions("tenant-a", batch).await.unwrap();
+                    answered.iter().filter(|r| r.as_ref().unwrap().counted).count()
+                }
+            };
+            let singles = async {
+                let mut counted = 0;
+                for r in reports.iter().rev() {
+                    let recorded = repo.record_execution("tenant-a", r.workflow_id, &r.execution_id, r.succeeded).await;
+                    counted += usize::from(recorded.unwrap().counted);
+                }
+                counted
+            };
+            let counted = tokio::join!(batch(0), batch(1), batch(2), batch(3), batch(4), batch(5), singles);
+            let all = counted.0 + counted.1 + counted.2 + counted.3 + counted.4 + counted.5 + counted.6;
+            assert_eq!(all, 40, "each execution counted by one of its reports: {counted:?}");
+        }
         let counts = |w: Workflow| (w.execution_count, w.success_count);
-        assert_eq!(counts(repo.get("tenant-a", w1).await.unwrap()), (20, 20));
-        assert_eq!(counts(repo.get("tenant-a", w2).await.unwrap()), (20, 10));
+        assert_eq!(counts(repo.get("tenant-a", w1).await.unwrap()), (20 * ROUNDS, 20 * ROUNDS));
+        assert_eq!(counts(repo.get("tenant-a", w2).await.unwrap()), (20 * ROUNDS, 10 * ROUNDS));
     }
 
     /// Rows as the code before per-tenant statistics wrote them (migrations before 0005 on
