@@ -108,7 +108,13 @@ both_backends!(
         assert_eq!((cleared.model.clone(), cleared.updated_by.as_str()), (Some(pb::ModelSettings::default()), "ada"));
         assert_eq!(read_default(&mut agents).await, cleared);
 
-        // Each change is in the log with the tenant, the subject and the model.
+        // Each change is in the log with the tenant, the subject and the model. The log is
+        // written off the call path: the last line may reach the file just after the answer.
+        let changes_logged = || app.agent.logs().lines().filter(|l| l.contains("tenant default model set")).count();
+        eventually(std::time::Duration::from_secs(10), "the three changes' log lines", || async {
+            changes_logged() == 3
+        })
+        .await;
         let logs = app.agent.logs();
         let changes: Vec<&str> = logs.lines().filter(|l| l.contains("tenant default model set")).collect();
         assert_eq!(changes.len(), 3, "{logs}");
