@@ -392,7 +392,9 @@ async fn only_this_deployments_orphan_flows_are_reconciled_away() {
         &[
             ("LANGFLOW_URL", fake.url()),
             ("LANGFLOW_RECONCILE_INTERVAL_SECS", "1".into()),
-            ("LANGFLOW_ORPHAN_GRACE_SECS", "0".into()),
+            // Not 0: the kept agent's flow is made before the agent is stored, and a pass in
+            // between would take it for an orphan.
+            ("LANGFLOW_ORPHAN_GRACE_SECS", "3".into()),
             ("LANGFLOW_DEPLOYMENT_ID", "deployment-orphans".into()),
         ],
     )
@@ -543,12 +545,14 @@ both_backends!(
         let langflow = RealLangflow::from_env();
         let workflow_db = TestDb::new(backend).await;
         let workflow = spawn_workflow_service(&workflow_db, &[]).await;
-        // Both reconcile every second, orphans of any age: what took 10 minutes with the
-        // defaults. Neither sets LANGFLOW_DEPLOYMENT_ID: each has its database's own.
+        // Both reconcile every second, orphans older than 3 s: what took 10 minutes with the
+        // defaults. Not 0 s: a flow is made before its agent is stored, and with no grace a
+        // pass between the two deletes the flow of an agent being created (CI saw deployment
+        // 1's own flow go so). Neither sets LANGFLOW_DEPLOYMENT_ID: each has its database's own.
         let reconciling = [
             ("LANGFLOW_URL", real_langflow_url()),
             ("LANGFLOW_RECONCILE_INTERVAL_SECS", "1".to_owned()),
-            ("LANGFLOW_ORPHAN_GRACE_SECS", "0".to_owned()),
+            ("LANGFLOW_ORPHAN_GRACE_SECS", "3".to_owned()),
         ];
         let db_one = TestDb::new(backend).await;
         let db_two = TestDb::new(backend).await;
