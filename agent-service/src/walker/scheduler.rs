@@ -23,7 +23,7 @@ use engarde::schedule::Schedule;
 use uuid::Uuid;
 
 use super::Walker;
-use super::model::{NewRun, RunTrigger, ScheduledAgent, TickOutcome};
+use super::model::{NewRun, RunTrigger, TickOutcome};
 use super::workflow_status::{PassMemo, Verdict};
 use crate::domain::{AgentStatus, now};
 
@@ -72,22 +72,23 @@ pub fn schedules(config: &workflow_pb::WorkflowConfig) -> Vec<(Schedule, &workfl
         .collect()
 }
 
-/// When `agent` next has to be looked at after `at`: its triggers' earliest next tick (a day on
-/// when none comes, to look again rather than never).
-fn next_tick(agent: &ScheduledAgent, at: DateTime<Utc>) -> DateTime<Utc> {
-    schedules(&agent.config)
-        .iter()
-        .filter_map(|(schedule, _)| schedule.next_after(at))
-        .min()
-        .unwrap_or(at + chrono::Duration::days(1))
+/// When an agent with `schedules` next has to be looked at after `at`: their earliest next
+/// tick (a day on when none comes, to look again rather than never).
+fn next_tick(schedules: &[(Schedule, &workflow_pb::Trigger)], at: DateTime<Utc>) -> DateTime<Utc> {
+    schedules.iter().filter_map(|(schedule, _)| schedule.next_after(at)).min().unwrap_or(at + chrono::Duration::days(1))
 }
 
-/// The ticks due for `agent` at `at`: each trigger's latest, if after the agent last changed.
-fn due_ticks(agent: &ScheduledAgent, at: DateTime<Utc>) -> BTreeSet<DateTime<Utc>> {
-    schedules(&agent.config)
+/// The ticks of `schedules` due at `at`: each one's latest, if after the agent last changed
+/// (`changed`).
+fn due_ticks(
+    schedules: &[(Schedule, &workflow_pb::Trigger)],
+    changed: DateTime<Utc>,
+    at: DateTime<Utc>,
+) -> BTreeSet<DateTime<Utc>> {
+    schedules
         .iter()
         .filter_map(|(schedule, _)| schedule.previous_at_or_before(at))
-        .filter(|tick| *tick > agent.updated_at)
+        .filter(|tick| *tick > changed)
         .collect()
 }
 
@@ -104,7 +105,9 @@ impl Walker {
         for agent in &agents {
             // A tick that waits keeps the agent due: the next pass reads it again.
             let mut waiting = false;
-            for tick in due_ticks(agent, at) {
+            // Parsed once for both: the ticks due now and the next one.
+            let schedules = schedules(&agent.config);
+            for tick in due_ticks(&schedules, agent.updated_at, at) {
                 if seen.get(&agent.agent_id).is_some_and(|last| *last >= tick) {
                     continue;
                 }
@@ -160,7 +163,7 @@ impl Walker {
                 seen.insert(agent.agent_id, tick);
             }
             if !waiting {
-                next_ticks.push((agent.agent_id, agent.version, next_tick(agent, at)));
+                next_ticks.push((agent.agent_id, agent.version, next_tick(&schedules, at)));
             }
         }
         self.runs.set_next_ticks(&next_ticks).await?;
