@@ -34,6 +34,26 @@ use seed::{ONE_TENANT, Shape, Templates};
 /// How long the scheduler's passes are watched (at the default interval, one a second).
 const SCHEDULER_WINDOW: Duration = Duration::from_secs(10);
 
+/// Polls `exists` (a `SELECT EXISTS (…)`) every `poll` until it answers false; fails naming
+/// `what` when that takes longer than `limit`.
+pub async fn until_none(
+    conn: &mut PgConnection,
+    exists: &'static str,
+    poll: Duration,
+    limit: Duration,
+    what: &str,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let (left,): (bool,) = sqlx::query_as(exists).fetch_one(&mut *conn).await.with_context(|| what.to_owned())?;
+        if !left {
+            return Ok(());
+        }
+        anyhow::ensure!(started.elapsed() < limit, "{what}: not done in {} s", limit.as_secs());
+        tokio::time::sleep(poll).await;
+    }
+}
+
 /// What to run.
 pub struct Options<'a> {
     pub admin_database_url: &'a str,

@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use sqlx::postgres::PgConnection;
 
 use super::direct;
@@ -81,17 +80,8 @@ pub async fn measure(
     let queued = sqlx::query(sqlx::AssertSqlSafe(queue_reports(reports))).execute(&mut *conn).await?.rows_affected();
     let started = Instant::now();
     anyhow::ensure!(queued as usize == reports, "queued {queued} reports of {reports}: too few executions");
-    loop {
-        let (left,): (bool,) = sqlx::query_as("SELECT EXISTS (SELECT 1 FROM agent.execution_reports)")
-            .fetch_one(&mut *conn)
-            .await
-            .context("looking at the outbox")?;
-        if !left {
-            break;
-        }
-        anyhow::ensure!(started.elapsed() < DRAIN_LIMIT, "the outbox was not drained in {} s", DRAIN_LIMIT.as_secs());
-        tokio::time::sleep(POLL).await;
-    }
+    let empty = "SELECT EXISTS (SELECT 1 FROM agent.execution_reports)";
+    super::until_none(conn, empty, POLL, DRAIN_LIMIT, "draining the outbox").await?;
     let took = started.elapsed();
     ag.stop().await;
     let counted = recorded(conn).await? - recorded_before;

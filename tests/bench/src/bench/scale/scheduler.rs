@@ -84,19 +84,10 @@ async fn cold_pass(metrics: SocketAddr, database_url: &str) -> anyhow::Result<(D
         .await
         .context("clearing the next ticks")?
         .rows_affected();
-    let started = std::time::Instant::now();
-    loop {
-        let (left,): (bool,) = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM agent.agents WHERE scheduled AND status = 'active' AND next_tick_at IS NULL)",
-        )
-        .fetch_one(&mut conn)
-        .await?;
-        if !left {
-            break;
-        }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(120), "no pass worked out the next ticks in 120 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let unworked =
+        "SELECT EXISTS (SELECT 1 FROM agent.agents WHERE scheduled AND status = 'active' AND next_tick_at IS NULL)";
+    let what = "a pass working out every next tick";
+    super::until_none(&mut conn, unworked, Duration::from_millis(50), Duration::from_secs(120), what).await?;
     let after = Scrape::of(metrics).await?;
     let seconds = (after.seconds - before.seconds).max(0.0);
     Ok((Duration::from_secs_f64(seconds), (cleared, after.passes.saturating_sub(before.passes))))
