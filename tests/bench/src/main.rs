@@ -112,8 +112,9 @@ struct Args {
     /// Scale: leave each factor's database in place (its URL is printed), e.g. for EXPLAIN.
     #[arg(long)]
     scale_keep_databases: bool,
-    /// Scale: seconds of GetWorkflow and ExecuteAgent without, then during, a retention purge at
-    /// the largest factor (0: no purge) [default: 20; --quick: 0]
+    /// Scale: seconds of GetWorkflow and ExecuteAgent without a retention purge at the largest
+    /// factor, before the same calls during one, for as long as it lasts (0: no purge)
+    /// [default: 20; --quick: 0]
     #[arg(long)]
     scale_purge_secs: Option<u64>,
     /// Internal: serve the bare baseline server as a process of its own.
