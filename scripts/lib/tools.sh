@@ -88,3 +88,7 @@ ensure_python_client_venv() {
 BUF_VERSION=1.75.0
 BUF_BIN=$TOOLS_DIR/buf-$BUF_VERSION/node_modules/.bin/buf
 export BUF_VERSION BUF_BIN
+
+# The release build of both services, together, as deploy/Dockerfile builds them: the symbol
+# names in build/order/ (scripts/order-symbols) are those of this exact set of packages.
+build_release_services() { cargo build --release -p workflow-service -p agent-service; }

@@ -5,7 +5,6 @@
 //! last from the janitor's start until nothing expired is left, the whole purge.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -64,20 +63,27 @@ async fn executions(conn: &mut PgConnection) -> anyhow::Result<i64> {
     Ok(n)
 }
 
-/// GetWorkflow of `workflow` and ExecuteAgent of `agent`, each called back to back until `done`.
-async fn both(
+/// GetWorkflow of `workflow` and ExecuteAgent of `agent`, each called back to back until `until`
+/// ends; answers both loads' figures and what `until` answered.
+async fn both<T>(
     wf: SocketAddr,
     workflow: Uuid,
     ag: SocketAddr,
     tenant: &AsTenant,
     agent: &str,
-    done: Arc<AtomicBool>,
-) -> anyhow::Result<(Summary, Summary)> {
+    until: impl Future<Output = T>,
+) -> anyhow::Result<((Summary, Summary), T)> {
     let channel = load::channels(wf, 1, load::CALL_TIMEOUT).await?.remove(0);
     let mut reader = WorkflowServiceClient::with_interceptor(channel, AsTenant::new(ONE_TENANT)?);
     let channel = load::channels(ag, 1, load::CALL_TIMEOUT).await?.remove(0);
     let mut executor = ExecutionServiceClient::with_interceptor(channel, tenant.clone());
     let request = apb::ExecuteAgentRequest { agent_id: agent.to_owned(), input: "Say ok".into(), ..Default::default() };
+    let done = AtomicBool::new(false);
+    let ended = async {
+        let answer = until.await;
+        done.store(true, Ordering::Relaxed);
+        answer
+    };
     let started = Instant::now();
     let gets = async {
         let mut samples = Samples::default();
@@ -101,11 +107,11 @@ async fn both(
         }
         samples.summarize(started.elapsed())
     };
-    let (gets, executes) = tokio::join!(gets, executes);
+    let (gets, executes, answer) = tokio::join!(gets, executes, ended);
     for (what, s) in [("GetWorkflow", &gets), ("ExecuteAgent", &executes)] {
         anyhow::ensure!(s.failed() == 0 && s.ok > 0, "{what} during the purge benchmark: {} failed", s.errors_text());
     }
-    Ok((gets, executes))
+    Ok(((gets, executes), answer))
 }
 
 /// Both loads: for `window` without a purge, then from the start of an agent-service that
@@ -122,35 +128,19 @@ pub async fn measure(
     let fake = format!("http://{}", spawn_fake_langflow(ctx.workers)?);
     let keeper = start_agent_service(ctx, wf, database_url, &fake, "agent", &[]).await?;
     let Deployed { tenant, made, .. } = deployed_agent(ctx, wf, &keeper, "scale-purge", None).await?;
-    let done = Arc::new(AtomicBool::new(false));
-    let timer = {
-        let done = done.clone();
-        async move {
-            tokio::time::sleep(window).await;
-            done.store(true, Ordering::Relaxed);
-        }
-    };
-    let (without, ()) = tokio::join!(both(wf, workflow, keeper.addr, &tenant, &made.id, done), timer);
-    let without = without.context("without a purge")?;
+    let (without, ()) = both(wf, workflow, keeper.addr, &tenant, &made.id, tokio::time::sleep(window))
+        .await
+        .context("without a purge")?;
     keeper.stop().await;
 
     let executions_before = executions(conn).await?;
     let janitor_started = Instant::now();
     let purger = start_agent_service(ctx, wf, database_url, &fake, "agent", &retention_env()).await?;
-    let done = Arc::new(AtomicBool::new(false));
-    let purged = {
-        let done = done.clone();
-        let conn = &mut *conn;
-        async move {
-            let purged = until_none(conn, EXPIRED_LEFT, Duration::from_secs(1), PURGE_LIMIT, "the purge").await;
-            done.store(true, Ordering::Relaxed);
-            purged
-        }
-    };
-    let (during, purged) = tokio::join!(both(wf, workflow, purger.addr, &tenant, &made.id, done), purged);
+    let purged = until_none(conn, EXPIRED_LEFT, Duration::from_secs(1), PURGE_LIMIT, "the purge");
+    let (during, purged) =
+        both(wf, workflow, purger.addr, &tenant, &made.id, purged).await.context("during a purge")?;
     let over = janitor_started.elapsed();
     purged?;
-    let during = during.context("during a purge")?;
     let executions_after = executions(conn).await?;
     purger.stop().await;
     // The calls of the window added executions of their own; those are not expired.
