@@ -107,9 +107,22 @@ impl Receiver {
 
     /// Waits until a span named `name` of `trace_id` has arrived, and answers it.
     async fn span(&self, trace_id: &str, name: &str) -> Exported {
-        let find = || self.spans().into_iter().find(|s| s.trace_id == trace_id && s.name == name);
-        eventually(Duration::from_secs(15), &format!("span {name} of trace {trace_id}"), || async { find().is_some() })
-            .await;
+        self.span_where(&format!("span {name} of trace {trace_id}"), |s| s.trace_id == trace_id && s.name == name).await
+    }
+
+    /// Waits until a span of `trace_id` named `name` and of `kind` has arrived: the client and
+    /// server spans of one call share a name but come from two processes, each exporting in its
+    /// own batches, so either may arrive first.
+    async fn span_of_kind(&self, trace_id: &str, name: &str, kind: SpanKind) -> Exported {
+        self.span_where(&format!("{kind:?} span {name} of trace {trace_id}"), |s| {
+            s.trace_id == trace_id && s.name == name && s.kind == kind as i32
+        })
+        .await
+    }
+
+    async fn span_where(&self, what: &str, matches: impl Fn(&Exported) -> bool) -> Exported {
+        let find = || self.spans().into_iter().find(|s| matches(s));
+        eventually(Duration::from_secs(15), what, || async { find().is_some() }).await;
         find().unwrap()
     }
 }
@@ -207,21 +220,13 @@ both_backends!(
         assert_rpc_span(&create, "engarde.agent.v1.AgentService", "CreateAgentFromWorkflow", SpanKind::Server);
         assert_eq!(create.attribute("engarde.tenant_id").as_deref(), Some("t-trace"));
         // … its client span to workflow-service …
-        let read = receiver.span(&trace_id, "engarde.workflow.v1.WorkflowService/GetWorkflow").await;
-        let client = receiver
-            .spans()
-            .into_iter()
-            .find(|s| s.trace_id == trace_id && s.kind == SpanKind::Client as i32 && s.name == read.name)
-            .expect("agent-service's client span of GetWorkflow");
+        let get_workflow = "engarde.workflow.v1.WorkflowService/GetWorkflow";
+        let client = receiver.span_of_kind(&trace_id, get_workflow, SpanKind::Client).await;
         assert_eq!(client.service, "agents-under-test");
         assert_eq!(client.parent_span_id, create.span_id);
         assert_rpc_span(&client, "engarde.workflow.v1.WorkflowService", "GetWorkflow", SpanKind::Client);
         // … workflow-service's server span, whose parent is that client span, and its read.
-        let server = receiver
-            .spans()
-            .into_iter()
-            .find(|s| s.trace_id == trace_id && s.kind == SpanKind::Server as i32 && s.name == read.name)
-            .expect("workflow-service's server span of GetWorkflow");
+        let server = receiver.span_of_kind(&trace_id, get_workflow, SpanKind::Server).await;
         assert_eq!(server.service, "workflow-service");
         assert_eq!(server.parent_span_id, client.span_id);
         assert_rpc_span(&server, "engarde.workflow.v1.WorkflowService", "GetWorkflow", SpanKind::Server);
@@ -258,7 +263,11 @@ both_backends!(
             logged_trace_ids(&agent.logs(), "/ExecuteAgent") == [trace_id.clone()]
         })
         .await;
-        assert_eq!(logged_trace_ids(&workflow.logs(), "/GetWorkflow"), std::slice::from_ref(&trace_id));
+        // workflow-service's lines are written by its own log writer: wait for them too.
+        eventually(Duration::from_secs(10), "GetWorkflow's log line", || async {
+            logged_trace_ids(&workflow.logs(), "/GetWorkflow") == [trace_id.clone()]
+        })
+        .await;
         let deploy_logged = logged_trace_ids(&agent.logs(), "/DeployAgent");
         assert_eq!(deploy_logged.len(), 1, "{deploy_logged:?}");
         let deploy = receiver.span(&deploy_logged[0], "engarde.agent.v1.AgentService/DeployAgent").await;
