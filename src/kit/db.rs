@@ -83,8 +83,8 @@ impl DbPool {
     }
 
     /// Applies the service's migrations, waiting up to `wait` for the database to come up.
-    /// PostgreSQL serialises concurrent migrators with an advisory lock; SQLite has none, so a
-    /// migrator that lost a race simply tries again and finds the work done.
+    /// PostgreSQL serialises concurrent migrators with an advisory lock; on SQLite they take
+    /// turns on a lock file (see [`migrate_sqlite`]).
     pub async fn migrate(
         &self,
         schema: Option<&str>,
@@ -106,7 +106,7 @@ impl DbPool {
                     }
                     .await
                 }
-                Self::Sqlite(pool) => sqlite.run(pool).await.map_err(anyhow::Error::from),
+                Self::Sqlite(pool) => migrate_sqlite(pool, sqlite, deadline).await,
             };
             match result {
                 Ok(()) => return Ok(()),
@@ -149,6 +149,77 @@ impl DbPool {
         match self {
             Self::Postgres(pool) => pool.close().await,
             Self::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+/// SQLite has no advisory lock and sqlx takes none for it, so two processes starting on one file
+/// would apply the same migration at once. The loser's script fails midway, and one that runs
+/// outside sqlx's transaction (a `-- no-transaction` migration holding its own `BEGIN`, with
+/// foreign keys off) leaves its connection inside that transaction: handed out by the pool
+/// later, it refuses every `BEGIN` and writes without foreign keys. So migrators take turns on
+/// a lock file beside the database, and each migrates on a connection of its own, closed
+/// afterwards whatever happened.
+async fn migrate_sqlite(
+    pool: &SqlitePool,
+    migrator: &sqlx::migrate::Migrator,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<()> {
+    use sqlx::ConnectOptions as _;
+    let options = pool.connect_options();
+    let _turn = match migration_lock_path(&options) {
+        Some(path) => take_turn(&path, deadline).await?,
+        None => None,
+    };
+    let mut connection = options.connect().await?;
+    let migrated = migrator.run(&mut connection).await;
+    // Closing rolls back whatever a failed script left open; the error that matters is the
+    // migration's.
+    let _ = sqlx::Connection::close(connection).await;
+    Ok(migrated?)
+}
+
+/// The lock file of a database file's migrators, `<file>.migrate-lock`; none for an in-memory
+/// database (one process only).
+fn migration_lock_path(options: &SqliteConnectOptions) -> Option<std::path::PathBuf> {
+    let file = options.get_filename();
+    let name = file.to_str().unwrap_or_default();
+    if name == ":memory:" || name.starts_with("file:") {
+        return None;
+    }
+    let mut lock = file.as_os_str().to_owned();
+    lock.push(".migrate-lock");
+    Some(lock.into())
+}
+
+/// Waits (until `deadline`) for the exclusive lock on `path`, held until the file answered is
+/// dropped (or the process dies: the kernel releases it). `None`: the file system takes no
+/// locks, and migrations go ahead unserialised, as before.
+async fn take_turn(path: &std::path::Path, deadline: tokio::time::Instant) -> anyhow::Result<Option<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening the migration lock {}", path.display()))?;
+    let mut waited = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                if !waited {
+                    tracing::info!(lock = %path.display(), "another process is migrating this database; waiting for it");
+                    waited = true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                anyhow::bail!("another process held the migration lock {} until the deadline", path.display())
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                tracing::warn!(lock = %path.display(), error = %e, "cannot lock for migrations; migrating without the lock");
+                return Ok(None);
+            }
         }
     }
 }
@@ -242,5 +313,89 @@ mod tests {
         assert!(!cannot_be_waited_out(&anyhow::Error::from(refused)));
         assert!(!cannot_be_waited_out(&anyhow::Error::from(sqlx::Error::PoolTimedOut)));
         assert!(!cannot_be_waited_out(&anyhow::anyhow!("something else")));
+    }
+
+    /// A migrator of the one migration `sql`, from a directory under `dir`.
+    async fn migrator_of(dir: &std::path::Path, sql: &str) -> sqlx::migrate::Migrator {
+        let migrations = dir.join("migrations");
+        std::fs::create_dir_all(&migrations).unwrap();
+        std::fs::write(migrations.join("0001_only.sql"), sql).unwrap();
+        sqlx::migrate::Migrator::new(migrations).await.unwrap()
+    }
+
+    async fn sqlite_pool(dir: &std::path::Path) -> (DbPool, SqlitePool) {
+        let url = format!("sqlite://{}", dir.join("test.db").display());
+        let db = DbPool::connect(&DbSettings { url, schema: None, max_connections: 1 }).await.unwrap();
+        let DbPool::Sqlite(pool) = db.clone() else { unreachable!() };
+        (db, pool)
+    }
+
+    async fn table_exists(pool: &SqlitePool, name: &str) -> bool {
+        sqlx::query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?")
+            .bind(name)
+            .fetch_optional(pool)
+            .await
+            .unwrap()
+            .is_some()
+    }
+
+    #[tokio::test]
+    async fn a_script_failing_midway_leaves_no_pooled_connection_in_its_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        // As a migrator that lost a race meets it: its own BEGIN, foreign keys off, then a table
+        // that is already there.
+        let failing = migrator_of(
+            dir.path(),
+            "-- no-transaction\nPRAGMA foreign_keys = OFF;\nBEGIN;\nCREATE TABLE twice (id INTEGER);\n\
+             CREATE TABLE twice (id INTEGER);\nCOMMIT;\n",
+        )
+        .await;
+        let (db, pool) = sqlite_pool(dir.path()).await;
+        let failed = db.migrate(None, &failing, &failing, Duration::from_millis(300)).await;
+        assert!(format!("{:#}", failed.unwrap_err()).contains("already exists"));
+
+        // The pool's one connection: not inside the failed script's transaction, foreign keys on,
+        // and nothing of the script kept.
+        let mut tx = pool.begin().await.expect("a transaction on the pool's connection");
+        let (foreign_keys,): (i64,) = sqlx::query_as("PRAGMA foreign_keys").fetch_one(&mut *tx).await.unwrap();
+        assert_eq!(foreign_keys, 1);
+        tx.rollback().await.unwrap();
+        assert!(!table_exists(&pool, "twice").await);
+    }
+
+    #[tokio::test]
+    async fn sqlite_migrators_take_turns_on_a_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let migrator = migrator_of(dir.path(), "CREATE TABLE migrated (id INTEGER);").await;
+        let (db, pool) = sqlite_pool(dir.path()).await;
+        // Another process is migrating: it holds the lock.
+        let held = std::fs::File::create(dir.path().join("test.db.migrate-lock")).unwrap();
+        held.lock().unwrap();
+        let finished = std::sync::atomic::AtomicBool::new(false);
+        let migrating = async {
+            let migrated = db.migrate(None, &migrator, &migrator, Duration::from_secs(30)).await;
+            finished.store(true, std::sync::atomic::Ordering::SeqCst);
+            migrated
+        };
+        let other_process = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(!finished.load(std::sync::atomic::Ordering::SeqCst), "the migrator waits for the lock");
+            assert!(!table_exists(&pool, "migrated").await);
+            drop(held);
+        };
+        let (migrated, ()) = tokio::join!(migrating, other_process);
+        migrated.expect("migrates once the lock is free");
+        assert!(table_exists(&pool, "migrated").await);
+    }
+
+    #[tokio::test]
+    async fn a_migrator_gives_up_on_a_lock_held_past_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let migrator = migrator_of(dir.path(), "CREATE TABLE migrated (id INTEGER);").await;
+        let (db, _) = sqlite_pool(dir.path()).await;
+        let held = std::fs::File::create(dir.path().join("test.db.migrate-lock")).unwrap();
+        held.lock().unwrap();
+        let failed = db.migrate(None, &migrator, &migrator, Duration::from_millis(200)).await.unwrap_err();
+        assert!(format!("{failed:#}").contains("test.db.migrate-lock"), "{failed:#}");
     }
 }
