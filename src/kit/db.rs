@@ -363,14 +363,22 @@ mod tests {
         assert!(!table_exists(&pool, "twice").await);
     }
 
+    /// A migrator of one table and a pool on a database file under `dir`, whose migration lock
+    /// another process holds (as the file answered, until it is dropped).
+    async fn while_another_process_migrates(
+        dir: &std::path::Path,
+    ) -> (sqlx::migrate::Migrator, DbPool, SqlitePool, std::fs::File) {
+        let migrator = migrator_of(dir, "CREATE TABLE migrated (id INTEGER);").await;
+        let (db, pool) = sqlite_pool(dir).await;
+        let held = std::fs::File::create(dir.join("test.db.migrate-lock")).unwrap();
+        held.lock().unwrap();
+        (migrator, db, pool, held)
+    }
+
     #[tokio::test]
     async fn sqlite_migrators_take_turns_on_a_lock_file() {
         let dir = tempfile::tempdir().unwrap();
-        let migrator = migrator_of(dir.path(), "CREATE TABLE migrated (id INTEGER);").await;
-        let (db, pool) = sqlite_pool(dir.path()).await;
-        // Another process is migrating: it holds the lock.
-        let held = std::fs::File::create(dir.path().join("test.db.migrate-lock")).unwrap();
-        held.lock().unwrap();
+        let (migrator, db, pool, held) = while_another_process_migrates(dir.path()).await;
         let finished = std::sync::atomic::AtomicBool::new(false);
         let migrating = async {
             let migrated = db.migrate(None, &migrator, &migrator, Duration::from_secs(30)).await;
@@ -391,10 +399,7 @@ mod tests {
     #[tokio::test]
     async fn a_migrator_gives_up_on_a_lock_held_past_its_deadline() {
         let dir = tempfile::tempdir().unwrap();
-        let migrator = migrator_of(dir.path(), "CREATE TABLE migrated (id INTEGER);").await;
-        let (db, _) = sqlite_pool(dir.path()).await;
-        let held = std::fs::File::create(dir.path().join("test.db.migrate-lock")).unwrap();
-        held.lock().unwrap();
+        let (migrator, db, _, _held) = while_another_process_migrates(dir.path()).await;
         let failed = db.migrate(None, &migrator, &migrator, Duration::from_millis(200)).await.unwrap_err();
         assert!(format!("{failed:#}").contains("test.db.migrate-lock"), "{failed:#}");
     }
