@@ -9,6 +9,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, SqlitePool};
 
+use crate::kit::warm_pool::WarmPool;
+
 /// How long a request waits for a connection before answering UNAVAILABLE.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -18,11 +20,12 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// died in between fails its statement with UNAVAILABLE, which callers retry.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
-/// A connection pool on one of the two supported databases.
+/// A connection pool on one of the two supported databases (sqlx's, with the connections
+/// used last kept warm in front of it: [`WarmPool`]).
 #[derive(Clone, Debug)]
 pub enum DbPool {
-    Postgres(PgPool),
-    Sqlite(SqlitePool),
+    Postgres(WarmPool<sqlx::Postgres>),
+    Sqlite(WarmPool<sqlx::Sqlite>),
 }
 
 /// Where and how to connect.
@@ -59,7 +62,7 @@ impl DbPool {
                     })
                 })
                 .connect_lazy_with(options);
-            Ok(Self::Postgres(pool))
+            Ok(Self::Postgres(WarmPool::new(pool)))
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .context("DATABASE_URL is not a valid SQLite URL")?
@@ -76,7 +79,7 @@ impl DbPool {
                 .max_connections(settings.max_connections.min(8))
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_lazy_with(options);
-            Ok(Self::Sqlite(pool))
+            Ok(Self::Sqlite(WarmPool::new(pool)))
         } else {
             anyhow::bail!("DATABASE_URL must start with postgres:// or sqlite: (got {:?})", redact(url))
         }
@@ -102,7 +105,7 @@ impl DbPool {
                         if let Some(schema) = schema {
                             ensure_schema(pool, schema).await?;
                         }
-                        postgres.run(pool).await.map_err(anyhow::Error::from)
+                        postgres.run(pool.sqlx()).await.map_err(anyhow::Error::from)
                     }
                     .await
                 }
@@ -125,16 +128,16 @@ impl DbPool {
     /// A cheap round trip, for health checks.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         match self {
-            Self::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
-            Self::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            Self::Postgres(pool) => sqlx::query("SELECT 1").execute(pool.sqlx()).await.map(drop),
+            Self::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool.sqlx()).await.map(drop),
         }
     }
 
-    /// Open connections and how many of them are idle.
+    /// Open connections and how many of them are idle (in sqlx's queue or kept warm).
     pub fn stats(&self) -> (u32, usize) {
         match self {
-            Self::Postgres(pool) => (pool.size(), pool.num_idle()),
-            Self::Sqlite(pool) => (pool.size(), pool.num_idle()),
+            Self::Postgres(pool) => (pool.size(), pool.num_idle() + pool.warm()),
+            Self::Sqlite(pool) => (pool.size(), pool.num_idle() + pool.warm()),
         }
     }
 
@@ -327,7 +330,7 @@ mod tests {
         let url = format!("sqlite://{}", dir.join("test.db").display());
         let db = DbPool::connect(&DbSettings { url, schema: None, max_connections: 1 }).await.unwrap();
         let DbPool::Sqlite(pool) = db.clone() else { unreachable!() };
-        (db, pool)
+        (db, pool.sqlx().clone())
     }
 
     async fn table_exists(pool: &SqlitePool, name: &str) -> bool {

@@ -14,6 +14,7 @@
 use crate::kit::error::{ServiceError, ServiceResult};
 use crate::kit::idempotency::{IdempotencyKey, judge_replay};
 use crate::kit::pagination::PageRequest;
+use crate::kit::warm_pool::WarmPool;
 use chrono::{DateTime, Utc};
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
@@ -261,10 +262,18 @@ where
 /// A statement of `DB`, before its parameters are bound.
 pub type SqlQuery<'q, DB> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>;
 
-/// Where a statement runs: a connection (or transaction) of the database, or its pool.
+/// Where a statement runs: a connection (or transaction) of the database, or a pool (sqlx's,
+/// or the services' [`WarmPool`], which hands out the connection used last).
 pub enum Via<'c, DB: sqlx::Database> {
     Conn(&'c mut DB::Connection),
     Pool(&'c sqlx::Pool<DB>),
+    Warm(&'c WarmPool<DB>),
+}
+
+impl<'c, DB: sqlx::Database> From<&'c WarmPool<DB>> for Via<'c, DB> {
+    fn from(pool: &'c WarmPool<DB>) -> Self {
+        Self::Warm(pool)
+    }
 }
 
 impl<'c, DB: sqlx::Database> From<&'c mut DB::Connection> for Via<'c, DB> {
@@ -320,6 +329,11 @@ where
         match via {
             Via::Conn(conn) => query.execute(conn).await,
             Via::Pool(pool) => query.execute(&mut *pool.acquire().await?).await,
+            Via::Warm(pool) => {
+                let mut lease = pool.lease().await?;
+                let done = query.execute(&mut **lease).await;
+                lease.kept_if_ok(done)
+            }
         }
     }
 
@@ -327,6 +341,11 @@ where
         match via {
             Via::Conn(conn) => query.fetch_all(conn).await,
             Via::Pool(pool) => query.fetch_all(&mut *pool.acquire().await?).await,
+            Via::Warm(pool) => {
+                let mut lease = pool.lease().await?;
+                let done = query.fetch_all(&mut **lease).await;
+                lease.kept_if_ok(done)
+            }
         }
     }
 
@@ -334,6 +353,11 @@ where
         match via {
             Via::Conn(conn) => query.fetch_optional(conn).await,
             Via::Pool(pool) => query.fetch_optional(&mut *pool.acquire().await?).await,
+            Via::Warm(pool) => {
+                let mut lease = pool.lease().await?;
+                let done = query.fetch_optional(&mut **lease).await;
+                lease.kept_if_ok(done)
+            }
         }
     }
 }

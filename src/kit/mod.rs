@@ -34,3 +34,4 @@ pub mod telemetry;
 pub mod tls;
 pub mod trace;
 pub mod versioning;
+pub mod warm_pool;

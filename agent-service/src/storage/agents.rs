@@ -18,6 +18,7 @@ use crate::domain::provisioning::{Candidate, ProvisionOutcome, ProvisionTarget, 
 use crate::domain::{Agent, AgentFilter, NewAgent, now};
 use crate::storage::row::{AgentRow, COLUMNS, SnapshotColumns};
 use engarde::kit::dialect::{self, BindKeyset, Conn, Dialect, SqlDb, SqlQuery, SqlUuid, Statement};
+use engarde::kit::warm_pool::WarmPool;
 
 /// A change to one agent, decided by the domain on the current row inside the transaction.
 pub type Mutation = Box<dyn FnOnce(&mut Agent) -> ServiceResult<()> + Send>;
@@ -147,7 +148,7 @@ pub async fn mutate_agent(
 
 /// The agent repository of a dialect.
 pub(super) struct SqlAgentRepository<D: Dialect> {
-    pool: sqlx::Pool<D::Db>,
+    pool: WarmPool<D::Db>,
     dialect: PhantomData<D>,
 }
 
@@ -155,7 +156,7 @@ pub(super) type PostgresAgentRepository = SqlAgentRepository<dialect::Postgres>;
 pub(super) type SqliteAgentRepository = SqlAgentRepository<dialect::Sqlite>;
 
 impl<D: Dialect> SqlAgentRepository<D> {
-    pub fn new(pool: sqlx::Pool<D::Db>) -> Self {
+    pub fn new(pool: WarmPool<D::Db>) -> Self {
         Self { pool, dialect: PhantomData }
     }
 }

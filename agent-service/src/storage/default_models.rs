@@ -8,6 +8,7 @@ use engarde::kit::dialect::{self, Statement};
 use engarde::kit::error::{ServiceError, ServiceResult};
 use engarde::kit::idempotency::IdempotencyKey;
 use engarde::kit::versioning::ensure_fresh;
+use engarde::kit::warm_pool::WarmPool;
 use sqlx::types::Json;
 
 use super::{AgentDialect, replayed};
@@ -65,12 +66,12 @@ impl From<DefaultModelRow> for DefaultModel {
 
 /// The default model repository of a dialect.
 pub(super) struct SqlDefaultModelRepository<D: AgentDialect> {
-    pool: sqlx::Pool<D::Db>,
+    pool: WarmPool<D::Db>,
     dialect: PhantomData<D>,
 }
 
 impl<D: AgentDialect> SqlDefaultModelRepository<D> {
-    pub fn new(pool: sqlx::Pool<D::Db>) -> Self {
+    pub fn new(pool: WarmPool<D::Db>) -> Self {
         Self { pool, dialect: PhantomData }
     }
 }

@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 
 use engarde::kit::dialect::{self, Dialect, SqlUuid, Statement, Via};
 use engarde::kit::error::{ServiceError, ServiceResult};
+use engarde::kit::warm_pool::WarmPool;
 use uuid::Uuid;
 
 use super::AgentDialect;
@@ -15,7 +16,7 @@ pub(super) fn execution_not_found(id: Uuid) -> ServiceError {
 
 /// The execution repository of a dialect.
 pub(super) struct SqlExecutionRepository<D: Dialect> {
-    pub(super) pool: sqlx::Pool<D::Db>,
+    pub(super) pool: WarmPool<D::Db>,
     dialect: PhantomData<D>,
 }
 
@@ -23,7 +24,7 @@ pub(super) type PostgresExecutionRepository = SqlExecutionRepository<dialect::Po
 pub(super) type SqliteExecutionRepository = SqlExecutionRepository<dialect::Sqlite>;
 
 impl<D: Dialect> SqlExecutionRepository<D> {
-    pub fn new(pool: sqlx::Pool<D::Db>) -> Self {
+    pub fn new(pool: WarmPool<D::Db>) -> Self {
         Self { pool, dialect: PhantomData }
     }
 }

@@ -110,6 +110,11 @@ impl OneStatementFinish for sqlx::Postgres {
         let row: Option<FinishedRow> = match via {
             Via::Conn(conn) => row.fetch_optional(conn).await?,
             Via::Pool(pool) => row.fetch_optional(pool).await?,
+            Via::Warm(pool) => {
+                let mut lease = pool.lease().await?;
+                let done = row.fetch_optional(&mut **lease).await;
+                lease.kept_if_ok(done)?
+            }
         };
         let Some(row) = row else { return Ok(Some(None)) };
         let reported = row.report_workflow_id.is_some();

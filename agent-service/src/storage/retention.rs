@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use engarde::kit::db::DbPool;
 use engarde::kit::dialect::{self, Dialect, SqlUuid, Statement};
 use engarde::kit::error::ServiceResult;
+use engarde::kit::warm_pool::WarmPool;
 use uuid::Uuid;
 
 use super::AgentDialect;
@@ -29,7 +30,7 @@ pub trait RetentionRepository: Send + Sync {
 }
 
 pub struct SqlRetentionRepository<D: Dialect> {
-    pool: sqlx::Pool<D::Db>,
+    pool: WarmPool<D::Db>,
     dialect: PhantomData<D>,
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use engarde::kit::dialect::{self, Conn, Dialect, SqlUuid, Statement};
 use engarde::kit::error::{ServiceError, ServiceResult};
+use engarde::kit::warm_pool::WarmPool;
 use uuid::Uuid;
 
 use super::AgentDialect;
@@ -257,7 +258,7 @@ pub(super) fn not_found(id: Uuid) -> ServiceError {
 
 /// The run repository of a dialect.
 pub(super) struct SqlRunRepository<D: Dialect> {
-    pub(super) pool: sqlx::Pool<D::Db>,
+    pub(super) pool: WarmPool<D::Db>,
     /// Told of runs with new committed events where the database does not tell the process
     /// itself (SQLite; PostgreSQL's trigger notifies every process).
     announcer: Option<Arc<dyn RunAnnouncer>>,
@@ -269,7 +270,7 @@ pub(super) type SqliteRunRepository = SqlRunRepository<dialect::Sqlite>;
 
 impl<D: Dialect> SqlRunRepository<D> {
     /// `announcer`: where the database does not announce committed events itself.
-    pub fn new(pool: sqlx::Pool<D::Db>, announcer: Option<Arc<dyn RunAnnouncer>>) -> Self {
+    pub fn new(pool: WarmPool<D::Db>, announcer: Option<Arc<dyn RunAnnouncer>>) -> Self {
         Self { pool, announcer, dialect: PhantomData }
     }
 

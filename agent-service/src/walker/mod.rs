@@ -113,7 +113,7 @@ impl Walker {
     ) -> Self {
         let events = RunEvents::new();
         if let DbPool::Postgres(pool) = db {
-            event_feed::spawn(pool.clone(), events.clone());
+            event_feed::spawn(pool.sqlx().clone(), events.clone());
         }
         let walker = Self {
             runs: storage::run_repository(db, &events),

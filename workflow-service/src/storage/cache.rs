@@ -319,7 +319,7 @@ mod tests {
     async fn cached() -> (CachedWorkflowRepository, Arc<WorkflowCache>, Arc<dyn WorkflowRepository>) {
         let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await.unwrap();
         SQLITE_MIGRATIONS.run(&pool).await.unwrap();
-        let inner: Arc<dyn WorkflowRepository> = Arc::new(SqliteWorkflowRepository::new(pool));
+        let inner: Arc<dyn WorkflowRepository> = Arc::new(SqliteWorkflowRepository::new(pool.into()));
         inner.seed_templates(&templates::library(Utc::now())).await.unwrap();
         let cache = Arc::new(WorkflowCache::new(100));
         cache.enable();

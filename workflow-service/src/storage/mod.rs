@@ -136,7 +136,7 @@ pub fn cached_repository(pool: &DbPool, capacity: u64, heartbeat: std::time::Dur
     match pool {
         DbPool::Postgres(p) if capacity > 0 => {
             let cache = Arc::new(WorkflowCache::new(capacity));
-            change_feed::spawn(p.clone(), cache.clone(), heartbeat);
+            change_feed::spawn(p.sqlx().clone(), cache.clone(), heartbeat);
             Arc::new(CachedWorkflowRepository::new(repo, cache))
         }
         _ => repo,

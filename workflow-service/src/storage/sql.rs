@@ -14,6 +14,7 @@ use engarde::kit::dialect::{self, BindKeyset, Conn, Decodes, Dialect, SqlUuid, S
 use engarde::kit::error::{ServiceError, ServiceResult};
 use engarde::kit::idempotency::IdempotencyKey;
 use engarde::kit::pagination::PageRequest;
+use engarde::kit::warm_pool::WarmPool;
 use uuid::Uuid;
 
 use crate::domain::name_folding::fold_name;
@@ -32,7 +33,7 @@ const LOCK_NONE: &str = "";
 
 /// The workflow repository of a dialect.
 pub struct SqlWorkflowRepository<D: Dialect> {
-    pool: sqlx::Pool<D::Db>,
+    pool: WarmPool<D::Db>,
     dialect: PhantomData<D>,
 }
 
@@ -40,7 +41,7 @@ pub type PostgresWorkflowRepository = SqlWorkflowRepository<dialect::Postgres>;
 pub type SqliteWorkflowRepository = SqlWorkflowRepository<dialect::Sqlite>;
 
 impl<D: Dialect> SqlWorkflowRepository<D> {
-    pub fn new(pool: sqlx::Pool<D::Db>) -> Self {
+    pub fn new(pool: WarmPool<D::Db>) -> Self {
         Self { pool, dialect: PhantomData }
     }
 }
@@ -1012,7 +1013,7 @@ mod tests {
             sqlx::raw_sql(sqlx::AssertSqlSafe(rows)).execute(&pool).await.unwrap();
         }
         SQLITE_MIGRATIONS.run(&pool).await.unwrap();
-        scenario(&SqliteWorkflowRepository::new(pool)).await;
+        scenario(&SqliteWorkflowRepository::new(pool.into())).await;
     }
 
     async fn on_postgres(scenario: Scenario) {
@@ -1039,7 +1040,7 @@ mod tests {
                     sqlx::raw_sql(sqlx::AssertSqlSafe(rows)).execute(&pool).await.unwrap();
                 }
                 POSTGRES_MIGRATIONS.run(&pool).await.unwrap();
-                scenario(&PostgresWorkflowRepository::new(pool)).await
+                scenario(&PostgresWorkflowRepository::new(pool.into())).await
             }
         })
         .await;
