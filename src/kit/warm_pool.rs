@@ -277,6 +277,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_statement_run_on_the_pool_stacks_its_connection_only_when_it_succeeded() {
+        use crate::kit::dialect::{SqlRun, Via};
+        let pool = pool(16).await;
+        <sqlx::Sqlite as SqlRun>::execute(sqlx::query("SELECT 1"), Via::from(&pool)).await.unwrap();
+        assert_eq!(pool.warm(), 1);
+        let refused = <sqlx::Sqlite as SqlRun>::execute(sqlx::query("SELECT * FROM missing"), Via::from(&pool)).await;
+        assert!(refused.is_err());
+        assert_eq!(pool.warm(), 0, "the failed statement's connection went back through sqlx");
+        let rows = <sqlx::Sqlite as SqlRun>::fetch_all(sqlx::query("SELECT 1"), Via::from(&pool)).await.unwrap();
+        assert_eq!((rows.len(), pool.warm()), (1, 1));
+    }
+
+    /// On PostgreSQL after a burst (the pool at eight connections, all idle), one statement
+    /// at a time: sqlx's own queue wakes a different backend for each, the warm pool one.
+    #[tokio::test]
+    async fn one_statement_at_a_time_stays_on_one_postgres_backend() {
+        use crate::kit::dialect::{SqlRun, Via};
+        use sqlx::Row as _;
+        let url = std::env::var("TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let pool = WarmPool::new(sqlx::postgres::PgPoolOptions::new().max_connections(16).connect(&url).await.unwrap());
+        let burst: Vec<_> = futures::future::join_all((0..8).map(|_| pool.sqlx().acquire())).await;
+        drop(burst);
+        idle_in(pool.sqlx(), 8).await;
+        let backend = async |via: Via<'_, sqlx::Postgres>| -> i32 {
+            let row = <sqlx::Postgres as SqlRun>::fetch_optional(sqlx::query("SELECT pg_backend_pid()"), via);
+            row.await.unwrap().unwrap().get(0)
+        };
+        let mut through_sqlx = std::collections::BTreeSet::new();
+        let mut through_warm = std::collections::BTreeSet::new();
+        for _ in 0..8 {
+            through_sqlx.insert(backend(Via::Pool(pool.sqlx())).await);
+            // sqlx pings the connection it took back before queueing it again.
+            idle_in(pool.sqlx(), 8).await;
+        }
+        for _ in 0..8 {
+            through_warm.insert(backend(Via::from(&pool)).await);
+        }
+        assert!(through_sqlx.len() > 1, "sqlx's queue cycles: {through_sqlx:?}");
+        assert_eq!(through_warm.len(), 1, "the warm pool stays on one backend: {through_warm:?}");
+        pool.close().await;
+    }
+
+    async fn idle_in<DB: sqlx::Database>(pool: &sqlx::Pool<DB>, n: usize) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while pool.num_idle() < n {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the connections reach sqlx's idle queue");
+    }
+
+    #[tokio::test]
     async fn a_connection_kept_longer_than_warm_for_goes_back_through_sqlx() {
         let pool = pool(16).await;
         let connection = pool.acquire().await.unwrap();
@@ -305,12 +359,6 @@ mod tests {
     }
 
     async fn idle_in_sqlx(pool: &WarmPool<sqlx::Sqlite>, n: usize) {
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while pool.num_idle() < n {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .expect("the connections reach sqlx's idle queue");
+        idle_in(pool.sqlx(), n).await;
     }
 }
