@@ -331,7 +331,7 @@ where
             Via::Pool(pool) => query.execute(&mut *pool.acquire().await?).await,
             Via::Warm(pool) => {
                 let mut lease = pool.lease().await?;
-                let done = query.execute(&mut **lease).await;
+                let done = query.execute(&mut *lease).await;
                 lease.kept_if_ok(done)
             }
         }
@@ -343,7 +343,7 @@ where
             Via::Pool(pool) => query.fetch_all(&mut *pool.acquire().await?).await,
             Via::Warm(pool) => {
                 let mut lease = pool.lease().await?;
-                let done = query.fetch_all(&mut **lease).await;
+                let done = query.fetch_all(&mut *lease).await;
                 lease.kept_if_ok(done)
             }
         }
@@ -355,7 +355,7 @@ where
             Via::Pool(pool) => query.fetch_optional(&mut *pool.acquire().await?).await,
             Via::Warm(pool) => {
                 let mut lease = pool.lease().await?;
-                let done = query.fetch_optional(&mut **lease).await;
+                let done = query.fetch_optional(&mut *lease).await;
                 lease.kept_if_ok(done)
             }
         }

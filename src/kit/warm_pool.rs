@@ -5,8 +5,8 @@
 //! therefore land on a different PostgreSQL backend each, the one asleep the longest: every
 //! statement wakes a cold process, and the pool grows to its maximum after any burst and
 //! keeps cycling through all of it. One ExecuteAgent at a time (three statements each), that
-//! cost 0.7 ms: its added latency beyond a durable commit fell from 1.38 to 0.70 ms (median of
-//! three rounds, BENCHMARKS.md).
+//! cost 0.7 ms in the run that compared the two: its added latency beyond a durable commit fell
+//! from 1.38 to 0.70 ms (median of three rounds; BENCHMARKS.md has that run and a noisier one).
 //!
 //! [`WarmPool`] puts a short stack in front of sqlx's pool: a connection whose statement
 //! completed goes on top of it, unpinged, and the next statement takes it from there. At low
@@ -67,15 +67,15 @@ impl<DB: sqlx::Database> Lease<'_, DB> {
 }
 
 impl<DB: sqlx::Database> Deref for Lease<'_, DB> {
-    type Target = PoolConnection<DB>;
+    type Target = DB::Connection;
 
-    fn deref(&self) -> &PoolConnection<DB> {
+    fn deref(&self) -> &DB::Connection {
         &self.connection
     }
 }
 
 impl<DB: sqlx::Database> std::ops::DerefMut for Lease<'_, DB> {
-    fn deref_mut(&mut self) -> &mut PoolConnection<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
         &mut self.connection
     }
 }
@@ -242,7 +242,7 @@ mod tests {
         }
         assert_eq!(pool.warm(), WARM_MAX);
         // The two beyond it went back to sqlx's queue (after its release ping, in a task).
-        idle_in_sqlx(&pool, 2).await;
+        idle_in(pool.sqlx(), 2).await;
     }
 
     #[tokio::test]
@@ -340,7 +340,7 @@ mod tests {
         assert_eq!(cold.len(), 1);
         assert_eq!(pool.warm(), 0);
         drop(cold);
-        idle_in_sqlx(&pool, 1).await;
+        idle_in(pool.sqlx(), 1).await;
     }
 
     #[tokio::test]
@@ -356,9 +356,5 @@ mod tests {
         pool.keep(spare);
         tokio::time::timeout(Duration::from_secs(5), closed).await.expect("close returns").unwrap();
         assert_eq!(pool.warm(), 0);
-    }
-
-    async fn idle_in_sqlx(pool: &WarmPool<sqlx::Sqlite>, n: usize) {
-        idle_in(pool.sqlx(), n).await;
     }
 }

@@ -112,7 +112,7 @@ impl OneStatementFinish for sqlx::Postgres {
             Via::Pool(pool) => row.fetch_optional(pool).await?,
             Via::Warm(pool) => {
                 let mut lease = pool.lease().await?;
-                let done = row.fetch_optional(&mut **lease).await;
+                let done = row.fetch_optional(&mut *lease).await;
                 lease.kept_if_ok(done)?
             }
         };
