@@ -43,6 +43,12 @@ pub struct Config {
     /// minute (a live run has timed out by then).
     #[arg(long, env = "EXECUTION_STALE_AFTER_SECS")]
     pub execution_stale_after_secs: Option<u64>,
+    /// How long an execution without a request id runs before its RUNNING row is written, in
+    /// milliseconds. A run that ends sooner is stored once, finished: one write, not two. A
+    /// longer one is listed RUNNING from then on (and failed by the janitor if a crash cuts it
+    /// off). 0: the row is written at once, while Langflow is called.
+    #[arg(long, env = "EXECUTION_RUNNING_ROW_AFTER_MS", default_value_t = 100)]
+    pub execution_running_row_after_ms: u64,
     /// How often the outbox of execution reports to workflow-service is looked at when nothing
     /// wakes it, in milliseconds (each finished execution wakes it at once).
     #[arg(long, env = "REPORT_INTERVAL_MS", default_value_t = 5000)]

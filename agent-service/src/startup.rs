@@ -166,7 +166,8 @@ fn start_execution(
         wake.clone(),
         config.common.rpc_timeout(),
         config.memory,
-    );
+    )
+    .with_running_row_after(Duration::from_millis(config.execution_running_row_after_ms));
     janitor::spawn(executor.clone(), config.execution_stale_after());
     Reporter {
         executions,

@@ -28,6 +28,7 @@ mod agents_default_model;
 mod agents_execution;
 mod agents_execution_faults;
 mod agents_execution_group_commit;
+mod agents_execution_running_row;
 mod agents_from_workflows;
 mod agents_health;
 mod agents_linkage;

@@ -175,6 +175,9 @@ both_backends!(
         let mut agent_env = exporting_to(&otlp);
         agent_env.push(("LANGFLOW_URL", fake.url()));
         agent_env.push(("OTEL_SERVICE_NAME", "agents-under-test".into()));
+        // The RUNNING row written at once, so that its write is in the trace too (a short run
+        // is otherwise stored by its finish alone).
+        agent_env.push(("EXECUTION_RUNNING_ROW_AFTER_MS", "0".into()));
         let agent = spawn_agent_service(&agent_db, &workflow.url(), &agent_env).await;
         let mut workflows = WorkflowServiceClient::new(workflow.channel().await);
         let mut agents = AgentServiceClient::new(agent.channel().await);

@@ -158,6 +158,9 @@ pub struct Finish {
     /// Set when Langflow said the agent's flow is gone: the agent moves to ERROR, unless it has
     /// been linked to another flow meanwhile.
     pub flow_gone: Option<String>,
+    /// Set when the execution was never stored RUNNING (its run ended before its RUNNING row
+    /// was due): the finish stores it, finished, in the same statement or transaction.
+    pub unstored: Option<Box<NewExecution>>,
 }
 
 impl Finish {
@@ -487,7 +490,14 @@ mod tests {
     }
 
     fn finish(outcome: Outcome) -> Finish {
-        Finish { execution_id: Uuid::nil(), outcome, latency_ms: 30.0, finished_at: Utc::now(), flow_gone: None }
+        Finish {
+            execution_id: Uuid::nil(),
+            outcome,
+            latency_ms: 30.0,
+            finished_at: Utc::now(),
+            flow_gone: None,
+            unstored: None,
+        }
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub async fn sweep(executor: &Executor, stale_after: Duration) -> engarde::kit::
             latency_ms,
             finished_at,
             flow_gone: None,
+            unstored: None,
         };
         tracing::warn!(execution_id = %execution.id, agent_id = %execution.agent_id, "execution interrupted");
         executor.finish(&execution.tenant_id, finish).await?;

@@ -1,7 +1,9 @@
 //! Running agents through Langflow: executions, conversation memory, feedback, and the outbox
 //! that reports executions to workflow-service.
 //!
-//! An execution is written before it is answered and never lost: it is stored RUNNING, Langflow
+//! An execution is written before it is answered and never lost: it is stored RUNNING (before
+//! Langflow is called when a request id must not run twice; otherwise only once the run has
+//! lasted `EXECUTION_RUNNING_ROW_AFTER_MS`, so a short run is written once, finished), Langflow
 //! is called, and its outcome is recorded in one transaction with everything it changes (the
 //! agent's statistics, the conversation, the report to workflow-service, the agent's ERROR when
 //! its flow is gone), a commit shared with the finishes that arrive with it ([`group_commit`]).
@@ -67,6 +69,9 @@ pub struct Executor {
     default_deadline: Duration,
     /// How much of a session's memory each execution gives the model.
     memory: MemoryWindow,
+    /// How long a run without a request id goes before its RUNNING row is written (zero: at
+    /// once); one that ends sooner is stored once, finished.
+    running_row_after: Duration,
 }
 
 /// An execution ready to run: stored nowhere yet.
@@ -80,6 +85,14 @@ struct Run {
     api_key_ref: String,
     /// Whether the flow runs a model (a timeout is then the model's).
     has_model: bool,
+}
+
+/// Whether a run's RUNNING row was written before it ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RunningRow {
+    Written,
+    /// Not yet: its finish stores the execution.
+    NotYet,
 }
 
 enum Prepared {
@@ -98,7 +111,15 @@ impl Executor {
         default_deadline: Duration,
         memory: MemoryWindow,
     ) -> Self {
-        Self { agents, executions, finishes, langflow, reports, default_deadline, memory }
+        let running_row_after = Duration::ZERO;
+        Self { agents, executions, finishes, langflow, reports, default_deadline, memory, running_row_after }
+    }
+
+    /// Writes the RUNNING row of a run without a request id only once it has run this long
+    /// (zero: at once, while Langflow is called).
+    pub fn with_running_row_after(mut self, after: Duration) -> Self {
+        self.running_row_after = after;
+        self
     }
 
     pub fn executions(&self) -> &Arc<dyn ExecutionRepository> {
@@ -241,37 +262,46 @@ impl Executor {
             let result = run.langflow.run(&run.flow_id, &run.new.input, &session, &run.tweaks, run.deadline).await;
             (result.map(|o| (o.text, o.usage)), clock)
         };
-        let (execution, (result, clock)) = if run.new.request.is_some() {
+        if run.new.request.is_some() {
             // The RUNNING row is what keeps a retry from running the flow again: it comes first,
             // and a retry is answered without calling Langflow.
-            let execution = match self.executions.start(&run.new).await? {
-                Started::New(execution) => execution,
-                Started::Existing(existing) => return existing.into_answer(),
-            };
-            (execution, call.await)
-        } else {
-            // Nothing to deduplicate (so nothing started before): the RUNNING row is written
-            // while Langflow runs, which saves the caller a database round trip. If it cannot be
-            // written, the run is answered with that error and its result dropped, as if it had
-            // not run.
-            let (started, called) = tokio::join!(self.executions.start(&run.new), call);
-            match started? {
-                Started::New(execution) => (execution, called),
-                Started::Existing(existing) => return existing.into_answer(),
+            if let Started::Existing(existing) = self.executions.start(&run.new).await? {
+                return existing.into_answer();
             }
-        };
-        self.record(&execution, &run, result, clock).await?.into_answer()
+            let (result, clock) = call.await;
+            return self.record(&run, result, clock, RunningRow::Written).await?.into_answer();
+        }
+        // Nothing to deduplicate (so nothing started before). A run that ends before its
+        // RUNNING row is due is stored once, finished; a longer one has its row written while
+        // Langflow goes on. If that row cannot be written, the run is answered with that error
+        // and its result dropped, as if it had not run.
+        let mut call = std::pin::pin!(call);
+        if !self.running_row_after.is_zero() {
+            tokio::select! {
+                biased;
+                (result, clock) = &mut call => {
+                    return self.record(&run, result, clock, RunningRow::NotYet).await?.into_answer();
+                }
+                () = tokio::time::sleep(self.running_row_after) => {}
+            }
+        }
+        let (started, (result, clock)) = tokio::join!(self.executions.start(&run.new), call);
+        if let Started::Existing(existing) = started? {
+            return existing.into_answer();
+        }
+        self.record(&run, result, clock, RunningRow::Written).await?.into_answer()
     }
 
     /// Records how a run ended; answers the execution as recorded.
     async fn record(
         &self,
-        execution: &Execution,
         run: &Run,
         result: Result<(String, Option<TokenUsage>), LangflowError>,
         clock: Instant,
+        row: RunningRow,
     ) -> ServiceResult<Execution> {
         let latency_ms = clock.elapsed().as_secs_f64() * 1000.0;
+        let execution = &run.new;
         let (outcome, flow_gone) = match result {
             Ok((output, usage)) => (Outcome::Succeeded { output, usage }, None),
             Err(error) => {
@@ -288,8 +318,21 @@ impl Executor {
                 (Outcome::Failed { kind, error }, gone)
             }
         };
-        let finish = Finish { execution_id: execution.id, outcome, latency_ms, finished_at: now(), flow_gone };
-        self.finish(&execution.tenant_id, finish).await
+        let unstored = (row == RunningRow::NotYet).then(|| Box::new(run.new.clone()));
+        let finish =
+            Finish { execution_id: execution.id, outcome, latency_ms, finished_at: now(), flow_gone, unstored };
+        let recorded = self.finish(&execution.tenant_id, finish).await;
+        if let (RunningRow::NotYet, Err(error)) = (row, &recorded)
+            && !matches!(error, ServiceError::Unavailable(_) | ServiceError::NotFound(_))
+        {
+            // The database refused this finish (not an outage, not a deleted agent): the run
+            // still happened. Its RUNNING row is written now, as it would have been first, for
+            // the janitor to record it failed and count it.
+            if let Err(e) = self.executions.start(&run.new).await {
+                tracing::warn!(execution_id = %execution.id, error = %e, "an unrecorded execution could not be left running");
+            }
+        }
+        recorded
     }
 
     /// Records a finish (retrying while the database is briefly unavailable) and wakes the

@@ -59,7 +59,7 @@ impl Executor {
         send(&sender, Ok(StreamItem::Started(execution.clone()))).await;
         let clock = Instant::now();
         let result = forward(&run, &execution, &sender).await;
-        match self.record(&execution, &run, result, clock).await {
+        match self.record(&run, result, clock, super::RunningRow::Written).await {
             Ok(recorded) => {
                 send(&sender, Ok(StreamItem::Finished(recorded.clone()))).await;
                 if let Err(e) = recorded.into_answer() {

@@ -66,3 +66,14 @@ impl TryFrom<ExecutionRow> for Execution {
         })
     }
 }
+
+/// A database error of a write that stores an execution of `agent_id`: a broken foreign key
+/// means the agent was deleted since it was read (NOT_FOUND); anything else is as it is.
+pub(super) fn unless_agent_gone(error: sqlx::Error, agent_id: uuid::Uuid) -> ServiceError {
+    match error {
+        sqlx::Error::Database(e) if e.kind() == sqlx::error::ErrorKind::ForeignKeyViolation => {
+            ServiceError::not_found(format!("agent {agent_id}"))
+        }
+        e => e.into(),
+    }
+}

@@ -22,7 +22,7 @@ use engarde::kit::pagination::PageRequest;
 use uuid::Uuid;
 
 use super::AgentDialect;
-use super::execution_rows::{EXECUTION_COLUMNS, ExecutionRow};
+use super::execution_rows::{EXECUTION_COLUMNS, ExecutionRow, unless_agent_gone};
 use super::execution_store::{SqlExecutionRepository, execution_not_found};
 use super::feedback::FeedbackRepository;
 use super::one_statement_finish::OneStatementFinish;
@@ -56,8 +56,9 @@ pub trait ExecutionRepository: SessionRepository + FeedbackRepository + OutboxRe
     /// Stores a RUNNING execution, unless its request id started one before (then that one).
     async fn start(&self, new: &NewExecution) -> ServiceResult<Started>;
 
-    /// In one transaction: finishes a RUNNING execution, counts it in its agent's statistics,
-    /// appends the conversation's two messages (when it succeeded), queues its report to
+    /// In one transaction: finishes a RUNNING execution (or stores it finished when it was never
+    /// stored, [`Finish::unstored`]: NOT_FOUND when its agent is gone), counts it in its agent's
+    /// statistics, appends the conversation's two messages (when it succeeded), queues its report to
     /// workflow-service (when its agent has a source workflow) and, when its flow is gone, moves
     /// the agent to ERROR. `None` when it was no longer running (finished by someone else, e.g.
     /// the janitor): nothing is changed, nothing counted twice.
@@ -130,6 +131,37 @@ impl<D: AgentDialect> SqlExecutionRepository<D> {
         }
     }
 
+    /// Stores an execution that was never stored RUNNING as `finish` ended it: one row, written
+    /// once. NOT_FOUND when its agent was deleted since it was read.
+    async fn store_finished(tx: &mut Conn<D>, new: &NewExecution, finish: &Finish) -> ServiceResult<()> {
+        let book = finish.bookkeeping();
+        sqlx::query::<D::Db>(
+            "INSERT INTO executions (id, tenant_id, agent_id, session_id, step_id, input, status, output, error, \
+             error_code, latency_ms, finished_at, prompt_tokens, completion_tokens, started_at, report_workflow_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        )
+        .arg(SqlUuid(new.id))
+        .arg(&new.tenant_id)
+        .arg(SqlUuid(new.agent_id))
+        .arg(&new.session_id)
+        .arg(&new.step_id)
+        .arg(&new.input)
+        .arg(book.status.as_str())
+        .arg(book.output)
+        .arg(book.error)
+        .arg(book.error_code())
+        .arg(finish.latency_ms)
+        .arg(finish.finished_at)
+        .arg(book.usage.map(|u| u.prompt_tokens))
+        .arg(book.usage.map(|u| u.completion_tokens))
+        .arg(new.started_at)
+        .arg(new.report_workflow_id.map(SqlUuid))
+        .run(&mut *tx)
+        .await
+        .map_err(|e| unless_agent_gone(e, new.agent_id))?;
+        Ok(())
+    }
+
     /// Numbers and stores the two messages of a successful execution. The upsert of the
     /// session row locks it, so concurrent executions of one session take turns here.
     async fn remember(tx: &mut Conn<D>, execution: &Execution, output: &str, at: DateTime<Utc>) -> ServiceResult<()> {
@@ -168,36 +200,45 @@ impl<D: AgentDialect> SqlExecutionRepository<D> {
         Ok(())
     }
 
-    /// Records how a running execution ended, in the caller's transaction: its row, the
-    /// conversation (when it succeeded) and its report to workflow-service (when its agent has a
-    /// source workflow); not the agent's statistics, which [`Self::count`] adds. `None` when it
-    /// was no longer running: nothing is written.
+    /// Records how a running execution ended (or stores it finished, when it was never stored
+    /// RUNNING), in the caller's transaction: its row, the conversation (when it succeeded) and
+    /// its report to workflow-service (when its agent has a source workflow); not the agent's
+    /// statistics, which [`Self::count`] adds. `None` when it was no longer running: nothing is
+    /// written.
     async fn record_outcome(tx: &mut Conn<D>, finish: &Finish) -> ServiceResult<Option<Finished>> {
         if let Some(done) =
             <D::Db as OneStatementFinish>::finish_in_one_statement((&mut *tx).into(), finish, false).await?
         {
             return Ok(done);
         }
-        let Some((execution, report_workflow_id)) = Self::running_for_update(&mut *tx, finish.execution_id).await?
-        else {
-            return Ok(None);
-        };
         let book = finish.bookkeeping();
-        sqlx::query::<D::Db>(
-            "UPDATE executions SET status = $1, output = $2, error = $3, error_code = $4, latency_ms = $5, \
-             finished_at = $6, prompt_tokens = $7, completion_tokens = $8 WHERE id = $9",
-        )
-        .arg(book.status.as_str())
-        .arg(book.output)
-        .arg(book.error)
-        .arg(book.error_code())
-        .arg(finish.latency_ms)
-        .arg(finish.finished_at)
-        .arg(book.usage.map(|u| u.prompt_tokens))
-        .arg(book.usage.map(|u| u.completion_tokens))
-        .arg(SqlUuid(execution.id))
-        .run(&mut *tx)
-        .await?;
+        let (execution, report_workflow_id) = match &finish.unstored {
+            Some(new) => {
+                Self::store_finished(&mut *tx, new, finish).await?;
+                (new.running(), new.report_workflow_id.map(SqlUuid))
+            }
+            None => {
+                let Some(running) = Self::running_for_update(&mut *tx, finish.execution_id).await? else {
+                    return Ok(None);
+                };
+                sqlx::query::<D::Db>(
+                    "UPDATE executions SET status = $1, output = $2, error = $3, error_code = $4, latency_ms = $5, \
+                     finished_at = $6, prompt_tokens = $7, completion_tokens = $8 WHERE id = $9",
+                )
+                .arg(book.status.as_str())
+                .arg(book.output)
+                .arg(book.error)
+                .arg(book.error_code())
+                .arg(finish.latency_ms)
+                .arg(finish.finished_at)
+                .arg(book.usage.map(|u| u.prompt_tokens))
+                .arg(book.usage.map(|u| u.completion_tokens))
+                .arg(SqlUuid(finish.execution_id))
+                .run(&mut *tx)
+                .await?;
+                running
+            }
+        };
         if let Some(output) = book.remember {
             Self::remember(&mut *tx, &execution, output, finish.finished_at).await?;
         }
@@ -319,14 +360,7 @@ impl<D: AgentDialect> ExecutionRepository for SqlExecutionRepository<D> {
         .arg(new.report_workflow_id.map(SqlUuid))
         .run(&self.pool)
         .await;
-        let inserted = match inserted {
-            Ok(done) => D::rows_affected(&done),
-            // The agent was deleted since it was read.
-            Err(sqlx::Error::Database(e)) if e.kind() == sqlx::error::ErrorKind::ForeignKeyViolation => {
-                return Err(ServiceError::not_found(format!("agent {}", new.agent_id)));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let inserted = D::rows_affected(&inserted.map_err(|e| unless_agent_gone(e, new.agent_id))?);
         if inserted == 1 {
             return Ok(Started::New(new.running()));
         }

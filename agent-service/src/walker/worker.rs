@@ -196,6 +196,7 @@ impl Walker {
             latency_ms: (finished_at - execution.started_at).num_milliseconds().max(0) as f64,
             finished_at,
             flow_gone: None,
+            unstored: None,
         };
         tracing::warn!(execution_id = %execution.id, agent_id = %execution.agent_id, "walker step execution interrupted");
         self.executor.finish(tenant, finish).await.map(|_| ())
