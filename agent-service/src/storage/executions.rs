@@ -134,32 +134,39 @@ impl<D: AgentDialect> SqlExecutionRepository<D> {
     /// Stores an execution that was never stored RUNNING as `finish` ended it: one row, written
     /// once. NOT_FOUND when its agent was deleted since it was read.
     async fn store_finished(tx: &mut Conn<D>, new: &NewExecution, finish: &Finish) -> ServiceResult<()> {
-        let book = finish.bookkeeping();
-        sqlx::query::<D::Db>(
-            "INSERT INTO executions (id, tenant_id, agent_id, session_id, step_id, input, status, output, error, \
-             error_code, latency_ms, finished_at, prompt_tokens, completion_tokens, started_at, report_workflow_id) \
+        let insert = sqlx::query::<D::Db>(
+            "INSERT INTO executions (status, output, error, error_code, latency_ms, finished_at, prompt_tokens, \
+             completion_tokens, id, tenant_id, agent_id, session_id, step_id, input, started_at, report_workflow_id) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-        )
-        .arg(SqlUuid(new.id))
-        .arg(&new.tenant_id)
-        .arg(SqlUuid(new.agent_id))
-        .arg(&new.session_id)
-        .arg(&new.step_id)
-        .arg(&new.input)
-        .arg(book.status.as_str())
-        .arg(book.output)
-        .arg(book.error)
-        .arg(book.error_code())
-        .arg(finish.latency_ms)
-        .arg(finish.finished_at)
-        .arg(book.usage.map(|u| u.prompt_tokens))
-        .arg(book.usage.map(|u| u.completion_tokens))
-        .arg(new.started_at)
-        .arg(new.report_workflow_id.map(SqlUuid))
-        .run(&mut *tx)
-        .await
-        .map_err(|e| unless_agent_gone(e, new.agent_id))?;
+        );
+        Self::bind_outcome(insert, finish)
+            .arg(SqlUuid(new.id))
+            .arg(&new.tenant_id)
+            .arg(SqlUuid(new.agent_id))
+            .arg(&new.session_id)
+            .arg(&new.step_id)
+            .arg(&new.input)
+            .arg(new.started_at)
+            .arg(new.report_workflow_id.map(SqlUuid))
+            .run(&mut *tx)
+            .await
+            .map_err(|e| unless_agent_gone(e, new.agent_id))?;
         Ok(())
+    }
+
+    /// Binds, as `$1`–`$8`, the columns a finish writes: status, output, error, error_code,
+    /// latency_ms, finished_at, prompt_tokens, completion_tokens.
+    fn bind_outcome<S: Statement<D::Db>>(statement: S, finish: &Finish) -> S {
+        let book = finish.bookkeeping();
+        statement
+            .arg(book.status.as_str())
+            .arg(book.output)
+            .arg(book.error)
+            .arg(book.error_code())
+            .arg(finish.latency_ms)
+            .arg(finish.finished_at)
+            .arg(book.usage.map(|u| u.prompt_tokens))
+            .arg(book.usage.map(|u| u.completion_tokens))
     }
 
     /// Numbers and stores the two messages of a successful execution. The upsert of the
@@ -221,21 +228,11 @@ impl<D: AgentDialect> SqlExecutionRepository<D> {
                 let Some(running) = Self::running_for_update(&mut *tx, finish.execution_id).await? else {
                     return Ok(None);
                 };
-                sqlx::query::<D::Db>(
+                let update = sqlx::query::<D::Db>(
                     "UPDATE executions SET status = $1, output = $2, error = $3, error_code = $4, latency_ms = $5, \
                      finished_at = $6, prompt_tokens = $7, completion_tokens = $8 WHERE id = $9",
-                )
-                .arg(book.status.as_str())
-                .arg(book.output)
-                .arg(book.error)
-                .arg(book.error_code())
-                .arg(finish.latency_ms)
-                .arg(finish.finished_at)
-                .arg(book.usage.map(|u| u.prompt_tokens))
-                .arg(book.usage.map(|u| u.completion_tokens))
-                .arg(SqlUuid(finish.execution_id))
-                .run(&mut *tx)
-                .await?;
+                );
+                Self::bind_outcome(update, finish).arg(SqlUuid(finish.execution_id)).run(&mut *tx).await?;
                 running
             }
         };
