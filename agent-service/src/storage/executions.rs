@@ -61,7 +61,8 @@ pub trait ExecutionRepository: SessionRepository + FeedbackRepository + OutboxRe
     /// statistics, appends the conversation's two messages (when it succeeded), queues its report to
     /// workflow-service (when its agent has a source workflow) and, when its flow is gone, moves
     /// the agent to ERROR. `None` when it was no longer running (finished by someone else, e.g.
-    /// the janitor): nothing is changed, nothing counted twice.
+    /// the janitor) or, never stored, is stored already (a retry of a finish whose commit was
+    /// lost in transit): nothing is changed, nothing counted twice.
     async fn finish(&self, finish: &Finish) -> ServiceResult<Option<Finished>>;
 
     /// [`Self::finish`] of each, all in one transaction with one commit (each agent's
@@ -132,14 +133,16 @@ impl<D: AgentDialect> SqlExecutionRepository<D> {
     }
 
     /// Stores an execution that was never stored RUNNING as `finish` ended it: one row, written
-    /// once. NOT_FOUND when its agent was deleted since it was read.
-    async fn store_finished(tx: &mut Conn<D>, new: &NewExecution, finish: &Finish) -> ServiceResult<()> {
+    /// once. False when it is stored already (a retry of a finish whose commit was lost in
+    /// transit: nothing more is written). NOT_FOUND when its agent was deleted since it was read.
+    async fn store_finished(tx: &mut Conn<D>, new: &NewExecution, finish: &Finish) -> ServiceResult<bool> {
         let insert = sqlx::query::<D::Db>(
             "INSERT INTO executions (status, output, error, error_code, latency_ms, finished_at, prompt_tokens, \
              completion_tokens, id, tenant_id, agent_id, session_id, step_id, input, started_at, report_workflow_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             ON CONFLICT (id) DO NOTHING",
         );
-        Self::bind_outcome(insert, finish)
+        let inserted = Self::bind_outcome(insert, finish)
             .arg(SqlUuid(new.id))
             .arg(&new.tenant_id)
             .arg(SqlUuid(new.agent_id))
@@ -151,7 +154,7 @@ impl<D: AgentDialect> SqlExecutionRepository<D> {
             .run(&mut *tx)
             .await
             .map_err(|e| unless_agent_gone(e, new.agent_id))?;
-        Ok(())
+        Ok(D::rows_affected(&inserted) == 1)
     }
 
     /// Binds, as `$1`–`$8`, the columns a finish writes: status, output, error, error_code,
@@ -221,7 +224,9 @@ impl<D: AgentDialect> SqlExecutionRepository<D> {
         let book = finish.bookkeeping();
         let (execution, report_workflow_id) = match &finish.unstored {
             Some(new) => {
-                Self::store_finished(&mut *tx, new, finish).await?;
+                if !Self::store_finished(&mut *tx, new, finish).await? {
+                    return Ok(None);
+                }
                 (new.running(), new.report_workflow_id.map(SqlUuid))
             }
             None => {
@@ -457,5 +462,110 @@ impl<D: AgentDialect> ExecutionRepository for SqlExecutionRepository<D> {
             .fetch_all_as(&self.pool)
             .await?;
         rows.into_iter().map(Execution::try_from).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use engarde::kit::db::{DbPool, DbSettings};
+
+    use super::*;
+    use crate::domain::execution::{ExecutionStatus, Outcome};
+    use crate::storage::{POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS, execution_repository, repository};
+
+    /// agent-service's schema on `url` (in `schema` on PostgreSQL), with one agent of "t1".
+    async fn with_an_agent(url: &str, schema: Option<&str>) -> (DbPool, Uuid) {
+        let settings = DbSettings { url: url.to_owned(), schema: schema.map(str::to_owned), max_connections: 4 };
+        let pool = DbPool::connect(&settings).await.unwrap();
+        pool.migrate(schema, &POSTGRES_MIGRATIONS, &SQLITE_MIGRATIONS, std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
+        let agent_id = Uuid::now_v7();
+        let insert = "INSERT INTO agents (id, tenant_id, name, agent_type, status, configuration, capabilities, \
+                      created_at, updated_at) VALUES ($1, 't1', 'A', 'content_generation', 'active', '{}', '[]', $2, $2)";
+        let (id, at) = (SqlUuid(agent_id), Utc::now());
+        match &pool {
+            DbPool::Postgres(p) => {
+                sqlx::query(insert).bind(id).bind(at).execute(p.sqlx()).await.unwrap();
+            }
+            DbPool::Sqlite(p) => {
+                sqlx::query(insert).bind(id).bind(at).execute(p.sqlx()).await.unwrap();
+            }
+        }
+        (pool, agent_id)
+    }
+
+    fn never_stored(agent_id: Uuid) -> Finish {
+        let new = NewExecution {
+            id: Uuid::now_v7(),
+            tenant_id: "t1".into(),
+            agent_id,
+            session_id: "s1".into(),
+            step_id: "a".into(),
+            input: "in".into(),
+            started_at: Utc::now(),
+            request: None,
+            report_workflow_id: None,
+        };
+        Finish {
+            execution_id: new.id,
+            outcome: Outcome::Succeeded { output: "out".into(), usage: None },
+            latency_ms: 12.0,
+            finished_at: Utc::now(),
+            flow_gone: None,
+            unstored: Some(Box::new(new)),
+        }
+    }
+
+    /// A finish of an execution never stored stores it once, finished: alone or in a group,
+    /// a retry of it (its first commit's answer lost) changes and counts nothing more.
+    async fn a_never_stored_execution_is_stored_and_counted_once(pool: &DbPool, agent_id: Uuid) {
+        let executions = execution_repository(pool);
+        let alone = never_stored(agent_id);
+        let stored = executions.finish(&alone).await.unwrap().expect("stored");
+        assert_eq!((stored.execution.status, stored.execution.output.as_str()), (ExecutionStatus::Succeeded, "out"));
+        assert!(executions.finish(&alone).await.unwrap().is_none(), "a retry writes nothing");
+        let grouped = never_stored(agent_id);
+        let done = executions.finish_together(&[grouped.clone(), alone.clone()]).await.unwrap();
+        assert!(done[0].is_some() && done[1].is_none(), "{done:?}");
+        assert!(executions.finish_together(std::slice::from_ref(&grouped)).await.unwrap()[0].is_none());
+
+        let got = executions.get("t1", grouped.execution_id).await.unwrap();
+        assert_eq!((got.status, got.latency_ms), (ExecutionStatus::Succeeded, 12.0));
+        let page = PageRequest::parse(50, "", String::new()).unwrap();
+        assert_eq!(executions.list("t1", &ExecutionFilter::default(), &page).await.unwrap().len(), 2);
+        // Each counted once, on its agent and in its session (two messages each).
+        let agent = repository(pool).get("t1", agent_id).await.unwrap();
+        assert_eq!((agent.total_executions, agent.successful_executions, agent.average_response_time_ms), (2, 2, 12.0));
+        assert_eq!(executions.recent_messages(agent_id, "s1", 50).await.unwrap().len(), 4);
+        // Its agent gone meanwhile: NOT_FOUND, nothing stored.
+        let orphan = never_stored(Uuid::now_v7());
+        assert!(matches!(executions.finish(&orphan).await, Err(ServiceError::NotFound(_))));
+        assert!(matches!(executions.get("t1", orphan.execution_id).await, Err(ServiceError::NotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn a_never_stored_execution_is_stored_once_on_sqlite() {
+        let file = std::env::temp_dir().join(format!("engarde-executions-{}.db", Uuid::new_v4().simple()));
+        let (pool, agent_id) = with_an_agent(&format!("sqlite://{}", file.display()), None).await;
+        a_never_stored_execution_is_stored_and_counted_once(&pool, agent_id).await;
+        pool.close().await;
+        for suffix in ["", "-wal", "-shm", ".migrate-lock"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_never_stored_execution_is_stored_once_on_postgres() {
+        let url = std::env::var("TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let schema = format!("executions_test_{}", Uuid::new_v4().simple());
+        let (pool, agent_id) = with_an_agent(&url, Some(&schema)).await;
+        a_never_stored_execution_is_stored_and_counted_once(&pool, agent_id).await;
+        if let DbPool::Postgres(p) = &pool {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(p.sqlx()).await.unwrap();
+        }
+        pool.close().await;
     }
 }

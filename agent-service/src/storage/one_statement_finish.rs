@@ -46,7 +46,8 @@ pub(super) struct FinishedRow {
 /// so that concurrent finishes each add their own without locking the agent first). The
 /// messages take their numbers from the session upsert, which locks the session as there. No
 /// row: already finished. An execution never stored ([`Finish::unstored`]) is inserted finished
-/// instead: one index entry per index, not the RUNNING row's and then the finished row's.
+/// instead: one index entry per index, not the RUNNING row's and then the finished row's. No
+/// row there: stored already (a retried finish whose first commit was lost in transit).
 #[async_trait::async_trait]
 impl OneStatementFinish for sqlx::Postgres {
     async fn finish_in_one_statement(
@@ -69,6 +70,7 @@ impl OneStatementFinish for sqlx::Postgres {
                    prompt_tokens, completion_tokens, tenant_id, agent_id, session_id, step_id, input, started_at, \
                    report_workflow_id) \
                  VALUES ($7, $1, $2, $3, $4, $5, $6, $10, $11, $13, $14, $15, $16, $17, $18, $19) \
+                 ON CONFLICT (id) DO NOTHING \
                  RETURNING e.*",
             )
         });
