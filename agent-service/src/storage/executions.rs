@@ -80,6 +80,10 @@ pub trait ExecutionRepository: SessionRepository + FeedbackRepository + OutboxRe
     async fn list(&self, tenant: &str, filter: &ExecutionFilter, page: &PageRequest) -> ServiceResult<Vec<Execution>>;
 }
 
+/// The columns a new execution gives, in [`SqlExecutionRepository::bind_new`]'s order.
+const NEW_COLUMNS: &str =
+    "id, tenant_id, agent_id, session_id, step_id, input, request_id, fingerprint, started_at, report_workflow_id";
+
 #[derive(sqlx::FromRow)]
 pub(super) struct ExecutionRowWithFingerprint {
     #[sqlx(flatten)]
@@ -136,25 +140,32 @@ impl<D: AgentDialect> SqlExecutionRepository<D> {
     /// once. False when it is stored already (a retry of a finish whose commit was lost in
     /// transit: nothing more is written). NOT_FOUND when its agent was deleted since it was read.
     async fn store_finished(tx: &mut Conn<D>, new: &NewExecution, finish: &Finish) -> ServiceResult<bool> {
-        let insert = sqlx::query::<D::Db>(
+        let insert = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(format!(
             "INSERT INTO executions (status, output, error, error_code, latency_ms, finished_at, prompt_tokens, \
-             completion_tokens, id, tenant_id, agent_id, session_id, step_id, input, started_at, report_workflow_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-             ON CONFLICT (id) DO NOTHING",
-        );
-        let inserted = Self::bind_outcome(insert, finish)
+             completion_tokens, {NEW_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+             ON CONFLICT (id) DO NOTHING"
+        )));
+        let inserted = Self::bind_new(Self::bind_outcome(insert, finish), new)
+            .run(&mut *tx)
+            .await
+            .map_err(|e| unless_agent_gone(e, new.agent_id))?;
+        Ok(D::rows_affected(&inserted) == 1)
+    }
+
+    /// Binds the next ten parameters to a new execution's [`NEW_COLUMNS`], in their order.
+    fn bind_new<S: Statement<D::Db>>(statement: S, new: &NewExecution) -> S {
+        statement
             .arg(SqlUuid(new.id))
             .arg(&new.tenant_id)
             .arg(SqlUuid(new.agent_id))
             .arg(&new.session_id)
             .arg(&new.step_id)
             .arg(&new.input)
+            .arg(new.request.as_ref().map(|k| k.request_id.clone()))
+            .arg(new.request.as_ref().map(|k| k.fingerprint.clone()))
             .arg(new.started_at)
             .arg(new.report_workflow_id.map(SqlUuid))
-            .run(&mut *tx)
-            .await
-            .map_err(|e| unless_agent_gone(e, new.agent_id))?;
-        Ok(D::rows_affected(&inserted) == 1)
     }
 
     /// Binds, as `$1`–`$8`, the columns a finish writes: status, output, error, error_code,
@@ -343,25 +354,13 @@ impl<D: AgentDialect> ExecutionRepository for SqlExecutionRepository<D> {
         // no answer and retries. So its commit need not wait for the disk, which
         // saves an execution one of its two flushes. One statement, one round trip
         // (`WHERE true` keeps SQLite from reading the upsert's ON as a join's).
-        let inserted = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO executions (id, tenant_id, agent_id, session_id, step_id, input, status, \
-             request_id, fingerprint, started_at, report_workflow_id) \
-             SELECT $1, $2, $3, $4, $5, $6, 'running', $7, $8, $9, $10 FROM {} \
+        let insert = sqlx::query::<D::Db>(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO executions ({NEW_COLUMNS}, status) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'running' FROM {} \
              WHERE true ON CONFLICT (tenant_id, request_id) DO NOTHING",
             D::RELAXED_FROM
-        )))
-        .arg(SqlUuid(new.id))
-        .arg(&new.tenant_id)
-        .arg(SqlUuid(new.agent_id))
-        .arg(&new.session_id)
-        .arg(&new.step_id)
-        .arg(&new.input)
-        .arg(new.request.as_ref().map(|k| k.request_id.clone()))
-        .arg(new.request.as_ref().map(|k| k.fingerprint.clone()))
-        .arg(new.started_at)
-        .arg(new.report_workflow_id.map(SqlUuid))
-        .run(&self.pool)
-        .await;
+        )));
+        let inserted = Self::bind_new(insert, new).run(&self.pool).await;
         let inserted = D::rows_affected(&inserted.map_err(|e| unless_agent_gone(e, new.agent_id))?);
         if inserted == 1 {
             return Ok(Started::New(new.running()));
