@@ -379,6 +379,7 @@ async fn on_postgres_parts(
                 through_service_alone,
                 direct_alone,
                 durable_commit_alone,
+                through_service_back_to_back,
             } => {
                 report.check("ExecuteAgent", &through_service);
                 report.check("fake Langflow called directly", &direct);
@@ -387,12 +388,24 @@ async fn on_postgres_parts(
                 print_summary("ExecuteAgent", &through_service);
                 print_summary("fake Langflow, direct", &direct);
                 println!(
-                    "  one call at a time ({} calls): ExecuteAgent p50 {:.3} ms p99 {:.3} ms; direct p50 {:.3} ms p99 {:.3} ms",
+                    "  one call at a time ({} calls each, taking turns): ExecuteAgent p50 {:.3} ms p99 {:.3} ms; direct p50 {:.3} ms p99 {:.3} ms",
                     ctx.agent_calls,
                     ms(through_service_alone.p50),
                     ms(through_service_alone.p99),
                     ms(direct_alone.p50),
                     ms(direct_alone.p99)
+                );
+                report.check("ExecuteAgent, one at a time, back to back", &through_service_back_to_back);
+                println!(
+                    "  ExecuteAgent back to back, in a phase of its own ({} calls): p50 {:.3} ms p99 {:.3} ms",
+                    ctx.agent_calls,
+                    ms(through_service_back_to_back.p50),
+                    ms(through_service_back_to_back.p99)
+                );
+                report.push(
+                    Figure::new("execute_p50_alone_back_to_back", ms(through_service_back_to_back.p50), "ms")
+                        .baseline(ms(through_service_alone.p50), "ExecuteAgent p50 taking turns with the baselines")
+                        .note("one call at a time, back to back, right after the closed loop's reports were delivered"),
                 );
                 let streams = ctx.load.concurrency;
                 for (suffix, through, direct, what) in [

@@ -35,13 +35,21 @@ pub enum Outcome {
         /// With the configured concurrency.
         through_service: Summary,
         direct: Summary,
-        /// One call at a time: the services' own latency, without queueing.
+        /// One call at a time: the services' own latency, without queueing. Each kind is called
+        /// in turn (an ExecuteAgent, a direct run, a durable commit, and again), so that all of
+        /// them meet the same moments of the machine: a checkpoint's writes, autovacuum, another
+        /// process. Measured each in a phase of its own, the same binaries' difference varied
+        /// from 0.6 to 1.9 ms between runs.
         through_service_alone: Summary,
         direct_alone: Summary,
         /// One durable one-row commit on the services' PostgreSQL, one at a time: the floor
         /// under an execution, whose record reaches the disk before it is answered. `None`
         /// through the real Langflow, where it is lost in the flow's own time.
         durable_commit_alone: Option<Summary>,
+        /// ExecuteAgent one call at a time, back to back (nothing between two calls), right
+        /// after the closed loop's reports were delivered: the measurement before the turns,
+        /// kept beside it.
+        through_service_back_to_back: Summary,
     },
 }
 
@@ -106,7 +114,8 @@ pub(super) fn spawn_fake_langflow(workers: usize) -> anyhow::Result<SocketAddr> 
 /// agent-service of its own (schema `agent_exec` of `database_url`) pointed at the fake.
 pub async fn run(ctx: &Ctx, workflow_addr: SocketAddr, database_url: &str) -> anyhow::Result<Outcome> {
     let fake = spawn_fake_langflow(ctx.workers)?;
-    let mut outcome = run_against(
+    let commit = DurableCommit::create(database_url).await?;
+    let outcome = run_against(
         ctx,
         workflow_addr,
         database_url,
@@ -114,45 +123,52 @@ pub async fn run(ctx: &Ctx, workflow_addr: SocketAddr, database_url: &str) -> an
         "agent_exec",
         ctx.load,
         ctx.agent_calls,
+        Some(&commit),
     )
-    .await?;
-    if let Outcome::Measured { durable_commit_alone, .. } = &mut outcome {
-        *durable_commit_alone = Some(durable_commits(database_url, ctx.agent_calls).await?);
-    }
-    Ok(outcome)
+    .await;
+    commit.drop_table().await?;
+    outcome
 }
 
-/// `n` one-row INSERTs into a table of their own, each its own transaction committed with
-/// PostgreSQL's defaults (so waiting for the disk), one at a time, over a pool like the
-/// services' (no ping before each statement).
-async fn durable_commits(database_url: &str, n: usize) -> anyhow::Result<Summary> {
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .test_before_acquire(false)
-        .connect(database_url)
-        .await
-        .context("connecting to PostgreSQL for the durable-commit baseline")?;
-    let table = format!("engarde_bench_commit_{}", uuid::Uuid::new_v4().simple());
-    let create = format!("CREATE TABLE {table} (id BIGSERIAL PRIMARY KEY, at TIMESTAMPTZ NOT NULL)");
-    sqlx::query(sqlx::AssertSqlSafe(create)).execute(&pool).await.context("creating the baseline's table")?;
-    let insert = Arc::new(format!("INSERT INTO {table} (at) VALUES (now())"));
-    let commit = {
-        let pool = pool.clone();
-        move |_: usize| {
-            let (pool, insert) = (pool.clone(), insert.clone());
-            async move {
-                sqlx::query(sqlx::AssertSqlSafe(insert.as_str()))
-                    .execute(&pool)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }
-        }
-    };
-    let summary = one_at_a_time(n, &commit).await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}"))).execute(&pool).await.context("dropping it")?;
-    pool.close().await;
-    Ok(summary)
+/// The durable-commit baseline: one-row INSERTs into a table of its own, each its own
+/// transaction committed with PostgreSQL's defaults (so waiting for the disk), over a pool like
+/// the services' (no ping before each statement).
+struct DurableCommit {
+    pool: sqlx::PgPool,
+    table: String,
+    insert: String,
+}
+
+impl DurableCommit {
+    async fn create(database_url: &str) -> anyhow::Result<Self> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect(database_url)
+            .await
+            .context("connecting to PostgreSQL for the durable-commit baseline")?;
+        let table = format!("engarde_bench_commit_{}", uuid::Uuid::new_v4().simple());
+        let create = format!("CREATE TABLE {table} (id BIGSERIAL PRIMARY KEY, at TIMESTAMPTZ NOT NULL)");
+        sqlx::query(sqlx::AssertSqlSafe(create)).execute(&pool).await.context("creating the baseline's table")?;
+        let insert = format!("INSERT INTO {table} (at) VALUES (now())");
+        Ok(Self { pool, table, insert })
+    }
+
+    /// One commit.
+    async fn once(&self) -> Result<(), String> {
+        sqlx::query(sqlx::AssertSqlSafe(self.insert.as_str()))
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn drop_table(self) -> anyhow::Result<()> {
+        let drop = format!("DROP TABLE {}", self.table);
+        sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&self.pool).await.context("dropping the baseline's table")?;
+        self.pool.close().await;
+        Ok(())
+    }
 }
 
 /// The same comparison through a real Langflow at `langflow_url`: ExecuteAgent against running
@@ -164,9 +180,10 @@ pub async fn run_real(
     langflow_url: &str,
     load: load::LoadSpec,
 ) -> anyhow::Result<Outcome> {
-    run_against(ctx, workflow_addr, database_url, langflow_url, "agent_real", load, 10).await
+    run_against(ctx, workflow_addr, database_url, langflow_url, "agent_real", load, 10, None).await
 }
 
+#[allow(clippy::too_many_arguments)] // one caller each for the fake and the real Langflow
 async fn run_against(
     ctx: &Ctx,
     workflow_addr: SocketAddr,
@@ -175,9 +192,10 @@ async fn run_against(
     schema: &str,
     load: load::LoadSpec,
     calls_alone: usize,
+    commit: Option<&DurableCommit>,
 ) -> anyhow::Result<Outcome> {
     let agent = start_agent_service(ctx, workflow_addr, database_url, langflow_url, schema, &[]).await?;
-    let result = measure(ctx, workflow_addr, &agent, langflow_url, load, calls_alone).await;
+    let result = measure(ctx, workflow_addr, &agent, langflow_url, load, calls_alone, commit).await;
     agent.stop().await;
     result
 }
@@ -205,6 +223,7 @@ async fn measure(
     fake_url: &str,
     load: load::LoadSpec,
     calls_alone: usize,
+    commit: Option<&DurableCommit>,
 ) -> anyhow::Result<Outcome> {
     let Deployed { tenant, mut workflows, workflow, agent_channels, mut agents, made } =
         deployed_agent(ctx, workflow_addr, agent, "bench-exec", None).await?;
@@ -237,7 +256,7 @@ async fn measure(
         "  the outbox delivered the closed loop's reports to workflow-service {:.1} s after it ended",
         drained.as_secs_f64()
     );
-    let through_service_alone = one_at_a_time(calls_alone, &execute).await;
+    let through_service_back_to_back = one_at_a_time(calls_alone, &execute).await;
 
     // The same runs, straight to the fake, with as many concurrent callers.
     let http = reqwest::Client::builder()
@@ -254,8 +273,24 @@ async fn measure(
         async move { run_flow_directly(&http, &url, &body).await }
     };
     let direct = load::closed_loop(load, run_directly.clone()).await;
-    let direct_alone = one_at_a_time(calls_alone, &run_directly).await;
-    Ok(Outcome::Measured { through_service, direct, through_service_alone, direct_alone, durable_commit_alone: None })
+
+    let (mut through_service_alone, mut direct_alone, mut commit_alone) =
+        (OneByOne::default(), OneByOne::default(), OneByOne::default());
+    for _ in 0..calls_alone {
+        through_service_alone.time(execute(0)).await;
+        direct_alone.time(run_directly(0)).await;
+        if let Some(commit) = commit {
+            commit_alone.time(commit.once()).await;
+        }
+    }
+    Ok(Outcome::Measured {
+        through_service,
+        direct,
+        through_service_alone: through_service_alone.summary(),
+        direct_alone: direct_alone.summary(),
+        durable_commit_alone: commit.map(|_| commit_alone.summary()),
+        through_service_back_to_back,
+    })
 }
 
 /// What an execute benchmark runs: an agent of a tenant of its own, made (with `overrides`)
@@ -351,13 +386,27 @@ where
     Fut: std::future::Future<Output = Result<(), E>>,
     E: load::FailureName,
 {
-    let mut samples = super::stats::Samples::default();
+    let mut timed = OneByOne::default();
     for _ in 0..n {
+        timed.time(call(0)).await;
+    }
+    timed.summary()
+}
+
+/// The latencies of calls made one at a time (no window: their rate means nothing).
+#[derive(Default)]
+struct OneByOne(super::stats::Samples);
+
+impl OneByOne {
+    async fn time<E: load::FailureName>(&mut self, call: impl std::future::Future<Output = Result<(), E>>) {
         let started = std::time::Instant::now();
-        match call(0).await {
-            Ok(()) => samples.record(started.elapsed()),
-            Err(e) => samples.error(e.failure_name()),
+        match call.await {
+            Ok(()) => self.0.record(started.elapsed()),
+            Err(e) => self.0.error(e.failure_name()),
         }
     }
-    samples.summarize(std::time::Duration::ZERO)
+
+    fn summary(self) -> Summary {
+        self.0.summarize(std::time::Duration::ZERO)
+    }
 }
