@@ -57,6 +57,11 @@ pub struct Config {
     /// with that one, in milliseconds: a batch keeps delivery off the executions' own path.
     #[arg(long, env = "REPORT_BATCH_DELAY_MS", default_value_t = 100)]
     pub report_batch_delay_ms: u64,
+    /// On PostgreSQL, how many agents executions find in memory instead of reading them (each
+    /// process drops one as soon as a change to it is announced; see the README's "Agent
+    /// cache"); an agent over 16 KiB counts as one per 16 KiB. 0: every run reads its agent.
+    #[arg(long, env = "AGENT_CACHE_CAPACITY", default_value_t = 1024)]
+    pub agent_cache_capacity: u64,
     /// Most execution finishes recorded together, in one transaction with one commit: those
     /// that arrive while a group commits form the next one, up to this many (1: each alone).
     #[arg(long, env = "FINISH_BATCH_MAX", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]

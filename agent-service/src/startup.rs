@@ -58,7 +58,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         "workflow-service client ready"
     );
     let db = common.open_database(&config.database_url, &POSTGRES_MIGRATIONS, &SQLITE_MIGRATIONS).await?;
-    let repo = storage::repository(&db);
+    let repo = storage::cached_repository(&db, config.agent_cache_capacity);
 
     let server = BoundServer::bind(listen).await?;
     let (health, health_service) = Health::new(SERVICE_NAMES.to_vec()).await;

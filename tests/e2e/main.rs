@@ -23,6 +23,7 @@ mod storage_upgrade;
 mod tls;
 mod traces;
 
+mod agents_cache;
 mod agents_crud;
 mod agents_default_model;
 mod agents_execution;

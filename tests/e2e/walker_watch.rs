@@ -254,13 +254,12 @@ async fn a_watch_past_its_lifetime_ends_with_where_to_resume() {
     assert_contiguous(&events);
 }
 
-/// The process's one listening connection is killed: it listens again by itself, and watchers
+/// The process's listening connection for run events is killed: it listens again by itself, and watchers
 /// hear their runs move, both while it was away and after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_watchers_recover_when_the_listening_connection_is_killed() {
     let app = spawn_walker_app(Backend::Postgres, &real_langflow_url(), &[]).await;
-    let listening =
-        "SELECT count(*)::text FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    let listening = "SELECT count(*)::text FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN \"engarde_run_events\"%'";
     let first = run_waiting_for_review(&app, "tenant-feed").await;
     let second = run_waiting_for_review(&app, "tenant-feed").await;
     let mut runs = app.runs("tenant-feed").await;
@@ -273,10 +272,10 @@ async fn postgres_watchers_recover_when_the_listening_connection_is_killed() {
         .agent_db
         .sql(
             "SELECT count(pg_terminate_backend(pid))::text FROM pg_stat_activity WHERE datname = current_database() \
-             AND query LIKE 'LISTEN%'",
+             AND query LIKE 'LISTEN \"engarde_run_events\"%'",
         )
         .await;
-    assert_eq!(killed, "1", "one process, one listening connection");
+    assert_eq!(killed, "1", "one process, one listening connection for run events");
     // Moved while nobody (or a new connection) listens: heard all the same.
     approve(&mut runs, &first).await;
     until_kind(&mut on_first, "run_succeeded").await;

@@ -198,7 +198,7 @@ impl Executor {
         {
             return Ok(Prepared::Existing(existing));
         }
-        let agent = self.agents.get(tenant, request.agent_id).await?;
+        let agent = self.agents.get_for_run(tenant, request.agent_id).await?;
         if !agent.status.runs() {
             return Err(ServiceError::FailedPrecondition(format!(
                 "agent {} is {}; only a deployed or active agent executes",
@@ -247,11 +247,11 @@ impl Executor {
         Ok(Prepared::Run(Run {
             new,
             langflow: langflow.clone(),
-            flow_id: agent.langflow_workflow_id,
+            flow_id: agent.langflow_workflow_id.clone(),
             tweaks,
             deadline: deadline.map(leave_time_to_record),
             has_model: agent.configuration.model.is_set(),
-            api_key_ref: agent.configuration.model.api_key_ref,
+            api_key_ref: agent.configuration.model.api_key_ref.clone(),
         }))
     }
 
@@ -319,9 +319,14 @@ impl Executor {
             }
         };
         let unstored = (row == RunningRow::NotYet).then(|| Box::new(run.new.clone()));
+        let fails_agent = flow_gone.is_some();
         let finish =
             Finish { execution_id: execution.id, outcome, latency_ms, finished_at: now(), flow_gone, unstored };
         let recorded = self.finish(&execution.tenant_id, finish).await;
+        if fails_agent {
+            // The finish moved the agent to ERROR: the next run here must see it at once.
+            self.agents.changed_elsewhere(execution.agent_id);
+        }
         if let (RunningRow::NotYet, Err(error)) = (row, &recorded)
             && !matches!(error, ServiceError::Unavailable(_) | ServiceError::NotFound(_))
         {

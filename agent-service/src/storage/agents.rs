@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use engarde::kit::error::{ServiceError, ServiceResult};
@@ -62,6 +63,18 @@ pub trait AgentRepository: Send + Sync {
 
     /// One agent of the tenant.
     async fn get(&self, tenant: &str, id: Uuid) -> ServiceResult<Agent>;
+
+    /// One agent of the tenant as an execution runs it: its content and status as committed
+    /// (by another process: as soon as the change is announced, see
+    /// [`agent_cache`](super::agent_cache)), its statistics possibly older. Never for an answer
+    /// that shows the agent.
+    async fn get_for_run(&self, tenant: &str, id: Uuid) -> ServiceResult<Arc<Agent>> {
+        self.get(tenant, id).await.map(Arc::new)
+    }
+
+    /// Agent `id` was changed by a write outside this repository (an execution's finish that
+    /// moved it to ERROR): what [`AgentRepository::get_for_run`] answers next is read again.
+    fn changed_elsewhere(&self, _id: Uuid) {}
 
     /// Whether any tenant has an agent with this id (for housekeeping, never for answers).
     async fn agent_exists(&self, id: Uuid) -> ServiceResult<bool>;

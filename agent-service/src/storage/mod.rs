@@ -1,6 +1,8 @@
 //! Where agents live: one repository interface, implemented for PostgreSQL (production) and
 //! SQLite (the embedded default) from one body of portable SQL.
 
+pub mod agent_cache;
+mod agent_change_feed;
 mod agents;
 pub mod default_models;
 pub mod deployment;
@@ -100,6 +102,20 @@ pub fn repository(pool: &DbPool) -> Arc<dyn AgentRepository> {
     match pool {
         DbPool::Postgres(p) => Arc::new(PostgresAgentRepository::new(p.clone())),
         DbPool::Sqlite(p) => Arc::new(SqliteAgentRepository::new(p.clone())),
+    }
+}
+
+/// The repository for a pool, with a cache of up to about `capacity` agents in front of the
+/// reads of executions where changes are announced (PostgreSQL; 0: no cache).
+pub fn cached_repository(pool: &DbPool, capacity: u64) -> Arc<dyn AgentRepository> {
+    let repo = repository(pool);
+    match pool {
+        DbPool::Postgres(p) if capacity > 0 => {
+            let cache = Arc::new(agent_cache::AgentCache::new(capacity));
+            agent_change_feed::spawn(p.sqlx().clone(), cache.clone());
+            Arc::new(agent_cache::CachedAgentRepository::new(repo, cache))
+        }
+        _ => repo,
     }
 }
 
