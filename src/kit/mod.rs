@@ -11,6 +11,7 @@ pub mod db;
 pub mod deadline;
 pub mod dialect;
 pub mod error;
+pub mod generations;
 pub mod health;
 pub mod http_json;
 pub mod idempotency;

@@ -2,12 +2,12 @@
 //! does not read its agent from the database each time: one round trip and one decode of the
 //! agent's snapshot less on every run.
 //!
-//! Correctness rests on generations, as in workflow-service's read cache. Every agent (hashed
-//! into one of [`BUCKETS`]) has a generation that moves on each change; a cached agent carries the
-//! generations read *before* its query ran, and is served only while they are unchanged. A change
-//! is counted twice: here, right after this process's own write returns (so that a PauseAgent is
-//! seen by the next ExecuteAgent on the same replica), and when PostgreSQL announces the commit
-//! of any process's write (migration 0018's trigger; see `agent_change_feed`). An agent cached
+//! Correctness rests on generations ([`Generations`]), as in workflow-service's read cache. Every
+//! agent (hashed into one of [`BUCKETS`]) has a generation that moves on each change; a cached
+//! agent carries the generations read *before* its query ran, and is served only while they are
+//! unchanged. A change is counted twice: here, right after this process's own write returns (so
+//! that a PauseAgent is seen by the next ExecuteAgent on the same replica), and when PostgreSQL
+//! announces the commit of any process's write (migration 0018's trigger; see `agent_change_feed`). An agent cached
 //! from a read that raced a write therefore never outlives the write's announcement.
 //!
 //! Only what moves an agent's `version` is announced: its statistics (counted by every finish)
@@ -17,12 +17,11 @@
 //! other processes may share) the cache is off and every run reads its agent.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use engarde::kit::error::ServiceResult;
+use engarde::kit::generations::{Generations, Stamp};
 use engarde::kit::idempotency::IdempotencyKey;
 use engarde::kit::pagination::PageRequest;
 use quick_cache::sync::Cache;
@@ -43,13 +42,6 @@ pub const EVERYTHING: &str = "*";
 /// one of the largest (a workflow's MBs of prompts in its snapshot) counts as one per started
 /// slot, so `capacity` agents bound memory at about `capacity` × this.
 pub const SLOT_BYTES: usize = 16 * 1024;
-
-/// The generations a cached agent depends on: the cache's epoch and its bucket's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    epoch: u64,
-    agent: u64,
-}
 
 #[derive(Clone)]
 struct Entry {
@@ -75,11 +67,8 @@ fn slots(agent: &Agent) -> u64 {
 
 /// The cached agents and the generations that say whether they are still current.
 pub struct AgentCache {
-    /// Off until the change feed listens, and whenever it has lost its connection.
-    enabled: AtomicBool,
-    epoch: AtomicU64,
-    buckets: Box<[AtomicU64]>,
-    hasher: RandomState,
+    /// Keyed by agent id.
+    generations: Generations,
     agents: Cache<(String, Uuid), Entry, BySlots>,
 }
 
@@ -90,30 +79,22 @@ impl AgentCache {
     pub fn new(capacity: u64) -> Self {
         let capacity = capacity.max(1);
         let estimated = usize::try_from(capacity).unwrap_or(usize::MAX).min(65_536);
-        Self {
-            enabled: AtomicBool::new(false),
-            epoch: AtomicU64::new(0),
-            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            hasher: RandomState::new(),
-            agents: Cache::with_weighter(estimated, capacity, BySlots),
-        }
+        Self { generations: Generations::new(BUCKETS), agents: Cache::with_weighter(estimated, capacity, BySlots) }
     }
 
     /// Starts serving cached agents, none from before this call.
     pub fn enable(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.enabled.store(true, Ordering::SeqCst);
+        self.generations.enable();
     }
 
     /// Stops serving cached agents (changes may go unannounced from now on).
     pub fn disable(&self) {
-        self.enabled.store(false, Ordering::SeqCst);
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.generations.disable();
         self.agents.clear();
     }
 
     pub fn is_enabled(&self) -> bool {
-        self.enabled.load(Ordering::SeqCst)
+        self.generations.is_enabled()
     }
 
     /// Records an announced change: `payload` names the agent, or is [`EVERYTHING`]; anything
@@ -121,24 +102,13 @@ impl AgentCache {
     pub fn announced(&self, payload: &str) {
         match Uuid::parse_str(payload) {
             Ok(id) => self.changed(id),
-            Err(_) => {
-                self.epoch.fetch_add(1, Ordering::SeqCst);
-            }
+            Err(_) => self.generations.changed_everything(),
         }
     }
 
     /// Records a change to agent `id`.
     pub fn changed(&self, id: Uuid) {
-        self.bucket(id).fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn bucket(&self, id: Uuid) -> &AtomicU64 {
-        &self.buckets[(self.hasher.hash_one(id) % BUCKETS as u64) as usize]
-    }
-
-    /// The generations a read of agent `id` depends on, as they are now.
-    fn stamp(&self, id: Uuid) -> Stamp {
-        Stamp { epoch: self.epoch.load(Ordering::SeqCst), agent: self.bucket(id).load(Ordering::SeqCst) }
+        self.generations.changed(id);
     }
 }
 
@@ -179,7 +149,7 @@ impl AgentRepository for CachedAgentRepository {
             record_lookup("bypass");
             return self.inner.get_for_run(tenant, id).await;
         }
-        let stamp = self.cache.stamp(id);
+        let stamp = self.cache.generations.stamp(id);
         let key = (tenant.to_owned(), id);
         if let Some(entry) = self.cache.agents.get(&key)
             && entry.stamp == stamp

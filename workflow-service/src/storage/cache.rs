@@ -1,7 +1,7 @@
 //! A read-through cache of workflows in front of the repository, for the reads that dominate
 //! this service's traffic (GetWorkflow, ListWorkflows, agent-service's lookups).
 //!
-//! Correctness rests on generations, not on expiry. Every tenant (hashed into one of
+//! Correctness rests on generations ([`Generations`]), not on expiry. Every tenant (hashed into one of
 //! [`BUCKETS`]) and the template library have a generation that moves on each change; a cached
 //! answer carries the generations read *before* its query ran and is served only while they are
 //! unchanged. A change is counted twice: here, right after this replica's own write commits (so
@@ -13,13 +13,12 @@
 //! Without announcements (the feed's connection is down, or the database is SQLite, whose file
 //! other processes may share) the cache is off and every read goes to the database.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use engarde::kit::error::ServiceResult;
+use engarde::kit::generations::{self, Generations};
 use engarde::kit::idempotency::IdempotencyKey;
 use engarde::kit::pagination::PageRequest;
 use quick_cache::sync::Cache;
@@ -36,12 +35,11 @@ const BUCKETS: usize = 1024;
 /// The payload that announces a change to every tenant (a TRUNCATE).
 pub const EVERYTHING: &str = "*";
 
-/// The generations an answer depends on: the cache's epoch, the tenant's bucket and the
+/// The generations an answer depends on: the cache's epoch and the tenant's bucket, and the
 /// template library's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
-    epoch: u64,
-    tenant: u64,
+    tenant: generations::Stamp,
     templates: u64,
 }
 
@@ -80,12 +78,9 @@ impl quick_cache::Weighter<(String, Uuid), Entry<Arc<Workflow>>> for BySlots {
 
 /// The cached answers and the generations that say whether they are still true.
 pub struct WorkflowCache {
-    /// Off until the change feed listens, and whenever it has lost its connection.
-    enabled: AtomicBool,
-    epoch: AtomicU64,
+    /// Keyed by tenant.
+    generations: Generations,
     templates: AtomicU64,
-    tenants: Box<[AtomicU64]>,
-    hasher: RandomState,
     workflows: Cache<(String, Uuid), Entry<Arc<Workflow>>, BySlots>,
     pages: Cache<String, Entry<Arc<[Workflow]>>, BySlots>,
 }
@@ -99,11 +94,8 @@ impl WorkflowCache {
         let items = usize::try_from(half).unwrap_or(usize::MAX);
         let estimated = items.min(65_536);
         Self {
-            enabled: AtomicBool::new(false),
-            epoch: AtomicU64::new(0),
+            generations: Generations::new(BUCKETS),
             templates: AtomicU64::new(0),
-            tenants: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            hasher: RandomState::new(),
             workflows: Cache::with_weighter(estimated, half, BySlots),
             pages: Cache::with_weighter((estimated / 50).max(16), half, BySlots),
         }
@@ -111,20 +103,18 @@ impl WorkflowCache {
 
     /// Starts serving cached answers, none from before this call.
     pub fn enable(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.enabled.store(true, Ordering::SeqCst);
+        self.generations.enable();
     }
 
     /// Stops serving cached answers (changes may go unannounced from now on).
     pub fn disable(&self) {
-        self.enabled.store(false, Ordering::SeqCst);
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.generations.disable();
         self.workflows.clear();
         self.pages.clear();
     }
 
     pub fn is_enabled(&self) -> bool {
-        self.enabled.load(Ordering::SeqCst)
+        self.generations.is_enabled()
     }
 
     /// Records a change to what `owner` holds: `""` is the template library, which every tenant
@@ -133,23 +123,15 @@ impl WorkflowCache {
         if owner.is_empty() {
             self.templates.fetch_add(1, Ordering::SeqCst);
         } else if owner == EVERYTHING {
-            self.epoch.fetch_add(1, Ordering::SeqCst);
+            self.generations.changed_everything();
         } else {
-            self.bucket(owner).fetch_add(1, Ordering::SeqCst);
+            self.generations.changed(owner);
         }
-    }
-
-    fn bucket(&self, tenant: &str) -> &AtomicU64 {
-        &self.tenants[(self.hasher.hash_one(tenant) % BUCKETS as u64) as usize]
     }
 
     /// The generations a read by `tenant` depends on, as they are now.
     fn stamp(&self, tenant: &str) -> Stamp {
-        Stamp {
-            epoch: self.epoch.load(Ordering::SeqCst),
-            tenant: self.bucket(tenant).load(Ordering::SeqCst),
-            templates: self.templates.load(Ordering::SeqCst),
-        }
+        Stamp { tenant: self.generations.stamp(tenant), templates: self.templates.load(Ordering::SeqCst) }
     }
 }
 
@@ -353,8 +335,7 @@ mod tests {
         behind.mutate("t1", created.id, None, rename("Two")).await.unwrap();
         assert_eq!(repo.get("t1", created.id).await.unwrap().name, "One");
         // Another tenant's change (in another bucket) leaves it cached; the owner's drops it.
-        let other =
-            (0..).map(|n| format!("other-{n}")).find(|t| !std::ptr::eq(cache.bucket(t), cache.bucket("t1"))).unwrap();
+        let other = (0..).map(|n| format!("other-{n}")).find(|t| !cache.generations.same_bucket(t, "t1")).unwrap();
         cache.changed(&other);
         assert_eq!(repo.get("t1", created.id).await.unwrap().name, "One");
         cache.changed("t1");
@@ -396,8 +377,7 @@ mod tests {
     async fn a_record_on_a_template_changes_the_reporting_tenants_reads_only() {
         let (repo, cache, behind) = cached().await;
         let template = templates::library(Utc::now())[0].workflow.id;
-        let other =
-            (0..).map(|n| format!("other-{n}")).find(|t| !std::ptr::eq(cache.bucket(t), cache.bucket("t1"))).unwrap();
+        let other = (0..).map(|n| format!("other-{n}")).find(|t| !cache.generations.same_bucket(t, "t1")).unwrap();
         let filter = WorkflowFilter { is_template: Some(true), ..Default::default() };
         let page = PageRequest::parse(50, "", String::new()).unwrap();
         let read = |tenant: String| {
